@@ -1,0 +1,347 @@
+"""The Redis idempotency store, against a real redis-server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from consumer.dedup import ClaimState, DedupSettings, RedisDedupStore, transient_from_redis
+from consumer.errors import ConfigError, TransientError
+from tests.redis_server import RedisServer
+
+LONG_S = 60.0
+SHORT_LEASE_S = 0.2
+WEEK_S = 7 * 24 * 3600.0
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> RedisDedupStore:
+    return RedisDedupStore(redis_client, DedupSettings())
+
+
+def wait_until_gone(client: redis.Redis, key: str) -> None:
+    """Polls until Redis has expired `key`; the limit is a hang guard, not a timing assertion."""
+    guard = time.monotonic() + 30
+    while client.pttl(key) != -2:
+        assert time.monotonic() < guard, f"{key} never expired"
+        time.sleep(0.02)
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_second_owner_cannot_claim_a_key_during_a_live_lease(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    assert store.claim(["SmsReport:b1:138"], "A", LONG_S) == [ClaimState.CLAIMED]
+    assert store.claim(["SmsReport:b1:138"], "B", LONG_S) == [ClaimState.IN_PROGRESS]
+    assert redis_client.get("alicom:dedup:SmsReport:b1:138") == b"I:A"
+
+
+def test_a_claim_by_the_same_owner_is_idempotent_and_renews_the_lease(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.claim(["k"], "A", 5.0)
+    assert store.claim(["k"], "A", LONG_S) == [ClaimState.CLAIMED]
+    assert redis_client.pttl("alicom:dedup:k") > 5000
+
+
+def test_an_orphaned_claim_becomes_claimable_once_its_lease_expires(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    assert store.claim(["k"], "crashed-worker", SHORT_LEASE_S) == [ClaimState.CLAIMED]
+    wait_until_gone(redis_client, "alicom:dedup:k")
+    assert store.claim(["k"], "B", LONG_S) == [ClaimState.CLAIMED]
+    assert redis_client.get("alicom:dedup:k") == b"I:B"
+
+
+def test_a_stale_owner_cannot_complete_over_the_new_owner_powertools_bug_2(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    assert store.claim(["k"], "A", SHORT_LEASE_S) == [ClaimState.CLAIMED]
+    wait_until_gone(redis_client, "alicom:dedup:k")
+    assert store.claim(["k"], "B", LONG_S) == [ClaimState.CLAIMED]
+
+    assert store.complete(["k"], "A", WEEK_S) == [False]
+    assert redis_client.get("alicom:dedup:k") == b"I:B"
+    assert store.claim(["k"], "C", LONG_S) == [ClaimState.IN_PROGRESS]
+
+    assert store.complete(["k"], "B", WEEK_S) == [True]
+    assert redis_client.get("alicom:dedup:k") == b"1"
+    assert store.claim(["k"], "C", LONG_S) == [ClaimState.COMPLETED]
+
+
+def test_a_stale_owner_cannot_complete_a_key_someone_else_completed(
+    store: RedisDedupStore,
+) -> None:
+    store.complete(["k"], "B", WEEK_S)
+    assert store.complete(["k"], "A", WEEK_S) == [False]
+
+
+def test_completing_after_an_expired_lease_nobody_took_still_records_the_work(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.claim(["k"], "A", SHORT_LEASE_S)
+    wait_until_gone(redis_client, "alicom:dedup:k")
+    assert store.complete(["k"], "A", WEEK_S) == [True]
+    assert store.claim(["k"], "B", LONG_S) == [ClaimState.COMPLETED]
+
+
+def test_a_completed_key_suppresses_duplicates_until_its_ttl_runs_out(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.claim(["k"], "A", LONG_S)
+    assert store.complete(["k"], "A", 0.2) == [True]
+    assert store.claim(["k"], "B", LONG_S) == [ClaimState.COMPLETED]
+    wait_until_gone(redis_client, "alicom:dedup:k")
+    assert store.claim(["k"], "B", LONG_S) == [ClaimState.CLAIMED]
+
+
+def test_complete_keeps_the_record_for_the_given_ttl_not_the_lease(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.claim(["k"], "A", 1.0)
+    store.complete(["k"], "A", WEEK_S)
+    assert redis_client.pttl("alicom:dedup:k") > 6 * 24 * 3600 * 1000
+
+
+def test_release_by_a_non_owner_changes_nothing(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.claim(["k"], "A", LONG_S)
+    assert store.release(["k"], "B") == [False]
+    assert redis_client.get("alicom:dedup:k") == b"I:A"
+    assert store.claim(["k"], "B", LONG_S) == [ClaimState.IN_PROGRESS]
+
+
+def test_release_of_a_completed_key_does_not_undo_it(store: RedisDedupStore) -> None:
+    store.claim(["k"], "A", LONG_S)
+    store.complete(["k"], "A", WEEK_S)
+    assert store.release(["k"], "A") == [False]
+    assert store.claim(["k"], "B", LONG_S) == [ClaimState.COMPLETED]
+
+
+def test_a_released_key_runs_again_on_the_next_delivery(store: RedisDedupStore) -> None:
+    store.claim(["k"], "A", LONG_S)
+    assert store.release(["k"], "A") == [True]
+    assert store.claim(["k"], "B", LONG_S) == [ClaimState.CLAIMED]
+
+
+def test_extend_renews_only_our_own_leases(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.claim(["mine"], "A", 2.0)
+    store.claim(["theirs"], "B", 2.0)
+    assert store.extend(["mine", "theirs", "absent"], "A", LONG_S) == [True, False, False]
+    assert redis_client.pttl("alicom:dedup:mine") > 2000
+    assert redis_client.pttl("alicom:dedup:theirs") <= 2000
+    assert redis_client.exists("alicom:dedup:absent") == 0
+
+
+def test_extend_does_not_revive_a_completed_key_as_in_progress(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.claim(["k"], "A", LONG_S)
+    store.complete(["k"], "A", WEEK_S)
+    assert store.extend(["k"], "A", LONG_S) == [False]
+    assert redis_client.get("alicom:dedup:k") == b"1"
+
+
+def test_a_mixed_batch_gets_every_state_right_in_one_script_call(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.claim(["busy"], "other", LONG_S)
+    store.claim(["done"], "other", LONG_S)
+    store.complete(["done"], "other", WEEK_S)
+    store.claim(["warm-up"], "me", LONG_S)  # the script is loaded: no SCRIPT LOAD below
+
+    before = evalsha_calls(redis_client)
+    states = store.claim(["new", "busy", "done", "new-2"], "me", LONG_S)
+    after = evalsha_calls(redis_client)
+
+    assert states == [
+        ClaimState.CLAIMED, ClaimState.IN_PROGRESS, ClaimState.COMPLETED, ClaimState.CLAIMED,
+    ]
+    assert after - before == 1
+
+
+@pytest.mark.parametrize("operation", ["complete", "release", "extend"])
+def test_every_transition_of_a_batch_is_one_script_call(
+    store: RedisDedupStore, redis_client: redis.Redis, operation: str
+) -> None:
+    keys = [f"k{i}" for i in range(16)]
+    store.claim(keys, "me", LONG_S)
+    before = evalsha_calls(redis_client)
+    if operation == "complete":
+        assert store.complete(keys, "me", WEEK_S) == [True] * 16
+    elif operation == "release":
+        assert store.release(keys, "me") == [True] * 16
+    else:
+        assert store.extend(keys, "me", LONG_S) == [True] * 16
+    assert evalsha_calls(redis_client) - before == 1
+
+
+def test_a_receipt_repeated_within_one_batch_is_claimed_once(store: RedisDedupStore) -> None:
+    states = store.claim(["dup", "other", "dup"], "me", LONG_S)
+    assert states == [ClaimState.CLAIMED, ClaimState.CLAIMED, ClaimState.IN_PROGRESS]
+    assert store.complete(["dup", "dup"], "me", WEEK_S) == [True, True]
+
+
+def test_an_empty_batch_costs_no_round_trip(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.claim(["warm-up"], "me", LONG_S)
+    before = evalsha_calls(redis_client)
+    assert store.claim([], "me", LONG_S) == []
+    assert store.complete([], "me", WEEK_S) == []
+    assert evalsha_calls(redis_client) == before
+
+
+def test_keys_live_under_the_configured_prefix(redis_client: redis.Redis) -> None:
+    store = RedisDedupStore(redis_client, DedupSettings(key_prefix="tenant-7:"))
+    store.claim(["SmsUp:x"], "me", LONG_S)
+    assert redis_client.keys("*") == [b"tenant-7:SmsUp:x"]
+
+
+def test_an_empty_owner_or_a_non_positive_lease_is_refused(store: RedisDedupStore) -> None:
+    with pytest.raises(ValueError, match="owner"):
+        store.claim(["k"], "", LONG_S)
+    with pytest.raises(ValueError, match="lease_s"):
+        store.claim(["k"], "me", 0)
+    with pytest.raises(ValueError, match="ttl_s"):
+        store.complete(["k"], "me", float("nan"))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"key_prefix": ""}, {"completed_ttl_s": 0}, {"lease_s": -1.0}],
+)
+def test_invalid_dedup_settings_are_a_config_error(bad: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        DedupSettings(**bad)  # type: ignore[arg-type]  # values are from a fixed valid set
+
+
+@pytest.fixture
+def restored_server(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The session's server, brought back up whatever the test did to it."""
+    yield redis_server
+    if redis_server.process.poll() is not None:
+        redis_server.start_again()
+
+
+def test_redis_going_away_is_a_transient_error_and_its_return_works_again(
+    restored_server: RedisServer, redis_client: redis.Redis, store: RedisDedupStore
+) -> None:
+    store.claim(["before"], "me", LONG_S)
+    restored_server.stop()
+    with pytest.raises(TransientError, match="redis claim failed"):
+        store.claim(["during"], "me", LONG_S)
+    restored_server.start_again()
+    # A fresh server has an empty script cache: redis-py reloads the script on NOSCRIPT.
+    assert store.claim(["after"], "me", LONG_S) == [ClaimState.CLAIMED]
+
+
+def test_a_redis_error_never_shows_the_password(redis_server: RedisServer) -> None:
+    client = redis.Redis.from_url(
+        f"redis://someone:s3cr3t-pa55@127.0.0.1:{redis_server.port}/0"
+    )
+    store = RedisDedupStore(client, DedupSettings())
+    with pytest.raises(TransientError) as caught:
+        store.claim(["k"], "me", LONG_S)
+    message = str(caught.value)
+    assert "AuthenticationError" in message
+    assert "s3cr3t-pa55" not in message
+    assert "someone" not in message
+    client.close()
+
+
+def test_a_secret_echoed_in_a_redis_error_text_is_scrubbed() -> None:
+    client = redis.Redis(host="127.0.0.1", port=1, password="hunter2-xyz")
+    echoed = redis.ConnectionError(
+        "proxy said: cannot reach redis://ops:p4ss@10.0.0.9:6379 with AUTH hunter2-xyz"
+    )
+    message = str(transient_from_redis(echoed, "claim", client))
+    assert "p4ss" not in message
+    assert "hunter2-xyz" not in message
+    assert "10.0.0.9:6379" in message
+    client.close()
+
+
+OWNERS = st.sampled_from(["A", "B"])
+KEYS = st.lists(st.sampled_from(["k1", "k2", "k3"]), min_size=1, max_size=4)
+OPERATIONS = st.lists(
+    st.tuples(st.sampled_from(["claim", "complete", "release", "extend"]), KEYS, OWNERS),
+    max_size=12,
+)
+
+
+class Model:
+    """The documented state machine, leases never expiring: None | ("I", owner) | "C"."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, object] = {}
+
+    def apply(self, operation: str, keys: list[str], owner: str) -> list[object]:
+        results: list[object] = []
+        seen: dict[str, object] = {}
+        for key in keys:
+            if key in seen and operation != "extend":
+                results.append(
+                    ClaimState.IN_PROGRESS if operation == "claim" else seen[key]
+                )
+                continue
+            result = getattr(self, operation)(key, owner)
+            seen[key] = result
+            results.append(result)
+        return results
+
+    def claim(self, key: str, owner: str) -> ClaimState:
+        current = self.state.get(key)
+        if current is None or current == ("I", owner):
+            self.state[key] = ("I", owner)
+            return ClaimState.CLAIMED
+        return ClaimState.COMPLETED if current == "C" else ClaimState.IN_PROGRESS
+
+    def complete(self, key: str, owner: str) -> bool:
+        if self.state.get(key) in (None, ("I", owner)):
+            self.state[key] = "C"
+            return True
+        return False
+
+    def release(self, key: str, owner: str) -> bool:
+        if self.state.get(key) == ("I", owner):
+            del self.state[key]
+            return True
+        return False
+
+    def extend(self, key: str, owner: str) -> bool:
+        return self.state.get(key) == ("I", owner)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(operations=OPERATIONS)
+def test_any_sequence_of_transitions_follows_the_state_machine(
+    redis_client: redis.Redis, operations: list[tuple[str, list[str], str]]
+) -> None:
+    redis_client.flushall()
+    store = RedisDedupStore(redis_client, DedupSettings())
+    model = Model()
+    for operation, keys, owner in operations:
+        if operation == "claim":
+            actual: list[object] = list(store.claim(keys, owner, LONG_S))
+        elif operation == "complete":
+            actual = list(store.complete(keys, owner, WEEK_S))
+        elif operation == "release":
+            actual = list(store.release(keys, owner))
+        else:
+            actual = list(store.extend(keys, owner, LONG_S))
+        assert actual == model.apply(operation, keys, owner), (operation, keys, owner)
