@@ -1,0 +1,25 @@
+"""Shared fixtures: real servers on free ports, started by the tests themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.redis_server import RedisServer, running_redis
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client on a freshly flushed database of the session's real Redis server."""
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
