@@ -19,6 +19,12 @@ than a hash with the same content):
   stores small integers as one shared object, which saves 16 bytes per record (unless a
   ``maxmemory-policy`` of the LRU/LFU family is set, where it costs the same as ``"C"``).
 
+Measured on Redis 7.0 with a 55-byte key (``alicom:dedup:SmsReport:<20-char biz_id>:<phone>``)
+and a 32-character owner, 100k records: COMPLETED 104 B by ``MEMORY USAGE`` and 149 B per
+record of ``used_memory`` (expiry entry and keyspace tables included; a ``"C"`` value or a
+hash would be 181 B); INPROGRESS 152 B / 213 B (a hash 229 B). So a week of one million
+receipts a day costs about 1 GB; the key is most of it.
+
 Each method takes a whole batch of keys and costs one EVALSHA round trip, whatever the batch
 size (redis-py loads the script again on NOSCRIPT, e.g. after a Redis restart). All keys are
 touched by one script, so this store needs a standalone Redis (or keys in one cluster slot).
