@@ -1,0 +1,37 @@
+"""Built-in handlers, registered as entry points in group `alicom_receipts.handlers`.
+
+| name           | class                                                | kind   |
+|----------------|------------------------------------------------------|--------|
+| `log`          | `consumer.handlers.log:LogHandler`                   | single |
+| `jsonl`        | `consumer.handlers.jsonl:JsonLinesHandler`           | batch  |
+| `redis-stream` | `consumer.handlers.redis_stream:RedisStreamHandler`  | batch  |
+| `webhook`      | `consumer.handlers.webhook:WebhookHandler`           | single |
+
+They all write `Receipt.to_dict()` as their JSON document (see `receipt_json`).
+"""
+
+from __future__ import annotations
+
+import json
+
+from consumer.receipts import Receipt
+
+
+def receipt_json(receipt: Receipt) -> str:
+    """The receipt's `to_dict()` as compact JSON on one line, non-ASCII kept readable.
+
+    A body may carry a lone surrogate (a JSON escape the platform sent); such a document is
+    written with ASCII escapes instead, so the output is always valid UTF-8.
+    """
+    document = receipt.to_dict()
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(document, ensure_ascii=True, separators=(",", ":"), default=str)
+    return text
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: message` on a single line, for RetryLater / PermanentFailure reasons."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())

@@ -1,0 +1,42 @@
+"""An example alicom-receipts handler plugin: prints one line per receipt.
+
+Copy this package to start your own: a class (or a function decorated with
+`consumer.dispatch.handler`) plus one entry point in pyproject.toml is all a plugin is.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import TextIO
+
+from consumer.receipts import Receipt
+
+__all__ = ["PrintHandler"]
+
+
+class PrintHandler:
+    """Prints `<prefix> <message type> <dedup key> <MNS message id or ->` per receipt.
+
+    Options (from the config's `options` table): `prefix` (default "receipt") and `stream`,
+    "stdout" or "stderr". Handlers run in several threads at once, so lines are written
+    under a lock to keep them whole.
+    """
+
+    name = "example-print"
+    types: tuple[str, ...] | None = None  # None: whatever the config gives it, else all types
+
+    def __init__(self, prefix: str = "receipt", stream: str = "stdout") -> None:
+        if stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream must be 'stdout' or 'stderr', got {stream!r}")
+        self._prefix = prefix
+        self._stream: TextIO = sys.stdout if stream == "stdout" else sys.stderr
+        self._lock = threading.Lock()
+
+    def handle(self, receipt: Receipt) -> None:
+        """Writes the line; an exception here would make the receipt come back later."""
+        line = " ".join((self._prefix, receipt.message_type, receipt.dedup_key(),
+                         receipt.meta.message_id or "-"))
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
