@@ -46,6 +46,8 @@ KINDS: tuple[str, ...] = (
 )
 
 # Malformed variants, named after the `DecodeError.reason` a decoder should give them.
+# "too_large" is a body just over the MNS limit: MNS (and the sandbox) refuse to store it, so
+# it only reaches a decoder some other way; `PUBLISHABLE_MALFORMED` leaves it out.
 MALFORMED_KINDS: tuple[str, ...] = (
     "bad_base64",
     "not_utf8",
@@ -55,7 +57,9 @@ MALFORMED_KINDS: tuple[str, ...] = (
     "too_large",
 )
 
-# MNS refuses a message body (the base64 text) above 64 KB; the oversize variant fills it.
+PUBLISHABLE_MALFORMED: tuple[str, ...] = tuple(v for v in MALFORMED_KINDS if v != "too_large")
+
+# MNS refuses a message body (the base64 text) above 64 KB.
 MNS_MAX_BODY_BYTES = 65536
 
 # The field a "missing_field" variant drops: the one that identifies the receipt.
@@ -63,8 +67,8 @@ _IDENTITY_FIELD: dict[str, str] = {
     "SmsReport": "biz_id",
     INTL_SMS_REPORT: "MessageId",
     "SmsUp": "phone_number",
-    "SignSmsReport": "sign_name",
-    "TemplateSmsReport": "template_code",
+    "SignSmsReport": "order_id",
+    "TemplateSmsReport": "order_id",
     "GlobeSmsReport": "message_id",
     "MnsCardTemplate": "template_code",
     "MnsCardVender": "mobile",
@@ -196,6 +200,12 @@ class FakeReceipts:
         text, md5 = encode_body(obj)
         return FakeBody(kind=kind, body=text, body_md5=md5, obj=obj)
 
+    def largest(self, kind: str) -> FakeBody:
+        """The next valid receipt of this kind, padded to the largest body MNS accepts."""
+        obj = self._padded(kind, MNS_MAX_BODY_BYTES)
+        text, md5 = encode_body(obj)
+        return FakeBody(kind=kind, body=text, body_md5=md5, obj=obj)
+
     def malformed(self, kind: str, variant: str) -> FakeBody:
         """A broken body of this kind; `variant` is one of `MALFORMED_KINDS`."""
         if variant == "bad_base64":
@@ -214,7 +224,7 @@ class FakeReceipts:
             obj = self.make(kind)
             del obj[_IDENTITY_FIELD[kind]]
         elif variant == "too_large":
-            obj = self._oversize(kind)
+            obj = self._padded(kind, MNS_MAX_BODY_BYTES + 4)
         else:
             raise ValueError(f"unknown malformed variant {variant!r}")
         text, md5 = encode_body(obj)
@@ -222,15 +232,13 @@ class FakeReceipts:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _oversize(self, kind: str) -> dict[str, Any]:
-        """A valid receipt padded so its base64 text is within 4 characters of the MNS limit."""
+    def _padded(self, kind: str, body_chars: int) -> dict[str, Any]:
+        """A valid receipt with a `padding` key, its base64 text `body_chars` long at most and
+        within 4 characters of it (3 bytes become 4 base64 characters)."""
         obj = self.make(kind)
         obj["padding"] = ""
         empty = len(encode_body(obj)[0])
-        # 3 ASCII bytes become 4 base64 characters; round down to whole groups, then pad
-        # the remainder so the text lands exactly on the limit.
-        raw_budget = (MNS_MAX_BODY_BYTES - empty) // 4 * 3
-        obj["padding"] = "x" * raw_budget
+        obj["padding"] = "x" * ((body_chars - empty) // 4 * 3)
         return obj
 
     def _time(self, offset_s: float = 0.0) -> str:
