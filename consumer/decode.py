@@ -235,6 +235,7 @@ def _sequence_id(value: Any) -> str:
         raise _BadValue("an integer or text")
     text = _ident(value).strip()
     if text.isascii() and text.isdigit():
+        # "0123" and 123 are one id: the number form cannot carry leading zeros.
         return str(int(text)) if len(text) <= 30 else text
     return text
 

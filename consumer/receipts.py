@@ -115,7 +115,10 @@ class Receipt:
 
 @dataclass(frozen=True, slots=True)
 class CardVendorOp:
-    """One phone vendor's review of a card SMS template (an element of `tmpOps`)."""
+    """One phone vendor's review of a card SMS template (an element of `tmpOps`).
+
+    The decoder fills absent parts with "" and, for `state`, -1 (not reported).
+    """
 
     vendor_code: str
     state: int
