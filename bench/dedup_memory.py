@@ -29,7 +29,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consumer.dedup import DedupSettings, RedisDedupStore
-from tests.redis_server import running_redis
+from consumer.sandbox.redis_server import running_redis
 
 LEASE_S = 60.0
 COMPLETED_TTL_S = 7 * 24 * 3600.0

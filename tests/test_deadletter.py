@@ -19,7 +19,7 @@ from consumer.deadletter import (
     new_dead_letter_id,
 )
 from consumer.errors import ConfigError, TransientError
-from tests.redis_server import RedisServer
+from consumer.sandbox.redis_server import RedisServer
 
 DAY_MS = 24 * 3600 * 1000
 

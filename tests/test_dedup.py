@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from consumer.dedup import ClaimState, DedupSettings, RedisDedupStore, transient_from_redis
 from consumer.errors import ConfigError, TransientError
-from tests.redis_server import RedisServer
+from consumer.sandbox.redis_server import RedisServer
 
 LONG_S = 60.0
 SHORT_LEASE_S = 0.2

@@ -1,4 +1,6 @@
-"""A real redis-server process on a free loopback port, for tests and benchmarks."""
+"""A real redis-server process on a free loopback port, for the demo, tests and benchmarks.
+
+The binary must be on PATH (`make test` and `make demo` install Debian's package if needed)."""
 
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ class RedisServer:
 def _spawn(port: int, workdir: str) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server is not on PATH: run `make test`, which installs it")
+        raise RuntimeError("redis-server is not on PATH: `make test` or `make demo` installs it")
     return subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", workdir, "--protected-mode", "yes"],
