@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from consumer.sandbox.accounts import CredentialStore
     from consumer.sandbox.engine import QueueEngine
     from consumer.sandbox.faults import Faults
-
-    from consumer.sandbox.accounts import CredentialStore
 
 # The documented local default AccessKey. It is only ever valid against the sandbox, so
 # printing it at start is allowed (the CLI never prints a secret other than this one).

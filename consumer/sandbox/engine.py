@@ -1,0 +1,500 @@
+"""In-memory MNS queues: visibility, delays, priorities, retention, receipt handles, long polls.
+
+No HTTP here: `consumer.sandbox.mns_api` turns requests into calls of `QueueEngine` and its
+`Queue`s, and `MnsError`s into error XML.
+
+Data structures (per queue), all O(log n) per message:
+- `_visible`: heap of (priority, seq, id, version) of receivable messages; priority 1 is
+  served first, then oldest first.
+- `_timed`: heap of (next_visible_ms, seq, id, version) of delayed and in-flight messages.
+- `_by_age`: heap of (enqueue_ms, seq, id) for retention.
+- `_handles`: receipt handle -> message id, only for in-flight (and delayed) messages.
+Heap entries are invalidated lazily by bumping a message's `version`; stale entries are
+skipped when popped, and a heap is rebuilt when stale entries outnumber live ones.
+
+Time is the sandbox `Clock` (epoch ms, skew included); all methods take `now_ms` so one
+request sees one instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from consumer.sandbox.context import Clock
+
+MAX_BATCH = 16
+MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 1, 16, 8
+MAX_DELAY_S = 604800
+MAX_VISIBILITY_S = 43200
+MAX_WAIT_S = 30
+MAX_QUEUE_NAME = 256
+_QUEUE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z")
+# Handles we hand out: "1-<seq hex>-<12 random hex>"; URL-safe on purpose.
+_HANDLE = re.compile(r"1-[0-9A-F]{1,16}-[0-9A-F]{12}\Z")
+_COMPACT_SLACK = 1024
+
+ACTIVE, INACTIVE, DELAYED = 0, 1, 2
+
+
+class MnsError(Exception):
+    """An MNS error answer: HTTP status, error code and message, as the service sends them."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def invalid_argument(message: str) -> MnsError:
+    return MnsError(400, "InvalidArgument", message)
+
+
+def queue_not_exist() -> MnsError:
+    return MnsError(404, "QueueNotExist", "The queue name you provided is not exist.")
+
+
+def message_not_exist() -> MnsError:
+    return MnsError(404, "MessageNotExist", "Message not exist.")
+
+
+def receipt_handle_error() -> MnsError:
+    return MnsError(400, "ReceiptHandleError", "The receipt handle you provide is not valid.")
+
+
+def check_range(name: str, value: int, low: int, high: int, unit: str = "seconds") -> int:
+    if not low <= value <= high:
+        raise invalid_argument(f"The value of {name} should between {low} and {high} {unit}.")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class QueueAttributes:
+    """The settable attributes of a queue, with MNS's defaults and ranges."""
+
+    visibility_timeout_s: int = 30
+    maximum_message_size_bytes: int = 65536
+    message_retention_s: int = 345600
+    delay_s: int = 0
+    polling_wait_s: int = 0
+    logging_enabled: bool = False
+
+
+# XML element -> (attribute, low, high); the ranges MNS documents for CreateQueue.
+ATTRIBUTE_FIELDS: Mapping[str, tuple[str, int, int]] = {
+    "VisibilityTimeout": ("visibility_timeout_s", 1, MAX_VISIBILITY_S),
+    "MaximumMessageSize": ("maximum_message_size_bytes", 1024, 65536),
+    "MessageRetentionPeriod": ("message_retention_s", 60, 604800),
+    "DelaySeconds": ("delay_s", 0, MAX_DELAY_S),
+    "PollingWaitSeconds": ("polling_wait_s", 0, MAX_WAIT_S),
+}
+
+
+def parse_int(name: str, text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError as exc:
+        raise invalid_argument(f"The value of {name} should be an integer.") from exc
+
+
+def attributes_from_fields(fields: Mapping[str, str], base: QueueAttributes) -> QueueAttributes:
+    """`base` with the given XML fields applied; unknown fields are ignored, as MNS does."""
+    changes: dict[str, int | bool] = {}
+    for element, (attribute, low, high) in ATTRIBUTE_FIELDS.items():
+        text = fields.get(element)
+        if text is not None:
+            changes[attribute] = check_range(element, parse_int(element, text), low, high)
+    logging = fields.get("LoggingEnabled")
+    if logging is not None:
+        lowered = logging.strip().lower()
+        if lowered not in ("true", "false"):
+            raise invalid_argument("The value of LoggingEnabled should be True or False.")
+        changes["logging_enabled"] = lowered == "true"
+    return replace(base, **changes)  # type: ignore[arg-type]  # values typed per field above
+
+
+class StoredMessage:
+    """One message in a queue. Mutable: read its fields right after the call that returned it."""
+
+    __slots__ = (
+        "body",
+        "body_md5",
+        "dequeue_count",
+        "enqueue_ms",
+        "first_dequeue_ms",
+        "handle",
+        "message_id",
+        "next_visible_ms",
+        "priority",
+        "seq",
+        "state",
+        "version",
+    )
+
+    def __init__(
+        self, message_id: str, seq: int, body: str, priority: int, enqueue_ms: int
+    ) -> None:
+        self.message_id = message_id
+        self.seq = seq
+        self.body = body
+        self.body_md5 = hashlib.md5(body.encode("utf-8")).hexdigest().upper()  # noqa: S324 - MNS MessageBodyMD5
+        self.priority = priority
+        self.enqueue_ms = enqueue_ms
+        self.first_dequeue_ms = 0
+        self.dequeue_count = 0
+        self.next_visible_ms = enqueue_ms
+        self.handle: str | None = None
+        self.state = ACTIVE
+        self.version = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SendEntry:
+    """One message to send; None means "the queue's default"."""
+
+    body: str
+    delay_s: int | None = None
+    priority: int | None = None
+
+
+class Queue:
+    """One MNS queue. Every method takes `now_ms` and first applies what time has done."""
+
+    def __init__(self, name: str, attributes: QueueAttributes, now_ms: int) -> None:
+        self.name = name
+        self.attributes = attributes
+        self.create_time_s = now_ms // 1000
+        self.last_modify_time_s = self.create_time_s
+        self.deleted = False
+        self._messages: dict[str, StoredMessage] = {}
+        self._visible: list[tuple[int, int, str, int]] = []
+        self._timed: list[tuple[int, int, str, int]] = []
+        self._by_age: list[tuple[int, int, str]] = []
+        self._handles: dict[str, str] = {}
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._counts = [0, 0, 0]  # by state: active, inactive, delayed
+        self._seq = 0
+        self._id_prefix = f"{random.getrandbits(64):016X}"
+
+    # --- attributes and counts -------------------------------------------------------
+
+    def counts(self, now_ms: int) -> tuple[int, int, int]:
+        """(ActiveMessages, InactiveMessages, DelayMessages) at `now_ms`."""
+        self._advance(now_ms)
+        return self._counts[ACTIVE], self._counts[INACTIVE], self._counts[DELAYED]
+
+    def set_attributes(self, attributes: QueueAttributes, now_ms: int) -> None:
+        self.attributes = attributes
+        self.last_modify_time_s = now_ms // 1000
+
+    @property
+    def waiter_count(self) -> int:
+        return len(self._waiters)
+
+    # --- sending ---------------------------------------------------------------------
+
+    def validate_entry(self, entry: SendEntry) -> None:
+        """Raise InvalidArgument if `entry` could not be sent to this queue."""
+        size = len(entry.body.encode("utf-8")) if not entry.body.isascii() else len(entry.body)
+        check_range(
+            "MessageBody", size, 1, self.attributes.maximum_message_size_bytes, unit="bytes"
+        )
+        if entry.delay_s is not None:
+            check_range("DelaySeconds", entry.delay_s, 0, MAX_DELAY_S)
+        if entry.priority is not None:
+            check_range("Priority", entry.priority, MIN_PRIORITY, MAX_PRIORITY, unit="")
+
+    def send(self, entry: SendEntry, now_ms: int) -> StoredMessage:
+        """Enqueue one validated entry; a delayed message gets a receipt handle at once."""
+        self._seq += 1
+        seq = self._seq
+        message = StoredMessage(
+            f"{self._id_prefix}-{seq:X}",
+            seq,
+            entry.body,
+            DEFAULT_PRIORITY if entry.priority is None else entry.priority,
+            now_ms,
+        )
+        self._messages[message.message_id] = message
+        heapq.heappush(self._by_age, (now_ms, seq, message.message_id))
+        delay_s = self.attributes.delay_s if entry.delay_s is None else entry.delay_s
+        if delay_s > 0:
+            message.state = DELAYED
+            message.next_visible_ms = now_ms + delay_s * 1000
+            self._counts[DELAYED] += 1
+            self._new_handle(message)
+            heapq.heappush(
+                self._timed, (message.next_visible_ms, seq, message.message_id, message.version)
+            )
+        else:
+            self._counts[ACTIVE] += 1
+            heapq.heappush(self._visible, (message.priority, seq, message.message_id, 0))
+            if self._waiters:
+                self.wake_waiters()
+        return message
+
+    # --- receiving -------------------------------------------------------------------
+
+    def receive(self, count: int, now_ms: int) -> list[StoredMessage]:
+        """Take up to `count` visible messages: each gets a new handle and goes invisible."""
+        self._advance(now_ms)
+        taken: list[StoredMessage] = []
+        visible, messages = self._visible, self._messages
+        next_visible_ms = now_ms + self.attributes.visibility_timeout_s * 1000
+        while visible and len(taken) < count:
+            _, _, message_id, version = heapq.heappop(visible)
+            message = messages.get(message_id)
+            if message is None or message.version != version or message.state != ACTIVE:
+                continue
+            message.dequeue_count += 1
+            if not message.first_dequeue_ms:
+                message.first_dequeue_ms = now_ms
+            self._make_invisible(message, next_visible_ms, INACTIVE)
+            taken.append(message)
+        return taken
+
+    def peek(self, count: int, now_ms: int) -> list[StoredMessage]:
+        """Up to `count` visible messages in delivery order, changing nothing."""
+        self._advance(now_ms)
+        found: list[StoredMessage] = []
+        candidates = heapq.nsmallest(count * 2 + 8, self._visible)
+        if len(candidates) < len(self._visible):
+            valid = sum(1 for entry in candidates if self._is_live_visible(entry))
+            if valid < count:
+                candidates = sorted(self._visible)
+        for entry in candidates:
+            if self._is_live_visible(entry):
+                found.append(self._messages[entry[2]])
+                if len(found) == count:
+                    break
+        return found
+
+    def next_wakeup_ms(self) -> int | None:
+        """When the earliest delayed or in-flight message may become visible (or None)."""
+        return self._timed[0][0] if self._timed else None
+
+    async def wait_for_messages(self, timeout_s: float) -> None:
+        """Sleep until a message may be receivable, the queue is deleted, or `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(waiter)
+        timer = loop.call_later(timeout_s, _release, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.discard(waiter)
+
+    def wake_waiters(self) -> None:
+        for waiter in self._waiters:
+            _release(waiter)
+        self._waiters.clear()
+
+    # --- handles ---------------------------------------------------------------------
+
+    def delete(self, handle: str, now_ms: int) -> None:
+        """Delete the message `handle` was issued for; the handle is single-use."""
+        message = self._message_for_handle(handle, now_ms)
+        self._remove(message)
+
+    def change_visibility(self, handle: str, timeout_s: int, now_ms: int) -> StoredMessage:
+        """Hide the message for `timeout_s` from now under a new handle (the old one dies)."""
+        message = self._message_for_handle(handle, now_ms)
+        state = INACTIVE if message.state == INACTIVE else DELAYED
+        self._counts[message.state] -= 1
+        message.state = ACTIVE  # transient: _make_invisible counts it into `state`
+        self._counts[ACTIVE] += 1
+        self._make_invisible(message, now_ms + timeout_s * 1000, state)
+        return message
+
+    def _message_for_handle(self, handle: str, now_ms: int) -> StoredMessage:
+        if not _HANDLE.match(handle):
+            raise receipt_handle_error()
+        self._advance(now_ms)
+        message_id = self._handles.get(handle)
+        if message_id is None:
+            # Well-formed but used, superseded or expired: MNS says "message not exist".
+            raise message_not_exist()
+        return self._messages[message_id]
+
+    # --- internals -------------------------------------------------------------------
+
+    def _make_invisible(self, message: StoredMessage, next_visible_ms: int, state: int) -> None:
+        self._counts[ACTIVE] -= 1
+        self._counts[state] += 1
+        message.state = state
+        message.next_visible_ms = next_visible_ms
+        message.version += 1
+        if message.handle is not None:
+            del self._handles[message.handle]
+        self._new_handle(message)
+        heapq.heappush(
+            self._timed, (next_visible_ms, message.seq, message.message_id, message.version)
+        )
+
+    def _new_handle(self, message: StoredMessage) -> None:
+        handle = f"1-{message.seq:X}-{random.getrandbits(48):012X}"
+        message.handle = handle
+        self._handles[handle] = message.message_id
+
+    def _is_live_visible(self, entry: tuple[int, int, str, int]) -> bool:
+        message = self._messages.get(entry[2])
+        return message is not None and message.version == entry[3] and message.state == ACTIVE
+
+    def _advance(self, now_ms: int) -> None:
+        """Apply time: due messages become visible, messages past retention vanish."""
+        timed = self._timed
+        if timed and timed[0][0] <= now_ms:
+            self._release_due(now_ms)
+        by_age = self._by_age
+        horizon = now_ms - self.attributes.message_retention_s * 1000
+        while by_age and by_age[0][0] <= horizon:
+            message = self._messages.get(heapq.heappop(by_age)[2])
+            if message is not None:
+                self._remove(message)
+
+    def _release_due(self, now_ms: int) -> None:
+        timed, messages = self._timed, self._messages
+        while timed and timed[0][0] <= now_ms:
+            _, seq, message_id, version = heapq.heappop(timed)
+            message = messages.get(message_id)
+            if message is None or message.version != version:
+                continue
+            if message.handle is not None:
+                del self._handles[message.handle]
+                message.handle = None
+            self._counts[message.state] -= 1
+            self._counts[ACTIVE] += 1
+            message.state = ACTIVE
+            message.version += 1
+            heapq.heappush(self._visible, (message.priority, seq, message_id, message.version))
+
+    def _remove(self, message: StoredMessage) -> None:
+        del self._messages[message.message_id]
+        if message.handle is not None:
+            del self._handles[message.handle]
+            message.handle = None
+        self._counts[message.state] -= 1
+        message.version += 1
+        self._compact_if_sparse()
+
+    def _compact_if_sparse(self) -> None:
+        live = len(self._messages)
+        limit = 2 * live + _COMPACT_SLACK
+        if len(self._by_age) > limit:
+            self._by_age = [(m.enqueue_ms, m.seq, m.message_id) for m in self._messages.values()]
+            heapq.heapify(self._by_age)
+        if len(self._timed) > limit:
+            self._timed = [
+                (m.next_visible_ms, m.seq, m.message_id, m.version)
+                for m in self._messages.values()
+                if m.state != ACTIVE
+            ]
+            heapq.heapify(self._timed)
+        if len(self._visible) > limit:
+            self._visible = [
+                (m.priority, m.seq, m.message_id, m.version)
+                for m in self._messages.values()
+                if m.state == ACTIVE
+            ]
+            heapq.heapify(self._visible)
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class QueueEngine:
+    """All queues of the sandbox's one account, by name."""
+
+    def __init__(self, clock: Clock, defaults: QueueAttributes | None = None) -> None:
+        self.clock = clock
+        self.defaults = defaults or QueueAttributes()
+        self._queues: dict[str, Queue] = {}
+
+    def queue(self, name: str) -> Queue:
+        """The queue called `name`, or QueueNotExist."""
+        queue = self._queues.get(name)
+        if queue is None:
+            raise queue_not_exist()
+        return queue
+
+    def queue_or_none(self, name: str) -> Queue | None:
+        return self._queues.get(name)
+
+    def queue_names(self) -> list[str]:
+        return sorted(self._queues)
+
+    def create_queue(self, name: str, attributes: QueueAttributes) -> bool:
+        """True if created; False if it exists with the same attributes; else 409."""
+        validate_queue_name(name)
+        existing = self._queues.get(name)
+        if existing is not None:
+            if existing.attributes == attributes:
+                return False
+            raise MnsError(
+                409, "QueueAlreadyExist", "The queue you want to create is already exist."
+            )
+        self._queues[name] = Queue(name, attributes, self.clock.now_ms())
+        return True
+
+    def delete_queue(self, name: str) -> None:
+        queue = self.queue(name)
+        del self._queues[name]
+        queue.deleted = True
+        queue.wake_waiters()
+
+    def list_queues(self, prefix: str, marker: str, limit: int) -> tuple[list[Queue], str]:
+        """Up to `limit` queues named `prefix*` from `marker` on, and the next marker ("")."""
+        names = [n for n in sorted(self._queues) if n.startswith(prefix) and n >= marker]
+        page = [self._queues[n] for n in names[:limit]]
+        return page, (names[limit] if len(names) > limit else "")
+
+    def wake_all(self) -> None:
+        """Wake every long poll (after the clock jumped, for instance)."""
+        for queue in self._queues.values():
+            queue.wake_waiters()
+
+    async def receive(self, name: str, count: int, wait_s: float) -> list[StoredMessage]:
+        """Receive up to `count` messages, long-polling up to `wait_s` seconds for the first.
+
+        Returns as soon as any message is receivable; [] when the wait ran out.
+        """
+        queue = self.queue(name)
+        messages = queue.receive(count, self.clock.now_ms())
+        if messages or wait_s <= 0:
+            return messages
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            wakeup_ms = queue.next_wakeup_ms()
+            if wakeup_ms is not None:
+                due_s = (wakeup_ms - self.clock.now_ms()) / 1000.0
+                remaining = min(remaining, max(due_s, 0.001))
+            await queue.wait_for_messages(remaining)
+            if queue.deleted:
+                raise queue_not_exist()
+            messages = queue.receive(count, self.clock.now_ms())
+            if messages:
+                return messages
+
+
+def validate_queue_name(name: str) -> None:
+    if len(name) > MAX_QUEUE_NAME:
+        raise MnsError(
+            400,
+            "QueueNameLengthError",
+            f"The length of queue name should be between 1 and {MAX_QUEUE_NAME}.",
+        )
+    if not _QUEUE_NAME.match(name):
+        raise MnsError(400, "InvalidQueueName", "The queue name you provided is invalid.")

@@ -1,0 +1,256 @@
+"""The sandbox process: one aiohttp app on one loopback port, and its command line.
+
+Routes:
+- everything under `/queues`: the MNS API (`consumer.sandbox.mns_api`);
+- `POST /` and any request with an `x-acs-action` header: the Dybaseapi token API,
+  `consumer.sandbox.dybase.handle_acs_request` (imported lazily; 501 while it is missing);
+- `/_sandbox/...`: the admin API (`consumer.sandbox.admin`).
+A catch-all middleware turns anything unexpected into MNS error XML (InternalError, logged).
+
+Run: `alicom-receipts sandbox [options]` or `python -m consumer.sandbox.server [options]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from consumer.sandbox.accounts import CredentialStore
+from consumer.sandbox.admin import AdminApi
+from consumer.sandbox.context import (
+    DEFAULT_ACCESS_KEY_ID,
+    DEFAULT_ACCESS_KEY_SECRET,
+    Clock,
+    SandboxConfig,
+    SandboxContext,
+    default_queue_names,
+)
+from consumer.sandbox.engine import MnsError, QueueAttributes, QueueEngine
+from consumer.sandbox.faults import Faults, FaultSettings
+from consumer.sandbox.mns_api import MnsApi, error_response
+
+log = logging.getLogger("consumer.sandbox")
+
+AcsHandler = Callable[[web.Request, SandboxContext], Awaitable[web.StreamResponse]]
+CTX_KEY = web.AppKey("sandbox_ctx", SandboxContext)
+_MAX_REQUEST_BYTES = 1024 * 1024
+
+
+def build_context(
+    config: SandboxConfig,
+    faults: FaultSettings | None = None,
+    clock_skew_s: float = 0.0,
+    seed: int | None = None,
+) -> SandboxContext:
+    """A fresh sandbox state with the configured default queues already created."""
+    clock = Clock(clock_skew_s)
+    defaults = QueueAttributes(
+        visibility_timeout_s=config.visibility_timeout_s,
+        maximum_message_size_bytes=config.maximum_message_size_bytes,
+        message_retention_s=config.message_retention_s,
+        delay_s=config.delay_s,
+        polling_wait_s=config.polling_wait_s,
+    )
+    engine = QueueEngine(clock, defaults)
+    for name in config.default_queues:
+        engine.create_queue(name, defaults)
+    accounts = CredentialStore(config.root_access_key_id, config.root_access_key_secret, clock)
+    return SandboxContext(
+        config=config,
+        clock=clock,
+        accounts=accounts,
+        engine=engine,
+        faults=Faults(faults, seed=seed),
+    )
+
+
+class _AcsBridge:
+    """Forwards token-API requests to `consumer.sandbox.dybase` once that module exists."""
+
+    def __init__(self, ctx: SandboxContext, mns: MnsApi) -> None:
+        self._ctx = ctx
+        self._mns = mns
+        self._handler: AcsHandler | None = None
+
+    def _load(self) -> AcsHandler | None:
+        if self._handler is None:
+            try:
+                module = importlib.import_module("consumer.sandbox.dybase")
+            except ModuleNotFoundError as exc:
+                if exc.name != "consumer.sandbox.dybase":
+                    raise
+                return None
+            self._handler = getattr(module, "handle_acs_request", None)
+        return self._handler
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        handler = self._load()
+        if handler is None:
+            err = MnsError(501, "NotImplemented", "The token API is not part of this build.")
+            return error_response(err, self._mns.next_request_id(), request.host)
+        return await handler(request, self._ctx)
+
+
+def _http_error(exc: web.HTTPException) -> MnsError:
+    if exc.status in (404, 405):
+        return MnsError(400, "InvalidRequestURL", "Http request URL format invalid.")
+    if exc.status == 413:
+        return MnsError(400, "InvalidArgument", "The request body is too large.")
+    return MnsError(exc.status, "InvalidArgument", exc.reason)
+
+
+def build_app(ctx: SandboxContext) -> web.Application:
+    """The aiohttp application serving MNS, the token API and the admin API."""
+    mns = MnsApi(ctx)
+    acs = _AcsBridge(ctx, mns)
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            if "x-acs-action" in request.headers and not request.path.startswith("/_sandbox/"):
+                return await acs.handle(request)
+            return await handler(request)  # type: ignore[no-any-return]  # aiohttp handler
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error_response(_http_error(exc), mns.next_request_id(), request.host)
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            err = MnsError(500, "InternalError", "Interal error.")
+            return error_response(err, mns.next_request_id(), request.host)
+
+    app = web.Application(middlewares=[guard], client_max_size=_MAX_REQUEST_BYTES)
+    app[CTX_KEY] = ctx
+    for path in ("/queues", "/queues/{name}", "/queues/{name}/messages"):
+        app.router.add_route("*", path, mns.handle)
+    app.router.add_post("/", acs.handle)
+    AdminApi(ctx).add_routes(app)
+    return app
+
+
+async def serve(
+    ctx: SandboxContext,
+    stop: asyncio.Event,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until `stop` is set; `on_ready` gets the endpoint once the port is bound."""
+    runner = web.AppRunner(
+        build_app(ctx), access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, ctx.config.host, ctx.config.port, reuse_address=True)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        endpoint = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+        if on_ready is not None:
+            on_ready(endpoint)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="alicom-receipts sandbox",
+        description="A local Alicom sandbox: MNS queues and the Dybaseapi token API on one port.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    p.add_argument("--token-lifetime-s", type=float, default=3600.0)
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added to every MNS request")
+    p.add_argument("--error-rate", type=float, default=0.0, help="share of 500/503 answers")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="share of dropped connections")
+    p.add_argument("--hang-rate", type=float, default=0.0, help="share of receives that hang")
+    p.add_argument("--clock-skew-s", type=float, default=0.0, help="server clock offset")
+    p.add_argument("--date-window-s", type=float, default=900.0)
+    p.add_argument(
+        "--queue",
+        action="append",
+        metavar="NAME",
+        help="create this queue at start (repeatable; default: the seven Alicom queues)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed of the fault dice")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def _root_key(environ: dict[str, str]) -> tuple[str, str]:
+    key_id = environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID", "")
+    secret = environ.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "")
+    if not key_id and not secret:
+        return DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET
+    if not key_id or not secret:
+        raise SystemExit(
+            "set both ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, or neither"
+        )
+    return key_id, secret
+
+
+def _announce(config: SandboxConfig, endpoint: str) -> None:
+    lines = [
+        "alicom sandbox ready (MNS 2015-06-06, Dybaseapi 2017-05-25)",
+        f"endpoint: {endpoint}",
+        f"access_key_id: {config.root_access_key_id}",
+    ]
+    if config.root_access_key_secret == DEFAULT_ACCESS_KEY_SECRET:
+        # The documented local default is public; any other secret is never printed.
+        lines.append(f"access_key_secret: {DEFAULT_ACCESS_KEY_SECRET} (documented local default)")
+    lines.append(f"account_id: {config.account_id}")
+    lines.extend(f"queue: {name}" for name in config.default_queues)
+    print("\n".join(lines), flush=True)
+
+
+async def _run(ctx: SandboxContext) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await serve(ctx, stop, lambda endpoint: _announce(ctx.config, endpoint))
+    log.info("sandbox stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`alicom-receipts sandbox`: run until SIGINT/SIGTERM, then exit 0."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    key_id, secret = _root_key(dict(os.environ))
+    config = SandboxConfig(
+        host=args.host,
+        port=args.port,
+        root_access_key_id=key_id,
+        root_access_key_secret=secret,
+        token_lifetime_s=args.token_lifetime_s,
+        date_window_s=args.date_window_s,
+        default_queues=tuple(args.queue) if args.queue else default_queue_names(),
+    )
+    try:
+        faults = FaultSettings(
+            latency_ms=args.latency_ms,
+            error_rate=args.error_rate,
+            drop_rate=args.drop_rate,
+            hang_rate=args.hang_rate,
+        )
+        ctx = build_context(config, faults, args.clock_skew_s, args.seed)
+    except (ValueError, MnsError) as exc:
+        print(f"alicom-receipts sandbox: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_run(ctx))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
