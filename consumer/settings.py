@@ -188,6 +188,11 @@ class Settings:
         if problems:
             raise InvalidSettings(problems)
 
+    def __repr__(self) -> str:
+        # The generated repr would print handler options (webhook headers, URLs with
+        # passwords) verbatim; this one is the redacted view.
+        return f"Settings({self.describe()!r})"
+
     @property
     def token_refresh_before_s(self) -> float:
         """Seconds before ExpireTime at which a token is replaced (`[token] refresh_before_s`)."""
