@@ -14,9 +14,9 @@ Users write a function or a class; they never see MNS or Redis::
         types = ("SmsReport",)
 
         def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
-            result = BatchResult()
-            for receipt in receipts:
-                if not store(receipt):
+            result = BatchResult()      # every receipt not marked here succeeded
+            for receipt, stored in zip(receipts, store_many(receipts)):
+                if not stored:
                     result.retry(receipt, "store busy", delay_s=30)
             return result
 
@@ -141,9 +141,6 @@ class FunctionHandler(Generic[R]):
         """The decorated function stays callable directly (handy in unit tests)."""
         self.__wrapped__(receipt)
 
-    def __repr__(self) -> str:
-        return f"<handler {self.name} types={self.types}>"
-
 
 @overload
 def handler(func: Callable[[R], object], /) -> FunctionHandler[R]: ...
@@ -265,7 +262,7 @@ class Dispatcher:
         self._submit(calls)
         self._wait(calls)
         for call in calls:
-            outcomes = call.outcomes or self._all(call, "retry", "handler_crashed", 0.0)
+            outcomes = call.outcomes or _all(call, "retry", "handler_crashed", 0.0)
             for index, outcome in zip(call.indexes, outcomes, strict=True):
                 results[index].append(outcome)
         return results
@@ -305,9 +302,8 @@ class Dispatcher:
             try:
                 call.future = self._executor.submit(self._run, call)
             except RuntimeError:  # the pool was shut down: hand the receipt back, not lose it
-                with self._cond:
-                    call.abandoned = True
-                    call.outcomes = self._all(call, "retry", "dispatcher_closed", 0.0)
+                call.abandoned = True
+                call.outcomes = _all(call, "retry", "dispatcher_closed", 0.0)
 
     def _run(self, call: _Call) -> None:
         with self._cond:
@@ -363,10 +359,11 @@ class Dispatcher:
         if call.future is not None:
             call.future.cancel()
         elapsed = 0.0 if call.started_at is None else now - call.started_at
-        call.outcomes = self._all(call, "retry", reason, elapsed)
+        call.outcomes = _all(call, "retry", reason, elapsed)
         if call.started_at is not None:
             self._stuck += 1
             self._publish_stuck()
+            self._cond.notify_all()  # another dispatch may wait for a worker that is now gone
         log.warning("handler_abandoned", handler=call.name, reason=reason,
                     deadline_s=self._deadline_s, receipts=len(call.receipts),
                     message_ids=[r.meta.message_id for r in call.receipts],
@@ -376,16 +373,15 @@ class Dispatcher:
         if self._gauge is not None:
             self._gauge.set(self._stuck)
 
-    @staticmethod
-    def _all(call: _Call, kind: OutcomeKind, reason: str,
-             duration_s: float) -> list[HandlerOutcome]:
-        return [HandlerOutcome(kind, call.name, reason, None, duration_s) for _ in call.receipts]
+
+def _all(call: _Call, kind: OutcomeKind, reason: str, duration_s: float) -> list[HandlerOutcome]:
+    return [HandlerOutcome(kind, call.name, reason, None, duration_s) for _ in call.receipts]
 
 
 def _invoke(call: _Call) -> list[HandlerOutcome]:
     """Runs one call and turns whatever happened into outcomes; never raises an Exception."""
     started = time.monotonic()
-    result: BatchResult | None = None
+    result: object = None
     try:
         if is_batch_handler(call.handler):
             result = cast(BatchHandler, call.handler).handle_batch(call.receipts)
@@ -396,21 +392,15 @@ def _invoke(call: _Call) -> list[HandlerOutcome]:
         elapsed = time.monotonic() - started
         return [HandlerOutcome(kind, call.name, reason, delay, elapsed) for _ in call.receipts]
     elapsed = time.monotonic() - started
-    return [_batch_outcome(call, result, receipt, elapsed) for receipt in call.receipts]
-
-
-def _batch_outcome(call: _Call, result: object, receipt: Receipt,
-                   elapsed: float) -> HandlerOutcome:
-    if result is None:
-        return HandlerOutcome("ok", call.name, "", None, elapsed)
-    if not isinstance(result, BatchResult):
+    if result is not None and not isinstance(result, BatchResult):
         log.error("bad_batch_result", handler=call.name, got=type(result).__name__)
-        return HandlerOutcome("retry", call.name, "bad_batch_result", None, elapsed)
-    signal = result.failure_for(receipt)
-    if signal is None:
-        return HandlerOutcome("ok", call.name, "", None, elapsed)
-    kind, reason, delay = _classify(signal, call)
-    return HandlerOutcome(kind, call.name, reason, delay, elapsed)
+        result = BatchResult([(r, RetryLater("bad_batch_result")) for r in call.receipts])
+    outcomes: list[HandlerOutcome] = []
+    for receipt in call.receipts:
+        signal = result.failure_for(receipt) if result is not None else None
+        kind, reason, delay = ("ok", "", None) if signal is None else _classify(signal, call)
+        outcomes.append(HandlerOutcome(kind, call.name, reason, delay, elapsed))
+    return outcomes
 
 
 def _classify(exc: Exception, call: _Call) -> tuple[OutcomeKind, str, float | None]:

@@ -69,11 +69,13 @@ class Blocker:
         self.name = "blocker"
         self.block = block
         self.release = threading.Event()
+        self.entered = threading.Event()
         self.finished: list[str] = []
 
     def handle(self, receipt: Receipt) -> None:
         assert isinstance(receipt, SmsReport)
         if receipt.biz_id in self.block:
+            self.entered.set()
             self.release.wait(WAIT_S)
         self.finished.append(receipt.biz_id)
 
@@ -302,6 +304,23 @@ def test_when_every_worker_is_stuck_queued_receipts_are_handed_back(
     wait_until(lambda: dispatcher.stuck_threads == 0)
     assert dispatcher.dispatch([report(4)])[0].kind == "ok"
     assert "biz-2" not in blocker.finished and "biz-3" not in blocker.finished
+
+
+def test_a_dispatch_queued_behind_another_dispatchs_stuck_handler_is_handed_back(
+        dispatchers: list[Dispatcher]) -> None:
+    blocker = Blocker({"biz-1"})
+    dispatcher = make(dispatchers, {"SmsReport": [blocker]}, deadline_s=0.3, max_workers=1)
+    first: list[HandlerOutcome] = []
+    thread = threading.Thread(target=lambda: first.extend(dispatcher.dispatch([report(1)])))
+    thread.start()
+    assert blocker.entered.wait(WAIT_S)
+
+    second = dispatcher.dispatch([report(2)])  # queued: the only worker is taken
+
+    thread.join(WAIT_S)
+    assert [(o.kind, o.reason) for o in first] == [("retry", "deadline")]
+    assert [(o.kind, o.reason) for o in second] == [("retry", "no_free_worker")]
+    blocker.release.set()
 
 
 def test_concurrent_dispatches_each_get_their_own_outcomes(dispatchers: list[Dispatcher]) -> None:
