@@ -64,7 +64,7 @@ class HandlerSpec:
 
     use: str
     types: tuple[str, ...] | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)  # dicts don't hash
     name: str | None = None
 
 

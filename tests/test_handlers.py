@@ -21,7 +21,7 @@ from consumer.handlers.log import LogHandler
 from consumer.handlers.redis_stream import RedisStreamHandler
 from consumer.handlers.webhook import WebhookHandler
 from consumer.plugins import HandlerSpec, PluginError, load_handlers
-from consumer.receipts import Receipt, ReceiptMeta, SmsReport
+from consumer.receipts import IntlSmsReport, Receipt, ReceiptMeta, SmsReport
 from consumer.sandbox.redis_server import RedisServer, free_port
 
 WAIT_S = 30.0
@@ -55,8 +55,8 @@ def test_the_log_handler_writes_one_line_per_receipt_without_phone_numbers() -> 
 
 
 def test_the_log_handler_logs_the_configured_typed_and_raw_fields() -> None:
-    log_handler = LogHandler(fields=["phone_number", "extData", "absent"], level="warning",
-                             event="sms")
+    log_handler = LogHandler(fields=["phone_number", "extData", "absent", "to_dict"],
+                             level="warning", event="sms")
 
     with capture_logs() as logs:
         log_handler.handle(report(3))
@@ -64,7 +64,17 @@ def test_the_log_handler_logs_the_configured_typed_and_raw_fields() -> None:
     [entry] = logs
     assert (entry["event"], entry["log_level"]) == ("sms", "warning")
     assert (entry["phone_number"], entry["extData"]) == ("13800000003", {"k": 3})
-    assert "absent" not in entry and "biz_id" not in entry
+    assert "absent" not in entry and "biz_id" not in entry and "to_dict" not in entry
+
+
+def test_the_log_handler_logs_properties_such_as_success_of_an_intl_report() -> None:
+    intl = IntlSmsReport(raw={}, meta=ReceiptMeta("mns"), to="8613", status="1",
+                         message_id="m-1")
+
+    with capture_logs() as logs:
+        LogHandler(fields=["success", "status"]).handle(intl)
+
+    assert (logs[0]["success"], logs[0]["status"]) == (True, "1")
 
 
 @pytest.mark.parametrize("options", [{"level": "loud"}, {"fields": "biz_id"}])

@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 
 from consumer.errors import ConfigError
-from consumer.receipts import Receipt
+from consumer.receipts import Receipt, typed_field_names
 
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -52,8 +52,10 @@ class LogHandler:
             "mns_message_id": meta.message_id,
             "dequeue_count": meta.dequeue_count,
         }
+        cls = type(receipt)
         for name in self._fields:
-            if hasattr(receipt, name) and name not in ("raw", "meta"):
+            # typed fields and properties (IntlSmsReport.success), never methods or raw/meta
+            if name in typed_field_names(cls) or isinstance(getattr(cls, name, None), property):
                 line[name] = getattr(receipt, name)
             elif name in receipt.raw:
                 line[name] = receipt.raw[name]

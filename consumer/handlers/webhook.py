@@ -29,7 +29,10 @@ class WebhookHandler:
     1xx/3xx (redirects are not followed) -> PermanentFailure. `timeout_s` bounds each socket
     operation; the dispatcher's deadline bounds the whole call.
 
-    One kept-alive connection per worker thread. `headers` (e.g. an Authorization) are sent
+    Delivery is at least once: the same receipt may be POSTed again (after a retry, or when
+    a connection breaks after the server got the request), so dedupe on your side, e.g. on
+    `meta.message_id` or the receipt's business fields. One kept-alive connection per worker
+    thread. `headers` (e.g. an Authorization) are sent
     with every request and never logged; credentials inside the URL are refused.
     """
 
