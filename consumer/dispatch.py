@@ -153,8 +153,9 @@ def handler(func: Callable[[R], object] | None = None, /, *, types: Iterable[str
     """Turns a function taking one receipt into a Handler; use bare or with options.
 
     `types` limits it to these message types ("SmsReport", "SmsUp", ...); None means the
-    types given in the config, else all. `name` (default: the function's name) labels its
-    logs and metrics.
+    types given in the config, else all. "SmsReport" also brings `IntlSmsReport` (the
+    international site's format shares the queue): check with isinstance. `name` (default:
+    the function's name) labels its logs and metrics.
     """
     if isinstance(types, str):  # a lone "SmsReport" would otherwise iterate as characters
         types = (types,)

@@ -1,7 +1,7 @@
 """An example alicom-receipts handler plugin: prints one line per receipt.
 
 Copy this package to start your own: a class (or a function decorated with
-`consumer.dispatch.handler`) plus one entry point in pyproject.toml is all a plugin is.
+`consumer.handler`) plus one entry point in pyproject.toml is all a plugin is.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import threading
 from typing import TextIO
 
-from consumer.receipts import Receipt
+from consumer import Receipt
 
 __all__ = ["PrintHandler"]
 
