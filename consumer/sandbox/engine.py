@@ -197,6 +197,16 @@ class Queue:
     def waiter_count(self) -> int:
         return len(self._waiters)
 
+    def index_sizes(self) -> dict[str, int]:
+        """Entries in each internal index, stale ones included (to check nothing leaks)."""
+        return {
+            "messages": len(self._messages),
+            "visible": len(self._visible),
+            "timed": len(self._timed),
+            "by_age": len(self._by_age),
+            "handles": len(self._handles),
+        }
+
     # --- sending ---------------------------------------------------------------------
 
     def validate_entry(self, entry: SendEntry) -> None:

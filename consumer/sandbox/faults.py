@@ -87,7 +87,9 @@ class Faults:
         return self._settings
 
     def reset(self) -> None:
+        """All faults off and the injected-fault counters back to zero."""
         self._settings = FaultSettings()
+        self.injected = dict.fromkeys(self.injected, 0)
 
     @property
     def latency_s(self) -> float:
