@@ -1,0 +1,192 @@
+"""Composition root: Settings in, a running worker out. The only place that wires the
+SDK clients, Redis, the token service and the plugins together.
+
+`worker_main` is `alicom-receipts worker --queue SmsReport [--config FILE]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+import redis
+import structlog
+
+from consumer import logs
+from consumer.ack import AckConfig
+from consumer.credentials import load_access_key
+from consumer.deadletter import RedisDeadLetterStore
+from consumer.dedup import RedisDedupStore
+from consumer.dispatch import Dispatcher
+from consumer.errors import AlicomReceiptsError, ConfigError
+from consumer.outcome import RetryPolicy
+from consumer.plugins import close_handlers, load_handlers
+from consumer.receipts import MESSAGE_TYPES
+from consumer.settings import Settings, load_settings
+from consumer.source import MnsQueueClient, QueueClient
+from consumer.stats import Stats
+from consumer.tokens import TokenService
+from consumer.worker import Pipeline, Worker, WorkerConfig
+
+log = structlog.get_logger("alicom_receipts.app")
+
+
+def worker_config(settings: Settings, message_type: str) -> WorkerConfig:
+    """The driver's knobs, derived once from the settings."""
+    poll, ack, work = settings.poll, settings.ack, settings.worker
+    return WorkerConfig(
+        message_type=message_type,
+        pollers=poll.pollers,
+        # Runners only wait on the handler pool; ackers do one MNS round trip per 16
+        # messages, so half as many ackers as pollers keep up with the receives.
+        runners=max(2, poll.pollers),
+        ackers=max(2, (poll.pollers + 1) // 2),
+        batch_size=poll.batch_size,
+        wait_seconds=poll.wait_seconds,
+        in_flight_max=work.in_flight_max,
+        shutdown_budget_s=work.shutdown_budget_s,
+        max_receipts=work.max_receipts,
+        max_rss_mb=work.max_rss_mb,
+        retry=RetryPolicy(ack.retry_base_s, ack.retry_max_s, ack.max_dequeue_count),
+        ack=AckConfig(
+            delete_batch_max=ack.delete_batch_max,
+            delete_flush_s=ack.delete_flush_s,
+            completed_ttl_s=settings.dedup.completed_ttl_s,
+            visibility_timeout_s=ack.visibility_timeout_s,
+            extend_before_s=ack.extend_before_s,
+            max_in_flight_s=ack.max_in_flight_s,
+        ),
+    )
+
+
+class _TokenStats:
+    """Counts token events in the worker's stats object (consumer.tokens.TokenObserver)."""
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+
+    def token_refreshed(self, message_type: str, lifetime_s: float) -> None:
+        self._stats.incr("token_refreshes")
+
+    def token_fetch_failed(self, message_type: str, error: AlicomReceiptsError) -> None:
+        log.warning("token_fetch_failed", message_type=message_type, error=str(error))
+
+    def token_invalidated(self, message_type: str) -> None:
+        log.info("token_invalidated", message_type=message_type)
+
+
+@dataclass
+class Resources:
+    """What `build_worker` opened; `close()` releases it all, crashes in it only logged."""
+
+    redis: redis.Redis
+    tokens: TokenService
+    dispatcher: Dispatcher
+
+    def close(self) -> None:
+        try:
+            close_handlers(self.dispatcher.routes)
+            self.dispatcher.close()
+        finally:
+            self.redis.close()
+
+
+def build_worker(settings: Settings, message_type: str, env: dict[str, str],
+                 stats: Stats | None = None) -> tuple[Worker, Resources]:
+    """Builds every collaborator of one worker process; raises ConfigError on a bad setup."""
+    if message_type not in MESSAGE_TYPES:
+        raise ConfigError("--queue must be one of %s, got %r"
+                          % (", ".join(sorted(MESSAGE_TYPES)), message_type))
+    stats = stats or Stats()
+    access_key = load_access_key(env)
+    tokens = TokenService.from_settings(settings, access_key, observer=_TokenStats(stats))
+    provider = tokens.credentials_provider(message_type)
+    queue_name = settings.queue_name(message_type)
+
+    def client_factory() -> QueueClient:
+        return MnsQueueClient(settings.endpoints.mns_endpoint, queue_name, provider,
+                              settings.poll.socket_timeout_s)
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                  socket_connect_timeout=5, health_check_interval=30)
+    routes = load_handlers(settings.handlers)
+    dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
+                            max_workers=settings.worker.handler_threads)
+    pipeline = Pipeline(
+        client_factory=client_factory,
+        dedup=RedisDedupStore(client, settings.dedup),
+        dead_letters=RedisDeadLetterStore(client, settings.deadletter),
+        dispatcher=dispatcher,
+        on_auth_error=provider.invalidate,
+        stats=stats,
+    )
+    return Worker(worker_config(settings, message_type), pipeline), Resources(
+        client, tokens, dispatcher)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="alicom-receipts worker",
+                                     description="Run one worker process for one queue type.")
+    parser.add_argument("--queue", required=True, metavar="TYPE",
+                        help="message type to consume: SmsReport, SmsUp, ...")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="TOML settings file (default: $ALICOM_RECEIPTS_CONFIG, else the "
+                             "embedded local default)")
+    return parser.parse_args(list(argv))
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    args = _parse(argv)
+    env = dict(os.environ)
+    try:
+        settings = load_settings(args.config or env.get("ALICOM_RECEIPTS_CONFIG"), env)
+    except ConfigError as exc:
+        print("alicom-receipts worker: %s" % exc)  # noqa: T201 - the user's terminal, pre-logging
+        return 2
+    logs.configure(settings.log.level, settings.log.format)
+    try:
+        worker, resources = build_worker(settings, args.queue, env)
+    except ConfigError as exc:
+        log.error("config_invalid", error=str(exc))
+        return 2
+    log.info("settings", **settings.describe())
+    try:
+        return run_until_stopped(worker)
+    finally:
+        resources.close()
+
+
+def run_until_stopped(worker: Worker) -> int:
+    """Starts the worker, waits for a signal or a recycle reason, drains, returns 0.
+
+    A second SIGTERM/SIGINT exits at once (status 1): unfinished messages come back from MNS
+    when their visibility ends, and their dedup leases expire with it.
+    """
+    wake = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if worker.stop_receiving.is_set():
+            log.warning("second_signal_exit_now", signal=signum)
+            os._exit(1)
+        log.info("stopping", signal=signum)
+        worker.request_stop()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.start()
+    while not wake.wait(1.0):
+        reason = worker.should_recycle()
+        if reason is not None:
+            log.info("recycling", reason=reason)
+            break
+    try:
+        worker.drain()
+    except AlicomReceiptsError as exc:
+        log.error("drain_failed", error=str(exc))
+    return 0

@@ -1,0 +1,91 @@
+"""Bounded, jittered, interruptible retries around calls to MNS, the token API and Redis.
+
+tenacity's defaults retry forever without waiting; every use here has a stop, a wait, a log
+line before each sleep, and a sleep that returns early when shutdown is requested.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from consumer.errors import TransientError
+
+T = TypeVar("T")
+log = structlog.get_logger("alicom_receipts.backoff")
+
+
+def _stop_when(event: threading.Event) -> Callable[[RetryCallState], bool]:
+    return lambda _state: event.is_set()
+
+
+def _log_before_sleep(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        sleep_s = state.next_action.sleep if state.next_action else 0.0
+        log.warning("retrying", call=what, attempt=state.attempt_number,
+                    sleep_s=round(sleep_s, 2), error=str(exc))
+    return before_sleep
+
+
+def call_with_retry(
+    what: str,
+    fn: Callable[[], T],
+    stop: threading.Event,
+    *,
+    attempts: int = 5,
+    max_wait_s: float = 10.0,
+    retry_on: tuple[type[BaseException], ...] = (TransientError,),
+) -> T:
+    """Calls `fn`, retrying `retry_on` errors up to `attempts` times or until `stop` is set.
+
+    The last error is re-raised unchanged when the attempts run out.
+    """
+    retrying = Retrying(
+        stop=stop_after_attempt(attempts) | _stop_when(stop),
+        wait=wait_random_exponential(multiplier=0.2, max=max_wait_s),
+        retry=retry_if_exception_type(retry_on),
+        before_sleep=_log_before_sleep(what),
+        sleep=stop.wait,
+        reraise=True,
+    )
+    return retrying(fn)
+
+
+class Backoff:
+    """Delays for a loop that must keep going (a poller facing an outage): 0.2 s doubling,
+    jittered, capped at `max_s`; `reset()` after a success."""
+
+    def __init__(self, max_s: float = 30.0) -> None:
+        self._wait = wait_random_exponential(multiplier=0.2, max=max_s)
+        self._attempt = 0
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    def sleep(self, stop: threading.Event) -> float:
+        """Sleeps the next delay (returns early on `stop`); returns the delay chosen."""
+        self._attempt += 1
+        delay = float(self._wait(_FakeState(self._attempt)))
+        stop.wait(delay)
+        return delay
+
+
+class _FakeState:
+    """tenacity's wait strategies read only `attempt_number` from the call state."""
+
+    def __init__(self, attempt_number: int) -> None:
+        self.attempt_number = attempt_number
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - mirrors RetryCallState loosely
+        raise AttributeError(name)

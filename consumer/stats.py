@@ -1,0 +1,66 @@
+"""One stats object per worker process: every counter the daemon keeps lives here.
+
+Threads only ever call `incr` and `add_in_flight`; readers take a `snapshot()`. A plain lock
+is cheap next to one network round trip per batch, and keeps the counts exact.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Final
+
+COUNTERS: Final = (
+    "received",            # messages taken off the queue
+    "empty_polls",         # receives that returned nothing
+    "handled",             # handlers succeeded, message acknowledged
+    "duplicates",          # already completed: acknowledged without running handlers
+    "in_progress_skipped", # claimed by another live delivery: left alone
+    "retries",             # handed back with a backoff for a later delivery
+    "dead_letters",        # stored in the dead-letter store, then deleted
+    "decode_errors",       # bodies that could not become a receipt (also dead-lettered)
+    "deleted",             # messages deleted from MNS
+    "delete_failures",     # delete entries MNS refused
+    "lost_claims",         # completion refused: the claim had moved to another delivery
+    "visibility_extensions",
+    "handed_back",         # returned at shutdown or when the pipeline could not take them
+    "token_refreshes",
+    "poll_errors",
+    "redis_errors",
+)
+
+Listener = Callable[[str, int], None]
+
+
+class Stats:
+    """Thread-safe counters plus the in-flight gauge; `listeners` mirror them (e.g. metrics)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._in_flight = 0
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        """`listener(name, amount)` is called after every increment, outside the lock."""
+        self._listeners.append(listener)
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        if amount == 0:
+            return
+        with self._lock:
+            self._counts[name] += amount
+        for listener in self._listeners:
+            listener(name, amount)
+
+    def add_in_flight(self, amount: int) -> None:
+        with self._lock:
+            self._in_flight += amount
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {**self._counts, "in_flight": self._in_flight}

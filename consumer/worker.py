@@ -1,0 +1,329 @@
+"""The worker: a thin driver over named steps, one process per queue.
+
+Threads, in Dramatiq's shape:
+- pollers (several, each with its own SDK client) reserve room in the in-flight window,
+  receive a batch, decode it, claim it in Redis in one script call, and route each message:
+  claimed ones to the work queue, the rest straight to the acks queue;
+- runners take a claimed batch from the work queue and run the handlers on it;
+- ackers complete, dead-letter, retry and delete in batches (consumer.ack);
+- the heartbeat extends the visibility of slow messages.
+Receiving never waits for handlers: only a full window stops a poller.
+
+`_poll_iteration` is one turn of a poller: receive -> prepare -> claim -> route.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from consumer.ack import STOP, AckConfig, Acker, Heartbeat, Settled
+from consumer.backoff import Backoff
+from consumer.deadletter import RedisDeadLetterStore
+from consumer.decode import decode_body
+from consumer.dedup import ClaimState, DedupStore
+from consumer.dispatch import Dispatcher, HandlerOutcome
+from consumer.errors import AlicomReceiptsError, AuthError, DecodeError, TransientError
+from consumer.inflight import InFlight, Window
+from consumer.outcome import Decision, RetryPolicy, Verdict, classify, precheck
+from consumer.receipts import ReceiptMeta
+from consumer.source import Delivery, QueueClient
+from consumer.stats import Stats
+
+log = structlog.get_logger("alicom_receipts.worker")
+
+ClientFactory = Callable[[], QueueClient]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What the driver needs, distilled from Settings at start-up (see consumer.app)."""
+
+    message_type: str
+    pollers: int = 4
+    runners: int = 4
+    ackers: int = 2
+    batch_size: int = 16
+    wait_seconds: int = 10
+    in_flight_max: int = 256
+    shutdown_budget_s: float = 20.0
+    max_receipts: int | None = None
+    max_rss_mb: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    ack: AckConfig = field(default_factory=AckConfig)
+
+
+@dataclass
+class Pipeline:
+    """The collaborators a worker drives; built once by consumer.app."""
+
+    client_factory: ClientFactory
+    dedup: DedupStore
+    dead_letters: RedisDeadLetterStore
+    dispatcher: Dispatcher
+    on_auth_error: Callable[[], None]  # invalidates the current token
+    stats: Stats = field(default_factory=Stats)
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, pipeline: Pipeline) -> None:
+        self.config = config
+        self.p = pipeline
+        self.stats = pipeline.stats
+        self.window = Window(config.in_flight_max)
+        self.work: queue.Queue[list[InFlight] | None] = queue.Queue()
+        self.acks: queue.Queue[Settled | None] = queue.Queue()
+        self.stop_receiving = threading.Event()  # first signal: drain
+        self.abort = threading.Event()           # second signal: leave now
+        self._threads: dict[str, list[threading.Thread]] = {}
+        self._clients: list[QueueClient] = []
+        self.last_progress = time.monotonic()    # a poller finished a turn (watchdog)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        c = self.config
+        self._spawn("poller", c.pollers, self._poll_loop)
+        self._spawn("runner", c.runners, self._run_loop)
+        self._spawn("acker", c.ackers, self._ack_loop)
+        heartbeat = Heartbeat(self._client(), self.p.dedup, self.window, self.stats, c.ack)
+        self._spawn("heartbeat", 1, lambda: heartbeat.run(self.abort))
+        log.info("worker_started", queue_type=c.message_type, pollers=c.pollers,
+                 runners=c.runners, ackers=c.ackers, in_flight_max=c.in_flight_max)
+
+    def request_stop(self) -> None:
+        """First call: stop receiving and drain. Second call: abort at once."""
+        if self.stop_receiving.is_set():
+            self.abort.set()
+        self.stop_receiving.set()
+
+    def should_recycle(self) -> str | None:
+        """A reason to exit cleanly so systemd or `run` starts a fresh process, or None."""
+        c = self.config
+        handled = self.stats.snapshot()["received"]
+        if c.max_receipts is not None and handled >= c.max_receipts:
+            return "max_receipts"
+        if c.max_rss_mb is not None and _rss_mb() > c.max_rss_mb:
+            return "max_rss_mb"
+        return None
+
+    def drain(self) -> bool:
+        """Stops receiving, finishes in-flight work within the budget, hands back the rest.
+
+        Returns True when everything in flight was settled normally.
+        """
+        self.stop_receiving.set()
+        deadline = time.monotonic() + self.config.shutdown_budget_s
+        for t in self._threads.get("poller", []):
+            t.join(max(0.0, deadline - time.monotonic()))
+        drained = self.window.wait_empty(deadline)
+        if not drained:
+            self._hand_back_all()
+        for _ in self._threads.get("runner", []):
+            self.work.put(None)
+        for _ in self._threads.get("acker", []):
+            self.acks.put(STOP)
+        for name in ("runner", "acker"):
+            for t in self._threads.get(name, []):
+                t.join(max(0.5, deadline - time.monotonic()))
+        self.abort.set()  # ends the heartbeat
+        for client in self._clients:
+            client.close()
+        log.info("worker_stopped", drained=drained, **self.stats.snapshot())
+        return drained
+
+    def _hand_back_all(self) -> None:
+        """Visibility 0 and claim released for whatever is still in flight."""
+        client = self._client()
+        for item in self.window.items():
+            with item.lock:
+                item.settling = True
+                handle = item.receipt_handle
+            try:
+                if item.dedup_key is not None:
+                    self.p.dedup.release([item.dedup_key], item.owner)
+                client.change_visibility(handle, 0)
+            except AlicomReceiptsError as exc:
+                log.warning("hand_back_failed", message_id=item.delivery.message_id,
+                            error=str(exc))
+            self.stats.incr("handed_back")
+            self.window.settle(item)
+
+    def _spawn(self, name: str, count: int, target: Callable[[], None]) -> None:
+        threads = [threading.Thread(target=target, name="%s-%d" % (name, i), daemon=True)
+                   for i in range(count)]
+        self._threads[name] = threads
+        for t in threads:
+            t.start()
+
+    def _client(self) -> QueueClient:
+        client = self.p.client_factory()
+        self._clients.append(client)
+        return client
+
+    # -- pollers ------------------------------------------------------------------------
+
+    def _poll_loop(self) -> None:
+        client = self._client()
+        backoff = Backoff()
+        while not self.stop_receiving.is_set():
+            try:
+                self._poll_iteration(client)
+                backoff.reset()
+            except AuthError as exc:
+                log.warning("auth_refused", queue=client.queue_name, error=str(exc))
+                self.p.on_auth_error()
+                self.stats.incr("poll_errors")
+                backoff.sleep(self.stop_receiving)
+            except AlicomReceiptsError as exc:
+                log.warning("poll_failed", queue=client.queue_name, error=str(exc))
+                self.stats.incr("poll_errors")
+                backoff.sleep(self.stop_receiving)
+            self.last_progress = time.monotonic()
+
+    def _poll_iteration(self, client: QueueClient) -> None:
+        """receive -> prepare -> claim -> route; raises on a failed receive or claim."""
+        c = self.config
+        if not self.window.reserve(c.batch_size, self.stop_receiving):
+            return
+        try:
+            deliveries = client.receive(c.batch_size, c.wait_seconds)
+        except BaseException:
+            self.window.unreserve(c.batch_size)
+            raise
+        self.window.unreserve(c.batch_size - len(deliveries))
+        if not deliveries:
+            self.stats.incr("empty_polls")
+            return
+        self.stats.incr("received", len(deliveries))
+        items = [InFlight.of(d) for d in deliveries]
+        self.window.track(items)
+        rejected = self._prepare(items)
+        claimable = [i for i in items if i.receipt is not None and i not in rejected]
+        try:
+            states = self._claim(claimable)
+        except TransientError:
+            self._give_up(claimable)
+            self._route(rejected, [])
+            raise
+        self._route(rejected, list(zip(claimable, states, strict=True)))
+
+    def _prepare(self, items: Sequence[InFlight]) -> dict[InFlight, Decision]:
+        """Decodes every body; returns the messages that must not reach the handlers."""
+        rejected: dict[InFlight, Decision] = {}
+        for item in items:
+            d = item.delivery
+            early = precheck(d.dequeue_count, self.config.retry)
+            if early is not None:
+                rejected[item] = early
+                continue
+            try:
+                item.receipt = decode_body(self.config.message_type, d.body, d.body_md5,
+                                           _meta(d))
+            except DecodeError as exc:
+                self.stats.incr("decode_errors")
+                rejected[item] = classify(exc, d.dequeue_count, self.config.retry)
+                continue
+            item.dedup_key = item.receipt.dedup_key()
+        return rejected
+
+    def _claim(self, items: list[InFlight]) -> list[ClaimState]:
+        """One script call for the whole batch; the lease ends with the earliest visibility."""
+        if not items:
+            return []
+        owner = secrets.token_hex(8)
+        lease_s = max(1.0, min(i.next_visible_ms for i in items) / 1000 - time.time())
+        for item in items:
+            item.owner = owner
+        try:
+            return self.p.dedup.claim([str(i.dedup_key) for i in items], owner, lease_s)
+        except TransientError:
+            self.stats.incr("redis_errors")
+            raise
+
+    def _route(self, rejected: dict[InFlight, Decision],
+               claimed: list[tuple[InFlight, ClaimState]]) -> None:
+        for item, decision in rejected.items():
+            self.acks.put(Settled(item, decision))
+        to_run: list[InFlight] = []
+        seen: set[str] = set()
+        for item, state in claimed:
+            if state is ClaimState.CLAIMED and item.dedup_key not in seen:
+                seen.add(str(item.dedup_key))
+                to_run.append(item)
+                continue
+            if state is ClaimState.CLAIMED:
+                # The same receipt twice in one batch: the first copy runs; this one is a
+                # duplicate of a claim we hold, so it must wait for that outcome.
+                state = ClaimState.IN_PROGRESS
+            self._leave_or_ack(item, classify(state, item.delivery.dequeue_count,
+                                               self.config.retry))
+        if to_run:
+            self.stats.add_in_flight(len(to_run))
+            self.work.put(to_run)
+
+    def _leave_or_ack(self, item: InFlight, decision: Decision) -> None:
+        if decision.verdict is Verdict.LEAVE:
+            self.stats.incr("in_progress_skipped")
+            self.window.settle(item)
+            log.info("receipt", queue=item.delivery.queue, message_id=item.delivery.message_id,
+                     dequeue_count=item.delivery.dequeue_count, dedup_key=item.dedup_key,
+                     outcome=decision.outcome)
+        else:
+            self.acks.put(Settled(item, decision))
+
+    def _give_up(self, items: list[InFlight]) -> None:
+        """Redis is away: let MNS re-deliver these later; nothing was claimed or run."""
+        for item in items:
+            self.stats.incr("handed_back")
+            self.window.settle(item)
+
+    # -- runners and ackers -------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        while True:
+            batch = self.work.get()
+            if batch is None:
+                return
+            try:
+                outcomes = self.p.dispatcher.dispatch([i.receipt for i in batch if i.receipt])
+            except Exception:  # noqa: BLE001 - a dispatcher bug must not strand the batch
+                log.exception("dispatch_crashed", messages=len(batch))
+                outcomes = [_crashed(i) for i in batch]
+            self.stats.add_in_flight(-len(batch))
+            for item, outcome in zip(batch, outcomes, strict=True):
+                decision = classify(outcome, item.delivery.dequeue_count, self.config.retry)
+                self.acks.put(Settled(item, decision, outcome.handler, outcome.duration_s))
+
+    def _ack_loop(self) -> None:
+        acker = Acker(self._client(), self.p.dedup, self.p.dead_letters, self.window,
+                      self.stats, self.config.ack, self.abort, self.config.message_type)
+        acker.run(self.acks)
+
+
+def _crashed(item: InFlight) -> HandlerOutcome:
+    return HandlerOutcome(kind="retry", handler="dispatcher", reason="dispatcher crashed",
+                          delay_s=None, duration_s=0.0)
+
+
+def _meta(d: Delivery) -> ReceiptMeta:
+    return ReceiptMeta(source="mns", queue=d.queue, message_id=d.message_id,
+                       dequeue_count=d.dequeue_count, enqueue_time_ms=d.enqueue_time_ms,
+                       first_dequeue_time_ms=d.first_dequeue_time_ms)
+
+
+def _rss_mb() -> float:
+    """Resident set size of this process in MiB, from /proc (Linux)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+    except OSError:
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)

@@ -1,0 +1,113 @@
+"""End-to-end fixtures: the real worker process, the sandbox subprocess, a real Redis.
+
+Each test gets its own account id, hence its own queue names, on one shared sandbox, and a
+flushed Redis database, so tests never see each other's receipts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from consumer.sandbox.publisher import Publisher
+from consumer.sandbox.redis_server import RedisServer
+from consumer.sandbox.testing import SandboxHandle, running_sandbox
+from tests.e2e.harness import WorkerProcess, wait_until, worker_env, write_config
+
+
+@pytest.fixture(scope="session")
+def e2e_sandbox() -> Iterator[SandboxHandle]:
+    with running_sandbox() as handle:
+        yield handle
+
+
+@dataclass
+class Stack:
+    """One test's world: its queue on the sandbox, its Redis, its worker processes."""
+
+    sandbox: SandboxHandle
+    redis_server: RedisServer
+    redis: redis.Redis
+    tmp: Path
+    account_id: str
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def records_path(self) -> Path:
+        return self.tmp / "applied.jsonl"
+
+    @property
+    def started_path(self) -> Path:
+        return self.tmp / "started.jsonl"
+
+    def queue_name(self, message_type: str = "SmsReport") -> str:
+        return "Alicom-Queue-%s-%s" % (self.account_id, message_type)
+
+    def publisher(self) -> Publisher:
+        return Publisher(self.sandbox.endpoint, self.sandbox.access_key_id,
+                         self.sandbox.access_key_secret, account_id=self.account_id)
+
+    def config(self, name: str = "worker.toml", *, recorder: Mapping[str, Any] | None = None,
+               **sections: Mapping[str, Any]) -> Path:
+        endpoint = self.sandbox.endpoint
+        base: dict[str, dict[str, Any]] = {
+            "alicom": {"preset": "custom", "mns_endpoint": endpoint,
+                       "token_endpoint": endpoint.removeprefix("http://"),
+                       "token_protocol": "http", "account_id": self.account_id,
+                       "queues": ["SmsReport"]},
+            "redis": {"url": self.redis_server.url},
+            "poll": {"pollers": 2, "wait_seconds": 1, "socket_timeout_s": 8},
+            "dedup": {"lease_s": 10},
+            "ack": {"visibility_timeout_s": 10, "extend_before_s": 3, "retry_base_s": 1},
+            "worker": {"shutdown_budget_s": 10, "handler_deadline_s": 10},
+            "log": {"format": "json", "level": "info"},
+        }
+        for section, values in sections.items():
+            base.setdefault(section, {}).update(values)
+        options = {"path": str(self.records_path), **(recorder or {})}
+        handlers = [{"use": "tests.e2e.recording:Recorder", "options": options}]
+        return write_config(self.tmp / name, base, handlers)
+
+    def worker(self, config: Path, queue: str = "SmsReport") -> WorkerProcess:
+        env = worker_env(self.sandbox.access_key_id, self.sandbox.access_key_secret)
+        proc = WorkerProcess(config, queue, env, self.tmp / ("worker-%d.log" % len(self.workers)))
+        self.workers.append(proc)
+        return proc.start()
+
+    def wait(self, predicate: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+        """`wait_until`, failing at once (with the log) if a worker died on its own."""
+        def check() -> bool:
+            for w in self.workers:
+                if w.proc is not None and w.proc.poll() is not None and not w.expected_exit:
+                    tail = w.log_path.read_text(errors="replace")[-3000:]
+                    raise AssertionError("worker exited %s:\n%s" % (w.proc.returncode, tail))
+            return predicate()
+        wait_until(check, timeout_s, what)
+
+    def queue_counts(self, message_type: str = "SmsReport") -> tuple[int, int]:
+        """(visible, in flight) messages of the queue, through the official SDK."""
+        attrs = self.sandbox.account().get_queue(self.queue_name(message_type)).get_attributes()
+        return int(attrs.active_messages), int(attrs.inactive_messages)
+
+    def queue_is_empty(self, message_type: str = "SmsReport") -> bool:
+        visible, in_flight = self.queue_counts(message_type)
+        return visible == 0 and in_flight == 0
+
+
+@pytest.fixture
+def stack(e2e_sandbox: SandboxHandle, redis_server: RedisServer, redis_client: redis.Redis,
+          tmp_path: Path) -> Iterator[Stack]:
+    account_id = str(random.randrange(10**15, 10**16))  # noqa: S311 - a unique name, not a secret
+    s = Stack(e2e_sandbox, redis_server, redis_client, tmp_path, account_id)
+    for message_type in ("SmsReport", "SmsUp"):
+        e2e_sandbox.create_queue(s.queue_name(message_type))
+    yield s
+    for w in s.workers:
+        w.kill()
+    e2e_sandbox.reset()
