@@ -108,6 +108,19 @@ def test_every_receipt_has_its_own_identity(platform: Publisher) -> None:
     assert len({m.obj["phone_number"] for m in report.messages}) == 300
 
 
+def test_sms_reports_include_failed_deliveries_with_carrier_error_codes(
+    platform: Publisher,
+) -> None:
+    report = platform.publish("SmsReport", 200, seed=13)
+    failed = [m.obj for m in report.messages if not m.obj["success"]]
+    delivered = [m.obj for m in report.messages if m.obj["success"]]
+
+    assert failed and delivered
+    assert all(r["err_code"] == "DELIVERED" for r in delivered)
+    assert all(r["err_code"] != "DELIVERED" and r["err_msg"] for r in failed)
+    assert {r["err_code"] for r in failed} & {"MK:0001", "IC:0015", "UNDELIV"}
+
+
 def test_a_duplicate_repeats_an_earlier_body_under_a_new_message_id(
     platform: Publisher, drain: Callable[[str, int], list[Message]]
 ) -> None:
