@@ -8,9 +8,9 @@ clients. Its fast path (a fresh token) is a dict read and a clock comparison, no
 Refresh: a token is replaced once its `refresh_at` has passed (`refresh_before_s` before it
 expires, at most half its life). While a due token is still valid, one thread fetches and
 the others keep using the old one; once it has expired (or was invalidated), callers wait
-for the single fetch in flight and reuse its result. After a 403-family answer from MNS, a
-caller invalidates the token it used: `invalidate` only drops the token if it is still the
-current one, so sixteen pollers failing together cause one refresh, not sixteen.
+for the single fetch in flight and reuse its result, token or error. After a 403-family
+answer from MNS, a caller invalidates the token it used: `invalidate` only drops the token
+if it is still the current one, so sixteen pollers failing together cause one refresh.
 
 Expiry and clock skew. ExpireTime and CreateTime arrive as "yyyy-MM-dd HH:mm:ss" in
 Asia/Shanghai time; they are parsed with zoneinfo into aware datetimes and then epoch
@@ -135,7 +135,9 @@ class TokenService:
         self._current: dict[str, MnsToken] = {}
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._not_before: dict[str, float] = {}  # no new refresh try of a valid token before
-        self._guard = threading.Lock()  # guards the three dicts above against check-then-act
+        self._fetches_done: dict[str, int] = {}  # fetches finished, failed or not
+        self._last_error: dict[str, AlicomReceiptsError] = {}  # of the last fetch, if it failed
+        self._guard = threading.Lock()  # guards the dicts above against check-then-act
 
     @classmethod
     def from_settings(cls, settings: Settings, access_key: AccessKey, *,
@@ -159,8 +161,9 @@ class TokenService:
         lock = self._fetch_lock(message_type)
         if current is not None and now < current.expires_at:
             return self._refresh_while_valid(message_type, current, lock)
+        seen = self._fetches_done.get(message_type, 0)
         with lock:
-            return self._refresh_locked(message_type)
+            return self._refresh_locked(message_type, seen)
 
     def current(self, message_type: str) -> MnsToken | None:
         """The token in use now, without fetching (None before the first fetch)."""
@@ -212,15 +215,28 @@ class TokenService:
         finally:
             lock.release()
 
-    def _refresh_locked(self, message_type: str) -> MnsToken:
-        """Fetch unless another thread did while we waited for the lock (held by the caller)."""
+    def _refresh_locked(self, message_type: str, seen: int | None = None) -> MnsToken:
+        """Fetches, holding the type's fetch lock, unless a fetch finished while we waited
+        for it (`seen`: the count of finished fetches before waiting): its fresh token is
+        reused, or its error raised again, so waiters share one fetch's outcome."""
         current = self._current.get(message_type)
         if current is not None and time.time() < current.refresh_at:
             return current
-        token = self._fetch_with_retries(message_type)
+        error = self._last_error.get(message_type)
+        if seen is not None and error is not None and self._fetches_done.get(message_type) != seen:
+            raise type(error)(str(error)) from error
+        try:
+            token = self._fetch_with_retries(message_type)
+        except AlicomReceiptsError as exc:
+            with self._guard:
+                self._fetches_done[message_type] = self._fetches_done.get(message_type, 0) + 1
+                self._last_error[message_type] = exc
+            raise
         with self._guard:
             self._current[message_type] = token
             self._not_before.pop(message_type, None)
+            self._fetches_done[message_type] = self._fetches_done.get(message_type, 0) + 1
+            self._last_error.pop(message_type, None)
         return token
 
     def _fetch_with_retries(self, message_type: str) -> MnsToken:
@@ -294,6 +310,10 @@ class TokenCredentialsProvider:
         token = self._service.token(self._message_type)
         self._local.token = token
         return token.credentials
+
+    def on_auth_error(self) -> None:
+        """Call after MNS refused this thread's request with a 403-family code."""
+        self.invalidate()
 
     def invalidate(self) -> bool:
         """Drops the token this thread last used if it is still current (see

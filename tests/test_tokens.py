@@ -257,6 +257,36 @@ def test_an_unreachable_token_api_is_transient_and_retried_a_bounded_number_of_t
     assert counters.failures == {"SmsReport": QUICK.max_attempts}
 
 
+def test_callers_waiting_on_a_failing_fetch_share_its_error_instead_of_refetching() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # accepts connections (in the kernel) and never answers
+        port = silent.getsockname()[1]
+        counters = TokenCounters()
+        service = TokenService(AccessKey("id", "secret"),
+                               Endpoints(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", "http",
+                                         "cn-hangzhou"),
+                               TokenSettings(max_attempts=1, read_timeout_s=1.0),
+                               observer=counters)
+        start = threading.Barrier(8)
+        errors: list[Exception] = []
+
+        def poller() -> None:
+            start.wait()
+            try:
+                service.token("SmsReport")
+            except TransientError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=poller) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(errors) == 8
+    assert counters.failures == {"SmsReport": 1}  # one read timeout, seen by all eight
+
+
 def test_a_set_stop_event_ends_retrying_after_the_current_attempt() -> None:
     counters = TokenCounters()
     stop = threading.Event()
