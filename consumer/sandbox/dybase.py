@@ -1,27 +1,16 @@
 """The sandbox's Alibaba Cloud OpenAPI endpoint: ACS3-HMAC-SHA256 verification + action dispatch.
 
 S1's server hands every `POST /` and every request carrying `x-acs-action` to
-`handle_acs_request`. It answers the way Alibaba's OpenAPI gateway does, as far as the official
-Tea SDK (`alibabacloud_tea_openapi`) can tell:
-
-* a request is checked in this order: known action and version; a well-formed
-  `Authorization: ACS3-HMAC-SHA256 Credential=..,SignedHeaders=..,Signature=..`; `x-acs-date`
-  within `config.date_window_s` of the sandbox clock (its skew included); a known AccessKeyId;
-  the signature, recomputed from the request as received; the security token of a temporary
-  credential; a fresh `x-acs-signature-nonce`; the caller's permission; the parameters;
-* a refusal is HTTP 4xx with a JSON body `{"RequestId","HostId","Code","Message","Recommend"}`,
-  which the Tea client raises as `ClientException` with `.code` set;
-* a business error (the request was fine, the answer is "no") is HTTP 200 with `Code != "OK"`,
-  which the Tea client returns as a normal result.
-
-Actions live in a registry (`register_action`), so Dysmsapi `SendSms` / `QuerySendDetails`
-can join later on the same port without touching the verification.
-
-The signature is rebuilt exactly as `alibabacloud_tea_openapi.utils.Utils.get_authorization`
-builds it: canonical request = method, path, sorted `quote(v, safe="~")` query, the signed
-headers `name:value` (lowercase names, stripped values, repeated values sorted and joined with
-","), the signed header list, and the hex SHA-256 of the body; string to sign = algorithm and
-the hex SHA-256 of the canonical request; signature = hex HMAC-SHA256 with the secret.
+`handle_acs_request`, which answers as Alibaba's OpenAPI gateway does, as far as the official
+Tea SDK can tell. Checks, in order: known action and version; a well-formed `Authorization`;
+`x-acs-date` within `config.date_window_s` of the (skewed) sandbox clock; a known AccessKeyId;
+the signature, rebuilt from the request as received exactly as
+`alibabacloud_tea_openapi.utils.Utils.get_authorization` builds it; the security token of a
+temporary credential; a fresh `x-acs-signature-nonce`; the caller's permission; the parameters.
+A refusal is HTTP 4xx with `{"RequestId","HostId","Code","Message","Recommend"}`, raised by the
+Tea client as `ClientException` with `.code`; a business error is HTTP 200 with `Code != "OK"`,
+which the Tea client returns as a normal result. Actions live in a registry
+(`register_action`), so Dysmsapi `SendSms` / `QuerySendDetails` can join on the same port.
 """
 
 from __future__ import annotations
@@ -55,14 +44,39 @@ _NONCE_WINDOWS = 2.0
 _NONCE_MAX_ENTRIES = 200_000
 
 
-class AcsError(Exception):
-    """A refusal: answered with `status` and an OpenAPI error body."""
+# Refusals: code -> (HTTP status, message), worded as Alibaba's OpenAPI gateway words them.
+# Codes the gateway does not document for a case are the nearest documented ones.
+ERRORS: dict[str, tuple[int, str]] = {
+    "IncompleteSignature": (400, "The request signature does not conform to Aliyun standards."),
+    "InvalidTimeStamp.Format": (400, "Specified time stamp or date value is not well formatted."),
+    "InvalidTimeStamp.Expired": (400, "Specified time stamp or date value is expired."),
+    "InvalidAccessKeyId.NotFound": (404, "Specified access key is not found."),
+    "SignatureDoesNotMatch": (400, "Specified signature is not matched with our calculation."),
+    "InvalidSecurityToken.MismatchWithAccessKey": (400, "Specified SecurityToken mismatch "
+                                                   "with the AccessKey."),
+    "InvalidSecurityToken.Expired": (400, "Specified SecurityToken is expired."),
+    "MissingSignatureNonce": (400, "SignatureNonce is mandatory for this action."),
+    "SignatureNonceUsed": (400, "Specified signature nonce was used already."),
+    "InvalidAction.NotFound": (404, "Specified api is not found, please check your url "
+                                    "and method."),
+    "InvalidVersion": (400, "Specified parameter Version is not valid."),
+    "Forbidden.RAM": (403, "User not authorized to operate on the specified resource, "
+                           "or this API doesn't support RAM."),
+    "MissingMessageType": (400, "MessageType is mandatory for this action."),
+}
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
+
+class AcsError(Exception):
+    """A refusal, answered with the status and message of `ERRORS[code]` (plus `detail`).
+
+    Actions of other products add their codes to `ERRORS` when they register.
+    """
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        self.status, message = ERRORS[code]
         self.code = code
-        self.message = message
+        self.message = f"{message} {detail}" if detail else message
+        super().__init__(f"{code}: {self.message}")
 
 
 @dataclass(frozen=True)
@@ -98,13 +112,6 @@ _ACTIONS: dict[str, AcsAction] = {}
 def register_action(action: AcsAction) -> None:
     """Adds (or replaces) an action; action names are unique across the sandbox's products."""
     _ACTIONS[action.name] = action
-
-
-def registered_actions() -> Mapping[str, AcsAction]:
-    return dict(_ACTIONS)
-
-
-# ---- replay protection -------------------------------------------------------------------
 
 
 class NonceCache:
@@ -151,14 +158,10 @@ def _nonce_cache(ctx: SandboxContext) -> NonceCache:
     return cache
 
 
-# ---- ACS3 signature ----------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Authorization:
     """The parsed `Authorization` header of an ACS3 request."""
 
-    algorithm: str
     access_key_id: str
     signed_headers: tuple[str, ...]
     signature: str
@@ -168,9 +171,7 @@ def parse_authorization(value: str) -> Authorization:
     """Parses `ACS3-HMAC-SHA256 Credential=<id>,SignedHeaders=<a;b>,Signature=<hex>`."""
     algorithm, _, rest = value.strip().partition(" ")
     if algorithm != ACS3_ALGORITHM:
-        raise AcsError(
-            400, "IncompleteSignature", f"Only {ACS3_ALGORITHM} is supported, got {algorithm!r}."
-        )
+        raise AcsError("IncompleteSignature", f"Only {ACS3_ALGORITHM} is supported.")
     fields: dict[str, str] = {}
     for part in rest.split(","):
         key, sep, val = part.strip().partition("=")
@@ -178,16 +179,9 @@ def parse_authorization(value: str) -> Authorization:
             fields[key] = val
     missing = [k for k in ("Credential", "SignedHeaders", "Signature") if not fields.get(k)]
     if missing:
-        raise AcsError(
-            400, "IncompleteSignature",
-            f"The Authorization header lacks {', '.join(missing)}.",
-        )
-    return Authorization(
-        algorithm=algorithm,
-        access_key_id=fields["Credential"],
-        signed_headers=tuple(fields["SignedHeaders"].split(";")),
-        signature=fields["Signature"],
-    )
+        raise AcsError("IncompleteSignature", f"Authorization lacks {', '.join(missing)}.")
+    signed = tuple(fields["SignedHeaders"].split(";"))
+    return Authorization(fields["Credential"], signed, fields["Signature"])
 
 
 def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
@@ -221,57 +215,38 @@ def _check_signed_header_set(headers: CIMultiDictProxy[str], auth: Authorization
     required = {"host"} | {k.lower() for k in headers if k.lower().startswith("x-acs-")}
     unsigned = sorted(required - names)
     if unsigned:
-        raise AcsError(
-            400, "IncompleteSignature", f"Headers {', '.join(unsigned)} must be signed."
-        )
+        raise AcsError("IncompleteSignature", f"Headers {', '.join(unsigned)} must be signed.")
 
 
-def _verify_signature(
-    request: web.Request, body: bytes, auth: Authorization, secret: str
-) -> None:
+def _verify_signature(request: web.Request, body: bytes, auth: Authorization, secret: str) -> None:
     payload_hash = hashlib.sha256(body).hexdigest()
     declared = request.headers.get("x-acs-content-sha256")
     if declared is not None and declared.lower() != payload_hash:
-        raise AcsError(
-            400, "SignatureDoesNotMatch",
-            "x-acs-content-sha256 does not match the SHA-256 of the request body.",
-        )
-    canonical = "\n".join(
-        (
-            request.method,
-            request.rel_url.raw_path or "/",
-            canonical_query(request.query.items()),
-            canonical_headers(request.headers, auth.signed_headers),
-            ";".join(auth.signed_headers),
-            payload_hash,
-        )
-    )
+        raise AcsError("SignatureDoesNotMatch", "x-acs-content-sha256 is not the body's.")
+    canonical = "\n".join((
+        request.method,
+        request.rel_url.raw_path or "/",
+        canonical_query(request.query.items()),
+        canonical_headers(request.headers, auth.signed_headers),
+        ";".join(auth.signed_headers),
+        payload_hash,
+    ))
     to_sign = string_to_sign(canonical)
     if not hmac.compare_digest(sign(secret, to_sign), auth.signature.lower()):
         # The real gateway echoes its string to sign; it holds only a hash, no secret.
-        raise AcsError(
-            400, "SignatureDoesNotMatch",
-            "Specified signature is not matched with our calculation. "
-            f"server string to sign is:{to_sign}",
-        )
+        raise AcsError("SignatureDoesNotMatch", f"server string to sign is:{to_sign}")
 
 
 def _check_date(headers: CIMultiDictProxy[str], now: float, window_s: float) -> None:
     value = headers.get("x-acs-date")
     if not value:
-        raise AcsError(400, "InvalidTimeStamp.Format", "x-acs-date is mandatory for this action.")
+        raise AcsError("InvalidTimeStamp.Format", "x-acs-date is missing.")
     try:
         sent = dt.datetime.strptime(value, _ACS_DATE_FORMAT).replace(tzinfo=dt.timezone.utc)
     except ValueError:
-        raise AcsError(
-            400, "InvalidTimeStamp.Format",
-            "Specified time stamp or date value is not well formatted.",
-        ) from None
+        raise AcsError("InvalidTimeStamp.Format") from None
     if abs(sent.timestamp() - now) > window_s:
-        raise AcsError(
-            400, "InvalidTimeStamp.Expired",
-            f"Specified time stamp or date value is expired (server time {_acs_date(now)}).",
-        )
+        raise AcsError("InvalidTimeStamp.Expired", f"Server time is {_acs_date(now)}.")
 
 
 def _acs_date(epoch_s: float) -> str:
@@ -284,27 +259,18 @@ def _check_credential(headers: CIMultiDictProxy[str], cred: Credential, now: flo
         return
     token = headers.get("x-acs-security-token", "")
     if not hmac.compare_digest(token, cred.security_token or ""):
-        raise AcsError(
-            400, "InvalidSecurityToken.MismatchWithAccessKey",
-            "Specified SecurityToken mismatch with the AccessKey.",
-        )
+        raise AcsError("InvalidSecurityToken.MismatchWithAccessKey")
     if cred.expired(now):
-        raise AcsError(400, "InvalidSecurityToken.Expired", "Specified SecurityToken is expired.")
-
-
-# ---- dispatch ----------------------------------------------------------------------------
+        raise AcsError("InvalidSecurityToken.Expired")
 
 
 def _lookup_action(headers: CIMultiDictProxy[str], method: str) -> AcsAction:
     name = headers.get("x-acs-action", "")
     action = _ACTIONS.get(name)
     if action is None or method not in ("GET", "POST"):
-        raise AcsError(
-            404, "InvalidAction.NotFound",
-            "Specified api is not found, please check your url and method.",
-        )
+        raise AcsError("InvalidAction.NotFound")
     if headers.get("x-acs-version") != action.version:
-        raise AcsError(400, "InvalidVersion", "Specified parameter Version is not valid.")
+        raise AcsError("InvalidVersion")
     return action
 
 
@@ -315,44 +281,34 @@ def _params(request: web.Request, body: bytes) -> dict[str, str]:
     return params
 
 
-async def _authenticate(
-    request: web.Request, body: bytes, ctx: SandboxContext
-) -> Credential:
+def _authenticate(request: web.Request, body: bytes, ctx: SandboxContext) -> Credential:
     header = request.headers.get("Authorization")
     if not header:
-        raise AcsError(400, "IncompleteSignature", "The Authorization header is missing.")
+        raise AcsError("IncompleteSignature", "The Authorization header is missing.")
     auth = parse_authorization(header)
     _check_signed_header_set(request.headers, auth)
     now = ctx.clock.now()
     _check_date(request.headers, now, ctx.config.date_window_s)
     cred = ctx.accounts.lookup(auth.access_key_id)
     if cred is None:
-        raise AcsError(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
+        raise AcsError("InvalidAccessKeyId.NotFound")
     _verify_signature(request, body, auth, cred.access_key_secret)
     _check_credential(request.headers, cred, now)
     nonce = request.headers.get("x-acs-signature-nonce", "")
     if not nonce:
-        raise AcsError(
-            400, "MissingSignatureNonce", "SignatureNonce is mandatory for this action."
-        )
+        raise AcsError("MissingSignatureNonce")
     keep_s = ctx.config.date_window_s * _NONCE_WINDOWS
     if not _nonce_cache(ctx).check_and_record(nonce, now, keep_s):
-        raise AcsError(400, "SignatureNonceUsed", "Specified signature nonce was used already.")
+        raise AcsError("SignatureNonceUsed")
     return cred
 
 
 def _check_permission(action: AcsAction, cred: Credential) -> None:
     if action.root_only and cred.is_temporary:
-        raise AcsError(
-            403, "Forbidden.RAM",
-            "User not authorized to operate on the specified resource, "
-            "or this API doesn't support RAM.",
-        )
+        raise AcsError("Forbidden.RAM")
 
 
-def _json_response(
-    status: int, body: Mapping[str, Any], request_id: str
-) -> web.Response:
+def _json_response(status: int, body: Mapping[str, Any], request_id: str) -> web.Response:
     return web.Response(
         status=status,
         body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
@@ -381,16 +337,10 @@ async def handle_acs_request(request: web.Request, ctx: SandboxContext) -> web.R
         action = _lookup_action(request.headers, request.method)
         host_id = action.host_id
         body = await request.read()
-        cred = await _authenticate(request, body, ctx)
+        cred = _authenticate(request, body, ctx)
         _check_permission(action, cred)
-        call = AcsCall(
-            action=action.name,
-            version=action.version,
-            params=_params(request, body),
-            credential=cred,
-            request_id=request_id,
-            now=ctx.clock.now(),
-        )
+        params = _params(request, body)
+        call = AcsCall(action.name, action.version, params, cred, request_id, ctx.clock.now())
         answer = action.handler(call, ctx)
     except AcsError as err:
         log.info("acs refused action=%s code=%s request_id=%s",
@@ -419,7 +369,7 @@ def query_token_for_mns_queue(call: AcsCall, ctx: SandboxContext) -> dict[str, A
     """
     message_type = call.params.get("MessageType", "")
     if not message_type:
-        raise AcsError(400, "MissingMessageType", "MessageType is mandatory for this action.")
+        raise AcsError("MissingMessageType")
     if message_type not in MESSAGE_TYPES:
         # The real business code for this case is undocumented; isv.INVALID_PARAMETERS is
         # Alicom's documented generic "parameter error".
@@ -451,11 +401,6 @@ def query_token_for_mns_queue(call: AcsCall, ctx: SandboxContext) -> dict[str, A
     }
 
 
-register_action(
-    AcsAction(
-        name="QueryTokenForMnsQueue",
-        version=DYBASEAPI_VERSION,
-        host_id="dybaseapi.aliyuncs.com",
-        handler=query_token_for_mns_queue,
-    )
-)
+register_action(AcsAction(
+    "QueryTokenForMnsQueue", DYBASEAPI_VERSION, "dybaseapi.aliyuncs.com", query_token_for_mns_queue
+))
