@@ -42,7 +42,7 @@ def parse_shanghai_time(text: str) -> float:
 
 @dataclass(frozen=True, eq=False, repr=False)
 class MnsToken:
-    """One temporary token; times are epoch seconds on OUR clock (see the module docstring).
+    """One temporary token; times are epoch seconds on OUR clock (see `consumer.tokens`).
 
     `credentials` is the MNS SDK object handed out on every request (built once).
     Compared by identity: each fetch makes a new token.
@@ -76,10 +76,9 @@ class MnsToken:
     __str__ = __repr__
 
 
-
-
 def dybaseapi_client(key: AccessKey, endpoints: Endpoints,
-                      settings: TokenSettings) -> DybaseapiClient:
+                     settings: TokenSettings) -> DybaseapiClient:
+    """The official Dybaseapi client on `endpoints`, signing with `key`, with timeouts."""
     # The Tea SDK dumps request headers (an STS key's x-acs-security-token among them) at
     # DEBUG when the DEBUG environment variable is set; keep its loggers above that.
     for name in ("darabonba-core", "alibabacloud-tea"):
@@ -98,6 +97,7 @@ def dybaseapi_client(key: AccessKey, endpoints: Endpoints,
 
 
 def ms(seconds: float) -> int:
+    """Seconds as the whole milliseconds the Tea SDK takes (at least 1)."""
     return max(1, round(seconds * 1000))
 
 
@@ -150,8 +150,8 @@ def sdk_error(exc: BaseException, message_type: str) -> AlicomReceiptsError:
 
 
 def token_from(message_type: str, body: Any, started: float, finished: float,
-                refresh_before_s: float) -> MnsToken:
-    """The token in an answer body (see the module docstring for the expiry maths)."""
+               refresh_before_s: float) -> MnsToken:
+    """The token in an answer body (the expiry maths is explained in `consumer.tokens`)."""
     if body is None:
         raise TransientError(f"{ACTION}({message_type}) gave an empty answer")
     if body.code != "OK":
@@ -190,7 +190,8 @@ def _remaining_life(message_type: str, expire: float, create: float | None, star
         remaining = min(by_clock, by_lifetime) if by_clock > 0 else by_lifetime
         if abs(offset) > SKEW_WARNING_S:
             log.warning("token_clock_skew", message_type=message_type, clock_offset_s=offset,
-                        note="server clock minus ours; expiry taken from the token's lifetime")
+                        remaining_s=round(remaining, 1),
+                        note="server clock minus ours, measured from CreateTime")
     if remaining <= 0:
         raise TransientError(f"{ACTION}({message_type}) gave a token that has already expired "
                              f"(ExpireTime is {round(-remaining, 1)} s in the past)")
