@@ -7,6 +7,7 @@ flushed Redis database, so tests never see each other's receipts.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ import redis
 from consumer.sandbox.publisher import Publisher
 from consumer.sandbox.redis_server import RedisServer
 from consumer.sandbox.testing import SandboxHandle, running_sandbox
+from consumer.deadletter import DeadLetterSettings, RedisDeadLetterStore
+from tests.e2e.recording import read_records
 from tests.e2e.harness import WorkerProcess, wait_until, worker_env, write_config
 
 
@@ -63,8 +66,8 @@ class Stack:
                        "queues": ["SmsReport"]},
             "redis": {"url": self.redis_server.url},
             "poll": {"pollers": 2, "wait_seconds": 1, "socket_timeout_s": 8},
-            "dedup": {"lease_s": 10},
-            "ack": {"visibility_timeout_s": 10, "extend_before_s": 3, "retry_base_s": 1},
+            "dedup": {"lease_s": 4},
+            "ack": {"visibility_timeout_s": 4, "extend_before_s": 2, "retry_base_s": 1},
             "worker": {"shutdown_budget_s": 10, "handler_deadline_s": 10},
             "log": {"format": "json", "level": "info"},
         }
@@ -79,6 +82,23 @@ class Stack:
         proc = WorkerProcess(config, queue, env, self.tmp / ("worker-%d.log" % len(self.workers)))
         self.workers.append(proc)
         return proc.start()
+
+    def applied(self) -> Counter[str]:
+        """How often each dedup key was applied by a handler, across all workers."""
+        return Counter(str(r["key"]) for r in read_records(str(self.records_path))
+                       if r["what"] == "applied")
+
+    def records(self) -> list[dict[str, Any]]:
+        return [r for r in read_records(str(self.records_path)) if r["what"] == "applied"]
+
+    def started(self) -> list[dict[str, object]]:
+        return [r for r in read_records(str(self.started_path)) if r["what"] == "started"]
+
+    def dead_letters(self) -> RedisDeadLetterStore:
+        return RedisDeadLetterStore(self.redis, DeadLetterSettings())
+
+    def log_events(self, event: str) -> list[dict[str, Any]]:
+        return [line for w in self.workers for line in w.log_lines() if line.get("event") == event]
 
     def wait(self, predicate: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
         """`wait_until`, failing at once (with the log) if a worker died on its own."""
@@ -106,7 +126,8 @@ def stack(e2e_sandbox: SandboxHandle, redis_server: RedisServer, redis_client: r
     account_id = str(random.randrange(10**15, 10**16))  # noqa: S311 - a unique name, not a secret
     s = Stack(e2e_sandbox, redis_server, redis_client, tmp_path, account_id)
     for message_type in ("SmsReport", "SmsUp"):
-        e2e_sandbox.create_queue(s.queue_name(message_type))
+        # A short visibility makes re-deliveries (after a crash, a retry) quick to observe.
+        e2e_sandbox.create_queue(s.queue_name(message_type), visibility_timeout_s=4)
     yield s
     for w in s.workers:
         w.kill()

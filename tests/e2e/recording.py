@@ -21,29 +21,36 @@ class Recorder:
     def __init__(
         self,
         path: str,
-        poison_out_ids: Sequence[str] = (),
-        flaky_out_ids: Sequence[str] = (),
+        poison_keys: Sequence[str] = (),
+        flaky_keys: Sequence[str] = (),
         flaky_until_dequeue: int = 2,
         slow_s: float = 0.0,
         started_path: str = "",
+        gate_path: str = "",
     ) -> None:
         self._path = path
-        self._poison = frozenset(poison_out_ids)
-        self._flaky = frozenset(flaky_out_ids)
+        self._poison = frozenset(poison_keys)
+        self._flaky = frozenset(flaky_keys)
         self._flaky_until = flaky_until_dequeue
         self._slow_s = slow_s
         self._started_path = started_path
+        self._gate_path = gate_path
 
     def handle(self, receipt: Receipt) -> None:
-        out_id = str(receipt.raw.get("out_id", ""))
+        key = receipt.dedup_key()
         if self._started_path:
             self._append(self._started_path, receipt, "started")
-        if out_id in self._poison:
-            raise PermanentFailure("poison receipt %s" % out_id)
-        if out_id in self._flaky and receipt.meta.dequeue_count < self._flaky_until:
+        if key in self._poison:
+            raise PermanentFailure("poison receipt %s" % key)
+        if key in self._flaky and receipt.meta.dequeue_count < self._flaky_until:
             raise RetryLater("flaky on delivery %d" % receipt.meta.dequeue_count, delay_s=1)
         if self._slow_s:
             time.sleep(self._slow_s)
+        if self._gate_path:
+            # Blocks until the test opens the gate: "the handler is still running".
+            deadline = time.monotonic() + 60
+            while not os.path.exists(self._gate_path) and time.monotonic() < deadline:
+                time.sleep(0.05)
         self._append(self._path, receipt, "applied")
 
     @staticmethod

@@ -1,28 +1,135 @@
-"""The worker's promise, end to end: every receipt reaches the handler, once in effect."""
+"""The worker's promise, end to end: every receipt reaches the handler, once in effect,
+and none is lost: real worker processes, the sandbox through the official SDK, real Redis."""
 
 from __future__ import annotations
 
 import signal
-from collections import Counter
+import subprocess
+import sys
+import threading
 
 from tests.e2e.conftest import Stack
-from tests.e2e.recording import read_records
+from tests.e2e.harness import REPO
 
 
-def applied_keys(stack: Stack) -> Counter[str]:
-    return Counter(str(r["key"]) for r in read_records(str(stack.records_path))
-                   if r["what"] == "applied")
+def report_key(obj: dict[str, str]) -> str:
+    return "SmsReport:%s:%s" % (obj["biz_id"], obj["phone_number"])
 
 
 def test_every_published_receipt_reaches_the_handler_once(stack: Stack) -> None:
     with stack.publisher() as pub:
         report = pub.publish("SmsReport", 300, seed=1)
-    expected = {m.obj["biz_id"] + ":" + m.obj["phone_number"] for m in report.messages}
+    expected = {report_key(m.obj) for m in report.messages}
     worker = stack.worker(stack.config())
-    stack.wait(lambda: len(applied_keys(stack)) == len(expected), "all receipts applied")
+    stack.wait(lambda: len(stack.applied()) == len(expected), "all receipts applied")
     stack.wait(stack.queue_is_empty, "every message deleted")
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
-    applied = applied_keys(stack)
-    assert {k.removeprefix("SmsReport:") for k in applied} == expected
+    applied = stack.applied()
+    assert set(applied) == expected
     assert max(applied.values()) == 1
+
+
+def test_a_platform_duplicate_with_a_new_message_id_is_applied_once(stack: Stack) -> None:
+    with stack.publisher() as pub:
+        report = pub.publish("SmsReport", 120, duplicate_rate=0.25, seed=2)
+    assert report.duplicates, "the publisher made no duplicates"
+    unique = {report_key(m.obj) for m in report.messages}
+    stack.worker(stack.config())
+    stack.wait(stack.queue_is_empty, "every message, duplicates too, deleted")
+    applied = stack.applied()
+    assert set(applied) == unique
+    assert max(applied.values()) == 1
+    duplicate_ids = {m.message_id for m in report.duplicates}
+    acked = {e["message_id"] for e in stack.log_events("receipt")
+             if e.get("outcome") == "duplicate"}
+    assert duplicate_ids & acked, "no duplicate was acknowledged as a duplicate"
+
+
+def test_an_mns_redelivery_after_a_lost_delete_is_applied_once(stack: Stack) -> None:
+    gate = stack.tmp / "gate"
+    with stack.publisher() as pub:
+        report = pub.publish("SmsReport", 1, seed=3)
+    worker = stack.worker(stack.config(recorder={"gate_path": str(gate),
+                                                 "started_path": str(stack.started_path)}))
+    stack.wait(lambda: len(stack.started()) == 1, "the handler started")
+    # Every MNS call now fails: the handler finishes and its completion is recorded in
+    # Redis, but the delete cannot reach MNS, so MNS delivers the message again later.
+    stack.sandbox.set_faults(error_rate=1.0)
+    gate.touch()
+    stack.wait(lambda: len(stack.applied()) == 1, "the handler finished")
+    stack.wait(lambda: bool(stack.log_events("settle_failed")), "the delete gave up")
+    stack.sandbox.reset()
+    stack.wait(stack.queue_is_empty, "the re-delivered message deleted")
+    worker.signal(signal.SIGTERM)
+    worker.wait(30)
+    assert stack.applied() == {report_key(report.messages[0].obj): 1}
+    outcomes = [(e["outcome"], e["dequeue_count"]) for e in stack.log_events("receipt")]
+    assert ("duplicate", 2) in outcomes or any(o == "duplicate" for o, _ in outcomes)
+
+
+def test_a_failing_handlers_receipt_comes_back_and_succeeds_later(stack: Stack) -> None:
+    with stack.publisher() as pub:
+        report = pub.publish("SmsReport", 20, seed=4)
+    flaky = [report_key(m.obj) for m in report.messages[:5]]
+    stack.worker(stack.config(recorder={"flaky_keys": flaky}))
+    stack.wait(lambda: len(stack.applied()) == 20, "all applied, the flaky ones too")
+    stack.wait(stack.queue_is_empty, "all deleted")
+    records = {r["key"]: r for r in stack.records()}
+    assert all(records[k]["dequeue_count"] >= 2 for k in flaky)
+    assert max(stack.applied().values()) == 1
+    retried = [e for e in stack.log_events("receipt") if e.get("outcome") == "retry"]
+    assert len(retried) >= len(flaky)
+
+
+def test_poison_is_dead_lettered_with_its_raw_body_and_replay_applies_it(stack: Stack) -> None:
+    with stack.publisher() as pub:
+        report = pub.publish("SmsReport", 10, malformed=3, seed=5)
+    good = [m for m in report.messages if not m.malformed]
+    poison = [report_key(good[0].obj), report_key(good[1].obj)]
+    stack.worker(stack.config(recorder={"poison_keys": poison}))
+    stack.wait(stack.queue_is_empty, "every message settled")
+    letters = stack.dead_letters().list(50, 0)
+    by_message = {d.message_id: d for d in letters}
+    for m in report.malformed:
+        d = by_message[m.message_id]
+        assert d.raw_body == m.body
+        assert d.reason in {"bad_base64", "md5_mismatch", "not_utf8", "not_json",
+                            "not_object", "missing_field", "bad_field", "too_large"}
+    for m in good[:2]:
+        assert by_message[m.message_id].reason == "permanent_failure"
+        assert by_message[m.message_id].raw_body == m.body
+    assert len(letters) == len(report.malformed) + 2
+    assert len(stack.applied()) == len(good) - 2
+    # The handler is fixed (no more poison), then the dead letters are replayed.
+    fixed = stack.config("fixed.toml")
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer", "dead-letters", "--config", str(fixed),
+         "replay", "--all"], cwd=REPO, env=stack.workers[0].env, capture_output=True,
+        text=True, timeout=60, check=False)
+    assert "2 replayed" in done.stdout, done.stdout + done.stderr
+    applied = stack.applied()
+    assert all(applied[report_key(m.obj)] == 1 for m in good)
+    assert {r["source"] for r in stack.records() if r["key"] in poison} == {"replay"}
+    assert stack.dead_letters().count() == len(report.malformed)
+
+
+def test_nothing_is_deleted_before_its_handler_finished(stack: Stack) -> None:
+    gate = stack.tmp / "gate"
+    with stack.publisher() as pub:
+        pub.publish("SmsReport", 3, seed=6)
+    worker = stack.worker(stack.config(recorder={"gate_path": str(gate),
+                                                 "started_path": str(stack.started_path)}))
+    stack.wait(lambda: len(stack.started()) == 3, "all three handlers running")
+    # Longer than the queue's 4 s visibility: the heartbeat must keep them invisible
+    # and nothing may be deleted while the handlers run.
+    for _ in range(3):
+        threading.Event().wait(2.0)
+        assert stack.queue_counts() == (0, 3)
+    assert stack.applied() == {}
+    gate.touch()
+    stack.wait(stack.queue_is_empty, "deleted after the handlers finished")
+    assert len(stack.applied()) == 3
+    assert len(stack.started()) == 3, "a message was delivered again while in progress"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
