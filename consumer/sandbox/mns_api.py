@@ -22,18 +22,15 @@ from aiohttp import web
 
 from consumer.sandbox import mns_xml
 from consumer.sandbox.context import MNS_API_VERSION, SandboxContext
-from consumer.sandbox.engine import (
+from consumer.sandbox.faults import FaultKind
+from consumer.sandbox.mns_errors import MnsError, check_range, message_not_exist, parse_int
+from consumer.sandbox.mns_queue import (
     MAX_BATCH,
     MAX_VISIBILITY_S,
     MAX_WAIT_S,
-    MnsError,
     SendEntry,
     attributes_from_fields,
-    check_range,
-    message_not_exist,
-    parse_int,
 )
-from consumer.sandbox.faults import FaultKind
 from consumer.sandbox.signing import Authenticator, SignedRequest, authorize
 
 log = logging.getLogger(__name__)
@@ -288,14 +285,9 @@ class MnsApi:
         check_range("the count of ReceiptHandle", len(handles), 1, MAX_BATCH, unit="")
         if not all(handles):
             raise _missing_receipt_handle()
-        now_ms = self._clock.now_ms()
-        errors: list[tuple[str, str, str]] = []
-        for handle in handles:
-            try:
-                queue.delete(handle, now_ms)
-            except MnsError as err:
-                errors.append((handle, err.code, err.message))
-        if errors:
+        failed = queue.delete_many(handles, self._clock.now_ms())
+        if failed:
+            errors = [(handle, err.code, err.message) for handle, err in failed]
             return _answer(call, 404, mns_xml.batch_delete_errors_xml(errors))
         return _answer(call, 204, "")
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from xml.etree import ElementTree
 
-from consumer.sandbox.engine import MnsError, Queue, StoredMessage
+from consumer.sandbox.mns_errors import MnsError
+from consumer.sandbox.mns_queue import Queue, StoredMessage
 
 XMLNS = "http://mns.aliyuncs.com/doc/v1/"
 _HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -62,7 +63,9 @@ def fields(element: ElementTree.Element) -> dict[str, str]:
 
 
 def children(element: ElementTree.Element, name: str) -> list[ElementTree.Element]:
-    return [child for child in element if local_name(child.tag) == name]
+    """Child elements called `name`, in the MNS namespace or in none."""
+    tags = (name, "{" + XMLNS + "}" + name)
+    return [child for child in element if child.tag in tags]
 
 
 # --- answers ---------------------------------------------------------------------------

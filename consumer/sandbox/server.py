@@ -34,9 +34,11 @@ from consumer.sandbox.context import (
     SandboxContext,
     default_queue_names,
 )
-from consumer.sandbox.engine import MnsError, QueueAttributes, QueueEngine
+from consumer.sandbox.engine import QueueEngine
 from consumer.sandbox.faults import Faults, FaultSettings
 from consumer.sandbox.mns_api import MnsApi, error_response
+from consumer.sandbox.mns_errors import MnsError
+from consumer.sandbox.mns_queue import QueueAttributes
 
 log = logging.getLogger("consumer.sandbox")
 

@@ -27,7 +27,7 @@ from email.utils import parsedate_to_datetime
 
 from consumer.sandbox.accounts import Credential, CredentialStore
 from consumer.sandbox.context import MNS_API_VERSION, Clock, message_type_of_queue
-from consumer.sandbox.engine import MnsError
+from consumer.sandbox.mns_errors import MnsError
 
 
 def string_to_sign(
@@ -49,7 +49,7 @@ def string_to_sign(
 
 def signature(secret: str, text: str) -> str:
     """base64(HMAC-SHA1(secret, text)), the signature part of the Authorization header."""
-    digest = hmac.new(secret.encode("utf-8"), text.encode("utf-8"), hashlib.sha1).digest()
+    digest = hmac.digest(secret.encode("utf-8"), text.encode("utf-8"), "sha1")
     return base64.b64encode(digest).decode("ascii")
 
 

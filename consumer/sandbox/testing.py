@@ -209,8 +209,10 @@ def running_sandbox(**options: Any) -> Iterator[SandboxHandle]:
 
     Options: token_lifetime_s, latency_ms, error_rate, drop_rate, hang_rate, clock_skew_s,
     date_window_s, seed, log_level, queues (names to create instead of the seven Alicom
-    queues), access_key_id / access_key_secret (root key; default: the documented local one).
+    queues), access_key_id / access_key_secret (root key; default: the documented local one),
+    keep_log (keep the log file after a clean stop; it is always kept if the process failed).
     """
+    keep_log = bool(options.pop("keep_log", False))
     key_id = str(options.get("access_key_id", DEFAULT_ACCESS_KEY_ID))
     secret = str(options.get("access_key_secret", DEFAULT_ACCESS_KEY_SECRET))
     env = dict(os.environ)
@@ -241,3 +243,5 @@ def running_sandbox(**options: Any) -> Iterator[SandboxHandle]:
         _stop(process)
         if process.stdout is not None:
             process.stdout.close()
+        if process.returncode == 0 and not keep_log:
+            log.unlink(missing_ok=True)

@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.sandbox.context import Clock
-from consumer.sandbox.engine import MnsError, Queue, QueueAttributes, QueueEngine, SendEntry
+from consumer.sandbox.engine import QueueEngine
+from consumer.sandbox.mns_errors import MnsError
+from consumer.sandbox.mns_queue import Queue, QueueAttributes, SendEntry
 
 T0 = 1_700_000_000_000
 
