@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import structlog
@@ -126,8 +127,9 @@ class Acker:
             # Redis or MNS stayed away through every retry: nothing unrecorded was deleted.
             # The messages come back when their visibility ends and meet the records we did
             # write, so this loses nothing; it only costs a re-delivery.
-            log.error("settle_failed", queue=self._client.queue_name, error=str(exc),
-                      messages=len(group))
+            log.error(  # noqa: TRY400 - an outage, not a bug: the error text is enough
+                "settle_failed", queue=self._client.queue_name, error=str(exc),
+                messages=len(group))
         finally:
             for s in group:
                 _log_outcome(s)
@@ -142,8 +144,8 @@ class Acker:
                 ran[s.item.owner].append(s)
         for owner, items in ran.items():
             keys = [str(s.item.dedup_key) for s in items]
-            ok = self._redis("complete", lambda k=keys, o=owner: self._dedup.complete(
-                k, o, self._config.completed_ttl_s))
+            ok = self._redis("complete", partial(self._dedup.complete, keys, owner,
+                                                 self._config.completed_ttl_s))
             for s, owned in zip(items, ok, strict=True):
                 if owned:
                     deletable.append(s)
@@ -180,7 +182,7 @@ class Acker:
             if s.item.dedup_key is not None:
                 by_owner[s.item.owner].append(s.item.dedup_key)
         for owner, keys in by_owner.items():
-            self._redis("release", lambda k=keys, o=owner: self._dedup.release(k, o))
+            self._redis("release", partial(self._dedup.release, keys, owner))
 
     def _change_visibility(self, item: InFlight, delay_s: int) -> None:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
 from tenacity import (
@@ -16,6 +16,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_when_event_set,
     wait_random_exponential,
 )
 
@@ -23,10 +24,6 @@ from consumer.errors import TransientError
 
 T = TypeVar("T")
 log = structlog.get_logger("alicom_receipts.backoff")
-
-
-def _stop_when(event: threading.Event) -> Callable[[RetryCallState], bool]:
-    return lambda _state: event.is_set()
 
 
 def _log_before_sleep(what: str) -> Callable[[RetryCallState], None]:
@@ -52,14 +49,18 @@ def call_with_retry(
     The last error is re-raised unchanged when the attempts run out.
     """
     retrying = Retrying(
-        stop=stop_after_attempt(attempts) | _stop_when(stop),
+        stop=stop_after_attempt(attempts) | stop_when_event_set(stop),
         wait=wait_random_exponential(multiplier=0.2, max=max_wait_s),
         retry=retry_if_exception_type(retry_on),
         before_sleep=_log_before_sleep(what),
-        sleep=stop.wait,
+        sleep=lambda seconds: _interruptible_sleep(stop, seconds),
         reraise=True,
     )
     return retrying(fn)
+
+
+def _interruptible_sleep(stop: threading.Event, seconds: float) -> None:
+    stop.wait(seconds)
 
 
 class Backoff:
@@ -76,7 +77,7 @@ class Backoff:
     def sleep(self, stop: threading.Event) -> float:
         """Sleeps the next delay (returns early on `stop`); returns the delay chosen."""
         self._attempt += 1
-        delay = float(self._wait(_FakeState(self._attempt)))
+        delay = float(self._wait(cast(RetryCallState, _FakeState(self._attempt))))
         stop.wait(delay)
         return delay
 
@@ -87,5 +88,5 @@ class _FakeState:
     def __init__(self, attempt_number: int) -> None:
         self.attempt_number = attempt_number
 
-    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - mirrors RetryCallState loosely
+    def __getattr__(self, name: str) -> Any:
         raise AttributeError(name)

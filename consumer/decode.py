@@ -162,7 +162,7 @@ def _parse(message_type: object, obj: Mapping[str, Any], meta: ReceiptMeta) -> R
 # that is absent or null takes the dataclass default.
 
 
-class _BadValue(Exception):
+class _BadValue(Exception):  # noqa: N818 - internal signal, becomes DecodeError before leaving
     """A converter's complaint; `_build` turns it into DecodeError naming the field."""
 
     def __init__(self, expected: str) -> None:

@@ -15,7 +15,7 @@ import structlog
 _SECRET_KEYS = frozenset({"access_key_secret", "security_token", "password", "secret"})
 
 
-def _scrub(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:  # noqa: ANN401
+def _scrub(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     """Last line of defence: a field named like a secret never reaches the output."""
     for key in _SECRET_KEYS & event.keys():
         event[key] = "***"

@@ -66,6 +66,11 @@ def classify(result: StepResult, dequeue_count: int, policy: RetryPolicy) -> Dec
         if result is ClaimState.IN_PROGRESS:
             return Decision(Verdict.LEAVE, "in_progress")
         raise ValueError("a CLAIMED message goes to the handlers, not to classify")
+    return _classify_handler(result, dequeue_count, policy)
+
+
+def _classify_handler(result: HandlerOutcome, dequeue_count: int,
+                      policy: RetryPolicy) -> Decision:
     if result.kind == "ok":
         return Decision(Verdict.ACK, "handled", ran_handlers=True)
     if result.kind == "permanent":

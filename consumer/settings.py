@@ -37,7 +37,7 @@ QUEUE_MESSAGE_TYPES: tuple[str, ...] = (
 )
 
 
-class InvalidSettings(ConfigError):
+class InvalidSettings(ConfigError):  # noqa: N818 - reads as what it is; the base says Error
     """The configuration has one or more problems; `problems` lists them, one line each."""
 
     def __init__(self, problems: list[str]) -> None:

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mns.account import Account
-from mns.mns_exception import MNSClientException, MNSExceptionBase, MNSServerException
+from mns.mns_exception import (
+    MNSClientParameterException,
+    MNSExceptionBase,
+    MNSServerException,
+)
 
 from consumer.errors import AuthError, PermanentError, TransientError
 
@@ -26,7 +30,9 @@ AUTH_CODES = frozenset({
     "InvalidSecurityToken", "SecurityTokenMalformed", "TimeExpired",
 })
 #: Codes that retrying cannot fix.
-PERMANENT_CODES = frozenset({"QueueNotExist", "InvalidArgument", "MalformedXML", "InvalidQueueName"})
+PERMANENT_CODES = frozenset({
+    "QueueNotExist", "InvalidArgument", "MalformedXML", "InvalidQueueName",
+})
 #: A delete whose handle is gone: the message was re-delivered or already deleted.
 STALE_HANDLE_CODES = frozenset({"ReceiptHandleError", "MessageNotExist"})
 
@@ -87,7 +93,7 @@ class QueueClient(Protocol):
 class CredentialsProvider(Protocol):
     """The SDK's hook, consulted on every request: lets tokens rotate under a live client."""
 
-    def get_credentials(self) -> Any: ...  # noqa: ANN401 - the SDK's untyped Credentials object
+    def get_credentials(self) -> Any: ...
 
 
 def wrap_mns_error(exc: MNSExceptionBase, action: str, queue: str) -> Exception:
@@ -100,7 +106,7 @@ def wrap_mns_error(exc: MNSExceptionBase, action: str, queue: str) -> Exception:
         if code in PERMANENT_CODES:
             return PermanentError(text)
         return TransientError(text)
-    if isinstance(exc, MNSClientException) and exc.__class__.__name__ == "MNSClientParameterException":
+    if isinstance(exc, MNSClientParameterException):
         return PermanentError(text)
     return TransientError(text)
 
@@ -133,7 +139,7 @@ class MnsQueueClient:
     def queue_name(self) -> str:
         return self._queue_name
 
-    def _call(self, action: str, fn: Callable[[], Any]) -> Any:  # noqa: ANN401 - SDK results are untyped
+    def _call(self, action: str, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
         except MNSExceptionBase as exc:
@@ -150,7 +156,7 @@ class MnsQueueClient:
             raise wrap_mns_error(exc, "BatchReceiveMessage", self._queue_name) from exc
         return [self._delivery(m) for m in messages]
 
-    def _delivery(self, msg: Any) -> Delivery:  # noqa: ANN401 - the SDK's untyped Message
+    def _delivery(self, msg: Any) -> Delivery:
         return Delivery(
             queue=self._queue_name,
             message_id=msg.message_id,

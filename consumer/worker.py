@@ -73,7 +73,8 @@ class Pipeline:
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, pipeline: Pipeline) -> None:
+    def __init__(self, config: WorkerConfig, pipeline: Pipeline,
+                 abort: threading.Event | None = None) -> None:
         self.config = config
         self.p = pipeline
         self.stats = pipeline.stats
@@ -81,7 +82,7 @@ class Worker:
         self.work: queue.Queue[list[InFlight] | None] = queue.Queue()
         self.acks: queue.Queue[Settled | None] = queue.Queue()
         self.stop_receiving = threading.Event()  # first signal: drain
-        self.abort = threading.Event()           # second signal: leave now
+        self.abort = abort or threading.Event()  # second signal: leave now
         self._threads: dict[str, list[threading.Thread]] = {}
         self._clients: list[QueueClient] = []
         self.last_progress = time.monotonic()    # a poller finished a turn (watchdog)
@@ -259,11 +260,10 @@ class Worker:
                 seen.add(str(item.dedup_key))
                 to_run.append(item)
                 continue
-            if state is ClaimState.CLAIMED:
-                # The same receipt twice in one batch: the first copy runs; this one is a
-                # duplicate of a claim we hold, so it must wait for that outcome.
-                state = ClaimState.IN_PROGRESS
-            self._leave_or_ack(item, classify(state, item.delivery.dequeue_count,
+            # The same receipt twice in one batch comes back IN_PROGRESS from the store (and
+            # is guarded here too): the first copy runs, this one waits for its outcome.
+            effective = ClaimState.IN_PROGRESS if state is ClaimState.CLAIMED else state
+            self._leave_or_ack(item, classify(effective, item.delivery.dequeue_count,
                                                self.config.retry))
         if to_run:
             self.stats.add_in_flight(len(to_run))
@@ -294,7 +294,7 @@ class Worker:
                 return
             try:
                 outcomes = self.p.dispatcher.dispatch([i.receipt for i in batch if i.receipt])
-            except Exception:  # noqa: BLE001 - a dispatcher bug must not strand the batch
+            except Exception:
                 log.exception("dispatch_crashed", messages=len(batch))
                 outcomes = [_crashed(i) for i in batch]
             self.stats.add_in_flight(-len(batch))

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import redis
 
+from consumer.deadletter import DeadLetterSettings, RedisDeadLetterStore
 from consumer.sandbox.publisher import Publisher
 from consumer.sandbox.redis_server import RedisServer
 from consumer.sandbox.testing import SandboxHandle, running_sandbox
-from consumer.deadletter import DeadLetterSettings, RedisDeadLetterStore
-from tests.e2e.recording import read_records
 from tests.e2e.harness import WorkerProcess, wait_until, worker_env, write_config
+from tests.e2e.recording import read_records
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +123,7 @@ class Stack:
 @pytest.fixture
 def stack(e2e_sandbox: SandboxHandle, redis_server: RedisServer, redis_client: redis.Redis,
           tmp_path: Path) -> Iterator[Stack]:
-    account_id = str(random.randrange(10**15, 10**16))  # noqa: S311 - a unique name, not a secret
+    account_id = str(random.randrange(10**15, 10**16))
     s = Stack(e2e_sandbox, redis_server, redis_client, tmp_path, account_id)
     for message_type in ("SmsReport", "SmsUp"):
         # A short visibility makes re-deliveries (after a crash, a retry) quick to observe.

@@ -16,7 +16,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 
 
-def toml_value(value: Any) -> str:  # noqa: ANN401 - any TOML-able value
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

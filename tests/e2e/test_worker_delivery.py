@@ -133,3 +133,70 @@ def test_nothing_is_deleted_before_its_handler_finished(stack: Stack) -> None:
     assert len(stack.started()) == 3, "a message was delivered again while in progress"
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
+
+
+def test_an_expired_token_is_replaced_without_losing_a_receipt(stack: Stack) -> None:
+    stack.sandbox.set_token_lifetime(3)
+    worker = stack.worker(stack.config(token={"refresh_before_s": 1}))
+    with stack.publisher() as pub:
+        report = pub.publish("SmsReport", 240, rate_per_s=30, seed=7)  # about 8 s of sending
+    expected = {report_key(m.obj) for m in report.messages}
+    stack.wait(lambda: set(stack.applied()) == expected, "all applied across token rotations")
+    stack.wait(stack.queue_is_empty, "all deleted")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert max(stack.applied().values()) == 1
+    stopped = stack.log_events("worker_stopped")[-1]
+    assert stopped["token_refreshes"] >= 3
+
+
+def _publish_and_interrupt(stack: Stack, signum: int) -> set[str]:
+    with stack.publisher() as pub:
+        report = pub.publish("SmsReport", 400, seed=8)
+    worker = stack.worker(stack.config(recorder={"slow_s": 0.1},
+                                       worker={"handler_threads": 8, "in_flight_max": 48}))
+    stack.wait(lambda: len(stack.applied()) >= 40, "a good part applied")
+    worker.signal(signum)
+    code = worker.wait(30)
+    assert code == (0 if signum == signal.SIGTERM else -signal.SIGKILL)
+    assert len(stack.applied()) < 400, "the worker finished everything before the signal"
+    stack.worker(stack.config())
+    return {report_key(m.obj) for m in report.messages}
+
+
+def test_sigterm_in_the_middle_of_a_batch_drains_and_loses_nothing(stack: Stack) -> None:
+    expected = _publish_and_interrupt(stack, signal.SIGTERM)
+    stack.wait(lambda: set(stack.applied()) == expected, "all applied after the restart")
+    stack.wait(stack.queue_is_empty, "all deleted")
+    assert max(stack.applied().values()) == 1
+    assert stack.log_events("worker_stopped")[0]["drained"] is True
+
+
+def test_kill_9_in_the_middle_of_a_batch_loses_nothing(stack: Stack) -> None:
+    expected = _publish_and_interrupt(stack, signal.SIGKILL)
+    stack.wait(lambda: set(stack.applied()) == expected, "all applied after the restart")
+    stack.wait(stack.queue_is_empty, "all deleted")
+    # A receipt whose handler returned in the instant before the kill, before its
+    # completion was recorded, runs again: at most the in-flight window can repeat.
+    applied = stack.applied()
+    repeated = [k for k, n in applied.items() if n > 1]
+    assert len(repeated) <= 16 * 2
+
+
+def test_redis_going_away_stops_deletes_and_the_worker_resumes(stack: Stack) -> None:
+    with stack.publisher() as pub:
+        report = pub.publish("SmsReport", 200, seed=9)
+    expected = {report_key(m.obj) for m in report.messages}
+    stack.worker(stack.config(recorder={"slow_s": 0.05}))
+    stack.wait(lambda: len(stack.applied()) >= 30, "a good part applied")
+    stack.redis_server.stop()
+    try:
+        threading.Event().wait(1.0)  # deletes already on the wire may land
+        before = sum(stack.queue_counts())
+        threading.Event().wait(3.0)
+        assert sum(stack.queue_counts()) == before, "a message was deleted while Redis was away"
+    finally:
+        stack.redis_server.start_again()
+    stack.wait(lambda: set(stack.applied()) == expected, "all applied after Redis came back")
+    stack.wait(stack.queue_is_empty, "all deleted")
+    assert stack.log_events("poll_failed") or stack.log_events("settle_failed")
