@@ -7,11 +7,19 @@ from collections.abc import Callable
 import pytest
 from mns.account import Account
 from mns.mns_exception import MNSServerException
-from mns.mns_request import ListQueueRequest, ListQueueResponse
+from mns.mns_request import (
+    CreateQueueRequest,
+    CreateQueueResponse,
+    ListQueueRequest,
+    ListQueueResponse,
+)
 from mns.queue import Message, Queue, QueueMeta
 
 from consumer.sandbox.testing import SandboxHandle
 from tests.sandbox.conftest import unique_name
+
+# The SDK itself warns that the message counters of GetQueueAttributes are deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated:DeprecationWarning")
 
 
 def test_the_seven_alicom_queues_exist_at_start(account: Account, sandbox: SandboxHandle) -> None:
@@ -40,6 +48,21 @@ def test_creating_an_existing_queue_with_the_same_attributes_is_accepted(
     again = queue.create(QueueMeta(vis_timeout=5, polling_wait_sec=1))
     assert again == first
     queue.delete()
+
+
+def test_create_answers_201_when_new_and_204_when_it_already_exists_the_same(
+    account: Account, sandbox: SandboxHandle
+) -> None:
+    name = unique_name()
+    statuses, locations = [], []
+    for _ in range(2):
+        request, response = CreateQueueRequest(name, visibility_timeout=5), CreateQueueResponse()
+        account.get_client().create_queue(request, response)
+        statuses.append(response.status)
+        locations.append(response.queue_url)
+    assert statuses == [201, 204]
+    assert locations == [f"{sandbox.endpoint}/queues/{name}"] * 2
+    account.get_queue(name).delete()
 
 
 def test_creating_an_existing_queue_with_other_attributes_is_a_conflict(
