@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-sandbox clean
+.PHONY: demo test lint bench bench-sandbox bench-worker bench-scale bench-push verify-units install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $(STAMP)
 
-# Runs the whole loop locally on the embedded defaults (sandbox, publisher, worker).
+# Runs the whole loop locally on the embedded defaults (Redis, sandbox, publisher, worker).
 demo: $(STAMP)
+	bash .ci/ensure-redis
 	$(VENV)/bin/alicom-receipts demo
 
 # Installs what the tests need (a real redis-server included) and runs them.
@@ -22,13 +23,34 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check consumer tests bench
+	$(VENV)/bin/ruff check consumer tests bench examples
 	$(VENV)/bin/mypy
 
-bench: bench-sandbox
+# Benchmarks: not part of the test suite (this machine is shared and noisy).
+bench: bench-sandbox bench-worker bench-scale bench-push
 
 bench-sandbox: $(STAMP)
 	$(PY) bench/sandbox_bench.py
+
+bench-worker: $(STAMP)
+	bash .ci/ensure-redis
+	$(PY) bench/worker_bench.py
+
+bench-scale: $(STAMP)
+	bash .ci/ensure-redis
+	$(PY) bench/scale_bench.py
+
+bench-push: $(STAMP)
+	bash .ci/ensure-redis
+	$(PY) bench/push_bench.py
+
+# systemd-analyze verify and security on the units (installs systemd's tools if missing).
+verify-units: $(STAMP)
+	bash systemd/verify
+
+# Installs into /opt/alicom-receipts with the units, a config and a credentials folder.
+install:
+	bash systemd/install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

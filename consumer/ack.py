@@ -133,6 +133,7 @@ class Acker:
         finally:
             for s in group:
                 _log_outcome(s)
+                self._stats.outcome(s.decision.outcome, s.handler, s.duration_s, s.item.receipt)
                 self._window.settle(s.item)
 
     def _complete(self, acked: list[Settled]) -> list[Settled]:

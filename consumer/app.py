@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType
 
 import redis
 import structlog
@@ -27,6 +25,7 @@ from consumer.errors import AlicomReceiptsError, ConfigError
 from consumer.outcome import RetryPolicy
 from consumer.plugins import close_handlers, load_handlers
 from consumer.receipts import MESSAGE_TYPES
+from consumer.service import serve
 from consumer.settings import Settings, load_settings
 from consumer.source import MnsQueueClient, QueueClient
 from consumer.stats import Stats
@@ -158,37 +157,6 @@ def worker_main(argv: Sequence[str]) -> int:
         return 2
     log.info("settings", **settings.describe())
     try:
-        return run_until_stopped(worker)
+        return serve(worker)
     finally:
         resources.close()
-
-
-def run_until_stopped(worker: Worker) -> int:
-    """Starts the worker, waits for a signal or a recycle reason, drains, returns 0.
-
-    A second SIGTERM/SIGINT exits at once (status 1): unfinished messages come back from MNS
-    when their visibility ends, and their dedup leases expire with it.
-    """
-    wake = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if worker.stop_receiving.is_set():
-            log.warning("second_signal_exit_now", signal=signum)
-            os._exit(1)
-        log.info("stopping", signal=signum)
-        worker.request_stop()
-        wake.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    worker.start()
-    while not wake.wait(1.0):
-        reason = worker.should_recycle()
-        if reason is not None:
-            log.info("recycling", reason=reason)
-            break
-    try:
-        worker.drain()
-    except AlicomReceiptsError as exc:
-        log.error("drain_failed", error=str(exc))  # noqa: TRY400 - an outage, not a bug
-    return 0

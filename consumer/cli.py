@@ -16,6 +16,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "dead-letters": ("consumer.deadletter_cli", "main", "list, show, replay or purge dead letters"),
     "sandbox": ("consumer.sandbox.server", "main",
                 "run the local Alicom sandbox (MNS + token API); `sandbox publish` sends receipts"),
+    "run": ("consumer.supervisor", "main",
+            "run the configured worker processes (no systemd): restart, drain, exit"),
+    "check": ("consumer.check", "main", "check config, plugins, Redis, token and queues"),
+    "push-server": ("consumer.push", "main", "receive the platform's HTTP batch pushes"),
+    "push-worker": ("consumer.push_worker", "main",
+                    "drain pushed receipts through dedup, handlers and dead letters"),
+    "reconcile": ("consumer.reconcile", "main", "recover lost receipts with QuerySendDetails"),
+    "stats": ("consumer.delivery_stats", "main", "delivery success rate and failure codes"),
     "demo": ("consumer.demo", "main", "the whole loop locally: sandbox, publisher, worker"),
 }
 

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final, Protocol
+
+import structlog
+
+if TYPE_CHECKING:
+    from consumer.receipts import Receipt
 
 COUNTERS: Final = (
     "received",            # messages taken off the queue
@@ -29,7 +34,16 @@ COUNTERS: Final = (
     "redis_errors",
 )
 
+_log = structlog.get_logger("alicom_receipts.stats")
+
 Listener = Callable[[str, int], None]
+
+
+class OutcomeListener(Protocol):
+    """Told about every settled receipt (metrics, delivery statistics); must not raise."""
+
+    def on_outcome(self, outcome: str, handler: str, duration_s: float,
+                   receipt: Receipt | None) -> None: ...
 
 
 class Stats:
@@ -40,10 +54,23 @@ class Stats:
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._in_flight = 0
         self._listeners: list[Listener] = []
+        self._outcome_listeners: list[OutcomeListener] = []
 
     def subscribe(self, listener: Listener) -> None:
         """`listener(name, amount)` is called after every increment, outside the lock."""
         self._listeners.append(listener)
+
+    def subscribe_outcomes(self, listener: OutcomeListener) -> None:
+        self._outcome_listeners.append(listener)
+
+    def outcome(self, outcome: str, handler: str, duration_s: float,
+                receipt: Receipt | None) -> None:
+        """One receipt settled with `outcome` ("handled", "duplicate", "retry", ...)."""
+        for listener in self._outcome_listeners:
+            try:
+                listener.on_outcome(outcome, handler, duration_s, receipt)
+            except Exception:  # noqa: BLE001 - an observer's crash is logged, never fatal
+                _log.exception("outcome_listener_crashed", listener=repr(listener))
 
     def incr(self, name: str, amount: int = 1) -> None:
         if amount == 0:

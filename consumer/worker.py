@@ -86,6 +86,8 @@ class Worker:
         self._threads: dict[str, list[threading.Thread]] = {}
         self._clients: list[QueueClient] = []
         self.last_progress = time.monotonic()    # a poller finished a turn (watchdog)
+        self.ready = threading.Event()           # a poll went through: MNS, token, Redis ok
+        self.last_error: str | None = None       # the latest poll failure, None once healthy
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -104,6 +106,19 @@ class Worker:
         if self.stop_receiving.is_set():
             self.abort.set()
         self.stop_receiving.set()
+
+    def status(self) -> str:
+        """One line for systemd's STATUS=: what the worker is doing or waiting for."""
+        if self.stop_receiving.is_set():
+            return "draining: %d in flight" % len(self.window)
+        if self.last_error is not None:
+            return "waiting: %s" % self.last_error[:200]
+        if not self.ready.is_set():
+            return "starting: first poll of %s" % self.config.message_type
+        snap = self.stats.snapshot()
+        return "receiving %s: %d in flight, %d handled, %d duplicates, %d dead letters" % (
+            self.config.message_type, len(self.window), snap["handled"], snap["duplicates"],
+            snap["dead_letters"])
 
     def should_recycle(self) -> str | None:
         """A reason to exit cleanly so systemd or `run` starts a fresh process, or None."""
@@ -178,12 +193,16 @@ class Worker:
             try:
                 self._poll_iteration(client)
                 backoff.reset()
+                self.last_error = None
+                self.ready.set()
             except AuthError as exc:
+                self.last_error = "token refused by MNS: %s" % exc
                 log.warning("auth_refused", queue=client.queue_name, error=str(exc))
                 self.p.on_auth_error()
                 self.stats.incr("poll_errors")
                 backoff.sleep(self.stop_receiving)
             except AlicomReceiptsError as exc:
+                self.last_error = str(exc)
                 log.warning("poll_failed", queue=client.queue_name, error=str(exc))
                 self.stats.incr("poll_errors")
                 backoff.sleep(self.stop_receiving)
