@@ -245,9 +245,7 @@ class MnsApi:
         items = mns_xml.children(root, "Message")
         check_range("the count of Message", len(items), 1, MAX_BATCH, unit="")
         entries = [_send_entry(item) for item in items]
-        for entry in entries:
-            queue.validate_entry(entry)
-        total = sum(len(e.body.encode("utf-8")) for e in entries)
+        total = sum(map(queue.validate_entry, entries))  # all or nothing: check before sending
         check_range("the total size of MessageBody", total, 1, _MAX_BATCH_BODY_BYTES, "bytes")
         now_ms = self._clock.now_ms()
         sent = [queue.send(entry, now_ms) for entry in entries]
@@ -316,17 +314,19 @@ _QUEUE_ROUTES: dict[tuple[str, bool], tuple[str, str]] = {
 
 
 def _send_entry(element: Element) -> SendEntry:
-    fields = mns_xml.fields(element)
-    body = fields.get("MessageBody")
+    body = delay = priority = None
+    for child in element:  # one pass, no dict: this runs for every message sent
+        tag = child.tag
+        name = tag[tag.find("}") + 1 :]
+        if name == "MessageBody":
+            body = child.text or ""
+        elif name == "DelaySeconds":
+            delay = parse_int("DelaySeconds", child.text or "")
+        elif name == "Priority":
+            priority = parse_int("Priority", child.text or "")
     if body is None:
         raise mns_xml.schema_error("MessageBody")
-    delay = fields.get("DelaySeconds")
-    priority = fields.get("Priority")
-    return SendEntry(
-        body=body,
-        delay_s=None if delay is None else parse_int("DelaySeconds", delay),
-        priority=None if priority is None else parse_int("Priority", priority),
-    )
+    return SendEntry(body, delay, priority)
 
 
 def _batch_size(params: dict[str, str]) -> tuple[int, bool]:

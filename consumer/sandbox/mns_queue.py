@@ -25,6 +25,7 @@ import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from consumer.sandbox.mns_errors import (
     MnsError,
@@ -120,9 +121,8 @@ class StoredMessage:
         self.version = 0
 
 
-@dataclass(frozen=True, slots=True)
-class SendEntry:
-    """One message to send; None means "the queue's default"."""
+class SendEntry(NamedTuple):
+    """One message to send; None means "the queue's default" (a tuple: cheap to make)."""
 
     body: str
     delay_s: int | None = None
@@ -176,16 +176,18 @@ class Queue:
 
     # --- sending ---------------------------------------------------------------------
 
-    def validate_entry(self, entry: SendEntry) -> None:
-        """Raise InvalidArgument if `entry` could not be sent to this queue."""
-        size = len(entry.body.encode("utf-8")) if not entry.body.isascii() else len(entry.body)
-        check_range(
-            "MessageBody", size, 1, self.attributes.maximum_message_size_bytes, unit="bytes"
-        )
+    def validate_entry(self, entry: SendEntry) -> int:
+        """The body's size in bytes; InvalidArgument if `entry` could not be sent here."""
+        body = entry.body
+        size = len(body) if body.isascii() else len(body.encode("utf-8"))
+        limit = self.attributes.maximum_message_size_bytes
+        if not 1 <= size <= limit:
+            check_range("MessageBody", size, 1, limit, unit="bytes")
         if entry.delay_s is not None:
             check_range("DelaySeconds", entry.delay_s, 0, MAX_DELAY_S)
         if entry.priority is not None:
             check_range("Priority", entry.priority, MIN_PRIORITY, MAX_PRIORITY, unit="")
+        return size
 
     def send(self, entry: SendEntry, now_ms: int) -> StoredMessage:
         """Enqueue one validated entry; a delayed message gets a receipt handle at once."""
