@@ -90,7 +90,6 @@ class MnsApi:
         self._auth = Authenticator(ctx.accounts, ctx.clock, ctx.config.date_window_s)
         self._request_prefix = secrets.token_hex(8).upper()
         self._counter = itertools.count(1)
-        self.requests_served = 0
 
     def next_request_id(self) -> str:
         return f"{self._request_prefix}{next(self._counter):08X}"
@@ -98,7 +97,6 @@ class MnsApi:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Entry point for every request under `/queues`."""
         request_id = self.next_request_id()
-        self.requests_served += 1
         try:
             faulted = await self._apply_faults(request, request_id)
             if faulted is not None:
@@ -181,7 +179,7 @@ class MnsApi:
             await asyncio.sleep(_MAX_HANG_S)  # cancelled when the client disconnects
         status = faults.error_status()
         code, message = (
-            ("InternalError", "Interal error.")
+            ("InternalError", "Interal error.")  # sic: MNS's own wording
             if status == 500
             else ("ServiceUnavailable", "The service is temporarily unavailable.")
         )
