@@ -156,7 +156,7 @@ class Worker:
         return drained
 
     def _hand_back_all(self) -> None:
-        """Visibility 0 and claim released for whatever is still in flight."""
+        """Claim released and visible again (after 1 s) for whatever is still in flight."""
         client = self._client()
         for item in self.window.items():
             with item.lock:
@@ -165,7 +165,8 @@ class Worker:
             try:
                 if item.dedup_key is not None:
                     self.p.dedup.release([item.dedup_key], item.owner)
-                client.change_visibility(handle, 0)
+                # MNS takes 1-43200 s here (0 is refused): 1 s is "visible again now".
+                client.change_visibility(handle, 1)
             except AlicomReceiptsError as exc:
                 log.warning("hand_back_failed", message_id=item.delivery.message_id,
                             error=str(exc))
