@@ -289,6 +289,7 @@ def _dead_letter_of(s: Settled, message_type: str, now_ms: int) -> DeadLetter:
 
 def _log_outcome(s: Settled) -> None:
     d = s.item.delivery
-    log.info("receipt", queue=d.queue, message_id=d.message_id, dequeue_count=d.dequeue_count,
+    log.info("receipt_settled", queue=d.queue, message_id=d.message_id,
+             dequeue_count=d.dequeue_count,
              dedup_key=s.item.dedup_key, handler=s.handler or None, outcome=s.decision.outcome,
              reason=s.decision.reason or None, duration_ms=round(s.duration_s * 1000, 2))

@@ -293,7 +293,8 @@ class Worker:
         if decision.verdict is Verdict.LEAVE:
             self.stats.incr("in_progress_skipped")
             self.window.settle(item)
-            log.info("receipt", queue=item.delivery.queue, message_id=item.delivery.message_id,
+            log.info("receipt_settled", queue=item.delivery.queue,
+                     message_id=item.delivery.message_id,
                      dequeue_count=item.delivery.dequeue_count, dedup_key=item.dedup_key,
                      outcome=decision.outcome)
         else:

@@ -41,7 +41,7 @@ def test_a_platform_duplicate_with_a_new_message_id_is_applied_once(stack: Stack
     assert set(applied) == unique
     assert max(applied.values()) == 1
     duplicate_ids = {m.message_id for m in report.duplicates}
-    acked = {e["message_id"] for e in stack.log_events("receipt")
+    acked = {e["message_id"] for e in stack.log_events("receipt_settled")
              if e.get("outcome") == "duplicate"}
     assert duplicate_ids & acked, "no duplicate was acknowledged as a duplicate"
 
@@ -64,7 +64,7 @@ def test_an_mns_redelivery_after_a_lost_delete_is_applied_once(stack: Stack) -> 
     worker.signal(signal.SIGTERM)
     worker.wait(30)
     assert stack.applied() == {report_key(report.messages[0].obj): 1}
-    outcomes = [(e["outcome"], e["dequeue_count"]) for e in stack.log_events("receipt")]
+    outcomes = [(e["outcome"], e["dequeue_count"]) for e in stack.log_events("receipt_settled")]
     assert ("duplicate", 2) in outcomes or any(o == "duplicate" for o, _ in outcomes)
 
 
@@ -78,7 +78,7 @@ def test_a_failing_handlers_receipt_comes_back_and_succeeds_later(stack: Stack) 
     records = {r["key"]: r for r in stack.records()}
     assert all(records[k]["dequeue_count"] >= 2 for k in flaky)
     assert max(stack.applied().values()) == 1
-    retried = [e for e in stack.log_events("receipt") if e.get("outcome") == "retry"]
+    retried = [e for e in stack.log_events("receipt_settled") if e.get("outcome") == "retry"]
     assert len(retried) >= len(flaky)
 
 
