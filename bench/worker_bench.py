@@ -1,0 +1,231 @@
+"""One worker process beside the official demo's pattern and the raw SDK ceiling.
+
+`make bench-worker` (or `python bench/worker_bench.py --runs 3`) starts a real Redis and the
+sandbox (a subprocess), then for each added latency (0 and 20 ms per request, set through
+the sandbox's fault API) and each run, on a fresh queue filled beforehand (at 0 ms) with
+unique SmsReport bodies:
+
+* **worker**: the real `python -m consumer worker` process, a no-op single-receipt handler
+  (bench/worker_noop.py), dedup on (Redis flushed first), logs at info (one JSON line per
+  receipt, to a file). Rate: receipts from the first `receipt_settled` line to the moment
+  the queue is empty (active, inactive and delayed all 0, polled every 50 ms).
+* **demo**: the official Python demo's loop in this process: ReceiveMessage (one message),
+  base64 + JSON decode, DeleteMessage, with a Dybaseapi token. Fewer messages at 20 ms (it
+  needs two round trips per message); the rate is per message either way.
+* **raw**: the SDK ceiling: BatchReceiveMessage 16 + BatchDeleteMessage 16 in one loop, no
+  processing.
+
+It prints the medians as a markdown table with the ratios the issue sets targets for, the
+CPU per receipt of the worker, the sandbox and Redis during the worker runs, the worker's
+RSS at the end of each run, and a long run at 0 ms (`--long`, receipts kept flowing by a
+publisher thread) sampling the worker's RSS every `--rss-every` seconds: start, end, max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.demo_pattern import demo_pattern, raw_ceiling, token_queue
+from bench.worker_procs import Env, LongRun, cpu_seconds
+from consumer.sandbox.fakes import FakeReceipts
+from consumer.sandbox.redis_server import running_redis
+from consumer.sandbox.testing import running_sandbox
+
+MODES = ("worker", "demo", "raw")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One mode at one latency in one run."""
+
+    mode: str
+    latency_ms: int
+    messages: int
+    seconds: float
+    rss_mb: float = 0.0
+    worker_us: float = 0.0   # CPU per receipt, during the drain
+    sandbox_us: float = 0.0
+    redis_us: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+
+def _args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--latencies", default="0,20", help="added ms per request, comma-separated")
+    p.add_argument("--messages", type=int, default=20_000, help="per worker run")
+    p.add_argument("--raw-messages", default="20000,4000", help="per raw run, per latency")
+    p.add_argument("--demo-messages", default="2000,200", help="per demo run, per latency")
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--long", type=int, default=120_000,
+                   help="receipts in the long RSS run at 0 ms (0: skip it)")
+    p.add_argument("--rss-every", type=float, default=5.0)
+    p.add_argument("--workdir", default=None,
+                   help="keep configs and worker logs here (default: a temporary folder)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="a worker setting for every worker run (e.g. poll.pollers=8)")
+    return p.parse_args(argv)
+
+
+def _per_latency(text: str, latencies: Sequence[int]) -> dict[int, int]:
+    values = [int(v) for v in text.split(",")]
+    values += [values[-1]] * (len(latencies) - len(values))
+    return dict(zip(latencies, values, strict=False))
+
+
+def run_worker(env: Env, latency_ms: int, count: int) -> Sample:
+    queue = env.fresh_queue(count, latency_ms, flush_redis=True)
+    worker = env.worker(queue, "run-%dms" % latency_ms)
+    try:
+        first = env.wait_first_progress(queue, count, worker)
+        cpu_before = (worker.cpu_seconds(), env.sandbox.cpu_seconds(), env.redis_cpu())
+        empty_at = env.wait_empty(queue, worker)
+        cpu_after = (worker.cpu_seconds(), env.sandbox.cpu_seconds(), env.redis_cpu())
+        rss = worker.rss_mb()
+    finally:
+        worker.stop()
+    started, settled = worker.settled_span()
+    if settled != count:
+        raise RuntimeError("worker settled %d of %d receipts; see %s"
+                           % (settled, count, worker.log_path))
+    drained = first  # deleted between the two CPU readings
+    us = [(a - b) / drained * 1e6 for a, b in zip(cpu_after, cpu_before, strict=True)]
+    return Sample("worker", latency_ms, count, empty_at - started, rss, *us)
+
+
+def run_loop(env: Env, mode: str, latency_ms: int, count: int) -> Sample:
+    queue = env.fresh_queue(count, latency_ms, flush_redis=False)
+    q = token_queue(env.sandbox, queue.name)
+    loop = demo_pattern if mode == "demo" else raw_ceiling
+    began = time.perf_counter()
+    loop(q, count)
+    return Sample(mode, latency_ms, count, time.perf_counter() - began)
+
+
+def median_rate(samples: Sequence[Sample], mode: str, latency_ms: int) -> float:
+    return statistics.median(s.rate for s in samples
+                             if s.mode == mode and s.latency_ms == latency_ms)
+
+
+def table(samples: Sequence[Sample], latencies: Sequence[int], modes: Sequence[str]) -> str:
+    lines = ["| added latency | mode | receipts/run | runs | receipts/s (median) "
+             "| worker / raw | worker / demo |", "|---:|---|---:|---:|---:|---:|---:|"]
+    for lat in latencies:
+        for mode in modes:
+            chosen = [s for s in samples if s.mode == mode and s.latency_ms == lat]
+            if not chosen:
+                continue
+            rate = median_rate(samples, mode, lat)
+            ratios = ["", ""]
+            if mode == "worker":
+                for i, other in enumerate(("raw", "demo")):
+                    if other in modes:
+                        ratios[i] = "%.2f" % (rate / median_rate(samples, other, lat))
+            lines.append("| %d ms | %s | %d | %d | %s | %s | %s |" % (
+                lat, mode, chosen[0].messages, len(chosen), f"{rate:,.0f}", *ratios))
+    return "\n".join(lines)
+
+
+def cpu_table(samples: Sequence[Sample], latencies: Sequence[int]) -> str:
+    lines = ["| added latency | worker CPU µs/receipt | sandbox µs | redis µs "
+             "| worker RSS at end (MB) |", "|---:|---:|---:|---:|---:|"]
+    for lat in latencies:
+        chosen = [s for s in samples if s.mode == "worker" and s.latency_ms == lat]
+        if chosen:
+            lines.append("| %d ms | %.0f | %.0f | %.0f | %s |" % (
+                lat, statistics.median(s.worker_us for s in chosen),
+                statistics.median(s.sandbox_us for s in chosen),
+                statistics.median(s.redis_us for s in chosen),
+                " / ".join("%.1f" % s.rss_mb for s in chosen)))
+    return "\n".join(lines)
+
+
+def verdicts(samples: Sequence[Sample], latencies: Sequence[int], modes: Sequence[str],
+             long_run: LongRun | None) -> list[str]:
+    out: list[str] = []
+    if {"worker", "raw"} <= set(modes) and 0 in latencies:
+        ratio = median_rate(samples, "worker", 0) / median_rate(samples, "raw", 0)
+        out.append("0 ms: worker %.0f%% of the raw ceiling (target >= 70%%): %s"
+                   % (ratio * 100, "meets" if ratio >= 0.7 else "MISSES"))
+    if "worker" in modes and 20 in latencies:
+        rate = median_rate(samples, "worker", 20)
+        out.append("20 ms: worker %s receipts/s (target >= 1,500): %s"
+                   % (f"{rate:,.0f}", "meets" if rate >= 1500 else "MISSES"))
+        if "demo" in modes:
+            ratio = rate / median_rate(samples, "demo", 20)
+            out.append("20 ms: worker %.0fx the demo pattern (target >= 30x): %s"
+                       % (ratio, "meets" if ratio >= 30 else "MISSES"))
+    rss = [s.rss_mb for s in samples if s.mode == "worker"]
+    if long_run is not None:
+        rss += [r for _, r in long_run.rss]
+    if rss:
+        out.append("worker RSS max %.1f MB (target <= 80 MB): %s"
+                   % (max(rss), "meets" if max(rss) <= 80 else "MISSES"))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _args(argv)
+    latencies = [int(v) for v in args.latencies.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+    counts = {"worker": dict.fromkeys(latencies, args.messages),
+              "raw": _per_latency(args.raw_messages, latencies),
+              "demo": _per_latency(args.demo_messages, latencies)}
+    fakes = FakeReceipts(seed=7)
+    biggest = max(max(c.values()) for c in counts.values())
+    bodies = [fakes.body("SmsReport").body for _ in range(max(biggest, 16))]
+    samples: list[Sample] = []
+    long_run: LongRun | None = None
+    with tempfile.TemporaryDirectory(prefix="worker-bench-") as tmp, running_redis() as rds, \
+            running_sandbox(log_level="WARNING") as sandbox:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        env = Env(sandbox, rds, workdir, bodies, tuple(args.set))
+        for run in range(args.runs):
+            for lat in latencies:
+                for mode in modes:
+                    n = counts[mode][lat]
+                    s = (run_worker(env, lat, n) if mode == "worker"
+                         else run_loop(env, mode, lat, n))
+                    samples.append(s)
+                    print("run %d/%d %3d ms %-6s %7s receipts/s%s" % (
+                        run + 1, args.runs, lat, mode, f"{s.rate:,.0f}",
+                        "  worker %.0f µs sandbox %.0f µs redis %.0f µs/receipt, RSS %.1f MB"
+                        % (s.worker_us, s.sandbox_us, s.redis_us, s.rss_mb)
+                        if mode == "worker" else ""), file=sys.stderr, flush=True)
+        if args.long:
+            long_run = env.long_run(args.long, args.rss_every, FakeReceipts(seed=11))
+    command = "python bench/worker_bench.py " + " ".join(argv if argv is not None
+                                                           else sys.argv[1:])
+    print("\nWorker benchmark: `%s`\nPython %s, %d CPUs (sandbox, Redis and the worker share "
+          "them), bench pid CPU %.1f s, medians of %d runs\n" % (
+              command.strip(), platform.python_version(), os.cpu_count() or 0,
+              cpu_seconds(os.getpid()), args.runs))
+    print(table(samples, latencies, modes))
+    if "worker" in modes:
+        print("\nDuring the worker runs (medians):\n")
+        print(cpu_table(samples, latencies))
+    if long_run is not None:
+        print("\n" + long_run.summary())
+    print()
+    for line in verdicts(samples, latencies, modes, long_run):
+        print("- " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
