@@ -1,0 +1,69 @@
+"""`delivery-stats`: per-hour delivery counters of SmsReports in Redis (see
+`consumer.delivery_stats` for the keys, and `alicom-receipts stats` to read them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+
+from consumer.delivery_stats import (
+    DEFAULT_ONCE_TTL_S,
+    DEFAULT_PREFIX,
+    DEFAULT_TTL_S,
+    StatsWriter,
+)
+from consumer.dispatch import BatchResult
+from consumer.errors import ConfigError, RetryLater
+from consumer.handlers import one_line
+from consumer.receipts import Receipt
+
+
+class DeliveryStatsHandler:
+    """Counts each delivery report (SmsReport and the international IntlSmsReport) into its
+    send hour: delivered / failed, failures by err_code, receipt delay.
+
+    Options: `url` (redis://, required; may hold a password, which never appears in errors),
+    `prefix` (keys, default "alicom:stats"), `ttl_days` (how long an hour is kept after it
+    ended, default 90), `once_ttl_s` (how long a counted receipt is remembered so that a
+    redelivery is not counted again; 0 turns that off), `timeout_s` (Redis socket timeout).
+
+    One round trip per batch. A receipt Redis refused is retried alone; a connection failure
+    retries the batch (receipts already counted are not counted again while remembered).
+    """
+
+    name = "delivery-stats"
+    types: tuple[str, ...] | None = ("SmsReport",)
+
+    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX,
+                 ttl_days: float = DEFAULT_TTL_S / 86400,
+                 once_ttl_s: float = DEFAULT_ONCE_TTL_S, timeout_s: float = 5.0) -> None:
+        if not prefix:
+            raise ConfigError("delivery-stats handler: prefix must not be empty")
+        if not ttl_days > 0:
+            raise ConfigError("delivery-stats handler: ttl_days must be > 0, got %r" % ttl_days)
+        if once_ttl_s < 0:
+            raise ConfigError(
+                "delivery-stats handler: once_ttl_s must be >= 0, got %r" % once_ttl_s)
+        try:
+            self._client = redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        except ValueError as exc:  # its message quotes the URL: keep the password out
+            raise ConfigError("delivery-stats handler: url is not a redis:// URL") from exc
+        self._writer = StatsWriter(self._client, prefix, ttl_days * 86400, once_ttl_s)
+
+    def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
+        """Counts the batch; receipts Redis did not count are handed back for a retry."""
+        try:
+            errors = self._writer.record(receipts)
+        except redis.RedisError as exc:
+            raise RetryLater("delivery stats: %s" % one_line(exc)) from exc
+        result = BatchResult()
+        for receipt, error in zip(receipts, errors, strict=True):
+            if error is not None:
+                result.retry(receipt, "delivery stats: %s" % one_line(error))
+        return result
+
+    def close(self) -> None:
+        """Closes the connection pool."""
+        self._client.close()
