@@ -1,0 +1,132 @@
+"""End to end in push mode: `alicom-receipts push-server` and `push-worker` as real processes,
+the documented push bodies over real HTTP, a real Redis, the recording handler."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumer.sandbox.redis_server import free_port
+from tests.e2e.conftest import Stack
+from tests.e2e.harness import REPO, wait_until, worker_env
+
+SAMPLES = Path("/work/shared/reference/samples")
+SECRET = "e2e-Secret-Segment-0042"
+REPORTS = [{"phone_number": "1381111****", "send_time": "2017-01-01 00:00:00",
+            "report_time": "2017-01-01 00:00:01", "success": True, "err_code": "DELIVERED",
+            "err_msg": "用户接收成功", "sms_size": "1", "biz_id": "900^%d" % i, "out_id": "o%d" % i}
+           for i in range(3)]
+
+
+class Procs:
+    """The two push processes of one test, with their logs."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.port = free_port()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.config = stack.config(
+            "push.toml", push={"listen": "127.0.0.1:%d" % self.port, "secret": SECRET,
+                               "reclaim_idle_s": 4, "block_s": 0.5},
+            worker={"handler_deadline_s": 2, "shutdown_budget_s": 10})
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d/alicom/%s" % (self.port, SECRET)
+
+    def start(self, command: str) -> None:
+        env = worker_env(self.stack.sandbox.access_key_id, self.stack.sandbox.access_key_secret)
+        log = open(self.log_path(command), "ab")  # noqa: SIM115 - the child holds it
+        self.procs[command] = subprocess.Popen(
+            [sys.executable, "-m", "consumer", command, "--config", str(self.config)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def log_path(self, command: str) -> Path:
+        return self.stack.tmp / ("%s.log" % command)
+
+    def alive(self) -> bool:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise AssertionError("%s exited %s:\n%s" % (
+                    name, proc.returncode, self.log_path(name).read_text()[-3000:]))
+        return True
+
+    def stop(self, command: str) -> int:
+        proc = self.procs.pop(command)
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(30)
+
+    def kill_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def post(url: str, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return 0, {}
+
+
+@pytest.fixture
+def push(stack: Stack) -> Iterator[Procs]:
+    procs = Procs(stack)
+    procs.start("push-server")
+    procs.start("push-worker")
+    wait_until(lambda: procs.alive() and post(procs.url + "/SmsReport")[0] == 200, 60,
+               "the push server to answer")
+    yield procs
+    procs.kill_all()
+
+
+def drained(stack: Stack) -> bool:
+    r = stack.redis
+    if not r.exists("alicom:push"):
+        return False
+    return r.xlen("alicom:push") == 0 and r.xpending("alicom:push", "alicom-push")["pending"] == 0
+
+
+def test_documented_pushes_reach_the_handler_once_also_when_pushed_again(
+        stack: Stack, push: Procs) -> None:
+    bodies = {p.stem.removeprefix("push-"): p.read_bytes() for p in SAMPLES.glob("push-*.json")}
+    bodies["SmsReport"] = json.dumps(REPORTS).encode()
+    for _ in range(2):
+        for kind, body in bodies.items():
+            assert post(push.url + "/" + kind, body) == (200, {"code": 0, "msg": "接收成功"})
+    stack.wait(lambda: push.alive() and len(stack.applied()) == 5 and drained(stack),
+               "five receipts applied and the stream drained")
+    assert set(stack.applied().values()) == {1}
+    assert {r["source"] for r in stack.records()} == {"push"}
+    logs = push.log_path("push-server").read_text() + push.log_path("push-worker").read_text()
+    assert "push_request" in logs and SECRET not in logs
+    assert push.stop("push-worker") == 0 and push.stop("push-server") == 0
+
+
+def test_a_push_redis_cannot_take_gets_503_and_the_repush_is_applied(
+        stack: Stack, push: Procs) -> None:
+    body = json.dumps(REPORTS[:2]).encode()
+    stack.redis_server.stop()
+    try:
+        status, answer = post(push.url + "/SmsReport", body)
+        assert status == 503 and answer["code"] == 1
+    finally:
+        stack.redis_server.start_again()  # empty: the stream and its group are gone too
+    assert post(push.url + "/SmsReport", body)[0] == 200  # the platform's next attempt
+    stack.wait(lambda: push.alive() and len(stack.applied()) == 2 and drained(stack),
+               "the re-pushed receipts applied")
+    assert set(stack.applied().values()) == {1}
