@@ -6,6 +6,7 @@
 | `jsonl`        | `consumer.handlers.jsonl:JsonLinesHandler`           | batch  |
 | `redis-stream` | `consumer.handlers.redis_stream:RedisStreamHandler`  | batch  |
 | `webhook`      | `consumer.handlers.webhook:WebhookHandler`           | single |
+| `delivery-stats` | `consumer.handlers.delivery_stats:DeliveryStatsHandler` | batch |
 
 They all write `Receipt.to_dict()` as their JSON document (see `receipt_json`).
 """
