@@ -1,0 +1,98 @@
+"""`alicom-receipts check` against the sandbox and a real Redis, as an operator runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from consumer.sandbox.redis_server import free_port
+from tests.e2e.conftest import Stack
+from tests.e2e.harness import REPO, worker_env, write_config
+
+
+def _config(stack: Stack, *, queues: list[str], redis_url: str | None = None,
+            handler: str = "log") -> Path:
+    endpoint = stack.sandbox.endpoint
+    sections: dict[str, dict[str, Any]] = {
+        "alicom": {"preset": "custom", "mns_endpoint": endpoint,
+                   "token_endpoint": endpoint.removeprefix("http://"), "token_protocol": "http",
+                   "account_id": stack.account_id, "queues": queues},
+        "redis": {"url": redis_url or stack.redis_server.url},
+    }
+    return write_config(stack.tmp / "check.toml", sections, [{"use": handler}])
+
+
+def _check(stack: Stack, config: Path, key_id: str | None = None,
+           secret: str | None = None) -> tuple[int, list[str]]:
+    env = worker_env(key_id or stack.sandbox.access_key_id,
+                     secret or stack.sandbox.access_key_secret)
+    done = subprocess.run([sys.executable, "-m", "consumer", "check", "--config", str(config)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stdout.splitlines()
+
+
+def test_all_well_is_one_ok_line(stack: Stack) -> None:
+    code, lines = _check(stack, _config(stack, queues=["SmsReport", "SmsUp"]))
+    assert code == 0, lines
+    assert len(lines) == 1
+    assert lines[0].startswith("OK: ")
+    assert "Redis" in lines[0] and "SmsReport" in lines[0] and "SmsUp" in lines[0]
+
+
+def test_a_message_in_the_queue_stays_there_untouched(stack: Stack) -> None:
+    stack.publisher().publish("SmsReport", 1, seed=1)
+    code, lines = _check(stack, _config(stack, queues=["SmsReport"]))
+    assert code == 0, lines
+    # Peeked, not received: still visible at once, never dequeued.
+    message = stack.sandbox.account().get_queue(stack.queue_name()).peek_message()
+    assert message.dequeue_count == 0
+    assert stack.queue_counts() == (1, 0)
+
+
+def test_a_wrong_access_key_is_one_line(stack: Stack) -> None:
+    code, lines = _check(stack, _config(stack, queues=["SmsReport", "SmsUp"]),
+                         key_id="LTAIwrongkey", secret="wrong-secret-value")
+    assert code == 1
+    assert len(lines) == 1, lines  # refused once: not repeated for every queue type
+    assert lines[0].startswith("access key: ")
+    assert "InvalidAccessKeyId" in lines[0] and "LTAIwrongkey" in lines[0]
+    assert "wrong-secret-value" not in lines[0]
+
+
+def test_an_unreachable_redis_is_one_line(stack: Stack) -> None:
+    url = "redis://:hunter2@127.0.0.1:%d/0" % free_port()
+    code, lines = _check(stack, _config(stack, queues=["SmsReport"], redis_url=url))
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("redis: cannot reach redis://:***@127.0.0.1:")
+    assert "redis.url" in lines[0]
+    assert "hunter2" not in lines[0]
+
+
+def test_a_missing_queue_is_one_line(stack: Stack) -> None:
+    code, lines = _check(stack, _config(stack, queues=["SmsReport", "GlobeSmsReport"]))
+    assert code == 1
+    assert lines == [line for line in lines if "GlobeSmsReport" in line]
+    assert len(lines) == 1
+    assert "QueueNotExist" in lines[0] and "alicom.queues" in lines[0]
+
+
+def test_a_plugin_that_fails_to_import_is_one_line(stack: Stack) -> None:
+    config = _config(stack, queues=["SmsReport"], handler="no_such_package.handlers:on_report")
+    code, lines = _check(stack, config)
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("handlers: ")
+    assert "no_such_package" in lines[0] and "ModuleNotFoundError" in lines[0]
+
+
+def test_an_unusable_config_exits_2_with_a_line_per_problem(stack: Stack) -> None:
+    config = stack.tmp / "bad.toml"
+    config.write_text('[alicom]\npreset = "sandbox"\nqueues = ["SmsReprt"]\n'
+                      '[poll]\nwait_seconds = 45\n', encoding="utf-8")
+    code, lines = _check(stack, config)
+    assert code == 2
+    assert any("SmsReprt" in line and "SmsReport" in line for line in lines), lines
+    assert any("poll.wait_seconds" in line for line in lines), lines
