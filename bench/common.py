@@ -1,0 +1,216 @@
+"""Small helpers the benchmarks share: a sandbox and a Redis, full queues, worker processes,
+drain timing, and CPU / RSS from /proc.
+
+    with bench_world(latency_ms=20) as world:
+        queue = world.fill_queue(10_000)              # sent at 0 ms, then latency back on
+        config = world.config(queue, "run1", handler="bench.noop_handler:FirstSeenNoop")
+        workers = [world.start_worker(config, "run1-%d" % i) for i in range(2)]
+        world.wait_until(lambda: world.remaining(queue) == 0, workers)
+
+Everything is a real process: the sandbox (`running_sandbox`), redis-server
+(`running_redis`), and `python -m consumer worker` started with this interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from consumer.sandbox.publisher import Publisher  # noqa: E402 - after the path set-up
+from consumer.sandbox.redis_server import RedisServer, running_redis  # noqa: E402
+from consumer.sandbox.testing import SandboxHandle, running_sandbox  # noqa: E402
+
+TIMEOUT_S = 900.0  # only bounds a hung run; nothing is asserted on it
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc/<pid>/stat."""
+    stat = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process in MiB, from /proc/<pid>/status."""
+    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS for pid %d" % pid)
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])       # guest time is already inside user
+    return total - idle, total
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join("%s = %s" % (k, toml_value(v)) for k, v in value.items()) + " }"
+    raise TypeError(value)
+
+
+@dataclass(frozen=True)
+class BenchQueue:
+    account_id: str
+    name: str
+    count: int
+
+
+class Worker:
+    """One `python -m consumer worker` process; its log goes to `log_path`."""
+
+    def __init__(self, config: Path, log_path: Path, env: Mapping[str, str],
+                 queue: str = "SmsReport") -> None:
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "consumer", "worker", "--queue", queue,
+                 "--config", str(config)],
+                cwd=REPO, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError("worker exited %s:\n%s" % (self.proc.returncode, tail))
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def stop(self, timeout_s: float = 60) -> int:
+        """SIGTERM (drain), SIGKILL if it outlives `timeout_s`; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+@dataclass
+class World:
+    """A sandbox and a Redis for one benchmark; `tmp` holds configs and logs."""
+
+    sandbox: SandboxHandle
+    redis: RedisServer
+    tmp: Path
+    latency_ms: float
+
+    def env(self) -> dict[str, str]:
+        """A worker's environment: the sandbox's AccessKey, no ALICOM_RECEIPTS_* overrides."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ALICOM_RECEIPTS_")}
+        env.update(ALIBABA_CLOUD_ACCESS_KEY_ID=self.sandbox.access_key_id,
+                   ALIBABA_CLOUD_ACCESS_KEY_SECRET=self.sandbox.access_key_secret,
+                   PYTHONPATH=str(REPO))
+        env.pop("CREDENTIALS_DIRECTORY", None)
+        return env
+
+    def fill_queue(self, count: int, *, seed: int = 0, message_type: str = "SmsReport",
+                   visibility_timeout_s: int = 60) -> BenchQueue:
+        """A new queue (new account id) holding `count` unique receipts, sent with the
+        latency switched off; the latency is back on when this returns."""
+        account_id = str(random.randrange(10**15, 10**16))
+        name = "Alicom-Queue-%s-%s" % (account_id, message_type)
+        self.sandbox.set_faults(latency_ms=0)
+        try:
+            self.sandbox.create_queue(name, visibility_timeout_s=visibility_timeout_s)
+            with Publisher(self.sandbox.endpoint, self.sandbox.access_key_id,
+                           self.sandbox.access_key_secret, account_id=account_id) as pub:
+                pub.publish(message_type, count, seed=seed)
+        finally:
+            self.sandbox.set_faults(latency_ms=self.latency_ms)
+        return BenchQueue(account_id, name, count)
+
+    def remaining(self, queue: BenchQueue) -> int:
+        """Messages still on the queue: visible, in flight or delayed."""
+        s = self.sandbox.queue_state(queue.name)
+        return int(s["active"]) + int(s["inactive"]) + int(s["delayed"])
+
+    def config(self, queue: BenchQueue, name: str, *, handler: str,
+               options: Mapping[str, Any] | None = None,
+               sections: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+        """A worker TOML for `queue`: sandbox endpoints, this Redis, one handler, JSON logs;
+        `sections` override or add settings ({"poll": {"pollers": 8}})."""
+        endpoint = self.sandbox.endpoint
+        base: dict[str, dict[str, Any]] = {
+            "alicom": {"preset": "custom", "mns_endpoint": endpoint,
+                       "token_endpoint": endpoint.removeprefix("http://"),
+                       "token_protocol": "http", "account_id": queue.account_id,
+                       "queues": [queue.name.rsplit("-", 1)[1]]},
+            "redis": {"url": self.redis.url},
+            "poll": {"wait_seconds": 1, "socket_timeout_s": 10},
+            "log": {"format": "json", "level": "info"},
+        }
+        for section, values in (sections or {}).items():
+            base.setdefault(section, {}).update(values)
+        lines: list[str] = []
+        for section, table in base.items():
+            lines += ["[%s]" % section, *("%s = %s" % (k, toml_value(v)) for k, v in table.items()),
+                      ""]
+        lines += ["[[handlers]]", "use = %s" % toml_value(handler)]
+        if options:
+            lines.append("options = %s" % toml_value(options))
+        path = self.tmp / ("%s.toml" % name)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    def start_worker(self, config: Path, name: str) -> Worker:
+        return Worker(config, self.tmp / ("%s.log" % name), self.env())
+
+    def wait_until(self, done: Callable[[], bool], workers: list[Worker],
+                   every_s: float = 0.05) -> float:
+        """Polls `done` every `every_s` (failing if a worker died); the epoch time it held."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while not done():
+            for w in workers:
+                w.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError("timed out; worker logs in %s" % self.tmp)
+            time.sleep(every_s)
+        return time.time()
+
+
+@contextmanager
+def bench_world(latency_ms: float = 0, *, keep: str | None = None,
+                **sandbox_options: Any) -> Iterator[World]:
+    """A Redis and a sandbox with `latency_ms` added to every MNS request; configs and logs
+    in `keep` (kept) or a temporary folder (removed)."""
+    tmp = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="alicom-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        with running_redis() as redis_server, \
+                running_sandbox(latency_ms=latency_ms, **sandbox_options) as sandbox:
+            yield World(sandbox, redis_server, tmp, latency_ms)
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
