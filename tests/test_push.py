@@ -23,8 +23,8 @@ from consumer.dispatch import Dispatcher
 from consumer.errors import ConfigError, RetryLater
 from consumer.outcome import RetryPolicy
 from consumer.push import SUCCESS, parse_push_body, running_push_server
+from consumer.push_pipeline import PushWorker
 from consumer.push_settings import PushSettings, load_push_config
-from consumer.push_worker import PushWorker
 from consumer.receipts import Receipt
 from consumer.sandbox.redis_server import RedisServer, running_redis
 from tests.e2e.harness import wait_until
