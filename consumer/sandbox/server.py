@@ -4,7 +4,8 @@ Routes:
 - everything under `/queues`: the MNS API (`consumer.sandbox.mns_api`);
 - `POST /` and any request with an `x-acs-action` header: the Dybaseapi token API,
   `consumer.sandbox.dybase.handle_acs_request` (imported lazily; 501 while it is missing);
-- `/_sandbox/...`: the admin API (`consumer.sandbox.admin`).
+- `/_sandbox/...`: the admin API (`consumer.sandbox.admin`; `/_sandbox/dysms...` is the
+  sending side's, `consumer.sandbox.dysms_admin`).
 A catch-all middleware turns anything unexpected into MNS error XML (InternalError, logged).
 
 Run: `alicom-receipts sandbox [options]` or `python -m consumer.sandbox.server [options]`.
@@ -24,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from consumer.sandbox import dysms, dysms_admin
 from consumer.sandbox.accounts import CredentialStore
 from consumer.sandbox.admin import AdminApi
 from consumer.sandbox.context import (
@@ -136,6 +138,7 @@ def build_app(ctx: SandboxContext) -> web.Application:
         app.router.add_route("*", path, mns.handle)
     app.router.add_post("/", acs.handle)
     AdminApi(ctx).add_routes(app)
+    dysms_admin.add_routes(app, ctx)
     return app
 
 
@@ -183,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the fault dice")
     p.add_argument("--log-level", default="INFO")
+    dysms_admin.add_arguments(p)
     return p
 
 
@@ -247,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             hang_rate=args.hang_rate,
         )
         ctx = build_context(config, faults, args.clock_skew_s, args.seed)
+        dysms.configure(ctx, dysms_admin.settings_from_args(args))
     except (ValueError, MnsError) as exc:
         print(f"alicom-receipts sandbox: {exc}", file=sys.stderr)
         return 2
