@@ -1,0 +1,343 @@
+"""Prometheus metrics in multiprocess mode: what the stats feed becomes on the scrape endpoint,
+across processes, with real mmap files, a real HTTP server and real child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client import values
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
+
+from consumer.dispatch import Dispatcher
+from consumer.errors import ConfigError
+from consumer.metrics import (
+    Exposition,
+    MetricsHandle,
+    MetricsSettings,
+    setup_metrics,
+)
+from consumer.receipts import Receipt, ReceiptMeta, SmsReport, SmsUp
+from consumer.stats import Stats
+
+REPO = Path(__file__).resolve().parents[1]
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+Q = "SmsReport"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(address: str) -> Samples:
+    with urllib.request.urlopen("http://%s/metrics" % address, timeout=10) as resp:
+        text = resp.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get(("alicom_receipts_" + name, frozenset({"queue": Q, **labels}.items())),
+                       0.0)
+
+
+def report(n: int, *, success: bool = True, err_code: str = "DELIVERED") -> SmsReport:
+    return SmsReport(raw={}, meta=ReceiptMeta("mns", "q", "m-%d" % n, 1),
+                     phone_number="1380000%04d" % n, biz_id="biz-%d" % n, success=success,
+                     err_code=err_code)
+
+
+def uplink(n: int) -> SmsUp:
+    return SmsUp(raw={}, meta=ReceiptMeta("mns", "q", "u-%d" % n, 1), phone_number="139",
+                 content="hi", send_time="2017-01-01 00:00:00", dest_code="1",
+                 sequence_id=str(n))
+
+
+@dataclass
+class Running:
+    handle: MetricsHandle
+    stats: Stats
+    address: str
+    directory: Path
+
+    def scrape(self) -> Samples:
+        return scrape(self.address)
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    handles: list[MetricsHandle] = []
+
+    def make(**options: object) -> Running:
+        address = "127.0.0.1:%d" % free_port()
+        directory = tmp_path / "metrics"
+        stats = Stats()
+        settings = MetricsSettings(address=address, multiproc_dir=str(directory),
+                                   **options)  # type: ignore[arg-type]
+        # A long interval: the tests call tick() themselves, nothing depends on the timer.
+        handle = setup_metrics(settings, Q, stats, interval_s=3600)
+        assert handle is not None
+        handles.append(handle)
+        return Running(handle, stats, address, directory)
+
+    yield make
+    for h in handles:
+        h.close()
+
+
+def test_stats_counters_appear_as_counters_labelled_by_queue(
+        start: Callable[..., Running]) -> None:
+    m = start()
+    m.stats.incr("received", 16)
+    m.stats.incr("received", 4)
+    for name, amount in [("empty_polls", 3), ("token_refreshes", 1), ("duplicates", 2),
+                         ("retries", 5), ("dead_letters", 1), ("visibility_extensions", 2),
+                         ("delete_failures", 1)]:
+        m.stats.incr(name, amount)
+
+    s = m.scrape()
+
+    assert value(s, "received_total") == 20
+    assert value(s, "empty_polls_total") == 3
+    assert value(s, "token_refreshes_total") == 1
+    assert value(s, "duplicates_total") == 2
+    assert value(s, "retries_total") == 5
+    assert value(s, "dead_letters_total") == 1
+    assert value(s, "visibility_extensions_total") == 2
+    assert value(s, "delete_failures_total") == 1
+    assert value(s, "handled_total") == 0
+
+
+def test_outcomes_durations_and_sms_delivery_outcomes_by_err_code(
+        start: Callable[..., Running]) -> None:
+    m = start()
+    m.stats.outcome("handled", "log", 0.002, report(1))
+    m.stats.outcome("handled", "log", 0.2, report(2, success=False, err_code="IC:0015"))
+    m.stats.outcome("handled", "log", 0.2, report(3, success=False, err_code="IC:0015"))
+    m.stats.outcome("handled", "log", 0.003, uplink(1))           # not a delivery report
+    m.stats.outcome("duplicate", "", 0.0, report(1))              # counted once, when handled
+    m.stats.outcome("retry", "webhook", 2.0, report(4, success=False, err_code="MK:0001"))
+    m.stats.outcome("dead_letter", "", 0.0, None)                 # a body that did not decode
+    m.stats.incr("in_progress_skipped", 2)  # the worker leaves these without settling them
+
+    s = m.scrape()
+
+    assert {o: value(s, "outcomes_total", outcome=o)
+            for o in ("handled", "duplicate", "retry", "dead_letter", "in_progress")} == {
+        "handled": 4, "duplicate": 1, "retry": 1, "dead_letter": 1, "in_progress": 2}
+    assert value(s, "sms_deliveries_total", success="true", err_code="DELIVERED") == 1
+    assert value(s, "sms_deliveries_total", success="false", err_code="IC:0015") == 2
+    assert value(s, "sms_deliveries_total", success="false", err_code="MK:0001") == 0
+    assert value(s, "handler_duration_seconds_count", handler="log") == 4
+    assert value(s, "handler_duration_seconds_bucket", handler="log", le="0.005") == 2
+    assert value(s, "handler_duration_seconds_count", handler="webhook") == 1
+    assert value(s, "handler_duration_seconds_sum", handler="webhook") == 2.0
+
+
+def test_err_code_labels_are_capped_and_the_rest_count_as_other(
+        start: Callable[..., Running]) -> None:
+    m = start(max_err_codes=3)
+    codes = ["A:0001", "B:0002", "C:0003", "D:0004", "E:0005", "A:0001", "x" * 500]
+    for n, code in enumerate(codes):
+        m.stats.outcome("handled", "log", 0.01, report(n, success=False, err_code=code))
+
+    s = m.scrape()
+
+    labelled = {dict(labels)["err_code"]: v for (name, labels), v in s.items()
+                if name == "alicom_receipts_sms_deliveries_total"}
+    assert labelled == {"A:0001": 2, "B:0002": 1, "C:0003": 1, "other": 3}
+
+
+def test_the_exposition_carries_only_known_labels(start: Callable[..., Running]) -> None:
+    m = start()
+    m.stats.incr("received", 1)
+    m.stats.outcome("handled", "log", 0.01, report(1))
+    m.stats.add_in_flight(1)
+    m.handle.tick()
+
+    s = m.scrape()
+
+    assert {key for (_name, labels) in s for key, _v in labels} == {
+        "queue", "outcome", "handler", "le", "success", "err_code"}
+    assert all(name.startswith("alicom_receipts_") for name, _ in s)
+
+
+def test_in_flight_is_sampled_and_stuck_handler_threads_come_from_the_dispatcher(
+        start: Callable[..., Running]) -> None:
+    m = start()
+    m.stats.add_in_flight(5)
+    m.stats.add_in_flight(-1)
+    m.handle.tick()
+    release = threading.Event()
+
+    class Wedged:
+        name = "wedged"
+
+        def handle(self, receipt: Receipt) -> None:
+            release.wait(60)
+
+    dispatcher = Dispatcher({Q: [Wedged()]}, deadline_s=0.2, max_workers=2,
+                            stuck_gauge=m.handle.stuck_gauge)
+    try:
+        outcomes = dispatcher.dispatch([report(1)])
+        assert outcomes[0].reason == "deadline"
+        s = m.scrape()
+        assert value(s, "in_flight") == 4
+        assert value(s, "stuck_handler_threads") == 1
+        release.set()
+        wait_for(lambda: dispatcher.stuck_threads == 0)
+        assert value(m.scrape(), "stuck_handler_threads") == 0
+    finally:
+        release.set()
+        dispatcher.close()
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 30) -> None:
+    done = threading.Event()
+    for _ in range(int(timeout_s / 0.05)):
+        if predicate():
+            return
+        done.wait(0.05)
+    raise AssertionError("condition not reached")
+
+
+CHILD = """
+import sys
+from consumer.metrics import MetricsSettings, setup_metrics
+from consumer.stats import Stats
+stats = Stats()
+handle = setup_metrics(MetricsSettings(address=sys.argv[1], multiproc_dir=sys.argv[2]),
+                       "SmsReport", stats, interval_s=3600)
+assert "prometheus_client" in sys.modules
+stats.incr("received", int(sys.argv[3]))
+stats.add_in_flight(int(sys.argv[4]))
+handle.tick()
+print("ready", flush=True)
+if sys.stdin.readline().strip() == "close":
+    handle.close()
+print("closed", flush=True)
+sys.stdin.readline()
+"""
+
+
+def child(address: str, directory: Path, received: int,
+          in_flight: int) -> tuple[subprocess.Popen[str], str]:
+    """A fresh interpreter running setup_metrics; returns it and its output up to "ready"."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, address, str(directory),
+                             str(received), str(in_flight)], cwd=REPO, env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    lines = []
+    while (line := proc.stdout.readline()) and line.strip() != "ready":
+        lines.append(line)
+    assert line.strip() == "ready", "".join(lines)
+    return proc, "".join(lines)
+
+
+def test_the_serving_process_sums_every_process_and_drops_the_gauges_of_dead_ones(
+        start: Callable[..., Running]) -> None:
+    m = start()
+    m.stats.incr("received", 10)
+    m.stats.add_in_flight(1)
+    m.handle.tick()
+
+    clean, clean_log = child(m.address, m.directory, 7, 2)
+    killed, _ = child(m.address, m.directory, 5, 3)
+    try:
+        assert "metrics_address_busy" in clean_log
+        s = m.scrape()
+        assert value(s, "received_total") == 22
+        assert value(s, "in_flight") == 6
+        assert any(p.name == "counter_%d.db" % clean.pid for p in m.directory.iterdir())
+
+        # A clean exit removes its live gauges (mark_process_dead); its counts stay.
+        assert clean.stdin is not None and clean.stdout is not None
+        clean.stdin.write("close\n")
+        clean.stdin.flush()
+        assert clean.stdout.readline().strip() == "closed"
+        assert value(m.scrape(), "in_flight") == 4
+        # SIGKILL leaves its files behind; the next scrape finds the PID gone.
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+        s = m.scrape()
+        assert value(s, "in_flight") == 1
+        assert value(s, "received_total") == 22
+    finally:
+        for proc in (clean, killed):
+            proc.kill()
+            proc.communicate(timeout=30)
+
+
+def test_one_process_serves_the_address_and_another_takes_over_when_it_stops(
+        tmp_path: Path) -> None:
+    address = "127.0.0.1:%d" % free_port()
+    first, second = Exposition(address, str(tmp_path)), Exposition(address, str(tmp_path))
+    try:
+        assert first.try_serve()
+        with capture_logs() as logs:
+            assert not second.try_serve()
+            assert not second.try_serve()
+        assert [e["event"] for e in logs] == ["metrics_address_busy"]  # said once
+        scrape(address)
+
+        first.close()
+        with capture_logs() as logs:
+            assert second.try_serve()
+        assert logs[0]["event"] == "metrics_serving" and logs[0]["taken_over"] is True
+        assert isinstance(scrape(address), dict)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_close_puts_back_the_value_class_it_found(start: Callable[..., Running]) -> None:
+    before = values.ValueClass
+    m = start()
+    assert values.ValueClass._multiprocess
+    m.handle.close()
+    assert values.ValueClass is before
+
+
+def test_disabled_metrics_never_import_prometheus_client() -> None:
+    code = ("import sys\n"
+            "from consumer.metrics import MetricsSettings, setup_metrics\n"
+            "from consumer.stats import Stats\n"
+            "assert setup_metrics(MetricsSettings(address=None), 'SmsReport', Stats()) is None\n"
+            "assert 'prometheus_client' not in sys.modules, 'imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("settings", [
+    MetricsSettings(address="no-port"),
+    MetricsSettings(address="127.0.0.1:99999"),
+    MetricsSettings(address="127.0.0.1:9464", max_err_codes=0),
+])
+def test_bad_settings_are_a_config_error(settings: MetricsSettings) -> None:
+    with pytest.raises(ConfigError, match="metrics"):
+        setup_metrics(settings, Q, Stats())
+
+
+def test_an_unusable_directory_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    settings = MetricsSettings(address="127.0.0.1:%d" % free_port(),
+                               multiproc_dir=str(blocker / "metrics"))
+    with pytest.raises(ConfigError, match="cannot be created"):
+        setup_metrics(settings, Q, Stats())
