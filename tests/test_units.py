@@ -1,0 +1,136 @@
+"""The systemd units: `systemd/verify` (systemd-analyze verify + security rating) and
+`systemd/install` into a staging directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEMD = REPO / "systemd"
+
+pytestmark = pytest.mark.slow
+
+
+def _have_systemd_analyze() -> bool:
+    """systemd-analyze, installing Debian's systemd package as root when it is missing."""
+    if shutil.which("systemd-analyze"):
+        return True
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "systemd"],
+                       capture_output=True, check=False)
+    return shutil.which("systemd-analyze") is not None
+
+
+@pytest.fixture(scope="module")
+def analyze() -> None:
+    if not _have_systemd_analyze():
+        pytest.skip("systemd-analyze is missing and could not be installed (not root, no apt)")
+
+
+def _verify(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(directory / "verify")], capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_units_verify_and_rate_ok_or_better(analyze: None) -> None:
+    done = _verify(SYSTEMD)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rating = next(line for line in done.stdout.splitlines() if "Overall exposure" in line)
+    assert rating.split()[-2] in ("SAFE", "OK"), rating
+
+
+def _copy_units(tmp_path: Path) -> Path:
+    copy = tmp_path / "systemd"
+    shutil.copytree(SYSTEMD, copy)
+    return copy
+
+
+def test_verify_fails_on_a_broken_unit(analyze: None, tmp_path: Path) -> None:
+    copy = _copy_units(tmp_path)
+    unit = copy / "alicom-receipts@.service"
+    unit.write_text(unit.read_text().replace("Type=notify", "Type=notifyy"))
+    done = _verify(copy)
+    assert done.returncode != 0
+    assert "notifyy" in done.stderr
+
+
+def test_verify_fails_when_the_hardening_is_gone(analyze: None, tmp_path: Path) -> None:
+    copy = _copy_units(tmp_path)
+    unit = copy / "alicom-receipts@.service"
+    text = unit.read_text()
+    head, _, tail = text.partition("# Hardening")
+    unit.write_text(head + "[Install]" + tail.partition("[Install]")[2])
+    done = _verify(copy)
+    assert done.returncode != 0
+    assert "must rate OK or better" in done.stderr
+
+
+def test_unit_contract() -> None:
+    text = (SYSTEMD / "alicom-receipts@.service").read_text()
+    lines = set(text.splitlines())
+    for expected in ("Type=notify", "NotifyAccess=main", "Restart=always",
+                     "PartOf=alicom-receipts.target", "WantedBy=alicom-receipts.target",
+                     "LoadCredential=access_key_id:/etc/alicom-receipts/credentials/access_key_id",
+                     "LoadCredential=access_key_secret:"
+                     "/etc/alicom-receipts/credentials/access_key_secret",
+                     "# EnvironmentFile=/etc/alicom-receipts/credentials.env"):
+        assert expected in lines, expected
+    stop = next(x for x in lines if x.startswith("TimeoutStopSec="))
+    # Above the default drain budget (worker.shutdown_budget_s = 20 s).
+    assert int(stop.removeprefix("TimeoutStopSec=").removesuffix("s")) > 20
+
+
+def test_install_into_a_staging_directory(tmp_path: Path) -> None:
+    # A wheel built from a copy of the checkout (the checkout stays clean); installed
+    # without dependencies or an index, so the test needs no network.
+    source = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(wheels), str(source)],
+                   capture_output=True, check=True)
+    wheel = next(wheels.glob("alicom_receipts-*.whl"))
+    dest = tmp_path / "root"
+    env = {**os.environ, "DESTDIR": str(dest), "PACKAGE": str(wheel), "PREFIX": "/srv/alicom",
+           "PYTHON": shutil.which("python3") or sys.executable,
+           "PIP_INSTALL_ARGS": "--no-deps --no-index"}
+    done = subprocess.run(["bash", str(SYSTEMD / "install")], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    venv = dest / "srv/alicom/venv"
+    script = venv / "bin/alicom-receipts"
+    assert os.access(script, os.X_OK)
+    assert "consumer.cli" in script.read_text()
+    units = dest / "etc/systemd/system"
+    assert {p.name for p in units.iterdir()} >= {"alicom-receipts@.service",
+                                                 "alicom-receipts.target"}
+    unit = (units / "alicom-receipts@.service").read_text()
+    assert "exec /srv/alicom/venv/bin/alicom-receipts worker" in unit  # PREFIX written in
+    assert "/opt/alicom-receipts" not in unit
+    config = dest / "etc/alicom-receipts/alicom-receipts.toml"
+    assert config.read_text() == (REPO / "config/alicom-receipts.example.toml").read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o640
+    creds = dest / "etc/alicom-receipts/credentials"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o700
+    assert "access_key_secret" in (creds / "README").read_text()
+    assert "systemctl enable --now alicom-receipts@SmsReport-{1..4}" in done.stdout
+
+    # Again: an edited config is kept.
+    config.write_text("# mine\n")
+    again = subprocess.run(["bash", str(SYSTEMD / "install")], env=env, capture_output=True,
+                           text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr
+    assert config.read_text() == "# mine\n"
