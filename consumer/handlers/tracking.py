@@ -1,0 +1,53 @@
+"""`send-tracker`: clears a tracked send (`consumer.tracking`) when its SmsReport arrives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+
+from consumer.dispatch import BatchResult
+from consumer.errors import ConfigError, RetryLater
+from consumer.handlers import one_line
+from consumer.receipts import Receipt, SmsReport
+from consumer.tracking import SendTracker as Tracker
+from consumer.tracking import TrackingSettings
+
+
+class SendTracker:
+    """Stops tracking each send whose delivery report (success or failure) arrived, so that
+    `alicom-receipts reconcile` only asks about sends still without one.
+
+    Options: `url` (redis://, required; may hold a password, which never appears in errors),
+    `key_prefix` (as `[tracking] key_prefix`, default "alicom:track"), `timeout_s`.
+    One script call per batch; a receipt whose send was never tracked is fine (nothing to
+    clear). International reports (`IntlSmsReport`) have no BizId and are passed over. A Redis
+    failure retries the batch: clearing is idempotent.
+    """
+
+    name = "send-tracker"
+    types: tuple[str, ...] | None = ("SmsReport",)
+
+    def __init__(self, url: str, key_prefix: str = TrackingSettings.key_prefix,
+                 timeout_s: float = 5.0) -> None:
+        try:
+            self._client = redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        except ValueError as exc:  # its message quotes the URL: keep the password out
+            raise ConfigError("send-tracker handler: url is not a redis:// URL") from exc
+        self._tracker = Tracker(self._client, TrackingSettings(key_prefix=key_prefix))
+
+    def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
+        """Clears the batch's sends in one round trip."""
+        keys = [(r.biz_id, r.phone_number) for r in receipts
+                if isinstance(r, SmsReport) and r.biz_id and r.phone_number
+                and "|" not in r.biz_id + r.phone_number]
+        try:
+            self._tracker.clear_many(keys)
+        except redis.RedisError as exc:
+            raise RetryLater("send tracker: %s" % one_line(exc)) from exc
+        return BatchResult()
+
+    def close(self) -> None:
+        """Closes the connection pool."""
+        self._client.close()

@@ -1,0 +1,152 @@
+"""Send tracking and the send-tracker handler, on a real Redis server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+import redis
+
+from consumer.decode import parse_object
+from consumer.errors import ConfigError, RetryLater
+from consumer.handlers.tracking import SendTracker as SendTrackerHandler
+from consumer.receipts import Receipt, ReceiptMeta
+from consumer.sandbox.redis_server import RedisServer
+from consumer.tracking import (
+    SHANGHAI,
+    SendTracker,
+    TrackedSend,
+    TrackingSettings,
+    epoch_of,
+    normalise_phone,
+)
+
+DAY = 86400
+
+
+@pytest.fixture
+def tracker(redis_client: redis.Redis) -> SendTracker:
+    return SendTracker(redis_client, TrackingSettings())
+
+
+def _report(biz_id: str, phone: str, **extra: object) -> Receipt:
+    obj = {"phone_number": phone, "biz_id": biz_id, "success": True, "err_code": "DELIVERED",
+           "send_time": "2024-03-01 09:00:00", "report_time": "2024-03-01 09:00:05",
+           "sms_size": "1", "out_id": "", **extra}
+    return parse_object("SmsReport", obj, ReceiptMeta(source="mns"))
+
+
+def test_record_then_pending_then_clear(tracker: SendTracker) -> None:
+    now = time.time()
+    assert tracker.record("100^0", "13800000001", now - 60, out_id="order-1")
+    assert tracker.record("100^0", "13800000002", now - 30)
+    assert tracker.record("101^0", "13800000003", now)
+    old = tracker.pending(older_than_s=10)
+    assert [(s.biz_id, s.phone_number, s.out_id) for s in old] == [
+        ("100^0", "13800000001", "order-1"), ("100^0", "13800000002", "")]
+    assert old[0].sent_at == pytest.approx(now - 60, abs=0.001)
+    assert tracker.clear("100^0", "13800000001")
+    assert not tracker.clear("100^0", "13800000001")
+    assert [s.phone_number for s in tracker.pending()] == ["13800000002", "13800000003"]
+    assert tracker.count() == 2
+
+
+def test_recording_twice_keeps_the_first_send(tracker: SendTracker) -> None:
+    now = time.time()
+    assert tracker.record_many([TrackedSend("7^0", "13800000001", now - 100, "a"),
+                                TrackedSend("7^0", "13800000002", now - 100)]) == [True, True]
+    assert tracker.record_many([TrackedSend("7^0", "13800000001", now, "b")]) == [False]
+    [first, _] = tracker.pending()
+    assert first.sent_at == pytest.approx(now - 100, abs=0.001)
+    assert first.out_id == "a"
+
+
+def test_pending_is_oldest_first_and_limited(tracker: SendTracker) -> None:
+    now = time.time()
+    tracker.record_many(TrackedSend("%d^0" % i, "1380000%04d" % i, now - 1000 + i)
+                        for i in range(50))
+    page = tracker.pending(limit=5)
+    assert [s.biz_id for s in page] == ["%d^0" % i for i in range(5)]
+
+
+def test_phone_prefixes_are_normalised_on_both_sides(tracker: SendTracker) -> None:
+    assert normalise_phone(" +8613800000001") == "13800000001"
+    assert normalise_phone("008613800000001") == "13800000001"
+    assert normalise_phone("85261234567") == "85261234567"
+    tracker.record("9^0", "+8613800000001")
+    assert tracker.clear("9^0", "13800000001")
+
+
+def test_send_dates_follow_the_shanghai_calendar() -> None:
+    # 2024-03-01 23:30 in Shanghai is still 2024-03-01 there, 15:30 UTC.
+    late = dt.datetime(2024, 3, 1, 23, 30, tzinfo=SHANGHAI)
+    assert TrackedSend("1^0", "1", epoch_of(late)).send_date == "20240301"
+    assert epoch_of(dt.datetime(2024, 3, 1, 23, 30)) == late.timestamp()
+    assert epoch_of(dt.date(2024, 3, 1)) == dt.datetime(2024, 3, 1, tzinfo=SHANGHAI).timestamp()
+    assert epoch_of(12.5) == 12.5
+
+
+def test_every_key_expires_past_the_query_window(tracker: SendTracker,
+                                                 redis_client: redis.Redis) -> None:
+    tracker.record("5^0", "13800000001", time.time(), out_id="o")
+    keys = list(redis_client.keys("alicom:track:*"))
+    assert len(keys) == 2
+    for key in keys:
+        ttl = redis_client.ttl(key)
+        assert 31 * DAY < ttl <= 36 * DAY
+
+
+def test_sends_older_than_the_ttl_are_trimmed_on_the_next_write(
+        tracker: SendTracker) -> None:
+    now = time.time()
+    tracker.record("1^0", "13800000001", now - 40 * DAY, out_id="x")
+    tracker.record("2^0", "13800000002", now)
+    assert [s.biz_id for s in tracker.pending()] == ["2^0"]
+
+
+def test_memory_stays_small(tracker: SendTracker, redis_client: redis.Redis) -> None:
+    """A send without out_id costs one sorted-set member: no hash entry."""
+    now = time.time()
+    tracker.record_many(TrackedSend("%018d^0" % i, "138%08d" % i, now) for i in range(2000))
+    assert redis_client.keys("alicom:track:d:*") == []
+    used = redis_client.memory_usage("alicom:track:z") or 0
+    assert used / 2000 < 160  # bytes per tracked send
+
+
+def test_settings_refuse_a_ttl_inside_the_query_window() -> None:
+    with pytest.raises(ConfigError, match="31 days"):
+        TrackingSettings(ttl_s=10 * DAY)
+    with pytest.raises(ConfigError):
+        TrackingSettings(key_prefix="")
+
+
+def test_handler_clears_a_batch_and_ignores_untracked(redis_server: RedisServer,
+                                                      tracker: SendTracker) -> None:
+    tracker.record("1^0", "13800000001")
+    tracker.record("1^0", "13800000002")
+    tracker.record("2^0", "13800000003")
+    handler = SendTrackerHandler(url=redis_server.url)
+    try:
+        receipts = [_report("1^0", "13800000001"), _report("1^0", "13800000002"),
+                    _report("3^0", "13800000009")]
+        result = handler.handle_batch(receipts)
+    finally:
+        handler.close()
+    assert result.failed == []
+    assert [(s.biz_id, s.phone_number) for s in tracker.pending()] == [("2^0", "13800000003")]
+
+
+def test_handler_retries_when_redis_is_away() -> None:
+    handler = SendTrackerHandler(url="redis://127.0.0.1:1/0", timeout_s=0.5)
+    try:
+        with pytest.raises(RetryLater, match="send tracker: ConnectionError"):
+            handler.handle_batch([_report("1^0", "13800000001")])
+    finally:
+        handler.close()
+
+
+def test_handler_refuses_a_url_that_is_not_redis_without_quoting_it() -> None:
+    with pytest.raises(ConfigError) as err:
+        SendTrackerHandler(url="http://user:hunter2@example")
+    assert "hunter2" not in str(err.value)
