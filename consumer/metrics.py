@@ -90,15 +90,16 @@ _COUNTER_HELP: Final[Mapping[str, str]] = {
 class MetricsSettings:
     """The `[metrics]` table.
 
-    `address`: "host:port" (":port" for every interface) of the host's scrape endpoint, or
-    None to turn metrics off. `multiproc_dir`: the directory shared by the host's worker
-    processes; None means `$PROMETHEUS_MULTIPROC_DIR`, else `$RUNTIME_DIRECTORY/metrics`
-    (systemd), else `<tmp>/alicom-receipts-metrics-<uid>`. Under systemd with PrivateTmp the
-    last one is private to each unit, so give the units one explicit directory (for example
-    `/run/alicom-receipts/metrics`). `max_err_codes`: distinct `err_code` labels per process.
+    `address`: "host:port" (":port" for every interface) of the host's scrape endpoint, e.g.
+    "127.0.0.1:9464"; None (the default) turns metrics off. `multiproc_dir`: the directory
+    shared by the host's worker processes; None means `$PROMETHEUS_MULTIPROC_DIR`, else
+    `$RUNTIME_DIRECTORY/metrics` (systemd), else `<tmp>/alicom-receipts-metrics-<uid>`. Under
+    systemd with PrivateTmp the last one is private to each unit, so give the units one
+    explicit directory (e.g. `/run/alicom-receipts/metrics`). `max_err_codes`: distinct
+    `err_code` labels per process.
     """
 
-    address: str | None = "127.0.0.1:9464"
+    address: str | None = None
     multiproc_dir: str | None = None
     max_err_codes: int = 50
 
