@@ -100,7 +100,6 @@ class Slot:
     failures: int = 0                # consecutive unexpected exits
     restart_at: float | None = None  # monotonic time a pending restart is due
     restarts: int = 0
-    last_code: int | None = None
 
     @property
     def name(self) -> str:
@@ -170,7 +169,15 @@ class Supervisor:
     def _start(self, slot: Slot) -> None:
         slot.restart_at = None
         slot.started_at = self.clock()
-        slot.proc = self.spawn(slot)
+        try:
+            slot.proc = self.spawn(slot)
+        except OSError as exc:  # fork or exec refused (no memory, too many processes)
+            slot.failures += 1
+            delay = restart_delay(slot.failures, self.run)
+            slot.restart_at = slot.started_at + delay
+            log.error("child_start_failed", child=slot.name, error=str(exc),  # noqa: TRY400 - the OS error says it all
+                      restart_in_s=delay, failures=slot.failures)
+            return
         log.info("child_started", child=slot.name, queue=slot.queue, index=slot.index,
                  pid=slot.proc.pid, restarts=slot.restarts)
 
@@ -185,7 +192,7 @@ class Supervisor:
 
     def _exited(self, slot: Slot, pid: int, code: int) -> None:
         now = self.clock()
-        slot.proc, slot.last_code = None, code
+        slot.proc = None
         ran_s = round(now - slot.started_at, 3)
         if self.stopping:
             self.stop_codes[slot.name] = code
@@ -389,7 +396,8 @@ def _choose(args: argparse.Namespace, settings: Settings) -> tuple[list[str], in
     if unknown:
         raise ConfigError("--queue must be one of %s, got %s"
                           % (", ".join(QUEUE_MESSAGE_TYPES), ", ".join(unknown)))
-    processes = args.processes or run_settings_of(settings).processes_per_queue
+    processes = (args.processes if args.processes is not None
+                 else run_settings_of(settings).processes_per_queue)
     if not 1 <= processes <= 256:
         raise ConfigError("--processes must be 1-256, got %d" % processes)
     return queues, processes

@@ -104,6 +104,26 @@ def test_a_recycled_process_comes_back_at_once() -> None:
     assert sup.exit_code() == 0  # died of the SIGTERM it was given before it had handlers
 
 
+def test_a_worker_that_cannot_be_started_is_tried_again_after_the_backoff() -> None:
+    clock = Clock()
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    def spawn(slot: Slot) -> subprocess.Popen[bytes]:
+        if not spawned and slot.failures == 0:
+            raise OSError(11, "Resource temporarily unavailable")
+        spawned.append(python("raise SystemExit(0)"))
+        return spawned[-1]
+
+    sup = Supervisor([Slot("SmsReport", 1)], spawn, FAST, stop_budget_s=5, clock=clock)
+    sup.start_all()
+    assert sup.slots[0].proc is None
+    assert sup.timeout() == 1.0
+    clock.now += 1.0
+    sup.restart_due()
+    assert len(spawned) == 1
+    spawned[0].wait(30)
+
+
 def test_stop_passes_sigterm_on_and_kills_what_outlives_the_deadline() -> None:
     clock = Clock()
     ignores_term = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
