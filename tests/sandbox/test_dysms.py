@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import http.server
 import json
 import random
+import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -246,3 +248,48 @@ def test_admin_refuses_unknown_settings_and_bad_rates(dysms: SandboxHandle) -> N
         with pytest.raises(Exception, match="400"):
             _settings(dysms, **body)
     assert dysms.admin("GET", "/_sandbox/dysms")["settings"]["loss_rate"] == 0.0
+
+
+class _PushSink(http.server.BaseHTTPRequestHandler):
+    """Answers pushes as a receiver does: {"code":0} (after `refuse` refusals with a 500)."""
+
+    bodies: ClassVar[list[Any]] = []
+    refuse: ClassVar[int] = 0
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        refused = _PushSink.refuse > 0
+        _PushSink.refuse -= 1
+        if not refused:
+            _PushSink.bodies.append(body)
+        answer = json.dumps({"code": 0, "msg": "接收成功"}).encode()
+        self.send_response(500 if refused else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_receipts_can_be_pushed_to_a_url_and_are_pushed_again_when_refused(
+        dysms: SandboxHandle) -> None:
+    _PushSink.bodies, _PushSink.refuse = [], 1
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PushSink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _settings(dysms, push_url="http://127.0.0.1:%d/alicom/SmsReport" % server.server_port,
+                  push_retry_s=[0.1])
+        phones = _phones(2)
+        biz_id = _client(dysms).send_sms(SendSmsRequest(
+            phone_numbers=",".join(phones), sign_name="s", template_code="SMS_1")).body.biz_id
+        wait_until(lambda: len(_PushSink.bodies) == 2, 30, "two pushes")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert all(isinstance(b, list) and len(b) == 1 for b in _PushSink.bodies)
+    assert sorted(b[0]["phone_number"] for b in _PushSink.bodies) == sorted(phones)
+    assert {b[0]["biz_id"] for b in _PushSink.bodies} == {biz_id}
+    counters = dysms.admin("GET", "/_sandbox/dysms")["counters"]
+    assert (counters["delivered"], counters["push_retries"]) == (2, 1)
