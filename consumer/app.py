@@ -22,6 +22,7 @@ from consumer.deadletter import RedisDeadLetterStore
 from consumer.dedup import RedisDedupStore
 from consumer.dispatch import Dispatcher
 from consumer.errors import AlicomReceiptsError, ConfigError
+from consumer.metrics import MetricsHandle, setup_metrics
 from consumer.outcome import RetryPolicy
 from consumer.plugins import close_handlers, load_handlers
 from consumer.receipts import MESSAGE_TYPES
@@ -86,6 +87,7 @@ class Resources:
     redis: redis.Redis
     tokens: TokenService
     dispatcher: Dispatcher
+    metrics: MetricsHandle | None = None
 
     def close(self) -> None:
         try:
@@ -93,6 +95,8 @@ class Resources:
             self.dispatcher.close()
         finally:
             self.redis.close()
+            if self.metrics is not None:
+                self.metrics.close()
 
 
 def build_worker(settings: Settings, message_type: str, env: dict[str, str],
@@ -115,9 +119,17 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
 
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5,
                                   socket_connect_timeout=5, health_check_interval=30)
-    routes = load_handlers(settings.handlers)
+    # Before the plugins: a plugin's own prometheus metrics must see multiprocess mode.
+    metrics = setup_metrics(settings.metrics, message_type, stats)
+    try:
+        routes = load_handlers(settings.handlers)
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
     dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
-                            max_workers=settings.worker.handler_threads)
+                            max_workers=settings.worker.handler_threads,
+                            stuck_gauge=metrics.stuck_gauge if metrics else None)
     pipeline = Pipeline(
         client_factory=client_factory,
         dedup=RedisDedupStore(client, settings.dedup),
@@ -127,7 +139,7 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
         stats=stats,
     )
     return Worker(worker_config(settings, message_type), pipeline, abort), Resources(
-        client, tokens, dispatcher)
+        client, tokens, dispatcher, metrics)
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -157,6 +169,6 @@ def worker_main(argv: Sequence[str]) -> int:
         return 2
     log.info("settings", **settings.describe())
     try:
-        return serve(worker)
+        return serve(worker, settings.service)
     finally:
         resources.close()

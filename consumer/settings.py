@@ -23,7 +23,9 @@ from typing import Any
 from consumer.deadletter import DeadLetterSettings
 from consumer.dedup import DedupSettings
 from consumer.errors import ConfigError
+from consumer.metrics import MetricsSettings, metrics_problems
 from consumer.plugins import HandlerSpec
+from consumer.service import ServiceSettings
 
 #: Alibaba's account that owns the Alicom queues on the mainland service; the local sandbox
 #: names its queues after it as well.
@@ -180,7 +182,8 @@ class Settings:
     handlers: tuple[HandlerSpec, ...] = ()
     log: LogSettings = field(default_factory=LogSettings)
     token: TokenSettings = field(default_factory=TokenSettings)
-    metrics_address: str | None = None
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
     source: str = "<embedded default>"
 
     def __post_init__(self) -> None:
@@ -192,6 +195,11 @@ class Settings:
         # The generated repr would print handler options (webhook headers, URLs with
         # passwords) verbatim; this one is the redacted view.
         return f"Settings({self.describe()!r})"
+
+    @property
+    def metrics_address(self) -> str | None:
+        """The scrape endpoint (`[metrics] address`), None when metrics are off."""
+        return self.metrics.address
 
     @property
     def token_refresh_before_s(self) -> float:
@@ -207,9 +215,10 @@ class Settings:
         out: dict[str, Any] = {
             "source": self.source, "endpoints": _as_dict(self.endpoints),
             "queue_prefix": self.queue_prefix, "queues": list(self.queues),
-            "redis_url": redact_url(self.redis_url), "metrics_address": self.metrics_address,
+            "redis_url": redact_url(self.redis_url),
         }
-        for name in ("poll", "ack", "worker", "dedup", "deadletter", "log", "token"):
+        for name in ("poll", "ack", "worker", "dedup", "deadletter", "log", "token", "metrics",
+                     "service"):
             out[name] = _as_dict(getattr(self, name))
         out["handlers"] = [
             {"use": h.use, "name": h.name, "types": None if h.types is None else list(h.types),
@@ -376,8 +385,7 @@ def _address_problems(s: Settings) -> list[str]:
     if not re.match(r"^(redis|rediss|unix)://", s.redis_url):
         p.append(f"redis.url must start with redis://, rediss:// or unix://, "
                  f"got {redact_url(s.redis_url)!r}")
-    if s.metrics_address is not None and not re.match(r"^[^\s:]*:\d{1,5}$", s.metrics_address):
-        p.append(f"metrics.address must be host:port (or :port), got {s.metrics_address!r}")
+    p.extend(metrics_problems(s.metrics))
     return p
 
 

@@ -23,7 +23,9 @@ from typing import Any, TypeVar
 from consumer.deadletter import DeadLetterSettings
 from consumer.dedup import DedupSettings
 from consumer.errors import ConfigError
+from consumer.metrics import MetricsSettings
 from consumer.plugins import HandlerSpec
+from consumer.service import ServiceSettings
 from consumer.settings import (
     DEFAULT_CONFIG_TOML,
     SANDBOX_ACCOUNT_ID,
@@ -77,15 +79,11 @@ class _Redis:
     url: str = "redis://127.0.0.1:6379/0"
 
 
-@dataclass(frozen=True)
-class _Metrics:
-    address: str | None = None
-
-
 _SECTIONS: Mapping[str, type] = MappingProxyType({
     "alicom": _Alicom, "redis": _Redis, "poll": PollSettings, "ack": AckSettings,
     "worker": WorkerSettings, "dedup": DedupSettings, "deadletter": DeadLetterSettings,
-    "log": LogSettings, "token": TokenSettings, "metrics": _Metrics,
+    "log": LogSettings, "token": TokenSettings, "metrics": MetricsSettings,
+    "service": ServiceSettings,
 })
 _HANDLER_KEYS = ("use", "types", "options", "name")
 _T = TypeVar("_T")
@@ -129,7 +127,8 @@ def _assemble(sections: Mapping[str, object], endpoints: Endpoints, prefix: str,
         dedup=_get(sections, "dedup", DedupSettings),
         deadletter=_get(sections, "deadletter", DeadLetterSettings),
         log=_get(sections, "log", LogSettings), token=_get(sections, "token", TokenSettings),
-        metrics_address=_get(sections, "metrics", _Metrics).address, source=source,
+        metrics=_get(sections, "metrics", MetricsSettings),
+        service=_get(sections, "service", ServiceSettings), source=source,
     )
 
 
@@ -177,6 +176,8 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list[str])
         if not var.startswith(ENV_PREFIX) or var in ENV_RESERVED:
             continue
         section, _, key = var[len(ENV_PREFIX):].lower().partition("_")
+        if section in OTHER_COMMANDS_SECTIONS:
+            continue
         if key in _CREDENTIAL_KEYS:
             problems.append(f"{var} is not allowed: {WHERE_THE_ACCESS_KEY_GOES}")
             continue
@@ -191,10 +192,15 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list[str])
             table[key] = _EnvText(env[var])
 
 
+#: Sections read and checked by other commands from the same file (push-server and
+#: push-worker, reconcile, the send tracker); the worker leaves them to those commands.
+OTHER_COMMANDS_SECTIONS = frozenset({"push", "reconcile", "tracking"})
+
+
 def _build_sections(raw: Mapping[str, Any], problems: list[str]) -> dict[str, object]:
     built: dict[str, object] = {}
     for name in raw:
-        if name not in _SECTIONS and name != "handlers":
+        if name not in _SECTIONS and name != "handlers" and name not in OTHER_COMMANDS_SECTIONS:
             hint = did_you_mean(name, [*_SECTIONS, "handlers"])
             problems.append(f"[{name}] is not a section{hint}")
     for name, cls in _SECTIONS.items():

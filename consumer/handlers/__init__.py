@@ -7,6 +7,7 @@
 | `redis-stream` | `consumer.handlers.redis_stream:RedisStreamHandler`  | batch  |
 | `webhook`      | `consumer.handlers.webhook:WebhookHandler`           | single |
 | `delivery-stats` | `consumer.handlers.delivery_stats:DeliveryStatsHandler` | batch |
+| `send-tracker` | `consumer.handlers.tracking:SendTracker` | batch |
 
 They all write `Receipt.to_dict()` as their JSON document (see `receipt_json`).
 """
