@@ -83,7 +83,8 @@ class Acker:
         self._config = config
         self._abort = abort  # set only for an immediate exit; retries stop waiting then
 
-    def run(self, acks: queue.Queue[Settled | None]) -> None:
+    def run(self, acks: queue.Queue[list[Settled] | None]) -> None:
+        """Settles the lists of decisions put on `acks` until it meets `STOP`."""
         while True:
             group = self._collect(acks)
             if group is None:
@@ -91,12 +92,16 @@ class Acker:
             if group:
                 self.settle(group)
 
-    def _collect(self, acks: queue.Queue[Settled | None]) -> list[Settled] | None:
-        """Up to a delete batch of decisions, waiting at most `delete_flush_s` to fill it."""
+    def _collect(self, acks: queue.Queue[list[Settled] | None]) -> list[Settled] | None:
+        """At least a delete batch of decisions, or what came within `delete_flush_s`.
+
+        The lists on the queue are whole batches (a received or a dispatched one), so the
+        group usually fills with the first list and this waits for nothing.
+        """
         first = acks.get()
         if first is STOP:
             return None
-        group = [first]
+        group = list(first)
         deadline = time.monotonic() + self._config.delete_flush_s
         while len(group) < self._config.delete_batch_max:
             remaining = deadline - time.monotonic()
@@ -107,7 +112,7 @@ class Acker:
             if nxt is STOP:
                 acks.put(STOP)  # let the thread finish after this group, and wake the others
                 break
-            group.append(nxt)
+            group.extend(nxt)
         return group
 
     def settle(self, group: Sequence[Settled]) -> None:
@@ -134,7 +139,7 @@ class Acker:
             for s in group:
                 _log_outcome(s)
                 self._stats.outcome(s.decision.outcome, s.handler, s.duration_s, s.item.receipt)
-                self._window.settle(s.item)
+            self._window.settle_many([s.item for s in group])
 
     def _complete(self, acked: list[Settled]) -> list[Settled]:
         """Writes completion records (one script call per claim owner); returns deletable."""
@@ -199,8 +204,12 @@ class Acker:
         item.receipt_handle, item.next_visible_ms = handle, next_visible
 
     def _delete(self, items: list[Settled]) -> None:
-        if not items:
-            return
+        """BatchDeleteMessage, at most `delete_batch_max` (MNS: 16) handles per request."""
+        size = self._config.delete_batch_max
+        for start in range(0, len(items), size):
+            self._delete_batch(items[start:start + size])
+
+    def _delete_batch(self, items: list[Settled]) -> None:
         handles = [s.item.receipt_handle for s in items]
         failures = call_with_retry("BatchDeleteMessage", lambda: self._client.delete(handles),
                                    self._abort, attempts=5)

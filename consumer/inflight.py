@@ -80,6 +80,16 @@ class Window:
                 self._reserved -= 1
                 self._cond.notify_all()
 
+    def settle_many(self, items: list[InFlight]) -> None:
+        """`settle` for a whole group under one lock acquisition."""
+        if not items:
+            return
+        with self._cond:
+            for item in items:
+                if self._items.pop(item.id, None) is not None:
+                    self._reserved -= 1
+            self._cond.notify_all()
+
     def __len__(self) -> int:
         return len(self._items)
 

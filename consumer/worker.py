@@ -14,6 +14,7 @@ Receiving never waits for handlers: only a full window stops a poller.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import secrets
@@ -38,6 +39,11 @@ from consumer.source import Delivery, QueueClient
 from consumer.stats import Stats
 
 log = structlog.get_logger("alicom_receipts.worker")
+
+# Claim owners: a random prefix, the pid and a counter, so every claimed batch has its own
+# token without a getrandom() call (a system call releases the GIL: a costly handoff here).
+_OWNER_PREFIX = secrets.token_hex(6)
+_owner_serial = itertools.count(1)
 
 ClientFactory = Callable[[], QueueClient]
 
@@ -80,7 +86,9 @@ class Worker:
         self.stats = pipeline.stats
         self.window = Window(config.in_flight_max)
         self.work: queue.Queue[list[InFlight] | None] = queue.Queue()
-        self.acks: queue.Queue[Settled | None] = queue.Queue()
+        # Decisions travel in lists, one per received or dispatched batch: a handoff
+        # between threads costs more than the work on one receipt.
+        self.acks: queue.Queue[list[Settled] | None] = queue.Queue()
         self.stop_receiving = threading.Event()  # first signal: drain
         self.abort = abort or threading.Event()  # second signal: leave now
         self._threads: dict[str, list[threading.Thread]] = {}
@@ -259,7 +267,7 @@ class Worker:
         """One script call for the whole batch; the lease ends with the earliest visibility."""
         if not items:
             return []
-        owner = secrets.token_hex(8)
+        owner = "%s-%x-%x" % (_OWNER_PREFIX, os.getpid(), next(_owner_serial))  # fork-safe
         lease_s = max(1.0, min(i.next_visible_ms for i in items) / 1000 - time.time())
         for item in items:
             item.owner = owner
@@ -271,8 +279,7 @@ class Worker:
 
     def _route(self, rejected: dict[InFlight, Decision],
                claimed: list[tuple[InFlight, ClaimState]]) -> None:
-        for item, decision in rejected.items():
-            self.acks.put(Settled(item, decision))
+        to_ack = [Settled(item, decision) for item, decision in rejected.items()]
         to_run: list[InFlight] = []
         seen: set[str] = set()
         for item, state in claimed:
@@ -283,28 +290,30 @@ class Worker:
             # The same receipt twice in one batch comes back IN_PROGRESS from the store (and
             # is guarded here too): the first copy runs, this one waits for its outcome.
             effective = ClaimState.IN_PROGRESS if state is ClaimState.CLAIMED else state
-            self._leave_or_ack(item, classify(effective, item.delivery.dequeue_count,
-                                               self.config.retry))
+            decision = classify(effective, item.delivery.dequeue_count, self.config.retry)
+            if decision.verdict is Verdict.LEAVE:
+                self._leave(item, decision)
+            else:
+                to_ack.append(Settled(item, decision))
+        if to_ack:
+            self.acks.put(to_ack)
         if to_run:
             self.stats.add_in_flight(len(to_run))
             self.work.put(to_run)
 
-    def _leave_or_ack(self, item: InFlight, decision: Decision) -> None:
-        if decision.verdict is Verdict.LEAVE:
-            self.stats.incr("in_progress_skipped")
-            self.window.settle(item)
-            log.info("receipt_settled", queue=item.delivery.queue,
-                     message_id=item.delivery.message_id,
-                     dequeue_count=item.delivery.dequeue_count, dedup_key=item.dedup_key,
-                     outcome=decision.outcome)
-        else:
-            self.acks.put(Settled(item, decision))
+    def _leave(self, item: InFlight, decision: Decision) -> None:
+        """Another live delivery holds the claim: MNS brings this copy back later."""
+        self.stats.incr("in_progress_skipped")
+        self.window.settle(item)
+        log.info("receipt_settled", queue=item.delivery.queue,
+                 message_id=item.delivery.message_id,
+                 dequeue_count=item.delivery.dequeue_count, dedup_key=item.dedup_key,
+                 outcome=decision.outcome)
 
     def _give_up(self, items: list[InFlight]) -> None:
         """Redis is away: let MNS re-deliver these later; nothing was claimed or run."""
-        for item in items:
-            self.stats.incr("handed_back")
-            self.window.settle(item)
+        self.stats.incr("handed_back", len(items))
+        self.window.settle_many(items)
 
     # -- runners and ackers -------------------------------------------------------------
 
@@ -319,9 +328,11 @@ class Worker:
                 log.exception("dispatch_crashed", messages=len(batch))
                 outcomes = [_crashed(i) for i in batch]
             self.stats.add_in_flight(-len(batch))
-            for item, outcome in zip(batch, outcomes, strict=True):
-                decision = classify(outcome, item.delivery.dequeue_count, self.config.retry)
-                self.acks.put(Settled(item, decision, outcome.handler, outcome.duration_s))
+            retry = self.config.retry
+            self.acks.put([
+                Settled(item, classify(outcome, item.delivery.dequeue_count, retry),
+                        outcome.handler, outcome.duration_s)
+                for item, outcome in zip(batch, outcomes, strict=True)])
 
     def _ack_loop(self) -> None:
         acker = Acker(self._client(), self.p.dedup, self.p.dead_letters, self.window,
