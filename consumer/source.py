@@ -11,6 +11,7 @@ a missing queue or a bad request is `PermanentError`, everything else `Transient
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +22,9 @@ from mns.mns_exception import (
     MNSExceptionBase,
     MNSServerException,
 )
+from mns.mns_http import RequestInternal
+from mns.mns_request import BatchReceiveMessageRequest, BatchReceiveMessageResponse
+from mns.mns_tool import BatchReceiveMessageValidator
 
 from consumer.errors import AuthError, PermanentError, TransientError
 
@@ -111,6 +115,49 @@ def wrap_mns_error(exc: MNSExceptionBase, action: str, queue: str) -> Exception:
     return TransientError(text)
 
 
+#: The fields of a received message that become a `Delivery`, by their XML element name.
+_DELIVERY_FIELDS = ("MessageId", "ReceiptHandle", "MessageBody", "MessageBodyMD5",
+                    "DequeueCount", "EnqueueTime", "FirstDequeueTime", "NextVisibleTime")
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def parse_batch_receive(xml_data: bytes | str, queue: str) -> list[Delivery]:
+    """The deliveries of a BatchReceiveMessage answer (a `<Messages>` document).
+
+    Reads the document as the SDK's `BatchRecvMessageDecoder` does (the first `Messages`
+    element, each `Message` child, the text of each field; an element without text is
+    absent), with ElementTree instead of minidom: about ten times less CPU, which is most of
+    what receiving costs a worker. A damaged answer raises `TransientError`, as the SDK's
+    `RespDataDamaged` does through `wrap_mns_error`.
+    """
+    try:
+        root = ET.fromstring(xml_data)  # noqa: S314 - expat, as the SDK's minidom uses
+    except ET.ParseError as exc:
+        raise TransientError("BatchReceiveMessage on %s failed: RespDataDamaged %s"
+                             % (queue, exc)) from exc
+    messages = next((e for e in root.iter() if _local(e.tag) == "Messages"), None)
+    if messages is None:
+        raise TransientError("BatchReceiveMessage on %s failed: RespDataDamaged no Messages"
+                             % queue)
+    out: list[Delivery] = []
+    for element in messages:
+        if _local(element.tag) != "Message":
+            continue
+        fields = {_local(c.tag): c.text for c in element if c.text is not None}
+        try:
+            mid, handle, body, md5, dequeue, enqueue, first, visible = (
+                fields[name] for name in _DELIVERY_FIELDS)
+            out.append(Delivery(queue, mid, handle, body, md5, int(dequeue), int(enqueue),
+                                int(first), int(visible)))
+        except (KeyError, ValueError) as exc:
+            raise TransientError("BatchReceiveMessage on %s failed: RespDataDamaged %r"
+                                 % (queue, exc)) from exc
+    return out
+
+
 class MnsQueueClient:
     """`QueueClient` over one SDK `Account`; not thread-safe, like the SDK itself."""
 
@@ -147,27 +194,31 @@ class MnsQueueClient:
 
     def receive(self, max_messages: int, wait_seconds: int) -> list[Delivery]:
         try:
-            messages = self._queue.batch_receive_message(max_messages, wait_seconds)
+            return self._batch_receive(max_messages, wait_seconds)
         except MNSServerException as exc:
             if exc.type == "MessageNotExist":
                 return []
             raise wrap_mns_error(exc, "BatchReceiveMessage", self._queue_name) from exc
         except MNSExceptionBase as exc:
             raise wrap_mns_error(exc, "BatchReceiveMessage", self._queue_name) from exc
-        return [self._delivery(m) for m in messages]
 
-    def _delivery(self, msg: Any) -> Delivery:
-        return Delivery(
-            queue=self._queue_name,
-            message_id=msg.message_id,
-            receipt_handle=msg.receipt_handle,
-            body=msg.message_body,
-            body_md5=msg.message_body_md5,
-            dequeue_count=msg.dequeue_count,
-            enqueue_time_ms=msg.enqueue_time,
-            first_dequeue_time_ms=msg.first_dequeue_time,
-            next_visible_time_ms=msg.next_visible_time,
-        )
+    def _batch_receive(self, max_messages: int, wait_seconds: int) -> list[Delivery]:
+        """The SDK's `MNSClient.batch_receive_message` step by step (validation, signed
+        headers, its HTTP connection, its error decoding), but the answer read by
+        `parse_batch_receive` instead of the SDK's minidom decoder."""
+        client = self._account.mns_client
+        req = BatchReceiveMessageRequest(self._queue_name, max_messages, False, wait_seconds)
+        BatchReceiveMessageValidator.validate(req)
+        uri = "/queues/%s/messages?numOfMessages=%s" % (self._queue_name, max_messages)
+        if wait_seconds != -1:
+            uri += "&waitseconds=%s" % wait_seconds
+        req_inter = RequestInternal(req.method, uri)
+        client.build_header(req, req_inter)
+        resp_inter = client.http.send_request(req_inter)
+        resp = BatchReceiveMessageResponse()
+        resp.status, resp.header = resp_inter.status, resp_inter.header
+        client.check_status(req_inter, resp_inter, resp)  # raises the SDK's exceptions
+        return parse_batch_receive(resp_inter.data, self._queue_name)
 
     def delete(self, receipt_handles: Sequence[str]) -> list[DeleteFailure]:
         if not receipt_handles:
