@@ -243,11 +243,12 @@ def test_run_restarts_a_killed_worker_and_the_receipts_it_held_are_applied_once(
     for key in held:
         assert applied[key] == 1, key
         assert [r["pid"] for r in records if r["key"] == key] != [victim]
-    # A handler that returned in the instant before the kill, before its completion was
-    # recorded, runs again: only the killed worker's last applications may repeat.
+    # A receipt whose handler had returned before the kill but whose completion was not yet
+    # written (the ackers record completions in batches) runs again: only the killed
+    # worker's last applications may repeat, at most its in-flight window (32).
     repeated = {k for k, n in applied.items() if n > 1}
     assert repeated <= {r["key"] for r in records if r["pid"] == victim}
-    assert len(repeated) <= 4
+    assert len(repeated) <= 32
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(60) == 0
 
