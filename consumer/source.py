@@ -23,8 +23,14 @@ from mns.mns_exception import (
     MNSServerException,
 )
 from mns.mns_http import RequestInternal
-from mns.mns_request import BatchReceiveMessageRequest, BatchReceiveMessageResponse
-from mns.mns_tool import BatchReceiveMessageValidator
+from mns.mns_request import (
+    BatchDeleteMessageRequest,
+    BatchDeleteMessageResponse,
+    BatchReceiveMessageRequest,
+    BatchReceiveMessageResponse,
+)
+from mns.mns_tool import BatchDeleteMessageValidator, BatchReceiveMessageValidator
+from mns.mns_xml_handler import XMLNS, BatchDeleteMessageDecoder
 
 from consumer.errors import AuthError, PermanentError, TransientError
 
@@ -158,6 +164,27 @@ def parse_batch_receive(xml_data: bytes | str, queue: str) -> list[Delivery]:
     return out
 
 
+def _xml_text(text: str) -> str:
+    """Escaped as minidom writes text (so the bytes match the SDK's encoder's)."""
+    if "&" in text:
+        text = text.replace("&", "&amp;")
+    if "<" in text:
+        text = text.replace("<", "&lt;")
+    if '"' in text:
+        text = text.replace('"', "&quot;")
+    if ">" in text:
+        text = text.replace(">", "&gt;")
+    return text
+
+
+def encode_receipt_handles(handles: Sequence[str]) -> bytes:
+    """The BatchDeleteMessage body, byte for byte what the SDK's `ReceiptHandlesEncoder`
+    builds with minidom, without building a DOM (a tenth of the CPU)."""
+    inner = "".join("<ReceiptHandle>%s</ReceiptHandle>" % _xml_text(h) for h in handles)
+    return ('<?xml version="1.0" encoding="utf-8"?><ReceiptHandles xmlns="%s">%s'
+            "</ReceiptHandles>" % (XMLNS, inner)).encode("utf-8")
+
+
 class MnsQueueClient:
     """`QueueClient` over one SDK `Account`; not thread-safe, like the SDK itself."""
 
@@ -224,7 +251,7 @@ class MnsQueueClient:
         if not receipt_handles:
             return []
         try:
-            self._queue.batch_delete_message(list(receipt_handles))
+            self._batch_delete(list(receipt_handles))
         except MNSServerException as exc:
             if exc.sub_errors:
                 return [
@@ -235,6 +262,21 @@ class MnsQueueClient:
         except MNSExceptionBase as exc:
             raise wrap_mns_error(exc, "BatchDeleteMessage", self._queue_name) from exc
         return []
+
+    def _batch_delete(self, handles: list[str]) -> None:
+        """The SDK's `MNSClient.batch_delete_message` step by step, the body encoded by
+        `encode_receipt_handles`; failed entries raise the SDK's MNSServerException with
+        `sub_errors`, decoded by the SDK."""
+        client = self._account.mns_client
+        req = BatchDeleteMessageRequest(self._queue_name, handles)
+        BatchDeleteMessageValidator.validate(req)
+        req_inter = RequestInternal(req.method, "/queues/%s/messages" % self._queue_name)
+        req_inter.data = encode_receipt_handles(handles)
+        client.build_header(req, req_inter)
+        resp_inter = client.http.send_request(req_inter)
+        resp = BatchDeleteMessageResponse()
+        resp.status, resp.header = resp_inter.status, resp_inter.header
+        client.check_status(req_inter, resp_inter, resp, BatchDeleteMessageDecoder)
 
     def change_visibility(self, receipt_handle: str, visibility_timeout_s: int) -> tuple[str, int]:
         msg = self._call(

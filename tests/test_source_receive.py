@@ -13,13 +13,18 @@ from collections.abc import Iterator
 import pytest
 from mns.auth import StaticCredentialsProvider
 from mns.mns_exception import MNSClientNetworkException
-from mns.mns_xml_handler import BatchRecvMessageDecoder
+from mns.mns_xml_handler import BatchRecvMessageDecoder, ReceiptHandlesEncoder
 
 from consumer.errors import PermanentError, TransientError
 from consumer.sandbox.fakes import FakeReceipts
 from consumer.sandbox.publisher import Publisher
 from consumer.sandbox.testing import SandboxHandle, running_sandbox
-from consumer.source import Delivery, MnsQueueClient, parse_batch_receive
+from consumer.source import (
+    Delivery,
+    MnsQueueClient,
+    encode_receipt_handles,
+    parse_batch_receive,
+)
 
 NS = "http://mns.aliyuncs.com/doc/v1/"
 
@@ -78,6 +83,14 @@ def test_a_damaged_answer_is_transient_as_with_the_sdk(doc: bytes) -> None:
         _sdk(doc, "Q")
 
 
+@pytest.mark.parametrize("handles", [
+    [], ["1A812EC45E2BCDEC-1-1-abcdef"], ["a&b", "<c>", '"d"', "e'f", "\u00e9\u4e2d"],
+    ["h-%d" % i for i in range(16)],
+])
+def test_delete_body_is_byte_for_byte_the_sdk_encoders(handles: list[str]) -> None:
+    assert encode_receipt_handles(handles) == ReceiptHandlesEncoder.encode(handles)
+
+
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxHandle]:
     with running_sandbox() as handle:
@@ -104,6 +117,11 @@ def test_receive_from_the_sandbox_gets_what_was_sent(sandbox: SandboxHandle) -> 
         assert {d.message_id: d.body_md5 for d in got} == sent
         assert all(d.queue == name and d.dequeue_count == 1 for d in got)
         assert client.delete([d.receipt_handle for d in got[:16]]) == []
+        # A handle already used up comes back as a failed entry; the fresh one is deleted.
+        failures = client.delete([got[0].receipt_handle, got[16].receipt_handle])
+        assert [(f.receipt_handle, f.handle_is_stale) for f in failures] == [
+            (got[0].receipt_handle, True)]
+        assert sandbox.queue_state(name)["inactive"] == 3
     finally:
         client.close()
 
