@@ -26,6 +26,7 @@ from consumer.errors import ConfigError
 from consumer.metrics import MetricsSettings, metrics_problems
 from consumer.plugins import HandlerSpec
 from consumer.service import ServiceSettings
+from consumer.supervisor import RunSettings
 
 #: Alibaba's account that owns the Alicom queues on the mainland service; the local sandbox
 #: names its queues after it as well.
@@ -184,6 +185,7 @@ class Settings:
     token: TokenSettings = field(default_factory=TokenSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    run: RunSettings = field(default_factory=RunSettings)
     source: str = "<embedded default>"
 
     def __post_init__(self) -> None:
@@ -218,7 +220,7 @@ class Settings:
             "redis_url": redact_url(self.redis_url),
         }
         for name in ("poll", "ack", "worker", "dedup", "deadletter", "log", "token", "metrics",
-                     "service"):
+                     "service", "run"):
             out[name] = _as_dict(getattr(self, name))
         out["handlers"] = [
             {"use": h.use, "name": h.name, "types": None if h.types is None else list(h.types),

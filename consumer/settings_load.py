@@ -40,6 +40,7 @@ from consumer.settings import (
     did_you_mean,
     preset_endpoints,
 )
+from consumer.supervisor import RunSettings
 
 # tomllib is 3.11+; the package depends on tomli for 3.10 (same API).
 tomllib: Any = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
@@ -83,7 +84,7 @@ _SECTIONS: Mapping[str, type] = MappingProxyType({
     "alicom": _Alicom, "redis": _Redis, "poll": PollSettings, "ack": AckSettings,
     "worker": WorkerSettings, "dedup": DedupSettings, "deadletter": DeadLetterSettings,
     "log": LogSettings, "token": TokenSettings, "metrics": MetricsSettings,
-    "service": ServiceSettings,
+    "service": ServiceSettings, "run": RunSettings,
 })
 _HANDLER_KEYS = ("use", "types", "options", "name")
 _T = TypeVar("_T")
@@ -128,7 +129,8 @@ def _assemble(sections: Mapping[str, object], endpoints: Endpoints, prefix: str,
         deadletter=_get(sections, "deadletter", DeadLetterSettings),
         log=_get(sections, "log", LogSettings), token=_get(sections, "token", TokenSettings),
         metrics=_get(sections, "metrics", MetricsSettings),
-        service=_get(sections, "service", ServiceSettings), source=source,
+        service=_get(sections, "service", ServiceSettings),
+        run=_get(sections, "run", RunSettings), source=source,
     )
 
 
