@@ -150,8 +150,9 @@ class Env:
         queue = self.fresh_queue(count, 0, flush_redis=True, bodies=bodies)
         worker = self.worker(queue, "long")
         run = LongRun(count)
-        began = time.monotonic()
         try:
+            self.wait_first_progress(queue, count, worker)  # start: imports done, working
+            began = time.monotonic()
             while self.remaining(queue) > 0:
                 worker.check_alive()
                 run.rss.append((time.monotonic() - began, worker.rss_mb()))
