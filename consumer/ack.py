@@ -149,10 +149,15 @@ class Acker:
             if s.decision.ran_handlers:
                 ran[s.item.owner].append(s)
         for owner, items in ran.items():
-            keys = [str(s.item.dedup_key) for s in items]
-            ok = self._redis("complete", partial(self._dedup.complete, keys, owner,
-                                                 self._config.completed_ttl_s))
-            for s, owned in zip(items, ok, strict=True):
+            todo = [s for s in items if s.item.completed is None]  # the runner could not
+            if todo:
+                keys = [str(s.item.dedup_key) for s in todo]
+                ok = self._redis("complete", partial(self._dedup.complete, keys, owner,
+                                                     self._config.completed_ttl_s))
+                for s, owned in zip(todo, ok, strict=True):
+                    s.item.completed = owned
+            for s in items:
+                owned = bool(s.item.completed)
                 if owned:
                     deletable.append(s)
                     self._stats.incr("handled")

@@ -42,10 +42,10 @@ def worker_config(settings: Settings, message_type: str) -> WorkerConfig:
     return WorkerConfig(
         message_type=message_type,
         pollers=poll.pollers,
-        # Runners only wait on the handler pool; ackers do one MNS round trip per 16
-        # messages, so half as many ackers as pollers keep up with the receives.
+        # Runners only wait on the handler pool. An acker makes one MNS round trip per 16
+        # messages (BatchDeleteMessage), as a poller does per receive: as many of each.
         runners=max(2, poll.pollers),
-        ackers=max(2, (poll.pollers + 1) // 2),
+        ackers=max(2, poll.pollers),
         batch_size=poll.batch_size,
         wait_seconds=poll.wait_seconds,
         in_flight_max=work.in_flight_max,

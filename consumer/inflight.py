@@ -32,6 +32,9 @@ class InFlight:
     dedup_key: str | None = None
     owner: str = ""
     settling: bool = False  # the acker owns it now: the heartbeat must not touch the handle
+    # The completion record: None not written yet, True written (ours), False refused
+    # (another delivery holds the claim now).
+    completed: bool | None = None
     extensions: int = 0
     id: int = field(default_factory=lambda: next(_ids))
     lock: threading.Lock = field(default_factory=threading.Lock)

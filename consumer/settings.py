@@ -97,7 +97,7 @@ class PollSettings:
     """Receiving. `socket_timeout_s` bounds one long poll on the wire: it must exceed
     `wait_seconds` by a margin, or a healthy empty poll would look like a dead connection."""
 
-    pollers: int = 4
+    pollers: int = 8
     batch_size: int = 16
     wait_seconds: int = 10
     socket_timeout_s: float = 40.0

@@ -329,10 +329,31 @@ class Worker:
                 outcomes = [_crashed(i) for i in batch]
             self.stats.add_in_flight(-len(batch))
             retry = self.config.retry
-            self.acks.put([
+            settled = [
                 Settled(item, classify(outcome, item.delivery.dequeue_count, retry),
                         outcome.handler, outcome.duration_s)
-                for item, outcome in zip(batch, outcomes, strict=True)])
+                for item, outcome in zip(batch, outcomes, strict=True)]
+            self._record_completions(settled)
+            self.acks.put(settled)
+
+    def _record_completions(self, settled: list[Settled]) -> None:
+        """Writes the completion records right after the handlers returned.
+
+        Doing it here, not in the acker, shrinks the one window in which a crash makes a
+        handler run twice (handler returned, completion not yet recorded) to one Redis round
+        trip. One script call: a runner batch is one received batch, so one claim owner.
+        If Redis fails, the acker writes them with its retries.
+        """
+        ran = [s.item for s in settled if s.decision.ran_handlers]
+        if not ran:
+            return
+        keys = [str(i.dedup_key) for i in ran]
+        try:
+            owned = self.p.dedup.complete(keys, ran[0].owner, self.config.ack.completed_ttl_s)
+        except TransientError:
+            return
+        for item, ok in zip(ran, owned, strict=True):
+            item.completed = ok
 
     def _ack_loop(self) -> None:
         acker = Acker(self._client(), self.p.dedup, self.p.dead_letters, self.window,
