@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("%d receipts per drain, %.0f ms added per MNS request, %d run(s); %s, %d CPUs, "
           "Python %s; worker settings: %s" % (
               args.messages, args.latency_ms, args.runs, platform.machine(), os.cpu_count(),
-              platform.python_version(), sections or "defaults (poll.pollers 4, batch 16)"))
+              platform.python_version(), sections or "defaults (see consumer/settings.py)"))
     print()
     print(table(samples, counts))
     busy = [s for s in samples if s.machine_busy >= SATURATED]

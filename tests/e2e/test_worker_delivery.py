@@ -148,6 +148,12 @@ def test_an_expired_token_is_replaced_without_losing_a_receipt(stack: Stack) -> 
     assert max(stack.applied().values()) == 1
     stopped = stack.log_events("worker_stopped")[-1]
     assert stopped["token_refreshes"] >= 3
+    # Several tokens went through this worker: none of their secrets, nor the AccessKey
+    # secret, is in its log (the sandbox's security tokens start with "CAIS", as STS's do).
+    log_text = "".join(w.log_path.read_text() for w in stack.workers)
+    assert stack.sandbox.access_key_secret not in log_text
+    assert "CAIS" not in log_text
+    assert "access_key_secret" not in log_text.replace('"access_key_secret": "***"', "")
 
 
 def _publish_and_interrupt(stack: Stack, signum: int) -> set[str]:
