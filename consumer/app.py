@@ -24,7 +24,7 @@ from consumer.dispatch import Dispatcher
 from consumer.errors import AlicomReceiptsError, ConfigError
 from consumer.metrics import MetricsHandle, setup_metrics
 from consumer.outcome import RetryPolicy
-from consumer.plugins import close_handlers, load_handlers
+from consumer.plugins import HandlerSpec, close_handlers, load_handlers
 from consumer.receipts import MESSAGE_TYPES
 from consumer.service import serve
 from consumer.settings import Settings, load_settings
@@ -130,6 +130,8 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
     dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
                             max_workers=settings.worker.handler_threads,
                             stuck_gauge=metrics.stuck_gauge if metrics else None)
+    if metrics is not None:
+        _register_delivery_stats(metrics, settings.handlers)
     pipeline = Pipeline(
         client_factory=client_factory,
         dedup=RedisDedupStore(client, settings.dedup),
@@ -140,6 +142,35 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
     )
     return Worker(worker_config(settings, message_type), pipeline, abort), Resources(
         client, tokens, dispatcher, metrics)
+
+
+#: How the delivery-stats handler may be named in `[[handlers]] use`.
+_DELIVERY_STATS_USES = frozenset({
+    "delivery-stats", "consumer.handlers.delivery_stats:DeliveryStatsHandler"})
+
+
+def _register_delivery_stats(metrics: MetricsHandle, specs: Sequence[HandlerSpec]) -> None:
+    """Exposes the delivery statistics as metrics where the delivery-stats handler keeps them.
+
+    The collector reads Redis on every scrape, so its client has short timeouts and no
+    retries: a scrape reports `alicom_delivery_stats_up 0` rather than hang on a dead Redis.
+    """
+    # Imported here: the collector builds on prometheus_client, which must be imported only
+    # after setup_metrics chose the multiprocess mode (consumer.metrics docstring).
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+    from redis.retry import Retry  # noqa: PLC0415
+
+    from consumer.delivery_report import DeliveryStatsCollector  # noqa: PLC0415
+    from consumer.delivery_stats import DEFAULT_PREFIX  # noqa: PLC0415
+
+    for spec in specs:
+        if spec.use not in _DELIVERY_STATS_USES or "url" not in spec.options:
+            continue
+        stats_client = redis.Redis.from_url(
+            str(spec.options["url"]), socket_timeout=2, socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), 0))
+        prefix = str(spec.options.get("prefix", DEFAULT_PREFIX))
+        metrics.exposition.registry.register(DeliveryStatsCollector(stats_client, prefix=prefix))
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
