@@ -1,9 +1,11 @@
 """`alicom-receipts demo`: the whole loop on this machine, no cloud account needed.
 
-It starts a Redis server and the sandbox (MNS + token API) on free loopback ports, one
-worker process for SmsReport with the built-in `log` handler printing every receipt, and
-publishes receipts the way the platform does: a few platform duplicates (same body, new
-MessageId) and one malformed body among them. At the end it prints what happened: each
+It starts a Redis server and the sandbox (MNS, the token API and Dysmsapi) on free loopback
+ports and one worker process for SmsReport with the built-in `log` handler printing every
+receipt. Then it sends SMS through the official Dysmsapi SDK (`SendSms`, two numbers per
+request); the sandbox writes each number's SmsReport receipt into the queue after a short
+delay, some as failed deliveries and some twice (platform duplicates, new MessageId), and
+one malformed body is published beside them. At the end it prints what happened: each
 receipt applied once, duplicates caught, the bad body in the dead-letter store.
 """
 
@@ -20,11 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import redis
+from alibabacloud_dysmsapi20170525.client import Client
+from alibabacloud_dysmsapi20170525.models import SendSmsRequest
+from alibabacloud_tea_openapi.models import Config
 
 from consumer.deadletter import DeadLetterSettings, RedisDeadLetterStore
 from consumer.sandbox.publisher import Publisher
 from consumer.sandbox.redis_server import running_redis
-from consumer.sandbox.testing import running_sandbox
+from consumer.sandbox.testing import SandboxHandle, running_sandbox
 
 CONFIG = """\
 [alicom]
@@ -77,23 +82,36 @@ def main(argv: Sequence[str]) -> int:
             [sys.executable, "-m", "consumer", "worker", "--queue", "SmsReport",
              "--config", str(config)], env=env)
         try:
-            published = _publish(sandbox, args)
+            published = _send(sandbox, args)
             time.sleep(3.0)  # let the worker finish the last batch before stopping it
         finally:
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(30)
         dead = RedisDeadLetterStore(redis.Redis.from_url(rds.url), DeadLetterSettings())
-        print("\ndemo: published %d receipts (%d platform duplicates, %d malformed); "
-              "worker exited %d; %d dead letter(s) kept with their raw body"
-              % (published[0], published[1], published[2], code, dead.count()))
+        print("\ndemo: sent %d SMS (their receipts: %d platform duplicates among them) and "
+              "published %d malformed body; worker exited %d; %d dead letter(s) kept with "
+              "their raw body" % (published[0], published[1], published[2], code,
+                                  dead.count()))
     return 0
 
 
-def _publish(sandbox: object, args: argparse.Namespace) -> tuple[int, int, int]:
-    handle = sandbox
-    count = max(1, int(args.seconds * args.rate))
-    with Publisher(handle.endpoint, handle.access_key_id,  # type: ignore[attr-defined]
-                   handle.access_key_secret) as pub:  # type: ignore[attr-defined]
-        report = pub.publish("SmsReport", count, duplicate_rate=args.duplicate_rate,
-                             malformed=1, rate_per_s=args.rate)
-    return len(report.messages), len(report.duplicates), len(report.malformed)
+def _send(sandbox: SandboxHandle, args: argparse.Namespace) -> tuple[int, int, int]:
+    """SendSms at `args.rate` numbers a second; (numbers sent, duplicates, malformed)."""
+    sandbox.admin("POST", "/_sandbox/dysms", {"duplicate_rate": args.duplicate_rate,
+                                              "failure_rate": 0.15})
+    client = Client(Config(access_key_id=sandbox.access_key_id,
+                           access_key_secret=sandbox.access_key_secret,
+                           endpoint=sandbox.endpoint.removeprefix("http://"), protocol="http"))
+    requests = max(1, int(args.seconds * args.rate / 2))
+    for i in range(requests):
+        numbers = "1390000%04d,1380000%04d" % (i, i)
+        answer = client.send_sms(SendSmsRequest(
+            phone_numbers=numbers, sign_name="demo", template_code="SMS_DEMO",
+            template_param='{"code":"%04d"}' % i, out_id="order-%d" % i)).body
+        print("demo: SendSms %s -> %s BizId %s" % (numbers, answer.code, answer.biz_id))
+        time.sleep(2 / args.rate)
+    with Publisher(sandbox.endpoint, sandbox.access_key_id, sandbox.access_key_secret) as pub:
+        pub.publish("SmsReport", 1, malformed=1)
+    time.sleep(1.5)  # the sandbox writes receipts up to a second after the send
+    counters = sandbox.admin("GET", "/_sandbox/dysms")["counters"]
+    return requests * 2, int(counters.get("duplicates", 0)), 1
