@@ -139,6 +139,7 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
         dispatcher=dispatcher,
         on_auth_error=provider.on_auth_error,
         stats=stats,
+        key_of=settings.key_function(),
     )
     return Worker(worker_config(settings, message_type), pipeline, abort), Resources(
         client, tokens, dispatcher, metrics)

@@ -161,7 +161,7 @@ def replay_one(d: DeadLetter, dispatcher: Dispatcher, dedup: RedisDedupStore,
     except DecodeError as exc:
         return False, "still undecodable: %s" % exc
     owner = secrets.token_hex(8)
-    key = receipt.dedup_key()
+    key = settings.key_function()(receipt)
     state = dedup.claim([key], owner, settings.worker.handler_deadline_s + 5)[0]
     if state is ClaimState.COMPLETED:
         return True, "already applied (%s)" % key

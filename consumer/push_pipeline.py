@@ -79,11 +79,13 @@ class PushWorker:
     dispatcher. `stop` ends every loop after its current batch.
     """
 
-    def __init__(self, client: redis.Redis, push: PushSettings, dedup: DedupStore,
+    def __init__(  # noqa: PLR0913, PLR0917 - the collaborators, built once by push_worker
+            self, client: redis.Redis, push: PushSettings, dedup: DedupStore,
                  dead_letters: RedisDeadLetterStore, dispatcher: Dispatcher,
                  policy: RetryPolicy, completed_ttl_s: float, stats: Stats | None = None,
-                 ) -> None:
+                 key_of: Callable[[Receipt], str] = Receipt.dedup_key) -> None:
         self.push = push
+        self._key_of = key_of
         self.stats = stats or Stats()
         self.stop = threading.Event()
         self._redis = client
@@ -204,7 +206,7 @@ class PushWorker:
             self.stats.incr("decode_errors")
             entry.decision = classify(exc, entry.deliveries, self._policy)
             return
-        entry.key = entry.receipt.dedup_key()
+        entry.key = self._key_of(entry.receipt)
 
     def _claim(self, entries: list[Entry], owner: str) -> None:
         todo = [e for e in entries if e.decision is None]

@@ -55,7 +55,7 @@ def build_push_worker(settings: Settings, push: PushSettings, stats: Stats | Non
         client, push, RedisDedupStore(client, settings.dedup),
         RedisDeadLetterStore(client, settings.deadletter), dispatcher,
         RetryPolicy(ack.retry_base_s, ack.retry_max_s, ack.max_dequeue_count),
-        settings.dedup.completed_ttl_s, stats)
+        settings.dedup.completed_ttl_s, stats, key_of=settings.key_function())
 
     def close() -> None:
         try:

@@ -99,6 +99,7 @@ class Reconciler:
                  details: DetailsClient, dispatcher: Dispatcher, dedup: RedisDedupStore,
                  dead_letters: RedisDeadLetterStore) -> None:
         self._settings, self._rs = settings, rs
+        self._key_of = settings.key_function()
         self._tracker, self._details = tracker, details
         self._dispatcher, self._dedup, self._dead = dispatcher, dedup, dead_letters
         self._policy = RetryPolicy(settings.ack.retry_base_s, settings.ack.retry_max_s,
@@ -170,7 +171,7 @@ class Reconciler:
             return
         owner = secrets.token_hex(8)
         lease_s = self._settings.worker.handler_deadline_s + 5
-        keys = [f.receipt.dedup_key() for f in batch]
+        keys = [self._key_of(f.receipt) for f in batch]
         states = self._dedup.claim(keys, owner, lease_s)
         claimed = [f for f, st in zip(batch, states, strict=True) if st is ClaimState.CLAIMED]
         outcomes = iter(self._dispatcher.dispatch([f.receipt for f in claimed]))

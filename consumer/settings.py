@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
@@ -25,6 +25,7 @@ from consumer.dedup import DedupSettings
 from consumer.errors import ConfigError
 from consumer.metrics import MetricsSettings, metrics_problems
 from consumer.plugins import HandlerSpec
+from consumer.receipts import Receipt, make_key_function
 from consumer.service import ServiceSettings
 from consumer.supervisor import RunSettings
 
@@ -186,6 +187,10 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
     run: RunSettings = field(default_factory=RunSettings)
+    # `[dedup_keys]`: receipt class name -> the fields of its dedup key, over the defaults
+    # in consumer.receipts.DEDUP_KEY_FIELDS (checked by the loader).
+    dedup_keys: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({}))
     source: str = "<embedded default>"
 
     def __post_init__(self) -> None:
@@ -207,6 +212,11 @@ class Settings:
     def token_refresh_before_s(self) -> float:
         """Seconds before ExpireTime at which a token is replaced (`[token] refresh_before_s`)."""
         return self.token.refresh_before_s
+
+    def key_function(self) -> Callable[[Receipt], str]:
+        """The receipt -> dedup key function every path (worker, push, reconcile, replay)
+        uses, so that the same receipt has the same key wherever it arrives."""
+        return make_key_function(self.dedup_keys)
 
     def queue_name(self, message_type: str) -> str:
         """The MNS queue of one message type, e.g. "Alicom-Queue-<account id>-SmsReport"."""

@@ -9,6 +9,7 @@ the rules that tie settings together.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 import sys
@@ -25,6 +26,7 @@ from consumer.dedup import DedupSettings
 from consumer.errors import ConfigError
 from consumer.metrics import MetricsSettings
 from consumer.plugins import HandlerSpec
+from consumer.receipts import resolve_key_fields
 from consumer.service import ServiceSettings
 from consumer.settings import (
     DEFAULT_CONFIG_TOML,
@@ -102,6 +104,7 @@ def load(path: str | None, env: Mapping[str, str]) -> Settings:
     _apply_env(raw, env, problems)
     sections = _build_sections(raw, problems)
     handlers = _build_handlers(raw.get("handlers", []), problems)
+    dedup_keys = _build_dedup_keys(raw.get("dedup_keys", {}), problems)
     alicom = sections.get("alicom")
     endpoints = prefix = None
     if isinstance(alicom, _Alicom):
@@ -111,6 +114,7 @@ def load(path: str | None, env: Mapping[str, str]) -> Settings:
         raise InvalidSettings(problems)
     try:
         settings = _assemble(sections, endpoints, prefix, handlers, source)
+        settings = dataclasses.replace(settings, dedup_keys=dedup_keys)
     except InvalidSettings as exc:  # range and cross-setting rules: report them with the rest
         raise InvalidSettings([*problems, *exc.problems]) from None
     if problems:
@@ -202,7 +206,8 @@ OTHER_COMMANDS_SECTIONS = frozenset({"push", "reconcile", "tracking"})
 def _build_sections(raw: Mapping[str, Any], problems: list[str]) -> dict[str, object]:
     built: dict[str, object] = {}
     for name in raw:
-        if name not in _SECTIONS and name != "handlers" and name not in OTHER_COMMANDS_SECTIONS:
+        if (name not in _SECTIONS and name not in {"handlers", "dedup_keys"}
+                and name not in OTHER_COMMANDS_SECTIONS):
             hint = did_you_mean(name, [*_SECTIONS, "handlers"])
             problems.append(f"[{name}] is not a section{hint}")
     for name, cls in _SECTIONS.items():
@@ -314,6 +319,25 @@ def _optional_inner(tp: Any) -> Any:
         if len(args) == 2 and len(rest) == 1:
             return rest[0]
     return None
+
+
+def _build_dedup_keys(raw: Any, problems: list[str]) -> Mapping[str, tuple[str, ...]]:
+    """`[dedup_keys]`: receipt class name -> the fields of its dedup key (checked)."""
+    if not isinstance(raw, dict):
+        problems.append("dedup_keys must be a table: ClassName = [\"field\", ...]")
+        return MappingProxyType({})
+    overrides: dict[str, tuple[str, ...]] = {}
+    for name, value in raw.items():
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append("dedup_keys.%s must be a list of field names" % name)
+            continue
+        overrides[name] = tuple(value)
+    try:
+        resolve_key_fields(overrides)
+    except ConfigError as exc:
+        problems.append(str(exc))
+        return MappingProxyType({})
+    return MappingProxyType(overrides)
 
 
 def _build_handlers(raw: Any, problems: list[str]) -> tuple[HandlerSpec, ...]:

@@ -34,7 +34,7 @@ from consumer.dispatch import Dispatcher, HandlerOutcome
 from consumer.errors import AlicomReceiptsError, AuthError, DecodeError, TransientError
 from consumer.inflight import InFlight, Window
 from consumer.outcome import Decision, RetryPolicy, Verdict, classify, precheck
-from consumer.receipts import ReceiptMeta
+from consumer.receipts import Receipt, ReceiptMeta
 from consumer.source import Delivery, QueueClient
 from consumer.stats import Stats
 
@@ -76,6 +76,7 @@ class Pipeline:
     dispatcher: Dispatcher
     on_auth_error: Callable[[], None]  # invalidates the current token
     stats: Stats = field(default_factory=Stats)
+    key_of: Callable[[Receipt], str] = Receipt.dedup_key  # Settings.key_function()
 
 
 class Worker:
@@ -260,7 +261,7 @@ class Worker:
                 self.stats.incr("decode_errors")
                 rejected[item] = classify(exc, d.dequeue_count, self.config.retry)
                 continue
-            item.dedup_key = item.receipt.dedup_key()
+            item.dedup_key = self.p.key_of(item.receipt)
         return rejected
 
     def _claim(self, items: list[InFlight]) -> list[ClaimState]:
