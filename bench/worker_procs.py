@@ -23,6 +23,7 @@ from typing import Any
 
 import tomllib
 
+from bench.common import cpu_seconds, rss_mb, toml_value
 from consumer.sandbox.fakes import FakeReceipts
 from consumer.sandbox.publisher import Publisher
 from consumer.sandbox.redis_server import RedisServer
@@ -31,32 +32,6 @@ from consumer.sandbox.testing import SandboxHandle
 REPO = Path(__file__).resolve().parents[1]
 NOOP_HANDLER = "bench.worker_noop:noop"
 _TIMEOUT_S = 600.0  # only bounds a hung run; nothing is asserted on it
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    stat = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    """VmRSS of a process in MiB, from /proc/<pid>/status."""
-    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS for pid %d" % pid)
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(value)
 
 
 @dataclass(frozen=True)
@@ -133,7 +108,7 @@ class Env:
             sections.setdefault(section, {})[option] = tomllib.loads("v = " + raw)["v"]
         lines: list[str] = []
         for section, table in sections.items():
-            lines += ["[%s]" % section, *("%s = %s" % (k, _toml(v)) for k, v in table.items()),
+            lines += ["[%s]" % section, *("%s = %s" % (k, toml_value(v)) for k, v in table.items()),
                       ""]
         lines += ["[[handlers]]", 'use = "%s"' % NOOP_HANDLER, ""]
         path = self.tmp / ("%s.toml" % name)
