@@ -6,9 +6,13 @@ logging (the SDKs', tenacity's) is routed through the same renderer.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
-from typing import Any
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import structlog
 
@@ -20,6 +24,56 @@ def _scrub(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     for key in _SECRET_KEYS & event.keys():
         event[key] = "***"
     return event
+
+
+class BufferedLineLogger:
+    """A structlog logger that writes info and debug lines through a buffer flushed every
+    `flush_s` by a background thread, and warnings and errors at once, flushing the buffer
+    before them so that the order holds.
+
+    One line per receipt is thousands of lines a second; flushing each one (structlog's
+    PrintLogger does) is a write(2) per receipt under a lock. The price: on `kill -9` the
+    last `flush_s` of info lines can be lost; a normal exit flushes everything.
+    """
+
+    def __init__(self, stream: TextIO, flush_s: float = 0.1) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+        self._flush_s = flush_s
+        self._thread = threading.Thread(target=self._flusher, name="log-flush", daemon=True)
+        self._thread.start()
+        atexit.register(self.flush)
+
+    def buffered(self, message: str) -> None:
+        with self._lock:
+            self._pending.append(message)
+
+    def now(self, message: str) -> None:
+        with self._lock:
+            self._pending.append(message)
+            self._write_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._write_locked()
+
+    def _write_locked(self) -> None:
+        if self._pending:
+            lines, self._pending = self._pending, []
+            try:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass  # stderr closed or gone: nothing sensible is left to do with a log line
+
+    def _flusher(self) -> None:
+        while True:
+            time.sleep(self._flush_s)
+            self.flush()
+
+    msg = debug = info = buffered
+    warning = warn = error = err = critical = exception = fatal = failure = now
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
@@ -37,7 +91,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_factory(BufferedLineLogger(sys.stderr)),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -48,3 +102,10 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+
+
+def _factory(logger: BufferedLineLogger) -> Callable[..., BufferedLineLogger]:
+    """structlog's logger_factory: every bound logger shares the one buffered writer."""
+    def factory(*_args: Any) -> BufferedLineLogger:
+        return logger
+    return factory

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 from consumer.sandbox.fakes import encode_body
 from tests.e2e.conftest import Stack
@@ -19,8 +20,10 @@ def test_a_worker_configured_to_identify_reports_by_biz_id_alone_applies_one(
     bodies.append(encode_body({**SAMPLE, "biz_id": "biz-8", "phone_number": "13800000001"})[0])
     with stack.publisher() as pub:
         pub.send_bodies(stack.queue_name(), bodies)
-    stack.worker(stack.config(dedup_keys={"SmsReport": ["biz_id"]}))
+    worker = stack.worker(stack.config(dedup_keys={"SmsReport": ["biz_id"]}))
     stack.wait(stack.queue_is_empty, "all three settled")
+    worker.signal(signal.SIGTERM)  # its log is complete once it exited
+    assert worker.wait(30) == 0
     # The Recorder names receipts by their default identity (biz_id:phone): one of the two
     # biz-7 receipts was applied, the other acknowledged as its duplicate.
     applied = [str(r["key"]).split(":")[1] for r in stack.records()]

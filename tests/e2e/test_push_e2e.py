@@ -112,9 +112,10 @@ def test_documented_pushes_reach_the_handler_once_also_when_pushed_again(
                "five receipts applied and the stream drained")
     assert set(stack.applied().values()) == {1}
     assert {r["source"] for r in stack.records()} == {"push"}
+    assert push.stop("push-worker") == 0 and push.stop("push-server") == 0
+    # Read after the exit: info lines are written in 0.1 s batches, all of them by then.
     logs = push.log_path("push-server").read_text() + push.log_path("push-worker").read_text()
     assert "push_request" in logs and SECRET not in logs
-    assert push.stop("push-worker") == 0 and push.stop("push-server") == 0
 
 
 def test_a_push_redis_cannot_take_gets_503_and_the_repush_is_applied(

@@ -35,8 +35,10 @@ def test_a_platform_duplicate_with_a_new_message_id_is_applied_once(stack: Stack
         report = pub.publish("SmsReport", 120, duplicate_rate=0.25, seed=2)
     assert report.duplicates, "the publisher made no duplicates"
     unique = {report_key(m.obj) for m in report.messages}
-    stack.worker(stack.config())
+    worker = stack.worker(stack.config())
     stack.wait(stack.queue_is_empty, "every message, duplicates too, deleted")
+    worker.signal(signal.SIGTERM)  # its log is complete once it exited
+    assert worker.wait(30) == 0
     applied = stack.applied()
     assert set(applied) == unique
     assert max(applied.values()) == 1
@@ -72,9 +74,11 @@ def test_a_failing_handlers_receipt_comes_back_and_succeeds_later(stack: Stack) 
     with stack.publisher() as pub:
         report = pub.publish("SmsReport", 20, seed=4)
     flaky = [report_key(m.obj) for m in report.messages[:5]]
-    stack.worker(stack.config(recorder={"flaky_keys": flaky}))
+    worker = stack.worker(stack.config(recorder={"flaky_keys": flaky}))
     stack.wait(lambda: len(stack.applied()) == 20, "all applied, the flaky ones too")
     stack.wait(stack.queue_is_empty, "all deleted")
+    worker.signal(signal.SIGTERM)  # its log is complete once it exited
+    assert worker.wait(30) == 0
     records = {r["key"]: r for r in stack.records()}
     assert all(records[k]["dequeue_count"] >= 2 for k in flaky)
     assert max(stack.applied().values()) == 1
