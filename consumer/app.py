@@ -27,7 +27,7 @@ from consumer.outcome import RetryPolicy
 from consumer.plugins import HandlerSpec, close_handlers, load_handlers
 from consumer.receipts import MESSAGE_TYPES
 from consumer.service import serve
-from consumer.settings import Settings, load_settings
+from consumer.settings import Settings, config_path, load_settings
 from consumer.source import MnsQueueClient, QueueClient
 from consumer.stats import Stats
 from consumer.tokens import TokenService
@@ -189,7 +189,7 @@ def worker_main(argv: Sequence[str]) -> int:
     args = _parse(argv)
     env = dict(os.environ)
     try:
-        settings = load_settings(args.config or env.get("ALICOM_RECEIPTS_CONFIG"), env)
+        settings = load_settings(config_path(args.config, env), env)
     except ConfigError as exc:
         print("alicom-receipts worker: %s" % exc)
         return 2

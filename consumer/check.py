@@ -37,7 +37,13 @@ from consumer import logs
 from consumer.credentials import AccessKey, load_access_key
 from consumer.errors import AlicomReceiptsError, AuthError, ConfigError, PermanentError
 from consumer.plugins import close_handlers, load_handlers
-from consumer.settings import InvalidSettings, Settings, load_settings, redact_url
+from consumer.settings import (
+    InvalidSettings,
+    Settings,
+    config_path,
+    load_settings,
+    redact_url,
+)
 from consumer.source import CredentialsProvider, MnsQueueClient, wrap_mns_error
 from consumer.tokens import TokenService
 
@@ -213,7 +219,7 @@ def main(argv: Sequence[str]) -> int:
     env = dict(os.environ)
     # The SDKs' and the token service's own log lines would repeat the problems below.
     logs.configure("critical", "json")
-    path = args.config or env.get("ALICOM_RECEIPTS_CONFIG")
+    path = config_path(args.config, env)
     try:
         settings = load_settings(path, env)
     except InvalidSettings as exc:

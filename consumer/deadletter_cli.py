@@ -28,7 +28,7 @@ from consumer.dispatch import Dispatcher
 from consumer.errors import AlicomReceiptsError, ConfigError, DecodeError
 from consumer.plugins import close_handlers, load_handlers
 from consumer.receipts import Receipt, ReceiptMeta
-from consumer.settings import Settings, load_settings
+from consumer.settings import Settings, config_path, load_settings
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -55,7 +55,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     args = _parse(argv)
     try:
-        settings = load_settings(args.config or os.environ.get("ALICOM_RECEIPTS_CONFIG"),
+        settings = load_settings(config_path(args.config, os.environ),
                                  dict(os.environ))
     except ConfigError as exc:
         print("alicom-receipts dead-letters: %s" % exc, file=sys.stderr)

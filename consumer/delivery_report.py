@@ -45,7 +45,7 @@ from consumer.delivery_stats import (
 )
 from consumer.err_codes import describe
 from consumer.errors import ConfigError
-from consumer.settings import load_settings
+from consumer.settings import config_path, load_settings
 
 log = structlog.get_logger(__name__)
 
@@ -207,7 +207,7 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
     the configuration's Redis and the default prefix."""
     if args.redis_url and (args.prefix or not args.config):
         return args.redis_url, args.prefix or DEFAULT_PREFIX
-    settings = load_settings(args.config or os.environ.get("ALICOM_RECEIPTS_CONFIG"),
+    settings = load_settings(config_path(args.config, os.environ),
                              dict(os.environ))
     options: dict[str, Any] = {}
     for spec in settings.handlers:

@@ -53,6 +53,7 @@ from consumer import logs
 from consumer.errors import ConfigError
 from consumer.push_settings import IpNetwork, PushSettings, load_push_config
 from consumer.receipts import MESSAGE_TYPES
+from consumer.settings import config_path
 
 log = structlog.get_logger("alicom_receipts.push")
 
@@ -324,7 +325,7 @@ def main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
     env = dict(os.environ)
     try:
-        settings, push = load_push_config(args.config or env.get("ALICOM_RECEIPTS_CONFIG"), env)
+        settings, push = load_push_config(config_path(args.config, env), env)
     except ConfigError as exc:
         print("alicom-receipts push-server: %s" % exc)  # noqa: T201 - before logging exists
         return 2

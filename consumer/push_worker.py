@@ -30,7 +30,7 @@ from consumer.outcome import RetryPolicy
 from consumer.plugins import close_handlers, load_handlers
 from consumer.push_pipeline import PushWorker
 from consumer.push_settings import PushSettings, load_push_config
-from consumer.settings import Settings
+from consumer.settings import Settings, config_path
 from consumer.stats import Stats
 
 __all__ = ["PushWorker", "build_push_worker", "main", "serve"]
@@ -117,7 +117,7 @@ def main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
     env = dict(os.environ)
     try:
-        settings, push = load_push_config(args.config or env.get("ALICOM_RECEIPTS_CONFIG"), env)
+        settings, push = load_push_config(config_path(args.config, env), env)
     except ConfigError as exc:
         print("alicom-receipts push-worker: %s" % exc)  # noqa: T201 - before logging exists
         return 2

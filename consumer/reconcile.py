@@ -51,7 +51,7 @@ from consumer.outcome import RetryPolicy, Verdict, classify
 from consumer.plugins import close_handlers, load_handlers
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.reconcile_query import DetailsClient, ReconcileSettings, load_config
-from consumer.settings import Settings
+from consumer.settings import Settings, config_path
 from consumer.tracking import SendTracker, TrackedSend, TrackingSettings
 
 log = structlog.get_logger("alicom_receipts.reconcile")
@@ -237,7 +237,7 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None,
     args = _parse(argv)
     environ = dict(os.environ if env is None else env)
     try:
-        settings, rs, ts = load_config(args.config or environ.get("ALICOM_RECEIPTS_CONFIG"),
+        settings, rs, ts = load_config(config_path(args.config, environ),
                                        environ)
         grace_s = rs.grace_s if args.grace is None else parse_duration(args.grace)
         if args.limit is not None:

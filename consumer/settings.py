@@ -401,6 +401,16 @@ def _address_problems(s: Settings) -> list[str]:
     return p
 
 
+#: The environment variable that names the configuration file when --config is not given.
+CONFIG_ENV = "ALICOM_RECEIPTS_CONFIG"
+
+
+def config_path(arg: str | None, env: Mapping[str, str]) -> str | None:
+    """The configuration file every command reads: `--config`, else `$ALICOM_RECEIPTS_CONFIG`,
+    else None (the embedded local default)."""
+    return arg or env.get(CONFIG_ENV)
+
+
 def load_settings(path: str | None, env: Mapping[str, str]) -> Settings:
     """Settings from the TOML file at `path` (the embedded `DEFAULT_CONFIG_TOML` when None)
     with `ALICOM_RECEIPTS_<SECTION>_<KEY>` overrides from `env` (e.g. ALICOM_RECEIPTS_REDIS_URL,

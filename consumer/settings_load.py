@@ -29,6 +29,7 @@ from consumer.plugins import HandlerSpec
 from consumer.receipts import resolve_key_fields
 from consumer.service import ServiceSettings
 from consumer.settings import (
+    CONFIG_ENV,
     DEFAULT_CONFIG_TOML,
     SANDBOX_ACCOUNT_ID,
     AckSettings,
@@ -49,7 +50,7 @@ tomllib: Any = importlib.import_module("tomllib" if sys.version_info >= (3, 11) 
 
 ENV_PREFIX = "ALICOM_RECEIPTS_"
 #: Names under ENV_PREFIX that are not settings (the CLI's configuration file path).
-ENV_RESERVED = frozenset({"ALICOM_RECEIPTS_CONFIG"})
+ENV_RESERVED = frozenset({CONFIG_ENV})
 
 _CREDENTIAL_KEYS = frozenset({
     "access_key_secret", "accesskeysecret", "access_key_id", "accesskeyid", "security_token",

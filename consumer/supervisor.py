@@ -407,9 +407,9 @@ def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
     env = dict(os.environ)
     # settings.py imports RunSettings from this module: load it only when `run` runs.
-    from consumer.settings import load_settings  # noqa: PLC0415 - avoids an import cycle
+    from consumer.settings import config_path, load_settings  # noqa: PLC0415 - import cycle
 
-    config = args.config or env.get("ALICOM_RECEIPTS_CONFIG")
+    config = config_path(args.config, env)
     try:
         settings = load_settings(config, env)
         queues, processes = _choose(args, settings)
