@@ -28,7 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
-from consumer.dispatch import handler
+from consumer.handler_api import handler
 from consumer.receipts import Receipt
 from consumer.sandbox.redis_server import free_port, running_redis
 

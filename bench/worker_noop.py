@@ -6,7 +6,7 @@ write), so the benchmark measures the daemon's own cost per receipt and nothing 
 
 from __future__ import annotations
 
-from consumer.dispatch import handler
+from consumer.handler_api import handler
 from consumer.receipts import Receipt
 
 

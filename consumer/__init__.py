@@ -14,7 +14,6 @@ Everything else (MNS, Redis, tokens) stays behind the worker: a handler never se
 
 from __future__ import annotations
 
-from consumer.dispatch import BatchHandler, BatchResult, Handler, handler
 from consumer.errors import (
     AlicomReceiptsError,
     ConfigError,
@@ -23,6 +22,7 @@ from consumer.errors import (
     RetryLater,
     TransientError,
 )
+from consumer.handler_api import BatchHandler, BatchResult, Handler, handler
 from consumer.receipts import (
     GlobeSmsReport,
     IntlSmsReport,

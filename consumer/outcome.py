@@ -13,8 +13,8 @@ import random
 from dataclasses import dataclass
 
 from consumer.dedup import ClaimState
-from consumer.dispatch import HandlerOutcome
 from consumer.errors import DecodeError
+from consumer.handler_api import HandlerOutcome
 
 
 class Verdict(enum.Enum):

@@ -30,7 +30,8 @@ from typing import Any, cast
 
 import structlog
 
-from consumer.dispatch import (
+from consumer.errors import ConfigError
+from consumer.handler_api import (
     AnyHandler,
     BatchHandler,
     BatchResult,
@@ -39,7 +40,6 @@ from consumer.dispatch import (
     handler_name,
     is_batch_handler,
 )
-from consumer.errors import ConfigError
 from consumer.receipts import MESSAGE_TYPES, Receipt
 
 log = structlog.get_logger(__name__)

@@ -44,8 +44,9 @@ from consumer.backoff import Backoff, call_with_retry
 from consumer.deadletter import DeadLetter, RedisDeadLetterStore
 from consumer.decode import parse_object
 from consumer.dedup import ClaimState, DedupStore, transient_from_redis
-from consumer.dispatch import Dispatcher, HandlerOutcome
+from consumer.dispatch import Dispatcher
 from consumer.errors import AlicomReceiptsError, DecodeError
+from consumer.handler_api import HandlerOutcome
 from consumer.outcome import Decision, RetryPolicy, Verdict, classify, precheck
 from consumer.push_settings import PushSettings
 from consumer.receipts import Receipt, ReceiptMeta

@@ -9,17 +9,17 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge
 from structlog.testing import capture_logs
 
-from consumer.dispatch import (
+from consumer.dispatch import Dispatcher
+from consumer.errors import ConfigError, PermanentFailure, RetryLater
+from consumer.handler_api import (
     BatchHandler,
     BatchResult,
-    Dispatcher,
     FunctionHandler,
     Handler,
     HandlerOutcome,
     handler,
     worst,
 )
-from consumer.errors import ConfigError, PermanentFailure, RetryLater
 from consumer.receipts import Receipt, ReceiptMeta, SmsReport, SmsUp
 
 WAIT_S = 30.0  # an upper bound for "eventually", never a speed expectation
@@ -290,6 +290,53 @@ def test_a_handler_over_the_deadline_is_given_up_while_the_others_are_handled(
     wait_until(lambda: dispatcher.stuck_threads == 0)
     assert registry.get_sample_value("stuck") == 0
     assert "biz-2" in blocker.finished  # it ran to the end; its late result was dropped
+
+
+def test_a_fast_handlers_receipts_run_as_one_task_once_it_was_measured(
+        dispatchers: list[Dispatcher]) -> None:
+    threads: list[int] = []
+    fast = FunctionHandler(lambda r: threads.append(threading.get_ident()), "fast", None)
+    # A target far above any handler call: grouping cannot depend on the machine's speed.
+    dispatcher = make(dispatchers, {"SmsReport": [fast]}, max_workers=4, chunk_target_s=60.0)
+    dispatcher.dispatch([report(0)])  # the first call measures it
+    threads.clear()
+
+    outcomes = dispatcher.dispatch([report(n) for n in range(1, 17)])
+
+    assert [o.kind for o in outcomes] == ["ok"] * 16
+    assert len(threads) == 16 and len(set(threads)) == 1
+
+
+def test_a_slow_handlers_receipts_still_run_in_parallel(dispatchers: list[Dispatcher]) -> None:
+    together = threading.Barrier(4, timeout=WAIT_S)  # passes only with 4 calls at once
+
+    def slow(receipt: Receipt) -> None:
+        threading.Event().wait(0.05)  # far above the 2 ms grouping target
+        together.wait()
+
+    dispatcher = make(dispatchers, {"SmsReport": [FunctionHandler(slow, "slow", None)]},
+                      max_workers=4)
+
+    for round_ in range(2):  # unmeasured, then measured as slow
+        outcomes = dispatcher.dispatch([report(round_ * 10 + n) for n in range(4)])
+        assert [o.kind for o in outcomes] == ["ok"] * 4
+
+
+def test_a_receipt_over_the_deadline_hands_the_rest_of_its_run_to_another_worker(
+        dispatchers: list[Dispatcher]) -> None:
+    blocker = Blocker({"biz-2"})
+    dispatcher = make(dispatchers, {"SmsReport": [blocker]}, deadline_s=SHORT_S, max_workers=2,
+                      chunk_target_s=60.0)
+    dispatcher.dispatch([report(0)])  # measured: fast, so 1-4 below form one run
+
+    outcomes = dispatcher.dispatch([report(1), report(2), report(3), report(4)])
+
+    assert [(o.kind, o.reason) for o in outcomes] == [
+        ("ok", ""), ("retry", "deadline"), ("ok", ""), ("ok", "")]
+    assert blocker.finished == ["biz-0", "biz-1", "biz-3", "biz-4"]  # in order, one run
+    blocker.release.set()
+    wait_until(lambda: dispatcher.stuck_threads == 0)
+    assert blocker.finished[-1] == "biz-2"  # it ran to the end; its late result was dropped
 
 
 def test_when_every_worker_is_stuck_queued_receipts_are_handed_back(

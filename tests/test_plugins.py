@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from consumer.dispatch import BatchResult, Dispatcher, FunctionHandler, handler
+from consumer.dispatch import Dispatcher
+from consumer.handler_api import BatchResult, FunctionHandler, handler
 from consumer.handlers.log import LogHandler
 from consumer.plugins import (
     GROUP,

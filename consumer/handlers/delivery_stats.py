@@ -13,8 +13,8 @@ from consumer.delivery_stats import (
     DEFAULT_TTL_S,
     StatsWriter,
 )
-from consumer.dispatch import BatchResult
 from consumer.errors import ConfigError, RetryLater
+from consumer.handler_api import BatchResult
 from consumer.handlers import one_line
 from consumer.receipts import Receipt
 

@@ -6,8 +6,8 @@ import os
 import threading
 from collections.abc import Sequence
 
-from consumer.dispatch import BatchResult
 from consumer.errors import ConfigError, RetryLater
+from consumer.handler_api import BatchResult
 from consumer.handlers import receipt_json
 from consumer.receipts import Receipt
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import redis
 
-from consumer.dispatch import BatchResult
 from consumer.errors import ConfigError, RetryLater
+from consumer.handler_api import BatchResult
 from consumer.handlers import one_line, receipt_json
 from consumer.receipts import Receipt
 

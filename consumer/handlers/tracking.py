@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import redis
 
-from consumer.dispatch import BatchResult
 from consumer.errors import ConfigError, RetryLater
+from consumer.handler_api import BatchResult
 from consumer.handlers import one_line
 from consumer.receipts import Receipt, SmsReport
 from consumer.tracking import SendTracker as Tracker
