@@ -42,6 +42,7 @@ def worker_config(settings: Settings, message_type: str) -> WorkerConfig:
     return WorkerConfig(
         message_type=message_type,
         pollers=poll.pollers,
+        adaptive_pollers=poll.adaptive_pollers,
         # Runners only wait on the handler pool. An acker makes one MNS round trip per 16
         # messages (BatchDeleteMessage), as a poller does per receive: as many of each.
         runners=max(2, poll.pollers),

@@ -99,6 +99,7 @@ class PollSettings:
     `wait_seconds` by a margin, or a healthy empty poll would look like a dead connection."""
 
     pollers: int = 8
+    adaptive_pollers: bool = True
     batch_size: int = 16
     wait_seconds: int = 10
     socket_timeout_s: float = 40.0

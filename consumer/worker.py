@@ -30,10 +30,12 @@ from consumer.backoff import Backoff
 from consumer.deadletter import RedisDeadLetterStore
 from consumer.decode import decode_body
 from consumer.dedup import ClaimState, DedupStore
-from consumer.dispatch import Dispatcher, HandlerOutcome
+from consumer.dispatch import Dispatcher
 from consumer.errors import AlicomReceiptsError, AuthError, DecodeError, TransientError
+from consumer.handler_api import HandlerOutcome
 from consumer.inflight import InFlight, Window
 from consumer.outcome import Decision, RetryPolicy, Verdict, classify, precheck
+from consumer.pollgate import PollGate
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.source import Delivery, QueueClient
 from consumer.stats import Stats
@@ -54,6 +56,7 @@ class WorkerConfig:
 
     message_type: str
     pollers: int = 4
+    adaptive_pollers: bool = True  # see consumer.pollgate
     runners: int = 4
     ackers: int = 2
     batch_size: int = 16
@@ -86,6 +89,7 @@ class Worker:
         self.p = pipeline
         self.stats = pipeline.stats
         self.window = Window(config.in_flight_max)
+        self.gate = PollGate(config.pollers, config.adaptive_pollers)
         self.work: queue.Queue[list[InFlight] | None] = queue.Queue()
         # Decisions travel in lists, one per received or dispatched batch: a handoff
         # between threads costs more than the work on one receipt.
@@ -102,7 +106,7 @@ class Worker:
 
     def start(self) -> None:
         c = self.config
-        self._spawn("poller", c.pollers, self._poll_loop)
+        self._spawn("poller", c.pollers, self._poll_loop, indexed=True)
         self._spawn("runner", c.runners, self._run_loop)
         self._spawn("acker", c.ackers, self._ack_loop)
         heartbeat = Heartbeat(self._client(), self.p.dedup, self.window, self.stats, c.ack)
@@ -125,9 +129,10 @@ class Worker:
         if not self.ready.is_set():
             return "starting: first poll of %s" % self.config.message_type
         snap = self.stats.snapshot()
-        return "receiving %s: %d in flight, %d handled, %d duplicates, %d dead letters" % (
-            self.config.message_type, len(self.window), snap["handled"], snap["duplicates"],
-            snap["dead_letters"])
+        return ("receiving %s (%d of %d pollers): %d in flight, %d handled, %d duplicates, "
+                "%d dead letters" % (self.config.message_type, self.gate.limit,
+                                     self.config.pollers, len(self.window), snap["handled"],
+                                     snap["duplicates"], snap["dead_letters"]))
 
     def should_recycle(self) -> str | None:
         """A reason to exit cleanly so systemd or `run` starts a fresh process, or None."""
@@ -182,8 +187,11 @@ class Worker:
             self.stats.incr("handed_back")
             self.window.settle(item)
 
-    def _spawn(self, name: str, count: int, target: Callable[[], None]) -> None:
-        threads = [threading.Thread(target=target, name="%s-%d" % (name, i), daemon=True)
+    def _spawn(self, name: str, count: int, target: Callable[..., None],
+               indexed: bool = False) -> None:
+        """Starts `count` threads; `indexed` ones get their number as the argument."""
+        threads = [threading.Thread(target=target, name="%s-%d" % (name, i), daemon=True,
+                                    args=(i,) if indexed else ())
                    for i in range(count)]
         self._threads[name] = threads
         for t in threads:
@@ -196,12 +204,12 @@ class Worker:
 
     # -- pollers ------------------------------------------------------------------------
 
-    def _poll_loop(self) -> None:
+    def _poll_loop(self, index: int) -> None:
         client = self._client()
         backoff = Backoff()
         while not self.stop_receiving.is_set():
             try:
-                self._poll_iteration(client)
+                self._gated_iteration(client, index)
                 backoff.reset()
                 self.last_error = None
                 self.ready.set()
@@ -218,20 +226,33 @@ class Worker:
                 backoff.sleep(self.stop_receiving)
             self.last_progress = time.monotonic()
 
-    def _poll_iteration(self, client: QueueClient) -> None:
-        """receive -> prepare -> claim -> route; raises on a failed receive or claim."""
+    def _gated_iteration(self, client: QueueClient, index: int) -> None:
+        """One `_poll_iteration` once the poll gate lets this poller in (consumer.pollgate)."""
+        if not self.gate.wait_turn(index, self.stop_receiving):
+            return
+        timing = self._poll_iteration(client)
+        if timing is not None:
+            self.gate.record(*timing)
+
+    def _poll_iteration(self, client: QueueClient) -> tuple[float, float] | None:
+        """receive -> prepare -> claim -> route; raises on a failed receive or claim.
+
+        Returns (round trip, work after it) in seconds when messages came, else None.
+        """
         c = self.config
         if not self.window.reserve(c.batch_size, self.stop_receiving):
-            return
+            return None
+        began = time.monotonic()
         try:
             deliveries = client.receive(c.batch_size, c.wait_seconds)
         except BaseException:
             self.window.unreserve(c.batch_size)
             raise
+        received = time.monotonic()
         self.window.unreserve(c.batch_size - len(deliveries))
         if not deliveries:
             self.stats.incr("empty_polls")
-            return
+            return None
         self.stats.incr("received", len(deliveries))
         items = [InFlight.of(d) for d in deliveries]
         self.window.track(items)
@@ -244,6 +265,7 @@ class Worker:
             self._route(rejected, [])
             raise
         self._route(rejected, list(zip(claimable, states, strict=True)))
+        return received - began, time.monotonic() - received
 
     def _prepare(self, items: Sequence[InFlight]) -> dict[InFlight, Decision]:
         """Decodes every body; returns the messages that must not reach the handlers."""
