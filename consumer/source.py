@@ -14,7 +14,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from mns.account import Account
 from mns.mns_exception import (
@@ -47,9 +47,12 @@ PERMANENT_CODES = frozenset({
 STALE_HANDLE_CODES = frozenset({"ReceiptHandleError", "MessageNotExist"})
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One message as received from MNS; `body` is the base64 text exactly as stored."""
+class Delivery(NamedTuple):
+    """One message as received from MNS; `body` is the base64 text exactly as stored.
+
+    A named tuple rather than a frozen dataclass: one is built per received message, and a
+    tuple is built in a fraction of the time.
+    """
 
     queue: str
     message_id: str
@@ -148,20 +151,33 @@ def parse_batch_receive(xml_data: bytes | str, queue: str) -> list[Delivery]:
     if messages is None:
         raise TransientError("BatchReceiveMessage on %s failed: RespDataDamaged no Messages"
                              % queue)
+    # Tags are compared whole, in the namespace of <Messages> (MNS's, or none): one string
+    # comparison per element instead of splitting every tag.
+    ns = messages.tag[:-len("Messages")]
+    message_tag, names = ns + "Message", [ns + name for name in _DELIVERY_FIELDS]
     out: list[Delivery] = []
     for element in messages:
-        if _local(element.tag) != "Message":
-            continue
-        fields = {_local(c.tag): c.text for c in element if c.text is not None}
-        try:
-            mid, handle, body, md5, dequeue, enqueue, first, visible = (
-                fields[name] for name in _DELIVERY_FIELDS)
-            out.append(Delivery(queue, mid, handle, body, md5, int(dequeue), int(enqueue),
-                                int(first), int(visible)))
-        except (KeyError, ValueError) as exc:
-            raise TransientError("BatchReceiveMessage on %s failed: RespDataDamaged %r"
-                                 % (queue, exc)) from exc
+        if element.tag == message_tag:
+            out.append(_delivery({c.tag: c.text for c in element}, names, queue))
     return out
+
+
+def _delivery(fields: dict[str, str | None], names: list[str], queue: str) -> Delivery:
+    """One `<Message>`'s fields (tag -> text; None for an empty element, which is absent)."""
+    try:
+        mid, handle, body, md5, dequeue, enqueue, first, visible = (
+            _present(fields[name]) for name in names)
+        return Delivery(queue, mid, handle, body, md5, int(dequeue), int(enqueue), int(first),
+                        int(visible))
+    except (KeyError, ValueError) as exc:
+        raise TransientError("BatchReceiveMessage on %s failed: RespDataDamaged %r"
+                             % (queue, exc)) from exc
+
+
+def _present(text: str | None) -> str:
+    if text is None:
+        raise KeyError("an empty field")
+    return text
 
 
 def _xml_text(text: str) -> str:

@@ -63,6 +63,24 @@ def test_reads_a_batch_as_the_sdk_decoder_does() -> None:
     assert [d.body for d in ours] == [b.body for b in bodies]
 
 
+def test_a_batch_without_the_mns_namespace_is_read_too() -> None:
+    fakes = FakeReceipts(4)
+    doc = _document([_message(i, fakes.body("SmsReport").body, "M") for i in range(3)])
+    plain = doc.replace(b' xmlns="%s"' % NS.encode(), b"")
+
+    ours = parse_batch_receive(plain, "Q")
+
+    assert ours == _sdk(plain, "Q") == parse_batch_receive(doc, "Q")
+    assert len(ours) == 3
+
+
+def test_an_empty_field_is_a_damaged_answer() -> None:
+    doc = _document([_message(1, "b", "m").replace("<MessageId>ID-1</MessageId>",
+                                                   "<MessageId></MessageId>")])
+    with pytest.raises(TransientError, match="RespDataDamaged"):
+        parse_batch_receive(doc, "Q")
+
+
 def test_text_with_entities_and_non_ascii_is_read_whole() -> None:
     doc = _document([_message(1, "a&amp;b&lt;c&gt;d\u00e9\u4e2d", "MD5")])
     (ours,) = parse_batch_receive(doc, "Q")
