@@ -126,9 +126,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# One decoder for every body: json.loads with options builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def _loads(text: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        return _DECODER.decode(text)
     except RecursionError as exc:
         raise DecodeError("not_json", "nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError, and int digits over the interpreter limit
@@ -190,11 +194,19 @@ def _build(
     cls: type[Receipt], specs: tuple[_Field, ...], obj: Mapping[str, Any], meta: ReceiptMeta
 ) -> Receipt:
     kwargs: dict[str, Any] = {}
+    get = obj.get
     for spec in specs:
-        value = _lookup(obj, spec.keys)
+        value = None
+        for key in spec.keys:  # `_lookup`, inlined: this loop runs for every field received
+            value = get(key)
+            if value is not None:
+                break
         if value is None:
             if spec.required:
                 raise DecodeError("missing_field", f"{cls.__name__} needs {_names(spec)}")
+            continue
+        if spec.conv is _text and type(value) is str:  # the common case, without a call
+            kwargs[spec.attr] = value
             continue
         try:
             kwargs[spec.attr] = spec.conv(value)
