@@ -7,6 +7,7 @@ logging (the SDKs', tenacity's) is routed through the same renderer.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import sys
 import threading
@@ -24,6 +25,16 @@ def _scrub(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     for key in _SECRET_KEYS & event.keys():
         event[key] = "***"
     return event
+
+
+# One encoder for every line: json.dumps with options builds a new one per call, and a line
+# is written per receipt. `default=repr`: a value JSON cannot hold is shown, never fatal.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=repr)
+
+
+def _json_line(event: dict[str, Any], **_options: Any) -> str:
+    """structlog's JSONRenderer serializer (it passes its own `default`, which repr matches)."""
+    return _ENCODER.encode(event)
 
 
 class BufferedLineLogger:
@@ -80,7 +91,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     """`fmt` is "json", "console" or "auto" (console on a terminal, JSON otherwise)."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = (structlog.dev.ConsoleRenderer() if use_console
-                     else structlog.processors.JSONRenderer(ensure_ascii=False))
+                     else structlog.processors.JSONRenderer(serializer=_json_line))
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
