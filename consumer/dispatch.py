@@ -202,12 +202,16 @@ class Dispatcher:
                                 for unit in call.units for i in unit]
 
     def _start(self, call: _Call) -> bool:
-        """Marks the call's first unit started; False when it was given up on while queued."""
+        """Marks the call's first unit started; False when it was given up on while queued.
+
+        Nobody is woken for this: a waiter looks at queued calls at least every `deadline_s`
+        (see `_wait`), and a call that starts now cannot expire before then. One thread
+        wake-up less per call.
+        """
         with self._cond:
             if call.abandoned:
                 return False
             call.started_at = time.monotonic()
-            self._cond.notify_all()
             return True
 
     def _run(self, call: _Call) -> None:
@@ -272,13 +276,16 @@ class Dispatcher:
                     self._abandon(call, "deadline", now, calls)
                 else:
                     next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
-            if next_expiry is None and not queued:
-                return
             if next_expiry is None and (self._stuck >= self._max_workers or self._closed):
                 for call in queued:  # nothing running can ever free a worker for them
                     self._abandon(call, "no_free_worker", now, calls)
                 return
-            self._cond.wait(None if next_expiry is None else next_expiry - now)
+            if queued:  # one may start unannounced: look again by its earliest expiry
+                later = now + self._deadline_s
+                next_expiry = later if next_expiry is None else min(next_expiry, later)
+            if next_expiry is None:  # nothing queued, nothing running
+                return
+            self._cond.wait(next_expiry - now)
 
     def _abandon(self, call: _Call, reason: str, now: float, calls: list[_Call]) -> None:
         """Gives up waiting on a call (lock held); a running one keeps its worker busy, and
