@@ -49,7 +49,8 @@ class BufferedLineLogger:
 
     def __init__(self, stream: TextIO, flush_s: float = 0.1) -> None:
         self._stream = stream
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()        # guards _pending: held for an append or a swap
+        self._write_lock = threading.Lock()  # one writer at a time, so the order holds
         self._pending: list[str] = []
         self._flush_s = flush_s
         self._thread = threading.Thread(target=self._flusher, name="log-flush", daemon=True)
@@ -61,17 +62,21 @@ class BufferedLineLogger:
             self._pending.append(message)
 
     def now(self, message: str) -> None:
-        with self._lock:
-            self._pending.append(message)
-            self._write_locked()
+        with self._write_lock:
+            with self._lock:
+                self._pending.append(message)
+            self._write()
 
     def flush(self) -> None:
-        with self._lock:
-            self._write_locked()
+        with self._write_lock:
+            self._write()
 
-    def _write_locked(self) -> None:
-        if self._pending:
+    def _write(self) -> None:
+        """Writes what is pending (write lock held). The write(2) happens outside `_lock`:
+        threads logging meanwhile append without waiting for the disk or the pipe."""
+        with self._lock:
             lines, self._pending = self._pending, []
+        if lines:
             try:
                 self._stream.write("\n".join(lines) + "\n")
                 self._stream.flush()
