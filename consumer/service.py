@@ -16,6 +16,7 @@ the exit status. Beside it a `Health` thread speaks the systemd notify protocol
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -237,6 +238,9 @@ def serve(worker: Worker, settings: ServiceSettings | None = None, *,
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     health = Health(worker, notifier, settings, probe or redis_probe(worker))
+    # Everything built so far (modules, SDK clients, settings) lives as long as the process:
+    # frozen, the collector stops walking it on every full collection of receipt garbage.
+    gc.freeze()
     worker.start()
     health.start()
     while not wake.wait(1.0):
