@@ -61,7 +61,7 @@ class AckConfig:
 
 
 class Acker:
-    """Drains the acks queue; one per thread, each with its own queue client."""
+    """Settles groups from the acks queue; one per thread, each with its own queue client."""
 
     def __init__(
         self,
@@ -83,16 +83,7 @@ class Acker:
         self._config = config
         self._abort = abort  # set only for an immediate exit; retries stop waiting then
 
-    def run(self, acks: queue.Queue[list[Settled] | None]) -> None:
-        """Settles the lists of decisions put on `acks` until it meets `STOP`."""
-        while True:
-            group = self._collect(acks)
-            if group is None:
-                return
-            if group:
-                self.settle(group)
-
-    def _collect(self, acks: queue.Queue[list[Settled] | None]) -> list[Settled] | None:
+    def collect(self, acks: queue.Queue[list[Settled] | None]) -> list[Settled] | None:
         """At least a delete batch of decisions, or what came within `delete_flush_s`.
 
         The lists on the queue are whole batches (a received or a dispatched one), so the

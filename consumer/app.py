@@ -42,7 +42,6 @@ def worker_config(settings: Settings, message_type: str) -> WorkerConfig:
     return WorkerConfig(
         message_type=message_type,
         pollers=poll.pollers,
-        adaptive_pollers=poll.adaptive_pollers,
         # Runners only wait on the handler pool. An acker makes one MNS round trip per 16
         # messages (BatchDeleteMessage), as a poller does per receive: as many of each.
         runners=max(2, poll.pollers),
@@ -50,6 +49,7 @@ def worker_config(settings: Settings, message_type: str) -> WorkerConfig:
         batch_size=poll.batch_size,
         wait_seconds=poll.wait_seconds,
         in_flight_max=work.in_flight_max,
+        adaptive_concurrency=work.adaptive_concurrency,
         shutdown_budget_s=work.shutdown_budget_s,
         max_receipts=work.max_receipts,
         max_rss_mb=work.max_rss_mb,

@@ -99,7 +99,6 @@ class PollSettings:
     `wait_seconds` by a margin, or a healthy empty poll would look like a dead connection."""
 
     pollers: int = 8
-    adaptive_pollers: bool = True
     batch_size: int = 16
     wait_seconds: int = 10
     socket_timeout_s: float = 40.0
@@ -128,9 +127,14 @@ class AckSettings:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """One worker process; `max_receipts` / `max_rss_mb` recycle it (exit 0, systemd restarts)."""
+    """One worker process; `max_receipts` / `max_rss_mb` recycle it (exit 0, systemd restarts).
+
+    `adaptive_concurrency`: only as many pollers and ackers work at once as the round trip
+    to MNS needs (consumer.gate); false keeps all of them busy.
+    """
 
     in_flight_max: int = 256
+    adaptive_concurrency: bool = True
     handler_threads: int = 8
     handler_deadline_s: float = 30.0
     shutdown_budget_s: float = 20.0

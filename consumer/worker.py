@@ -32,10 +32,10 @@ from consumer.decode import decode_body
 from consumer.dedup import ClaimState, DedupStore
 from consumer.dispatch import Dispatcher
 from consumer.errors import AlicomReceiptsError, AuthError, DecodeError, TransientError
+from consumer.gate import Gate
 from consumer.handler_api import HandlerOutcome
 from consumer.inflight import InFlight, Window
 from consumer.outcome import Decision, RetryPolicy, Verdict, classify, precheck
-from consumer.pollgate import PollGate
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.source import Delivery, QueueClient
 from consumer.stats import Stats
@@ -56,7 +56,7 @@ class WorkerConfig:
 
     message_type: str
     pollers: int = 4
-    adaptive_pollers: bool = True  # see consumer.pollgate
+    adaptive_concurrency: bool = True  # see consumer.gate
     runners: int = 4
     ackers: int = 2
     batch_size: int = 16
@@ -89,13 +89,18 @@ class Worker:
         self.p = pipeline
         self.stats = pipeline.stats
         self.window = Window(config.in_flight_max)
-        self.gate = PollGate(config.pollers, config.adaptive_pollers)
+        self.poll_gate = Gate(config.pollers, config.adaptive_concurrency)
+        # A delete per received batch, over the same round trip with less work around it:
+        # as many ackers as pollers (and one to spare) keep up.
+        self.ack_gate = Gate(config.ackers, config.adaptive_concurrency)
+        self.poll_gate.lead(self.ack_gate, spare=1)
         self.work: queue.Queue[list[InFlight] | None] = queue.Queue()
         # Decisions travel in lists, one per received or dispatched batch: a handoff
         # between threads costs more than the work on one receipt.
         self.acks: queue.Queue[list[Settled] | None] = queue.Queue()
         self.stop_receiving = threading.Event()  # first signal: drain
         self.abort = abort or threading.Event()  # second signal: leave now
+        self.acks_closed = threading.Event()     # the ackers' STOPs are queued
         self._threads: dict[str, list[threading.Thread]] = {}
         self._clients: list[QueueClient] = []
         self.last_progress = time.monotonic()    # a poller finished a turn (watchdog)
@@ -108,7 +113,7 @@ class Worker:
         c = self.config
         self._spawn("poller", c.pollers, self._poll_loop, indexed=True)
         self._spawn("runner", c.runners, self._run_loop)
-        self._spawn("acker", c.ackers, self._ack_loop)
+        self._spawn("acker", c.ackers, self._ack_loop, indexed=True)
         heartbeat = Heartbeat(self._client(), self.p.dedup, self.window, self.stats, c.ack)
         self._spawn("heartbeat", 1, lambda: heartbeat.run(self.abort))
         log.info("worker_started", queue_type=c.message_type, pollers=c.pollers,
@@ -130,7 +135,7 @@ class Worker:
             return "starting: first poll of %s" % self.config.message_type
         snap = self.stats.snapshot()
         return ("receiving %s (%d of %d pollers): %d in flight, %d handled, %d duplicates, "
-                "%d dead letters" % (self.config.message_type, self.gate.limit,
+                "%d dead letters" % (self.config.message_type, self.poll_gate.limit,
                                      self.config.pollers, len(self.window), snap["handled"],
                                      snap["duplicates"], snap["dead_letters"]))
 
@@ -160,6 +165,7 @@ class Worker:
             self.work.put(None)
         for _ in self._threads.get("acker", []):
             self.acks.put(STOP)
+        self.acks_closed.set()  # parked ackers leave; the working ones meet a STOP
         for name in ("runner", "acker"):
             for t in self._threads.get(name, []):
                 t.join(max(0.5, deadline - time.monotonic()))
@@ -227,12 +233,12 @@ class Worker:
             self.last_progress = time.monotonic()
 
     def _gated_iteration(self, client: QueueClient, index: int) -> None:
-        """One `_poll_iteration` once the poll gate lets this poller in (consumer.pollgate)."""
-        if not self.gate.wait_turn(index, self.stop_receiving):
+        """One `_poll_iteration` once the poll gate lets this poller in (consumer.gate)."""
+        if not self.poll_gate.wait_turn(index, self.stop_receiving):
             return
         timing = self._poll_iteration(client)
         if timing is not None:
-            self.gate.record(*timing)
+            self.poll_gate.record(*timing)
 
     def _poll_iteration(self, client: QueueClient) -> tuple[float, float] | None:
         """receive -> prepare -> claim -> route; raises on a failed receive or claim.
@@ -378,10 +384,17 @@ class Worker:
         for item, ok in zip(ran, owned, strict=True):
             item.completed = ok
 
-    def _ack_loop(self) -> None:
+    def _ack_loop(self, index: int) -> None:
+        """Settles groups from the acks queue, while the ack gate lets this acker work, until
+        it meets STOP (or, parked, until the ackers are closed)."""
         acker = Acker(self._client(), self.p.dedup, self.p.dead_letters, self.window,
                       self.stats, self.config.ack, self.abort, self.config.message_type)
-        acker.run(self.acks)
+        while self.ack_gate.wait_turn(index, self.acks_closed):
+            group = acker.collect(self.acks)
+            if group is None:
+                return
+            if group:
+                acker.settle(group)
 
 
 def _crashed(item: InFlight) -> HandlerOutcome:

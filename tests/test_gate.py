@@ -1,16 +1,16 @@
-"""The poll gate: as many pollers receive at once as the round trip needs, the rest wait."""
+"""The gate: as many pollers (or ackers) work at once as the round trip needs, the rest wait."""
 
 from __future__ import annotations
 
 import threading
 
-from consumer.pollgate import PollGate
+from consumer.gate import Gate
 
 WAIT_S = 30.0  # an upper bound for "eventually", never a speed expectation
 
 
 def test_without_adaptation_every_poller_receives() -> None:
-    gate = PollGate(8, adaptive=False)
+    gate = Gate(8, adaptive=False)
     stop = threading.Event()
 
     assert gate.limit == 8
@@ -20,7 +20,7 @@ def test_without_adaptation_every_poller_receives() -> None:
 
 
 def test_an_adaptive_gate_starts_with_two_pollers_and_parks_the_others() -> None:
-    gate = PollGate(8)
+    gate = Gate(8)
     stop = threading.Event()
     passed = threading.Event()
     parked = threading.Thread(target=lambda: passed.set() if gate.wait_turn(5, stop) else None)
@@ -36,7 +36,7 @@ def test_an_adaptive_gate_starts_with_two_pollers_and_parks_the_others() -> None
 
 
 def test_a_long_round_trip_wakes_the_parked_pollers() -> None:
-    gate = PollGate(8)
+    gate = Gate(8)
     stop = threading.Event()
     passed = threading.Event()
     parked = threading.Thread(target=lambda: passed.set() if gate.wait_turn(7, stop) else None)
@@ -50,7 +50,7 @@ def test_a_long_round_trip_wakes_the_parked_pollers() -> None:
 
 
 def test_the_limit_follows_round_trip_over_work() -> None:
-    gate = PollGate(16)
+    gate = Gate(16)
 
     gate.record(0.004, 0.001)
     assert gate.limit == 5  # ceil(4 / 1) + 1
@@ -61,6 +61,26 @@ def test_the_limit_follows_round_trip_over_work() -> None:
 
 
 def test_a_worker_with_fewer_pollers_than_the_floor_uses_them_all() -> None:
-    gate = PollGate(1)
+    gate = Gate(1)
     gate.record(0.000_1, 1.0)
     assert gate.limit == 1
+
+
+def test_a_follower_admits_as_many_as_its_leader_plus_the_spare() -> None:
+    pollers, ackers = Gate(8), Gate(8)
+    pollers.lead(ackers, spare=1)
+    assert ackers.limit == 3  # 2 pollers to start with, and one to spare
+
+    pollers.record(0.020, 0.001)
+    assert (pollers.limit, ackers.limit) == (8, 8)
+
+    for _ in range(50):
+        pollers.record(0.001, 0.001)
+    assert (pollers.limit, ackers.limit) == (2, 3)
+
+
+def test_a_fixed_follower_ignores_its_leader() -> None:
+    pollers, ackers = Gate(8), Gate(8, adaptive=False)
+    pollers.lead(ackers, spare=1)
+    pollers.record(0.001, 0.001)
+    assert ackers.limit == 8
