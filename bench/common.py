@@ -45,6 +45,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of all threads of a process so far."""
+    total = 0
+    for status in Path("/proc/%d/task" % pid).glob("*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:  # the thread ended meanwhile
+            continue
+        total += sum(int(line.split()[1]) for line in lines if "ctxt_switches:" in line)
+    return total
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of a process in MiB, from /proc/<pid>/status."""
     for line in Path("/proc/%d/status" % pid).read_text().splitlines():

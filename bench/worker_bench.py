@@ -1,6 +1,6 @@
 """One worker process beside the official demo's pattern and the raw SDK ceiling.
 
-`make bench-worker` (or `python bench/worker_bench.py --runs 3`) starts a real Redis and the
+`make bench-worker` (or `python bench/worker_bench.py --runs 5`) starts a real Redis and the
 sandbox (a subprocess), then for each added latency (0 and 20 ms per request, set through
 the sandbox's fault API) and each run, on a fresh queue filled beforehand (at 0 ms) with
 unique SmsReport bodies:
@@ -16,9 +16,10 @@ unique SmsReport bodies:
   processing.
 
 It prints the medians as a markdown table with the ratios the issue sets targets for, the
-CPU per receipt of the worker, the sandbox and Redis during the worker runs, the worker's
-RSS at the end of each run, and a long run at 0 ms (`--long` receipts, all published
-first) sampling the worker's RSS every `--rss-every` seconds: start, end, max.
+CPU per receipt of the worker, the sandbox and Redis and the worker's context switches per
+receipt during the worker runs, the worker's RSS at the end of each run, and a long run at
+0 ms (`--long` receipts, all published first) sampling the worker's RSS every `--rss-every`
+seconds: start, end, max.
 
 Worker settings for every worker run: `--set poll.pollers=8` (repeatable). The machine is
 shared and has 2 CPUs for the sandbox, Redis, this process and the worker: read the rates
@@ -61,6 +62,7 @@ class Sample:
     worker_us: float = 0.0   # CPU per receipt, during the drain
     sandbox_us: float = 0.0
     redis_us: float = 0.0
+    switches: float = 0.0    # the worker's context switches per receipt, during the drain
 
     @property
     def rate(self) -> float:
@@ -69,7 +71,7 @@ class Sample:
 
 def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=5)
     p.add_argument("--latencies", default="0,20", help="added ms per request, comma-separated")
     p.add_argument("--messages", type=int, default=20_000, help="per worker run")
     p.add_argument("--raw-messages", default="20000,4000", help="per raw run, per latency")
@@ -97,8 +99,10 @@ def run_worker(env: Env, latency_ms: int, count: int) -> Sample:
     try:
         first = env.wait_first_progress(queue, count, worker)
         cpu_before = (worker.cpu_seconds(), env.sandbox.cpu_seconds(), env.redis_cpu())
+        switches_before = worker.context_switches()
         empty_at = env.wait_empty(queue, worker)
         cpu_after = (worker.cpu_seconds(), env.sandbox.cpu_seconds(), env.redis_cpu())
+        switches = (worker.context_switches() - switches_before) / first
         rss = worker.rss_mb()
     finally:
         worker.stop()
@@ -108,7 +112,7 @@ def run_worker(env: Env, latency_ms: int, count: int) -> Sample:
                            % (settled, count, worker.log_path))
     drained = first  # deleted between the two CPU readings
     us = [(a - b) / drained * 1e6 for a, b in zip(cpu_after, cpu_before, strict=True)]
-    return Sample("worker", latency_ms, count, empty_at - started, rss, *us)
+    return Sample("worker", latency_ms, count, empty_at - started, rss, *us, switches)
 
 
 def run_loop(env: Env, mode: str, latency_ms: int, count: int) -> Sample:
@@ -145,13 +149,14 @@ def table(samples: Sequence[Sample], latencies: Sequence[int], modes: Sequence[s
 
 
 def cpu_table(samples: Sequence[Sample], latencies: Sequence[int]) -> str:
-    lines = ["| added latency | worker CPU µs/receipt | sandbox µs | redis µs "
-             "| worker RSS at end (MB) |", "|---:|---:|---:|---:|---:|"]
+    lines = ["| added latency | worker CPU µs/receipt | context switches/receipt | sandbox µs "
+             "| redis µs | worker RSS at end (MB) |", "|---:|---:|---:|---:|---:|---:|"]
     for lat in latencies:
         chosen = [s for s in samples if s.mode == "worker" and s.latency_ms == lat]
         if chosen:
-            lines.append("| %d ms | %.0f | %.0f | %.0f | %s |" % (
+            lines.append("| %d ms | %.0f | %.2f | %.0f | %.0f | %s |" % (
                 lat, statistics.median(s.worker_us for s in chosen),
+                statistics.median(s.switches for s in chosen),
                 statistics.median(s.sandbox_us for s in chosen),
                 statistics.median(s.redis_us for s in chosen),
                 " / ".join("%.1f" % s.rss_mb for s in chosen)))
@@ -208,8 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     samples.append(s)
                     print("run %d/%d %3d ms %-6s %7s receipts/s%s" % (
                         run + 1, args.runs, lat, mode, f"{s.rate:,.0f}",
-                        "  worker %.0f µs sandbox %.0f µs redis %.0f µs/receipt, RSS %.1f MB"
-                        % (s.worker_us, s.sandbox_us, s.redis_us, s.rss_mb)
+                        "  worker %.0f µs (%.2f switches) sandbox %.0f µs redis %.0f µs/receipt,"
+                        " RSS %.1f MB" % (s.worker_us, s.switches, s.sandbox_us, s.redis_us,
+                                          s.rss_mb)
                         if mode == "worker" else ""), file=sys.stderr, flush=True)
         if args.long:
             long_run = env.long_run(args.long, args.rss_every, FakeReceipts(seed=11))

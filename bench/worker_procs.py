@@ -23,7 +23,7 @@ from typing import Any
 
 import tomllib
 
-from bench.common import cpu_seconds, rss_mb, toml_value
+from bench.common import context_switches, cpu_seconds, rss_mb, toml_value
 from consumer.sandbox.fakes import FakeReceipts
 from consumer.sandbox.publisher import Publisher
 from consumer.sandbox.redis_server import RedisServer
@@ -193,6 +193,9 @@ class BenchWorker:
 
     def rss_mb(self) -> float:
         return rss_mb(self.pid)
+
+    def context_switches(self) -> int:
+        return context_switches(self.pid)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
