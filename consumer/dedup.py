@@ -60,23 +60,22 @@ class DedupSettings:
     """Where and how long idempotency records live.
 
     ``completed_ttl_s`` is how long a COMPLETED record suppresses duplicates: Alibaba Cloud can
-    deliver the same receipt again days later, hence a week by default. ``lease_s`` is the
-    default claim lease for callers; it must not exceed the visibility timeout of the message
-    being handled, or a second worker could receive the message while the first still holds a
-    live claim it has lost track of.
+    deliver the same receipt again days later, hence a week by default.
+
+    There is no lease setting: each caller derives its claim's lease from what it holds (the
+    worker: until the batch's earliest NextVisibleTime, so a claim never outlives the
+    message's invisibility; the push worker: its stream's reclaim time; reconcile: the handler
+    deadline).
     """
 
     key_prefix: str = "alicom:dedup:"
     completed_ttl_s: float = _SEVEN_DAYS_S
-    lease_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.key_prefix:
             raise ConfigError("dedup key_prefix must not be empty (keys would collide)")
         if not self.completed_ttl_s > 0:
             raise ConfigError(f"dedup completed_ttl_s must be > 0, got {self.completed_ttl_s!r}")
-        if not self.lease_s > 0:
-            raise ConfigError(f"dedup lease_s must be > 0, got {self.lease_s!r}")
 
 
 class ClaimState(enum.Enum):

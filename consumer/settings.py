@@ -352,10 +352,6 @@ def _cross_problems(s: Settings) -> list[str]:
     if s.ack.retry_max_s < s.ack.retry_base_s:
         p.append(f"ack.retry_max_s ({s.ack.retry_max_s!r}) must be >= ack.retry_base_s "
                  f"({s.ack.retry_base_s!r})")
-    if s.dedup.lease_s > s.ack.visibility_timeout_s:
-        p.append(f"dedup.lease_s ({s.dedup.lease_s!r}) must not exceed ack.visibility_timeout_s "
-                 f"({s.ack.visibility_timeout_s!r}): a claim must not outlive the message's "
-                 f"invisibility, or a second delivery finds a claim nobody is working on")
     if s.worker.in_flight_max < s.poll.batch_size:
         p.append(f"worker.in_flight_max ({s.worker.in_flight_max!r}) must be >= "
                  f"poll.batch_size ({s.poll.batch_size!r})")
