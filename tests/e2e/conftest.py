@@ -66,7 +66,6 @@ class Stack:
                        "queues": ["SmsReport"]},
             "redis": {"url": self.redis_server.url},
             "poll": {"pollers": 2, "wait_seconds": 1, "socket_timeout_s": 8},
-            "dedup": {"lease_s": 4},
             "ack": {"visibility_timeout_s": 4, "extend_before_s": 2, "retry_base_s": 1},
             "worker": {"shutdown_budget_s": 10, "handler_deadline_s": 10},
             "log": {"format": "json", "level": "info"},

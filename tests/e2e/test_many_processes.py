@@ -21,10 +21,10 @@ def test_four_processes_on_one_queue_apply_each_receipt_once_and_delete_all(
         report = pub.publish("SmsReport", RECEIPTS, duplicate_rate=0.02, seed=31)
     expected = {report_key(m.obj) for m in report.messages}
     assert len(expected) == RECEIPTS - len(report.duplicates)
-    # Visibility and leases long enough that no message comes back while it is still queued
-    # behind others in a busy process: every repeat would then be a real double delivery.
-    config = stack.config(ack={"visibility_timeout_s": 30, "extend_before_s": 10},
-                          dedup={"lease_s": 30})
+    # Visibility (and so the claims' leases) long enough that no message comes back while it
+    # is still queued behind others in a busy process: every repeat would then be a real
+    # double delivery.
+    config = stack.config(ack={"visibility_timeout_s": 30, "extend_before_s": 10})
     workers = [stack.worker(config) for _ in range(PROCESSES)]
     stack.wait(lambda: len(stack.applied()) == len(expected), "every receipt applied",
                timeout_s=120)
