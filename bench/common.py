@@ -13,7 +13,6 @@ Everything is a real process: the sandbox (`running_sandbox`), redis-server
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -32,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from consumer.sandbox.publisher import Publisher  # noqa: E402 - after the path set-up
+from consumer.sandbox.config_file import write_config  # noqa: E402 - after the path set-up
+from consumer.sandbox.publisher import Publisher  # noqa: E402
 from consumer.sandbox.redis_server import RedisServer, running_redis  # noqa: E402
 from consumer.sandbox.testing import SandboxHandle, running_sandbox  # noqa: E402
 
@@ -71,20 +71,6 @@ def machine_ticks() -> tuple[int, int]:
     idle = values[3] + values[4]  # idle + iowait
     total = sum(values[:8])       # guest time is already inside user
     return total - idle, total
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join("%s = %s" % (k, toml_value(v)) for k, v in value.items()) + " }"
-    raise TypeError(value)
 
 
 @dataclass(frozen=True)
@@ -185,16 +171,8 @@ class World:
         }
         for section, values in (sections or {}).items():
             base.setdefault(section, {}).update(values)
-        lines: list[str] = []
-        for section, table in base.items():
-            lines += ["[%s]" % section, *("%s = %s" % (k, toml_value(v)) for k, v in table.items()),
-                      ""]
-        lines += ["[[handlers]]", "use = %s" % toml_value(handler)]
-        if options:
-            lines.append("options = %s" % toml_value(options))
-        path = self.tmp / ("%s.toml" % name)
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
+        entry: dict[str, Any] = {"use": handler, **({"options": options} if options else {})}
+        return write_config(self.tmp / ("%s.toml" % name), base, [entry])
 
     def start_worker(self, config: Path, name: str) -> Worker:
         return Worker(config, self.tmp / ("%s.log" % name), self.env())

@@ -30,6 +30,7 @@ import aiohttp
 
 from consumer.handler_api import handler
 from consumer.receipts import Receipt
+from consumer.sandbox.config_file import write_config
 from consumer.sandbox.redis_server import free_port, running_redis
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,16 +51,13 @@ def body_of(request_no: int, size: int = 10) -> bytes:
         "out_id": "o%d" % i} for i in range(size)]).encode()
 
 
-def write_config(tmp: Path, redis_url: str, port: int) -> Path:
-    config = tmp / "push.toml"
-    config.write_text("\n".join([
-        '[alicom]', 'preset = "sandbox"', '',
-        '[redis]', 'url = "%s"' % redis_url, '',
-        '[log]', 'level = "info"', 'format = "json"', '',
-        '[push]', 'listen = "127.0.0.1:%d"' % port, '',
-        '[[handlers]]', 'use = "bench.push_bench:noop"', '',
-    ]), encoding="utf-8")
-    return config
+def push_config(tmp: Path, redis_url: str, port: int) -> Path:
+    return write_config(tmp / "push.toml", {
+        "alicom": {"preset": "sandbox"},
+        "redis": {"url": redis_url},
+        "log": {"level": "info", "format": "json"},
+        "push": {"listen": "127.0.0.1:%d" % port},
+    }, [{"use": "bench.push_bench:noop"}])
 
 
 def start(command: str, config: Path, tmp: Path) -> subprocess.Popen[bytes]:
@@ -124,7 +122,7 @@ def main() -> int:
     with running_redis() as redis_server, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         port = free_port()
-        config = write_config(tmp, redis_server.url, port)
+        config = push_config(tmp, redis_server.url, port)
         procs = [start("push-server", config, tmp)]
         if not args.no_worker:
             procs.append(start("push-worker", config, tmp))

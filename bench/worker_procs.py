@@ -23,7 +23,8 @@ from typing import Any
 
 import tomllib
 
-from bench.common import context_switches, cpu_seconds, rss_mb, toml_value
+from bench.common import context_switches, cpu_seconds, rss_mb
+from consumer.sandbox.config_file import write_config
 from consumer.sandbox.fakes import FakeReceipts
 from consumer.sandbox.publisher import Publisher
 from consumer.sandbox.redis_server import RedisServer
@@ -106,14 +107,7 @@ class Env:
             key, _, raw = item.partition("=")
             section, _, option = key.partition(".")
             sections.setdefault(section, {})[option] = tomllib.loads("v = " + raw)["v"]
-        lines: list[str] = []
-        for section, table in sections.items():
-            lines += ["[%s]" % section, *("%s = %s" % (k, toml_value(v)) for k, v in table.items()),
-                      ""]
-        lines += ["[[handlers]]", 'use = "%s"' % NOOP_HANDLER, ""]
-        path = self.tmp / ("%s.toml" % name)
-        path.write_text("\n".join(lines), encoding="utf-8")
-        return path
+        return write_config(self.tmp / ("%s.toml" % name), sections, [{"use": NOOP_HANDLER}])
 
     def worker(self, queue: BenchQueue, name: str) -> BenchWorker:
         """A started worker process on `queue`."""

@@ -17,10 +17,11 @@ import pytest
 import redis
 
 from consumer.deadletter import DeadLetterSettings, RedisDeadLetterStore
+from consumer.sandbox.config_file import write_config
 from consumer.sandbox.publisher import Publisher
 from consumer.sandbox.redis_server import RedisServer
 from consumer.sandbox.testing import SandboxHandle, running_sandbox
-from tests.e2e.harness import WorkerProcess, wait_until, worker_env, write_config
+from tests.e2e.harness import WorkerProcess, wait_until, worker_env
 from tests.e2e.recording import read_records
 
 

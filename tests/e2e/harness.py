@@ -8,41 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join("%s = %s" % (k, toml_value(v)) for k, v in value.items()) + " }"
-    raise TypeError(value)
-
-
-def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]],
-                 handlers: list[Mapping[str, Any]]) -> Path:
-    lines: list[str] = []
-    for name, table in sections.items():
-        lines.append("[%s]" % name)
-        lines += ["%s = %s" % (k, toml_value(v)) for k, v in table.items()]
-        lines.append("")
-    for h in handlers:
-        lines.append("[[handlers]]")
-        lines += ["%s = %s" % (k, toml_value(v)) for k, v in h.items()]
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
 
 
 @dataclass

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from consumer.sandbox.config_file import write_config
 from consumer.sandbox.redis_server import free_port
 from tests.e2e.conftest import Stack
-from tests.e2e.harness import REPO, worker_env, write_config
+from tests.e2e.harness import REPO, worker_env
 
 
 def _config(stack: Stack, *, queues: list[str], redis_url: str | None = None,
