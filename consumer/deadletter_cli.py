@@ -128,7 +128,8 @@ def _purge(store: RedisDeadLetterStore, args: argparse.Namespace, out: TextIO) -
 def _replay(settings: Settings, client: redis.Redis, store: RedisDeadLetterStore,
             args: argparse.Namespace, out: TextIO) -> int:
     if args.all:
-        letters = store.list(store.count(args.queue), 0, queue=args.queue)
+        count = store.count(args.queue)  # list() takes a limit of at least 1
+        letters = store.list(count, 0, queue=args.queue) if count else []
     else:
         letters = [d for d in (store.get(i) for i in args.ids) if d is not None]
     if not letters:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis
@@ -19,6 +22,7 @@ from consumer.deadletter import (
     new_dead_letter_id,
 )
 from consumer.errors import ConfigError, TransientError
+from consumer.sandbox.config_file import write_config
 from consumer.sandbox.redis_server import RedisServer
 
 DAY_MS = 24 * 3600 * 1000
@@ -265,3 +269,17 @@ def test_redis_going_away_is_a_transient_error_and_its_return_works_again(
     item = letter()
     store.put(item)  # the fresh server has no scripts: redis-py loads them again
     assert store.get(item.id) == item
+
+
+def test_replaying_all_of_an_empty_store_says_there_is_nothing_to_replay(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.toml", {"alicom": {"preset": "sandbox"},
+                                                "redis": {"url": redis_server.url},
+                                                "log": {"format": "json"}})
+    redis_server.client().flushdb()
+
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer", "dead-letters", "--config", str(config), "replay",
+         "--all"], capture_output=True, text=True, timeout=60, check=False)
+
+    assert (done.returncode, done.stdout.strip()) == (0, "nothing to replay"), done.stderr
