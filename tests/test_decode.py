@@ -361,6 +361,7 @@ def test_a_missing_required_field_is_named(sample: str, message_type: str, key: 
         ("SmsReport.json", "SmsReport", {"sms_size": "two"}, "sms_size"),
         ("SmsReport.json", "SmsReport", {"sms_size": "-1"}, "sms_size"),
         ("SmsReport.json", "SmsReport", {"sms_size": 1.5}, "sms_size"),
+        ("SmsReport.json", "SmsReport", {"sms_size": "13811112222x"}, "sms_size"),
         ("SmsReport.json", "SmsReport", {"phone_number": "  "}, "phone_number"),
         ("SmsReport.json", "SmsReport", {"biz_id": ["a"]}, "biz_id"),
         ("SmsReport.json", "SmsReport", {"err_msg": {"zh": "x"}}, "err_msg"),
@@ -379,7 +380,11 @@ def test_a_field_of_the_wrong_shape_is_a_bad_field_named_without_its_value(
         decode_body(message_type, encode(obj), None, META)
     assert caught.value.reason == "bad_field"
     assert repr(key) in caught.value.detail
-    assert "1381111" not in str(caught.value)
+    text = str(caught.value)
+    for bad in changes.values():
+        assert repr(bad) not in text
+        if isinstance(bad, str) and bad.strip():
+            assert bad not in text
 
 
 def test_the_alias_of_order_id_is_named_when_both_are_missing() -> None:
