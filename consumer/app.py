@@ -74,11 +74,13 @@ class _TokenStats:
     def token_refreshed(self, message_type: str, lifetime_s: float) -> None:
         self._stats.incr("token_refreshes")
 
+    # TokenService logs both already (token_fetch_retry / token_fetch_gave_up,
+    # token_invalidated); a second line each would only repeat them.
     def token_fetch_failed(self, message_type: str, error: AlicomReceiptsError) -> None:
-        log.warning("token_fetch_failed", message_type=message_type, error=str(error))
+        pass
 
     def token_invalidated(self, message_type: str) -> None:
-        log.info("token_invalidated", message_type=message_type)
+        pass
 
 
 @dataclass
