@@ -415,22 +415,6 @@ def _key_part(name: str, value: Any) -> str:
     return _hashed(canonical)
 
 
-def dedup_key(receipt: Receipt, fields: Sequence[str] | None = None) -> str:
-    """The key `"<Class>:<part>..."` of `receipt` over `fields` (default: DEDUP_KEY_FIELDS).
-
-    Raises ConfigError when `fields` is empty or names an attribute the class lacks.
-    """
-    cls_name = type(receipt).__name__
-    if fields is None:
-        names: Sequence[str] = DEDUP_KEY_FIELDS[cls_name]
-    else:
-        names = _checked_fields(type(receipt), fields)
-    parts = [cls_name]
-    for name in names:
-        parts.append(_key_part(name, getattr(receipt, name)))
-    return ":".join(parts)
-
-
 def _checked_fields(cls: type[Receipt], names: Sequence[str]) -> tuple[str, ...]:
     if isinstance(names, str):
         raise ConfigError(f"dedup key fields of {cls.__name__} must be a list, not a string")
@@ -479,3 +463,7 @@ def make_key_function(
         return ":".join(parts)
 
     return key_of
+
+
+#: `"<Class>:<part>..."` over DEDUP_KEY_FIELDS: the key with no `[dedup_keys]` configured.
+dedup_key = make_key_function()
