@@ -9,7 +9,6 @@ the rules that tie settings together.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import re
 import sys
@@ -114,8 +113,7 @@ def load(path: str | None, env: Mapping[str, str]) -> Settings:
     if len(sections) < len(_SECTIONS) or endpoints is None or prefix is None:
         raise InvalidSettings(problems)
     try:
-        settings = _assemble(sections, endpoints, prefix, handlers, source)
-        settings = dataclasses.replace(settings, dedup_keys=dedup_keys)
+        settings = _assemble(sections, endpoints, prefix, handlers, dedup_keys, source)
     except InvalidSettings as exc:  # range and cross-setting rules: report them with the rest
         raise InvalidSettings([*problems, *exc.problems]) from None
     if problems:
@@ -124,10 +122,11 @@ def load(path: str | None, env: Mapping[str, str]) -> Settings:
 
 
 def _assemble(sections: Mapping[str, object], endpoints: Endpoints, prefix: str,
-              handlers: tuple[HandlerSpec, ...], source: str) -> Settings:
+              handlers: tuple[HandlerSpec, ...], dedup_keys: Mapping[str, tuple[str, ...]],
+              source: str) -> Settings:
     return Settings(
         endpoints=endpoints, queue_prefix=prefix, queues=_get(sections, "alicom", _Alicom).queues,
-        redis_url=_get(sections, "redis", _Redis).url, handlers=handlers,
+        redis_url=_get(sections, "redis", _Redis).url, handlers=handlers, dedup_keys=dedup_keys,
         poll=_get(sections, "poll", PollSettings), ack=_get(sections, "ack", AckSettings),
         worker=_get(sections, "worker", WorkerSettings),
         dedup=_get(sections, "dedup", DedupSettings),
