@@ -267,13 +267,10 @@ class _Listener:
         counter = self._m.counters.get(name)
         if counter is not None:
             counter.inc(amount)
-        if name == "in_progress_skipped":
-            # The worker leaves these without settling them, so no outcome event comes.
-            self._m.outcomes.labels(queue=self._queue, outcome="in_progress").inc(amount)
 
     def on_outcome(self, outcome: str, handler: str, duration_s: float,
                    receipt: Receipt | None) -> None:
-        if self.closed or outcome == "in_progress":  # counted from in_progress_skipped
+        if self.closed:
             return
         self._m.outcomes.labels(queue=self._queue, outcome=outcome).inc()
         if handler:

@@ -333,6 +333,7 @@ class Worker:
     def _leave(self, item: InFlight, decision: Decision) -> None:
         """Another live delivery holds the claim: MNS brings this copy back later."""
         self.stats.incr("in_progress_skipped")
+        self.stats.outcome(decision.outcome, "", 0.0, item.receipt)
         self.window.settle(item)
         log.info("receipt_settled", queue=item.delivery.queue,
                  message_id=item.delivery.message_id,

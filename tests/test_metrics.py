@@ -130,7 +130,8 @@ def test_outcomes_durations_and_sms_delivery_outcomes_by_err_code(
     m.stats.outcome("duplicate", "", 0.0, report(1))              # counted once, when handled
     m.stats.outcome("retry", "webhook", 2.0, report(4, success=False, err_code="MK:0001"))
     m.stats.outcome("dead_letter", "", 0.0, None)                 # a body that did not decode
-    m.stats.incr("in_progress_skipped", 2)  # the worker leaves these without settling them
+    m.stats.outcome("in_progress", "", 0.0, report(5))            # left: another holds it
+    m.stats.outcome("in_progress", "", 0.0, report(6))
 
     s = m.scrape()
 
