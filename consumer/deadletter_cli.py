@@ -22,7 +22,7 @@ import redis
 
 from consumer import logs
 from consumer.deadletter import DeadLetter, RedisDeadLetterStore
-from consumer.decode import decode_body, parse_object
+from consumer.decode import decode_body, parse_json
 from consumer.dedup import ClaimState, RedisDedupStore
 from consumer.dispatch import Dispatcher
 from consumer.errors import AlicomReceiptsError, ConfigError, DecodeError
@@ -182,10 +182,6 @@ def _receipt_of(d: DeadLetter) -> Receipt:
                        first_dequeue_time_ms=d.first_dequeue_time_ms)
     if d.source == "mns":
         return decode_body(d.message_type, d.body_bytes(), None, meta)
-    try:
-        obj = json.loads(d.body_bytes())
-    except ValueError as exc:
-        raise DecodeError("not_json", str(exc)) from exc
-    if not isinstance(obj, dict):
-        raise DecodeError("not_object", "the body is JSON but not an object")
-    return parse_object(d.message_type, obj, meta)
+    # A pushed receipt's JSON text; a byte that is not UTF-8 becomes a lone surrogate,
+    # which parse_json refuses as not_utf8.
+    return parse_json(d.message_type, d.body_bytes().decode("utf-8", "surrogateescape"), meta)

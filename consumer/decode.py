@@ -46,7 +46,7 @@ from consumer.receipts import (
     TemplateSmsReport,
 )
 
-__all__ = ["MAX_BODY_BYTES", "decode_body", "parse_object"]
+__all__ = ["MAX_BODY_BYTES", "decode_body", "parse_json", "parse_object", "reject_constant"]
 
 MAX_BODY_BYTES = 65536
 """The MNS message body limit; a longer base64 text is refused before any work on it."""
@@ -76,12 +76,29 @@ def decode_body(
         text = decoded.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DecodeError("not_utf8", f"invalid byte at offset {exc.start}") from exc
+    return _parse_text(message_type, text, meta)
+
+
+def parse_json(message_type: str, text: str, meta: ReceiptMeta) -> Receipt:
+    """Build a receipt from JSON text that did not come through `decode_body` (a pushed
+    receipt from the stream, a pushed dead letter replayed): the checks of `decode_body`
+    from `not_utf8` on. Raises DecodeError only.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a surrogate-escaped byte of the original body
+        raise DecodeError("not_utf8", "the text holds a lone surrogate") from exc
+    return _parse_text(message_type, text, meta)
+
+
+def _parse_text(message_type: str, text: str, meta: ReceiptMeta) -> Receipt:
+    """JSON object text (free of lone surrogates as text) -> receipt."""
     obj = _loads(text)
     if not isinstance(obj, dict):
         raise DecodeError("not_object", f"JSON {type(obj).__name__}, expected an object")
     if "\\ud" in text or "\\uD" in text:
-        # Only \uD800-\uDFFF escapes can smuggle lone surrogates past the strict UTF-8
-        # decode; the full check runs only when one may be present.
+        # Only \uD800-\uDFFF escapes can smuggle lone surrogates past the UTF-8 check; the
+        # full check runs only when one may be present.
         _check_encodable(obj)
     return _parse(message_type, obj, meta)
 
@@ -115,7 +132,8 @@ def _check_md5(data: bytes, body_md5: object) -> None:
         raise DecodeError("md5_mismatch", "MessageBodyMD5 differs from the MD5 of the body")
 
 
-def _reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
+    """json's parse_constant hook: NaN and Infinity are not JSON."""
     raise ValueError(f"{name} is not JSON")
 
 
@@ -127,7 +145,7 @@ def _finite_float(text: str) -> float:
 
 
 # One decoder for every body: json.loads with options builds a new one per call.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_DECODER = json.JSONDecoder(parse_constant=reject_constant, parse_float=_finite_float)
 
 
 def _loads(text: str) -> Any:

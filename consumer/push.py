@@ -50,6 +50,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from consumer import logs
+from consumer.decode import reject_constant
 from consumer.errors import ConfigError
 from consumer.push_settings import IpNetwork, PushSettings, load_push_config
 from consumer.receipts import MESSAGE_TYPES
@@ -70,10 +71,6 @@ class PushBodyError(ValueError):
     """The body is not a JSON array of objects; the message says why (never echoes it)."""
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError("%s is not JSON" % name)
-
-
 def parse_push_body(body: bytes) -> list[str]:
     """The elements of a push body, each re-serialised as compact JSON text.
 
@@ -82,7 +79,7 @@ def parse_push_body(body: bytes) -> list[str]:
     stored and dead-lettered by the worker, so one bad element never blocks its neighbours.
     """
     try:
-        doc = json.loads(body.decode("utf-8-sig"), parse_constant=_reject_constant)
+        doc = json.loads(body.decode("utf-8-sig"), parse_constant=reject_constant)
     except UnicodeDecodeError as exc:
         raise PushBodyError("the body is not UTF-8 (invalid byte at offset %d)"
                             % exc.start) from exc

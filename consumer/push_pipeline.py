@@ -6,7 +6,7 @@ The push server (consumer.push) appends each pushed receipt to a Redis stream; t
 reads it as a consumer group (XREADGROUP, batches) on `consumers` threads and gives every
 entry the treatment an MNS message gets, with the same parts:
 
-    decode   parse_object (consumer.decode); a bad entry is dead-lettered with its raw JSON
+    decode   parse_json (consumer.decode); a bad entry is dead-lettered with its raw JSON
              and the reason (source "push")
     dedup    one claim script call per batch (the platform pushes a body again after a
              timeout or a 5xx: the dedup key recognises the receipts)
@@ -27,7 +27,6 @@ Every stage reuses the MNS worker's building blocks; nothing here decides an out
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 import time
@@ -35,14 +34,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import redis
 import structlog
 
 from consumer.backoff import Backoff, call_with_retry
 from consumer.deadletter import DeadLetter, RedisDeadLetterStore
-from consumer.decode import parse_object
+from consumer.decode import parse_json
 from consumer.dedup import ClaimState, DedupStore, transient_from_redis
 from consumer.dispatch import Dispatcher
 from consumer.errors import AlicomReceiptsError, DecodeError
@@ -202,7 +201,7 @@ class PushWorker:
         meta = ReceiptMeta(source="push", message_id=entry.id, dequeue_count=entry.deliveries,
                            enqueue_time_ms=entry.received_ms)
         try:
-            entry.receipt = parse_object(entry.message_type, _load_object(entry.body), meta)
+            entry.receipt = parse_json(entry.message_type, entry.body, meta)
         except DecodeError as exc:
             self.stats.incr("decode_errors")
             entry.decision = classify(exc, entry.deliveries, self._policy)
@@ -358,20 +357,6 @@ def _entry(entry_id: bytes | str, fields: dict[bytes, bytes], deliveries: int) -
     received = field(b"r")
     return Entry(id=_text(entry_id), deliveries=deliveries, message_type=field(b"t"),
                  body=field(b"b"), received_ms=int(received) if received.isdigit() else 0)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError("%s is not JSON" % name)
-
-
-def _load_object(body: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise DecodeError("not_json", "stream entry body: %s" % exc) from exc
-    if not isinstance(obj, dict):
-        raise DecodeError("not_object", "JSON %s, expected an object" % type(obj).__name__)
-    return obj
 
 
 def _dead_letter_of(entry: Entry) -> DeadLetter:

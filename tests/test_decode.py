@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from consumer.decode import MAX_BODY_BYTES, decode_body, parse_object
+from consumer.decode import MAX_BODY_BYTES, decode_body, parse_json, parse_object
 from consumer.errors import DecodeError
 from consumer.receipts import (
     CardVendorOp,
@@ -414,3 +414,24 @@ def test_a_non_text_body_or_message_type_is_still_a_decode_error() -> None:
     assert reason_of("SmsReport", 12345) == "bad_base64"  # type: ignore[arg-type]  # misuse on purpose
     assert reason_of(["SmsReport"], body) == "unknown_type"  # type: ignore[arg-type]  # misuse on purpose
     assert reason_of("SmsReport", body, b"ABC") == "md5_mismatch"  # type: ignore[arg-type]  # misuse on purpose
+
+
+def test_json_text_from_a_push_gives_the_receipt_its_base64_body_would() -> None:
+    text = SAMPLES["SmsReport.json"]
+    assert parse_json("SmsReport", text, META) == decode_body("SmsReport", encode(text), None,
+                                                             META)
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    (b'{"phone_number": "\xff"}'.decode("utf-8", "surrogateescape"), "not_utf8"),
+    ('{"phone_number": "\\udc80"}', "not_utf8"),
+    ('{"sms_size": NaN}', "not_json"),
+    ('{"sms_size": 1e999}', "not_json"),
+    ("[1, 2]", "not_object"),
+    ("{}", "missing_field"),
+])
+def test_bad_json_text_is_refused_for_the_same_reasons_as_a_bad_body(text: str,
+                                                                      reason: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        parse_json("SmsReport", text, META)
+    assert caught.value.reason == reason
