@@ -231,10 +231,6 @@ class RedisDeadLetterStore:
         self._remove = client.register_script(_REMOVE_SCRIPT)
         self._trim = client.register_script(_TRIM_SCRIPT)
 
-    @property
-    def settings(self) -> DeadLetterSettings:
-        return self._settings
-
     def entry_key(self, letter_id: str) -> str:
         return f"{self._prefix}e:{letter_id}"
 

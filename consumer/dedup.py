@@ -239,10 +239,6 @@ class RedisDedupStore:
         self._release = client.register_script(_RELEASE_SCRIPT)
         self._extend = client.register_script(_EXTEND_SCRIPT)
 
-    @property
-    def settings(self) -> DedupSettings:
-        return self._settings
-
     def redis_key(self, key: str) -> str:
         """The Redis key that holds the record of dedup key ``key``."""
         return self._settings.key_prefix + key

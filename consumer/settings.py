@@ -208,16 +208,6 @@ class Settings:
         # passwords) verbatim; this one is the redacted view.
         return f"Settings({self.describe()!r})"
 
-    @property
-    def metrics_address(self) -> str | None:
-        """The scrape endpoint (`[metrics] address`), None when metrics are off."""
-        return self.metrics.address
-
-    @property
-    def token_refresh_before_s(self) -> float:
-        """Seconds before ExpireTime at which a token is replaced (`[token] refresh_before_s`)."""
-        return self.token.refresh_before_s
-
     def key_function(self) -> Callable[[Receipt], str]:
         """The receipt -> dedup key function every path (worker, push, reconcile, replay)
         uses, so that the same receipt has the same key wherever it arrives."""

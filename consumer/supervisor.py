@@ -81,12 +81,6 @@ class RunSettings:
             raise ConfigError("run stop_margin_s must be >= 0, got %r" % (self.stop_margin_s,))
 
 
-def run_settings_of(settings: Settings) -> RunSettings:
-    """`settings.run`, or the defaults while Settings has no `[run]` section."""
-    run = getattr(settings, "run", None)
-    return run if isinstance(run, RunSettings) else RunSettings()
-
-
 # -- one worker slot ---------------------------------------------------------------------------
 
 @dataclass
@@ -397,7 +391,7 @@ def _choose(args: argparse.Namespace, settings: Settings) -> tuple[list[str], in
         raise ConfigError("--queue must be one of %s, got %s"
                           % (", ".join(QUEUE_MESSAGE_TYPES), ", ".join(unknown)))
     processes = (args.processes if args.processes is not None
-                 else run_settings_of(settings).processes_per_queue)
+                 else settings.run.processes_per_queue)
     if not 1 <= processes <= 256:
         raise ConfigError("--processes must be 1-256, got %d" % processes)
     return queues, processes
@@ -417,7 +411,7 @@ def main(argv: Sequence[str]) -> int:
         sys.stderr.write("alicom-receipts run: %s\n" % exc)
         return 2
     logs.configure(settings.log.level, settings.log.format)
-    run = run_settings_of(settings)
+    run = settings.run
     sup = Supervisor(plan_slots(queues, processes), process_spawner(config), run,
                      settings.worker.shutdown_budget_s + run.stop_margin_s)
     log.info("run_started", pid=os.getpid(), queues=queues, processes_per_queue=processes,

@@ -63,7 +63,7 @@ from consumer.tokens_sdk import (
 )
 
 __all__ = [
-    "MnsToken", "TokenCounters", "TokenCredentialsProvider", "TokenObserver", "TokenService",
+    "MnsToken", "TokenCredentialsProvider", "TokenObserver", "TokenService",
     "classify", "parse_shanghai_time",
 ]
 
@@ -79,29 +79,6 @@ class TokenObserver(Protocol):
         """Called for every failed attempt, retried or not."""
 
     def token_invalidated(self, message_type: str) -> None: ...
-
-
-class TokenCounters:
-    """A thread-safe `TokenObserver` that counts: refreshes, failures, invalidations."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.refreshes: dict[str, int] = {}
-        self.failures: dict[str, int] = {}
-        self.invalidations: dict[str, int] = {}
-
-    def _add(self, counter: dict[str, int], message_type: str) -> None:
-        with self._lock:
-            counter[message_type] = counter.get(message_type, 0) + 1
-
-    def token_refreshed(self, message_type: str, lifetime_s: float) -> None:
-        self._add(self.refreshes, message_type)
-
-    def token_fetch_failed(self, message_type: str, error: AlicomReceiptsError) -> None:
-        self._add(self.failures, message_type)
-
-    def token_invalidated(self, message_type: str) -> None:
-        self._add(self.invalidations, message_type)
 
 
 class _NoObserver:

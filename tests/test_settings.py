@@ -68,7 +68,7 @@ refresh_before_s = 60
     assert s.poll.batch_size == 16
     assert s.dedup.completed_ttl_s == 3600.0
     assert s.dedup.key_prefix == "alicom:dedup:"
-    assert s.token_refresh_before_s == 60.0
+    assert s.token.refresh_before_s == 60.0
     assert s.endpoints == PRESETS["mainland"]
     assert s.queue_name("SmsUp") == f"Alicom-Queue-{ACCOUNT}-SmsUp"
 
@@ -90,7 +90,7 @@ def test_environment_overrides_win_over_the_file_and_are_typed_by_the_field(tmp_
     assert s.ack.retry_base_s == 2.5
     assert s.queues == ("SmsReport", "GlobeSmsReport")
     assert s.worker.max_receipts == 1000
-    assert s.metrics_address == ":9464"
+    assert s.metrics.address == ":9464"
 
 
 def test_an_empty_environment_value_clears_an_optional_setting(tmp_path: Path) -> None:

@@ -15,12 +15,11 @@ from mns.mns_exception import MNSServerException
 from mns.queue import Message, Queue
 
 from consumer.credentials import AccessKey
-from consumer.errors import AuthError, PermanentError, TransientError
+from consumer.errors import AlicomReceiptsError, AuthError, PermanentError, TransientError
 from consumer.sandbox.testing import SandboxHandle, running_sandbox
 from consumer.settings import Endpoints, TokenSettings
 from consumer.tokens import (
     MnsToken,
-    TokenCounters,
     TokenService,
     classify,
     parse_shanghai_time,
@@ -44,6 +43,29 @@ def _reset_sandbox(sandbox: SandboxHandle) -> Iterator[None]:
 def endpoints_of(sandbox: SandboxHandle) -> Endpoints:
     return Endpoints(sandbox.endpoint, sandbox.endpoint.removeprefix("http://"), "http",
                      "cn-hangzhou")
+
+
+class TokenCounters:
+    """A thread-safe `TokenObserver` that counts what the service reports."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.refreshes: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+        self.invalidations: dict[str, int] = {}
+
+    def _add(self, counter: dict[str, int], message_type: str) -> None:
+        with self._lock:
+            counter[message_type] = counter.get(message_type, 0) + 1
+
+    def token_refreshed(self, message_type: str, lifetime_s: float) -> None:
+        self._add(self.refreshes, message_type)
+
+    def token_fetch_failed(self, message_type: str, error: AlicomReceiptsError) -> None:
+        self._add(self.failures, message_type)
+
+    def token_invalidated(self, message_type: str) -> None:
+        self._add(self.invalidations, message_type)
 
 
 ServiceFactory = Callable[..., tuple[TokenService, TokenCounters]]
