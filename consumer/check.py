@@ -30,8 +30,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import redis
-from mns.account import Account
-from mns.mns_exception import MNSExceptionBase, MNSServerException
 
 from consumer import logs
 from consumer.credentials import AccessKey, load_access_key
@@ -44,7 +42,7 @@ from consumer.settings import (
     load_settings,
     redact_url,
 )
-from consumer.source import CredentialsProvider, MnsQueueClient, wrap_mns_error
+from consumer.source import MnsQueueClient
 from consumer.tokens import TokenService
 
 #: One network call of a check waits at most this long.
@@ -120,7 +118,7 @@ def check_queue(settings: Settings, tokens: TokenService, message_type: str,
     provider = tokens.credentials_provider(message_type)
     client = MnsQueueClient(settings.endpoints.mns_endpoint, queue, provider, CHECK_TIMEOUT_S)
     try:
-        _reach(client, _peeker(settings.endpoints.mns_endpoint, queue, provider))
+        _reach(client)
     except PermanentError as exc:
         report.problem("queue %s" % queue, str(exc),
                        "enable %s receipts (MNS queue mode) in the SMS console (queues appear "
@@ -140,33 +138,10 @@ def check_queue(settings: Settings, tokens: TokenService, message_type: str,
     return True
 
 
-def _peeker(endpoint: str, queue: str, provider: CredentialsProvider) -> Callable[[], None]:
-    """BatchPeekMessage of one message through the official SDK; an empty queue is fine."""
-    def peek() -> None:
-        account = Account(endpoint, credentials_provider=provider)
-        sdk = account.mns_client
-        if sdk.is_https:  # as in consumer.source: HTTPS connections get no timeout otherwise
-            sdk.http.conn.timeout = CHECK_TIMEOUT_S
-        else:
-            sdk.set_connection_timeout(CHECK_TIMEOUT_S)
-        mns_queue = account.get_queue(queue)
-        mns_queue.set_encoding(False)
-        try:
-            mns_queue.batch_peek_message(1)
-        except MNSServerException as exc:
-            if exc.type != "MessageNotExist":
-                raise wrap_mns_error(exc, "BatchPeekMessage", queue) from exc
-        except MNSExceptionBase as exc:
-            raise wrap_mns_error(exc, "BatchPeekMessage", queue) from exc
-        finally:
-            sdk.close_connection()
-    return peek
-
-
-def _reach(client: MnsQueueClient, peek: Callable[[], None]) -> None:
+def _reach(client: MnsQueueClient) -> None:
     """Proves access to the queue, leaving its messages as they were; raises our errors."""
     try:
-        peek()
+        client.peek()
     except AuthError as exc:
         if "AccessDenied" not in str(exc):
             raise

@@ -294,6 +294,17 @@ class MnsQueueClient:
         resp.status, resp.header = resp_inter.status, resp_inter.header
         client.check_status(req_inter, resp_inter, resp, BatchDeleteMessageDecoder)
 
+    def peek(self, max_messages: int = 1) -> int:
+        """How many messages BatchPeekMessage shows (0 when empty); they stay as they were."""
+        try:
+            return len(self._queue.batch_peek_message(max_messages))
+        except MNSServerException as exc:
+            if exc.type == "MessageNotExist":
+                return 0
+            raise wrap_mns_error(exc, "BatchPeekMessage", self._queue_name) from exc
+        except MNSExceptionBase as exc:
+            raise wrap_mns_error(exc, "BatchPeekMessage", self._queue_name) from exc
+
     def change_visibility(self, receipt_handle: str, visibility_timeout_s: int) -> tuple[str, int]:
         msg = self._call(
             "ChangeMessageVisibility",

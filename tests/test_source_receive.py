@@ -151,3 +151,27 @@ def test_receive_from_a_missing_queue_is_permanent(sandbox: SandboxHandle) -> No
             client.receive(16, 0)
     finally:
         client.close()
+
+
+def test_peek_counts_messages_and_leaves_them_receivable(sandbox: SandboxHandle) -> None:
+    name = "t-peek-%s" % uuid.uuid4().hex[:12]
+    sandbox.create_queue(name)
+    client = _client(sandbox, name)
+    try:
+        assert client.peek(16) == 0  # MessageNotExist: empty, not an error
+        with Publisher(sandbox.endpoint, sandbox.access_key_id,
+                       sandbox.access_key_secret) as pub:
+            pub.send_bodies(name, [FakeReceipts(6).body("SmsReport").body for _ in range(3)])
+        assert client.peek(16) == 3
+        assert len(client.receive(16, 1)) == 3  # peeking took nothing away
+    finally:
+        client.close()
+
+
+def test_peek_at_a_missing_queue_is_permanent(sandbox: SandboxHandle) -> None:
+    client = _client(sandbox, "t-missing-%s" % uuid.uuid4().hex[:12])
+    try:
+        with pytest.raises(PermanentError, match="QueueNotExist"):
+            client.peek()
+    finally:
+        client.close()
