@@ -2,8 +2,8 @@
 
 Routes:
 - everything under `/queues`: the MNS API (`consumer.sandbox.mns_api`);
-- `POST /` and any request with an `x-acs-action` header: the Dybaseapi token API,
-  `consumer.sandbox.dybase.handle_acs_request` (imported lazily; 501 while it is missing);
+- `POST /` and any request with an `x-acs-action` header: the Dybaseapi token API (and
+  Dysmsapi's actions), `consumer.sandbox.dybase.handle_acs_request`;
 - `/_sandbox/...`: the admin API (`consumer.sandbox.admin`; `/_sandbox/dysms...` is the
   sending side's, `consumer.sandbox.dysms_admin`).
 A catch-all middleware turns anything unexpected into MNS error XML (InternalError, logged).
@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +35,7 @@ from consumer.sandbox.context import (
     SandboxContext,
     default_queue_names,
 )
+from consumer.sandbox.dybase import handle_acs_request
 from consumer.sandbox.engine import QueueEngine
 from consumer.sandbox.faults import Faults, FaultSettings
 from consumer.sandbox.mns_api import MnsApi, error_response
@@ -44,7 +44,6 @@ from consumer.sandbox.mns_queue import QueueAttributes
 
 log = logging.getLogger("consumer.sandbox")
 
-AcsHandler = Callable[[web.Request, SandboxContext], Awaitable[web.StreamResponse]]
 CTX_KEY = web.AppKey("sandbox_ctx", SandboxContext)
 _MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -77,33 +76,6 @@ def build_context(
     )
 
 
-class _AcsBridge:
-    """Forwards token-API requests to `consumer.sandbox.dybase` once that module exists."""
-
-    def __init__(self, ctx: SandboxContext, mns: MnsApi) -> None:
-        self._ctx = ctx
-        self._mns = mns
-        self._handler: AcsHandler | None = None
-
-    def _load(self) -> AcsHandler | None:
-        if self._handler is None:
-            try:
-                module = importlib.import_module("consumer.sandbox.dybase")
-            except ModuleNotFoundError as exc:
-                if exc.name != "consumer.sandbox.dybase":
-                    raise
-                return None
-            self._handler = getattr(module, "handle_acs_request", None)
-        return self._handler
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        handler = self._load()
-        if handler is None:
-            err = MnsError(501, "NotImplemented", "The token API is not part of this build.")
-            return error_response(err, self._mns.next_request_id(), request.host)
-        return await handler(request, self._ctx)
-
-
 def _http_error(exc: web.HTTPException) -> MnsError:
     if exc.status in (404, 405):
         return MnsError(400, "InvalidRequestURL", "Http request URL format invalid.")
@@ -115,13 +87,15 @@ def _http_error(exc: web.HTTPException) -> MnsError:
 def build_app(ctx: SandboxContext) -> web.Application:
     """The aiohttp application serving MNS, the token API and the admin API."""
     mns = MnsApi(ctx)
-    acs = _AcsBridge(ctx, mns)
+
+    async def acs(request: web.Request) -> web.StreamResponse:
+        return await handle_acs_request(request, ctx)
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             if "x-acs-action" in request.headers and not request.path.startswith("/_sandbox/"):
-                return await acs.handle(request)
+                return await acs(request)
             return await handler(request)  # type: ignore[no-any-return]  # aiohttp handler
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -136,7 +110,7 @@ def build_app(ctx: SandboxContext) -> web.Application:
     app[CTX_KEY] = ctx
     for path in ("/queues", "/queues/{name}", "/queues/{name}/messages"):
         app.router.add_route("*", path, mns.handle)
-    app.router.add_post("/", acs.handle)
+    app.router.add_post("/", acs)
     AdminApi(ctx).add_routes(app)
     dysms_admin.add_routes(app, ctx)
     return app
