@@ -41,8 +41,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import cpu_seconds
 from bench.demo_pattern import demo_pattern, raw_ceiling, token_queue
-from bench.worker_procs import Env, LongRun, cpu_seconds
+from bench.worker_procs import Env, LongRun
 from consumer.sandbox.fakes import FakeReceipts
 from consumer.sandbox.redis_server import running_redis
 from consumer.sandbox.testing import running_sandbox
@@ -98,10 +99,10 @@ def run_worker(env: Env, latency_ms: int, count: int) -> Sample:
     worker = env.worker(queue, "run-%dms" % latency_ms)
     try:
         first = env.wait_first_progress(queue, count, worker)
-        cpu_before = (worker.cpu_seconds(), env.sandbox.cpu_seconds(), env.redis_cpu())
+        cpu_before = (worker.cpu_seconds(), cpu_seconds(env.sandbox.pid), env.redis_cpu())
         switches_before = worker.context_switches()
         empty_at = env.wait_empty(queue, worker)
-        cpu_after = (worker.cpu_seconds(), env.sandbox.cpu_seconds(), env.redis_cpu())
+        cpu_after = (worker.cpu_seconds(), cpu_seconds(env.sandbox.pid), env.redis_cpu())
         switches = (worker.context_switches() - switches_before) / first
         rss = worker.rss_mb()
     finally:

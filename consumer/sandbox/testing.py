@@ -135,11 +135,6 @@ class SandboxHandle:
         answer: dict[str, Any] = self.admin("GET", f"/_sandbox/queues/{name}")
         return answer
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the sandbox process has used so far (Linux /proc)."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-
     def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode("utf-8")
         request = urllib.request.Request(  # noqa: S310 - our own loopback endpoint
