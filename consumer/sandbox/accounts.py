@@ -84,9 +84,6 @@ class CredentialStore:
             return self._root
         return self._temporary.get(access_key_id)
 
-    def temporary_count(self) -> int:
-        return len(self._temporary)
-
     def _forget_expired(self, now: float) -> None:
         horizon = now - _KEEP_EXPIRED_S
         stale = [

@@ -83,9 +83,6 @@ class SandboxConfig:
     polling_wait_s: int = 0
     delay_s: int = 0
     maximum_message_size_bytes: int = 65536
-    # Limits of one request.
-    max_batch_entries: int = 16
-    max_wait_s: int = 30
 
 
 class Clock:

@@ -200,12 +200,6 @@ class FakeReceipts:
         text, md5 = encode_body(obj)
         return FakeBody(kind=kind, body=text, body_md5=md5, obj=obj)
 
-    def largest(self, kind: str) -> FakeBody:
-        """The next valid receipt of this kind, padded to the largest body MNS accepts."""
-        obj = self._padded(kind, MNS_MAX_BODY_BYTES)
-        text, md5 = encode_body(obj)
-        return FakeBody(kind=kind, body=text, body_md5=md5, obj=obj)
-
     def malformed(self, kind: str, variant: str) -> FakeBody:
         """A broken body of this kind; `variant` is one of `MALFORMED_KINDS`."""
         if variant == "bad_base64":
