@@ -13,6 +13,7 @@ Everything is a real process: the sandbox (`running_sandbox`), redis-server
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import shutil
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,9 @@ from consumer.sandbox.config_file import write_config  # noqa: E402 - after the 
 from consumer.sandbox.publisher import Publisher  # noqa: E402
 from consumer.sandbox.redis_server import RedisServer, running_redis  # noqa: E402
 from consumer.sandbox.testing import SandboxHandle, running_sandbox  # noqa: E402
+
+# tomllib is 3.11+; the package depends on tomli for 3.10 (same API).
+tomllib: Any = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
 
 TIMEOUT_S = 900.0  # only bounds a hung run; nothing is asserted on it
 
@@ -71,6 +75,16 @@ def machine_ticks() -> tuple[int, int]:
     idle = values[3] + values[4]  # idle + iowait
     total = sum(values[:8])       # guest time is already inside user
     return total - idle, total
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`--set SECTION.KEY=VALUE` options (VALUE in TOML) as settings sections."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        section, _, option = key.partition(".")
+        out.setdefault(section, {})[option] = tomllib.loads("v = " + raw)["v"]
+    return out
 
 
 @dataclass(frozen=True)
@@ -134,9 +148,10 @@ class World:
         return env
 
     def fill_queue(self, count: int, *, seed: int = 0, message_type: str = "SmsReport",
-                   visibility_timeout_s: int = 60) -> BenchQueue:
-        """A new queue (new account id) holding `count` unique receipts, sent with the
-        latency switched off; the latency is back on when this returns."""
+                   visibility_timeout_s: int = 60,
+                   bodies: Sequence[str] | None = None) -> BenchQueue:
+        """A new queue (new account id) holding `count` unique receipts (or `bodies`), sent
+        with the latency switched off; the latency is back on when this returns."""
         account_id = str(random.randrange(10**15, 10**16))
         name = "Alicom-Queue-%s-%s" % (account_id, message_type)
         self.sandbox.set_faults(latency_ms=0)
@@ -144,7 +159,10 @@ class World:
             self.sandbox.create_queue(name, visibility_timeout_s=visibility_timeout_s)
             with Publisher(self.sandbox.endpoint, self.sandbox.access_key_id,
                            self.sandbox.access_key_secret, account_id=account_id) as pub:
-                pub.publish(message_type, count, seed=seed)
+                if bodies is None:
+                    pub.publish(message_type, count, seed=seed)
+                else:
+                    pub.send_bodies(name, list(bodies))
         finally:
             self.sandbox.set_faults(latency_ms=self.latency_ms)
         return BenchQueue(account_id, name, count)

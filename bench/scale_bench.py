@@ -18,7 +18,6 @@ was, from /proc, to tell a CPU-bound machine from a latency-bound worker.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import statistics
@@ -37,10 +36,9 @@ from bench.common import (
     bench_world,
     cpu_seconds,
     machine_ticks,
+    parse_sets,
 )
 
-# tomllib is 3.11+; the package depends on tomli for 3.10 (same API).
-tomllib: Any = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
 HANDLER = "bench.noop_handler:FirstSeenNoop"
 TARGETS = {2: 1.8, 4: 3.2}
 SATURATED = 0.9  # machine busy fraction from which a drain is CPU-bound by the host
@@ -80,15 +78,6 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="a worker setting for every run (e.g. poll.pollers=8)")
     p.add_argument("--workdir", default=None, help="keep configs and logs here")
     return p.parse_args(argv)
-
-
-def _sections(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, _, raw = item.partition("=")
-        section, _, option = key.partition(".")
-        out.setdefault(section, {})[option] = tomllib.loads("v = " + raw)["v"]
-    return out
 
 
 class _Meter:
@@ -164,7 +153,7 @@ def table(samples: list[Sample], counts: list[int]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _args(argv)
     counts = [int(c) for c in args.processes.split(",")]
-    sections = _sections(args.set)
+    sections = parse_sets(args.set)
     samples: list[Sample] = []
     with bench_world(args.latency_ms, keep=args.workdir) as world:
         for run in range(args.runs):

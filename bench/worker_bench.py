@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             running_sandbox(log_level="WARNING") as sandbox:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        env = Env(sandbox, rds, workdir, bodies, tuple(args.set))
+        env = Env(sandbox, rds, workdir, latency_ms=0, bodies=bodies, overrides=tuple(args.set))
         for run in range(args.runs):
             for lat in latencies:
                 for mode in modes:
