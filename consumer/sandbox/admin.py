@@ -28,12 +28,36 @@ _LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 _RUNTIME_KEYS = frozenset({"clock_skew_s", "token_lifetime_s"})
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """An admin answer: `data` as JSON."""
     return web.Response(status=status, text=json.dumps(data), content_type="application/json")
 
 
-def _bad_request(message: str) -> web.Response:
-    return _json({"error": message}, status=400)
+def loopback_only(handler: Any) -> Any:
+    """Wraps an admin handler: 403 for a client not on loopback, 400 for a ValueError or
+    TypeError (a bad request body or value), with the message as `error`."""
+    async def guarded(request: web.Request) -> web.Response:
+        if request.remote not in _LOOPBACK:
+            return json_response({"error": "the admin API only answers loopback clients"}, 403)
+        try:
+            return await handler(request)  # type: ignore[no-any-return]  # handlers return Response
+        except (ValueError, TypeError) as exc:
+            return json_response({"error": str(exc)}, 400)
+
+    return guarded
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object ({} without a body); ValueError / TypeError otherwise."""
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except json.JSONDecodeError as exc:
+        raise ValueError("the body must be a JSON object") from exc
+    if not isinstance(data, dict):
+        raise TypeError("the body must be a JSON object")
+    return data
 
 
 def _number(value: Any, name: str) -> float:
@@ -49,36 +73,14 @@ class AdminApi:
         self._ctx = ctx
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/_sandbox/health", self._guard(self.health))
-        app.router.add_get("/_sandbox/state", self._guard(self.state))
-        app.router.add_post("/_sandbox/faults", self._guard(self.set_faults))
-        app.router.add_post("/_sandbox/reset", self._guard(self.reset))
-        app.router.add_post("/_sandbox/clock", self._guard(self.set_clock))
-        app.router.add_post("/_sandbox/token-lifetime", self._guard(self.set_token_lifetime))
-        app.router.add_post("/_sandbox/credentials", self._guard(self.issue_credential))
-        app.router.add_get("/_sandbox/queues/{name}", self._guard(self.queue_state))
-
-    def _guard(self, handler: Any) -> Any:
-        async def guarded(request: web.Request) -> web.Response:
-            if request.remote not in _LOOPBACK:
-                return _json({"error": "the admin API only answers loopback clients"}, 403)
-            try:
-                return await handler(request)  # type: ignore[no-any-return]  # handlers return Response
-            except (ValueError, TypeError) as exc:
-                return _bad_request(str(exc))
-
-        return guarded
-
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        if not request.can_read_body:
-            return {}
-        try:
-            data = await request.json()
-        except json.JSONDecodeError as exc:
-            raise ValueError("the body must be a JSON object") from exc
-        if not isinstance(data, dict):
-            raise TypeError("the body must be a JSON object")
-        return data
+        app.router.add_get("/_sandbox/health", loopback_only(self.health))
+        app.router.add_get("/_sandbox/state", loopback_only(self.state))
+        app.router.add_post("/_sandbox/faults", loopback_only(self.set_faults))
+        app.router.add_post("/_sandbox/reset", loopback_only(self.reset))
+        app.router.add_post("/_sandbox/clock", loopback_only(self.set_clock))
+        app.router.add_post("/_sandbox/token-lifetime", loopback_only(self.set_token_lifetime))
+        app.router.add_post("/_sandbox/credentials", loopback_only(self.issue_credential))
+        app.router.add_get("/_sandbox/queues/{name}", loopback_only(self.queue_state))
 
     def _state(self) -> dict[str, Any]:
         ctx = self._ctx
@@ -91,13 +93,13 @@ class AdminApi:
         }
 
     async def health(self, request: web.Request) -> web.Response:
-        return _json({"ok": True, "pid": os.getpid()})
+        return json_response({"ok": True, "pid": os.getpid()})
 
     async def state(self, request: web.Request) -> web.Response:
-        return _json(self._state())
+        return json_response(self._state())
 
     async def set_faults(self, request: web.Request) -> web.Response:
-        changes = await self._body(request)
+        changes = await json_body(request)
         runtime = {k: changes.pop(k) for k in list(changes) if k in _RUNTIME_KEYS}
         skew = (
             _number(runtime["clock_skew_s"], "clock_skew_s") if "clock_skew_s" in runtime else None
@@ -114,26 +116,26 @@ class AdminApi:
             self._apply_skew(skew)
         if lifetime is not None:
             self._apply_lifetime(lifetime)
-        return _json(self._state())
+        return json_response(self._state())
 
     async def reset(self, request: web.Request) -> web.Response:
         self._ctx.faults.reset()
         self._apply_skew(0.0)
         self._ctx.token_lifetime_s = self._ctx.config.token_lifetime_s
-        return _json(self._state())
+        return json_response(self._state())
 
     async def set_clock(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await json_body(request)
         self._apply_skew(_number(body.get("skew_s"), "skew_s"))
-        return _json(self._state())
+        return json_response(self._state())
 
     async def set_token_lifetime(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await json_body(request)
         self._apply_lifetime(_number(body.get("seconds"), "seconds"))
-        return _json(self._state())
+        return json_response(self._state())
 
     async def issue_credential(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+        body = await json_body(request)
         message_type = body.get("message_type")
         if not isinstance(message_type, str) or not message_type:
             raise ValueError("message_type must be a non-empty string")
@@ -142,7 +144,7 @@ class AdminApi:
             self._ctx.token_lifetime_s if lifetime is None else _number(lifetime, "lifetime_s")
         )
         credential = self._ctx.accounts.issue_temporary(message_type, lifetime_s)
-        return _json(
+        return json_response(
             {
                 "access_key_id": credential.access_key_id,
                 "access_key_secret": credential.access_key_secret,
@@ -155,9 +157,9 @@ class AdminApi:
     async def queue_state(self, request: web.Request) -> web.Response:
         queue = self._ctx.engine.queue_or_none(request.match_info["name"])
         if queue is None:
-            return _json({"error": "no such queue"}, 404)
+            return json_response({"error": "no such queue"}, 404)
         active, inactive, delayed = queue.counts(self._ctx.clock.now_ms())
-        return _json(
+        return json_response(
             {
                 "name": queue.name,
                 "active": active,

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-from typing import Any
 
 from aiohttp import web
 
+from consumer.sandbox.admin import json_body, json_response, loopback_only
 from consumer.sandbox.context import SandboxContext
 from consumer.sandbox.dysms import (
     DysmsSettings,
@@ -22,31 +21,18 @@ from consumer.sandbox.dysms import (
     state_of,
 )
 
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, ensure_ascii=False))
-
 
 class _Admin:
     def __init__(self, ctx: SandboxContext) -> None:
         self._ctx = ctx
 
-    async def _guarded(self, request: web.Request) -> web.Response:
-        if request.remote not in _LOOPBACK:
-            return _json({"error": "the admin API only answers loopback clients"}, 403)
-        state = state_of(self._ctx)
-        try:
-            return await self._route(request, state)
-        except (ValueError, TypeError) as exc:
-            return _json({"error": str(exc)}, 400)
+    async def handle(self, request: web.Request) -> web.Response:
+        return await self._route(request, state_of(self._ctx))
 
     async def _route(self, request: web.Request, state: DysmsState) -> web.Response:
         action = request.match_info.get("action", "")
         if request.method == "POST" and action == "":
-            body = await request.json() if request.can_read_body else {}
-            if not isinstance(body, dict):
-                raise TypeError("the body must be a JSON object")
+            body = await json_body(request)
             state.apply(state.settings.updated(body))
         elif request.method == "POST" and action == "reset":
             state.reset()
@@ -56,12 +42,13 @@ class _Admin:
                 record.lost = False
                 produce(self._ctx, state, record)
             state.counters["lost"] -= len(lost)
-            return _json({"delivered": len(lost)})
+            return json_response({"delivered": len(lost)})
         elif action == "lost":
-            return _json([{"biz_id": r.biz_id, "phone_number": r.phone} for r in _lost(state)])
+            return json_response([{"biz_id": r.biz_id, "phone_number": r.phone}
+                                  for r in _lost(state)])
         elif action:
-            return _json({"error": "no such admin action"}, 404)
-        return _json({"settings": dataclasses.asdict(state.settings),
+            return json_response({"error": "no such admin action"}, 404)
+        return json_response({"settings": dataclasses.asdict(state.settings),
                       "counters": dict(state.counters)})
 
 
@@ -72,8 +59,8 @@ def _lost(state: DysmsState) -> list[SendRecord]:
 def add_routes(app: web.Application, ctx: SandboxContext) -> None:
     """The `/_sandbox/dysms` admin routes (server.py's hook); closes the push session on exit."""
     admin = _Admin(ctx)
-    app.router.add_route("*", "/_sandbox/dysms", admin._guarded)
-    app.router.add_route("*", "/_sandbox/dysms/{action}", admin._guarded)
+    app.router.add_route("*", "/_sandbox/dysms", loopback_only(admin.handle))
+    app.router.add_route("*", "/_sandbox/dysms/{action}", loopback_only(admin.handle))
 
     async def close_session(_app: web.Application) -> None:
         state = state_of(ctx)
