@@ -128,7 +128,7 @@ class Acker:
                 messages=len(group))
         finally:
             for s in group:
-                _log_outcome(s)
+                log_outcome(s)
                 self._stats.outcome(s.decision.outcome, s.handler, s.duration_s, s.item.receipt)
             self._window.settle_many([s.item for s in group])
 
@@ -145,14 +145,13 @@ class Acker:
                 keys = [str(s.item.dedup_key) for s in todo]
                 ok = self._redis("complete", partial(self._dedup.complete, keys, owner,
                                                      self._config.completed_ttl_s))
-                for s, owned in zip(todo, ok, strict=True):
-                    s.item.completed = owned
+                for s, ours in zip(todo, ok, strict=True):
+                    s.item.completed = ours
+            owned = [s for s in items if s.item.completed]
+            deletable += owned
+            self._stats.incr("handled", len(owned))
             for s in items:
-                owned = bool(s.item.completed)
-                if owned:
-                    deletable.append(s)
-                    self._stats.incr("handled")
-                else:
+                if not s.item.completed:
                     # Another delivery holds the claim now; its owner will delete its copy.
                     self._stats.incr("lost_claims")
                     log.warning("claim_lost", queue=s.item.delivery.queue,
@@ -269,30 +268,23 @@ class Heartbeat:
                             message_id=item.delivery.message_id, error=str(exc))
                 return False
             item.receipt_handle, item.next_visible_ms = handle, next_visible
-            item.extensions += 1
         self._stats.incr("visibility_extensions")
         return True
 
 
 def _dead_letter_of(s: Settled, message_type: str, now_ms: int) -> DeadLetter:
     d = s.item.delivery
-    return DeadLetter(
-        id="",
-        queue=d.queue,
-        message_type=message_type,
-        raw_body=d.body,
-        reason=s.decision.reason,
-        detail=s.decision.detail,
-        message_id=d.message_id,
-        dequeue_count=d.dequeue_count,
-        enqueue_time_ms=d.enqueue_time_ms,
-        first_dequeue_time_ms=d.first_dequeue_time_ms,
-        dead_at_ms=now_ms,
-        source="mns",
-    )
+    # create() fixes the id now, so a put retried after a lost reply overwrites the same
+    # entry instead of storing the letter twice.
+    return DeadLetter.create(
+        queue=d.queue, message_type=message_type, raw_body=d.body, reason=s.decision.reason,
+        detail=s.decision.detail, source="mns", message_id=d.message_id,
+        dequeue_count=d.dequeue_count, enqueue_time_ms=d.enqueue_time_ms,
+        first_dequeue_time_ms=d.first_dequeue_time_ms, dead_at_ms=now_ms)
 
 
-def _log_outcome(s: Settled) -> None:
+def log_outcome(s: Settled) -> None:
+    """The one `receipt_settled` line of an MNS receipt."""
     d = s.item.delivery
     log.info("receipt_settled", queue=d.queue, message_id=d.message_id,
              dequeue_count=d.dequeue_count,

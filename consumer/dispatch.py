@@ -31,6 +31,9 @@ from consumer.receipts import Receipt
 log = structlog.get_logger(__name__)
 
 _REASON_MAX_CHARS = 300
+
+#: The outcome of every receipt of a batch whose dispatch itself raised: retried later.
+DISPATCHER_CRASHED = HandlerOutcome("retry", "dispatcher", "dispatcher crashed", None, 0.0)
 _EWMA_WEIGHT = 0.2  # of the newest duration in a handler's running mean
 
 

@@ -35,7 +35,6 @@ class InFlight:
     # The completion record: None not written yet, True written (ours), False refused
     # (another delivery holds the claim now).
     completed: bool | None = None
-    extensions: int = 0
     id: int = field(default_factory=lambda: next(_ids))
     lock: threading.Lock = field(default_factory=threading.Lock)
 

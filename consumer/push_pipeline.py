@@ -43,9 +43,8 @@ from consumer.backoff import Backoff, call_with_retry
 from consumer.deadletter import DeadLetter, RedisDeadLetterStore
 from consumer.decode import parse_json
 from consumer.dedup import ClaimState, DedupStore, transient_from_redis
-from consumer.dispatch import Dispatcher
+from consumer.dispatch import DISPATCHER_CRASHED, Dispatcher
 from consumer.errors import AlicomReceiptsError, DecodeError
-from consumer.handler_api import HandlerOutcome
 from consumer.outcome import Decision, RetryPolicy, Verdict, classify, precheck
 from consumer.push_settings import PushSettings
 from consumer.receipts import Receipt, ReceiptMeta
@@ -228,8 +227,7 @@ class PushWorker:
             outcomes = self._dispatcher.dispatch([cast(Receipt, e.receipt) for e in claimed])
         except Exception:  # a dispatcher crash must not lose the batch: retry it
             log.exception("dispatch_crashed", receipts=len(claimed))
-            outcomes = [HandlerOutcome("retry", "dispatcher", "dispatcher crashed", None, 0.0)
-                        for _ in claimed]
+            outcomes = [DISPATCHER_CRASHED] * len(claimed)
         finally:
             self.stats.add_in_flight(-len(claimed))
         for entry, outcome in zip(claimed, outcomes, strict=True):

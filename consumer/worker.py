@@ -22,18 +22,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import structlog
 
-from consumer.ack import STOP, AckConfig, Acker, Heartbeat, Settled
+from consumer.ack import STOP, AckConfig, Acker, Heartbeat, Settled, log_outcome
 from consumer.backoff import Backoff
 from consumer.deadletter import RedisDeadLetterStore
 from consumer.decode import decode_body
 from consumer.dedup import ClaimState, DedupStore
-from consumer.dispatch import Dispatcher
+from consumer.dispatch import DISPATCHER_CRASHED, Dispatcher
 from consumer.errors import AlicomReceiptsError, AuthError, DecodeError, TransientError
 from consumer.gate import Gate
-from consumer.handler_api import HandlerOutcome
 from consumer.inflight import InFlight, Window
 from consumer.outcome import Decision, RetryPolicy, Verdict, classify, precheck
 from consumer.receipts import Receipt, ReceiptMeta
@@ -263,7 +263,7 @@ class Worker:
         items = [InFlight.of(d) for d in deliveries]
         self.window.track(items)
         rejected = self._prepare(items)
-        claimable = [i for i in items if i.receipt is not None and i not in rejected]
+        claimable = [i for i in items if i not in rejected]  # decoded: receipt is set
         try:
             states = self._claim(claimable)
         except TransientError:
@@ -310,16 +310,13 @@ class Worker:
                claimed: list[tuple[InFlight, ClaimState]]) -> None:
         to_ack = [Settled(item, decision) for item, decision in rejected.items()]
         to_run: list[InFlight] = []
-        seen: set[str] = set()
         for item, state in claimed:
-            if state is ClaimState.CLAIMED and item.dedup_key not in seen:
-                seen.add(str(item.dedup_key))
+            # The same receipt twice in one batch is CLAIMED once and IN_PROGRESS after (the
+            # DedupStore contract): the first copy runs, the other waits for its outcome.
+            if state is ClaimState.CLAIMED:
                 to_run.append(item)
                 continue
-            # The same receipt twice in one batch comes back IN_PROGRESS from the store (and
-            # is guarded here too): the first copy runs, this one waits for its outcome.
-            effective = ClaimState.IN_PROGRESS if state is ClaimState.CLAIMED else state
-            decision = classify(effective, item.delivery.dequeue_count, self.config.retry)
+            decision = classify(state, item.delivery.dequeue_count, self.config.retry)
             if decision.verdict is Verdict.LEAVE:
                 self._leave(item, decision)
             else:
@@ -335,10 +332,7 @@ class Worker:
         self.stats.incr("in_progress_skipped")
         self.stats.outcome(decision.outcome, "", 0.0, item.receipt)
         self.window.settle(item)
-        log.info("receipt_settled", queue=item.delivery.queue,
-                 message_id=item.delivery.message_id,
-                 dequeue_count=item.delivery.dequeue_count, dedup_key=item.dedup_key,
-                 outcome=decision.outcome)
+        log_outcome(Settled(item, decision))
 
     def _give_up(self, items: list[InFlight]) -> None:
         """Redis is away: let MNS re-deliver these later; nothing was claimed or run."""
@@ -353,10 +347,10 @@ class Worker:
             if batch is None:
                 return
             try:
-                outcomes = self.p.dispatcher.dispatch([i.receipt for i in batch if i.receipt])
+                outcomes = self.p.dispatcher.dispatch([cast(Receipt, i.receipt) for i in batch])
             except Exception:
                 log.exception("dispatch_crashed", messages=len(batch))
-                outcomes = [_crashed(i) for i in batch]
+                outcomes = [DISPATCHER_CRASHED] * len(batch)
             self.stats.add_in_flight(-len(batch))
             retry = self.config.retry
             settled = [
@@ -396,11 +390,6 @@ class Worker:
                 return
             if group:
                 acker.settle(group)
-
-
-def _crashed(item: InFlight) -> HandlerOutcome:
-    return HandlerOutcome(kind="retry", handler="dispatcher", reason="dispatcher crashed",
-                          delay_s=None, duration_s=0.0)
 
 
 def _meta(d: Delivery) -> ReceiptMeta:
