@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,17 +27,12 @@ from consumer.metrics import (
     setup_metrics,
 )
 from consumer.receipts import Receipt, ReceiptMeta, SmsReport, SmsUp
+from consumer.sandbox.redis_server import free_port
 from consumer.stats import Stats
 
 REPO = Path(__file__).resolve().parents[1]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 Q = "SmsReport"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(address: str) -> Samples:

@@ -16,6 +16,7 @@ from mns.queue import Message, Queue
 
 from consumer.credentials import AccessKey
 from consumer.errors import AlicomReceiptsError, AuthError, PermanentError, TransientError
+from consumer.sandbox.redis_server import free_port
 from consumer.sandbox.testing import SandboxHandle, running_sandbox
 from consumer.settings import Endpoints, TokenSettings
 from consumer.tokens import (
@@ -81,13 +82,6 @@ def make_service(sandbox: SandboxHandle) -> ServiceFactory:
                                queue_name=sandbox.queue_name, stop=stop, observer=counters)
         return service, counters
     return make
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def publish(sandbox: SandboxHandle, message_type: str, body: str = "aGVsbG8=") -> None:
