@@ -370,7 +370,7 @@ def test_collector_reports_down_instead_of_failing_the_scrape() -> None:
 def test_err_codes() -> None:
     assert describe("DELIVRD").known
     assert describe("isv.mobile_number_illegal").meaning == "invalid phone number format"
-    assert describe("MK:0001") == describe("MK:0001")
+    assert describe("MK:0001").meaning == "carrier-specific code MK: meaning not published"
     assert not describe("MK:0001").known
     assert describe("ZZ-42").meaning == "unknown code"
     assert not describe("").known

@@ -21,7 +21,7 @@ from consumer.handlers.log import LogHandler
 from consumer.handlers.redis_stream import RedisStreamHandler
 from consumer.handlers.webhook import WebhookHandler
 from consumer.plugins import HandlerSpec, PluginError, load_handlers
-from consumer.receipts import IntlSmsReport, Receipt, ReceiptMeta, SmsReport
+from consumer.receipts import IntlSmsReport, Receipt, ReceiptMeta, SmsReport, SmsUp
 from consumer.sandbox.redis_server import RedisServer, free_port
 
 WAIT_S = 30.0
@@ -34,6 +34,14 @@ def report(n: int, err_msg: str = "用户接收成功") -> SmsReport:
     return SmsReport(raw=raw, meta=ReceiptMeta("mns", "q", f"msg-{n}", 2),
                      phone_number=phone, biz_id=biz_id, success=True, err_code="DELIVERED",
                      err_msg=err_msg)
+
+
+def uplink(n: int) -> SmsUp:
+    raw = {"phone_number": "139", "content": f"hi {n}", "send_time": "2017-01-01 00:00:00",
+           "dest_code": "1", "sequence_id": str(n)}
+    return SmsUp(raw=raw, meta=ReceiptMeta("mns", "q-up", f"up-{n}", 1), phone_number="139",
+                 content=raw["content"], send_time=raw["send_time"], dest_code="1",
+                 sequence_id=str(n))
 
 
 # --- log ------------------------------------------------------------------------------
@@ -344,9 +352,10 @@ def test_webhook_outcomes_through_the_dispatcher(hook_server: tuple[str, type[Ho
     ])
     dispatcher = Dispatcher(routes, deadline_s=WAIT_S, max_workers=4)
     try:
-        outcomes = dispatcher.dispatch([report(1), report(2)])
+        outcomes = dispatcher.dispatch([report(1), uplink(2), report(3)])
     finally:
         dispatcher.close()
 
-    assert [o.kind for o in outcomes] == ["ok", "ok"]
+    assert [(o.kind, o.handler) for o in outcomes] == [
+        ("ok", "webhook"), ("permanent", "bad-hook"), ("ok", "webhook")]
     assert [h.name for h in routes["SmsUp"]] == ["bad-hook"]
