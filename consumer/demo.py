@@ -27,36 +27,10 @@ from alibabacloud_dysmsapi20170525.models import SendSmsRequest
 from alibabacloud_tea_openapi.models import Config
 
 from consumer.deadletter import DeadLetterSettings, RedisDeadLetterStore
+from consumer.sandbox.config_file import write_config
 from consumer.sandbox.publisher import Publisher
 from consumer.sandbox.redis_server import running_redis
 from consumer.sandbox.testing import SandboxHandle, running_sandbox
-
-CONFIG = """\
-[alicom]
-preset = "custom"
-mns_endpoint = "{endpoint}"
-token_endpoint = "{token_endpoint}"
-token_protocol = "http"
-account_id = "{account_id}"
-queues = ["SmsReport"]
-
-[redis]
-url = "{redis_url}"
-
-[poll]
-pollers = 2
-wait_seconds = 2
-socket_timeout_s = 10
-
-[worker]
-shutdown_budget_s = 10
-
-[log]
-format = "console"
-
-[[handlers]]
-use = "log"
-"""
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -71,10 +45,16 @@ def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
     with tempfile.TemporaryDirectory(prefix="alicom-demo-") as tmp, running_redis() as rds, \
             running_sandbox() as sandbox:
-        config = Path(tmp) / "demo.toml"
-        token_endpoint = sandbox.endpoint.removeprefix("http://")
-        config.write_text(CONFIG.format(endpoint=sandbox.endpoint, token_endpoint=token_endpoint,
-                                        account_id=sandbox.account_id, redis_url=rds.url))
+        config = write_config(Path(tmp) / "demo.toml", {
+            "alicom": {"preset": "custom", "mns_endpoint": sandbox.endpoint,
+                       "token_endpoint": sandbox.endpoint.removeprefix("http://"),
+                       "token_protocol": "http", "account_id": sandbox.account_id,
+                       "queues": ["SmsReport"]},
+            "redis": {"url": rds.url},
+            "poll": {"pollers": 2, "wait_seconds": 2, "socket_timeout_s": 10},
+            "worker": {"shutdown_budget_s": 10},
+            "log": {"format": "console"},
+        }, [{"use": "log"}])
         env = dict(os.environ, ALIBABA_CLOUD_ACCESS_KEY_ID=sandbox.access_key_id,
                    ALIBABA_CLOUD_ACCESS_KEY_SECRET=sandbox.access_key_secret)
         print("demo: sandbox on %s, redis on %s, worker starting" % (sandbox.endpoint, rds.url))

@@ -40,6 +40,7 @@ from consumer.handler_api import (
     handler_name,
     is_batch_handler,
 )
+from consumer.handlers import one_line
 from consumer.receipts import MESSAGE_TYPES, Receipt
 
 log = structlog.get_logger(__name__)
@@ -127,10 +128,6 @@ def close_handlers(routes: Mapping[str, Sequence[object]]) -> None:
                 log.exception("handler_close_failed", handler=handler_name(obj))
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
-
-
 def _resolve(use: str) -> tuple[object, str]:
     """The object `use` names, and the default name for it."""
     plugins = available_handlers()
@@ -154,7 +151,7 @@ def _import_ref(ref: str, label: str) -> object:
         obj: object = importlib.import_module(module_name)
     except Exception as exc:  # any import-time crash of a plugin is a config problem
         raise PluginError(
-            f"cannot import module '{module_name}' for handler '{label}': {_one_line(exc)}",
+            f"cannot import module '{module_name}' for handler '{label}': {one_line(exc)}",
         ) from exc
     for part in attr_path.split("."):
         try:
@@ -176,10 +173,10 @@ def _instantiate(spec: HandlerSpec, target: object) -> AnyHandler:
             obj: object = target(**spec.options)
         except TypeError as exc:
             raise PluginError(
-                f"bad options for handler '{spec.use}' ({target.__qualname__}): {_one_line(exc)}",
+                f"bad options for handler '{spec.use}' ({target.__qualname__}): {one_line(exc)}",
             ) from exc
         except Exception as exc:  # its own validation (ConfigError, ValueError, OSError...)
-            raise PluginError(f"handler '{spec.use}' failed to start: {_one_line(exc)}") from exc
+            raise PluginError(f"handler '{spec.use}' failed to start: {one_line(exc)}") from exc
         if not _is_handler_object(obj):
             raise PluginError(f"'{spec.use}' is not a handler: {target.__qualname__} has "
                               "neither handle(receipt) nor handle_batch(receipts)")

@@ -30,7 +30,6 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -268,7 +267,7 @@ class PushWorker:
                 else:  # another delivery holds the claim now; it acknowledges its copy
                     self.stats.incr("lost_claims")
                     log.warning("claim_lost", entry_id=entry.id, dedup_key=entry.key)
-            self.stats.incr("handled", len(ran) - Counter(map(bool, owned))[False])
+            self.stats.incr("handled", sum(owned))
         return deletable
 
     def _retry(self, retried: list[Entry], owner: str, consumer: str) -> None:

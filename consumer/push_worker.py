@@ -33,7 +33,7 @@ from consumer.push_settings import PushSettings, load_push_config
 from consumer.settings import Settings, config_path
 from consumer.stats import Stats
 
-__all__ = ["PushWorker", "build_push_worker", "main", "serve"]
+__all__ = ["build_push_worker", "main", "serve"]
 
 log = structlog.get_logger("alicom_receipts.push_worker")
 

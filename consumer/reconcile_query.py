@@ -156,8 +156,6 @@ class DetailsClient:
     def __init__(self, client: DysmsClient, rs: ReconcileSettings, stop: threading.Event) -> None:
         self._client, self._rs, self._stop = client, rs, stop
         self._bucket = TokenBucket(rs.qps, stop)
-        self.requests = 0
-        self.throttled = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, rs: ReconcileSettings, env: Mapping[str, str],
@@ -213,7 +211,6 @@ class DetailsClient:
 
     def _call(self, request: QuerySendDetailsRequest) -> dict[str, Any]:
         self._bucket.acquire()
-        self.requests += 1
         try:
             body: dict[str, Any] = self._client.query_send_details(request).body.to_map()
         except TeaException as exc:
@@ -229,7 +226,6 @@ class DetailsClient:
     def _error(self, code: str, status: Any, exc: BaseException | None) -> AlicomReceiptsError:
         text = "QuerySendDetails refused: %s (HTTP %s)" % (code or "no code", status)
         if _THROTTLED.search(code) or status == 429:
-            self.throttled += 1
             return ThrottledError(text)
         if _AUTH.search(code) or status in (401, 403):
             return AuthError(text)

@@ -151,10 +151,6 @@ class SendTracker:
         self._record = client.register_script(_RECORD)
         self._clear = client.register_script(_CLEAR)
 
-    @property
-    def settings(self) -> TrackingSettings:
-        return self._settings
-
     def record(self, biz_id: str, phone_number: str,
                send_date: dt.datetime | dt.date | float | None = None, out_id: str = "") -> bool:
         """Tracks one send (`send_date`: see `epoch_of`); False if it was tracked already."""
