@@ -64,10 +64,11 @@ def test_an_mns_redelivery_after_a_lost_delete_is_applied_once(stack: Stack) -> 
     stack.sandbox.reset()
     stack.wait(stack.queue_is_empty, "the re-delivered message deleted")
     worker.signal(signal.SIGTERM)
-    worker.wait(30)
+    assert worker.wait(30) == 0
     assert stack.applied() == {report_key(report.messages[0].obj): 1}
     outcomes = [(e["outcome"], e["dequeue_count"]) for e in stack.log_events("receipt_settled")]
-    assert ("duplicate", 2) in outcomes or any(o == "duplicate" for o, _ in outcomes)
+    # One message was published: a duplicate can only be its re-delivery.
+    assert any(o == "duplicate" and n >= 2 for o, n in outcomes), outcomes
 
 
 def test_a_failing_handlers_receipt_comes_back_and_succeeds_later(stack: Stack) -> None:
