@@ -42,16 +42,15 @@ def call_with_retry(
     *,
     attempts: int = 5,
     max_wait_s: float = 10.0,
-    retry_on: tuple[type[BaseException], ...] = (TransientError,),
 ) -> T:
-    """Calls `fn`, retrying `retry_on` errors up to `attempts` times or until `stop` is set.
+    """Calls `fn`, retrying TransientError up to `attempts` times or until `stop` is set.
 
     The last error is re-raised unchanged when the attempts run out.
     """
     retrying = Retrying(
         stop=stop_after_attempt(attempts) | stop_when_event_set(stop),
         wait=wait_random_exponential(multiplier=0.2, max=max_wait_s),
-        retry=retry_if_exception_type(retry_on),
+        retry=retry_if_exception_type(TransientError),
         before_sleep=_log_before_sleep(what),
         sleep=lambda seconds: _interruptible_sleep(stop, seconds),
         reraise=True,
@@ -63,11 +62,15 @@ def _interruptible_sleep(stop: threading.Event, seconds: float) -> None:
     stop.wait(seconds)
 
 
+#: The cap of `Backoff`'s delays by default; the systemd watchdog allows for one such sleep.
+BACKOFF_MAX_S = 30.0
+
+
 class Backoff:
     """Delays for a loop that must keep going (a poller facing an outage): 0.2 s doubling,
     jittered, capped at `max_s`; `reset()` after a success."""
 
-    def __init__(self, max_s: float = 30.0) -> None:
+    def __init__(self, max_s: float = BACKOFF_MAX_S) -> None:
         self._wait = wait_random_exponential(multiplier=0.2, max=max_s)
         self._attempt = 0
 

@@ -35,12 +35,12 @@ class RetryPolicy:
     def delay_s(self, dequeue_count: int) -> int:
         """base * 2^(n-1), capped, with up to 10% jitter so retries of a batch spread out.
 
-        MNS takes whole seconds from 1 to 43200.
+        Whole seconds; `_classify_handler` clamps them to MNS's 1-43200.
         """
         exponent = min(max(dequeue_count - 1, 0), 30)
         delay = min(self.retry_max_s, self.retry_base_s * (2 ** exponent))
         delay += random.uniform(0, delay * 0.1)  # noqa: S311 - jitter, not cryptography
-        return int(min(max(delay, 1), 43200))
+        return int(delay)  # the caller clamps to MNS's range, handler delays included
 
 
 @dataclass(frozen=True, slots=True)

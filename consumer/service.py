@@ -27,15 +27,15 @@ from types import FrameType
 
 import structlog
 
+from consumer.backoff import BACKOFF_MAX_S
 from consumer.errors import AlicomReceiptsError
 from consumer.notify import Notifier
 from consumer.worker import Worker
 
 log = structlog.get_logger("alicom_receipts.service")
 
-#: The cap of the pollers' backoff (`consumer.backoff.Backoff()`'s default, which the worker
-#: uses): after a failed poll a poller sleeps up to this long before its turn ends.
-POLL_BACKOFF_MAX_S = 30.0
+#: The cap of the pollers' backoff (consumer.backoff.Backoff's default).
+POLL_BACKOFF_MAX_S = BACKOFF_MAX_S
 #: Counters whose increase means a message left our hands: the pipeline moves even while
 #: every poller waits for room in a full in-flight window (back-pressure is not a wedge).
 SETTLE_COUNTERS = frozenset({"deleted", "retries", "handed_back", "in_progress_skipped",

@@ -99,7 +99,7 @@ class Worker:
         # between threads costs more than the work on one receipt.
         self.acks: queue.Queue[list[Settled] | None] = queue.Queue()
         self.stop_receiving = threading.Event()  # first signal: drain
-        self.abort = abort or threading.Event()  # second signal: leave now
+        self.abort = abort or threading.Event()  # set when the drain ends: retries stop
         self.acks_closed = threading.Event()     # the ackers' STOPs are queued
         self._threads: dict[str, list[threading.Thread]] = {}
         self._clients: list[QueueClient] = []
@@ -120,9 +120,7 @@ class Worker:
                  runners=c.runners, ackers=c.ackers, in_flight_max=c.in_flight_max)
 
     def request_stop(self) -> None:
-        """First call: stop receiving and drain. Second call: abort at once."""
-        if self.stop_receiving.is_set():
-            self.abort.set()
+        """Stop receiving and drain (a second signal is `serve`'s: it exits at once)."""
         self.stop_receiving.set()
 
     def status(self) -> str:
@@ -388,8 +386,7 @@ class Worker:
             group = acker.collect(self.acks)
             if group is None:
                 return
-            if group:
-                acker.settle(group)
+            acker.settle(group)  # never empty: only non-empty lists are queued
 
 
 def _meta(d: Delivery) -> ReceiptMeta:
