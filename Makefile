@@ -17,14 +17,16 @@ demo: $(STAMP)
 	bash .ci/ensure-redis
 	$(VENV)/bin/alicom-receipts demo
 
-# Installs what the tests need (a real redis-server included) and runs them.
-test: $(STAMP)
+# Installs what the tests need (a real redis-server included), runs the lint, then the tests.
+test: lint
 	bash .ci/ensure-redis
 	$(PY) -m pytest -q
 
+# ruff (complexity limit on), mypy strict, and the layer rules (import-linter contracts).
 lint: $(STAMP)
-	$(VENV)/bin/ruff check consumer tests bench examples
+	$(VENV)/bin/ruff check consumer alicom_sandbox tests bench examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # Benchmarks: not part of the test suite (this machine is shared and noisy).
 bench: bench-sandbox bench-worker bench-scale bench-push

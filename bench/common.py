@@ -32,10 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from consumer.sandbox.config_file import write_config  # noqa: E402 - after the path set-up
-from consumer.sandbox.publisher import Publisher  # noqa: E402
-from consumer.sandbox.redis_server import RedisServer, running_redis  # noqa: E402
-from consumer.sandbox.testing import SandboxHandle, running_sandbox  # noqa: E402
+from alicom_sandbox.config_file import write_config  # noqa: E402 - after the path set-up
+from alicom_sandbox.publisher import Publisher  # noqa: E402
+from alicom_sandbox.redis_server import RedisServer, running_redis  # noqa: E402
+from alicom_sandbox.testing import SandboxHandle, running_sandbox  # noqa: E402
 
 # tomllib is 3.11+; the package depends on tomli for 3.10 (same API).
 tomllib: Any = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")

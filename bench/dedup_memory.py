@@ -28,8 +28,8 @@ import redis
 # Run as a script from anywhere: the project root holds `consumer` and `tests`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consumer.dedup import DedupSettings, RedisDedupStore
-from consumer.sandbox.redis_server import running_redis
+from alicom_sandbox.redis_server import running_redis
+from consumer.pipeline.dedup import DedupSettings, RedisDedupStore
 
 LEASE_S = 60.0
 COMPLETED_TTL_S = 7 * 24 * 3600.0

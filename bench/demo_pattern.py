@@ -21,7 +21,7 @@ from mns.account import Account
 from mns.mns_exception import MNSServerException
 from mns.queue import Queue
 
-from consumer.sandbox.testing import SandboxHandle
+from alicom_sandbox.testing import SandboxHandle
 
 WAIT_SECONDS = 1
 

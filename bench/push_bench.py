@@ -28,10 +28,10 @@ from pathlib import Path
 
 import aiohttp
 
+from alicom_sandbox.config_file import write_config
+from alicom_sandbox.redis_server import free_port, running_redis
 from consumer.handler_api import handler
 from consumer.receipts import Receipt
-from consumer.sandbox.config_file import write_config
-from consumer.sandbox.redis_server import free_port, running_redis
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_P99_MS = 50.0

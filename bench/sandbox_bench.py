@@ -29,11 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from alicom_sandbox.fakes import FakeReceipts, message_type_of_kind
+from alicom_sandbox.publisher import Publisher
+from alicom_sandbox.testing import SandboxHandle, running_sandbox
 from bench.common import cpu_seconds
 from bench.demo_pattern import raw_ceiling, token_queue
-from consumer.sandbox.fakes import FakeReceipts, message_type_of_kind
-from consumer.sandbox.publisher import Publisher
-from consumer.sandbox.testing import SandboxHandle, running_sandbox
 
 
 @dataclass(frozen=True)

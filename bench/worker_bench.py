@@ -41,12 +41,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from alicom_sandbox.fakes import FakeReceipts
+from alicom_sandbox.redis_server import running_redis
+from alicom_sandbox.testing import running_sandbox
 from bench.common import cpu_seconds
 from bench.demo_pattern import demo_pattern, raw_ceiling, token_queue
 from bench.worker_procs import Env, LongRun
-from consumer.sandbox.fakes import FakeReceipts
-from consumer.sandbox.redis_server import running_redis
-from consumer.sandbox.testing import running_sandbox
 
 MODES = ("worker", "demo", "raw")
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from alicom_sandbox.fakes import FakeReceipts
 from bench.common import (
     BenchQueue,
     Worker,
@@ -23,7 +24,6 @@ from bench.common import (
     parse_sets,
     rss_mb,
 )
-from consumer.sandbox.fakes import FakeReceipts
 
 NOOP_HANDLER = "bench.worker_noop:noop"
 

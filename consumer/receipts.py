@@ -1,6 +1,6 @@
 """Typed receipts: one frozen dataclass per Alicom message type, and their dedup keys.
 
-A receipt is built by `consumer.decode` from one JSON object (an MNS message body or one
+A receipt is built by `consumer.pipeline.decode` from one JSON object (an MNS message body or one
 element of an HTTP push array). Every typed field has the documented meaning under a
 snake_case name; the object exactly as received stays in `raw`, unknown keys included.
 

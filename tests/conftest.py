@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from consumer.sandbox.redis_server import RedisServer, running_redis
+from alicom_sandbox.redis_server import RedisServer, running_redis
 
 
 @pytest.fixture(scope="session")

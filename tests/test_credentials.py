@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from consumer.credentials import AccessKey, load_access_key
+from alicom_sandbox.testing import SandboxHandle, running_sandbox
+from consumer.clients.credentials import AccessKey, load_access_key
+from consumer.clients.tokens import TokenService
 from consumer.errors import ConfigError
-from consumer.sandbox.testing import SandboxHandle, running_sandbox
 from consumer.settings import Endpoints
-from consumer.tokens import TokenService
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "cred-secret-0123456789"
@@ -123,10 +123,10 @@ def test_a_key_from_the_credentials_directory_gets_a_token(
 
 CHAIN_PROGRAM = textwrap.dedent("""
     import json, os, sys
-    from consumer.credentials import load_access_key
+    from consumer.clients.credentials import load_access_key
     from consumer.errors import ConfigError
     from consumer.settings import Endpoints
-    from consumer.tokens import TokenService
+    from consumer.clients.tokens import TokenService
     try:
         key = load_access_key(os.environ)
     except ConfigError as exc:

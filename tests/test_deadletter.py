@@ -15,15 +15,15 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.deadletter import (
+from alicom_sandbox.config_file import write_config
+from alicom_sandbox.redis_server import RedisServer
+from consumer.errors import ConfigError, TransientError
+from consumer.pipeline.deadletter import (
     DeadLetter,
     DeadLetterSettings,
     RedisDeadLetterStore,
     new_dead_letter_id,
 )
-from consumer.errors import ConfigError, TransientError
-from consumer.sandbox.config_file import write_config
-from consumer.sandbox.redis_server import RedisServer
 
 DAY_MS = 24 * 3600 * 1000
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from consumer.decode import MAX_BODY_BYTES, decode_body, parse_json, parse_object
 from consumer.errors import DecodeError
+from consumer.pipeline.decode import MAX_BODY_BYTES, decode_body, parse_json, parse_object
 from consumer.receipts import (
     CardVendorOp,
     GlobeSmsReport,

@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.decode import decode_body, parse_object
 from consumer.errors import DecodeError
+from consumer.pipeline.decode import decode_body, parse_object
 from consumer.receipts import (
     CardVendorOp,
     GlobeSmsReport,

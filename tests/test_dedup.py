@@ -10,9 +10,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.dedup import ClaimState, DedupSettings, RedisDedupStore, transient_from_redis
+from alicom_sandbox.redis_server import RedisServer
 from consumer.errors import ConfigError, TransientError
-from consumer.sandbox.redis_server import RedisServer
+from consumer.pipeline.dedup import ClaimState, DedupSettings, RedisDedupStore, transient_from_redis
 
 LONG_S = 60.0
 SHORT_LEASE_S = 0.2

@@ -15,9 +15,14 @@ from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from consumer.decode import parse_object
-from consumer.delivery_report import DeliveryStatsCollector
-from consumer.delivery_stats import (
+from alicom_sandbox.redis_server import RedisServer, free_port
+from consumer.errors import RetryLater
+from consumer.handlers.delivery_stats import DeliveryStatsHandler
+from consumer.handlers.plugins import HandlerSpec, PluginError, close_handlers, load_handlers
+from consumer.pipeline.decode import parse_object
+from consumer.receipts import Receipt, ReceiptMeta
+from consumer.reports.delivery_report import DeliveryStatsCollector
+from consumer.reports.delivery_stats import (
     DEFAULT_PREFIX,
     StatsWriter,
     hour_key,
@@ -25,12 +30,7 @@ from consumer.delivery_stats import (
     observe,
     record_submitted,
 )
-from consumer.err_codes import describe
-from consumer.errors import RetryLater
-from consumer.handlers.delivery_stats import DeliveryStatsHandler
-from consumer.plugins import HandlerSpec, PluginError, close_handlers, load_handlers
-from consumer.receipts import Receipt, ReceiptMeta
-from consumer.sandbox.redis_server import RedisServer, free_port
+from consumer.reports.err_codes import describe
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 # The sample's hours are fixed dates in the past; a bucket expires `ttl` after its hour, so

@@ -9,7 +9,6 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge
 from structlog.testing import capture_logs
 
-from consumer.dispatch import Dispatcher
 from consumer.errors import ConfigError, PermanentFailure, RetryLater
 from consumer.handler_api import (
     BatchHandler,
@@ -20,6 +19,7 @@ from consumer.handler_api import (
     handler,
     worst,
 )
+from consumer.pipeline.dispatch import Dispatcher
 from consumer.receipts import Receipt, ReceiptMeta, SmsReport, SmsUp
 
 WAIT_S = 30.0  # an upper bound for "eventually", never a speed expectation

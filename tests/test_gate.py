@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from consumer.gate import Gate
+from consumer.sources.mns.gate import Gate
 
 WAIT_S = 30.0  # an upper bound for "eventually", never a speed expectation
 

@@ -13,16 +13,16 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from consumer.dispatch import Dispatcher
+from alicom_sandbox.redis_server import RedisServer, free_port
 from consumer.errors import ConfigError, PermanentFailure, RetryLater
 from consumer.handlers import receipt_json
 from consumer.handlers.jsonl import JsonLinesHandler
 from consumer.handlers.log import LogHandler
+from consumer.handlers.plugins import HandlerSpec, PluginError, load_handlers
 from consumer.handlers.redis_stream import RedisStreamHandler
 from consumer.handlers.webhook import WebhookHandler
-from consumer.plugins import HandlerSpec, PluginError, load_handlers
+from consumer.pipeline.dispatch import Dispatcher
 from consumer.receipts import IntlSmsReport, Receipt, ReceiptMeta, SmsReport, SmsUp
-from consumer.sandbox.redis_server import RedisServer, free_port
 
 WAIT_S = 30.0
 

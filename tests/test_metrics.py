@@ -18,17 +18,17 @@ from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from consumer.dispatch import Dispatcher
+from alicom_sandbox.redis_server import free_port
 from consumer.errors import ConfigError
-from consumer.metrics import (
+from consumer.pipeline.dispatch import Dispatcher
+from consumer.pipeline.stats import Stats
+from consumer.receipts import Receipt, ReceiptMeta, SmsReport, SmsUp
+from consumer.runtime.metrics import (
     Exposition,
     MetricsHandle,
     MetricsSettings,
     setup_metrics,
 )
-from consumer.receipts import Receipt, ReceiptMeta, SmsReport, SmsUp
-from consumer.sandbox.redis_server import free_port
-from consumer.stats import Stats
 
 REPO = Path(__file__).resolve().parents[1]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -210,8 +210,8 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 30) -> None:
 
 CHILD = """
 import sys
-from consumer.metrics import MetricsSettings, setup_metrics
-from consumer.stats import Stats
+from consumer.runtime.metrics import MetricsSettings, setup_metrics
+from consumer.pipeline.stats import Stats
 stats = Stats()
 handle = setup_metrics(MetricsSettings(address=sys.argv[1], multiproc_dir=sys.argv[2]),
                        "SmsReport", stats, interval_s=3600)
@@ -310,8 +310,8 @@ def test_close_puts_back_the_value_class_it_found(start: Callable[..., Running])
 
 def test_disabled_metrics_never_import_prometheus_client() -> None:
     code = ("import sys\n"
-            "from consumer.metrics import MetricsSettings, setup_metrics\n"
-            "from consumer.stats import Stats\n"
+            "from consumer.runtime.metrics import MetricsSettings, setup_metrics\n"
+            "from consumer.pipeline.stats import Stats\n"
             "assert setup_metrics(MetricsSettings(address=None), 'SmsReport', Stats()) is None\n"
             "assert 'prometheus_client' not in sys.modules, 'imported'\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from consumer.notify import Notifier
-from consumer.service import POLL_BACKOFF_MAX_S, Health, ServiceSettings
-from consumer.stats import Stats
+from consumer.pipeline.stats import Stats
+from consumer.runtime.notify import Notifier
+from consumer.runtime.service import POLL_BACKOFF_MAX_S, Health, ServiceSettings
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ class Recorded(Notifier):
 
 
 class WorkerView:
-    """The parts of consumer.worker.Worker that Health reads, driven by the test."""
+    """The parts of consumer.sources.mns.worker.Worker that Health reads, driven by the test."""
 
     def __init__(self) -> None:
         self.ready = threading.Event()

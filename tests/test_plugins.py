@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from consumer.dispatch import Dispatcher
 from consumer.handler_api import BatchResult, FunctionHandler, handler
 from consumer.handlers.log import LogHandler
-from consumer.plugins import (
+from consumer.handlers.plugins import (
     GROUP,
     HandlerSpec,
     PluginError,
@@ -26,6 +25,7 @@ from consumer.plugins import (
     close_handlers,
     load_handlers,
 )
+from consumer.pipeline.dispatch import Dispatcher
 from consumer.receipts import MESSAGE_TYPES, Receipt, ReceiptMeta, SmsReport
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,7 +278,7 @@ def test_a_crash_in_close_is_logged_and_the_others_still_close() -> None:
 
 PROBE = textwrap.dedent("""
     import json, sys
-    from consumer.plugins import HandlerSpec, available_handlers, load_handlers
+    from consumer.handlers.plugins import HandlerSpec, available_handlers, load_handlers
     from consumer.receipts import ReceiptMeta, SmsReport
     routes = load_handlers([HandlerSpec("example-print", types=("SmsReport",),
                                         options={"prefix": "PRINTED"})])

@@ -17,16 +17,16 @@ import pytest
 import redis
 import structlog
 
-from consumer.deadletter import DeadLetterSettings, RedisDeadLetterStore
-from consumer.dedup import DedupSettings, RedisDedupStore
-from consumer.dispatch import Dispatcher
+from alicom_sandbox.redis_server import RedisServer, running_redis
 from consumer.errors import ConfigError, RetryLater
-from consumer.outcome import RetryPolicy
-from consumer.push import SUCCESS, parse_push_body, running_push_server
-from consumer.push_pipeline import PushWorker
-from consumer.push_settings import PushSettings, load_push_config
+from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
+from consumer.pipeline.dedup import DedupSettings, RedisDedupStore
+from consumer.pipeline.dispatch import Dispatcher
+from consumer.pipeline.outcome import RetryPolicy
 from consumer.receipts import Receipt
-from consumer.sandbox.redis_server import RedisServer, running_redis
+from consumer.settings.push import PushSettings, load_push_config
+from consumer.sources.push.pipeline import PushWorker
+from consumer.sources.push.server import SUCCESS, parse_push_body, running_push_server
 from tests.e2e.harness import wait_until
 
 SAMPLES = Path("/work/shared/reference/samples")

@@ -1,6 +1,6 @@
 import redis
 
-from consumer.sandbox.redis_server import RedisServer
+from alicom_sandbox.redis_server import RedisServer
 
 
 def test_the_test_redis_is_a_real_server_that_can_go_away_and_come_back(

@@ -1,6 +1,7 @@
 """The worker's receive path reads BatchReceiveMessage answers as the SDK's decoder does.
 
-`consumer.source.parse_batch_receive` replaces the SDK's minidom decoder on the hot path; these
+`consumer.sources.mns.queue.parse_batch_receive` replaces the SDK's minidom decoder on the hot
+path; these
 tests hold it to the SDK's own reading of the same documents, and run `MnsQueueClient.receive`
 against the sandbox through the SDK's request, signing and error handling.
 """
@@ -15,11 +16,11 @@ from mns.auth import StaticCredentialsProvider
 from mns.mns_exception import MNSClientNetworkException
 from mns.mns_xml_handler import BatchRecvMessageDecoder, ReceiptHandlesEncoder
 
+from alicom_sandbox.fakes import FakeReceipts
+from alicom_sandbox.publisher import Publisher
+from alicom_sandbox.testing import SandboxHandle, running_sandbox
 from consumer.errors import PermanentError, TransientError
-from consumer.sandbox.fakes import FakeReceipts
-from consumer.sandbox.publisher import Publisher
-from consumer.sandbox.testing import SandboxHandle, running_sandbox
-from consumer.source import (
+from consumer.sources.mns.queue import (
     Delivery,
     MnsQueueClient,
     encode_receipt_handles,

@@ -14,17 +14,17 @@ from mns.account import Account
 from mns.mns_exception import MNSServerException
 from mns.queue import Message, Queue
 
-from consumer.credentials import AccessKey
-from consumer.errors import AlicomReceiptsError, AuthError, PermanentError, TransientError
-from consumer.sandbox.redis_server import free_port
-from consumer.sandbox.testing import SandboxHandle, running_sandbox
-from consumer.settings import Endpoints, TokenSettings
-from consumer.tokens import (
+from alicom_sandbox.redis_server import free_port
+from alicom_sandbox.testing import SandboxHandle, running_sandbox
+from consumer.clients.credentials import AccessKey
+from consumer.clients.tokens import (
     MnsToken,
     TokenService,
     classify,
     parse_shanghai_time,
 )
+from consumer.errors import AlicomReceiptsError, AuthError, PermanentError, TransientError
+from consumer.settings import Endpoints, TokenSettings
 
 QUICK = TokenSettings(max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.05)
 

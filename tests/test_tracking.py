@@ -8,12 +8,12 @@ import time
 import pytest
 import redis
 
-from consumer.decode import parse_object
+from alicom_sandbox.redis_server import RedisServer
 from consumer.errors import ConfigError, RetryLater
 from consumer.handlers.tracking import SendTracker as SendTrackerHandler
+from consumer.pipeline.decode import parse_object
 from consumer.receipts import Receipt, ReceiptMeta
-from consumer.sandbox.redis_server import RedisServer
-from consumer.tracking import (
+from consumer.reports.tracking import (
     SHANGHAI,
     SendTracker,
     TrackedSend,

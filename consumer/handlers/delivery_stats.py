@@ -1,5 +1,5 @@
 """`delivery-stats`: per-hour delivery counters of SmsReports in Redis (see
-`consumer.delivery_stats` for the keys, and `alicom-receipts stats` to read them)."""
+`consumer.reports.delivery_stats` for the keys, and `alicom-receipts stats` to read them)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from collections.abc import Sequence
 
 import redis
 
-from consumer.delivery_stats import (
+from consumer.errors import ConfigError, RetryLater
+from consumer.handler_api import BatchResult
+from consumer.handlers import one_line
+from consumer.receipts import Receipt
+from consumer.reports.delivery_stats import (
     DEFAULT_ONCE_TTL_S,
     DEFAULT_PREFIX,
     DEFAULT_TTL_S,
     StatsWriter,
 )
-from consumer.errors import ConfigError, RetryLater
-from consumer.handler_api import BatchResult
-from consumer.handlers import one_line
-from consumer.receipts import Receipt
 
 
 class DeliveryStatsHandler:

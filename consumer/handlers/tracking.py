@@ -1,4 +1,5 @@
-"""`send-tracker`: clears a tracked send (`consumer.tracking`) when its SmsReport arrives."""
+"""`send-tracker`: clears a tracked send (`consumer.reports.tracking`) when its SmsReport
+arrives."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line
 from consumer.receipts import Receipt, SmsReport
-from consumer.tracking import SendTracker as Tracker
-from consumer.tracking import TrackingSettings
+from consumer.reports.tracking import SendTracker as Tracker
+from consumer.reports.tracking import TrackingSettings
 
 
 class SendTracker:

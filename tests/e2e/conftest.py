@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import redis
 
-from consumer.deadletter import DeadLetterSettings, RedisDeadLetterStore
-from consumer.sandbox.config_file import write_config
-from consumer.sandbox.publisher import Publisher
-from consumer.sandbox.redis_server import RedisServer
-from consumer.sandbox.testing import SandboxHandle, running_sandbox
+from alicom_sandbox.config_file import write_config
+from alicom_sandbox.publisher import Publisher
+from alicom_sandbox.redis_server import RedisServer
+from alicom_sandbox.testing import SandboxHandle, running_sandbox
+from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
 from tests.e2e.harness import WorkerProcess, wait_until, worker_env
 from tests.e2e.recording import read_records
 

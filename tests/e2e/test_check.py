@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from consumer.sandbox.config_file import write_config
-from consumer.sandbox.redis_server import free_port
+from alicom_sandbox.config_file import write_config
+from alicom_sandbox.redis_server import free_port
 from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, worker_env
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 
-from consumer.sandbox.fakes import encode_body
+from alicom_sandbox.fakes import encode_body
 from tests.e2e.conftest import Stack
 
 SAMPLE = {"send_time": "2026-01-01 00:00:00", "report_time": "2026-01-01 00:00:05",

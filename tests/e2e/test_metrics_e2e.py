@@ -1,7 +1,8 @@
 """Metrics end to end: two real worker processes on one queue, one scrape endpoint on the
 host, counts that add up to what was published, and the endpoint surviving its server's exit.
 
-Needs the wiring of consumer.metrics into consumer.app (`setup_metrics` in `build_worker`,
+Needs the wiring of consumer.runtime.metrics into consumer.runtime.app (`setup_metrics` in
+`build_worker`,
 closed with the worker's resources); without it no worker serves the address and the first
 wait below times out.
 """

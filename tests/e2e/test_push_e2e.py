@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from consumer.sandbox.redis_server import free_port
+from alicom_sandbox.redis_server import free_port
 from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, wait_until, worker_env
 

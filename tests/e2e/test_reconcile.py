@@ -19,7 +19,7 @@ from alibabacloud_dysmsapi20170525.client import Client
 from alibabacloud_dysmsapi20170525.models import SendBatchSmsRequest, SendSmsRequest
 from alibabacloud_tea_openapi.models import Config
 
-from consumer.tracking import SendTracker, TrackedSend
+from consumer.reports.tracking import SendTracker, TrackedSend
 from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, worker_env
 

@@ -16,7 +16,7 @@ import pytest
 from mns.account import Account
 from mns.queue import Queue
 
-from consumer.sandbox.testing import SandboxHandle, running_sandbox
+from alicom_sandbox.testing import SandboxHandle, running_sandbox
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from alibabacloud_tea_openapi.exceptions import ClientException
 from alibabacloud_tea_openapi.models import Config
 from mns.mns_exception import MNSServerException
 
-from consumer.sandbox.testing import SandboxHandle
+from alicom_sandbox.testing import SandboxHandle
 from tests.e2e.harness import wait_until
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -16,7 +16,7 @@ from mns.auth import Credentials, CredentialsProvider
 from mns.mns_exception import MNSServerException
 from mns.queue import Message, QueueMeta
 
-from consumer.sandbox.testing import SandboxHandle
+from alicom_sandbox.testing import SandboxHandle
 from tests.sandbox.conftest import unique_name
 
 

@@ -4,7 +4,7 @@ The SDK always builds well-formed XML, always signs, always sends `Date` and `x-
 refuses empty receipt handles and visibility timeouts above 43200 before sending, and has no
 way to send a wrong Content-MD5. The sandbox must still answer such requests as MNS does:
 the right error code in the `<Error>` XML, never a 500 or a traceback. Requests here are
-signed with `consumer.sandbox.signing` (checked against the documented vector in
+signed with `alicom_sandbox.signing` (checked against the documented vector in
 test_mns_signing.py) unless the test is about the signature itself.
 """
 
@@ -19,8 +19,8 @@ from xml.etree import ElementTree
 import pytest
 from mns.queue import Message, Queue
 
-from consumer.sandbox.signing import content_md5_of, signature, string_to_sign
-from consumer.sandbox.testing import SandboxHandle
+from alicom_sandbox.signing import content_md5_of, signature, string_to_sign
+from alicom_sandbox.testing import SandboxHandle
 
 NS = "{http://mns.aliyuncs.com/doc/v1/}"
 

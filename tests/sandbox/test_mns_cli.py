@@ -16,14 +16,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from mns.mns_exception import MNSServerException
 from mns.queue import Message
 
-from consumer.sandbox.context import SandboxConfig
-from consumer.sandbox.server import build_app, build_context
-from consumer.sandbox.testing import running_sandbox
+from alicom_sandbox.context import SandboxConfig
+from alicom_sandbox.server import build_app, build_context
+from alicom_sandbox.testing import running_sandbox
 
 
 def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "consumer.sandbox.server", "--port", "0", *args],
+        [sys.executable, "-m", "alicom_sandbox.server", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **env},
@@ -71,7 +71,7 @@ def test_the_banner_names_endpoint_key_and_queues_and_a_signal_ends_it_cleanly(
 def test_the_documented_local_default_key_is_used_and_shown_without_environment() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALIBABA_CLOUD_ACCESS_KEY")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "consumer.sandbox.server", "--port", "0"],
+        [sys.executable, "-m", "alicom_sandbox.server", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )
     try:

@@ -1,6 +1,6 @@
 """The in-memory queue engine on its own: bookkeeping under load and random operation mixes.
 
-These drive `consumer.sandbox.engine.Queue` directly with explicit times, which lets them
+These drive `alicom_sandbox.engine.Queue` directly with explicit times, which lets them
 cover thousands of messages and arbitrary interleavings quickly; the HTTP behaviour is
 covered through the SDK in the other test_mns_* files.
 """
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.sandbox.context import Clock
-from consumer.sandbox.engine import QueueEngine
-from consumer.sandbox.mns_errors import MnsError
-from consumer.sandbox.mns_queue import Queue, QueueAttributes, SendEntry
+from alicom_sandbox.context import Clock
+from alicom_sandbox.engine import QueueEngine
+from alicom_sandbox.mns_errors import MnsError
+from alicom_sandbox.mns_queue import Queue, QueueAttributes, SendEntry
 
 T0 = 1_700_000_000_000
 

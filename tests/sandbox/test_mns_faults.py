@@ -8,7 +8,7 @@ import pytest
 from mns.mns_exception import MNSClientNetworkException, MNSServerException
 from mns.queue import Message, Queue
 
-from consumer.sandbox.testing import SandboxError, SandboxHandle
+from alicom_sandbox.testing import SandboxError, SandboxHandle
 
 
 def test_an_error_rate_of_one_answers_every_request_with_a_5xx_error_xml(

@@ -16,7 +16,7 @@ import pytest
 from mns.mns_exception import MNSServerException
 from mns.queue import Message, Queue
 
-from consumer.sandbox.testing import SandboxHandle
+from alicom_sandbox.testing import SandboxHandle
 
 
 class Poll(threading.Thread):

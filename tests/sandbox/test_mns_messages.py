@@ -11,7 +11,7 @@ import pytest
 from mns.mns_exception import MNSServerException
 from mns.queue import Message, Queue
 
-from consumer.sandbox.testing import SandboxHandle
+from alicom_sandbox.testing import SandboxHandle
 
 
 def test_a_sent_message_comes_back_with_all_nine_fields(queue: Queue) -> None:

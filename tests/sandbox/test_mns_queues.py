@@ -15,7 +15,7 @@ from mns.mns_request import (
 )
 from mns.queue import Message, Queue, QueueMeta
 
-from consumer.sandbox.testing import SandboxHandle
+from alicom_sandbox.testing import SandboxHandle
 from tests.sandbox.conftest import unique_name
 
 # The SDK itself warns that the message counters of GetQueueAttributes are deprecated.

@@ -5,8 +5,8 @@ from __future__ import annotations
 from mns.auth import Credentials
 from mns.mns_client import MNSClient
 
-from consumer.sandbox.mns_api import parse_raw_query
-from consumer.sandbox.signing import content_md5_of, signature, string_to_sign
+from alicom_sandbox.mns_api import parse_raw_query
+from alicom_sandbox.signing import content_md5_of, signature, string_to_sign
 
 
 def test_the_documented_signature_example_is_reproduced() -> None:

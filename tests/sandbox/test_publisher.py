@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from mns.queue import Message, Queue
 
-from consumer.decode import decode_body
-from consumer.errors import AuthError, DecodeError, PermanentError
+from alicom_sandbox import publisher
+from alicom_sandbox.fakes import KINDS, PUBLISHABLE_MALFORMED, message_type_of_kind
+from alicom_sandbox.publisher import AuthError, PermanentError, Publisher
+from alicom_sandbox.testing import SandboxHandle
+from consumer.errors import DecodeError
+from consumer.pipeline.decode import decode_body
 from consumer.receipts import ReceiptMeta
-from consumer.sandbox import publisher
-from consumer.sandbox.fakes import KINDS, PUBLISHABLE_MALFORMED, message_type_of_kind
-from consumer.sandbox.publisher import Publisher
-from consumer.sandbox.testing import SandboxHandle
 
 # The documented samples (/work/shared/reference/samples/<kind>.json), kept here so the test
 # does not depend on a path outside the repository.

@@ -31,8 +31,8 @@ from mns.account import Account
 from mns.mns_exception import MNSServerException
 from mns.queue import Message, Queue
 
-from consumer.sandbox.dybase import NonceCache
-from consumer.sandbox.testing import SandboxHandle
+from alicom_sandbox.dybase import NonceCache
+from alicom_sandbox.testing import SandboxHandle
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 

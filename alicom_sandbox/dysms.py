@@ -1,0 +1,447 @@
+"""The sandbox's sending side: Dysmsapi 2017-05-25 `SendSms`, `SendBatchSms`, `QuerySendDetails`.
+
+The actions join the OpenAPI registry of `alicom_sandbox.dybase` (same port, same ACS3
+checks), so the official `alibabacloud_dysmsapi20170525` client works against the sandbox
+with `Config(endpoint="127.0.0.1:PORT", protocol="http")`. A send answers `Code` "OK" and one
+`BizId` per request (shared by all its numbers, as on the real service), keeps one record per
+number, and after a random delay in `[report_delay_min_s, report_delay_max_s]` settles each
+record as delivered (SendStatus 3) or failed (2, with a carrier ErrCode, `failure_rate`) and
+produces its SmsReport receipt: into the MNS queue `Alicom-Queue-<account>-SmsReport` of the
+sandbox's engine (in-process), or POSTed as a one-element JSON array to `push_url`. A share
+`duplicate_rate` of receipts is produced twice; a share `loss_rate` is *lost*: the record is
+settled (QuerySendDetails sees it) but no receipt is ever produced, which is what
+reconciliation exists for. `OwnerId`, when a request gives it, picks the account of the queue.
+
+`QuerySendDetails` answers from those records (PhoneNumber and SendDate required, BizId
+optional, PageSize 1-50, CurrentPage from 1), records of the last 30 days only. Past
+`query_qps` (or `send_qps`) requests a second the sandbox throttles, as the real flow control
+does: `throttle = "business"` answers HTTP 200 `Code` isv.BUSINESS_LIMIT_CONTROL (returned by
+the SDK as a result), `"gateway"` answers HTTP 429 Throttling.User (raised by the SDK).
+
+Admin API (loopback only): `GET /_sandbox/dysms` settings and counters; `POST /_sandbox/dysms`
+changes settings (any `DysmsSettings` field); `POST /_sandbox/dysms/reset` settings back to
+the start values, records and counters cleared; `GET /_sandbox/dysms/lost` the lost receipts
+(`biz_id`, `phone_number`); `POST /_sandbox/dysms/deliver-lost` produces them after all (a
+receipt arriving very late).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import logging
+import random
+import time
+import weakref
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from alicom_sandbox.accounts import CredentialStore
+from alicom_sandbox.context import SandboxContext, queue_name_for
+from alicom_sandbox.dybase import ERRORS, AcsAction, AcsCall, AcsError, register_action
+from alicom_sandbox.fakes import SHANGHAI, encode_body, shanghai_time
+from alicom_sandbox.mns_queue import SendEntry
+
+log = logging.getLogger(__name__)
+
+DYSMSAPI_VERSION = "2017-05-25"
+HOST_ID = "dysmsapi.aliyuncs.com"
+MAX_NUMBERS = 1000  # SendSms: at most 1000 numbers per request
+MAX_BATCH_NUMBERS = 100  # SendBatchSms: at most 100 numbers per request
+QUERY_WINDOW_DAYS = 30  # QuerySendDetails covers the last 30 days
+_BAD_JSON = "JSON参数不合法\uff0c只接受字符串值"  # the platform's text; \uff0c is its comma
+# Carrier codes of failed deliveries, as they appear in real receipts.
+_FAILURES: tuple[tuple[str, str], ...] = (
+    ("MK:0001", "用户关机"), ("MK:0005", "用户手机号码不存在"), ("IC:0015", "用户停机或欠费"),
+    ("UNDELIV", "短信未送达"), ("EXPIRED", "短信过期未送达"), ("DB:0141", "号码在黑名单中"),
+)
+
+ERRORS.update({
+    "MissingPhoneNumbers": (400, "PhoneNumbers is mandatory for this action."),
+    "MissingSignName": (400, "SignName is mandatory for this action."),
+    "MissingTemplateCode": (400, "TemplateCode is mandatory for this action."),
+    "MissingPhoneNumberJson": (400, "PhoneNumberJson is mandatory for this action."),
+    "MissingSignNameJson": (400, "SignNameJson is mandatory for this action."),
+    "MissingPhoneNumber": (400, "PhoneNumber is mandatory for this action."),
+    "MissingSendDate": (400, "SendDate is mandatory for this action."),
+    "MissingPageSize": (400, "PageSize is mandatory for this action."),
+    "MissingCurrentPage": (400, "CurrentPage is mandatory for this action."),
+    "Throttling.User": (429, "Request was denied due to user flow control."),
+})
+
+
+@dataclass(frozen=True)
+class DysmsSettings:
+    """How the sending side behaves; start values from the CLI, changed by the admin API.
+
+    Rates are shares in [0, 1]; `query_qps` / `send_qps` 0 means unlimited. `account_id`
+    None means the sandbox's own account. `push_url` None means MNS; `push_retry_s` are the
+    waits before each re-push of a refused push (the platform waits about 1, 5, 10 minutes).
+    """
+
+    report_delay_min_s: float = 0.2
+    report_delay_max_s: float = 1.0
+    failure_rate: float = 0.1
+    duplicate_rate: float = 0.0
+    loss_rate: float = 0.0
+    account_id: str | None = None
+    push_url: str | None = None
+    push_retry_s: tuple[float, ...] = (1.0, 5.0, 10.0)
+    query_qps: float = 0.0
+    send_qps: float = 0.0
+    throttle: str = "business"
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("failure_rate", "duplicate_rate", "loss_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within 0-1")
+        if not 0.0 <= self.report_delay_min_s <= self.report_delay_max_s:
+            raise ValueError("need 0 <= report_delay_min_s <= report_delay_max_s")
+        if self.query_qps < 0 or self.send_qps < 0:
+            raise ValueError("query_qps and send_qps must be >= 0")
+        if self.throttle not in ("business", "gateway"):
+            raise ValueError("throttle must be business or gateway")
+        if self.account_id is not None and not self.account_id.isdigit():
+            raise ValueError("account_id must be digits")
+
+    def updated(self, changes: dict[str, Any]) -> DysmsSettings:
+        """A copy with `changes` applied; unknown names and bad values raise ValueError."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError("unknown dysms setting(s): " + ", ".join(unknown))
+        if "push_retry_s" in changes:
+            changes = {**changes, "push_retry_s": tuple(float(x) for x in changes["push_retry_s"])}
+        return dataclasses.replace(self, **changes)
+
+
+class SendRecord:
+    """One number of one send request; `status` 1 waiting, 2 failed, 3 delivered."""
+
+    __slots__ = ("account_id", "biz_id", "content", "err_code", "err_msg", "lost", "out_id",
+                 "phone", "receive_at", "send_at", "sms_size", "status", "template_code")
+
+    def __init__(self, biz_id: str, phone: str, send_at: float, fields: dict[str, str]) -> None:
+        self.biz_id = biz_id
+        self.phone = phone
+        self.send_at = send_at
+        self.account_id = fields["account_id"]
+        self.template_code = fields["template_code"]
+        self.content = fields["content"]
+        self.out_id = fields["out_id"]
+        self.sms_size = 1 if len(self.content) <= 70 else -(-len(self.content) // 67)
+        self.status = 1
+        self.err_code = ""
+        self.err_msg = ""
+        self.receive_at = 0.0
+        self.lost = False
+
+    def report(self) -> dict[str, Any]:
+        """The SmsReport body of this record, as the platform writes it."""
+        return {
+            "phone_number": self.phone, "send_time": shanghai_time(self.send_at),
+            "report_time": shanghai_time(self.receive_at), "success": self.status == 3,
+            "err_code": self.err_code, "err_msg": self.err_msg, "sms_size": str(self.sms_size),
+            "biz_id": self.biz_id, "out_id": self.out_id,
+        }
+
+    def detail(self) -> dict[str, Any]:
+        """Its `SmsSendDetailDTO` in a QuerySendDetails answer."""
+        return {
+            "PhoneNum": self.phone, "SendStatus": self.status, "ErrCode": self.err_code,
+            "TemplateCode": self.template_code, "Content": self.content, "OutId": self.out_id,
+            "SendDate": shanghai_time(self.send_at),
+            "ReceiveDate": shanghai_time(self.receive_at) if self.status != 1 else "",
+        }
+
+
+class _Bucket:
+    """A token bucket of `rate` per second holding at most max(1, rate) tokens; starts full."""
+
+    def __init__(self) -> None:
+        self._tokens = float("inf")
+        self._at = time.monotonic()
+
+    def take(self, rate: float) -> bool:
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        self._tokens = min(max(1.0, rate), self._tokens + (now - self._at) * rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class DysmsState:
+    """The sending side of one sandbox: its settings, send records and counters."""
+
+    start: DysmsSettings
+    settings: DysmsSettings = field(init=False)
+    rng: random.Random = field(init=False)
+    by_phone: dict[str, list[SendRecord]] = field(default_factory=dict)
+    by_biz: dict[str, list[SendRecord]] = field(default_factory=dict)
+    counters: Counter[str] = field(default_factory=Counter)
+    buckets: dict[str, _Bucket] = field(default_factory=dict)
+    serial: int = 0
+    session: aiohttp.ClientSession | None = None
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.apply(self.start)
+        self.by_phone.clear()
+        self.by_biz.clear()
+        self.counters.clear()
+        self.buckets.clear()
+
+    def apply(self, settings: DysmsSettings) -> None:
+        self.settings = settings
+        self.rng = random.Random(settings.seed)  # noqa: S311 - sandbox dice, not security
+
+    def next_biz_id(self) -> str:
+        self.serial += 1
+        base = 1_000_000_000 * (int(time.time()) % 1_000_000_000)
+        return f"{base + self.serial}^0"
+
+    def throttled(self, action: str) -> bool:
+        rate = self.settings.query_qps if action == "QuerySendDetails" else self.settings.send_qps
+        return not self.buckets.setdefault(action, _Bucket()).take(rate)
+
+
+_STATES: weakref.WeakKeyDictionary[CredentialStore, DysmsState] = weakref.WeakKeyDictionary()
+
+
+def configure(ctx: SandboxContext, settings: DysmsSettings) -> DysmsState:
+    """Sets the start settings of `ctx`'s sending side (the CLI calls this once)."""
+    state = _STATES[ctx.accounts] = DysmsState(settings)
+    return state
+
+
+def state_of(ctx: SandboxContext) -> DysmsState:
+    state = _STATES.get(ctx.accounts)
+    return state if state is not None else configure(ctx, DysmsSettings())
+
+
+# ---- actions ---------------------------------------------------------------------------------
+
+
+def _business(call: AcsCall, code: str, message: str) -> dict[str, Any]:
+    return {"Code": code, "Message": message, "RequestId": call.request_id}
+
+
+def _normalise(phone: str) -> str:
+    """A mainland number without its +86 / 0086 / 86 prefix (receipts carry it bare)."""
+    phone = phone.strip()
+    for prefix in ("+86", "0086", "86"):
+        if phone.startswith(prefix) and len(phone) - len(prefix) == 11:
+            return phone[len(prefix):]
+    return phone
+
+
+def _required(call: AcsCall, name: str) -> str:
+    value = call.params.get(name, "")
+    if not value:
+        raise AcsError("Missing" + name)
+    return value
+
+
+def _json_list(text: str) -> list[Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else None
+
+
+def _throttle_answer(call: AcsCall, state: DysmsState) -> dict[str, Any]:
+    state.counters["throttled"] += 1
+    if state.settings.throttle == "gateway":
+        raise AcsError("Throttling.User")
+    return _business(call, "isv.BUSINESS_LIMIT_CONTROL", "触发云通信流控限制")
+
+
+def send_sms(call: AcsCall, ctx: SandboxContext) -> dict[str, Any]:
+    """`SendSms`: one BizId for every number of `PhoneNumbers` (comma-separated)."""
+    state = state_of(ctx)
+    numbers = [_normalise(p) for p in _required(call, "PhoneNumbers").split(",")]
+    sign, template = _required(call, "SignName"), _required(call, "TemplateCode")
+    if state.throttled(call.action):
+        return _throttle_answer(call, state)
+    if len(numbers) > MAX_NUMBERS:
+        return _business(call, "isv.MOBILE_COUNT_OVER_LIMIT", "手机号码数量超过限制")
+    params = call.params.get("TemplateParam", "")
+    if params and not isinstance(_parsed(params), dict):
+        return _business(call, "isv.INVALID_JSON_PARAM", _BAD_JSON)
+    return _accept(call, ctx, [(n, sign, params) for n in numbers], template)
+
+
+def send_batch_sms(call: AcsCall, ctx: SandboxContext) -> dict[str, Any]:
+    """`SendBatchSms`: JSON arrays of numbers, signatures and (optional) template params."""
+    state = state_of(ctx)
+    numbers = _json_list(_required(call, "PhoneNumberJson"))
+    signs = _json_list(_required(call, "SignNameJson"))
+    template = _required(call, "TemplateCode")
+    params_text = call.params.get("TemplateParamJson", "")
+    params = _json_list(params_text) if params_text else None
+    if state.throttled(call.action):
+        return _throttle_answer(call, state)
+    if numbers is None or signs is None or (params_text and params is None):
+        return _business(call, "isv.INVALID_JSON_PARAM", _BAD_JSON)
+    if len(numbers) > MAX_BATCH_NUMBERS:
+        return _business(call, "isv.MOBILE_COUNT_OVER_LIMIT", "手机号码数量超过限制")
+    if len(signs) != len(numbers) or (params is not None and len(params) != len(numbers)):
+        return _business(call, "isv.INVALID_PARAMETERS", "参数个数不一致")
+    texts = [json.dumps(p, ensure_ascii=False) for p in params] if params else [""] * len(numbers)
+    entries = [(_normalise(str(n)), str(s), t) for n, s, t in zip(numbers, signs, texts,
+                                                                  strict=True)]
+    return _accept(call, ctx, entries, template)
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _accept(call: AcsCall, ctx: SandboxContext, entries: Sequence[tuple[str, str, str]],
+            template: str) -> dict[str, Any]:
+    """Records each number under one new BizId and schedules its receipt."""
+    if not all(n.isdigit() and 5 <= len(n) <= 20 for n, _, _ in entries):
+        return _business(call, "isv.MOBILE_NUMBER_ILLEGAL", "非法手机号")
+    state = state_of(ctx)
+    biz_id = state.next_biz_id()
+    account = call.params.get("OwnerId") or state.settings.account_id or ctx.config.account_id
+    loop = asyncio.get_running_loop()
+    records = []
+    for number, sign, params in entries:
+        fields = {"account_id": account, "template_code": template,
+                  "out_id": call.params.get("OutId", ""),
+                  "content": f"【{sign}】{template} {params}".rstrip()}
+        record = SendRecord(biz_id, number, call.now, fields)
+        records.append(record)
+        state.by_phone.setdefault(number, []).append(record)
+        delay = state.rng.uniform(state.settings.report_delay_min_s,
+                                  state.settings.report_delay_max_s)
+        loop.call_later(delay, _settle, ctx, state, record)
+    state.by_biz[biz_id] = records
+    state.counters["sent"] += len(records)
+    return {"Code": "OK", "Message": "OK", "RequestId": call.request_id, "BizId": biz_id}
+
+
+def _settle(ctx: SandboxContext, state: DysmsState, record: SendRecord) -> None:
+    """The delivery outcome arrives: settle the record, then produce its receipt (or lose it)."""
+    if record.biz_id not in state.by_biz:
+        return  # sent before a reset: forgotten
+    settings, rng = state.settings, state.rng
+    record.receive_at = ctx.clock.now()
+    if rng.random() < settings.failure_rate:
+        record.status, (record.err_code, record.err_msg) = 2, rng.choice(_FAILURES)
+    else:
+        record.status, record.err_code, record.err_msg = 3, "DELIVERED", "用户接收成功"
+    state.counters["settled"] += 1
+    if rng.random() < settings.loss_rate:
+        record.lost = True
+        state.counters["lost"] += 1
+        return
+    copies = 2 if rng.random() < settings.duplicate_rate else 1
+    state.counters["duplicates"] += copies - 1
+    for _ in range(copies):
+        produce(ctx, state, record)
+
+
+def produce(ctx: SandboxContext, state: DysmsState, record: SendRecord) -> None:
+    if state.settings.push_url:
+        asyncio.get_running_loop().create_task(_push(state, record.report()))
+        return
+    queue = ctx.engine.queue_or_none(queue_name_for(record.account_id, "SmsReport"))
+    if queue is None:
+        state.counters["undeliverable"] += 1
+        log.warning("dysms report dropped: no queue for account %s", record.account_id)
+        return
+    body, _md5 = encode_body(record.report())
+    entry = SendEntry(body)
+    queue.validate_entry(entry)
+    queue.send(entry, ctx.clock.now_ms())
+    state.counters["delivered"] += 1
+
+
+async def _push(state: DysmsState, report: dict[str, Any]) -> None:
+    """POSTs `[report]` to the push URL; re-pushes after each of `push_retry_s` if refused."""
+    url = state.settings.push_url or ""
+    if state.session is None:
+        state.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+    for wait_s in (0.0, *state.settings.push_retry_s):
+        await asyncio.sleep(wait_s)
+        try:
+            async with state.session.post(url, json=[report]) as answer:
+                body = await answer.json(content_type=None)
+                if answer.status == 200 and isinstance(body, dict) and body.get("code") == 0:
+                    state.counters["delivered"] += 1
+                    return
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            log.info("dysms push failed: %s", type(exc).__name__)
+        state.counters["push_retries"] += 1
+    state.counters["undeliverable"] += 1
+
+
+def query_send_details(call: AcsCall, ctx: SandboxContext) -> dict[str, Any]:
+    """`QuerySendDetails`: one page of the records of a number on a day (and BizId)."""
+    state = state_of(ctx)
+    phone = _normalise(_required(call, "PhoneNumber"))
+    day_text = _required(call, "SendDate")
+    size_text, page_text = _required(call, "PageSize"), _required(call, "CurrentPage")
+    if state.throttled(call.action):
+        return _throttle_answer(call, state)
+    day = _day(day_text, call.now)
+    if day is None:
+        return _business(call, "isv.INVALID_PARAMETERS", "SendDate must be yyyyMMdd within "
+                         "the last 30 days")
+    if not (size_text.isdigit() and 1 <= int(size_text) <= 50 and page_text.isdigit()
+            and int(page_text) >= 1):
+        return _business(call, "isv.INVALID_PARAMETERS", "PageSize must be 1-50, "
+                         "CurrentPage >= 1")
+    biz_id = call.params.get("BizId", "")
+    found = [r for r in state.by_phone.get(phone, ()) if _shanghai_day(r.send_at) == day
+             and (not biz_id or r.biz_id == biz_id)]
+    size, page = int(size_text), int(page_text)
+    shown = found[(page - 1) * size: page * size]
+    state.counters["queries"] += 1
+    return {
+        "Code": "OK", "Message": "OK", "RequestId": call.request_id,
+        "TotalCount": str(len(found)),
+        "SmsSendDetailDTOs": {"SmsSendDetailDTO": [r.detail() for r in shown]},
+    }
+
+
+def _shanghai_day(epoch_s: float) -> dt.date:
+    return dt.datetime.fromtimestamp(epoch_s, SHANGHAI).date()
+
+
+def _day(text: str, now: float) -> dt.date | None:
+    """The date of a yyyyMMdd text when it is within the query window, else None."""
+    try:
+        day = dt.datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        return None
+    today = _shanghai_day(now)
+    return day if 0 <= (today - day).days <= QUERY_WINDOW_DAYS else None
+
+
+for _action in (
+    AcsAction("SendSms", DYSMSAPI_VERSION, HOST_ID, send_sms),
+    AcsAction("SendBatchSms", DYSMSAPI_VERSION, HOST_ID, send_batch_sms),
+    AcsAction("QuerySendDetails", DYSMSAPI_VERSION, HOST_ID, query_send_details),
+):
+    register_action(_action)

@@ -1,0 +1,61 @@
+"""`alicom-receipts` command line: one sub-command per job, each in its own module.
+
+Argument parsing lives with the code it drives; this module only routes, so that importing
+the CLI stays cheap and a sub-command's dependencies load only when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: sub-command -> (module, function taking argv, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "worker": ("consumer.runtime.app", "worker_main", "run one worker process for one queue type"),
+    "dead-letters": ("consumer.cli.dead_letters", "main",
+                     "list, show, replay or purge dead letters"),
+    "sandbox": ("alicom_sandbox.server", "main",
+                "run the local Alicom sandbox (MNS + token API); `sandbox publish` sends receipts"),
+    "run": ("consumer.runtime.supervisor", "main",
+            "run the configured worker processes (no systemd): restart, drain, exit"),
+    "check": ("consumer.cli.check", "main", "check config, plugins, Redis, token and queues"),
+    "push-server": ("consumer.sources.push.server", "main",
+                    "receive the platform's HTTP batch pushes"),
+    "push-worker": ("consumer.sources.push.worker", "main",
+                    "drain pushed receipts through dedup, handlers and dead letters"),
+    "reconcile": ("consumer.sources.reconcile.run", "main",
+                  "recover lost receipts with QuerySendDetails"),
+    "stats": ("consumer.reports.delivery_stats", "main", "delivery success rate and failure codes"),
+    "demo": ("consumer.cli.demo", "main", "the whole loop locally: sandbox, publisher, worker"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: alicom-receipts <command> [options]", "", "commands:"]
+    lines += ["  %-14s %s" % (name, spec[2]) for name, spec in COMMANDS.items()]
+    lines += ["", "`alicom-receipts <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name == "sandbox" and rest[:1] == ["publish"]:
+        module, func = "alicom_sandbox.publisher", "main"
+        rest = rest[1:]
+    elif name in COMMANDS:
+        module, func = COMMANDS[name][:2]
+    else:
+        print("alicom-receipts: unknown command %r\n\n%s" % (name, _usage()), file=sys.stderr)
+        return 2
+    entry = getattr(importlib.import_module(module), func)
+    result = entry(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

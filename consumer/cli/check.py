@@ -1,0 +1,218 @@
+"""`alicom-receipts check [--config FILE]`: is this host ready to run workers?
+
+Checks, in order: the configuration, the AccessKey, the handler plugins, Redis, then for
+every configured message type a token from Dybaseapi and access to its queue. Prints ONE
+line per problem, saying what is wrong and what to do, then exits 1; prints one `OK` line
+and exits 0 when everything works; exits 2 when the arguments or the configuration are
+unusable (each configuration problem on its own line).
+
+Reaching a queue without taking a message away: BatchPeekMessage (one message, no receipt
+handle, no change to its visibility or DequeueCount). Alibaba's queue token may not allow a
+peek (the queues are Alibaba's, the token's policy is theirs); when the peek is refused as
+AccessDenied, a ReceiveMessage with waitseconds=0 follows, and a message it got is made
+visible again at once (ChangeMessageVisibility to 1 s: MNS refuses 0). That fallback raises
+the DequeueCount of at most one message by one. An empty queue (MessageNotExist) is success:
+the queue exists and the token was accepted. GetQueueAttributes is never used: customers'
+tokens do not carry it.
+
+Checks are single attempts with short timeouts: a check reports, it does not wait out an
+outage. Nothing secret is printed (Redis passwords are masked; the AccessKey is named by
+its id and where it came from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from consumer.clients.credentials import AccessKey, load_access_key
+from consumer.clients.tokens import TokenService
+from consumer.errors import AlicomReceiptsError, AuthError, ConfigError, PermanentError
+from consumer.handlers.plugins import close_handlers, load_handlers
+from consumer.runtime import logs
+from consumer.settings import (
+    InvalidSettings,
+    Settings,
+    config_path,
+    load_settings,
+    redact_url,
+)
+from consumer.sources.mns.queue import MnsQueueClient
+
+#: One network call of a check waits at most this long.
+CHECK_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Report:
+    """Problems found so far, one line each, and what was checked."""
+
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    def problem(self, area: str, what: str, todo: str) -> None:
+        self.problems.append("%s: %s -> %s" % (area, _one_line(what), todo))
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def check_plugins(settings: Settings, report: Report) -> None:
+    try:
+        routes = load_handlers(settings.handlers)
+    except ConfigError as exc:
+        report.problem("handlers", str(exc),
+                       "install the plugin's package into this virtual environment or fix "
+                       "`use` in [[handlers]] (package.module:attribute or an entry point name)")
+        return
+    close_handlers(routes)
+    report.checked.append("%d handler(s)" % len(settings.handlers))
+
+
+def check_redis(settings: Settings, report: Report) -> None:
+    url = redact_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=CHECK_TIMEOUT_S,
+                                  socket_connect_timeout=CHECK_TIMEOUT_S)
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        report.problem("redis", "%s refused the password: %s" % (url, exc),
+                       "fix the password in redis.url")
+    except redis.RedisError as exc:
+        report.problem("redis", "cannot reach %s: %s" % (url, exc),
+                       "start Redis there, or correct redis.url (ALICOM_RECEIPTS_REDIS_URL)")
+    else:
+        report.checked.append("Redis")
+    finally:
+        client.close()
+
+
+def check_queue(settings: Settings, tokens: TokenService, message_type: str,
+                report: Report, key: AccessKey) -> bool:
+    """A token for `message_type`, then access to its queue (see the module docstring).
+
+    False when the token API refused the AccessKey itself: the other types would only repeat it.
+    """
+    try:
+        tokens.token(message_type)
+    except AuthError as exc:
+        report.problem("access key", str(exc),
+                       "check the AccessKey %s (from %s): id and secret, and that its RAM user "
+                       "is allowed dybaseapi:QueryTokenForMnsQueue"
+                       % (key.access_key_id, key.source))
+        return False
+    except AlicomReceiptsError as exc:
+        report.problem("token %s" % message_type, str(exc),
+                       "check alicom.token_endpoint / alicom.preset and this host's network "
+                       "and clock; is %s receipts enabled in the SMS console?" % message_type)
+        return True
+    queue = settings.queue_name(message_type)
+    provider = tokens.credentials_provider(message_type)
+    client = MnsQueueClient(settings.endpoints.mns_endpoint, queue, provider, CHECK_TIMEOUT_S)
+    try:
+        _reach(client)
+    except PermanentError as exc:
+        report.problem("queue %s" % queue, str(exc),
+                       "enable %s receipts (MNS queue mode) in the SMS console (queues appear "
+                       "3-15 minutes later), check alicom.account_id / alicom.queue_prefix, or "
+                       "remove %s from alicom.queues" % (message_type, message_type))
+    except AuthError as exc:
+        report.problem("queue %s" % queue, str(exc),
+                       "the token was refused by MNS: check alicom.preset (mainland or "
+                       "international) and the account id in the queue name")
+    except AlicomReceiptsError as exc:
+        report.problem("queue %s" % queue, str(exc),
+                       "check alicom.mns_endpoint and this host's network to it")
+    else:
+        report.checked.append(message_type)
+    finally:
+        client.close()
+    return True
+
+
+def _reach(client: MnsQueueClient) -> None:
+    """Proves access to the queue, leaving its messages as they were; raises our errors."""
+    try:
+        client.peek()
+    except AuthError as exc:
+        if "AccessDenied" not in str(exc):
+            raise
+    else:
+        return
+    for delivery in client.receive(1, 0):
+        client.change_visibility(delivery.receipt_handle, 1)
+
+
+def run_checks(settings: Settings, env: Mapping[str, str],
+               access_key: Callable[[Mapping[str, str]], AccessKey] = load_access_key) -> Report:
+    """Every check against `settings`; never raises for a problem it can describe."""
+    report = Report()
+    key: AccessKey | None = None
+    try:
+        key = access_key(env)
+    except ConfigError as exc:
+        report.problem("access key", str(exc), "see config/alicom-receipts.example.toml, top")
+    check_plugins(settings, report)
+    check_redis(settings, report)
+    if key is None:
+        return report
+    token_settings = dataclasses.replace(
+        settings.token, max_attempts=1, connect_timeout_s=CHECK_TIMEOUT_S,
+        read_timeout_s=CHECK_TIMEOUT_S)
+    tokens = TokenService(key, settings.endpoints, token_settings,
+                          queue_name=settings.queue_name)
+    for message_type in settings.queues:
+        if not check_queue(settings, tokens, message_type, report, key):
+            break
+    return report
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="alicom-receipts check",
+        description="Check the config, the plugins, Redis, the token API and every queue; "
+                    "one line per problem, exit 1 if any.")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="TOML settings file (default: $ALICOM_RECEIPTS_CONFIG, else the "
+                             "embedded local default)")
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> int:
+    try:
+        args = _parse(argv)
+    except SystemExit as exc:  # argparse already printed why
+        return 0 if exc.code == 0 else 2
+    env = dict(os.environ)
+    # The SDKs' and the token service's own log lines would repeat the problems below.
+    logs.configure("critical", "json")
+    path = config_path(args.config, env)
+    try:
+        settings = load_settings(path, env)
+    except InvalidSettings as exc:
+        for problem in exc.problems:
+            _say("config: %s -> fix it in %s" % (problem, path or "the environment"))
+        return 2
+    except ConfigError as exc:
+        _say("config: %s -> fix the file or --config" % _one_line(str(exc)))
+        return 2
+    report = run_checks(settings, env)
+    for line in report.problems:
+        _say(line)
+    if report.problems:
+        return 1
+    _say("OK: %s: %s" % (settings.source, ", ".join(report.checked)))
+    return 0
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,187 @@
+"""`alicom-receipts dead-letters list | show | replay | purge`.
+
+Replay runs a dead letter through the same pipeline as a fresh delivery, in this process:
+decode, dedup claim, the configured handlers, completion record. The receipt queues belong
+to Alibaba's account (customers may only receive and delete), so nothing is sent back to MNS.
+A replayed letter is removed only once its handlers succeeded or it was already applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import TextIO
+
+import redis
+
+from consumer.errors import AlicomReceiptsError, ConfigError, DecodeError
+from consumer.handlers.plugins import close_handlers, load_handlers
+from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
+from consumer.pipeline.decode import decode_body, parse_json
+from consumer.pipeline.dedup import ClaimState, RedisDedupStore
+from consumer.pipeline.dispatch import Dispatcher
+from consumer.receipts import Receipt, ReceiptMeta
+from consumer.runtime import logs
+from consumer.settings import Settings, config_path, load_settings
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="alicom-receipts dead-letters",
+                                description="Inspect, replay or purge dead-lettered receipts.")
+    p.add_argument("--config", default=None, metavar="FILE")
+    sub = p.add_subparsers(dest="action", required=True)
+    ls = sub.add_parser("list", help="newest first, one line each")
+    ls.add_argument("--queue", default=None, help="only this queue name")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--offset", type=int, default=0)
+    show = sub.add_parser("show", help="one dead letter with its raw body")
+    show.add_argument("id")
+    replay = sub.add_parser("replay", help="run dead letters through the handlers again")
+    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("--all", action="store_true", help="every dead letter (of --queue)")
+    replay.add_argument("--queue", default=None)
+    purge = sub.add_parser("purge", help="delete dead letters for good")
+    purge.add_argument("--queue", default=None)
+    purge.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
+    return p.parse_args(list(argv))
+
+
+def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+    args = _parse(argv)
+    try:
+        settings = load_settings(config_path(args.config, os.environ),
+                                 dict(os.environ))
+    except ConfigError as exc:
+        print("alicom-receipts dead-letters: %s" % exc, file=sys.stderr)
+        return 2
+    logs.configure(settings.log.level, settings.log.format)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    store = RedisDeadLetterStore(client, settings.deadletter)
+    try:
+        if args.action == "list":
+            return _list(store, args, out)
+        if args.action == "show":
+            return _show(store, args.id, out)
+        if args.action == "purge":
+            return _purge(store, args, out)
+        return _replay(settings, client, store, args, out)
+    except AlicomReceiptsError as exc:
+        print("alicom-receipts dead-letters: %s" % exc, file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _list(store: RedisDeadLetterStore, args: argparse.Namespace, out: TextIO) -> int:
+    letters = store.list(args.limit, args.offset, queue=args.queue)
+    for d in letters:
+        print("%s  %s  %-18s %-20s %s" % (d.id, _when(d.dead_at_ms), d.message_type or "-",
+                                          d.reason, d.detail[:80]), file=out)
+    print("%d shown, %d in all" % (len(letters), store.count(args.queue)), file=out)
+    return 0
+
+
+def _show(store: RedisDeadLetterStore, letter_id: str, out: TextIO) -> int:
+    d = store.get(letter_id)
+    if d is None:
+        print("no dead letter %s" % letter_id, file=out)
+        return 1
+    doc = {
+        "id": d.id, "queue": d.queue, "message_type": d.message_type, "source": d.source,
+        "reason": d.reason, "detail": d.detail, "message_id": d.message_id,
+        "dequeue_count": d.dequeue_count, "dead_at": _when(d.dead_at_ms),
+        "raw_body": d.raw_body, "raw_body_is_base64": d.raw_body_is_base64,
+        "decoded_body": _peek_body(d),
+    }
+    print(json.dumps(doc, ensure_ascii=False, indent=2), file=out)
+    return 0
+
+
+def _peek_body(d: DeadLetter) -> str | None:
+    """The base64 MNS body decoded for reading, when it is valid text; None otherwise."""
+    if d.source != "mns":
+        return None
+    try:
+        return base64.b64decode(d.raw_body, validate=True).decode("utf-8")
+    except ValueError:
+        return None
+
+
+def _purge(store: RedisDeadLetterStore, args: argparse.Namespace, out: TextIO) -> int:
+    if not args.yes:
+        print("purge deletes dead letters for good: add --yes to confirm", file=out)
+        return 2
+    print("purged %d dead letters" % store.purge(args.queue), file=out)
+    return 0
+
+
+def _replay(settings: Settings, client: redis.Redis, store: RedisDeadLetterStore,
+            args: argparse.Namespace, out: TextIO) -> int:
+    if args.all:
+        count = store.count(args.queue)  # list() takes a limit of at least 1
+        letters = store.list(count, 0, queue=args.queue) if count else []
+    else:
+        letters = [d for d in (store.get(i) for i in args.ids) if d is not None]
+    if not letters:
+        print("nothing to replay", file=out)
+        return 1 if args.ids else 0
+    routes = load_handlers(settings.handlers)
+    dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
+                            max_workers=settings.worker.handler_threads)
+    dedup = RedisDedupStore(client, settings.dedup)
+    failed = 0
+    try:
+        for d in letters:
+            ok, what = replay_one(d, dispatcher, dedup, settings)
+            if ok:
+                store.remove(d.id)
+            failed += 0 if ok else 1
+            print("%s  %s" % (d.id, what), file=out)
+    finally:
+        close_handlers(routes)
+        dispatcher.close()
+    print("%d replayed, %d still dead" % (len(letters) - failed, failed), file=out)
+    return 1 if failed else 0
+
+
+def replay_one(d: DeadLetter, dispatcher: Dispatcher, dedup: RedisDedupStore,
+               settings: Settings) -> tuple[bool, str]:
+    """Replays one letter; (True, what) when it may be removed from the store."""
+    try:
+        receipt = _receipt_of(d)
+    except DecodeError as exc:
+        return False, "still undecodable: %s" % exc
+    owner = secrets.token_hex(8)
+    key = settings.key_function()(receipt)
+    state = dedup.claim([key], owner, settings.worker.handler_deadline_s + 5)[0]
+    if state is ClaimState.COMPLETED:
+        return True, "already applied (%s)" % key
+    if state is ClaimState.IN_PROGRESS:
+        return False, "being handled by a worker right now (%s)" % key
+    outcome = dispatcher.dispatch([receipt])[0]
+    if outcome.kind == "ok":
+        dedup.complete([key], owner, settings.dedup.completed_ttl_s)
+        return True, "applied (%s)" % key
+    dedup.release([key], owner)
+    return False, "%s again: %s: %s" % (outcome.kind, outcome.handler, outcome.reason)
+
+
+def _receipt_of(d: DeadLetter) -> Receipt:
+    meta = ReceiptMeta(source="replay", queue=d.queue, message_id=d.message_id,
+                       dequeue_count=d.dequeue_count, enqueue_time_ms=d.enqueue_time_ms,
+                       first_dequeue_time_ms=d.first_dequeue_time_ms)
+    if d.source == "mns":
+        return decode_body(d.message_type, d.body_bytes(), None, meta)
+    # A pushed receipt's JSON text; a byte that is not UTF-8 becomes a lone surrogate,
+    # which parse_json refuses as not_utf8.
+    return parse_json(d.message_type, d.body_bytes().decode("utf-8", "surrogateescape"), meta)

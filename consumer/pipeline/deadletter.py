@@ -1,0 +1,371 @@
+"""Dead letters in Redis: messages that no retry will fix, kept for inspection and replay.
+
+Layout under ``key_prefix`` (default ``alicom:dlq:``):
+
+* ``e:<id>``: a hash per entry (the ``DeadLetter`` fields; the body as raw bytes), expiring by
+  itself at ``dead_at_ms + retention`` so entries go away even if nothing is ever written again;
+* ``all``: a sorted set of every id, scored by ``dead_at_ms``;
+* ``q:<queue>``: the same per queue (``q:`` alone for HTTP push, whose queue is "").
+
+Reads filter the indexes by retention, so an id whose hash has expired is never listed or
+counted; such ids are trimmed on the next put and each index expires with its newest entry.
+
+Ids are ``<dead_at_ms, 13 digits>-<12 hex digits of a uuid4>``: unique and, as strings,
+ordered by time. Every write that touches several keys is atomic: ``put_many`` is one
+MULTI/EXEC (entries, indexes and the trim by retention and ``max_entries`` together), and
+removal is one Lua script. The scripts derive entry keys from ids, so this store needs a
+standalone Redis (not a cluster), like the dedup store.
+
+Bodies are stored byte-exact. ``DeadLetter.raw_body`` is text: the body itself when it is
+UTF-8 (always the case for the ASCII base64 bodies of MNS and the JSON of HTTP push), otherwise
+the base64 of its bytes with ``raw_body_is_base64=True``; ``body_bytes()`` gives the bytes
+either way. Reading back always yields this canonical form.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import cast
+
+import redis
+
+from consumer.errors import ConfigError
+from consumer.pipeline.dedup import transient_from_redis
+
+__all__ = ["DeadLetter", "DeadLetterSettings", "RedisDeadLetterStore", "new_dead_letter_id"]
+
+_THIRTY_DAYS_S = 30 * 24 * 3600.0
+# Removals per script call when trimming or purging: bounds how long one call blocks Redis.
+_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterSettings:
+    """Where dead letters live and how many are kept (the oldest go first)."""
+
+    key_prefix: str = "alicom:dlq:"
+    retention_s: float = _THIRTY_DAYS_S
+    max_entries: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not self.key_prefix:
+            raise ConfigError("dead-letter key_prefix must not be empty")
+        if not self.retention_s >= 0.001:
+            raise ConfigError(f"dead-letter retention_s must be >= 0.001, got {self.retention_s!r}")
+        if self.max_entries < 1:
+            raise ConfigError(f"dead-letter max_entries must be >= 1, got {self.max_entries!r}")
+
+    @property
+    def retention_ms(self) -> int:
+        return round(self.retention_s * 1000)
+
+
+def new_dead_letter_id(dead_at_ms: int) -> str:
+    """A unique id that sorts by time as a string."""
+    return f"{dead_at_ms:013d}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead message. ``raw_body`` is text; see the module docstring for non-UTF-8 bodies.
+
+    ``id`` may be "" when putting: the store then assigns ``new_dead_letter_id(dead_at_ms)``.
+    ``queue`` is "" and ``message_id`` is "" for HTTP push; ``source`` is "mns", "push",
+    "reconcile" or "replay", as in ``ReceiptMeta``.
+    """
+
+    id: str
+    queue: str
+    message_type: str
+    raw_body: str
+    reason: str
+    detail: str
+    message_id: str
+    dequeue_count: int
+    enqueue_time_ms: int
+    first_dequeue_time_ms: int
+    dead_at_ms: int
+    source: str
+    raw_body_is_base64: bool = False
+
+    @classmethod
+    def create(  # noqa: PLR0913 - keyword-only, mirrors the dataclass fields one for one
+        cls,
+        *,
+        queue: str,
+        message_type: str,
+        raw_body: str | bytes,
+        reason: str,
+        detail: str,
+        source: str,
+        message_id: str = "",
+        dequeue_count: int = 0,
+        enqueue_time_ms: int = 0,
+        first_dequeue_time_ms: int = 0,
+        dead_at_ms: int | None = None,
+    ) -> DeadLetter:
+        """A new dead letter with a fresh id, dead now unless ``dead_at_ms`` is given.
+
+        Bytes that are not UTF-8 are kept as base64 (``raw_body_is_base64``).
+        """
+        at_ms = int(time.time() * 1000) if dead_at_ms is None else dead_at_ms
+        text, is_base64 = _body_text(raw_body) if isinstance(raw_body, bytes) else (raw_body, False)
+        return cls(
+            id=new_dead_letter_id(at_ms), queue=queue, message_type=message_type,
+            raw_body=text, reason=reason, detail=detail, message_id=message_id,
+            dequeue_count=dequeue_count, enqueue_time_ms=enqueue_time_ms,
+            first_dequeue_time_ms=first_dequeue_time_ms, dead_at_ms=at_ms, source=source,
+            raw_body_is_base64=is_base64,
+        )
+
+    def body_bytes(self) -> bytes:
+        """The body exactly as received."""
+        if self.raw_body_is_base64:
+            return base64.b64decode(self.raw_body, validate=True)
+        # surrogateescape gives back the bytes of a body decoded with it upstream.
+        try:
+            return self.raw_body.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return self.raw_body.encode("utf-8", "surrogatepass")
+
+
+def _body_text(body: bytes) -> tuple[str, bool]:
+    try:
+        return body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode("ascii"), True
+
+
+_INT_FIELDS = frozenset(
+    {"dequeue_count", "enqueue_time_ms", "first_dequeue_time_ms", "dead_at_ms"}
+)
+_TEXT_FIELDS = tuple(
+    f.name for f in fields(DeadLetter)
+    if f.name not in _INT_FIELDS and f.name not in {"raw_body", "raw_body_is_base64"}
+)
+
+# Removes one entry: its hash, its id in the global index and in its queue's index.
+# Returns 1 if the hash still existed (a live entry), 0 if it had already expired.
+_DROP_FUNCTION = """
+local function drop(prefix, all, id)
+  local entry = prefix .. 'e:' .. id
+  local queue = redis.call('HGET', entry, 'queue')
+  if queue then redis.call('ZREM', prefix .. 'q:' .. queue, id) end
+  redis.call('ZREM', all, id)
+  return redis.call('DEL', entry)
+end
+"""
+
+# KEYS[1] all, KEYS[2] the index to remove from (all, or one queue's);
+# ARGV[1] prefix, then either 'ids', id... or 'oldest', n. Returns {ids seen, entries removed}.
+_REMOVE_SCRIPT = _DROP_FUNCTION + """
+local ids
+if ARGV[2] == 'ids' then
+  ids = {unpack(ARGV, 3)}
+else
+  ids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+end
+local removed = 0
+for _, id in ipairs(ids) do
+  removed = removed + drop(ARGV[1], KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+end
+return {#ids, removed}
+"""
+
+# KEYS[1] all; ARGV: prefix, cutoff_ms (entries dead at or before it are past retention),
+# retention_ms, max_entries, chunk, queue names touched by this put...
+# Drops what retention and the size cap exclude (at most `chunk` of each per call: the rest
+# goes on the next put), then lets each index expire together with its newest entry.
+_TRIM_SCRIPT = _DROP_FUNCTION + """
+local prefix, all = ARGV[1], KEYS[1]
+local cutoff, retention_ms = ARGV[2], tonumber(ARGV[3])
+local max_entries, chunk = tonumber(ARGV[4]), tonumber(ARGV[5])
+local removed = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', all, '-inf', cutoff, 'LIMIT', 0, chunk)) do
+  removed = removed + drop(prefix, all, id)
+end
+local excess = math.min(redis.call('ZCARD', all) - max_entries, chunk)
+if excess > 0 then
+  for _, id in ipairs(redis.call('ZRANGE', all, 0, excess - 1)) do
+    removed = removed + drop(prefix, all, id)
+  end
+end
+local indexes = {all}
+for i = 6, #ARGV do
+  local index = prefix .. 'q:' .. ARGV[i]
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', cutoff)
+  indexes[#indexes + 1] = index
+end
+for _, index in ipairs(indexes) do
+  local newest = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+  if newest[2] then
+    redis.call('PEXPIREAT', index, string.format('%.0f', tonumber(newest[2]) + retention_ms))
+  end
+end
+return removed
+"""
+
+
+class RedisDeadLetterStore:
+    """The dead-letter store; see the module docstring for the layout and guarantees.
+
+    The client must return bytes (``decode_responses=False``, redis-py's default): bodies
+    are stored byte-exact and may not be UTF-8. Errors from redis-py become TransientError.
+    """
+
+    def __init__(self, client: redis.Redis, settings: DeadLetterSettings) -> None:
+        if client.get_encoder().decode_responses:
+            raise ConfigError("the dead-letter store needs a Redis client with "
+                              "decode_responses=False: bodies are kept as raw bytes")
+        self._client = client
+        self._settings = settings
+        self._prefix = settings.key_prefix
+        self._all = self._prefix + "all"
+        self._remove = client.register_script(_REMOVE_SCRIPT)
+        self._trim = client.register_script(_TRIM_SCRIPT)
+
+    def entry_key(self, letter_id: str) -> str:
+        return f"{self._prefix}e:{letter_id}"
+
+    def queue_key(self, queue: str) -> str:
+        return f"{self._prefix}q:{queue}"
+
+    def put(self, letter: DeadLetter) -> str:
+        """Stores one dead letter; returns its id (assigned when ``letter.id`` is "")."""
+        return self.put_many([letter])[0]
+
+    def put_many(self, letters: Sequence[DeadLetter]) -> builtins.list[str]:
+        """Stores all letters in one MULTI/EXEC, or none of them; returns their ids.
+
+        Every letter is validated and encoded before anything is sent, so a bad one (e.g. a
+        ``raw_body_is_base64`` body that is not base64) stores nothing.
+        """
+        if not letters:
+            return []
+        prepared = [self._prepare(letter) for letter in letters]
+        retention_ms = self._settings.retention_ms
+        queues = sorted({letter.queue for letter in letters})
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                for letter_id, letter, mapping in prepared:
+                    entry = self.entry_key(letter_id)
+                    pipe.hset(entry, mapping=mapping)  # type: ignore[arg-type]  # bytes values are valid; redis-py's stub is too narrow
+                    pipe.pexpireat(entry, letter.dead_at_ms + retention_ms)
+                    pipe.zadd(self._all, {letter_id: letter.dead_at_ms})
+                    pipe.zadd(self.queue_key(letter.queue), {letter_id: letter.dead_at_ms})
+                self._trim(keys=[self._all], args=[*self._trim_args(), *queues], client=pipe)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise transient_from_redis(exc, "dead-letter put", self._client) from exc
+        return [letter_id for letter_id, _, _ in prepared]
+
+    def list(
+        self, limit: int = 50, offset: int = 0, queue: str | None = None
+    ) -> builtins.list[DeadLetter]:
+        """Live dead letters, newest first, optionally of one queue only."""
+        if limit < 1 or offset < 0:
+            raise ValueError(f"need limit >= 1 and offset >= 0, got {limit!r}, {offset!r}")
+        index = self._all if queue is None else self.queue_key(queue)
+        try:
+            ids = cast("builtins.list[bytes]", self._client.zrevrangebyscore(
+                index, "+inf", f"({self._cutoff_ms()}", start=offset, num=limit
+            ))
+            with self._client.pipeline(transaction=False) as pipe:
+                for raw_id in ids:
+                    pipe.hgetall(self.entry_key(raw_id.decode()))
+                rows = cast("builtins.list[dict[bytes, bytes]]", pipe.execute())
+        except redis.RedisError as exc:
+            raise transient_from_redis(exc, "dead-letter list", self._client) from exc
+        # A hash can expire between the two calls; such an entry is simply not listed.
+        return [_from_hash(row) for row in rows if row]
+
+    def get(self, letter_id: str) -> DeadLetter | None:
+        """The dead letter with this id, or None if it was removed, trimmed or expired."""
+        try:
+            row = cast("dict[bytes, bytes]", self._client.hgetall(self.entry_key(letter_id)))
+        except redis.RedisError as exc:
+            raise transient_from_redis(exc, "dead-letter get", self._client) from exc
+        return _from_hash(row) if row else None
+
+    def remove(self, letter_id: str) -> bool:
+        """Removes one entry (e.g. after a successful replay); False if it was not there."""
+        _, removed = self._run_remove(self._all, ["ids", letter_id])
+        return removed == 1
+
+    def purge(self, queue: str | None = None) -> int:
+        """Removes every entry (of one queue, or all); returns how many live entries went.
+
+        Works in chunks of 1000 so a large purge never blocks Redis for long; an entry put
+        while the purge runs may survive it.
+        """
+        index = self._all if queue is None else self.queue_key(queue)
+        total = 0
+        while True:
+            seen, removed = self._run_remove(index, ["oldest", _CHUNK])
+            total += removed
+            if seen == 0:
+                break
+        return total
+
+    def count(self, queue: str | None = None) -> int:
+        """How many live dead letters there are (of one queue, or all)."""
+        index = self._all if queue is None else self.queue_key(queue)
+        try:
+            return int(self._client.zcount(index, f"({self._cutoff_ms()}", "+inf"))
+        except redis.RedisError as exc:
+            raise transient_from_redis(exc, "dead-letter count", self._client) from exc
+
+    def _prepare(self, letter: DeadLetter) -> tuple[str, DeadLetter, dict[str, bytes | str]]:
+        if not letter.id:
+            letter = replace(letter, id=new_dead_letter_id(letter.dead_at_ms))
+        try:
+            body = letter.body_bytes()
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"dead letter {letter.id}: raw_body is flagged base64 but is "
+                             "not valid base64") from exc
+        mapping: dict[str, bytes | str] = {name: getattr(letter, name) for name in _TEXT_FIELDS}
+        mapping.update({name: str(getattr(letter, name)) for name in _INT_FIELDS})
+        mapping["raw_body"] = body
+        return letter.id, letter, mapping
+
+    def _trim_args(self) -> builtins.list[str | int]:
+        return [self._prefix, self._cutoff_ms(), self._settings.retention_ms,
+                self._settings.max_entries, _CHUNK]
+
+    def _cutoff_ms(self) -> int:
+        """Entries dead at or before this instant are past retention."""
+        return int(time.time() * 1000) - self._settings.retention_ms
+
+    def _run_remove(self, index: str, args: builtins.list[str | int]) -> tuple[int, int]:
+        try:
+            seen, removed = self._remove(keys=[self._all, index], args=[self._prefix, *args])
+        except redis.RedisError as exc:
+            raise transient_from_redis(exc, "dead-letter remove", self._client) from exc
+        return int(seen), int(removed)
+
+
+def _from_hash(row: Mapping[bytes, bytes]) -> DeadLetter:
+    values = {key.decode(): value for key, value in row.items()}
+
+    def text(name: str) -> str:
+        return values[name].decode()
+
+    def number(name: str) -> int:
+        return int(values[name])
+
+    body, is_base64 = _body_text(values["raw_body"])
+    return DeadLetter(
+        id=text("id"), queue=text("queue"), message_type=text("message_type"),
+        raw_body=body, reason=text("reason"), detail=text("detail"),
+        message_id=text("message_id"), dequeue_count=number("dequeue_count"),
+        enqueue_time_ms=number("enqueue_time_ms"),
+        first_dequeue_time_ms=number("first_dequeue_time_ms"),
+        dead_at_ms=number("dead_at_ms"), source=text("source"), raw_body_is_base64=is_base64,
+    )

@@ -1,0 +1,374 @@
+"""Delivery statistics: per-hour counters of SmsReports in Redis, and `alicom-receipts stats`.
+
+Storage: one hash per hour, `<prefix>:h:<yyyymmddhh>`, the hour in **UTC**. Asia/Shanghai
+(the platform's clock, in which every receipt time is written) is UTC+8 all year, so its
+hours are the same buckets; only the label differs, and a UTC key never depends on where
+the reader sits. The `stats` command shows hours in any `--tz` (default Asia/Shanghai).
+
+A receipt is counted in the hour of its **send_time** (falling back to its report time,
+then to the time it was handled): the tracked submissions of a send (`record_submitted`) go
+to that same hour, so an hour's "submitted - delivered - failed" is the number of its sends
+still without a receipt, and a late receipt improves its own hour's rate instead of a later
+one's. Fields of a bucket (absent = 0):
+
+| field                   | meaning                                                        |
+|-------------------------|----------------------------------------------------------------|
+| `submitted`             | messages recorded as sent (by the send tracker)                |
+| `delivered` / `failed`  | receipts with success true / false (Intl: Status "1" / "2")    |
+| `other`                 | Intl receipts with another Status (e.g. "6"): not in the rate  |
+| `fail:<err_code>`       | failed receipts by error code (`(empty)` when it has none)     |
+| `delay_count`, `delay_sum_ms` | receipts with a measurable delay, and its sum            |
+| `delay_le_ms:<bound>`   | how many had delay <= bound (and > the bound below); `inf`     |
+
+Receipt delay = report_time - send_time (whole seconds, as the platform writes them);
+negative delays count as 0; delays above `MAX_DELAY_S` (a broken clock or date) are left out
+of the delay figures. A bucket expires `ttl_s` after the end of its hour (EXPIREAT, so late
+updates do not extend it). `<prefix>:codes` keeps the latest err_msg the platform sent with
+each failure code, as a hint for codes without a published meaning.
+
+Dedup runs before handlers, but a handler may still see a receipt twice (another handler of
+the same receipt failed, so it is delivered again). So each receipt's counting is one Lua
+script that first sets a marker `<prefix>:once:<dedup key>` (NX, `once_ttl_s`) and counts
+only when the marker is new: counting stays exact across such retries. `once_ttl_s = 0`
+turns markers off (saves ~150 bytes per receipt for that time; counts become at least once).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import redis
+from redis.client import Pipeline
+from redis.commands.core import Script
+
+from consumer.receipts import IntlSmsReport, Receipt, SmsReport
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DELAY_BOUNDS_MS",
+    "HourCounts",
+    "Observation",
+    "StatsWriter",
+    "hour_key",
+    "main",
+    "observe",
+    "read_hours",
+    "record_submitted",
+]
+
+DEFAULT_PREFIX = "alicom:stats"
+DEFAULT_TTL_S = 90 * 24 * 3600.0
+DEFAULT_ONCE_TTL_S = 3 * 24 * 3600.0
+"""Longer than the retry span of the default ack settings (20 deliveries, backoff <= 1 h)."""
+MAX_DELAY_S = 3 * 24 * 3600
+"""Carriers keep an undelivered SMS at most 48-72 h; a longer "delay" is a bad timestamp."""
+DELAY_BOUNDS_MS: tuple[int, ...] = (
+    1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 60_000, 120_000, 300_000, 600_000,
+    1_800_000, 3_600_000,
+)
+"""Upper bounds of the delay buckets; a last, open bucket `inf` holds the rest."""
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+_MAX_CODE_CHARS = 64  # a code is platform input: bound the hash field names it creates
+_MAX_MSG_CHARS = 200
+_EMPTY_CODE = "(empty)"
+
+# KEYS[1] bucket hash, KEYS[2] once-marker (only read when ARGV[2] > 0).
+# ARGV[1] EXPIREAT of the bucket (unix s), ARGV[2] marker lifetime ms (0: no marker),
+# ARGV[3..] field, amount pairs. Returns 1 when counted, 0 for a receipt counted before.
+_COUNT_LUA = """
+if tonumber(ARGV[2]) > 0 then
+  if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 0 end
+end
+for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+return 1
+"""
+
+RedisLike = redis.Redis | Pipeline
+
+
+def hour_key(prefix: str, hour: datetime) -> str:
+    """The bucket of the UTC hour containing `hour` (an aware datetime)."""
+    return "%s:h:%s" % (prefix, hour.astimezone(timezone.utc).strftime("%Y%m%d%H"))
+
+
+def _hour_start(moment: datetime) -> datetime:
+    return moment.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def _expire_at(hour: datetime, ttl_s: float) -> int:
+    return int(_hour_start(hour).timestamp() + 3600 + ttl_s)
+
+
+# -- what one receipt contributes ------------------------------------------------------------
+
+def parse_receipt_time(text: str) -> datetime | None:
+    """An aware datetime from `yyyy-MM-dd HH:mm:ss` / `yyyyMMddHHmmss` (Asia/Shanghai, as
+    the platform writes them) or an RFC 2822 date with offset (international reports);
+    None when empty or unparsable."""
+    text = text.strip()
+    for pattern in ("%Y-%m-%d %H:%M:%S", "%Y%m%d%H%M%S"):
+        try:
+            return datetime.strptime(text, pattern).replace(tzinfo=SHANGHAI)
+        except ValueError:
+            pass
+    try:
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    # "-0000" means "zone unknown" in RFC 2822; the platform's clock is the best guess then.
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=SHANGHAI)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One report's contribution: its hour (UTC start), outcome, code and delay."""
+
+    hour: datetime
+    outcome: str  # "delivered" | "failed" | "other"
+    err_code: str = ""
+    err_msg: str = ""
+    delay_ms: int | None = None
+
+    def fields(self) -> list[tuple[str, int]]:
+        """The (hash field, increment) pairs of this observation."""
+        out = [(self.outcome, 1)]
+        if self.outcome == "failed":
+            out.append(("fail:" + (self.err_code or _EMPTY_CODE)[:_MAX_CODE_CHARS], 1))
+        if self.delay_ms is not None:
+            bound = next((str(b) for b in DELAY_BOUNDS_MS if self.delay_ms <= b), "inf")
+            out += [("delay_count", 1), ("delay_sum_ms", self.delay_ms),
+                    ("delay_le_ms:" + bound, 1)]
+        return out
+
+
+def observe(receipt: Receipt, now: float) -> Observation | None:
+    """What `receipt` adds to the stats (None for types other than delivery reports).
+
+    `now` (epoch seconds) places a report whose times are both unreadable."""
+    if isinstance(receipt, SmsReport):
+        outcome = "delivered" if receipt.success else "failed"
+        sent, reported = receipt.send_time, receipt.report_time
+        code, msg = receipt.err_code, receipt.err_msg
+    elif isinstance(receipt, IntlSmsReport):
+        outcome = {"1": "delivered", "2": "failed"}.get(receipt.status, "other")
+        sent, reported = receipt.send_date, receipt.receive_date
+        code, msg = receipt.error_code, receipt.error_description
+    else:
+        return None
+    sent_at, reported_at = parse_receipt_time(sent), parse_receipt_time(reported)
+    delay_ms: int | None = None
+    if sent_at is not None and reported_at is not None:
+        delay_s = max(0.0, (reported_at - sent_at).total_seconds())
+        delay_ms = round(delay_s * 1000) if delay_s <= MAX_DELAY_S else None
+    moment = sent_at or reported_at or datetime.fromtimestamp(now, timezone.utc)
+    return Observation(_hour_start(moment), outcome, code, msg, delay_ms)
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+class StatsWriter:
+    """Counts delivery reports into the hour buckets; thread-safe (redis-py pools).
+
+    `record(receipts)` costs one round trip (a pipeline with one script call per report) and
+    returns, per receipt, None (counted now or before) or the exception Redis answered with.
+    A connection failure raises `redis.RedisError` for the whole batch.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX,
+                 ttl_s: float = DEFAULT_TTL_S, once_ttl_s: float = DEFAULT_ONCE_TTL_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._ttl_s = ttl_s
+        self._once_ms = int(once_ttl_s * 1000)
+        self._clock = clock
+        self._script: Script = client.register_script(_COUNT_LUA)
+
+    def record(self, receipts: Sequence[Receipt]) -> list[Exception | None]:
+        now = self._clock()
+        pipe = self._client.pipeline(transaction=False)
+        slots: list[int] = []  # index in `receipts` of each queued script call
+        messages: dict[Any, Any] = {}  # code -> err_msg; redis-py's mapping types vary
+        for index, receipt in enumerate(receipts):
+            obs = observe(receipt, now)
+            if obs is None:
+                continue
+            args: list[Any] = [_expire_at(obs.hour, self._ttl_s), self._once_ms]
+            for name, amount in obs.fields():
+                args += [name, amount]
+            keys = [hour_key(self._prefix, obs.hour),
+                    "%s:once:%s" % (self._prefix, receipt.dedup_key())]
+            self._script(keys=keys, args=args, client=pipe)
+            slots.append(index)
+            if obs.outcome == "failed" and obs.err_msg:
+                code = (obs.err_code or _EMPTY_CODE)[:_MAX_CODE_CHARS]
+                messages[code] = obs.err_msg[:_MAX_MSG_CHARS]
+        if not slots:
+            return [None] * len(receipts)
+        if messages:  # a hint for the report; not worth a second round trip
+            pipe.hset(self._prefix + ":codes", mapping=messages)
+            pipe.expire(self._prefix + ":codes", int(self._ttl_s))
+        replies = pipe.execute(raise_on_error=False)
+        results: list[Exception | None] = [None] * len(receipts)
+        for index, reply in zip(slots, replies, strict=False):
+            if isinstance(reply, Exception):
+                results[index] = reply
+        return results
+
+
+def record_submitted(client: RedisLike, when: datetime | float, count: int = 1, *,
+                     prefix: str = DEFAULT_PREFIX, ttl_s: float = DEFAULT_TTL_S) -> None:
+    """Adds `count` messages sent at `when` to that hour's `submitted` counter.
+
+    For the send tracker: `when` is the send time, an aware datetime, epoch seconds, or a
+    naive datetime taken as Asia/Shanghai (the platform's clock). Given a pipeline, the two
+    commands are only queued: the caller's `execute()` sends them with its own.
+    """
+    if isinstance(when, datetime):
+        moment = when if when.tzinfo is not None else when.replace(tzinfo=SHANGHAI)
+    else:
+        moment = datetime.fromtimestamp(when, timezone.utc)
+    key = hour_key(prefix, moment)
+    pipe = client if isinstance(client, Pipeline) else client.pipeline(transaction=False)
+    pipe.hincrby(key, "submitted", count)
+    pipe.expireat(key, _expire_at(moment, ttl_s))
+    if pipe is not client:
+        pipe.execute()
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+@dataclass
+class HourCounts:
+    """The counters of one hour (or, from `total`, of several: then `hour` is the first)."""
+
+    hour: datetime
+    submitted: int = 0
+    delivered: int = 0
+    failed: int = 0
+    other: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    delay_count: int = 0
+    delay_sum_ms: int = 0
+    delay_buckets: list[int] = field(default_factory=lambda: [0] * (len(DELAY_BOUNDS_MS) + 1))
+    tracked_pending: int | None = None
+    """Set by `total`: the sum of `pending` over the hours that had tracked sends."""
+
+    @property
+    def receipts(self) -> int:
+        return self.delivered + self.failed + self.other
+
+    @property
+    def empty(self) -> bool:
+        return self.submitted == 0 and self.receipts == 0
+
+    @property
+    def success_rate(self) -> float | None:
+        """delivered / (delivered + failed); None without such receipts."""
+        decided = self.delivered + self.failed
+        return self.delivered / decided if decided else None
+
+    @property
+    def pending(self) -> int | None:
+        """Tracked sends still without a receipt; None when none were tracked. For a total,
+        summed per hour: an hour without tracked sends adds nothing, whatever it received."""
+        if self.tracked_pending is not None:
+            return self.tracked_pending if self.submitted else None
+        return max(0, self.submitted - self.receipts) if self.submitted else None
+
+    @property
+    def delay_avg_s(self) -> float | None:
+        return self.delay_sum_ms / self.delay_count / 1000 if self.delay_count else None
+
+    def delay_quantile_s(self, q: float) -> float | None:
+        """The upper bound (s) of the bucket holding the q-quantile; inf for the open bucket.
+
+        The rank is ceil(q * n) (the median of 5 delays is the 3rd smallest).
+        """
+        n = sum(self.delay_buckets)
+        if not n:
+            return None
+        rank, seen = max(1, math.ceil(q * n)), 0
+        for bound, count in zip((*DELAY_BOUNDS_MS, math.inf), self.delay_buckets, strict=True):
+            seen += count
+            if seen >= rank:
+                return bound / 1000
+        return math.inf  # unreachable: the last bucket completes n
+
+    def add(self, other: HourCounts) -> None:
+        self.submitted += other.submitted
+        self.delivered += other.delivered
+        self.failed += other.failed
+        self.other += other.other
+        for code, n in other.failures.items():
+            self.failures[code] = self.failures.get(code, 0) + n
+        self.delay_count += other.delay_count
+        self.delay_sum_ms += other.delay_sum_ms
+        self.delay_buckets = [a + b for a, b in
+                              zip(self.delay_buckets, other.delay_buckets, strict=True)]
+
+
+_BUCKET_INDEX = {str(b): i for i, b in enumerate(DELAY_BOUNDS_MS)} | {"inf": len(DELAY_BOUNDS_MS)}
+_PLAIN = ("submitted", "delivered", "failed", "other", "delay_count", "delay_sum_ms")
+
+
+def _parse_hash(hour: datetime, raw: dict[bytes, bytes]) -> HourCounts:
+    counts = HourCounts(hour)
+    for key, value in raw.items():
+        name, amount = key.decode("utf-8", "replace"), int(value)
+        if name in _PLAIN:
+            setattr(counts, name, amount)
+        elif name.startswith("fail:"):
+            counts.failures[name[5:]] = amount
+        elif name.startswith("delay_le_ms:") and name[12:] in _BUCKET_INDEX:
+            counts.delay_buckets[_BUCKET_INDEX[name[12:]]] = amount
+    return counts
+
+
+def read_hours(client: redis.Redis, first: datetime, hours: int,
+               prefix: str = DEFAULT_PREFIX) -> list[HourCounts]:
+    """The counters of `hours` consecutive UTC hours from the one containing `first`, oldest
+    first (empty hours included), read in pipelines of 500 HGETALLs."""
+    start = _hour_start(first)
+    moments = [start + timedelta(hours=i) for i in range(hours)]
+    out: list[HourCounts] = []
+    for chunk in range(0, len(moments), 500):
+        part = moments[chunk:chunk + 500]
+        pipe = client.pipeline(transaction=False)
+        for moment in part:
+            pipe.hgetall(hour_key(prefix, moment))
+        out += [_parse_hash(m, raw) for m, raw in zip(part, pipe.execute(), strict=True)]
+    return out
+
+
+def total(hours: Iterable[HourCounts], first: datetime) -> HourCounts:
+    """All counters of `hours` summed (labelled with `first`)."""
+    out = HourCounts(first, tracked_pending=0)
+    pending = 0
+    for counts in hours:
+        out.add(counts)
+        pending += counts.pending or 0
+    out.tracked_pending = pending
+    return out
+
+
+def read_code_messages(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
+    """The latest err_msg the platform sent with each failure code."""
+    raw: dict[bytes, bytes] = client.hgetall(prefix + ":codes")  # type: ignore[assignment]
+    return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
+
+
+def main(argv: Sequence[str]) -> int:
+    """`alicom-receipts stats`: see `consumer.reports.delivery_report`."""
+    # delivery_report imports this module; the command's code loads only when it runs
+    from consumer.reports.delivery_report import run  # noqa: PLC0415 - see above
+
+    return run(argv)

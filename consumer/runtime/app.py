@@ -1,0 +1,209 @@
+"""Composition root: Settings in, a running worker out. The only place that wires the
+SDK clients, Redis, the token service and the plugins together.
+
+`worker_main` is `alicom-receipts worker --queue SmsReport [--config FILE]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+import structlog
+
+from consumer.clients.credentials import load_access_key
+from consumer.clients.tokens import TokenService
+from consumer.errors import AlicomReceiptsError, ConfigError
+from consumer.handlers.plugins import HandlerSpec, close_handlers, load_handlers
+from consumer.pipeline.deadletter import RedisDeadLetterStore
+from consumer.pipeline.dedup import RedisDedupStore
+from consumer.pipeline.dispatch import Dispatcher
+from consumer.pipeline.outcome import RetryPolicy
+from consumer.pipeline.stats import Stats
+from consumer.receipts import MESSAGE_TYPES
+from consumer.runtime import logs
+from consumer.runtime.metrics import MetricsHandle, setup_metrics
+from consumer.runtime.service import serve
+from consumer.settings import Settings, config_path, load_settings
+from consumer.sources.mns.ack import AckConfig
+from consumer.sources.mns.queue import MnsQueueClient, QueueClient
+from consumer.sources.mns.worker import Pipeline, Worker, WorkerConfig
+
+log = structlog.get_logger("alicom_receipts.app")
+
+
+def worker_config(settings: Settings, message_type: str) -> WorkerConfig:
+    """The driver's knobs, derived once from the settings."""
+    poll, ack, work = settings.poll, settings.ack, settings.worker
+    return WorkerConfig(
+        message_type=message_type,
+        pollers=poll.pollers,
+        # Runners only wait on the handler pool. An acker makes one MNS round trip per 16
+        # messages (BatchDeleteMessage), as a poller does per receive: as many of each.
+        runners=max(2, poll.pollers),
+        ackers=max(2, poll.pollers),
+        batch_size=poll.batch_size,
+        wait_seconds=poll.wait_seconds,
+        in_flight_max=work.in_flight_max,
+        adaptive_concurrency=work.adaptive_concurrency,
+        shutdown_budget_s=work.shutdown_budget_s,
+        max_receipts=work.max_receipts,
+        max_rss_mb=work.max_rss_mb,
+        retry=RetryPolicy(ack.retry_base_s, ack.retry_max_s, ack.max_dequeue_count),
+        ack=AckConfig(
+            delete_batch_max=ack.delete_batch_max,
+            delete_flush_s=ack.delete_flush_s,
+            completed_ttl_s=settings.dedup.completed_ttl_s,
+            visibility_timeout_s=ack.visibility_timeout_s,
+            extend_before_s=ack.extend_before_s,
+            max_in_flight_s=ack.max_in_flight_s,
+        ),
+    )
+
+
+class _TokenStats:
+    """Counts token events in the worker's stats object (consumer.clients.tokens.TokenObserver)."""
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+
+    def token_refreshed(self, message_type: str, lifetime_s: float) -> None:
+        self._stats.incr("token_refreshes")
+
+    # TokenService logs both already (token_fetch_retry / token_fetch_gave_up,
+    # token_invalidated); a second line each would only repeat them.
+    def token_fetch_failed(self, message_type: str, error: AlicomReceiptsError) -> None:
+        pass
+
+    def token_invalidated(self, message_type: str) -> None:
+        pass
+
+
+@dataclass
+class Resources:
+    """What `build_worker` opened; `close()` releases it all, crashes in it only logged."""
+
+    redis: redis.Redis
+    tokens: TokenService
+    dispatcher: Dispatcher
+    metrics: MetricsHandle | None = None
+
+    def close(self) -> None:
+        try:
+            close_handlers(self.dispatcher.routes)
+            self.dispatcher.close()
+        finally:
+            self.redis.close()
+            if self.metrics is not None:
+                self.metrics.close()
+
+
+def build_worker(settings: Settings, message_type: str, env: dict[str, str],
+                 stats: Stats | None = None) -> tuple[Worker, Resources]:
+    """Builds every collaborator of one worker process; raises ConfigError on a bad setup."""
+    if message_type not in MESSAGE_TYPES:
+        raise ConfigError("--queue must be one of %s, got %r"
+                          % (", ".join(sorted(MESSAGE_TYPES)), message_type))
+    stats = stats or Stats()
+    access_key = load_access_key(env)
+    abort = threading.Event()  # the worker's "leave now": cuts token retry sleeps short too
+    tokens = TokenService.from_settings(settings, access_key, observer=_TokenStats(stats),
+                                        stop=abort)
+    provider = tokens.credentials_provider(message_type)
+    queue_name = settings.queue_name(message_type)
+
+    def client_factory() -> QueueClient:
+        return MnsQueueClient(settings.endpoints.mns_endpoint, queue_name, provider,
+                              settings.poll.socket_timeout_s)
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                  socket_connect_timeout=5, health_check_interval=30)
+    # Before the plugins: a plugin's own prometheus metrics must see multiprocess mode.
+    metrics = setup_metrics(settings.metrics, message_type, stats)
+    try:
+        routes = load_handlers(settings.handlers)
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
+    dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
+                            max_workers=settings.worker.handler_threads,
+                            stuck_gauge=metrics.stuck_gauge if metrics else None)
+    if metrics is not None:
+        _register_delivery_stats(metrics, settings.handlers)
+    pipeline = Pipeline(
+        client_factory=client_factory,
+        dedup=RedisDedupStore(client, settings.dedup),
+        dead_letters=RedisDeadLetterStore(client, settings.deadletter),
+        dispatcher=dispatcher,
+        on_auth_error=provider.on_auth_error,
+        stats=stats,
+        key_of=settings.key_function(),
+    )
+    return Worker(worker_config(settings, message_type), pipeline, abort), Resources(
+        client, tokens, dispatcher, metrics)
+
+
+#: How the delivery-stats handler may be named in `[[handlers]] use`.
+_DELIVERY_STATS_USES = frozenset({
+    "delivery-stats", "consumer.handlers.delivery_stats:DeliveryStatsHandler"})
+
+
+def _register_delivery_stats(metrics: MetricsHandle, specs: Sequence[HandlerSpec]) -> None:
+    """Exposes the delivery statistics as metrics where the delivery-stats handler keeps them.
+
+    The collector reads Redis on every scrape, so its client has short timeouts and no
+    retries: a scrape reports `alicom_delivery_stats_up 0` rather than hang on a dead Redis.
+    """
+    # Imported here: the collector builds on prometheus_client, which must be imported only
+    # after setup_metrics chose the multiprocess mode (consumer.runtime.metrics docstring).
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+    from redis.retry import Retry  # noqa: PLC0415
+
+    from consumer.reports.delivery_report import DeliveryStatsCollector  # noqa: PLC0415
+    from consumer.reports.delivery_stats import DEFAULT_PREFIX  # noqa: PLC0415
+
+    for spec in specs:
+        if spec.use not in _DELIVERY_STATS_USES or "url" not in spec.options:
+            continue
+        stats_client = redis.Redis.from_url(
+            str(spec.options["url"]), socket_timeout=2, socket_connect_timeout=2,
+            retry=Retry(NoBackoff(), 0))
+        prefix = str(spec.options.get("prefix", DEFAULT_PREFIX))
+        metrics.exposition.registry.register(DeliveryStatsCollector(stats_client, prefix=prefix))
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="alicom-receipts worker",
+                                     description="Run one worker process for one queue type.")
+    parser.add_argument("--queue", required=True, metavar="TYPE",
+                        help="message type to consume: SmsReport, SmsUp, ...")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="TOML settings file (default: $ALICOM_RECEIPTS_CONFIG, else the "
+                             "embedded local default)")
+    return parser.parse_args(list(argv))
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    args = _parse(argv)
+    env = dict(os.environ)
+    try:
+        settings = load_settings(config_path(args.config, env), env)
+    except ConfigError as exc:
+        print("alicom-receipts worker: %s" % exc)
+        return 2
+    logs.configure(settings.log.level, settings.log.format)
+    try:
+        worker, resources = build_worker(settings, args.queue, env)
+    except ConfigError as exc:
+        log.error("config_invalid", error=str(exc))  # noqa: TRY400 - the message says it all
+        return 2
+    log.info("settings", **settings.describe())
+    try:
+        return serve(worker, settings.service)
+    finally:
+        resources.close()

@@ -1,0 +1,420 @@
+"""`alicom-receipts run`: this host's worker processes, for hosts without systemd.
+
+    alicom-receipts run [--config FILE] [--processes N] [--queue TYPE ...]
+
+Starts N `python -m consumer worker --queue T [--config F]` processes (same interpreter) per
+queue type (`settings.queues`, or the `--queue` flags; N from `[run] processes_per_queue`
+or `--processes`), and keeps them running:
+
+- a worker that exits 0 recycled itself (max_receipts / max_rss_mb): restarted at once;
+- one that exits non-zero or is killed is restarted after an exponential backoff
+  (`restart_initial_s` doubling up to `restart_max_s`); a process that ran for
+  `stable_after_s` counts as healthy again, so its next failure starts from the bottom;
+- the first SIGTERM/SIGINT is passed on to every worker (each drains within its
+  `worker.shutdown_budget_s`); `run` waits for them up to that budget plus `stop_margin_s`,
+  then SIGKILLs what is left. A second signal is passed on too: a worker leaves at once on
+  its second signal. Exit status 0 when every worker drained and exited 0, else 1.
+
+The loop sleeps in select() on a self-pipe fed by `signal.set_wakeup_fd` (SIGCHLD, SIGTERM,
+SIGINT), with a timeout only when a restart or the stop deadline is due: no polling.
+Workers run in their own process group (a terminal's Ctrl-C reaches `run` only, which
+forwards one SIGTERM) and, on Linux, get SIGTERM if `run` itself dies (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from consumer.errors import ConfigError
+from consumer.runtime import logs
+
+if TYPE_CHECKING:
+    from consumer.settings import Settings
+
+log = structlog.get_logger("alicom_receipts.supervisor")
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+#: What signal.signal() takes and returns (typeshed's private `_HANDLER`).
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The `[run]` table: how `alicom-receipts run` runs this host's workers.
+
+    `processes_per_queue` worker processes per queue type. A worker that fails is restarted
+    after `restart_initial_s`, doubling per consecutive failure up to `restart_max_s`; one
+    that ran `stable_after_s` or longer resets that count. On stop, `run` waits the workers'
+    `worker.shutdown_budget_s` plus `stop_margin_s` before it SIGKILLs the rest.
+    """
+
+    processes_per_queue: int = 1
+    restart_initial_s: float = 1.0
+    restart_max_s: float = 60.0
+    stable_after_s: float = 30.0
+    stop_margin_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.processes_per_queue <= 256:
+            raise ConfigError("run processes_per_queue must be 1-256, got %r"
+                              % (self.processes_per_queue,))
+        if not 0 < self.restart_initial_s <= self.restart_max_s:
+            raise ConfigError("run restart_initial_s must be > 0 and <= restart_max_s, got %r "
+                              "and %r" % (self.restart_initial_s, self.restart_max_s))
+        if not self.stable_after_s > 0:
+            raise ConfigError("run stable_after_s must be > 0, got %r" % (self.stable_after_s,))
+        if not self.stop_margin_s >= 0:
+            raise ConfigError("run stop_margin_s must be >= 0, got %r" % (self.stop_margin_s,))
+
+
+# -- one worker slot ---------------------------------------------------------------------------
+
+@dataclass
+class Slot:
+    """One place for a worker process (a queue type and an index), refilled on every exit."""
+
+    queue: str
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0          # monotonic time of the current (or last) start
+    failures: int = 0                # consecutive unexpected exits
+    restart_at: float | None = None  # monotonic time a pending restart is due
+    restarts: int = 0
+
+    @property
+    def name(self) -> str:
+        return "%s-%d" % (self.queue, self.index)
+
+
+def restart_delay(failures: int, run: RunSettings) -> float:
+    """Seconds before the restart after `failures` consecutive failures (0 for none)."""
+    if failures <= 0:
+        return 0.0
+    return float(min(run.restart_max_s, run.restart_initial_s * 2 ** min(failures - 1, 30)))
+
+
+def after_exit(slot: Slot, code: int, ran_s: float, run: RunSettings) -> float:
+    """Counts an exit with status `code` after `ran_s` seconds; returns the restart delay.
+
+    A run of `stable_after_s` or more clears earlier failures first; 0 is a recycle (no
+    failure, restart at once); anything else (non-zero, or killed: negative) is a failure.
+    """
+    if ran_s >= run.stable_after_s:
+        slot.failures = 0
+    if code == 0:
+        return 0.0
+    slot.failures += 1
+    return restart_delay(slot.failures, run)
+
+
+def describe_exit(code: int) -> dict[str, object]:
+    """Log fields for a Popen return code: the status, or the signal that killed it."""
+    if code < 0:
+        try:
+            return {"code": code, "signal": signal.Signals(-code).name}
+        except ValueError:
+            return {"code": code, "signal": -code}
+    return {"code": code}
+
+
+# -- the supervisor ----------------------------------------------------------------------------
+
+Spawn = Callable[[Slot], subprocess.Popen[bytes]]
+Clock = Callable[[], float]
+
+
+@dataclass
+class Supervisor:
+    """The slots' state machine; `supervise()` drives it. Every method is one step and
+    returns at once, so tests can drive it with real processes and no signals."""
+
+    slots: list[Slot]
+    spawn: Spawn
+    run: RunSettings
+    stop_budget_s: float
+    clock: Clock = time.monotonic
+    stop_signals: int = 0
+    stop_deadline: float | None = None
+    killed: list[str] = field(default_factory=list)
+    stop_codes: dict[str, int] = field(default_factory=dict)  # exits seen while stopping
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_signals > 0
+
+    def start_all(self) -> None:
+        for slot in self.slots:
+            self._start(slot)
+
+    def _start(self, slot: Slot) -> None:
+        slot.restart_at = None
+        slot.started_at = self.clock()
+        try:
+            slot.proc = self.spawn(slot)
+        except OSError as exc:  # fork or exec refused (no memory, too many processes)
+            slot.failures += 1
+            delay = restart_delay(slot.failures, self.run)
+            slot.restart_at = slot.started_at + delay
+            log.error("child_start_failed", child=slot.name, error=str(exc),  # noqa: TRY400 - the OS error says it all
+                      restart_in_s=delay, failures=slot.failures)
+            return
+        log.info("child_started", child=slot.name, queue=slot.queue, index=slot.index,
+                 pid=slot.proc.pid, restarts=slot.restarts)
+
+    def reap(self) -> None:
+        """Collects every worker that has exited, and schedules its restart unless stopping."""
+        for slot in self.slots:
+            if slot.proc is None:
+                continue
+            code = slot.proc.poll()
+            if code is not None:
+                self._exited(slot, slot.proc.pid, code)
+
+    def _exited(self, slot: Slot, pid: int, code: int) -> None:
+        now = self.clock()
+        slot.proc = None
+        ran_s = round(now - slot.started_at, 3)
+        if self.stopping:
+            self.stop_codes[slot.name] = code
+            log.info("child_stopped", child=slot.name, pid=pid, ran_s=ran_s, **describe_exit(code))
+            return
+        delay = after_exit(slot, code, ran_s, self.run)
+        slot.restart_at = now + delay
+        emit = log.info if code == 0 else log.warning
+        emit("child_exited", child=slot.name, pid=pid, ran_s=ran_s, restart_in_s=delay,
+             failures=slot.failures, **describe_exit(code))
+
+    def restart_due(self) -> None:
+        """Starts every worker whose restart time has come (none once stopping)."""
+        if self.stopping:
+            return
+        now = self.clock()
+        for slot in self.slots:
+            if slot.proc is None and slot.restart_at is not None and slot.restart_at <= now:
+                slot.restarts += 1
+                self._start(slot)
+
+    def request_stop(self, signum: int) -> None:
+        """First call: pass SIGTERM on, cancel pending restarts, start the stop deadline.
+        Later calls: pass SIGTERM on again (a worker leaves at once on its second one)."""
+        self.stop_signals += 1
+        running = [s for s in self.slots if s.proc is not None]
+        if self.stop_signals == 1:
+            self.stop_deadline = self.clock() + self.stop_budget_s
+            for slot in self.slots:
+                slot.restart_at = None
+            log.info("stopping", signal=signal.Signals(signum).name, running=len(running),
+                     wait_s=self.stop_budget_s)
+        else:
+            log.warning("stopping_now", signal=signal.Signals(signum).name,
+                        running=len(running))
+        for slot in running:
+            _send(slot, signal.SIGTERM)
+
+    def enforce_deadline(self) -> None:
+        """SIGKILLs every worker still running once the stop deadline has passed."""
+        if self.stop_deadline is None or self.clock() < self.stop_deadline:
+            return
+        for slot in self.slots:
+            if slot.proc is not None and slot.name not in self.killed:
+                log.error("stop_timeout_kill", child=slot.name, pid=slot.proc.pid)
+                self.killed.append(slot.name)
+                _send(slot, signal.SIGKILL)
+
+    def finished(self) -> bool:
+        return self.stopping and all(s.proc is None for s in self.slots)
+
+    def timeout(self) -> float | None:
+        """Seconds until the next due restart or the stop deadline; None: wait for a signal."""
+        due = [s.restart_at for s in self.slots if s.restart_at is not None]
+        if self.stop_deadline is not None and not self.killed:
+            due.append(self.stop_deadline)
+        return max(0.0, min(due) - self.clock()) if due else None
+
+    def exit_code(self) -> int:
+        """0 when every worker running at the stop exited cleanly, else 1.
+
+        Clean is 0, or death by the SIGTERM passed on: a worker that had not yet installed
+        its handlers (just restarted) dies of it, but it had received nothing either.
+        """
+        clean = (0, -signal.SIGTERM)
+        return 0 if all(c in clean for c in self.stop_codes.values()) and not self.killed else 1
+
+
+def _send(slot: Slot, signum: int) -> None:
+    if slot.proc is not None:
+        with contextlib.suppress(ProcessLookupError):  # exited since the last reap
+            slot.proc.send_signal(signum)
+
+
+# -- signals and the loop ----------------------------------------------------------------------
+
+class SignalPipe:
+    """Delivers SIGCHLD, SIGTERM and SIGINT as bytes on a self-pipe (`signal.set_wakeup_fd`),
+    so the loop can sleep in select() without missing a signal that arrives between two
+    checks. Main thread only; restores the previous handlers on exit."""
+
+    SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        self._old_fd = -1
+        self._old: dict[int, _Handler] = {}
+
+    def __enter__(self) -> SignalPipe:
+        for fd in (self._read, self._write):
+            os.set_blocking(fd, False)
+        self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        for signum in self.SIGNALS:
+            self._old[signum] = signal.signal(signum, _noted)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self._read)
+        os.close(self._write)
+
+    def wait(self, timeout_s: float | None) -> list[int]:
+        """Sleeps until a signal arrives or `timeout_s` passes; returns the signals seen."""
+        ready, _, _ = select.select([self._read], [], [], timeout_s)
+        if not ready:
+            return []
+        try:
+            return list(os.read(self._read, 4096))
+        except BlockingIOError:
+            return []
+
+
+def _noted(_signum: int, _frame: FrameType | None) -> None:
+    """The Python-level handler: nothing to do, the wakeup byte carries the news."""
+
+
+def supervise(sup: Supervisor, signals: SignalPipe) -> int:
+    """Runs `sup` until it was asked to stop and every worker has exited; its exit status."""
+    sup.start_all()
+    while not sup.finished():
+        for signum in signals.wait(sup.timeout()):
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                sup.request_stop(signum)
+        sup.reap()
+        sup.enforce_deadline()
+        sup.restart_due()
+    code = sup.exit_code()
+    log.info("run_stopped", code=code)
+    return code
+
+
+# -- starting workers --------------------------------------------------------------------------
+
+def worker_command(queue: str, config: str | None) -> list[str]:
+    """The command of one worker: this interpreter, `-m consumer worker`."""
+    cmd = [sys.executable, "-m", "consumer", "worker", "--queue", queue]
+    return [*cmd, "--config", config] if config else cmd
+
+
+def _death_signal_setup() -> Callable[[], None]:
+    """A preexec function: own process group, and SIGTERM when the parent dies (Linux).
+
+    libc is looked up before the fork; the child only makes two system calls.
+    """
+    parent = os.getpid()
+    prctl = None
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def setup() -> None:
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before prctl: nobody to serve
+                os.kill(os.getpid(), signal.SIGTERM)
+    return setup
+
+
+def process_spawner(config: str | None, env: dict[str, str] | None = None) -> Spawn:
+    """Starts workers as child processes sharing this process's stdout and stderr."""
+    def spawn(slot: Slot) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+            worker_command(slot.queue, config), env=env,
+            preexec_fn=_death_signal_setup())  # noqa: PLW1509 - `run` is single-threaded
+    return spawn
+
+
+# -- command line ------------------------------------------------------------------------------
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="alicom-receipts run",
+        description="Run this host's worker processes without systemd: restart them when "
+                    "they exit, pass SIGTERM on, exit when all have drained.")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="TOML settings file (default: $ALICOM_RECEIPTS_CONFIG, else the "
+                             "embedded local default); passed on to every worker")
+    parser.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="worker processes per queue type (default: [run] "
+                             "processes_per_queue)")
+    parser.add_argument("--queue", action="append", default=None, metavar="TYPE",
+                        help="a queue type to run (repeatable; default: [alicom] queues)")
+    return parser.parse_args(list(argv))
+
+
+def plan_slots(queues: Sequence[str], processes: int) -> list[Slot]:
+    """`processes` slots per queue type, indexed from 1 (SmsReport-1, SmsReport-2, ...)."""
+    return [Slot(q, i) for q in queues for i in range(1, processes + 1)]
+
+
+def _choose(args: argparse.Namespace, settings: Settings) -> tuple[list[str], int]:
+    """The queue types and processes per type; raises ConfigError for a bad flag."""
+    from consumer.settings import QUEUE_MESSAGE_TYPES  # noqa: PLC0415 - see main()
+
+    queues = list(dict.fromkeys(args.queue or settings.queues))
+    unknown = [q for q in queues if q not in QUEUE_MESSAGE_TYPES]
+    if unknown:
+        raise ConfigError("--queue must be one of %s, got %s"
+                          % (", ".join(QUEUE_MESSAGE_TYPES), ", ".join(unknown)))
+    processes = (args.processes if args.processes is not None
+                 else settings.run.processes_per_queue)
+    if not 1 <= processes <= 256:
+        raise ConfigError("--processes must be 1-256, got %d" % processes)
+    return queues, processes
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parse(argv)
+    env = dict(os.environ)
+    # settings.py imports RunSettings from this module: load it only when `run` runs.
+    from consumer.settings import config_path, load_settings  # noqa: PLC0415 - import cycle
+
+    config = config_path(args.config, env)
+    try:
+        settings = load_settings(config, env)
+        queues, processes = _choose(args, settings)
+    except ConfigError as exc:
+        sys.stderr.write("alicom-receipts run: %s\n" % exc)
+        return 2
+    logs.configure(settings.log.level, settings.log.format)
+    run = settings.run
+    sup = Supervisor(plan_slots(queues, processes), process_spawner(config), run,
+                     settings.worker.shutdown_budget_s + run.stop_margin_s)
+    log.info("run_started", pid=os.getpid(), queues=queues, processes_per_queue=processes,
+             config=settings.source)
+    with SignalPipe() as pipe:
+        return supervise(sup, pipe)

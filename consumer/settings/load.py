@@ -1,0 +1,424 @@
+"""The loader behind `consumer.settings.load_settings`: TOML text + environment -> Settings.
+
+Steps, each adding one line per problem to a list raised at the end as `InvalidSettings`:
+refuse AccessKey-like keys anywhere; apply `ALICOM_RECEIPTS_<SECTION>_<KEY>` overrides;
+type every table by its dataclass (unknown keys get a did-you-mean); build the handler
+specs; resolve the endpoints and the queue prefix. `Settings` itself then checks ranges and
+the rules that tie settings together.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import types
+import typing
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from consumer.errors import ConfigError
+from consumer.handlers.plugins import HandlerSpec
+from consumer.pipeline.deadletter import DeadLetterSettings
+from consumer.pipeline.dedup import DedupSettings
+from consumer.receipts import resolve_key_fields
+from consumer.runtime.metrics import MetricsSettings
+from consumer.runtime.service import ServiceSettings
+from consumer.runtime.supervisor import RunSettings
+from consumer.settings import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_TOML,
+    SANDBOX_ACCOUNT_ID,
+    AckSettings,
+    Endpoints,
+    InvalidSettings,
+    LogSettings,
+    PollSettings,
+    Settings,
+    TokenSettings,
+    WorkerSettings,
+    did_you_mean,
+    preset_endpoints,
+)
+
+# tomllib is 3.11+; the package depends on tomli for 3.10 (same API).
+tomllib: Any = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
+
+ENV_PREFIX = "ALICOM_RECEIPTS_"
+#: Names under ENV_PREFIX that are not settings (the CLI's configuration file path).
+ENV_RESERVED = frozenset({CONFIG_ENV})
+
+_CREDENTIAL_KEYS = frozenset({
+    "access_key_secret", "accesskeysecret", "access_key_id", "accesskeyid", "security_token",
+    "securitytoken", "alibaba_cloud_access_key_secret", "alibaba_cloud_access_key_id",
+})
+WHERE_THE_ACCESS_KEY_GOES = (
+    "the AccessKey never goes in the configuration: give it as systemd credentials "
+    "(LoadCredential= files access_key_id and access_key_secret, read from "
+    "$CREDENTIALS_DIRECTORY), or the environment variables ALIBABA_CLOUD_ACCESS_KEY_ID and "
+    "ALIBABA_CLOUD_ACCESS_KEY_SECRET, or the Alibaba Cloud credentials file or RAM role"
+)
+
+
+@dataclass(frozen=True)
+class _Alicom:
+    """The `[alicom]` table: a preset (each endpoint field overridable) and the queues."""
+
+    preset: str = "mainland"
+    mns_endpoint: str | None = None
+    token_endpoint: str | None = None
+    token_protocol: str | None = None
+    region_id: str | None = None
+    account_id: str | None = None
+    queue_prefix: str | None = None
+    queues: tuple[str, ...] = ("SmsReport", "SmsUp")
+
+
+@dataclass(frozen=True)
+class _Redis:
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+_SECTIONS: Mapping[str, type] = MappingProxyType({
+    "alicom": _Alicom, "redis": _Redis, "poll": PollSettings, "ack": AckSettings,
+    "worker": WorkerSettings, "dedup": DedupSettings, "deadletter": DeadLetterSettings,
+    "log": LogSettings, "token": TokenSettings, "metrics": MetricsSettings,
+    "service": ServiceSettings, "run": RunSettings,
+})
+_HANDLER_KEYS = ("use", "types", "options", "name")
+_T = TypeVar("_T")
+
+
+def load(path: str | None, env: Mapping[str, str]) -> Settings:
+    """See `consumer.settings.load_settings`."""
+    text, source = _read(path)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
+    problems: list[str] = []
+    _find_credentials(raw, "", problems)
+    _apply_env(raw, env, problems)
+    sections = _build_sections(raw, problems)
+    handlers = _build_handlers(raw.get("handlers", []), problems)
+    dedup_keys = _build_dedup_keys(raw.get("dedup_keys", {}), problems)
+    alicom = sections.get("alicom")
+    endpoints = prefix = None
+    if isinstance(alicom, _Alicom):
+        endpoints = _endpoints(alicom, problems)
+        prefix = _queue_prefix(alicom, problems)
+    if len(sections) < len(_SECTIONS) or endpoints is None or prefix is None:
+        raise InvalidSettings(problems)
+    try:
+        settings = _assemble(sections, endpoints, prefix, handlers, dedup_keys, source)
+    except InvalidSettings as exc:  # range and cross-setting rules: report them with the rest
+        raise InvalidSettings([*problems, *exc.problems]) from None
+    if problems:
+        raise InvalidSettings(problems)
+    return settings
+
+
+def _assemble(sections: Mapping[str, object], endpoints: Endpoints, prefix: str,
+              handlers: tuple[HandlerSpec, ...], dedup_keys: Mapping[str, tuple[str, ...]],
+              source: str) -> Settings:
+    return Settings(
+        endpoints=endpoints, queue_prefix=prefix, queues=_get(sections, "alicom", _Alicom).queues,
+        redis_url=_get(sections, "redis", _Redis).url, handlers=handlers, dedup_keys=dedup_keys,
+        poll=_get(sections, "poll", PollSettings), ack=_get(sections, "ack", AckSettings),
+        worker=_get(sections, "worker", WorkerSettings),
+        dedup=_get(sections, "dedup", DedupSettings),
+        deadletter=_get(sections, "deadletter", DeadLetterSettings),
+        log=_get(sections, "log", LogSettings), token=_get(sections, "token", TokenSettings),
+        metrics=_get(sections, "metrics", MetricsSettings),
+        service=_get(sections, "service", ServiceSettings),
+        run=_get(sections, "run", RunSettings), source=source,
+    )
+
+
+def _read(path: str | None) -> tuple[str, str]:
+    if path is None:
+        return DEFAULT_CONFIG_TOML, "<embedded default>"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(), path
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration file {path}: "
+                          f"{exc.strerror or exc}") from exc
+
+
+def _get(sections: Mapping[str, object], name: str, cls: type[_T]) -> _T:
+    value = sections[name]
+    if not isinstance(value, cls):  # pragma: no cover - _build_sections builds from _SECTIONS
+        raise TypeError(name)
+    return value
+
+
+def _find_credentials(node: Any, where: str, problems: list[str]) -> None:
+    """Refuses AccessKey-like keys anywhere in the file (handler options included)."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _find_credentials(item, f"{where}[{i}]", problems)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            name = f"{where}.{key}" if where else key
+            if key.lower() in _CREDENTIAL_KEYS:
+                problems.append(f"{name} is not allowed: {WHERE_THE_ACCESS_KEY_GOES}")
+            else:
+                _find_credentials(value, name, problems)
+
+
+class _EnvText(str):
+    """A value that came from the environment: typed from its text, not from TOML."""
+
+    __slots__ = ()
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list[str]) -> None:
+    """Writes `ALICOM_RECEIPTS_<SECTION>_<KEY>` values into `raw`, as `_EnvText`."""
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX) or var in ENV_RESERVED:
+            continue
+        section, _, key = var[len(ENV_PREFIX):].lower().partition("_")
+        if section in OTHER_COMMANDS_SECTIONS:
+            continue
+        if key in _CREDENTIAL_KEYS:
+            problems.append(f"{var} is not allowed: {WHERE_THE_ACCESS_KEY_GOES}")
+            continue
+        cls = _SECTIONS.get(section)
+        if cls is None or key not in {f.name for f in fields(cls)}:
+            every = [f"{ENV_PREFIX}{s}_{f.name}".upper() for s, c in _SECTIONS.items()
+                     for f in fields(c)]
+            problems.append(f"{var} is not a setting{did_you_mean(var, every)}")
+            continue
+        table = raw.setdefault(section, {})
+        if isinstance(table, dict):
+            table[key] = _EnvText(env[var])
+
+
+#: Sections read and checked by other commands from the same file (push-server and
+#: push-worker, reconcile, the send tracker); the worker leaves them to those commands.
+OTHER_COMMANDS_SECTIONS = frozenset({"push", "reconcile", "tracking"})
+
+
+def _build_sections(raw: Mapping[str, Any], problems: list[str]) -> dict[str, object]:
+    built: dict[str, object] = {}
+    for name in raw:
+        if (name not in _SECTIONS and name not in {"handlers", "dedup_keys"}
+                and name not in OTHER_COMMANDS_SECTIONS):
+            hint = did_you_mean(name, [*_SECTIONS, "handlers"])
+            problems.append(f"[{name}] is not a section{hint}")
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            problems.append(f"{name} must be a table ([{name}])")
+            continue
+        kwargs = _typed_table(name, cls, table, problems)
+        if kwargs is None:
+            continue
+        try:
+            built[name] = cls(**kwargs)
+        except (ConfigError, ValueError, TypeError) as exc:  # the section's own validation
+            problems.append(f"{name}: {exc}")
+    return built
+
+
+def _typed_table(section: str, cls: type, table: Mapping[str, Any],
+                 problems: list[str]) -> dict[str, Any] | None:
+    """The table's values typed by `cls`'s fields, or None after adding its problems."""
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    kwargs: dict[str, Any] = {}
+    ok = True
+    for key, value in table.items():
+        if key not in known:
+            if key.lower() not in _CREDENTIAL_KEYS:  # those are reported on their own
+                problems.append(f"{section}.{key} is not a setting{did_you_mean(key, known)}")
+            ok = False
+            continue
+        try:
+            kwargs[key] = _coerce(value, hints[key])
+        except ValueError as exc:
+            problems.append(f"{section}.{key} {exc}, got {str(value)!r}")
+            ok = False
+    return kwargs if ok else None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """`value` (TOML-typed, or `_EnvText`) as field type `tp`; ValueError says what is wanted."""
+    env = isinstance(value, _EnvText)
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return None if env and value.strip().lower() in ("", "none") else _coerce(value, inner)
+    if typing.get_origin(tp) is tuple:
+        return _to_strings(value, env)
+    convert = _CONVERTERS.get(tp)
+    if convert is None:
+        raise ValueError(f"has a type the loader cannot read ({tp!r})")
+    return convert(value, env)
+
+
+def _to_bool(value: Any, env: bool) -> bool:
+    word = value.strip().lower() if env else None
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    if isinstance(value, bool) and not env:
+        return value
+    raise ValueError("must be true or false")
+
+
+def _to_int(value: Any, env: bool) -> int:
+    if env and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not env:
+        return value
+    raise ValueError("must be an integer")
+
+
+def _to_float(value: Any, env: bool) -> float:
+    if env:
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError("must be a number") from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError("must be a number")
+
+
+def _to_str(value: Any, env: bool) -> str:
+    if isinstance(value, str):
+        return str(value)
+    raise ValueError("must be a string")
+
+
+def _to_strings(value: Any, env: bool) -> tuple[str, ...]:
+    """A TOML list of strings, or comma-separated text from the environment."""
+    items = [v.strip() for v in value.split(",") if v.strip()] if env else value
+    if isinstance(items, list) and all(isinstance(v, str) for v in items):
+        return tuple(str(v) for v in items)
+    raise ValueError("must be a list of strings")
+
+
+_CONVERTERS: dict[Any, Callable[[Any, bool], Any]] = {
+    bool: _to_bool, int: _to_int, float: _to_float, str: _to_str,
+}
+
+
+def _optional_inner(tp: Any) -> Any:
+    """`X` for `X | None`, else None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        rest = [a for a in args if a is not type(None)]
+        if len(args) == 2 and len(rest) == 1:
+            return rest[0]
+    return None
+
+
+def _build_dedup_keys(raw: Any, problems: list[str]) -> Mapping[str, tuple[str, ...]]:
+    """`[dedup_keys]`: receipt class name -> the fields of its dedup key (checked)."""
+    if not isinstance(raw, dict):
+        problems.append("dedup_keys must be a table: ClassName = [\"field\", ...]")
+        return MappingProxyType({})
+    overrides: dict[str, tuple[str, ...]] = {}
+    for name, value in raw.items():
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append("dedup_keys.%s must be a list of field names" % name)
+            continue
+        overrides[name] = tuple(value)
+    try:
+        resolve_key_fields(overrides)
+    except ConfigError as exc:
+        problems.append(str(exc))
+        return MappingProxyType({})
+    return MappingProxyType(overrides)
+
+
+def _build_handlers(raw: Any, problems: list[str]) -> tuple[HandlerSpec, ...]:
+    if not isinstance(raw, list):
+        problems.append("handlers must be an array of tables ([[handlers]])")
+        return ()
+    specs: list[HandlerSpec] = []
+    for i, item in enumerate(raw):
+        before = len(problems)
+        spec = _handler(f"handlers[{i}]", item, problems)
+        if spec is not None and len(problems) == before:
+            specs.append(spec)
+    return tuple(specs)
+
+
+def _handler(where: str, item: Any, problems: list[str]) -> HandlerSpec | None:
+    if not isinstance(item, dict):
+        problems.append(f"{where} must be a table")
+        return None
+    problems.extend(f"{where}.{k} is not a setting{did_you_mean(k, list(_HANDLER_KEYS))}"
+                    for k in item if k not in _HANDLER_KEYS and k.lower() not in _CREDENTIAL_KEYS)
+    use, kinds, options, name = (item.get(k) for k in _HANDLER_KEYS)
+    if not isinstance(use, str) or not use:
+        problems.append(f"{where}.use must name a handler (an entry point name or module:attr)")
+    elif kinds is not None and not (isinstance(kinds, list)
+                                    and all(isinstance(t, str) for t in kinds)):
+        problems.append(f"{where}.types must be a list of message types")
+    elif options is not None and not isinstance(options, dict):
+        problems.append(f"{where}.options must be a table")
+    elif name is not None and not isinstance(name, str):
+        problems.append(f"{where}.name must be a string")
+    else:
+        return HandlerSpec(use=use, types=None if kinds is None else tuple(kinds),
+                           options=MappingProxyType(dict(options or {})), name=name)
+    return None
+
+
+def _endpoints(a: _Alicom, problems: list[str]) -> Endpoints | None:
+    if a.preset == "custom":
+        missing = [f"alicom.{k}" for k in ("mns_endpoint", "token_endpoint") if not getattr(a, k)]
+        if missing:
+            problems.append(f"alicom.preset custom needs {' and '.join(missing)}")
+            return None
+        base = Endpoints("", "", "https", "cn-hangzhou")
+    else:
+        try:
+            base = preset_endpoints(a.preset)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            return None
+    return Endpoints(
+        mns_endpoint=a.mns_endpoint or base.mns_endpoint,
+        token_endpoint=a.token_endpoint or base.token_endpoint,
+        token_protocol=a.token_protocol or base.token_protocol,
+        region_id=a.region_id or base.region_id,
+    )
+
+
+def _queue_prefix(a: _Alicom, problems: list[str]) -> str | None:
+    """"Alicom-Queue-<account id>-" from `queue_prefix`, else `account_id`, else the preset.
+
+    The account id in a queue name is the customer's own (the SMS console shows the full
+    queue name); the number in the public MNS host is Alibaba's queue owner, the same for
+    everyone. So the host is used only for a `custom` endpoint that names the account, the
+    sandbox uses its own account, and a public preset needs `account_id`.
+    """
+    if a.queue_prefix is not None:
+        return a.queue_prefix
+    account = a.account_id
+    if account is None and a.preset == "sandbox":
+        account = SANDBOX_ACCOUNT_ID
+    if account is None and a.preset == "custom" and a.mns_endpoint:
+        label = (urllib.parse.urlsplit(a.mns_endpoint).hostname or "").split(".")[0]
+        account = label if label.isdigit() else None
+    if account is None:
+        problems.append(f"alicom.account_id is required with preset {a.preset!r}: your "
+                        f"Alibaba Cloud account id, as in the queue name "
+                        f"Alicom-Queue-<account id>-SmsReport shown in the SMS console")
+        return None
+    if not account.isdigit():
+        problems.append(f"alicom.account_id must be the digits of your account id, "
+                        f"got {account!r}")
+        return None
+    return f"Alicom-Queue-{account}-"

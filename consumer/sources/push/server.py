@@ -1,0 +1,339 @@
+"""The HTTP batch push receiver: `alicom-receipts push-server`.
+
+In push mode the platform POSTs a JSON array of receipts of one type to the customer's URL
+and wants HTTP 200 `{"code":0,"msg":"接收成功"}` within 700 ms (it checks only `code`); a GET
+on the same URL is its connectivity test and wants the same answer. It pushes again after
+about 1, 5 and 10 minutes when the answer is anything else.
+
+The contract of this server: a POST is answered 200 only after EVERY receipt of its body is
+durably handed off, i.e. appended to a Redis stream (`PushSettings.stream`) in one MULTI/EXEC
+(all or none). If Redis cannot take the body within `handoff_timeout_s` the answer is 503
+`{"code":1,...}`, so the platform pushes again and nothing is lost. (A hand-off that timed
+out on our side may still have been stored: the re-push then meets the dedup record.) The
+stream is drained by `alicom-receipts push-worker` (consumer.sources.push.worker) through the same
+decoding, dedup, handlers and dead letters as the MNS worker.
+
+Each stream entry: `t` the message type, `b` the element re-serialised as compact JSON, `r`
+the receive time (epoch ms), `p` an id of the push request (to trace a body in the logs).
+
+Before anything is stored: the source address must be in `allowlist` (403), the secret path
+segment must match (404, compared in constant time, never echoed or logged), the type must
+be one the platform pushes (404), the body must fit `max_body_bytes` (413) and be a JSON
+array of objects (400, the message says what is wrong). An empty array is answered 200.
+The stream is never trimmed: at `stream_maxlen` entries the server answers 503 instead (a
+trim would drop receipts nobody has handled yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import ipaddress
+import json
+import os
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from consumer.errors import ConfigError
+from consumer.pipeline.decode import reject_constant
+from consumer.receipts import MESSAGE_TYPES
+from consumer.runtime import logs
+from consumer.settings import config_path
+from consumer.settings.push import IpNetwork, PushSettings, load_push_config
+
+log = structlog.get_logger("alicom_receipts.push")
+
+SUCCESS: Mapping[str, Any] = {"code": 0, "msg": "接收成功"}
+"""The answer the platform wants for a push and for its connectivity test."""
+
+
+
+# ---------------------------------------------------------------------------------------
+# The body
+
+
+class PushBodyError(ValueError):
+    """The body is not a JSON array of objects; the message says why (never echoes it)."""
+
+
+def parse_push_body(body: bytes) -> list[str]:
+    """The elements of a push body, each re-serialised as compact JSON text.
+
+    Raises PushBodyError unless the body is UTF-8 JSON (strict: no NaN/Infinity) holding an
+    array of objects. Element contents are not checked here: a receipt that lacks a field is
+    stored and dead-lettered by the worker, so one bad element never blocks its neighbours.
+    """
+    try:
+        doc = json.loads(body.decode("utf-8-sig"), parse_constant=reject_constant)
+    except UnicodeDecodeError as exc:
+        raise PushBodyError("the body is not UTF-8 (invalid byte at offset %d)"
+                            % exc.start) from exc
+    except RecursionError as exc:
+        raise PushBodyError("the body is not valid JSON: nested too deeply") from exc
+    except ValueError as exc:
+        raise PushBodyError("the body is not valid JSON: %s" % exc) from exc
+    if not isinstance(doc, list):
+        raise PushBodyError("expected a JSON array of receipts, got a JSON %s"
+                            % type(doc).__name__)
+    for index, element in enumerate(doc):
+        if not isinstance(element, dict):
+            raise PushBodyError("element %d of the array is a JSON %s, expected an object"
+                                % (index, type(element).__name__))
+    return [_compact(element) for element in doc]
+
+
+def _compact(element: dict[str, Any]) -> str:
+    text = json.dumps(element, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate escape: kept as \\u escapes so it can be stored, and the worker's
+        # decoder dead-letters it with the reason instead of this server refusing the batch.
+        return json.dumps(element, separators=(",", ":"))
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+# The server
+
+
+def _answer(status: int, code: int, msg: str) -> web.Response:
+    return web.json_response({"code": code, "msg": msg}, status=status,
+                             dumps=lambda o: json.dumps(o, ensure_ascii=False))
+
+
+_NOT_FOUND = "not found"
+_RECEIPTS = web.RequestKey("receipts", int)  # how many receipts a request carried, for its log
+
+
+class PushReceiver:
+    """The aiohttp application; `app()` builds it. One async Redis client for all requests."""
+
+    def __init__(self, settings: PushSettings, client: redis.asyncio.Redis,
+                 password: str | None = None) -> None:
+        self.settings = settings
+        self._redis = client
+        self._password = password
+        self._allow = settings.networks("allowlist")
+        self._proxies = settings.networks("trusted_proxies")
+        self._secret = settings.secret.encode() if settings.secret else None
+        self._length = 0  # stream length after our last hand-off (the soft cap's estimate)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes,
+                              middlewares=[self._errors_as_json, self._check_source])
+        prefix = self.settings.path_prefix.rstrip("/")
+        route = prefix + ("/{key}/{kind}" if self._secret else "/{kind}")
+        app.router.add_route("*", route, self._handle)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _close(self, _app: web.Application) -> None:
+        await self._redis.aclose()
+
+    @web.middleware
+    async def _errors_as_json(self, request: web.Request,
+                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                              ) -> web.StreamResponse:
+        """Every refusal is `{"code":1,"msg":...}`; aiohttp's own (413, 405) included."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            msg = _NOT_FOUND if exc.status == 404 else exc.text or exc.reason
+            if exc.status == 413:
+                msg = "the body is larger than %d bytes" % self.settings.max_body_bytes
+            return _answer(exc.status, 1, msg)
+
+    @web.middleware
+    async def _check_source(self, request: web.Request,
+                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                            ) -> web.StreamResponse:
+        if self._allow and not _within(self.client_address(request), self._allow):
+            log.warning("push_refused_source", remote=self.client_address(request))
+            return _answer(403, 1, "this source address may not push")
+        return await handler(request)
+
+    def client_address(self, request: web.Request) -> str:
+        """The peer, or the nearest untrusted hop of X-Forwarded-For behind a trusted proxy."""
+        peer = request.remote or ""
+        if not self._proxies or not _within(peer, self._proxies):
+            return peer
+        hops = [h.strip() for h in request.headers.getall("X-Forwarded-For", [])
+                for h in h.split(",")]
+        for hop in reversed(hops):
+            if not _within(hop, self._proxies):
+                return hop
+        return peer
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        key = request.match_info.get("key", "")
+        if self._secret is not None and not hmac.compare_digest(key.encode(), self._secret):
+            raise web.HTTPNotFound
+        if kind not in MESSAGE_TYPES:
+            raise web.HTTPNotFound
+        if request.method in ("GET", "HEAD"):
+            return _answer(200, 0, SUCCESS["msg"])  # the platform's connectivity test
+        if request.method != "POST":
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST"])
+        if (request.content_length or 0) > self.settings.max_body_bytes:
+            raise web.HTTPRequestEntityTooLarge(self.settings.max_body_bytes,
+                                                request.content_length or 0)
+        try:
+            elements = parse_push_body(await request.read())
+        except PushBodyError as exc:
+            log.warning("push_refused_body", message_type=kind, error=str(exc))
+            return _answer(400, 1, str(exc))
+        request[_RECEIPTS] = len(elements)
+        if elements and not await self._hand_off(kind, elements):
+            return _answer(503, 1, "the receipts could not be stored now; push again later")
+        return _answer(200, 0, SUCCESS["msg"])
+
+    async def _hand_off(self, kind: str, elements: Sequence[str]) -> bool:
+        """Appends every element in one MULTI/EXEC within the budget; False when it could not."""
+        s = self.settings
+        received_ms = int(time.time() * 1000)
+        push_id = uuid.uuid4().hex[:16]
+        try:
+            stored = await asyncio.wait_for(self._store(kind, elements, received_ms, push_id),
+                                            s.handoff_timeout_s)
+        except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("push_handoff_failed", message_type=kind, receipts=len(elements),
+                        push_id=push_id, error=self._scrub(exc))
+            return False
+        if stored:
+            log.debug("push_stored", message_type=kind, receipts=len(elements), push_id=push_id)
+        return stored
+
+    async def _store(self, kind: str, elements: Sequence[str], received_ms: int,
+                     push_id: str) -> bool:
+        s = self.settings
+        if self._length + len(elements) > s.stream_maxlen:
+            self._length = int(await self._redis.xlen(s.stream))  # has the worker caught up?
+            if self._length + len(elements) > s.stream_maxlen:
+                log.error("push_stream_full", stream=s.stream, length=self._length,
+                          stream_maxlen=s.stream_maxlen, receipts=len(elements))
+                return False
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for text in elements:
+                pipe.xadd(s.stream, {"t": kind, "b": text, "r": received_ms, "p": push_id})
+            pipe.xlen(s.stream)
+            results = await pipe.execute()
+        self._length = int(results[-1])
+        return True
+
+    def _scrub(self, exc: BaseException) -> str:
+        text = "%s: %s" % (type(exc).__name__, exc)
+        return text.replace(self._password, "***") if self._password else text
+
+
+def _within(address: str, networks: Sequence[IpNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+class PushAccessLogger(AbstractAccessLogger):
+    """One line per request with the receipt type, never the path (it may hold the secret)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        info = request.match_info if isinstance(request, web.Request) else {}
+        log.info("push_request", method=request.method, message_type=info.get("kind"),
+                 status=response.status, receipts=request.get(_RECEIPTS),
+                 duration_ms=round(time * 1000, 2), remote=request.remote)
+
+
+def redis_client(url: str, timeout_s: float) -> tuple[redis.asyncio.Redis, str | None]:
+    """An async client whose every wait is bounded by the hand-off budget; and its password.
+
+    One immediate retry on a new connection: after a Redis restart the pooled connection is
+    dead, and the first request after it should not be refused for that alone.
+    """
+    client = redis.asyncio.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1), health_check_interval=30)
+    return client, urllib.parse.urlsplit(url).password
+
+
+def build_app(settings: PushSettings, redis_url: str) -> web.Application:
+    client, password = redis_client(redis_url, settings.handoff_timeout_s)
+    return PushReceiver(settings, client, password).app()
+
+
+@dataclass
+class RunningServer:
+    url: str  # http://host:port + path_prefix (no secret)
+    port: int
+
+
+@contextmanager
+def running_push_server(settings: PushSettings, redis_url: str) -> Iterator[RunningServer]:
+    """Serves on `settings.listen` (port 0: a free one) from a background thread."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(build_app(settings, redis_url), access_log_class=PushAccessLogger)
+    host, port = settings.host_port
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, host, port)
+    loop.run_until_complete(site.start())
+    bound = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, name="push-server", daemon=True)
+    thread.start()
+    try:
+        yield RunningServer("http://%s:%d%s" % (host, bound, settings.path_prefix), bound)
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+
+
+# ---------------------------------------------------------------------------------------
+# The command
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="alicom-receipts push-server",
+                                     description="Receive the platform's HTTP batch pushes.")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="TOML settings file (default: $ALICOM_RECEIPTS_CONFIG)")
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parse_args(argv)
+    env = dict(os.environ)
+    try:
+        settings, push = load_push_config(config_path(args.config, env), env)
+    except ConfigError as exc:
+        print("alicom-receipts push-server: %s" % exc)  # noqa: T201 - before logging exists
+        return 2
+    logs.configure(settings.log.level, settings.log.format)
+    host, port = push.host_port
+    log.info("push_server_starting", listen=push.listen, path_prefix=push.path_prefix,
+             secret_set=push.secret is not None, allowlist=list(push.allowlist),
+             stream=push.stream, types=sorted(MESSAGE_TYPES))
+    # run_app turns SIGTERM/SIGINT into a graceful stop: no new connections, requests in
+    # progress finish (their hand-off is bounded by handoff_timeout_s), then on_cleanup.
+    web.run_app(build_app(push, settings.redis_url), host=host, port=port, print=None,
+                access_log_class=PushAccessLogger, shutdown_timeout=5.0)
+    log.info("push_server_stopped")
+    return 0

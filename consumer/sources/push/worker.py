@@ -1,0 +1,135 @@
+"""`alicom-receipts push-worker`: runs the push pipeline (consumer.sources.push.pipeline) on
+threads.
+
+The push server (consumer.sources.push.server) appends every pushed receipt to a Redis stream;
+this command
+drains it as a consumer group with `[push] consumers` threads through the same decoding,
+dedup, handlers, outcome rules and dead letters as the MNS worker. The first SIGTERM/SIGINT
+lets each thread finish its batch; a second exits at once (unsettled entries stay pending
+and are re-taken after `reclaim_idle_s`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+import redis
+import structlog
+
+from consumer.errors import ConfigError
+from consumer.handlers.plugins import close_handlers, load_handlers
+from consumer.pipeline.deadletter import RedisDeadLetterStore
+from consumer.pipeline.dedup import RedisDedupStore
+from consumer.pipeline.dispatch import Dispatcher
+from consumer.pipeline.outcome import RetryPolicy
+from consumer.pipeline.stats import Stats
+from consumer.runtime import logs
+from consumer.settings import Settings, config_path
+from consumer.settings.push import PushSettings, load_push_config
+from consumer.sources.push.pipeline import PushWorker
+
+__all__ = ["build_push_worker", "main", "serve"]
+
+log = structlog.get_logger("alicom_receipts.push_worker")
+
+
+def build_push_worker(settings: Settings, push: PushSettings, stats: Stats | None = None,
+                      ) -> tuple[PushWorker, Callable[[], None]]:
+    """The worker and a `close()` for what it opened; ConfigError on a bad setup."""
+    if settings.worker.handler_deadline_s >= push.reclaim_idle_s - 0.5:
+        raise ConfigError("push.reclaim_idle_s (%s) must exceed worker.handler_deadline_s "
+                          "(%s) by more than 0.5 s: an entry still being handled would be "
+                          "re-taken" % (push.reclaim_idle_s, settings.worker.handler_deadline_s))
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=push.block_s + 5,
+                                  socket_connect_timeout=5, health_check_interval=30)
+    routes = load_handlers(settings.handlers)
+    dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
+                            max_workers=settings.worker.handler_threads)
+    ack = settings.ack
+    worker = PushWorker(
+        client, push, RedisDedupStore(client, settings.dedup),
+        RedisDeadLetterStore(client, settings.deadletter), dispatcher,
+        RetryPolicy(ack.retry_base_s, ack.retry_max_s, ack.max_dequeue_count),
+        settings.dedup.completed_ttl_s, stats, key_of=settings.key_function())
+
+    def close() -> None:
+        try:
+            close_handlers(dispatcher.routes)
+            dispatcher.close()
+        finally:
+            client.close()
+
+    return worker, close
+
+
+def serve(worker: PushWorker, consumer_base: str, budget_s: float) -> int:
+    """Runs the consumer threads until SIGTERM/SIGINT; a second signal exits at once.
+
+    Each thread finishes its batch (bounded by the handler deadline); what is not settled
+    within `budget_s` stays pending and is re-taken after reclaim_idle_s.
+    """
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if worker.stop.is_set():
+            log.warning("second_signal_exit_now", signal=signum)
+            os._exit(1)
+        log.info("stopping", signal=signum)
+        worker.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    names = ["%s-%d" % (consumer_base, i) for i in range(worker.push.consumers)]
+    threads = [threading.Thread(target=worker.run, args=(name,), name=name, daemon=True)
+               for name in names]
+    for thread in threads:
+        thread.start()
+    log.info("push_worker_started", stream=worker.push.stream, group=worker.push.group,
+             consumers=names)
+    while not worker.stop.wait(1.0):
+        pass
+    deadline = time.monotonic() + budget_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    drained = not any(t.is_alive() for t in threads)
+    if drained:
+        for name in names:
+            worker.forget(name)
+    log.info("push_worker_stopped", drained=drained, **worker.stats.snapshot())
+    return 0
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="alicom-receipts push-worker",
+        description="Drain pushed receipts through dedup, handlers and dead letters.")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="TOML settings file (default: $ALICOM_RECEIPTS_CONFIG)")
+    parser.add_argument("--consumer", default="%s-%d" % (socket.gethostname(), os.getpid()),
+                        help="consumer name in the group (default: host-pid); threads add -N")
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parse_args(argv)
+    env = dict(os.environ)
+    try:
+        settings, push = load_push_config(config_path(args.config, env), env)
+    except ConfigError as exc:
+        print("alicom-receipts push-worker: %s" % exc)  # noqa: T201 - before logging exists
+        return 2
+    logs.configure(settings.log.level, settings.log.format)
+    try:
+        worker, close = build_push_worker(settings, push)
+    except ConfigError as exc:
+        log.error("config_invalid", error=str(exc))  # noqa: TRY400 - the message says it all
+        return 2
+    try:
+        return serve(worker, args.consumer, settings.worker.shutdown_budget_s)
+    finally:
+        close()

@@ -1,0 +1,278 @@
+"""`alicom-receipts reconcile [--config FILE] [--grace 15m]`: recover lost SmsReport receipts.
+
+The platform says receipts can be lost. Sends recorded with `consumer.reports.tracking.SendTracker`
+and still pending after the grace period are looked up one by one with Dysmsapi
+`QuerySendDetails` (official SDK, the long-lived AccessKey of `consumer.clients.credentials`; every
+page; a token bucket of `qps` requests a second; throttled and transient answers retried
+with tenacity's random exponential backoff). For each send:
+
+* SendStatus 2 (failed) or 3 (delivered): an SmsReport receipt is built from the answer
+  (`parse_object`, meta source "reconcile") and goes through the worker's pipeline in
+  batches: dedup claim, the configured handlers (`Dispatcher`), `outcome.classify`, then
+  completion / dead letter / release. A receipt that came through MNS too, before or after,
+  has the same dedup key (`SmsReport:<biz_id>:<phone>`), so it is applied once. Applied,
+  duplicate and dead-lettered sends stop being tracked; a handler asking for a retry leaves
+  the send tracked for the next run.
+* SendStatus 1 (waiting for the carrier), no record yet, or a receipt a worker is handling
+  right now: stays pending.
+* Sent more than `window_days` (30) ago, which QuerySendDetails no longer covers: reported,
+  dead-lettered with reason "beyond_query_window", and no longer tracked.
+
+Exit status: 0 when every pending send was settled or legitimately left pending; 1 when a
+lookup failed (after its retries) or a handler asked for a retry; 2 for a configuration error.
+One summary line goes to stdout; logs (structlog) to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import redis
+import structlog
+
+from consumer.errors import AlicomReceiptsError, ConfigError, DecodeError
+from consumer.handlers.plugins import close_handlers, load_handlers
+from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
+from consumer.pipeline.decode import parse_object
+from consumer.pipeline.dedup import ClaimState, RedisDedupStore
+from consumer.pipeline.dispatch import Dispatcher
+from consumer.pipeline.outcome import RetryPolicy, Verdict, classify
+from consumer.receipts import Receipt, ReceiptMeta
+from consumer.reports.tracking import SendTracker, TrackedSend, TrackingSettings
+from consumer.runtime import logs
+from consumer.settings import Settings, config_path
+from consumer.sources.reconcile.query import DetailsClient, ReconcileSettings, load_config
+
+log = structlog.get_logger("alicom_receipts.reconcile")
+
+_DAY_S = 86400.0
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": _DAY_S}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of "900", "90s", "15m", "2h" or "1d"; ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 900s, 15m, 2h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def receipt_object(send: TrackedSend, detail: Mapping[str, Any]) -> dict[str, Any]:
+    """The SmsReport body a final QuerySendDetails answer stands for (no sms_size, err_msg:
+    the answer has neither)."""
+    delivered = int(detail.get("SendStatus") or 0) == 3
+    return {
+        "phone_number": str(detail.get("PhoneNum") or send.phone_number),
+        "send_time": str(detail.get("SendDate") or ""),
+        "report_time": str(detail.get("ReceiveDate") or ""),
+        "success": delivered,
+        "err_code": str(detail.get("ErrCode") or ("DELIVERED" if delivered else "")),
+        "biz_id": send.biz_id,
+        "out_id": str(detail.get("OutId") or send.out_id),
+    }
+
+
+@dataclass
+class Found:
+    """A send whose final status was found, and the receipt built from it."""
+
+    send: TrackedSend
+    obj: dict[str, Any]
+    receipt: Receipt
+
+
+class Reconciler:
+    """One reconcile run over the pipeline's parts; `counts` says what happened."""
+
+    def __init__(self, settings: Settings, rs: ReconcileSettings, tracker: SendTracker,
+                 details: DetailsClient, dispatcher: Dispatcher, dedup: RedisDedupStore,
+                 dead_letters: RedisDeadLetterStore) -> None:
+        self._settings, self._rs = settings, rs
+        self._key_of = settings.key_function()
+        self._tracker, self._details = tracker, details
+        self._dispatcher, self._dedup, self._dead = dispatcher, dedup, dead_letters
+        self._policy = RetryPolicy(settings.ack.retry_base_s, settings.ack.retry_max_s,
+                                   settings.ack.max_dequeue_count)
+        self.counts: Counter[str] = Counter()
+
+    def run(self, grace_s: float) -> Counter[str]:
+        sends = self._tracker.pending(grace_s, self._rs.max_sends)
+        self.counts["pending"] = len(sends)
+        horizon = time.time() - self._rs.window_days * _DAY_S
+        self._expire([s for s in sends if s.sent_at < horizon])
+        batch: list[Found] = []
+        for send in (s for s in sends if s.sent_at >= horizon):
+            found = self._look_up(send)
+            if found is not None:
+                batch.append(found)
+            if len(batch) >= self._rs.batch_size:
+                self._apply(batch)
+                batch = []
+        self._apply(batch)
+        return self.counts
+
+    def _look_up(self, send: TrackedSend) -> Found | None:
+        try:
+            detail = self._details.final_detail(send)
+        except AlicomReceiptsError as exc:
+            self.counts["lookup_errors"] += 1
+            log.warning("lookup_failed", biz_id=send.biz_id, error=str(exc))
+            return None
+        if detail is None:
+            self.counts["not_found"] += 1
+            return None
+        if int(detail.get("SendStatus") or 0) not in (2, 3):
+            self.counts["waiting"] += 1
+            return None
+        obj = receipt_object(send, detail)
+        try:
+            receipt = parse_object("SmsReport", obj, ReceiptMeta(source="reconcile"))
+        except DecodeError as exc:
+            self._dead_letter([(obj, exc.reason, exc.detail)])
+            self._tracker.clear(send.biz_id, send.phone_number)
+            return None
+        return Found(send, obj, receipt)
+
+    def _expire(self, sends: list[TrackedSend]) -> None:
+        if not sends:
+            return
+        letters = []
+        for s in sends:
+            body = {"biz_id": s.biz_id, "phone_number": s.phone_number, "send_date": s.send_date,
+                    "out_id": s.out_id}
+            detail = ("sent %s, more than %d days ago: QuerySendDetails no longer covers it"
+                      % (s.send_date, self._rs.window_days))
+            letters.append((body, "beyond_query_window", detail))
+            log.warning("send_beyond_query_window", biz_id=s.biz_id, send_date=s.send_date,
+                        out_id=s.out_id)
+        self._dead_letter(letters)
+        self._tracker.clear_many([(s.biz_id, s.phone_number) for s in sends])
+        self.counts["expired"] += len(sends)
+
+    def _dead_letter(self, items: list[tuple[dict[str, Any], str, str]]) -> None:
+        self._dead.put_many([DeadLetter.create(
+            queue="", message_type="SmsReport", source="reconcile", reason=reason, detail=detail,
+            raw_body=json.dumps(body, ensure_ascii=False)) for body, reason, detail in items])
+
+    def _apply(self, batch: list[Found]) -> None:
+        """Claim, run, classify and settle one batch (the worker's order of steps)."""
+        if not batch:
+            return
+        owner = secrets.token_hex(8)
+        lease_s = self._settings.worker.handler_deadline_s + 5
+        keys = [self._key_of(f.receipt) for f in batch]
+        states = self._dedup.claim(keys, owner, lease_s)
+        claimed = [f for f, st in zip(batch, states, strict=True) if st is ClaimState.CLAIMED]
+        outcomes = iter(self._dispatcher.dispatch([f.receipt for f in claimed]))
+        done: list[Found] = []
+        complete, release, retry, dead = [], [], [], []
+        for found, key, state in zip(batch, keys, states, strict=True):
+            if state is ClaimState.COMPLETED:
+                self.counts["duplicates"] += 1
+                done.append(found)
+                continue
+            if state is ClaimState.IN_PROGRESS:
+                self.counts["in_progress"] += 1
+                continue
+            decision = classify(next(outcomes), 1, self._policy)
+            if decision.verdict is Verdict.ACK:
+                complete.append(key)
+                done.append(found)
+            elif decision.verdict is Verdict.DEAD_LETTER:
+                dead.append((found.obj, decision.reason, decision.detail))
+                release.append(key)
+                done.append(found)
+            else:
+                retry.append(found.send)
+                release.append(key)
+        if complete:
+            ok = self._dedup.complete(complete, owner, self._settings.dedup.completed_ttl_s)
+            self.counts["recovered"] += sum(ok)
+            self.counts["lost_claims"] += len(ok) - sum(ok)
+        self._dead_letter(dead)
+        self.counts["dead_lettered"] += len(dead)
+        self._dedup.release(release, owner)
+        self._tracker.clear_many([(f.send.biz_id, f.send.phone_number) for f in done])
+        # The send-tracker handler may have cleared a send another handler failed on.
+        self._tracker.record_many(retry)
+        self.counts["retry_later"] += len(retry)
+
+
+def summary_line(counts: Counter[str]) -> str:
+    c = counts
+    return ("reconcile: %d pending past the grace period; %d recovered, %d already applied, "
+            "%d still waiting, %d not found, %d in progress, %d beyond the 30-day window "
+            "(dead-lettered), %d dead-lettered by handlers, %d to retry, %d lookup errors"
+            % (c["pending"], c["recovered"], c["duplicates"], c["waiting"], c["not_found"],
+               c["in_progress"], c["expired"], c["dead_lettered"], c["retry_later"],
+               c["lookup_errors"]))
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="alicom-receipts reconcile",
+                                description="Recover lost SmsReport receipts of tracked sends "
+                                            "through QuerySendDetails.")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML settings (default: $ALICOM_RECEIPTS_CONFIG, else the embedded "
+                        "local default)")
+    p.add_argument("--grace", default=None, metavar="DURATION",
+                   help="only sends older than this (e.g. 15m; default [reconcile] grace_s)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many sends this run")
+    return p.parse_args(list(argv))
+
+
+def main(argv: Sequence[str], env: Mapping[str, str] | None = None,
+         out: TextIO = sys.stdout) -> int:
+    args = _parse(argv)
+    environ = dict(os.environ if env is None else env)
+    try:
+        settings, rs, ts = load_config(config_path(args.config, environ),
+                                       environ)
+        grace_s = rs.grace_s if args.grace is None else parse_duration(args.grace)
+        if args.limit is not None:
+            rs = rs.with_limit(args.limit)
+    except (ConfigError, ValueError) as exc:
+        print("alicom-receipts reconcile: %s" % exc, file=sys.stderr)  # noqa: T201 - CLI answer
+        return 2
+    logs.configure(settings.log.level, settings.log.format)
+    try:
+        counts = _run(settings, rs, ts, grace_s, environ)
+    except ConfigError as exc:
+        log.error("config_invalid", error=str(exc))  # noqa: TRY400 - the message says it all
+        return 2
+    except (AlicomReceiptsError, redis.RedisError) as exc:
+        log.error("reconcile_failed", error=str(exc))  # noqa: TRY400 - the message says it all
+        return 1
+    print(summary_line(counts), file=out, flush=True)
+    log.info("reconcile_summary", **dict(counts))
+    return 1 if counts["lookup_errors"] or counts["retry_later"] else 0
+
+
+def _run(settings: Settings, rs: ReconcileSettings, ts: TrackingSettings, grace_s: float,
+         env: Mapping[str, str]) -> Counter[str]:
+    details = DetailsClient.from_settings(settings, rs, env, threading.Event())
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
+                                  socket_connect_timeout=5)
+    routes = load_handlers(settings.handlers)
+    dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
+                            max_workers=settings.worker.handler_threads)
+    try:
+        reconciler = Reconciler(settings, rs, SendTracker(client, ts), details, dispatcher,
+                                RedisDedupStore(client, settings.dedup),
+                                RedisDeadLetterStore(client, settings.deadletter))
+        return reconciler.run(grace_s)
+    finally:
+        close_handlers(routes)
+        dispatcher.close()
+        client.close()
