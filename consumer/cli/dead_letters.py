@@ -52,9 +52,18 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Raises ConfigError (one line) for what argparse accepted but the command cannot use."""
+    if args.action == "list" and args.limit < 1:
+        raise ConfigError("--limit must be at least 1, got %d" % args.limit)
+    if args.action == "list" and args.offset < 0:
+        raise ConfigError("--offset must be 0 or more, got %d" % args.offset)
+
+
 def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     args = _parse(argv)
     try:
+        _check_arguments(args)
         settings = load_settings(config_path(args.config, os.environ),
                                  dict(os.environ))
     except ConfigError as exc:

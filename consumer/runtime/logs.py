@@ -112,7 +112,10 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        # format_exc_info: a stdlib record's exc_info (aiohttp's, the SDKs') becomes the
+        # traceback text; without it the JSON line would show `<traceback object at 0x..>`.
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer],
         foreign_pre_chain=shared,
     ))
     root = logging.getLogger()

@@ -388,6 +388,11 @@ def _address_problems(s: Settings) -> list[str]:
     if not re.match(r"^(redis|rediss|unix)://", s.redis_url):
         p.append(f"redis.url must start with redis://, rediss:// or unix://, "
                  f"got {redact_url(s.redis_url)!r}")
+    else:
+        try:
+            urllib.parse.urlsplit(s.redis_url).port  # noqa: B018 - parsing is the check
+        except ValueError as exc:  # a non-numeric or out-of-range port: redis-py raises later
+            p.append(f"redis.url has a bad port ({exc}), got {redact_url(s.redis_url)!r}")
     p.extend(metrics_problems(s.metrics))
     return p
 

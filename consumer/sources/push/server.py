@@ -118,7 +118,10 @@ def _answer(status: int, code: int, msg: str) -> web.Response:
 
 
 _NOT_FOUND = "not found"
-_RECEIPTS = web.RequestKey("receipts", int)  # how many receipts a request carried, for its log
+# What a request's log line needs, set by the handler: a request the HTTP parser rejected
+# never reaches it (nor the router: its match_info is unset), so the logger reads only these.
+_RECEIPTS = web.RequestKey("receipts", int)  # how many receipts a request carried
+_KIND = web.RequestKey("kind", str)  # the receipt type of its path
 
 
 class PushReceiver:
@@ -183,7 +186,7 @@ class PushReceiver:
         return peer
 
     async def _handle(self, request: web.Request) -> web.Response:
-        kind = request.match_info["kind"]
+        kind = request[_KIND] = request.match_info["kind"]
         key = request.match_info.get("key", "")
         if self._secret is not None and not hmac.compare_digest(key.encode(), self._secret):
             raise web.HTTPNotFound
@@ -256,8 +259,7 @@ class PushAccessLogger(AbstractAccessLogger):
     """One line per request with the receipt type, never the path (it may hold the secret)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        info = request.match_info if isinstance(request, web.Request) else {}
-        log.info("push_request", method=request.method, message_type=info.get("kind"),
+        log.info("push_request", method=request.method, message_type=request.get(_KIND),
                  status=response.status, receipts=request.get(_RECEIPTS),
                  duration_ms=round(time * 1000, 2), remote=request.remote)
 

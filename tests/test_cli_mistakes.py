@@ -1,0 +1,36 @@
+"""Mistakes a user can make on the command line get one line saying what is wrong, never a
+traceback (run as the real command, in a subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "consumer", *args], capture_output=True,
+                          text=True, timeout=60, env=env, check=False)
+
+
+@pytest.mark.parametrize(("flag", "value", "expected"), [
+    ("--limit", "0", "--limit must be at least 1, got 0"),
+    ("--offset", "-1", "--offset must be 0 or more, got -1"),
+])
+def test_dead_letters_list_refuses_a_bad_page_in_one_line(
+        flag: str, value: str, expected: str) -> None:
+    done = run("dead-letters", "list", flag, value)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["alicom-receipts dead-letters: " + expected]
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_redis_url_with_a_non_numeric_port_is_one_line_without_the_password() -> None:
+    env = {"ALICOM_RECEIPTS_REDIS_URL": "redis://:hunter22@127.0.0.1:63x9/0", "PATH": ""}
+    done = run("dead-letters", "list", env=env)
+    assert done.returncode == 2
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "redis.url has a bad port" in lines[0]
+    assert "hunter22" not in lines[0]
