@@ -15,7 +15,7 @@ import base64
 import secrets
 from dataclasses import dataclass, field
 
-from alicom_sandbox.context import Clock
+from alicom_sandbox.clock import Clock
 
 # Expired temporary credentials are kept this long so that a late request gets the
 # "expired" answer instead of "unknown key"; after that they are forgotten.

@@ -7,14 +7,18 @@ environment at import time (the CLI in `alicom_sandbox.server.main` does that).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from alicom_sandbox.clock import Clock
+from alicom_sandbox.nonces import NonceCache
+from alicom_sandbox.sms_records import DysmsSettings, DysmsState
 
 if TYPE_CHECKING:
     from alicom_sandbox.accounts import CredentialStore
     from alicom_sandbox.engine import QueueEngine
     from alicom_sandbox.faults import Faults
+
 
 # The documented local default AccessKey. It is only ever valid against the sandbox, so
 # printing it at start is allowed (the CLI never prints a secret other than this one).
@@ -85,39 +89,13 @@ class SandboxConfig:
     maximum_message_size_bytes: int = 65536
 
 
-class Clock:
-    """Epoch time as the sandbox server sees it: the real clock plus an injectable skew.
-
-    A positive skew makes the server run ahead of its clients (their `Date` headers look
-    stale). The skew also moves the engine's message times, exactly as a server with a wrong
-    clock would.
-    """
-
-    def __init__(self, skew_s: float = 0.0) -> None:
-        self._skew_s = skew_s
-
-    def now(self) -> float:
-        """Epoch seconds including the skew."""
-        return time.time() + self._skew_s
-
-    def now_ms(self) -> int:
-        """Epoch milliseconds including the skew (MNS reports times in epoch ms)."""
-        return int((time.time() + self._skew_s) * 1000)
-
-    @property
-    def skew_s(self) -> float:
-        return self._skew_s
-
-    def set_skew(self, seconds: float) -> None:
-        self._skew_s = float(seconds)
-
-
 @dataclass
 class SandboxContext:
     """Everything a request handler of the sandbox needs; one per process.
 
     `token_lifetime_s` starts as `config.token_lifetime_s` and is what the token API must use
-    when it issues a credential (the admin API changes it at run time).
+    when it issues a credential (the admin API changes it at run time). `nonces`: the token
+    API's recently seen signature nonces; `dysms`: the sending side's settings and records.
     """
 
     config: SandboxConfig
@@ -126,6 +104,8 @@ class SandboxContext:
     engine: QueueEngine
     faults: Faults
     token_lifetime_s: float = -1.0
+    nonces: NonceCache = field(default_factory=NonceCache)
+    dysms: DysmsState = field(default_factory=lambda: DysmsState(DysmsSettings()))
 
     def __post_init__(self) -> None:
         if self.token_lifetime_s < 0:

@@ -21,8 +21,6 @@ import hmac
 import json
 import logging
 import uuid
-import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +29,7 @@ from urllib.parse import parse_qsl, quote
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from alicom_sandbox.accounts import Credential, CredentialStore
+from alicom_sandbox.accounts import Credential
 from alicom_sandbox.context import MESSAGE_TYPES, SandboxContext, message_type_of_queue
 from alicom_sandbox.fakes import shanghai_time
 
@@ -41,7 +39,6 @@ ACS3_ALGORITHM = "ACS3-HMAC-SHA256"
 _ACS_DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # Nonces are remembered this many date windows: a date may be off by one window either way.
 _NONCE_WINDOWS = 2.0
-_NONCE_MAX_ENTRIES = 200_000
 
 
 # Refusals: code -> (HTTP status, message), worded as Alibaba's OpenAPI gateway words them.
@@ -112,50 +109,6 @@ _ACTIONS: dict[str, AcsAction] = {}
 def register_action(action: AcsAction) -> None:
     """Adds (or replaces) an action; action names are unique across the sandbox's products."""
     _ACTIONS[action.name] = action
-
-
-class NonceCache:
-    """Signature nonces seen recently, with bounded memory.
-
-    A nonce only has to be remembered while a request carrying it could still pass the date
-    check, so entries expire after `keep_s`. Entries are kept in arrival order, which is also
-    expiry order, so expiring is popping from the front. Past `max_entries` the oldest entry is
-    dropped even if unexpired: memory stays bounded, at the price of accepting the replay of a
-    nonce older than the newest `max_entries` ones (a flood no sandbox test produces).
-    """
-
-    def __init__(self, max_entries: int = _NONCE_MAX_ENTRIES) -> None:
-        self._expiry: OrderedDict[str, float] = OrderedDict()
-        self._max_entries = max_entries
-
-    def check_and_record(self, nonce: str, now: float, keep_s: float) -> bool:
-        """True if the nonce is fresh (and now recorded); False if it was already used."""
-        while self._expiry:
-            oldest, expires_at = next(iter(self._expiry.items()))
-            if expires_at > now:
-                break
-            del self._expiry[oldest]
-        if nonce in self._expiry:
-            return False
-        if len(self._expiry) >= self._max_entries:
-            self._expiry.popitem(last=False)
-        self._expiry[nonce] = now + keep_s
-        return True
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-
-# One nonce cache per sandbox, keyed by its credential store: SandboxContext itself is an
-# unhashable dataclass, and nonces belong with the keys they were signed with anyway.
-_NONCES: weakref.WeakKeyDictionary[CredentialStore, NonceCache] = weakref.WeakKeyDictionary()
-
-
-def _nonce_cache(ctx: SandboxContext) -> NonceCache:
-    cache = _NONCES.get(ctx.accounts)
-    if cache is None:
-        cache = _NONCES[ctx.accounts] = NonceCache()
-    return cache
 
 
 @dataclass(frozen=True)
@@ -298,7 +251,7 @@ def _authenticate(request: web.Request, body: bytes, ctx: SandboxContext) -> Cre
     if not nonce:
         raise AcsError("MissingSignatureNonce")
     keep_s = ctx.config.date_window_s * _NONCE_WINDOWS
-    if not _nonce_cache(ctx).check_and_record(nonce, now, keep_s):
+    if not ctx.nonces.check_and_record(nonce, now, keep_s):
         raise AcsError("SignatureNonceUsed")
     return cred
 

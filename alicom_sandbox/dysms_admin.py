@@ -13,13 +13,8 @@ from aiohttp import web
 
 from alicom_sandbox.admin import json_body, json_response, loopback_only
 from alicom_sandbox.context import SandboxContext
-from alicom_sandbox.dysms import (
-    DysmsSettings,
-    DysmsState,
-    SendRecord,
-    produce,
-    state_of,
-)
+from alicom_sandbox.dysms import produce, state_of
+from alicom_sandbox.sms_records import DysmsSettings, DysmsState, SendRecord
 
 
 class _Admin:

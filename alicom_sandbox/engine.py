@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from alicom_sandbox.context import Clock
+from alicom_sandbox.clock import Clock
 from alicom_sandbox.mns_errors import MnsError, queue_not_exist
 from alicom_sandbox.mns_queue import Queue, QueueAttributes, StoredMessage
 

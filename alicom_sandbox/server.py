@@ -27,10 +27,10 @@ from aiohttp import web
 from alicom_sandbox import dysms, dysms_admin
 from alicom_sandbox.accounts import CredentialStore
 from alicom_sandbox.admin import AdminApi
+from alicom_sandbox.clock import Clock
 from alicom_sandbox.context import (
     DEFAULT_ACCESS_KEY_ID,
     DEFAULT_ACCESS_KEY_SECRET,
-    Clock,
     SandboxConfig,
     SandboxContext,
     default_queue_names,

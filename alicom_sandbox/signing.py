@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from alicom_sandbox.accounts import Credential, CredentialStore
-from alicom_sandbox.context import MNS_API_VERSION, Clock, message_type_of_queue
+from alicom_sandbox.clock import Clock
+from alicom_sandbox.context import MNS_API_VERSION, message_type_of_queue
 from alicom_sandbox.mns_errors import MnsError
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alicom_sandbox.context import Clock
+from alicom_sandbox.clock import Clock
 from alicom_sandbox.engine import QueueEngine
 from alicom_sandbox.mns_errors import MnsError
 from alicom_sandbox.mns_queue import Queue, QueueAttributes, SendEntry

@@ -31,7 +31,7 @@ from mns.account import Account
 from mns.mns_exception import MNSServerException
 from mns.queue import Message, Queue
 
-from alicom_sandbox.dybase import NonceCache
+from alicom_sandbox.nonces import NonceCache
 from alicom_sandbox.testing import SandboxHandle
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
