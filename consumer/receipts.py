@@ -1,33 +1,22 @@
-"""Typed receipts: one frozen dataclass per Alicom message type, and their dedup keys.
+"""Typed receipts: one frozen dataclass per Alicom message type.
 
 A receipt is built by `consumer.pipeline.decode` from one JSON object (an MNS message body or one
 element of an HTTP push array). Every typed field has the documented meaning under a
 snake_case name; the object exactly as received stays in `raw`, unknown keys included.
 
-Dedup keys are the *business identity* of a receipt, not its MNS MessageId: the platform
-may deliver the same receipt twice under two MessageIds, and both must map to one key.
-Keys live in Redis, so they are short: `"<Class>:<part>:<part>..."`, where a part is the
-field's value as text (date-times reduced to their digits, booleans to 1/0), or `~` +
-blake2b-128 hex of it when the value is free text, long, contains `:` / non-printable
-characters, or starts with `~` (so a raw value can never look like a hashed one).
-The default fields per class are in `DEDUP_KEY_FIELDS`; configuration may override
-them per class through `resolve_key_fields` / `make_key_function`.
+A receipt's dedup key (its business identity, hashed) is built by `consumer.keys`; each
+class's docstring says which fields identify it and why.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from consumer.errors import ConfigError
-
 __all__ = [
-    "DEDUP_KEY_FIELDS",
     "MESSAGE_TYPES",
     "RECEIPT_CLASSES",
     "CardVendorOp",
@@ -41,9 +30,7 @@ __all__ = [
     "SmsReport",
     "SmsUp",
     "TemplateSmsReport",
-    "dedup_key",
-    "make_key_function",
-    "resolve_key_fields",
+    "typed_field_names",
 ]
 
 
@@ -87,10 +74,6 @@ class Receipt:
 
     raw: Mapping[str, Any] = field(hash=False, repr=False)
     meta: ReceiptMeta
-
-    def dedup_key(self) -> str:
-        """The business identity with the default fields of `DEDUP_KEY_FIELDS`."""
-        return dedup_key(self)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict for JSON-lines, webhook and stream handlers.
@@ -137,7 +120,7 @@ class SmsReport(Receipt):
     `false` strings are accepted). `sms_size` arrives as a string and becomes an int, 0 when
     absent. Times are kept as sent (`yyyy-MM-dd HH:mm:ss`, Asia/Shanghai).
 
-    Dedup key `SmsReport:<biz_id>:<phone_number>`: one biz_id covers every number of one send
+    Identity `SmsReport:<biz_id>:<phone_number>`: one biz_id covers every number of one send
     request, and the platform sends one report per number per send.
     """
 
@@ -162,7 +145,7 @@ class IntlSmsReport(Receipt):
     `MessageId`, `To`, `Status` (text; "1" delivered, "2" failed, "6" other per the docs).
     Dates are kept as sent (RFC 1123 style with offset in the docs' sample).
 
-    Dedup key `IntlSmsReport:<message_id>:<status>`: MessageId identifies the sent message;
+    Identity `IntlSmsReport:<message_id>:<status>`: MessageId identifies the sent message;
     the status is included so that a later report with a different status for the same
     message (the meaning of "6" is not documented as final) is never dropped as a duplicate.
     """
@@ -193,7 +176,7 @@ class SmsUp(Receipt):
     `send_time` in the old compact form `20170901000000` is normalised to
     `2017-09-01 00:00:00`; other forms are kept as sent. `sign_name` is optional.
 
-    Dedup key `SmsUp:<phone_number>:<dest_code>:<sequence_id>:<send_time digits>:~<hash
+    Identity `SmsUp:<phone_number>:<dest_code>:<sequence_id>:<send_time digits>:~<hash
     (content)>`: no single documented field identifies an uplink, so all of them together do.
     """
 
@@ -214,7 +197,7 @@ class SignSmsReport(Receipt):
     Required: `order_id` (`order_id` in queue docs, `orderId` in push docs) and
     `sign_status` ("approving", "approved", "rejected"). The rest defaults to "".
 
-    Dedup key `SignSmsReport:<order_id>:<sign_status>:~<hash(reason)>`: one review ticket
+    Identity `SignSmsReport:<order_id>:<sign_status>:~<hash(reason)>`: one review ticket
     goes through each status once; the reason tells a second rejection of a re-submitted
     ticket from a repeat of the first one (`create_date` is the signature's creation date and
     does not change between reviews, so it adds nothing).
@@ -238,7 +221,7 @@ class TemplateSmsReport(Receipt):
 
     Required: `order_id` (or `orderId`) and `template_status`. The rest defaults to "".
 
-    Dedup key `TemplateSmsReport:<order_id>:<template_status>:~<hash(reason)>`, for the same
+    Identity `TemplateSmsReport:<order_id>:<template_status>:~<hash(reason)>`, for the same
     reasons as `SignSmsReport`.
     """
 
@@ -262,7 +245,7 @@ class GlobeSmsReport(Receipt):
     Required: `message_id` and `status` ("1" delivered, "2" failed). `to` and the rest
     default to "".
 
-    Dedup key `GlobeSmsReport:<message_id>:<status>`: the message id is the platform's
+    Identity `GlobeSmsReport:<message_id>:<status>`: the message id is the platform's
     identity of the sent message; the status is kept in the key so that a genuinely new
     status is never swallowed.
     """
@@ -291,7 +274,7 @@ class MnsCardTemplate(Receipt):
     `vendor_ops` holds `tmpOps` (empty when absent); `extData` (the caller's own parameters)
     is only in `raw`.
 
-    Dedup key `MnsCardTemplate:<template_code>:<approval_status>:~<hash(vendor_ops)>`: the
+    Identity `MnsCardTemplate:<template_code>:<approval_status>:~<hash(vendor_ops)>`: the
     overall status can stay the same while vendors decide one by one, so the vendor states
     are part of the identity.
     """
@@ -310,7 +293,7 @@ class MnsCardVender(Receipt):
 
     Required: `out_id` (`outId`, the caller's id of the send), `mobile`, `render_status`.
 
-    Dedup key `MnsCardVender:<out_id>:<mobile>:<render_status>`: one send to one number has
+    Identity `MnsCardVender:<out_id>:<mobile>:<render_status>`: one send to one number has
     one render result; the status is kept so that a changed result is not swallowed.
     """
 
@@ -343,32 +326,6 @@ RECEIPT_CLASSES: Mapping[str, type[Receipt]] = MappingProxyType(
 )
 """Class name -> class, for every receipt class; the keys of `DEDUP_KEY_FIELDS`."""
 
-DEDUP_KEY_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "SmsReport": ("biz_id", "phone_number"),
-        "IntlSmsReport": ("message_id", "status"),
-        "SmsUp": ("phone_number", "dest_code", "sequence_id", "send_time", "content"),
-        "SignSmsReport": ("order_id", "sign_status", "reason"),
-        "TemplateSmsReport": ("order_id", "template_status", "reason"),
-        "GlobeSmsReport": ("message_id", "status"),
-        "MnsCardTemplate": ("template_code", "approval_status", "vendor_ops"),
-        "MnsCardVender": ("out_id", "mobile", "render_status"),
-    }
-)
-"""Default dedup key fields per receipt class name (typed attribute names, in key order)."""
-
-# Free-text fields are always hashed: they are long or user-written, and a key must stay
-# short and free of the separator.
-_ALWAYS_HASHED = frozenset(
-    {"content", "reason", "remark", "err_msg", "desc", "template_content", "error_description"}
-)
-# Date-time fields keep only their digits in a key: `2017-09-01 00:00:00` and the compact
-# `20170901000000` are the same instant, and the `:` separator stays out of the key.
-_TIME_FIELDS = frozenset({"send_time", "report_time", "create_date", "send_date", "receive_date"})
-_TIME_CHARS = frozenset("0123456789-: ")
-_MAX_PLAIN_PART = 64
-
-
 _FIELD_NAMES: dict[type[Receipt], tuple[str, ...]] = {}
 
 
@@ -385,85 +342,3 @@ def typed_field_names(cls: type[Receipt]) -> tuple[str, ...]:
 def _json_safe(value: Any) -> Any:
     to_dict = getattr(value, "to_dict", None)
     return to_dict() if callable(to_dict) else value
-
-
-def _hashed(text: str) -> str:
-    # surrogatepass: JSON escapes can carry lone surrogates; a key must never fail to build.
-    data = text.encode("utf-8", "surrogatepass")
-    return "~" + hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _key_part(name: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        if name in _TIME_FIELDS and value and _TIME_CHARS.issuperset(value):
-            return "".join(c for c in value if c.isdigit())
-        if (
-            name in _ALWAYS_HASHED
-            or len(value) > _MAX_PLAIN_PART
-            or ":" in value
-            or value.startswith("~")
-            or not value.isprintable()
-        ):
-            return _hashed(value)
-        return value
-    # Structured values (vendor ops): hash a canonical JSON form.
-    canonical = json.dumps([_json_safe(v) for v in value], sort_keys=True, ensure_ascii=True)
-    return _hashed(canonical)
-
-
-def _checked_fields(cls: type[Receipt], names: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(names, str):
-        raise ConfigError(f"dedup key fields of {cls.__name__} must be a list, not a string")
-    checked = tuple(names)
-    if not checked:
-        raise ConfigError(f"dedup key fields of {cls.__name__} must not be empty")
-    known = typed_field_names(cls)
-    unknown = [n for n in checked if n not in known]
-    if unknown:
-        raise ConfigError(
-            f"dedup key fields of {cls.__name__}: unknown {unknown}; known: {list(known)}"
-        )
-    return checked
-
-
-def resolve_key_fields(
-    overrides: Mapping[str, Sequence[str]] | None = None,
-) -> Mapping[str, tuple[str, ...]]:
-    """DEDUP_KEY_FIELDS with `overrides` (class name -> field names) applied and checked.
-
-    Raises ConfigError for an unknown class name, an empty list or an unknown field.
-    """
-    resolved = dict(DEDUP_KEY_FIELDS)
-    for cls_name, names in (overrides or {}).items():
-        cls = RECEIPT_CLASSES.get(cls_name)
-        if cls is None:
-            raise ConfigError(
-                f"dedup key fields: unknown receipt class {cls_name!r}; "
-                f"known: {sorted(RECEIPT_CLASSES)}"
-            )
-        resolved[cls_name] = _checked_fields(cls, names)
-    return MappingProxyType(resolved)
-
-
-def make_key_function(
-    overrides: Mapping[str, Sequence[str]] | None = None,
-) -> Callable[[Receipt], str]:
-    """A `receipt -> key` function using the configured fields, checked once up front."""
-    resolved = resolve_key_fields(overrides)
-
-    def key_of(receipt: Receipt) -> str:
-        cls_name = type(receipt).__name__
-        parts = [cls_name]
-        for name in resolved[cls_name]:
-            parts.append(_key_part(name, getattr(receipt, name)))
-        return ":".join(parts)
-
-    return key_of
-
-
-#: `"<Class>:<part>..."` over DEDUP_KEY_FIELDS: the key with no `[dedup_keys]` configured.
-dedup_key = make_key_function()

@@ -19,6 +19,7 @@ import structlog
 
 from alicom_sandbox.redis_server import RedisServer, running_redis
 from consumer.errors import ConfigError, RetryLater
+from consumer.keys import business_key
 from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.dedup import DedupSettings, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
@@ -256,10 +257,10 @@ class Recording:
 
     def handle(self, receipt: Receipt) -> None:
         with self._lock:
-            self.seen.append((receipt.dedup_key(), receipt.meta.dequeue_count))
+            self.seen.append((business_key(receipt), receipt.meta.dequeue_count))
             if self._always or receipt.meta.dequeue_count <= self._fail_first:
                 raise RetryLater("not now", delay_s=1)
-            self.applied[receipt.dedup_key()] += 1
+            self.applied[business_key(receipt)] += 1
         assert receipt.meta.source == "push"
 
 

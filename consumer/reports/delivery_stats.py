@@ -48,6 +48,7 @@ import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
+from consumer.keys import dedup_key
 from consumer.receipts import IntlSmsReport, Receipt, SmsReport
 
 __all__ = [
@@ -205,7 +206,7 @@ class StatsWriter:
             for name, amount in obs.fields():
                 args += [name, amount]
             keys = [hour_key(self._prefix, obs.hour),
-                    "%s:once:%s" % (self._prefix, receipt.dedup_key())]
+                    "%s:once:%s" % (self._prefix, dedup_key(receipt))]
             self._script(keys=keys, args=args, client=pipe)
             slots.append(index)
             if obs.outcome == "failed" and obs.err_msg:

@@ -15,16 +15,16 @@ from __future__ import annotations
 import difflib
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
 from consumer.errors import ConfigError
 from consumer.handlers.plugins import HandlerSpec
+from consumer.keys import KeyFunction, make_key_function
 from consumer.pipeline.deadletter import DeadLetterSettings
 from consumer.pipeline.dedup import DedupSettings
-from consumer.receipts import Receipt, make_key_function
 from consumer.runtime.metrics import MetricsSettings, metrics_problems
 from consumer.runtime.service import ServiceSettings
 from consumer.runtime.supervisor import RunSettings
@@ -197,6 +197,9 @@ class Settings:
     dedup_keys: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: MappingProxyType({}))
     source: str = "<embedded default>"
+    # The dedup key secret (consumer.keys.key_secret: a credential file or the environment,
+    # never the TOML file); b"" hashes keys unkeyed.
+    key_secret: bytes = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = [*_top_problems(self), *_section_problems(self), *_cross_problems(self)]
@@ -208,10 +211,10 @@ class Settings:
         # passwords) verbatim; this one is the redacted view.
         return f"Settings({self.describe()!r})"
 
-    def key_function(self) -> Callable[[Receipt], str]:
+    def key_function(self) -> KeyFunction:
         """The receipt -> dedup key function every path (worker, push, reconcile, replay)
         uses, so that the same receipt has the same key wherever it arrives."""
-        return make_key_function(self.dedup_keys)
+        return make_key_function(self.dedup_keys, self.key_secret)
 
     def queue_name(self, message_type: str) -> str:
         """The MNS queue of one message type, e.g. "Alicom-Queue-<account id>-SmsReport"."""

@@ -9,6 +9,7 @@ the rules that tie settings together.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 import sys
@@ -22,9 +23,9 @@ from typing import Any, TypeVar
 
 from consumer.errors import ConfigError
 from consumer.handlers.plugins import HandlerSpec
+from consumer.keys import ENV_SECRET, key_secret, resolve_key_fields
 from consumer.pipeline.deadletter import DeadLetterSettings
 from consumer.pipeline.dedup import DedupSettings
-from consumer.receipts import resolve_key_fields
 from consumer.runtime.metrics import MetricsSettings
 from consumer.runtime.service import ServiceSettings
 from consumer.runtime.supervisor import RunSettings
@@ -48,8 +49,9 @@ from consumer.settings import (
 tomllib: Any = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
 
 ENV_PREFIX = "ALICOM_RECEIPTS_"
-#: Names under ENV_PREFIX that are not settings (the CLI's configuration file path).
-ENV_RESERVED = frozenset({CONFIG_ENV})
+#: Names under ENV_PREFIX that are not settings (the CLI's configuration file path, the
+#: dedup key secret: a secret, so never a setting of the file).
+ENV_RESERVED = frozenset({CONFIG_ENV, ENV_SECRET})
 
 _CREDENTIAL_KEYS = frozenset({
     "access_key_secret", "accesskeysecret", "access_key_id", "accesskeyid", "security_token",
@@ -114,6 +116,7 @@ def load(path: str | None, env: Mapping[str, str]) -> Settings:
         raise InvalidSettings(problems)
     try:
         settings = _assemble(sections, endpoints, prefix, handlers, dedup_keys, source)
+        settings = dataclasses.replace(settings, key_secret=key_secret(env))
     except InvalidSettings as exc:  # range and cross-setting rules: report them with the rest
         raise InvalidSettings([*problems, *exc.problems]) from None
     if problems:

@@ -11,6 +11,7 @@ import threading
 from typing import TextIO
 
 from consumer import Receipt
+from consumer.keys import dedup_key
 
 __all__ = ["PrintHandler"]
 
@@ -35,7 +36,7 @@ class PrintHandler:
 
     def handle(self, receipt: Receipt) -> None:
         """Writes the line; an exception here would make the receipt come back later."""
-        line = " ".join((self._prefix, receipt.message_type, receipt.dedup_key(),
+        line = " ".join((self._prefix, receipt.message_type, dedup_key(receipt),
                          receipt.meta.message_id or "-"))
         with self._lock:
             self._stream.write(line + "\n")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from consumer import PermanentFailure, Receipt, RetryLater
+from consumer.keys import business_key
 
 
 class Recorder:
@@ -37,7 +38,7 @@ class Recorder:
         self._gate_path = gate_path
 
     def handle(self, receipt: Receipt) -> None:
-        key = receipt.dedup_key()
+        key = business_key(receipt)
         if self._started_path:
             self._append(self._started_path, receipt, "started")
         if key in self._poison:
@@ -57,7 +58,7 @@ class Recorder:
     def _append(path: str, receipt: Receipt, what: str) -> None:
         line = json.dumps({
             "what": what,
-            "key": receipt.dedup_key(),
+            "key": business_key(receipt),
             "out_id": receipt.raw.get("out_id"),
             "message_id": receipt.meta.message_id,
             "dequeue_count": receipt.meta.dequeue_count,

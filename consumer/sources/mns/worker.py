@@ -27,6 +27,7 @@ from typing import cast
 import structlog
 
 from consumer.errors import AlicomReceiptsError, AuthError, DecodeError, TransientError
+from consumer.keys import dedup_key
 from consumer.pipeline.backoff import Backoff
 from consumer.pipeline.deadletter import RedisDeadLetterStore
 from consumer.pipeline.decode import decode_body
@@ -79,7 +80,7 @@ class Pipeline:
     dispatcher: Dispatcher
     on_auth_error: Callable[[], None]  # invalidates the current token
     stats: Stats = field(default_factory=Stats)
-    key_of: Callable[[Receipt], str] = Receipt.dedup_key  # Settings.key_function()
+    key_of: Callable[[Receipt], str] = dedup_key  # Settings.key_function()
 
 
 class Worker:

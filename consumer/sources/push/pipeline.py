@@ -40,6 +40,7 @@ import redis
 import structlog
 
 from consumer.errors import AlicomReceiptsError, DecodeError
+from consumer.keys import dedup_key
 from consumer.pipeline.backoff import Backoff, call_with_retry
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
 from consumer.pipeline.decode import parse_json
@@ -82,7 +83,7 @@ class PushWorker:
             self, client: redis.Redis, push: PushSettings, dedup: DedupStore,
                  dead_letters: RedisDeadLetterStore, dispatcher: Dispatcher,
                  policy: RetryPolicy, completed_ttl_s: float, stats: Stats | None = None,
-                 key_of: Callable[[Receipt], str] = Receipt.dedup_key) -> None:
+                 key_of: Callable[[Receipt], str] = dedup_key) -> None:
         self.push = push
         self._key_of = key_of
         self.stats = stats or Stats()
