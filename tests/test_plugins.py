@@ -25,6 +25,7 @@ from consumer.handlers.plugins import (
     close_handlers,
     load_handlers,
 )
+from consumer.keys import dedup_key
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.receipts import MESSAGE_TYPES, Receipt, ReceiptMeta, SmsReport
 
@@ -337,7 +338,9 @@ def test_the_example_plugin_installs_with_pip_and_is_found_by_its_entry_point(
     assert probe.returncode == 0, probe.stderr
 
     *printed, summary = probe.stdout.strip().splitlines()
-    assert printed == ["PRINTED SmsReport SmsReport:b-1:1381 m-1"]
+    receipt = SmsReport(raw={}, meta=ReceiptMeta("mns", "q", "m-1", 1), phone_number="1381",
+                        biz_id="b-1", success=True)
+    assert printed == ["PRINTED SmsReport %s m-1" % dedup_key(receipt)]
     found = json.loads(summary)
     assert found["module"] == "alicom_example_plugin" and found["name"] == "example-print"
     assert Path(found["file"]).is_relative_to(tmp_path / "venv")  # the installed copy
