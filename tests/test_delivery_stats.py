@@ -21,12 +21,11 @@ from consumer.handlers.delivery_stats import DeliveryStatsHandler
 from consumer.handlers.plugins import HandlerSpec, PluginError, close_handlers, load_handlers
 from consumer.pipeline.decode import parse_object
 from consumer.receipts import Receipt, ReceiptMeta
-from consumer.reports.delivery_report import DeliveryStatsCollector
+from consumer.reports.delivery_report import DeliveryStatsCollector, run
 from consumer.reports.delivery_stats import (
     DEFAULT_PREFIX,
     StatsWriter,
     hour_key,
-    main,
     observe,
     record_submitted,
 )
@@ -133,7 +132,7 @@ WINDOW = ["--redis-url", "<url>", "--since", "3h", "--until", "2024-03-10 11",
 
 def run_stats(server: RedisServer, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
     argv = [server.url if a == "<url>" else a for a in WINDOW] + list(extra)
-    assert main(argv) == 0
+    assert run(argv) == 0
     return capsys.readouterr().out
 
 
@@ -195,7 +194,7 @@ def test_stats_shows_other_zones_and_only_the_window(redis_server: RedisServer,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--redis-url", redis_server.url, "--since", "1h", "--until", "2024-03-10 00",
             "--tz", "UTC", "--json"]
-    assert main(argv) == 0
+    assert run(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     # 00:00 UTC is 08:00 in Shanghai: only the one report sent at 08:59:59
     assert doc["window"]["from"] == "2024-03-10T00:00:00+00:00"
@@ -214,7 +213,7 @@ def test_stats_reads_redis_and_prefix_from_the_configured_handler(
         '[[handlers]]\nuse = "delivery-stats"\n'
         'options = { url = "%s", prefix = "elsewhere" }\n' % redis_server.url)
     argv = ["--config", str(config), "--since", "1h", "--until", "2024-03-10 09", "--json"]
-    assert main(argv) == 0
+    assert run(argv) == 0
     assert json.loads(capsys.readouterr().out)["totals"]["delivered"] == 1
 
 
@@ -222,13 +221,13 @@ def test_stats_reads_redis_and_prefix_from_the_configured_handler(
                                   ["--until", "yesterday"]])
 def test_stats_refuses_bad_arguments(redis_server: RedisServer, argv: list[str],
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--redis-url", redis_server.url, *argv]) == 2
+    assert run(["--redis-url", redis_server.url, *argv]) == 2
     assert "alicom-receipts stats:" in capsys.readouterr().err
 
 
 def test_stats_says_when_redis_does_not_answer(capsys: pytest.CaptureFixture[str]) -> None:
     url = "redis://:hunter2@127.0.0.1:%d/0" % free_port()
-    assert main(["--redis-url", url]) == 1
+    assert run(["--redis-url", url]) == 1
     err = capsys.readouterr().err
     assert "Redis did not answer" in err
     assert "hunter2" not in err

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                     "drain pushed receipts through dedup, handlers and dead letters"),
     "reconcile": ("consumer.sources.reconcile.run", "main",
                   "recover lost receipts with QuerySendDetails"),
-    "stats": ("consumer.reports.delivery_stats", "main", "delivery success rate and failure codes"),
+    "stats": ("consumer.reports.delivery_report", "run", "delivery success rate and failure codes"),
     "demo": ("consumer.cli.demo", "main", "the whole loop locally: sandbox, publisher, worker"),
 }
 

@@ -8,6 +8,8 @@
 | `webhook`      | `consumer.handlers.webhook:WebhookHandler`           | single |
 | `delivery-stats` | `consumer.handlers.delivery_stats:DeliveryStatsHandler` | batch |
 | `send-tracker` | `consumer.handlers.tracking:SendTracker` | batch |
+| `number-hygiene` | `consumer.handlers.number_hygiene:NumberHygiene` | batch |
+| `review-status` | `consumer.handlers.review_status:ReviewStatus` | batch |
 
 They all write `Receipt.to_dict()` as their JSON document (see `receipt_json`).
 """

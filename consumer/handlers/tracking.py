@@ -1,5 +1,5 @@
 """`send-tracker`: clears a tracked send (`consumer.reports.tracking`) when its SmsReport
-arrives."""
+arrives, and moves the number of its send task (`consumer.reports.tasks`) to its outcome."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line
 from consumer.receipts import Receipt, SmsReport
+from consumer.reports.number_rules import Classifier
+from consumer.reports.tasks import Outcome
 from consumer.reports.tracking import SendTracker as Tracker
 from consumer.reports.tracking import TrackingSettings
 
@@ -20,31 +22,42 @@ class SendTracker:
     `alicom-receipts reconcile` only asks about sends still without one.
 
     Options: `url` (redis://, required; may hold a password, which never appears in errors),
-    `key_prefix` (as `[tracking] key_prefix`, default "alicom:track"), `timeout_s`.
-    One script call per batch; a receipt whose send was never tracked is fine (nothing to
-    clear). International reports (`IntlSmsReport`) have no BizId and are passed over. A Redis
-    failure retries the batch: clearing is idempotent.
+    `key_prefix`, `tasks_prefix`, `phone_hash_key_file` (as in `[tracking]`), `timeout_s`.
+    Two script calls in one round trip per batch; a receipt whose send was never tracked is
+    fine (nothing to clear or move). A failure's reason in the task is the number rules'
+    default classification (`consumer.reports.number_rules`). International reports
+    (`IntlSmsReport`) have no BizId and are passed over. A Redis failure retries the batch:
+    clearing and moving are idempotent.
     """
 
     name = "send-tracker"
     types: tuple[str, ...] | None = ("SmsReport",)
 
     def __init__(self, url: str, key_prefix: str = TrackingSettings.key_prefix,
-                 timeout_s: float = 5.0) -> None:
+                 tasks_prefix: str = TrackingSettings.tasks_prefix,
+                 phone_hash_key_file: str | None = None, timeout_s: float = 5.0) -> None:
         try:
             self._client = redis.Redis.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         except ValueError as exc:  # its message quotes the URL: keep the password out
             raise ConfigError("send-tracker handler: url is not a redis:// URL") from exc
-        self._tracker = Tracker(self._client, TrackingSettings(key_prefix=key_prefix))
+        self._tracker = Tracker(self._client, TrackingSettings(
+            key_prefix=key_prefix, tasks_prefix=tasks_prefix,
+            phone_hash_key_file=phone_hash_key_file))
+        self._classify = Classifier().reason
 
     def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
-        """Clears the batch's sends in one round trip."""
-        keys = [(r.biz_id, r.phone_number) for r in receipts
-                if isinstance(r, SmsReport) and r.biz_id and r.phone_number
-                and "|" not in r.biz_id + r.phone_number]
+        """Clears the batch's sends and settles their task numbers in one round trip."""
+        reports = [r for r in receipts
+                   if isinstance(r, SmsReport) and r.biz_id and r.phone_number
+                   and "|" not in r.biz_id + r.phone_number]
+        ids = self._tracker.ids
+        outcomes = [Outcome(r.biz_id, ids(r.phone_number), r.success, r.err_code,
+                            "" if r.success else self._classify(r.err_code, r.err_msg) or "")
+                    for r in reports]
         try:
-            self._tracker.clear_many(keys)
+            self._tracker.clear_many([(r.biz_id, r.phone_number) for r in reports],
+                                     settle=outcomes)
         except redis.RedisError as exc:
             raise RetryLater("send tracker: %s" % one_line(exc)) from exc
         return BatchResult()

@@ -57,8 +57,8 @@ __all__ = [
     "HourCounts",
     "Observation",
     "StatsWriter",
+    "hour_bucket",
     "hour_key",
-    "main",
     "observe",
     "read_hours",
     "record_submitted",
@@ -225,6 +225,13 @@ class StatsWriter:
         return results
 
 
+def hour_bucket(prefix: str, epoch_s: float, ttl_s: float = DEFAULT_TTL_S) -> tuple[str, int]:
+    """The bucket key of the hour holding `epoch_s` and its EXPIREAT (for writers that count
+    `submitted` inside their own script, like the send tracker)."""
+    moment = datetime.fromtimestamp(epoch_s, timezone.utc)
+    return hour_key(prefix, moment), _expire_at(moment, ttl_s)
+
+
 def record_submitted(client: RedisLike, when: datetime | float, count: int = 1, *,
                      prefix: str = DEFAULT_PREFIX, ttl_s: float = DEFAULT_TTL_S) -> None:
     """Adds `count` messages sent at `when` to that hour's `submitted` counter.
@@ -237,10 +244,10 @@ def record_submitted(client: RedisLike, when: datetime | float, count: int = 1, 
         moment = when if when.tzinfo is not None else when.replace(tzinfo=SHANGHAI)
     else:
         moment = datetime.fromtimestamp(when, timezone.utc)
-    key = hour_key(prefix, moment)
+    key, expire_at = hour_bucket(prefix, moment.timestamp(), ttl_s)
     pipe = client if isinstance(client, Pipeline) else client.pipeline(transaction=False)
     pipe.hincrby(key, "submitted", count)
-    pipe.expireat(key, _expire_at(moment, ttl_s))
+    pipe.expireat(key, expire_at)
     if pipe is not client:
         pipe.execute()
 
@@ -366,10 +373,3 @@ def read_code_messages(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> dic
     raw: dict[bytes, bytes] = client.hgetall(prefix + ":codes")  # type: ignore[assignment]
     return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
 
-
-def main(argv: Sequence[str]) -> int:
-    """`alicom-receipts stats`: see `consumer.reports.delivery_report`."""
-    # delivery_report imports this module; the command's code loads only when it runs
-    from consumer.reports.delivery_report import run  # noqa: PLC0415 - see above
-
-    return run(argv)

@@ -8,8 +8,11 @@ The sending code records each send right after `SendSms` / `SendBatchSms` answer
                         for p in ("13800000000", "13900000000"))
 
 and the built-in `send-tracker` handler (`consumer.handlers.tracking`) clears a send when its
-SmsReport arrives; `reconcile` asks QuerySendDetails about those still pending after a grace
-period. A send is identified as its receipt is: (biz_id, phone number).
+SmsReport arrives. Each record also adds the number to its send task (`consumer.reports.tasks`:
+the BizId, or `task_id=` to group several calls) and counts it into the delivery statistics'
+`submitted` for its send hour (`stats_prefix`), so `alicom-receipts stats` can tell how many
+sends are still without a receipt. `reconcile` asks QuerySendDetails about those still
+pending after a grace period. A send is identified as its receipt is: (biz_id, phone number).
 
 Redis layout under `key_prefix` (default `alicom:track`), chosen to stay small:
 
@@ -38,6 +41,8 @@ from zoneinfo import ZoneInfo
 import redis
 
 from consumer.errors import ConfigError
+from consumer.reports import delivery_stats, tasks
+from consumer.reports.phone_ids import PhoneIds, normalise_phone, phone_ids_from_file
 
 __all__ = ["SendTracker", "TrackedSend", "TrackingSettings", "normalise_phone"]
 
@@ -89,10 +94,17 @@ class TrackingSettings:
 
     key_prefix: str = "alicom:track"
     ttl_s: float = 35 * _DAY_S
+    tasks_prefix: str = tasks.DEFAULT_PREFIX
+    """Where send tasks are kept (`consumer.reports.tasks`)."""
+    stats_prefix: str = delivery_stats.DEFAULT_PREFIX
+    """The delivery-stats handler's `prefix`, whose `submitted` counter each new send adds to;
+    "" leaves the statistics alone."""
+    phone_hash_key_file: str | None = None
+    """Store task numbers as keyed hashes (`consumer.reports.phone_ids`)."""
 
     def __post_init__(self) -> None:
-        if not self.key_prefix:
-            raise ConfigError("tracking.key_prefix must not be empty")
+        if not self.key_prefix or not self.tasks_prefix:
+            raise ConfigError("tracking.key_prefix and tracking.tasks_prefix must not be empty")
         if not self.ttl_s >= 31 * _DAY_S:
             raise ConfigError("tracking.ttl_s must be at least 31 days (2678400), past the 30 "
                               f"days QuerySendDetails covers; got {self.ttl_s!r}")
@@ -100,26 +112,19 @@ class TrackingSettings:
 
 @dataclass(frozen=True, slots=True)
 class TrackedSend:
-    """One number of one send. `sent_at` is epoch seconds (see `epoch_of` for other forms)."""
+    """One number of one send. `sent_at` is epoch seconds (see `epoch_of` for other forms);
+    `task_id` groups sends into one task (default: the BizId, i.e. one task per send call)."""
 
     biz_id: str
     phone_number: str
     sent_at: float
     out_id: str = ""
+    task_id: str = ""
 
     @property
     def send_date(self) -> str:
         """The send day as QuerySendDetails wants it: yyyyMMdd in Asia/Shanghai."""
         return dt.datetime.fromtimestamp(self.sent_at, SHANGHAI).strftime("%Y%m%d")
-
-
-def normalise_phone(phone: str) -> str:
-    """A mainland number without a +86 / 0086 / 86 prefix; other numbers as given (stripped)."""
-    phone = phone.strip()
-    for prefix in ("+86", "0086", "86"):
-        if phone.startswith(prefix) and len(phone) - len(prefix) == 11:
-            return phone[len(prefix):]
-    return phone
 
 
 def epoch_of(when: dt.datetime | dt.date | float | None) -> float:
@@ -144,43 +149,59 @@ def _member(biz_id: str, phone: str) -> str:
 class SendTracker:
     """Pending sends in Redis; thread-safe as its redis client is. Errors are redis-py's."""
 
-    def __init__(self, client: redis.Redis, settings: TrackingSettings | None = None) -> None:
+    def __init__(self, client: redis.Redis, settings: TrackingSettings | None = None,
+                 ids: PhoneIds | None = None) -> None:
         self._client = client
         self._settings = settings or TrackingSettings()
         self._zset = self._settings.key_prefix + ":z"
         self._record = client.register_script(_RECORD)
         self._clear = client.register_script(_CLEAR)
+        self.ids = ids or phone_ids_from_file(self._settings.phone_hash_key_file)
+        self.tasks = tasks.TaskStore(client, self._settings.tasks_prefix, self._settings.ttl_s)
 
     def record(self, biz_id: str, phone_number: str,
-               send_date: dt.datetime | dt.date | float | None = None, out_id: str = "") -> bool:
+               send_date: dt.datetime | dt.date | float | None = None, out_id: str = "",
+               task_id: str = "") -> bool:
         """Tracks one send (`send_date`: see `epoch_of`); False if it was tracked already."""
         return self.record_many([TrackedSend(biz_id, phone_number, epoch_of(send_date),
-                                             out_id)])[0]
+                                             out_id, task_id)])[0]
 
     def record_many(self, sends: Iterable[TrackedSend]) -> list[bool]:
-        """Tracks sends in one round trip; per send, True when newly tracked."""
+        """Tracks sends, their tasks and the `submitted` statistics in one round trip; per
+        send, True when newly tracked."""
         args: list[Any] = [self._settings.key_prefix, time.time(), self._settings.ttl_s]
-        count = 0
+        numbers: list[tuple[str, str, str, str, int]] = []
+        stats = self._settings.stats_prefix
         for s in sends:
             day = int((s.sent_at + _SHANGHAI_OFFSET_S) // _DAY_S)
             args += [_member(s.biz_id, s.phone_number), repr(s.sent_at), day, s.out_id]
-            count += 1
-        if not count:
+            hour, expire_at = (delivery_stats.hour_bucket(stats, s.sent_at) if stats
+                               else ("", 0))
+            numbers.append((s.task_id or s.biz_id, s.biz_id, self.ids(s.phone_number), hour,
+                            expire_at))
+        if not numbers:
             return []
-        replies = cast(list[int], self._record(keys=[self._zset], args=args))
+        pipe = self._client.pipeline(transaction=False)
+        self._record(keys=[self._zset], args=args, client=pipe)
+        self.tasks.record(numbers, pipe)
+        replies = cast(list[int], pipe.execute()[0])
         return [bool(r) for r in replies]
 
     def clear(self, biz_id: str, phone_number: str) -> bool:
         """Stops tracking one send (its receipt arrived); False if it was not tracked."""
         return self.clear_many([(biz_id, phone_number)])[0]
 
-    def clear_many(self, keys: Sequence[tuple[str, str]]) -> list[bool]:
-        """`clear` for many (biz_id, phone_number) pairs in one round trip."""
+    def clear_many(self, keys: Sequence[tuple[str, str]],
+                   settle: Sequence[tasks.Outcome] = ()) -> list[bool]:
+        """`clear` for many (biz_id, phone_number) pairs in one round trip; `settle` moves
+        task numbers to their outcome in the same round trip (`TaskStore.settle`)."""
         if not keys:
             return []
         members = [_member(b, p) for b, p in keys]
-        replies = cast(list[int], self._clear(keys=[self._zset],
-                                              args=[self._settings.key_prefix, *members]))
+        pipe = self._client.pipeline(transaction=False)
+        self._clear(keys=[self._zset], args=[self._settings.key_prefix, *members], client=pipe)
+        self.tasks.settle(settle, pipe)
+        replies = cast(list[int], pipe.execute()[0])
         return [bool(r) for r in replies]
 
     def pending(self, older_than_s: float = 0.0, limit: int = 1000) -> list[TrackedSend]:

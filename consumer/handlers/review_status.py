@@ -1,0 +1,50 @@
+"""`review-status`: the current review state of every signature and template
+(`consumer.reports.reviews`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+
+from consumer.errors import ConfigError, RetryLater
+from consumer.handler_api import BatchResult
+from consumer.handlers import one_line
+from consumer.receipts import Receipt
+from consumer.reports.reviews import DEFAULT_PREFIX, ReviewStore
+
+
+class ReviewStatus:
+    """Keeps the latest state (approving, approved, rejected with its reason) of each
+    signature and template, with its history, from SignSmsReport / TemplateSmsReport.
+
+    Options: `url` (redis://, required; a password in it never appears in errors), `prefix`
+    (default "alicom:reviews"), `history` (reviews kept per item, default 50), `timeout_s`.
+    One script call per batch; a Redis failure retries the batch (a repeat changes nothing).
+    """
+
+    name = "review-status"
+    types: tuple[str, ...] | None = ("SignSmsReport", "TemplateSmsReport")
+
+    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, history: int = 50,
+                 timeout_s: float = 5.0) -> None:
+        if not prefix or history < 1:
+            raise ConfigError("review-status handler: prefix must not be empty, history >= 1")
+        try:
+            self._client = redis.Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        except ValueError as exc:  # its message quotes the URL: keep the password out
+            raise ConfigError("review-status handler: url is not a redis:// URL") from exc
+        self.store = ReviewStore(self._client, prefix, history)
+
+    def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
+        """Records the batch's reviews in one round trip."""
+        try:
+            self.store.record(receipts)
+        except redis.RedisError as exc:
+            raise RetryLater("review status: %s" % one_line(exc)) from exc
+        return BatchResult()
+
+    def close(self) -> None:
+        """Closes the connection pool."""
+        self._client.close()

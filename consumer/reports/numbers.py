@@ -1,0 +1,246 @@
+"""The number list: which numbers not to send to, and why (number hygiene).
+
+Written by the `number-hygiene` handler (`consumer.handlers.number_hygiene`), read by the
+sending code (`is_suppressed`, `suppressed_many`), `alicom-receipts numbers` and the dashboard.
+Rules and policies: `consumer.reports.number_rules`.
+
+Redis layout under `prefix` (default `alicom:numbers`); numbers are hash fields and set
+members in the form `consumer.reports.phone_ids` gives them (plain, or keyed hashes), never
+key names:
+
+* `<prefix>:rec`  hash number -> JSON record: reason `r`, first / last failure `f` / `l` (epoch
+  s, from the receipts' report times), failures `n`, last err_code `c` / err_msg `m`,
+  suppressed since `s` (0: not), suppressed until `x` (0: no end), last BizIds `b` (so that a
+  receipt handled twice is counted once);
+* `<prefix>:sup`  sorted set number -> end of its suppression (`+inf`: none): lookups read
+  only this (`ZMSCORE`), and lapsed members are removed on every write;
+* `<prefix>:seen` sorted set number -> last failure: records neither suppressed nor failing
+  for `retention_days` are pruned (a few per write, so it costs nothing noticeable).
+
+Every write of a batch is one script call: atomic and shared by any number of workers on
+any number of hosts. Like the other stores it needs a standalone Redis, not a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from consumer.reports.number_rules import DEFAULT_POLICIES, MANUAL, Policy
+from consumer.reports.phone_ids import PhoneIds
+
+__all__ = ["DEFAULT_PREFIX", "Delivery", "Failure", "NumberList", "NumberRecord"]
+
+DEFAULT_PREFIX = "alicom:numbers"
+_MAX_MSG_CHARS = 200
+_KEEP_BIZ = 8
+
+_APPLY = """
+local H, S, SEEN = KEYS[1], KEYS[2], KEYS[3]
+local now, keep, lift, keep_biz = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', S, '-inf', now)
+local i = 5
+while i <= #ARGV do
+  local kind, id, at = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local raw = redis.call('HGET', H, id)
+  local r = raw and cjson.decode(raw) or nil
+  if kind == 'D' then
+    if r and at > r.l and string.find(lift, ',' .. r.r .. ',', 1, true) then
+      redis.call('HDEL', H, id); redis.call('ZREM', S, id); redis.call('ZREM', SEEN, id)
+    end
+    i = i + 3
+  else
+    local reason, code, msg, biz = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+    local after, over, expire = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), tonumber(ARGV[i + 9])
+    if r and r.x > 0 and r.x <= now then r = nil end
+    if r and r.r == 'manual' then reason, after, over, expire = 'manual', 1, 0, r.e or 0 end
+    if not r or r.r ~= reason then r = {r = reason, f = at, l = at, n = 0, s = 0, x = 0, b = {}} end
+    local again = false
+    for _, b in ipairs(r.b) do if b == biz then again = true end end
+    if not again then
+      r.n = r.n + 1
+      if at < r.f then r.f = at end
+      if at > r.l then r.l = at end
+      r.c, r.m = code, msg
+      table.insert(r.b, 1, biz)
+      if #r.b > keep_biz then table.remove(r.b) end
+      if after > 0 and (r.s > 0 or (r.n >= after and r.l - r.f >= over)) then
+        if r.s == 0 then r.s = now end
+        if expire > 0 then r.x = r.l + expire else r.x = 0 end
+        redis.call('ZADD', S, r.x > 0 and r.x or '+inf', id)
+      end
+      redis.call('HSET', H, id, cjson.encode(r))
+      redis.call('ZADD', SEEN, r.l, id)
+    end
+    i = i + 10
+  end
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', SEEN, '-inf', now - keep, 'LIMIT', 0, 16)) do
+  local until_ = redis.call('ZSCORE', S, id)
+  if until_ and until_ == 'inf' then
+    redis.call('ZADD', SEEN, now, id)
+  else
+    redis.call('HDEL', H, id); redis.call('ZREM', S, id); redis.call('ZREM', SEEN, id)
+  end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A classified failed delivery to `number` (already in stored form) at `at` (epoch s)."""
+
+    number: str
+    at: float
+    reason: str
+    err_code: str
+    err_msg: str
+    biz_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A successful delivery to `number` (stored form) at `at` (epoch s)."""
+
+    number: str
+    at: float
+
+
+@dataclass(frozen=True)
+class NumberRecord:
+    """What the list knows about one number (`number` in stored form: maybe a hash)."""
+
+    number: str
+    reason: str
+    first_failure: float
+    last_failure: float
+    failures: int
+    err_code: str
+    err_msg: str
+    suppressed_since: float
+    suppressed_until: float | None  # None: not suppressed; inf: no end
+
+    @property
+    def suppressed(self) -> bool:
+        return self.suppressed_until is not None
+
+    @classmethod
+    def from_json(cls, number: str, raw: bytes | str, until: float | None) -> NumberRecord:
+        doc: dict[str, Any] = json.loads(raw)
+        return cls(number, str(doc.get("r", "")), float(doc.get("f", 0)),
+                   float(doc.get("l", 0)), int(doc.get("n", 0)), str(doc.get("c", "")),
+                   str(doc.get("m", "")), float(doc.get("s", 0)), until)
+
+
+class NumberList:
+    """The suppression list in Redis; thread-safe as its redis client is. Errors: redis-py's.
+
+    `ids` must be the same in every process sharing the list (see `phone_ids`).
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX,
+                 ids: PhoneIds | None = None,
+                 policies: Mapping[str, Policy] = DEFAULT_POLICIES,
+                 retention_days: float = 180.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self._keys = [prefix + ":rec", prefix + ":sup", prefix + ":seen"]
+        self.ids = ids or PhoneIds()
+        self._policies = dict(policies)
+        self._lift = "," + ",".join(r for r, p in self._policies.items() if p.on_delivery) + ","
+        self._keep_s = retention_days * 86400
+        self._clock = clock
+        self._apply = client.register_script(_APPLY)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def apply(self, events: Sequence[Failure | Delivery]) -> None:
+        """Records failures and deliveries (in stored form) in one script call."""
+        if not events:
+            return
+        args: list[Any] = [int(self._clock()), int(self._keep_s), self._lift, _KEEP_BIZ]
+        for e in events:
+            if isinstance(e, Delivery):
+                args += ["D", e.number, int(e.at)]
+                continue
+            policy = self._policies.get(e.reason)
+            after, over, expire = ((policy.after, round(policy.over_days * 86400),
+                                    round(policy.expire_days * 86400)) if policy else (0, 0, 0))
+            args += ["F", e.number, int(e.at), e.reason, e.err_code, e.err_msg[:_MAX_MSG_CHARS],
+                     e.biz_id, after, over, expire]
+        self._apply(keys=self._keys, args=args)
+
+    def add(self, phone: str, reason: str = MANUAL, expire_days: float = 0.0) -> NumberRecord:
+        """Suppresses `phone` by hand (`numbers add`): no delivery lifts it; it ends after
+        `expire_days` (0: never) or by `remove`."""
+        number, now = self.ids(phone), int(self._clock())
+        until = now + expire_days * 86400 if expire_days else math.inf
+        doc = {"r": MANUAL, "f": now, "l": now, "n": 0, "c": "", "m": reason, "s": now,
+               "x": 0 if math.isinf(until) else until, "e": round(expire_days * 86400),
+               "b": []}
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hset(self._keys[0], number, json.dumps(doc))
+        pipe.zadd(self._keys[1], {number: until})
+        pipe.zadd(self._keys[2], {number: now})
+        pipe.execute()
+        return NumberRecord.from_json(number, json.dumps(doc), until)
+
+    def remove(self, phones: Iterable[str]) -> int:
+        """Forgets numbers (suppressed or not); how many the list knew."""
+        numbers = [self.ids(p) for p in phones]
+        if not numbers:
+            return 0
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hdel(self._keys[0], *numbers)
+        pipe.zrem(self._keys[1], *numbers)
+        pipe.zrem(self._keys[2], *numbers)
+        return int(pipe.execute()[0])
+
+    # -- reading -------------------------------------------------------------------------
+
+    def is_suppressed(self, phone: str) -> bool:
+        """True when `phone` should not be sent to now."""
+        return self.suppressed_many([phone])[0]
+
+    def suppressed_many(self, phones: Sequence[str]) -> list[bool]:
+        """`is_suppressed` for many numbers in one round trip, in order."""
+        if not phones:
+            return []
+        scores = self._client.zmscore(self._keys[1], [self.ids(p) for p in phones])
+        now = self._clock()
+        return [s is not None and s > now for s in scores]
+
+    def get(self, phone: str) -> NumberRecord | None:
+        """The record of `phone`, suppressed or only failing; None when unknown."""
+        return self._records([self.ids(phone)]).get(self.ids(phone))
+
+    def suppressed(self, reason: str | None = None) -> list[NumberRecord]:
+        """The numbers suppressed now (of `reason` if given), most recently suppressed first."""
+        now = self._clock()
+        rows = cast(list[tuple[bytes, float]], self._client.zrangebyscore(
+            self._keys[1], "(%r" % now, "+inf", withscores=True))
+        records = self._records([m.decode() for m, _ in rows])
+        out = [r for r in records.values() if reason is None or r.reason == reason]
+        return sorted(out, key=lambda r: (-r.suppressed_since, r.number))
+
+    def _records(self, numbers: Sequence[str]) -> dict[str, NumberRecord]:
+        if not numbers:
+            return {}
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hmget(self._keys[0], numbers)
+        pipe.zmscore(self._keys[1], list(numbers))
+        raws, untils = pipe.execute()
+        now = self._clock()
+        out = {}
+        for number, raw, until in zip(numbers, raws, untils, strict=True):
+            if raw is not None:
+                live = until if until is not None and until > now else None
+                out[number] = NumberRecord.from_json(number, raw, live)
+        return out
