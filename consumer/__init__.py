@@ -4,24 +4,20 @@ What a handler author needs is importable from here and nothing else is public:
 
     from consumer import handler, RetryLater, PermanentFailure, SmsReport
 
-    @handler(types=["SmsReport"])
+    @handler                   # the annotation routes it: SmsReport only, not IntlSmsReport
     def on_report(receipt: SmsReport) -> None:
         ...   # return: handled; raise RetryLater: deliver again later;
               # raise PermanentFailure: dead-letter it now
 
-Everything else (MNS, Redis, tokens) stays behind the worker: a handler never sees it.
+The only exceptions exported are those two signals; any other exception a handler raises is
+retried like RetryLater (the table is in `consumer.handler_api`). Everything else (MNS,
+Redis, tokens) stays behind the worker: a handler never sees it. `consumer.testing` runs a
+handler on sample receipts in-process, for a plugin's own tests.
 """
 
 from __future__ import annotations
 
-from consumer.errors import (
-    AlicomReceiptsError,
-    ConfigError,
-    PermanentError,
-    PermanentFailure,
-    RetryLater,
-    TransientError,
-)
+from consumer.errors import PermanentFailure, RetryLater
 from consumer.handler_api import BatchHandler, BatchResult, Handler, handler
 from consumer.receipts import (
     GlobeSmsReport,
@@ -37,16 +33,13 @@ from consumer.receipts import (
 )
 
 __all__ = [
-    "AlicomReceiptsError",
     "BatchHandler",
     "BatchResult",
-    "ConfigError",
     "GlobeSmsReport",
     "Handler",
     "IntlSmsReport",
     "MnsCardTemplate",
     "MnsCardVender",
-    "PermanentError",
     "PermanentFailure",
     "Receipt",
     "ReceiptMeta",
@@ -55,6 +48,5 @@ __all__ = [
     "SmsReport",
     "SmsUp",
     "TemplateSmsReport",
-    "TransientError",
     "handler",
 ]

@@ -4,16 +4,19 @@ Users write a function or a class; they never see MNS or Redis::
 
     from consumer import handler, RetryLater, PermanentFailure, SmsReport
 
-    @handler(types=["SmsReport"])
+    @handler                            # gets SmsReport only: the annotation says so
     def on_report(receipt: SmsReport) -> None:
         if not receipt.success:
             notify(receipt.phone_number, receipt.err_code)
+
+    @handler(deadline_s=5, max_attempts=3)      # both kinds of delivery report
+    def on_any_report(receipt: SmsReport | IntlSmsReport) -> None: ...
 
     class MyBatch:                      # options from the config go to __init__(**options)
         name = "my-batch"
         types = ("SmsReport",)
 
-        def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
+        def handle_batch(self, receipts: Sequence[SmsReport]) -> BatchResult:
             result = BatchResult()      # every receipt not marked here succeeded
             for receipt, stored in zip(receipts, store_many(receipts)):
                 if not stored:
@@ -22,30 +25,60 @@ Users write a function or a class; they never see MNS or Redis::
 
         def close(self) -> None: ...    # optional: release resources at shutdown
 
-Signals, from a single-receipt handler or a whole batch call: raise `RetryLater(reason,
-delay_s)` to have the receipt delivered again later, `PermanentFailure(reason)` to dead-letter
-it at once (it stays replayable). Any other exception is logged with its traceback and treated
-as retryable.
+Routing is by receipt class. `types` names classes ("SmsReport", "IntlSmsReport", "SmsUp",
+...; `SmsReport` and the international site's `IntlSmsReport` share one queue but are two
+classes: list both, or annotate `SmsReport | IntlSmsReport`, to take both). Without `types`
+the receipt parameter's annotation decides (`Receipt` or none: every class). Declared types
+the annotation does not accept are refused at start-up and by `alicom-receipts check`.
+
+What a handler raises decides the receipt's fate (the only exceptions `consumer` exports
+for handlers are the two signals):
+
+| raised                          | outcome                                                 |
+|---------------------------------|---------------------------------------------------------|
+| nothing (returns)               | handled: never run again for this receipt               |
+| `RetryLater(reason, delay_s)`   | delivered again later (after `delay_s`, else backoff)   |
+| `PermanentFailure(reason)`      | dead-lettered at once (replayable)                      |
+| any other exception             | logged with its traceback, then as `RetryLater`         |
+
+A retry past the handler's `max_attempts` deliveries is dead-lettered (reason
+"max_attempts"). `deadline_s`, `max_attempts` and the retry backoff (`retry_base_s`,
+`retry_max_s`) can be set per handler in `@handler(...)`, as class attributes or in the
+config's `[[handlers]]` table (which wins); unset, the global `worker.handler_deadline_s`,
+`ack.max_dequeue_count`, `ack.retry_base_s` / `ack.retry_max_s` apply.
 
 Handlers run in worker threads and may be called concurrently: make them thread-safe.
-Delivery is at least once: a handler may see a receipt again (a retry, a crash before the
-acknowledgement), so make its effects idempotent or tolerate repeats.
+Delivery is at least once: a handler may see a receipt again (a crash before its completion
+was recorded), so make its effects idempotent or tolerate repeats.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import re
+import types as pytypes
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar, cast, overload, runtime_checkable
 
 from consumer.errors import PermanentFailure, RetryLater
-from consumer.receipts import Receipt
+from consumer.receipts import RECEIPT_CLASSES, Receipt
 
 OutcomeKind = Literal["ok", "retry", "permanent"]
 Signal = RetryLater | PermanentFailure
 R = TypeVar("R", bound=Receipt)
 
 _SEVERITY: Mapping[str, int] = {"ok": 0, "retry": 1, "permanent": 2}
+
+
+class HandlerTypeError(TypeError):
+    """A handler's declared types and its annotation disagree (or name unknown classes).
+
+    A TypeError so that `@handler` refuses at import time like any misuse of a decorator;
+    the plugin loader turns it into its one-line PluginError.
+    """
 
 
 @runtime_checkable
@@ -115,15 +148,53 @@ class HandlerOutcome:
     duration_s: float
 
 
+@dataclass(frozen=True)
+class HandlerPolicy:
+    """One handler's limits; None means "the global setting".
+
+    `deadline_s`: a call running longer is given up on (the receipt is retried).
+    `max_attempts`: a retry on this delivery number or later is dead-lettered instead.
+    `retry_base_s` / `retry_max_s`: the backoff of a retry without its own `delay_s`,
+    base * 2^(attempt-1) capped at max (the global ones apply to whichever is unset).
+    """
+
+    deadline_s: float | None = None
+    max_attempts: int | None = None
+    retry_base_s: float | None = None
+    retry_max_s: float | None = None
+
+    def problems(self, where: str) -> list[str]:
+        """One line per out-of-range value, each naming `where` and the field."""
+        out = [f"{where}.{name} must be > 0, got {value!r}"
+               for name in ("deadline_s", "retry_base_s", "retry_max_s")
+               if (value := getattr(self, name)) is not None
+               and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0)]
+        attempts = self.max_attempts
+        if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int)
+                                     or attempts < 1):
+            out.append(f"{where}.max_attempts must be an integer >= 1, got {attempts!r}")
+        base, top = self.retry_base_s, self.retry_max_s
+        if not out and base is not None and top is not None and top < base:
+            out.append(f"{where}.retry_max_s ({top!r}) must be >= retry_base_s ({base!r})")
+        return out
+
+    def over(self, base: HandlerPolicy) -> HandlerPolicy:
+        """This policy with its unset fields taken from `base`."""
+        return dataclasses.replace(base, **{
+            f.name: value for f in dataclasses.fields(self)
+            if (value := getattr(self, f.name)) is not None})
+
+
 class FunctionHandler(Generic[R]):
     """A single-receipt handler made from a plain function (see `handler`)."""
 
     def __init__(self, func: Callable[[R], object], name: str,
-                 types: tuple[str, ...] | None) -> None:
+                 types: tuple[str, ...] | None, policy: HandlerPolicy | None = None) -> None:
         self.__wrapped__ = func
         self.__doc__ = func.__doc__
         self.name = name
         self.types = types
+        self.policy = policy or HandlerPolicy()
 
     def handle(self, receipt: Receipt) -> None:
         """Calls the function; its return value is ignored."""
@@ -134,30 +205,137 @@ class FunctionHandler(Generic[R]):
         self.__wrapped__(receipt)
 
 
+TypesArg = Iterable[str | type[Receipt]] | str | type[Receipt] | None
+
+
 @overload
 def handler(func: Callable[[R], object], /) -> FunctionHandler[R]: ...
 @overload
-def handler(*, types: Iterable[str] | None = None,
-            name: str | None = None) -> Callable[[Callable[[R], object]], FunctionHandler[R]]: ...
-def handler(func: Callable[[R], object] | None = None, /, *, types: Iterable[str] | None = None,
-            name: str | None = None,
+def handler(*, types: TypesArg = None, name: str | None = None,
+            deadline_s: float | None = None, max_attempts: int | None = None,
+            retry_base_s: float | None = None, retry_max_s: float | None = None,
+            ) -> Callable[[Callable[[R], object]], FunctionHandler[R]]: ...
+def handler(func: Callable[[R], object] | None = None, /, *, types: TypesArg = None,
+            name: str | None = None, deadline_s: float | None = None,
+            max_attempts: int | None = None, retry_base_s: float | None = None,
+            retry_max_s: float | None = None,
             ) -> FunctionHandler[R] | Callable[[Callable[[R], object]], FunctionHandler[R]]:
     """Turns a function taking one receipt into a Handler; use bare or with options.
 
-    `types` limits it to these message types ("SmsReport", "SmsUp", ...); None means the
-    types given in the config, else all. "SmsReport" also brings `IntlSmsReport` (the
-    international site's format shares the queue): check with isinstance. `name` (default:
-    the function's name) labels its logs and metrics.
+    `types` (class names or classes) limits it to these receipt classes; without it the
+    parameter's annotation decides. Types the annotation does not accept raise
+    HandlerTypeError here, naming both. `name` (default: the function's name) labels its
+    logs and metrics. `deadline_s`, `max_attempts`, `retry_base_s`, `retry_max_s`: see
+    `HandlerPolicy` (None: the global setting).
     """
-    if isinstance(types, str):  # a lone "SmsReport" would otherwise iterate as characters
-        types = (types,)
-    declared = tuple(types) if types is not None else None
+    declared = normalise_types(types, "handler types")
+    policy = HandlerPolicy(deadline_s, max_attempts, retry_base_s, retry_max_s)
 
     def wrap(target: Callable[[R], object]) -> FunctionHandler[R]:
         label = name or str(getattr(target, "__name__", "handler"))
-        return FunctionHandler(target, label, declared)
+        problems = policy.problems(f"@handler {label}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        made = FunctionHandler(target, label, declared, policy)
+        receipt_classes(made, declared, label)  # refuse a mismatch where it is written
+        return made
 
     return wrap if func is None else wrap(func)
+
+
+def normalise_types(types: object, where: str) -> tuple[str, ...] | None:
+    """Declared types as receipt class names (None stays None); HandlerTypeError if unknown.
+
+    A lone name or class means that one class, not its letters.
+    """
+    if types is None:
+        return None
+    if isinstance(types, str | type):
+        types = (types,)
+    if not isinstance(types, Iterable):
+        raise HandlerTypeError(f"{where}: types must be a list of receipt classes")
+    names = tuple(t.__name__ if isinstance(t, type) else str(t) for t in types)
+    unknown = [n for n in names if n not in RECEIPT_CLASSES]
+    if unknown or not names:
+        raise HandlerTypeError(f"{where}: unknown or no receipt types {unknown} "
+                               f"(known: {', '.join(RECEIPT_CLASSES)})")
+    return names
+
+
+def receipt_classes(obj: object, declared: tuple[str, ...] | None, label: str,
+                    ) -> tuple[str, ...]:
+    """The receipt class names a handler gets: `declared`, else its annotation's, else all.
+
+    Raises HandlerTypeError, one line naming both, when `declared` lists a class the
+    annotation of its receipt parameter does not accept.
+    """
+    annotated = annotated_classes(obj)
+    if declared is None:
+        return annotated if annotated is not None else tuple(RECEIPT_CLASSES)
+    if annotated is not None:
+        refused = [name for name in declared if name not in annotated]
+        if refused:
+            raise HandlerTypeError(
+                f"handler '{label}': declared types {', '.join(declared)} do not match its "
+                f"annotation {' | '.join(annotated)} (it would get {', '.join(refused)}); "
+                f"declare types={list(annotated)} or widen the annotation")
+    return declared
+
+
+def annotated_classes(obj: object) -> tuple[str, ...] | None:
+    """The receipt classes a handler's receipt parameter is annotated with; None: any.
+
+    The parameter of a function, of `handle`, or the item type of `handle_batch`'s
+    sequence. A `Receipt`, a missing or a non-receipt annotation means any class.
+    """
+    func, batch = _receipt_callable(obj)
+    if func is None:
+        return None
+    try:
+        params = [p for p in inspect.signature(func).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to read
+        return None
+    if not params or params[0].annotation is inspect.Parameter.empty:
+        return None
+    try:
+        hint: object = typing.get_type_hints(func).get(params[0].name)
+    except Exception:  # noqa: BLE001 - a forward reference only a type checker resolves
+        hint = params[0].annotation
+    if batch:
+        args = typing.get_args(hint)
+        hint = args[0] if args and not isinstance(hint, str) else hint
+    return _classes_of(hint)
+
+
+def _receipt_callable(obj: object) -> tuple[Callable[..., object] | None, bool]:
+    if isinstance(obj, FunctionHandler):
+        return obj.__wrapped__, False
+    for attr, batch in (("handle_batch", True), ("handle", False)):
+        method = getattr(obj, attr, None)
+        if callable(method):
+            return method, batch
+    return (obj, False) if callable(obj) else (None, False)
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _classes_of(hint: object) -> tuple[str, ...] | None:
+    """Receipt class names of a hint; a string (unresolved) hint is read by its names."""
+    if isinstance(hint, str):
+        names = [n for n in _NAME.findall(hint) if n in RECEIPT_CLASSES or n == "Receipt"]
+        return None if not names or "Receipt" in names else tuple(dict.fromkeys(names))
+    members = (typing.get_args(hint)
+               if typing.get_origin(hint) in (typing.Union, pytypes.UnionType) else (hint,))
+    found: list[str] = []
+    for member in members:
+        if member is type(None):
+            continue
+        if not (isinstance(member, type) and issubclass(member, Receipt)) or member is Receipt:
+            return None
+        found.append(member.__name__)
+    return tuple(found) or None
 
 
 def handler_name(obj: object) -> str:
@@ -169,6 +347,45 @@ def handler_name(obj: object) -> str:
 def is_batch_handler(obj: object) -> bool:
     """True for an object with `handle_batch` (it wins over `handle` when both exist)."""
     return callable(getattr(obj, "handle_batch", None))
+
+
+def own_policy(obj: object) -> HandlerPolicy:
+    """What a handler says about its own limits: `@handler(...)`'s, or class attributes
+    `deadline_s`, `max_attempts`, `retry_base_s`, `retry_max_s` (absent: unset)."""
+    policy = getattr(obj, "policy", None)
+    if isinstance(policy, HandlerPolicy):
+        return policy
+    return HandlerPolicy(**{f.name: getattr(obj, f.name, None)
+                            for f in dataclasses.fields(HandlerPolicy)})
+
+
+@dataclass(frozen=True, eq=False)
+class RoutedHandler:
+    """A handler as the dispatcher runs it: its label, its own policy, batch or single.
+
+    `target` is the user's object (closed through `close`); the policy's unset fields fall
+    back to the dispatcher's global ones.
+    """
+
+    target: AnyHandler
+    name: str
+    policy: HandlerPolicy = field(default_factory=HandlerPolicy)
+
+    @property
+    def batch(self) -> bool:
+        return is_batch_handler(self.target)
+
+    def close(self) -> None:
+        close = getattr(self.target, "close", None)
+        if callable(close):
+            close()
+
+
+def routed(obj: AnyHandler | RoutedHandler) -> RoutedHandler:
+    """`obj` as a RoutedHandler, named and with its own policy when it is a bare handler."""
+    if isinstance(obj, RoutedHandler):
+        return obj
+    return RoutedHandler(obj, handler_name(obj), own_policy(obj))
 
 
 def worst(outcomes: Sequence[HandlerOutcome]) -> HandlerOutcome:

@@ -309,8 +309,8 @@ def test_handler_loads_from_config_and_ignores_other_types(redis_server: RedisSe
     spec = HandlerSpec("consumer.handlers.delivery_stats:DeliveryStatsHandler",
                        options={"url": redis_server.url, "prefix": "p"})
     routes = load_handlers([spec])
-    assert list(routes) == ["SmsReport"]
-    (built,) = routes["SmsReport"]
+    assert list(routes) == ["SmsReport", "IntlSmsReport"]
+    (built,) = [h.target for h in routes["SmsReport"]]
     up = parse_object("SmsUp", {"phone_number": "1", "content": "TD", "send_time":
                                 "2024-03-10 09:00:00", "dest_code": "1", "sequence_id": 1}, META)
     assert built.handle_batch([up]).failed == []  # type: ignore[union-attr]

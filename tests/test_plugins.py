@@ -27,7 +27,7 @@ from consumer.handlers.plugins import (
 )
 from consumer.keys import dedup_key
 from consumer.pipeline.dispatch import Dispatcher
-from consumer.receipts import MESSAGE_TYPES, Receipt, ReceiptMeta, SmsReport
+from consumer.receipts import RECEIPT_CLASSES, Receipt, ReceiptMeta, SmsReport
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "example-plugin"
@@ -110,15 +110,16 @@ def test_the_built_in_handlers_are_available_as_entry_points() -> None:
 def test_a_handler_is_loaded_by_entry_point_name_for_all_types() -> None:
     routes = load_handlers([HandlerSpec("log", options={"fields": ["biz_id"]})])
 
-    assert set(routes) == set(MESSAGE_TYPES)
+    assert set(routes) == set(RECEIPT_CLASSES)  # IntlSmsReport included
     [log_handler] = {id(h): h for hs in routes.values() for h in hs}.values()
-    assert isinstance(log_handler, LogHandler) and log_handler.name == "log"
+    assert isinstance(log_handler.target, LogHandler) and log_handler.name == "log"
 
 
 def test_a_decorated_function_is_loaded_by_module_attr_with_its_own_types() -> None:
     routes = load_handlers([HandlerSpec(f"{HERE}:on_report")])
 
-    assert routes == {"SmsReport": [on_report]}
+    assert {cls: [h.target for h in hs] for cls, hs in routes.items()} == {
+        "SmsReport": [on_report]}
 
 
 def test_a_plain_function_becomes_a_handler_for_all_types_named_after_it() -> None:
@@ -126,8 +127,8 @@ def test_a_plain_function_becomes_a_handler_for_all_types_named_after_it() -> No
 
     assert set(routes) == {"SmsUp", "SmsReport"}
     [wrapped] = routes["SmsUp"]
-    assert isinstance(wrapped, FunctionHandler) and wrapped.name == "plain"
-    assert wrapped.__wrapped__ is plain
+    assert isinstance(wrapped.target, FunctionHandler) and wrapped.name == "plain"
+    assert wrapped.target.__wrapped__ is plain
 
 
 def test_a_class_is_built_with_the_options_and_the_spec_overrides_types_and_name() -> None:
@@ -139,7 +140,8 @@ def test_a_class_is_built_with_the_options_and_the_spec_overrides_types_and_name
 
     [first] = routes["SmsUp"]
     [second] = routes["SmsReport"]
-    assert isinstance(first, Configurable) and (first.label, first.repeat) == ("a", 2)
+    assert isinstance(first.target, Configurable)
+    assert (first.target.label, first.target.repeat) == ("a", 2)
     assert second.name == "second"
     CLOSED.clear()
     close_handlers(routes)
@@ -150,7 +152,7 @@ def test_a_ready_instance_and_a_nameless_batch_class_are_accepted() -> None:
     routes = load_handlers([HandlerSpec(f"{HERE}:READY_INSTANCE"),
                             HandlerSpec(f"{HERE}:Nameless", types=("SmsReport",))])
 
-    assert routes["SmsUp"] == [READY_INSTANCE]
+    assert [h.target for h in routes["SmsUp"]] == [READY_INSTANCE]
     [nameless] = routes["SmsReport"]
     assert nameless.name == "Nameless"
     dispatcher = Dispatcher(routes, deadline_s=30)
@@ -241,7 +243,7 @@ def test_options_for_a_function_are_refused() -> None:
 def test_unknown_message_types_are_refused() -> None:
     message = load_error(HandlerSpec("log", types=("SmsReprot",)))
 
-    assert message.startswith("handler 'log': unknown or no message types ['SmsReprot']")
+    assert message.startswith("handler 'log': unknown or no receipt types ['SmsReprot']")
     assert "SmsReport" in message
 
 
@@ -283,7 +285,7 @@ PROBE = textwrap.dedent("""
     from consumer.receipts import ReceiptMeta, SmsReport
     routes = load_handlers([HandlerSpec("example-print", types=("SmsReport",),
                                         options={"prefix": "PRINTED"})])
-    [printer] = routes["SmsReport"]
+    [printer] = [h.target for h in routes["SmsReport"]]
     receipt = SmsReport(raw={}, meta=ReceiptMeta("mns", "q", "m-1", 1), phone_number="1381",
                         biz_id="b-1", success=True)
     printer.handle(receipt)

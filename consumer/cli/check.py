@@ -34,6 +34,7 @@ import redis
 from consumer.clients.credentials import AccessKey, load_access_key
 from consumer.clients.tokens import TokenService
 from consumer.errors import AlicomReceiptsError, AuthError, ConfigError, PermanentError
+from consumer.handler_api import HandlerTypeError
 from consumer.handlers.plugins import close_handlers, load_handlers
 from consumer.runtime import logs
 from consumer.settings import (
@@ -69,12 +70,18 @@ def check_plugins(settings: Settings, report: Report) -> None:
     try:
         routes = load_handlers(settings.handlers)
     except ConfigError as exc:
-        report.problem("handlers", str(exc),
-                       "install the plugin's package into this virtual environment or fix "
-                       "`use` in [[handlers]] (package.module:attribute or an entry point name)")
+        report.problem("handlers", str(exc), _plugin_todo(exc))
         return
     close_handlers(routes)
     report.checked.append("%d handler(s)" % len(settings.handlers))
+
+
+def _plugin_todo(exc: ConfigError) -> str:
+    if isinstance(exc.__cause__, HandlerTypeError):
+        return ("make `types` in [[handlers]] (or @handler) and the annotation of the "
+                "handler's receipt parameter agree")
+    return ("install the plugin's package into this virtual environment or fix `use` in "
+            "[[handlers]] (package.module:attribute or an entry point name)")
 
 
 def check_redis(settings: Settings, report: Report) -> None:

@@ -33,7 +33,7 @@ class DeliveryStatsHandler:
     """
 
     name = "delivery-stats"
-    types: tuple[str, ...] | None = ("SmsReport",)
+    types: tuple[str, ...] | None = ("SmsReport", "IntlSmsReport")
 
     def __init__(self, url: str, prefix: str = DEFAULT_PREFIX,
                  ttl_days: float = DEFAULT_TTL_S / 86400,

@@ -10,13 +10,15 @@ installed set is a menu, not an allowlist)::
 
     [[handlers]]
     use = "example-print"            # or "my_package.module:on_report"
-    types = ["SmsReport"]            # optional
+    types = ["SmsReport"]            # optional: receipt classes (default: its own, else all)
     name = "printer"                 # optional label for logs and metrics
     options = { prefix = ">>" }      # keyword arguments of the class
+    deadline_s = 10                  # optional: its own deadline, max_attempts, retry backoff
 
 A target may be a function decorated with `@handler`, a plain function taking one receipt, a
-class (instantiated with `**options`) or a ready instance. Every loading problem becomes one
-`PluginError` whose message is a single line naming the handler and the cause.
+class (instantiated with `**options`) or a ready instance. Every loading problem (a declared
+type its annotation does not accept included) becomes one `PluginError` whose message is a
+single line naming the handler and the cause.
 """
 
 from __future__ import annotations
@@ -33,15 +35,17 @@ import structlog
 from consumer.errors import ConfigError
 from consumer.handler_api import (
     AnyHandler,
-    BatchHandler,
-    BatchResult,
     FunctionHandler,
-    Handler,
-    handler_name,
+    HandlerPolicy,
+    HandlerTypeError,
+    RoutedHandler,
     is_batch_handler,
+    normalise_types,
+    own_policy,
+    receipt_classes,
 )
 from consumer.handlers import one_line
-from consumer.receipts import MESSAGE_TYPES, Receipt
+from consumer.receipts import Receipt
 
 log = structlog.get_logger(__name__)
 
@@ -58,15 +62,18 @@ class HandlerSpec:
     """One configured handler.
 
     `use`: an entry point name in group `alicom_receipts.handlers`, or `module:attr`.
-    `types`: the message types it gets; None means the handler's own `types`, else all.
+    `types`: the receipt classes it gets; None means the handler's own `types`, else its
+    annotation's, else all.
     `options`: keyword arguments for a class target (an error for any other target).
     `name`: the label in logs and metrics; default the handler's `name`, else `use`.
+    `policy`: its deadline, attempts and backoff, over the handler's own (unset: global).
     """
 
     use: str
     types: tuple[str, ...] | None = None
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)  # dicts don't hash
     name: str | None = None
+    policy: HandlerPolicy = field(default_factory=HandlerPolicy)
 
 
 def available_handlers() -> dict[str, EntryPoint]:
@@ -74,14 +81,14 @@ def available_handlers() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
-def load_handlers(specs: Iterable[HandlerSpec]) -> dict[str, list[AnyHandler]]:
-    """Builds every spec and returns message type -> its handlers, in config order.
+def load_handlers(specs: Iterable[HandlerSpec]) -> dict[str, list[RoutedHandler]]:
+    """Builds every spec and returns receipt class name -> its handlers, in config order.
 
-    Types without handlers are absent. Handler names must be unique (set `name` to use one
+    Classes without handlers are absent. Handler names must be unique (set `name` to use one
     plugin twice). On any error the handlers built so far are closed and PluginError raised.
     """
-    routes: dict[str, list[AnyHandler]] = {}
-    built: list[AnyHandler] = []
+    routes: dict[str, list[RoutedHandler]] = {}
+    built: list[RoutedHandler] = []
     try:
         for spec in specs:
             _add(spec, built, routes)
@@ -91,19 +98,27 @@ def load_handlers(specs: Iterable[HandlerSpec]) -> dict[str, list[AnyHandler]]:
     return routes
 
 
-def _add(spec: HandlerSpec, built: list[AnyHandler], routes: dict[str, list[AnyHandler]]) -> None:
+def _add(spec: HandlerSpec, built: list[RoutedHandler],
+         routes: dict[str, list[RoutedHandler]]) -> None:
     """Builds one spec into `built` (first, so a later error still closes it) and `routes`."""
     target, default_name = _resolve(spec.use)
     raw = _instantiate(spec, target)
-    built.append(raw)
-    types = _types_for(spec, raw)
-    obj = built[-1] = _named(raw, spec.name or _own_name(raw) or default_name)
-    name = handler_name(obj)
-    if any(handler_name(other) == name for other in built[:-1]):
+    name = spec.name or _own_name(raw) or default_name
+    built.append(RoutedHandler(raw, name, spec.policy.over(own_policy(raw))))
+    problems = built[-1].policy.problems(f"handler '{name}'")
+    if problems:
+        raise PluginError("; ".join(problems))
+    try:
+        declared = normalise_types(spec.types if spec.types is not None
+                                   else getattr(raw, "types", None), f"handler '{name}'")
+        classes = receipt_classes(raw, declared, name)
+    except HandlerTypeError as exc:
+        raise PluginError(str(exc)) from exc
+    if any(other.name == name for other in built[:-1]):
         raise PluginError(f"handler name '{name}' is used twice; give each use of "
                           f"'{spec.use}' its own `name`")
-    for kind in types:
-        routes.setdefault(kind, []).append(obj)
+    for cls_name in classes:
+        routes.setdefault(cls_name, []).append(built[-1])
 
 
 def close_handlers(routes: Mapping[str, Sequence[object]]) -> None:
@@ -115,17 +130,19 @@ def close_handlers(routes: Mapping[str, Sequence[object]]) -> None:
     for handlers in routes.values():
         for obj in handlers:
             # two renamed uses of one instance share it: close it once
-            identity = id(obj.inner if isinstance(obj, _NamedSingle | _NamedBatch) else obj)
-            if identity in seen:
+            target = obj.target if isinstance(obj, RoutedHandler) else obj
+            if id(target) in seen:
                 continue
-            seen.add(identity)
-            close = getattr(obj, "close", None)
+            seen.add(id(target))
+            close = getattr(target, "close", None)
             if not callable(close):
                 continue
             try:
                 close()
             except Exception:  # a plugin's cleanup must never stop shutdown
-                log.exception("handler_close_failed", handler=handler_name(obj))
+                log.exception("handler_close_failed",
+                              handler=obj.name if isinstance(obj, RoutedHandler) else
+                              _own_name(obj) or type(obj).__name__)
 
 
 def _resolve(use: str) -> tuple[object, str]:
@@ -194,66 +211,6 @@ def _instantiate(spec: HandlerSpec, target: object) -> AnyHandler:
                       f"object with handle() or handle_batch(), got {type(target).__name__}")
 
 
-def _types_for(spec: HandlerSpec, obj: object) -> tuple[str, ...]:
-    declared: object = spec.types if spec.types is not None else getattr(obj, "types", None)
-    if declared is None:
-        return tuple(MESSAGE_TYPES)
-    if isinstance(declared, str):  # `types = "SmsReport"` means one type, not its letters
-        declared = (declared,)
-    if not isinstance(declared, Iterable):
-        raise PluginError(f"handler '{spec.use}': types must be a list of message types")
-    types = tuple(str(kind) for kind in declared)
-    unknown = [kind for kind in types if kind not in MESSAGE_TYPES]
-    if unknown or not types:
-        raise PluginError(
-            f"handler '{spec.use}': unknown or no message types {unknown} "
-            f"(known: {', '.join(MESSAGE_TYPES)})")
-    return types
-
-
 def _own_name(obj: object) -> str | None:
     name = getattr(obj, "name", None)
     return name if isinstance(name, str) and name else None
-
-
-def _named(obj: AnyHandler, name: str) -> AnyHandler:
-    """`obj` labelled `name`: itself when it already is, else a forwarding wrapper."""
-    if _own_name(obj) == name:
-        return obj
-    if isinstance(obj, FunctionHandler):
-        return FunctionHandler(obj.__wrapped__, name, obj.types)
-    if is_batch_handler(obj):
-        return _NamedBatch(cast(BatchHandler, obj), name)
-    return _NamedSingle(cast(Handler, obj), name)
-
-
-class _NamedSingle:
-    """Gives a handler another name; forwards `handle` and `close`."""
-
-    def __init__(self, inner: Handler, name: str) -> None:
-        self.inner = inner
-        self.name = name
-
-    def handle(self, receipt: Receipt) -> None:
-        self.inner.handle(receipt)
-
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if callable(close):
-            close()
-
-
-class _NamedBatch:
-    """Gives a batch handler another name; forwards `handle_batch` and `close`."""
-
-    def __init__(self, inner: BatchHandler, name: str) -> None:
-        self.inner = inner
-        self.name = name
-
-    def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
-        return self.inner.handle_batch(receipts)
-
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if callable(close):
-            close()

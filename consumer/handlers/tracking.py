@@ -31,7 +31,7 @@ class SendTracker:
     """
 
     name = "send-tracker"
-    types: tuple[str, ...] | None = ("SmsReport",)
+    types: tuple[str, ...] | None = ("SmsReport", "IntlSmsReport")
 
     def __init__(self, url: str, key_prefix: str = TrackingSettings.key_prefix,
                  tasks_prefix: str = TrackingSettings.tasks_prefix,

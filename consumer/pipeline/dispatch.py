@@ -1,10 +1,11 @@
-"""The dispatcher: routes receipts by message type to their handlers on a bounded pool.
+"""The dispatcher: routes receipts by class to their handlers on a bounded pool.
 
 The handler API itself (what users write) lives in `consumer.handler_api`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -14,18 +15,20 @@ from typing import Protocol, cast
 
 import structlog
 
-from consumer.errors import ConfigError, PermanentFailure, RetryLater
+from consumer.errors import ConfigError, PermanentError, PermanentFailure, RetryLater
 from consumer.handler_api import (
     AnyHandler,
     BatchHandler,
     BatchResult,
     Handler,
     HandlerOutcome,
+    HandlerPolicy,
     OutcomeKind,
-    handler_name,
-    is_batch_handler,
+    RoutedHandler,
+    routed,
     worst,
 )
+from consumer.pipeline.outcome import RetryPolicy
 from consumer.receipts import Receipt
 
 log = structlog.get_logger(__name__)
@@ -58,6 +61,7 @@ class _Call:
     name: str
     units: list[list[int]]
     receipts: Sequence[Receipt]  # the whole dispatched batch
+    deadline_s: float
     batch: bool = False  # a batch handler's call (its single unit is not timed for grouping)
     done: int = 0
     started_at: float | None = None
@@ -71,13 +75,14 @@ class _Call:
 
 
 class Dispatcher:
-    """Routes receipts by message type to their handlers on a bounded thread pool.
+    """Routes receipts by class (`type(receipt).__name__`: SmsReport and IntlSmsReport are
+    two routes) to their handlers on a bounded thread pool.
 
-    Several handlers per type are allowed; all of them run for every receipt of that type
-    (in parallel). A receipt counts as handled only if ALL its handlers succeeded, and a
-    retried receipt re-runs EVERY handler of its type, including those that had succeeded:
-    handlers must tolerate a repeat. `dispatch_each` reports per-handler outcomes for a caller
-    that wants to decide otherwise.
+    Several handlers per class are allowed; all of them run for every receipt of that class
+    (in parallel). `dispatch` reports the worst outcome per receipt, `dispatch_each` each
+    handler's. A handler's own policy (`RoutedHandler.policy`) overrides the global one:
+    its deadline, and for a retry its backoff (when it gave no delay) and `max_attempts`
+    (a retry on that delivery or later becomes "permanent", reason "max_attempts").
 
     Grouping: a pool task per receipt costs more than a fast handler itself (a future, two
     thread wake-ups), so receipts for a single-receipt handler are grouped into runs that take
@@ -86,7 +91,7 @@ class Dispatcher:
     one task per receipt, as many in parallel as the pool allows. A handler not yet measured
     gets one task per receipt.
 
-    The deadline: an invocation running longer than `deadline_s` is given up on (outcome
+    The deadline: an invocation running longer than its deadline is given up on (outcome
     "retry", reason "deadline"); the receipts after it in its run are handed to a new task.
     Python cannot kill a thread, so the call keeps running and keeps its worker until it
     returns; `stuck_threads` (and `stuck_gauge`) count such workers, and its eventual result
@@ -94,14 +99,19 @@ class Dispatcher:
     get "retry"/"no_free_worker" instead of waiting forever.
     """
 
-    def __init__(self, routes: Mapping[str, Sequence[AnyHandler]], deadline_s: float,
-                 max_workers: int = 8, stuck_gauge: GaugeLike | None = None,
-                 chunk_target_s: float = 0.002) -> None:
+    def __init__(self, routes: Mapping[str, Sequence[AnyHandler | RoutedHandler]],
+                 deadline_s: float, max_workers: int = 8, stuck_gauge: GaugeLike | None = None,
+                 chunk_target_s: float = 0.002, retry: RetryPolicy | None = None) -> None:
         if not deadline_s > 0:
             raise ConfigError(f"handler deadline_s must be > 0, got {deadline_s!r}")
         if max_workers < 1:
             raise ConfigError(f"handler max_workers must be >= 1, got {max_workers!r}")
-        self._routes = {kind: tuple(handlers) for kind, handlers in routes.items() if handlers}
+        retry = retry or RetryPolicy()
+        self._global = HandlerPolicy(deadline_s, None, retry.retry_base_s, retry.retry_max_s)
+        self._routes = {kind: tuple(routed(h) for h in handlers)
+                        for kind, handlers in routes.items() if handlers}
+        self._policies = {bound.name: bound.policy
+                          for handlers in self._routes.values() for bound in handlers}
         self._deadline_s = deadline_s
         self._max_workers = max_workers
         self._gauge = stuck_gauge
@@ -113,8 +123,8 @@ class Dispatcher:
         self._mean_s: dict[str, float] = {}  # per single-receipt handler name, under the lock
 
     @property
-    def routes(self) -> Mapping[str, tuple[AnyHandler, ...]]:
-        """Message type -> its handlers, as configured."""
+    def routes(self) -> Mapping[str, tuple[RoutedHandler, ...]]:
+        """Receipt class name -> its handlers, as configured."""
         return self._routes
 
     @property
@@ -126,7 +136,7 @@ class Dispatcher:
     def dispatch(self, receipts: Sequence[Receipt]) -> list[HandlerOutcome]:
         """One outcome per receipt, in order: the worst across its handlers.
 
-        A receipt whose type has no handler gets "permanent" with reason "no_handler" (a
+        A receipt whose class has no handler gets "permanent" with reason "no_handler" (a
         configuration problem: it is dead-lettered with that reason and can be replayed).
         Never raises for a handler's failure.
         """
@@ -142,7 +152,7 @@ class Dispatcher:
         for call in calls:
             covered: set[int] = set()
             for index, outcome in call.results:
-                results[index].append(outcome)
+                results[index].append(self._with_policy(outcome, receipts[index]))
                 covered.add(index)
             for unit in call.units:  # a worker that died of a BaseException reported nothing
                 for index in unit:
@@ -150,6 +160,23 @@ class Dispatcher:
                         results[index].append(HandlerOutcome(
                             "retry", call.name, "handler_crashed", None, 0.0))
         return results
+
+    def _with_policy(self, outcome: HandlerOutcome, receipt: Receipt) -> HandlerOutcome:
+        """A retry under its handler's own policy: past `max_attempts` it is permanent, and
+        without a delay of its own it gets the handler's backoff for this delivery."""
+        policy = self._policies.get(outcome.handler)
+        if outcome.kind != "retry" or policy is None:
+            return outcome
+        attempt = max(receipt.meta.dequeue_count, 1)
+        if policy.max_attempts is not None and attempt >= policy.max_attempts:
+            return dataclasses.replace(
+                outcome, kind="permanent", delay_s=None,
+                reason=f"max_attempts {policy.max_attempts} reached: {outcome.reason}")
+        if outcome.delay_s is None and (policy.retry_base_s or policy.retry_max_s):
+            full = policy.over(self._global)
+            backoff = RetryPolicy(full.retry_base_s or 0.0, full.retry_max_s or 0.0)
+            return dataclasses.replace(outcome, delay_s=float(backoff.delay_s(attempt)))
+        return outcome
 
     def close(self, wait: bool = False) -> None:
         """Stops the pool; queued calls are cancelled. Does not close the handlers."""
@@ -164,24 +191,26 @@ class Dispatcher:
 
     def _plan(self, receipts: Sequence[Receipt], results: list[list[HandlerOutcome]],
               ) -> list[_Call]:
-        by_type: dict[str, list[int]] = {}
+        by_class: dict[str, list[int]] = {}
         for index, receipt in enumerate(receipts):
-            by_type.setdefault(receipt.message_type, []).append(index)
+            by_class.setdefault(type(receipt).__name__, []).append(index)
         calls: list[_Call] = []
-        for kind, indexes in by_type.items():
-            handlers = self._routes.get(kind, ())
+        for cls_name, indexes in by_class.items():
+            handlers = self._routes.get(cls_name, ())
             if not handlers:
                 for index in indexes:
                     results[index].append(HandlerOutcome("permanent", "", "no_handler", None, 0.0))
                 continue
-            for target in handlers:
-                name = handler_name(target)
-                if is_batch_handler(target):
-                    calls.append(_Call(target, name, [list(indexes)], receipts, batch=True))
+            for bound in handlers:
+                deadline_s = bound.policy.deadline_s or self._deadline_s
+                if bound.batch:
+                    calls.append(_Call(bound.target, bound.name, [list(indexes)], receipts,
+                                       deadline_s, batch=True))
                     continue
-                size = self._run_length(name, len(indexes))
-                calls.extend(_Call(target, name, [[i] for i in indexes[start:start + size]],
-                                   receipts)
+                size = self._run_length(bound.name, len(indexes))
+                calls.extend(_Call(bound.target, bound.name,
+                                   [[i] for i in indexes[start:start + size]], receipts,
+                                   deadline_s)
                              for start in range(0, len(indexes), size))
         return calls
 
@@ -274,7 +303,7 @@ class Dispatcher:
                 if call.started_at is None:
                     queued.append(call)
                     continue
-                expiry = call.started_at + self._deadline_s
+                expiry = call.started_at + call.deadline_s
                 if now >= expiry:
                     self._abandon(call, "deadline", now, calls)
                 else:
@@ -284,7 +313,7 @@ class Dispatcher:
                     self._abandon(call, "no_free_worker", now, calls)
                 return
             if queued:  # one may start unannounced: look again by its earliest expiry
-                later = now + self._deadline_s
+                later = now + min(call.deadline_s for call in queued)
                 next_expiry = later if next_expiry is None else min(next_expiry, later)
             if next_expiry is None:  # nothing queued, nothing running
                 return
@@ -306,13 +335,14 @@ class Dispatcher:
             self._publish_stuck()
             self._cond.notify_all()  # another dispatch may wait for a worker that is now gone
             if len(pending) > 1:
-                tail = _Call(call.handler, call.name, pending[1:], call.receipts, call.batch)
+                tail = _Call(call.handler, call.name, pending[1:], call.receipts,
+                             call.deadline_s, call.batch)
                 calls.append(tail)
                 self._submit([tail])
         call.results += [(i, HandlerOutcome("retry", call.name, reason, None, elapsed))
                          for unit in given_up for i in unit]
         log.warning("handler_abandoned", handler=call.name, reason=reason,
-                    deadline_s=self._deadline_s, receipts=sum(len(u) for u in given_up),
+                    deadline_s=call.deadline_s, receipts=sum(len(u) for u in given_up),
                     message_ids=[call.receipts[i].meta.message_id
                                  for unit in given_up for i in unit],
                     stuck_threads=self._stuck)
@@ -367,6 +397,9 @@ def _classify(exc: Exception, name: str, receipts: Sequence[Receipt],
         return "retry", exc.reason or "retry_later", exc.delay_s
     if isinstance(exc, PermanentFailure):
         return "permanent", exc.reason or "permanent_failure", None
+    if isinstance(exc, PermanentError):  # not exported for handlers, but its name says so
+        return "permanent", " ".join(f"{type(exc).__name__}: {exc}".split())[
+            :_REASON_MAX_CHARS], None
     log.error("handler_raised", handler=name, exc_info=exc,
               message_types=sorted({r.message_type for r in receipts}),
               message_ids=[r.meta.message_id for r in receipts])

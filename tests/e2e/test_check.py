@@ -14,7 +14,7 @@ from tests.e2e.harness import REPO, worker_env
 
 
 def _config(stack: Stack, *, queues: list[str], redis_url: str | None = None,
-            handler: str = "log") -> Path:
+            handler: str = "log", types: list[str] | None = None) -> Path:
     endpoint = stack.sandbox.endpoint
     sections: dict[str, dict[str, Any]] = {
         "alicom": {"preset": "custom", "mns_endpoint": endpoint,
@@ -22,7 +22,8 @@ def _config(stack: Stack, *, queues: list[str], redis_url: str | None = None,
                    "account_id": stack.account_id, "queues": queues},
         "redis": {"url": redis_url or stack.redis_server.url},
     }
-    return write_config(stack.tmp / "check.toml", sections, [{"use": handler}])
+    spec: dict[str, Any] = {"use": handler} if types is None else {"use": handler, "types": types}
+    return write_config(stack.tmp / "check.toml", sections, [spec])
 
 
 def _check(stack: Stack, config: Path, key_id: str | None = None,
@@ -98,3 +99,14 @@ def test_an_unusable_config_exits_2_with_a_line_per_problem(stack: Stack) -> Non
     assert code == 2
     assert any("SmsReprt" in line and "SmsReport" in line for line in lines), lines
     assert any("poll.wait_seconds" in line for line in lines), lines
+
+
+def test_declared_types_the_annotation_refuses_are_one_line(stack: Stack) -> None:
+    config = _config(stack, queues=["SmsReport"], handler="tests.e2e.typed_handlers:on_report",
+                     types=["SmsReport", "IntlSmsReport"])
+    code, lines = _check(stack, config)
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("handlers: handler 'on_report': declared types SmsReport, "
+                               "IntlSmsReport do not match its annotation SmsReport")
+    assert "(it would get IntlSmsReport)" in lines[0]
