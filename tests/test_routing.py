@@ -19,7 +19,7 @@ from consumer.handler_api import (
     handler,
 )
 from consumer.handlers.plugins import HandlerSpec, PluginError, load_handlers
-from consumer.pipeline.dispatch import Dispatcher
+from consumer.pipeline.dispatch import COMPLETED_BEFORE, Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.receipts import RECEIPT_CLASSES, ReceiptMeta
 from tests.test_dispatch import report, uplink
@@ -229,3 +229,27 @@ def test_every_exception_maps_to_the_outcome_its_name_says(
 
     dispatchers.append(dispatcher := Dispatcher({"SmsUp": [handler(raising)]}, WAIT_S))
     assert [o.kind for o in dispatcher.dispatch([uplink(1)])] == [kind]
+
+
+def test_handlers_that_finished_a_receipt_before_are_not_run_again(
+        dispatchers: list[Dispatcher]) -> None:
+    first, second = Recording("first"), Recording("second")
+    dispatchers.append(dispatcher := Dispatcher({"SmsReport": [first, second]}, WAIT_S))
+
+    results = dispatcher.dispatch_each([report(1), report(2)], completed=[{"first"}, set()])
+
+    assert [r.biz_id for r in first.seen] == ["biz-2"]
+    assert sorted(r.biz_id for r in second.seen) == ["biz-1", "biz-2"]
+    assert [(o.handler, o.kind, o.reason) for o in results[0]] == [
+        ("first", "ok", COMPLETED_BEFORE), ("second", "ok", "")]
+
+
+class Recording:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: list[SmsReport] = []
+        self._lock = threading.Lock()
+
+    def handle(self, receipt: SmsReport) -> None:
+        with self._lock:
+            self.seen.append(receipt)

@@ -81,27 +81,36 @@ def available_handlers() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
-def load_handlers(specs: Iterable[HandlerSpec]) -> dict[str, list[RoutedHandler]]:
+def load_handlers(specs: Iterable[HandlerSpec], targets: Mapping[str, object] | None = None,
+                  ) -> dict[str, list[RoutedHandler]]:
     """Builds every spec and returns receipt class name -> its handlers, in config order.
 
     Classes without handlers are absent. Handler names must be unique (set `name` to use one
     plugin twice). On any error the handlers built so far are closed and PluginError raised.
+    `targets` maps a `use` to an object already at hand (the testing kit's way in): it is
+    built like the object that `use` would name.
     """
     routes: dict[str, list[RoutedHandler]] = {}
     built: list[RoutedHandler] = []
     try:
         for spec in specs:
-            _add(spec, built, routes)
+            given = (targets or {}).get(spec.use)
+            _add(spec, _resolve(spec.use) if given is None else (given, _default_name(given)),
+                 built, routes)
     except PluginError:
         close_handlers({"": built})
         raise
     return routes
 
 
-def _add(spec: HandlerSpec, built: list[RoutedHandler],
+def _default_name(target: object) -> str:
+    return str(getattr(target, "__name__", None) or type(target).__name__)
+
+
+def _add(spec: HandlerSpec, resolved: tuple[object, str], built: list[RoutedHandler],
          routes: dict[str, list[RoutedHandler]]) -> None:
     """Builds one spec into `built` (first, so a later error still closes it) and `routes`."""
-    target, default_name = _resolve(spec.use)
+    target, default_name = resolved
     raw = _instantiate(spec, target)
     name = spec.name or _own_name(raw) or default_name
     built.append(RoutedHandler(raw, name, spec.policy.over(own_policy(raw))))

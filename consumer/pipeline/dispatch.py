@@ -8,33 +8,30 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Protocol
 
 import structlog
 
-from consumer.errors import ConfigError, PermanentError, PermanentFailure, RetryLater
+from consumer.errors import ConfigError
 from consumer.handler_api import (
     AnyHandler,
-    BatchHandler,
-    BatchResult,
-    Handler,
     HandlerOutcome,
     HandlerPolicy,
-    OutcomeKind,
     RoutedHandler,
     routed,
     worst,
 )
+from consumer.pipeline.invoke import invoke_batch, invoke_one
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.receipts import Receipt
 
 log = structlog.get_logger(__name__)
 
-_REASON_MAX_CHARS = 300
-
+#: The reason of a handler's "ok" for a receipt it had finished on an earlier delivery.
+COMPLETED_BEFORE = "completed_before"
 #: The outcome of every receipt of a batch whose dispatch itself raised: retried later.
 DISPATCHER_CRASHED = HandlerOutcome("retry", "dispatcher", "dispatcher crashed", None, 0.0)
 _EWMA_WEIGHT = 0.2  # of the newest duration in a handler's running mean
@@ -142,10 +139,16 @@ class Dispatcher:
         """
         return [worst(outcomes) for outcomes in self.dispatch_each(receipts)]
 
-    def dispatch_each(self, receipts: Sequence[Receipt]) -> list[list[HandlerOutcome]]:
-        """Per receipt, in order: the outcome of each of its handlers (at least one)."""
+    def dispatch_each(self, receipts: Sequence[Receipt],
+                      completed: Sequence[Collection[str]] | None = None,
+                      ) -> list[list[HandlerOutcome]]:
+        """Per receipt, in order: the outcome of each of its handlers (at least one).
+
+        `completed[i]` names handlers that already finished receipt i (a redelivery): they
+        are not run again and report "ok" with reason COMPLETED_BEFORE and no duration.
+        """
         results: list[list[HandlerOutcome]] = [[] for _ in receipts]
-        calls = self._plan(receipts, results)
+        calls = self._plan(receipts, results, completed)
         with self._cond:
             self._submit(calls)
             self._wait(calls)
@@ -190,7 +193,7 @@ class Dispatcher:
     # -- planning and running -----------------------------------------------------------
 
     def _plan(self, receipts: Sequence[Receipt], results: list[list[HandlerOutcome]],
-              ) -> list[_Call]:
+              completed: Sequence[Collection[str]] | None) -> list[_Call]:
         by_class: dict[str, list[int]] = {}
         for index, receipt in enumerate(receipts):
             by_class.setdefault(type(receipt).__name__, []).append(index)
@@ -202,17 +205,36 @@ class Dispatcher:
                     results[index].append(HandlerOutcome("permanent", "", "no_handler", None, 0.0))
                 continue
             for bound in handlers:
-                deadline_s = bound.policy.deadline_s or self._deadline_s
-                if bound.batch:
-                    calls.append(_Call(bound.target, bound.name, [list(indexes)], receipts,
-                                       deadline_s, batch=True))
-                    continue
-                size = self._run_length(bound.name, len(indexes))
-                calls.extend(_Call(bound.target, bound.name,
-                                   [[i] for i in indexes[start:start + size]], receipts,
-                                   deadline_s)
-                             for start in range(0, len(indexes), size))
+                todo = indexes if completed is None else self._not_completed(
+                    bound.name, indexes, completed, results)
+                if todo:
+                    calls.extend(self._calls_of(bound, todo, receipts))
         return calls
+
+    def _calls_of(self, bound: RoutedHandler, indexes: list[int],
+                  receipts: Sequence[Receipt]) -> list[_Call]:
+        """The pool tasks of one handler for these receipts (see the class docstring)."""
+        deadline_s = bound.policy.deadline_s or self._deadline_s
+        if bound.batch:
+            return [_Call(bound.target, bound.name, [list(indexes)], receipts, deadline_s,
+                          batch=True)]
+        size = self._run_length(bound.name, len(indexes))
+        return [_Call(bound.target, bound.name, [[i] for i in indexes[start:start + size]],
+                      receipts, deadline_s)
+                for start in range(0, len(indexes), size)]
+
+    @staticmethod
+    def _not_completed(name: str, indexes: list[int], completed: Sequence[Collection[str]],
+                       results: list[list[HandlerOutcome]]) -> list[int]:
+        """The receipts among `indexes` this handler has not finished; the others report
+        COMPLETED_BEFORE."""
+        todo: list[int] = []
+        for index in indexes:
+            if name in completed[index]:
+                results[index].append(HandlerOutcome("ok", name, COMPLETED_BEFORE, None, 0.0))
+            else:
+                todo.append(index)
+        return todo
 
     def _run_length(self, name: str, count: int) -> int:
         """How many receipts of `count` one task of this single-receipt handler takes."""
@@ -251,9 +273,9 @@ class Dispatcher:
             return
         try:
             for unit in list(call.units):
-                outcomes = (_invoke_batch(call.handler, call.name, call.unit_receipts(unit))
+                outcomes = (invoke_batch(call.handler, call.name, call.unit_receipts(unit))
                             if call.batch else
-                            [_invoke_one(call.handler, call.name, call.receipts[unit[0]])])
+                            [invoke_one(call.handler, call.name, call.receipts[unit[0]])])
                 with self._cond:
                     if call.abandoned:
                         break
@@ -350,58 +372,3 @@ class Dispatcher:
     def _publish_stuck(self) -> None:
         if self._gauge is not None:
             self._gauge.set(self._stuck)
-
-
-def _invoke_one(target: AnyHandler, name: str, receipt: Receipt) -> HandlerOutcome:
-    """Runs one single-receipt handler call; never raises an Exception. The hot path."""
-    started = time.monotonic()
-    try:
-        cast(Handler, target).handle(receipt)
-    except Exception as exc:  # noqa: BLE001 - any handler error is an outcome, not a crash
-        kind, reason, delay = _classify(exc, name, [receipt])
-        return HandlerOutcome(kind, name, reason, delay, time.monotonic() - started)
-    return HandlerOutcome("ok", name, "", None, time.monotonic() - started)
-
-
-def _invoke_batch(target: AnyHandler, name: str, receipts: list[Receipt],
-                  ) -> list[HandlerOutcome]:
-    """Runs one batch handler call and turns whatever happened into outcomes; never raises an
-    Exception."""
-    started = time.monotonic()
-    result: object = None
-    try:
-        # object: a third-party handler may return anything, whatever its annotation says
-        result = cast(object, cast(BatchHandler, target).handle_batch(receipts))
-    except Exception as exc:  # noqa: BLE001 - any handler error is an outcome, not a crash
-        kind, reason, delay = _classify(exc, name, receipts)
-        elapsed = time.monotonic() - started
-        return [HandlerOutcome(kind, name, reason, delay, elapsed) for _ in receipts]
-    elapsed = time.monotonic() - started
-    if result is not None and not isinstance(result, BatchResult):
-        log.error("bad_batch_result", handler=name, got=type(result).__name__)
-        result = BatchResult([(r, RetryLater("bad_batch_result")) for r in receipts])
-    if result is None or not result.failed:
-        return [HandlerOutcome("ok", name, "", None, elapsed) for _ in receipts]
-    outcomes: list[HandlerOutcome] = []
-    for receipt in receipts:
-        signal = result.failure_for(receipt)
-        kind, reason, delay = ("ok", "", None) if signal is None else _classify(
-            signal, name, receipts)
-        outcomes.append(HandlerOutcome(kind, name, reason, delay, elapsed))
-    return outcomes
-
-
-def _classify(exc: Exception, name: str, receipts: Sequence[Receipt],
-              ) -> tuple[OutcomeKind, str, float | None]:
-    if isinstance(exc, RetryLater):
-        return "retry", exc.reason or "retry_later", exc.delay_s
-    if isinstance(exc, PermanentFailure):
-        return "permanent", exc.reason or "permanent_failure", None
-    if isinstance(exc, PermanentError):  # not exported for handlers, but its name says so
-        return "permanent", " ".join(f"{type(exc).__name__}: {exc}".split())[
-            :_REASON_MAX_CHARS], None
-    log.error("handler_raised", handler=name, exc_info=exc,
-              message_types=sorted({r.message_type for r in receipts}),
-              message_ids=[r.meta.message_id for r in receipts])
-    reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever exc says
-    return "retry", reason[:_REASON_MAX_CHARS], None

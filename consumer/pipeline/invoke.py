@@ -1,0 +1,83 @@
+"""One handler call turned into outcomes: what a handler returned or raised, classified.
+
+The table of what an exception means is in `consumer.handler_api`'s docstring; this is
+where it is applied. Nothing here raises an Exception out of a handler call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import cast
+
+import structlog
+
+from consumer.errors import PermanentError, PermanentFailure, RetryLater
+from consumer.handler_api import (
+    AnyHandler,
+    BatchHandler,
+    BatchResult,
+    Handler,
+    HandlerOutcome,
+    OutcomeKind,
+)
+from consumer.receipts import Receipt
+
+log = structlog.get_logger("consumer.pipeline.dispatch")  # the name its log lines always had
+
+_REASON_MAX_CHARS = 300
+
+
+def invoke_one(target: AnyHandler, name: str, receipt: Receipt) -> HandlerOutcome:
+    """Runs one single-receipt handler call; never raises an Exception. The hot path."""
+    started = time.monotonic()
+    try:
+        cast(Handler, target).handle(receipt)
+    except Exception as exc:  # noqa: BLE001 - any handler error is an outcome, not a crash
+        kind, reason, delay = _classify(exc, name, [receipt])
+        return HandlerOutcome(kind, name, reason, delay, time.monotonic() - started)
+    return HandlerOutcome("ok", name, "", None, time.monotonic() - started)
+
+
+def invoke_batch(target: AnyHandler, name: str, receipts: list[Receipt],
+                  ) -> list[HandlerOutcome]:
+    """Runs one batch handler call and turns whatever happened into outcomes; never raises an
+    Exception."""
+    started = time.monotonic()
+    result: object = None
+    try:
+        # object: a third-party handler may return anything, whatever its annotation says
+        result = cast(object, cast(BatchHandler, target).handle_batch(receipts))
+    except Exception as exc:  # noqa: BLE001 - any handler error is an outcome, not a crash
+        kind, reason, delay = _classify(exc, name, receipts)
+        elapsed = time.monotonic() - started
+        return [HandlerOutcome(kind, name, reason, delay, elapsed) for _ in receipts]
+    elapsed = time.monotonic() - started
+    if result is not None and not isinstance(result, BatchResult):
+        log.error("bad_batch_result", handler=name, got=type(result).__name__)
+        result = BatchResult([(r, RetryLater("bad_batch_result")) for r in receipts])
+    if result is None or not result.failed:
+        return [HandlerOutcome("ok", name, "", None, elapsed) for _ in receipts]
+    outcomes: list[HandlerOutcome] = []
+    for receipt in receipts:
+        signal = result.failure_for(receipt)
+        kind, reason, delay = ("ok", "", None) if signal is None else _classify(
+            signal, name, receipts)
+        outcomes.append(HandlerOutcome(kind, name, reason, delay, elapsed))
+    return outcomes
+
+
+def _classify(exc: Exception, name: str, receipts: Sequence[Receipt],
+              ) -> tuple[OutcomeKind, str, float | None]:
+    if isinstance(exc, RetryLater):
+        return "retry", exc.reason or "retry_later", exc.delay_s
+    if isinstance(exc, PermanentFailure):
+        return "permanent", exc.reason or "permanent_failure", None
+    if isinstance(exc, PermanentError):  # not exported for handlers, but its name says so
+        return "permanent", " ".join(f"{type(exc).__name__}: {exc}".split())[
+            :_REASON_MAX_CHARS], None
+    log.error("handler_raised", handler=name, exc_info=exc,
+              message_types=sorted({r.message_type for r in receipts}),
+              message_ids=[r.meta.message_id for r in receipts])
+    reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever exc says
+    return "retry", reason[:_REASON_MAX_CHARS], None
