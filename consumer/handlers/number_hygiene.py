@@ -57,7 +57,7 @@ class NumberHygiene:
     """
 
     name = "number-hygiene"
-    types: tuple[str, ...] | None = ("SmsReport",)
+    types: tuple[str, ...] | None = ("SmsReport", "IntlSmsReport")
 
     def __init__(self, url: str, prefix: str = DEFAULT_PREFIX,
                  rules: Sequence[Mapping[str, Any]] = (), default_rules: bool = True,
