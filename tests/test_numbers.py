@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from consumer.pipeline.decode import parse_object
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.reports.number_rules import Classifier, Policy, parse_policies, parse_rules
 from consumer.reports.numbers import NumberList
-from consumer.reports.phone_ids import PhoneIds, phone_ids_from_file
+from consumer.reports.phone_ids import PhoneIds, phone_ids
 
 DAY = 86400
 T0 = 1_717_000_000.0
@@ -160,23 +159,21 @@ def test_manual_entries_ignore_deliveries_until_removed(redis_client: redis.Redi
     assert not numbers.is_suppressed("13600000006")
 
 
-def test_hashed_numbers_are_looked_up_without_being_stored(redis_client: redis.Redis,
-                                                           clock: Clock, tmp_path: Path) -> None:
-    key_file = tmp_path / "key"
-    key_file.write_bytes(b"0123456789abcdef-secret\n")
-    h = _hygiene(redis_client, clock, phone_hash_key_file=str(key_file))
+def test_hashed_numbers_are_looked_up_without_being_stored(
+        redis_client: redis.Redis, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALICOM_RECEIPTS_DEDUP_KEY_SECRET", "0123456789abcdef-secret")
+    h = _hygiene(redis_client, clock, hash_numbers=True)
     h.handle_batch([_report("13800000001", "1^0", False, "DB:0141", "号码在黑名单中", T0)])
     assert h.numbers.is_suppressed("13800000001")
     assert not h.numbers.is_suppressed("13800000002")
     dump = b"".join(redis_client.dump(k) or b"" for k in redis_client.keys("*"))
     assert b"13800000001" not in dump
     [record] = h.numbers.suppressed()
-    assert record.number == PhoneIds(b"0123456789abcdef-secret")("13800000001")
-    assert record.number.startswith("h:")
-    with pytest.raises(ConfigError, match="at least"):
-        PhoneIds(b"short")
-    with pytest.raises(ConfigError, match="cannot be read"):
-        phone_ids_from_file(str(tmp_path / "missing"))
+    assert record.number == PhoneIds(b"0123456789abcdef-secret")("+8613800000001")
+    assert record.number.startswith("h:") and record.number != PhoneIds(b"other")("13800000001")
+    monkeypatch.delenv("ALICOM_RECEIPTS_DEDUP_KEY_SECRET")
+    with pytest.raises(ConfigError, match="dedup key secret"):
+        phone_ids(True, {})
 
 
 def test_policy_values_are_checked() -> None:

@@ -15,7 +15,7 @@ from consumer.receipts import IntlSmsReport, Receipt, SmsReport
 from consumer.reports.delivery_stats import parse_receipt_time
 from consumer.reports.number_rules import Classifier, parse_policies, parse_rules
 from consumer.reports.numbers import DEFAULT_PREFIX, Delivery, Failure, NumberList
-from consumer.reports.phone_ids import phone_ids_from_file
+from consumer.reports.phone_ids import phone_ids
 
 
 def receipt_epoch(text: str, fallback: float) -> float:
@@ -49,7 +49,8 @@ class NumberHygiene:
     defaults), `default_rules` (false: only yours), `policies` (reason -> {after, over_days,
     expire_days, on_delivery}, over the defaults), `retention_days` (how long the record of a
     number that is not suppressed is kept after its last failure, default 180),
-    `phone_hash_key_file` (store keyed hashes instead of numbers), `timeout_s`.
+    `hash_numbers` (store keyed hashes instead of numbers: `consumer.reports.phone_ids`),
+    `timeout_s`.
 
     One script call per batch. Receipts of SmsReport (reconciled ones included) and the
     international IntlSmsReport (Status 1 delivered / 2 failed). A Redis failure retries the
@@ -62,7 +63,7 @@ class NumberHygiene:
     def __init__(self, url: str, prefix: str = DEFAULT_PREFIX,
                  rules: Sequence[Mapping[str, Any]] = (), default_rules: bool = True,
                  policies: Mapping[str, Mapping[str, Any]] | None = None,
-                 retention_days: float = 180.0, phone_hash_key_file: str | None = None,
+                 retention_days: float = 180.0, hash_numbers: bool = False,
                  timeout_s: float = 5.0) -> None:
         if not prefix or not retention_days > 0:
             raise ConfigError("number-hygiene handler: prefix must not be empty and "
@@ -73,7 +74,7 @@ class NumberHygiene:
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         except ValueError as exc:  # its message quotes the URL: keep the password out
             raise ConfigError("number-hygiene handler: url is not a redis:// URL") from exc
-        self.numbers = NumberList(self._client, prefix, phone_ids_from_file(phone_hash_key_file),
+        self.numbers = NumberList(self._client, prefix, phone_ids(hash_numbers),
                                   parse_policies(policies), retention_days)
 
     def events(self, receipts: Sequence[Receipt], now: float) -> list[Failure | Delivery]:

@@ -22,7 +22,7 @@ class SendTracker:
     `alicom-receipts reconcile` only asks about sends still without one.
 
     Options: `url` (redis://, required; may hold a password, which never appears in errors),
-    `key_prefix`, `tasks_prefix`, `phone_hash_key_file` (as in `[tracking]`), `timeout_s`.
+    `key_prefix`, `tasks_prefix`, `hash_numbers` (as in `[tracking]`), `timeout_s`.
     Two script calls in one round trip per batch; a receipt whose send was never tracked is
     fine (nothing to clear or move). A failure's reason in the task is the number rules'
     default classification (`consumer.reports.number_rules`). International reports
@@ -35,7 +35,7 @@ class SendTracker:
 
     def __init__(self, url: str, key_prefix: str = TrackingSettings.key_prefix,
                  tasks_prefix: str = TrackingSettings.tasks_prefix,
-                 phone_hash_key_file: str | None = None, timeout_s: float = 5.0) -> None:
+                 hash_numbers: bool = False, timeout_s: float = 5.0) -> None:
         try:
             self._client = redis.Redis.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
@@ -43,7 +43,7 @@ class SendTracker:
             raise ConfigError("send-tracker handler: url is not a redis:// URL") from exc
         self._tracker = Tracker(self._client, TrackingSettings(
             key_prefix=key_prefix, tasks_prefix=tasks_prefix,
-            phone_hash_key_file=phone_hash_key_file))
+            hash_numbers=hash_numbers))
         self._classify = Classifier().reason
 
     def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:

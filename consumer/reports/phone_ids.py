@@ -1,28 +1,29 @@
 """How a phone number is stored by the number list and the send tasks: as itself, or hashed.
 
 The stores never put a number into a key name: numbers are hash fields and sorted-set
-members, so a lookup by number (`HGET`, `ZMSCORE`) works either way. With a hash key set,
-what is stored is `h:` + the first 32 hex digits of HMAC-SHA256(key, number), so a lookup
-by number still works (hash it, look it up) while Redis holds no readable list of numbers;
-listings and exports then show those hashes, and say so.
-
-The key comes from a file (`phone_hash_key_file`, e.g. a systemd credential), never from the
-configuration itself. Every process that reads or writes the same stores (workers, the
-sending code's `SendTracker`, the commands, the dashboard) must use the same key.
+members, so a lookup by number (`HGET`, `ZMSCORE`) works either way. With hashing on
+(`hash_numbers = true` in the handlers' options, `[tracking] hash_numbers`, `--hash-numbers`
+for the commands), what is stored is `h:` + 32 hex digits of a keyed blake2b of the number,
+keyed with the deployment's dedup key secret (`consumer.keys.key_secret`: the systemd
+credential `dedup_key_secret` or `$ALICOM_RECEIPTS_DEDUP_KEY_SECRET`), so a lookup by number
+still works (hash it, look it up) while Redis holds no readable list of numbers and nobody
+without the secret can try all numbers against it; listings and exports then show those
+hashes, and say so. Every process reading or writing the same stores must agree.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from consumer.errors import ConfigError
+from consumer.keys import ENV_SECRET, SECRET_FILE, key_secret
 
-__all__ = ["PhoneIds", "normalise_phone", "phone_ids_from_file"]
+__all__ = ["PhoneIds", "normalise_phone", "phone_ids"]
 
-_MIN_KEY_BYTES = 16
+_PERSON = b"alicom-phone"  # blake2b personalisation: not the same hash as the dedup keys
 
 
 def normalise_phone(phone: str) -> str:
@@ -41,8 +42,8 @@ class PhoneIds:
     key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.key is not None and len(self.key) < _MIN_KEY_BYTES:
-            raise ConfigError("the phone hash key must be at least %d bytes" % _MIN_KEY_BYTES)
+        if self.key is not None and not self.key:
+            raise ConfigError("the phone hash key must not be empty")
 
     @property
     def hashed(self) -> bool:
@@ -54,16 +55,17 @@ class PhoneIds:
         bare = normalise_phone(phone)
         if self.key is None:
             return bare
-        return "h:" + hmac.new(self.key, bare.encode(), hashlib.sha256).hexdigest()[:32]
+        return "h:" + hashlib.blake2b(bare.encode(), digest_size=16, key=self.key[:64],
+                                      person=_PERSON).hexdigest()
 
 
-def phone_ids_from_file(path: str | None) -> PhoneIds:
-    """Plain numbers without a path; else hashing with the file's bytes (stripped) as key."""
-    if not path:
+def phone_ids(hash_numbers: bool, env: Mapping[str, str] | None = None) -> PhoneIds:
+    """Plain numbers, or (`hash_numbers`) keyed hashes with the dedup key secret of `env`
+    (default: this process's environment); ConfigError when hashing is asked without one."""
+    if not hash_numbers:
         return PhoneIds()
-    try:
-        key = Path(path).read_bytes().strip()
-    except OSError as exc:
-        raise ConfigError("phone_hash_key_file %s cannot be read (%s)"
-                          % (path, exc.strerror or type(exc).__name__)) from exc
-    return PhoneIds(key)
+    secret = key_secret(os.environ if env is None else env)
+    if not secret:
+        raise ConfigError("hash_numbers needs the dedup key secret: the credential %s or $%s"
+                          % (SECRET_FILE, ENV_SECRET))
+    return PhoneIds(secret)

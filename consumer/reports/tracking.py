@@ -42,7 +42,7 @@ import redis
 
 from consumer.errors import ConfigError
 from consumer.reports import delivery_stats, tasks
-from consumer.reports.phone_ids import PhoneIds, normalise_phone, phone_ids_from_file
+from consumer.reports.phone_ids import PhoneIds, normalise_phone, phone_ids
 
 __all__ = ["SendTracker", "TrackedSend", "TrackingSettings", "normalise_phone"]
 
@@ -99,7 +99,7 @@ class TrackingSettings:
     stats_prefix: str = delivery_stats.DEFAULT_PREFIX
     """The delivery-stats handler's `prefix`, whose `submitted` counter each new send adds to;
     "" leaves the statistics alone."""
-    phone_hash_key_file: str | None = None
+    hash_numbers: bool = False
     """Store task numbers as keyed hashes (`consumer.reports.phone_ids`)."""
 
     def __post_init__(self) -> None:
@@ -156,7 +156,7 @@ class SendTracker:
         self._zset = self._settings.key_prefix + ":z"
         self._record = client.register_script(_RECORD)
         self._clear = client.register_script(_CLEAR)
-        self.ids = ids or phone_ids_from_file(self._settings.phone_hash_key_file)
+        self.ids = ids or phone_ids(self._settings.hash_numbers)
         self.tasks = tasks.TaskStore(client, self._settings.tasks_prefix, self._settings.ttl_s)
 
     def record(self, biz_id: str, phone_number: str,
