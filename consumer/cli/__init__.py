@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                   "recover lost receipts with QuerySendDetails"),
     "stats": ("consumer.reports.delivery_report", "run", "delivery success rate and failure codes"),
     "demo": ("consumer.cli.demo", "main", "the whole loop locally: sandbox, publisher, worker"),
+    "numbers": ("consumer.cli.numbers", "main",
+                "numbers not to send to: check, list, export, add, remove"),
+    "tasks": ("consumer.cli.tasks", "main", "send tasks: counts, failure reasons, CSV export"),
+    "reviews": ("consumer.cli.reviews", "main", "review state of signatures and templates"),
 }
 
 

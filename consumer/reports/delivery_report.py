@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -45,11 +44,13 @@ from consumer.reports.delivery_stats import (
     total,
 )
 from consumer.reports.err_codes import describe
-from consumer.settings import config_path, load_settings
+from consumer.reports.targets import handler_options
 
 log = structlog.get_logger(__name__)
 
 _MAX_HOURS = 24 * 366
+_DELIVERY_STATS = frozenset({"delivery-stats",
+                             "consumer.handlers.delivery_stats:DeliveryStatsHandler"})
 
 
 @dataclass(frozen=True)
@@ -203,18 +204,9 @@ def _zone(name: str) -> tzinfo:
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str]:
-    """Redis URL and key prefix: flags, else the configured delivery-stats handler, else
-    the configuration's Redis and the default prefix."""
-    if args.redis_url and (args.prefix or not args.config):
-        return args.redis_url, args.prefix or DEFAULT_PREFIX
-    settings = load_settings(config_path(args.config, os.environ),
-                             dict(os.environ))
-    options: dict[str, Any] = {}
-    for spec in settings.handlers:
-        if spec.use in ("delivery-stats", "consumer.handlers.delivery_stats:DeliveryStatsHandler"):
-            options = dict(spec.options)
-    url = args.redis_url or options.get("url") or settings.redis_url
-    return str(url), str(args.prefix or options.get("prefix") or DEFAULT_PREFIX)
+    """Redis URL and key prefix (`consumer.reports.targets`) of the delivery-stats handler."""
+    target = handler_options(args, _DELIVERY_STATS)
+    return target.url, str(args.prefix or target.options.get("prefix") or DEFAULT_PREFIX)
 
 
 def run(argv: Sequence[str], out: TextIO | None = None, now: float | None = None) -> int:
