@@ -60,7 +60,7 @@ def test_tasks_list_show_export(redis_client: redis.Redis, redis_server: RedisSe
     url = ["--redis-url", redis_server.url]
     code, text = _run(tasks.main, [*url, "list", "--status", "sending"])
     assert code == 0
-    [header, row] = text.splitlines()
+    [_header, row] = text.splitlines()
     assert row.split()[0] == "5^0" and row.split()[-4:] == ["3", "0", "1", "2"]
     assert _run(tasks.main, [*url, "list", "--status", "done"])[1].count("\n") == 1
     code, text = _run(tasks.main, [*url, "show", "5^0"])
