@@ -162,7 +162,7 @@ def test_one_preset_field_can_be_overridden(tmp_path: Path) -> None:
     ("[token]\nmax_attempts = 0", "token.max_attempts must be 1-20, got 0"),
     ("[log]\nlevel = \"verbose\"", "log.level must be one of debug, info, warning, error, "
                                    "critical, got 'verbose'"),
-    ("[log]\nformat = \"jsn\"", "log.format must be one of auto, json, console, got 'jsn' "
+    ("[log]\nformat = \"jsn\"", "log.format must be one of auto, json, console, ecs, got 'jsn' "
                                 "(did you mean 'json'?)"),
     ("[redis]\nurl = \"http://localhost\"",
      "redis.url must start with redis://, rediss:// or unix://, got 'http://localhost'"),

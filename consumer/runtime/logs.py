@@ -1,4 +1,4 @@
-"""structlog set-up: JSON lines when stderr is not a terminal, readable console output on one.
+"""structlog set-up: JSON lines, ECS JSON lines or console output; colour only on a terminal.
 
 Called once by the command line at start-up; nothing here runs at import. Standard-library
 logging (the SDKs', tenacity's) is routed through the same renderer.
@@ -9,12 +9,16 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
+import re
+import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TextIO
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TextIO
 
+import ecs_logging
 import structlog
 
 _SECRET_KEYS = frozenset({"access_key_secret", "security_token", "password", "secret"})
@@ -92,30 +96,109 @@ class BufferedLineLogger:
     warning = warn = error = err = critical = exception = fatal = failure = now
 
 
-def configure(level: str = "info", fmt: str = "auto") -> None:
-    """`fmt` is "json", "console" or "auto" (console on a terminal, JSON otherwise)."""
-    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
-    renderer: Any = (structlog.dev.ConsoleRenderer() if use_console
-                     else structlog.processors.JSONRenderer(serializer=_json_line))
+#: `log.format` values; "auto" is console on a terminal, JSON otherwise.
+FORMATS: Final = ("auto", "json", "console", "ecs")
+#: The ECS fields of every line, from the identity fields every format carries.
+_ECS_IDENTITY: Final = {"logger": "log.logger", "service": "service.name",
+                        "host": "host.hostname", "pid": "process.pid"}
+#: Our own fields go under this ECS custom namespace (ECS reserves the top level for itself).
+ECS_NAMESPACE: Final = "alicom"
+
+
+def default_service(argv: Sequence[str]) -> str:
+    """`alicom-receipts-<command>` for `alicom-receipts <command> ...`, else `alicom-receipts`."""
+    if len(argv) > 1 and re.fullmatch(r"[a-z][a-z-]*", argv[1]):
+        return "alicom-receipts-" + argv[1]
+    return "alicom-receipts"
+
+
+class _Identity:
+    """Adds `service`, `host` and `pid` to every line (pid read per line: a fork changes it)."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+        self._host = socket.gethostname()
+
+    def __call__(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("service", self._service)
+        event.setdefault("host", self._host)
+        event.setdefault("pid", os.getpid())
+        return event
+
+
+def _logger_name(logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """`logger`: the structlog logger's name, or a standard-library record's."""
+    record = event.get("_record")
+    event.setdefault("logger", record.name if record is not None
+                     else getattr(logger, "name", None) or _ROOT_NAME)
+    return event
+
+
+def _to_ecs(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Renames the fields to ECS (the identity fields, `error` text, the timestamp) and moves
+    every field of ours under `alicom.`; ecs-logging then turns `event` into `message`."""
+    out: dict[str, Any] = {"event": event.pop("event", ""),
+                           "@timestamp": event.pop("timestamp", None)}
+    event.pop("level", None)  # ecs-logging writes log.level from the method name
+    if "exception" in event:
+        out["exception"] = event.pop("exception")
+    for ours, ecs in _ECS_IDENTITY.items():
+        if ours in event:
+            out[ecs] = event.pop(ours)
+    if "error" in event:
+        out["error.message"] = str(event.pop("error"))
+    for key, value in event.items():
+        if not key.startswith("_"):
+            out["%s.%s" % (ECS_NAMESPACE, key)] = value
+    if out["@timestamp"] is None:
+        del out["@timestamp"]
+    return out
+
+
+def _renderer(fmt: str, stream: TextIO) -> list[Any]:
+    """The last processors of a format. Colour only where a person reads a terminal."""
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    if fmt == "console":
+        return [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+    if fmt == "ecs":
+        return [_to_ecs, ecs_logging.StructlogFormatter(ensure_ascii=False)]
+    if fmt == "json":
+        return [structlog.processors.JSONRenderer(serializer=_json_line)]
+    raise ValueError("log.format must be one of %s, got %r" % (", ".join(FORMATS), fmt))
+
+
+def configure(level: str = "info", fmt: str = "auto", service: str | None = None) -> None:
+    """Sets up structlog and standard-library logging for this process, onto stderr.
+
+    `fmt` is one of FORMATS. Every line carries `logger`, `service` (default: from the
+    command line, `alicom-receipts-worker`), `host` and `pid`; under "ecs" they are
+    `log.logger`, `service.name`, `host.hostname`, `process.pid`, the message is `message`
+    and our own fields are under `alicom.`.
+    """
+    stream = sys.stderr
+    renderer = _renderer(fmt, stream)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _logger_name,
+        _Identity(service or default_service(sys.argv)),
         _scrub,
     ]
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=_factory(BufferedLineLogger(sys.stderr)),
+        logger_factory=_factory(BufferedLineLogger(stream)),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         # format_exc_info: a stdlib record's exc_info (aiohttp's, the SDKs') becomes the
         # traceback text; without it the JSON line would show `<traceback object at 0x..>`.
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, renderer],
+                    structlog.processors.format_exc_info, *renderer],
         foreign_pre_chain=shared,
     ))
     root = logging.getLogger()
@@ -123,8 +206,28 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     root.setLevel(numeric)
 
 
-def _factory(logger: BufferedLineLogger) -> Callable[..., BufferedLineLogger]:
-    """structlog's logger_factory: every bound logger shares the one buffered writer."""
-    def factory(*_args: Any) -> BufferedLineLogger:
-        return logger
+_ROOT_NAME: Final = "alicom_receipts"
+
+
+class _Named:
+    """What a structlog logger writes through: its name, and the one shared buffered writer."""
+
+    def __init__(self, name: str, writer: BufferedLineLogger) -> None:
+        self.name = name
+        w = writer
+        self.msg = self.debug = self.info = w.buffered
+        self.warning = self.warn = self.error = self.err = w.now
+        self.critical = self.exception = self.fatal = self.failure = w.now
+
+
+def _factory(writer: BufferedLineLogger) -> Callable[..., _Named]:
+    """structlog's logger_factory: `get_logger(name)` gets a `_Named` over the one writer."""
+    named: dict[str, _Named] = {}
+
+    def factory(*args: Any) -> _Named:
+        name = str(args[0]) if args and args[0] else _ROOT_NAME
+        found = named.get(name)
+        if found is None:
+            found = named.setdefault(name, _Named(name, writer))
+        return found
     return factory

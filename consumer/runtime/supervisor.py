@@ -172,8 +172,8 @@ class Supervisor:
             log.error("child_start_failed", child=slot.name, error=str(exc),  # noqa: TRY400 - the OS error says it all
                       restart_in_s=delay, failures=slot.failures)
             return
-        log.info("child_started", child=slot.name, queue=slot.queue, index=slot.index,
-                 pid=slot.proc.pid, restarts=slot.restarts)
+        log.info("child_started", child=slot.name, message_type=slot.queue, index=slot.index,
+                 child_pid=slot.proc.pid, restarts=slot.restarts)
 
     def reap(self) -> None:
         """Collects every worker that has exited, and schedules its restart unless stopping."""
@@ -190,12 +190,13 @@ class Supervisor:
         ran_s = round(now - slot.started_at, 3)
         if self.stopping:
             self.stop_codes[slot.name] = code
-            log.info("child_stopped", child=slot.name, pid=pid, ran_s=ran_s, **describe_exit(code))
+            log.info("child_stopped", child=slot.name, child_pid=pid, ran_s=ran_s,
+                     **describe_exit(code))
             return
         delay = after_exit(slot, code, ran_s, self.run)
         slot.restart_at = now + delay
         emit = log.info if code == 0 else log.warning
-        emit("child_exited", child=slot.name, pid=pid, ran_s=ran_s, restart_in_s=delay,
+        emit("child_exited", child=slot.name, child_pid=pid, ran_s=ran_s, restart_in_s=delay,
              failures=slot.failures, **describe_exit(code))
 
     def restart_due(self) -> None:
@@ -231,7 +232,7 @@ class Supervisor:
             return
         for slot in self.slots:
             if slot.proc is not None and slot.name not in self.killed:
-                log.error("stop_timeout_kill", child=slot.name, pid=slot.proc.pid)
+                log.error("stop_timeout_kill", child=slot.name, child_pid=slot.proc.pid)
                 self.killed.append(slot.name)
                 _send(slot, signal.SIGKILL)
 
@@ -414,7 +415,7 @@ def main(argv: Sequence[str]) -> int:
     run = settings.run
     sup = Supervisor(plan_slots(queues, processes), process_spawner(config), run,
                      settings.worker.shutdown_budget_s + run.stop_margin_s)
-    log.info("run_started", pid=os.getpid(), queues=queues, processes_per_queue=processes,
+    log.info("run_started", queues=queues, processes_per_queue=processes,
              config=settings.source)
     with SignalPipe() as pipe:
         return supervise(sup, pipe)

@@ -144,7 +144,8 @@ class WorkerSettings:
 
 @dataclass(frozen=True)
 class LogSettings:
-    """`format`: "auto" (console on a terminal, JSON lines otherwise), "json" or "console"."""
+    """`format`: "auto" (console on a terminal, JSON lines otherwise), "json", "console" or
+    "ecs" (Elastic Common Schema JSON lines, the message under `message`)."""
 
     level: str = "info"
     format: str = "auto"
@@ -295,7 +296,7 @@ _RANGES: dict[str, _Rule] = {
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log.level": ("debug", "info", "warning", "error", "critical"),
-    "log.format": ("auto", "json", "console"),
+    "log.format": ("auto", "json", "console", "ecs"),
 }
 
 

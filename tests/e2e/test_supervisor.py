@@ -180,7 +180,7 @@ class Run:
 
     def child_pids(self) -> dict[str, int]:
         """The current pid of each slot, from the latest `child_started` line."""
-        return {e["child"]: e["pid"] for e in self.events("child_started")}
+        return {e["child"]: e["child_pid"] for e in self.events("child_started")}
 
     def wait(self, predicate: Any, what: str, timeout_s: float = 60) -> None:
         def check() -> bool:
@@ -192,7 +192,7 @@ class Run:
 
     def kill_all(self) -> None:
         """Teardown: SIGKILL to `run` and to every worker it ever started."""
-        for pid in [self.proc.pid, *(e["pid"] for e in self.events("child_started"))]:
+        for pid in [self.proc.pid, *(e["child_pid"] for e in self.events("child_started"))]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait(10)
@@ -234,7 +234,7 @@ def test_run_restarts_a_killed_worker_and_the_receipts_it_held_are_applied_once(
     run.wait(lambda: set(stack.applied()) == expected, "all applied")
     run.wait(stack.queue_is_empty, "all deleted")
 
-    exited = [e for e in run.events("child_exited") if e["pid"] == victim]
+    exited = [e for e in run.events("child_exited") if e["child_pid"] == victim]
     assert exited[0]["signal"] == "SIGKILL"
     assert exited[0]["restart_in_s"] == 1.0
     records = stack.records()
@@ -265,7 +265,7 @@ def test_run_restarts_a_recycled_worker_at_once_and_sigterm_drains_them_all(
              "a worker recycled")
     recycled = next(e for e in run.events("child_exited") if e["code"] == 0)
     assert recycled["restart_in_s"] == 0.0
-    run.wait(lambda: run.child_pids()[recycled["child"]] != recycled["pid"], "its successor")
+    run.wait(lambda: run.child_pids()[recycled["child"]] != recycled["child_pid"], "its successor")
     # Every worker is up (its signal handlers installed) before the stop.
     run.wait(lambda: len(run.events("worker_started")) == len(run.events("child_started")),
              "every worker started")

@@ -117,7 +117,7 @@ class Worker:
         self._spawn("acker", c.ackers, self._ack_loop, indexed=True)
         heartbeat = Heartbeat(self._client(), self.p.dedup, self.window, self.stats, c.ack)
         self._spawn("heartbeat", 1, lambda: heartbeat.run(self.abort))
-        log.info("worker_started", queue_type=c.message_type, pollers=c.pollers,
+        log.info("worker_started", message_type=c.message_type, pollers=c.pollers,
                  runners=c.runners, ackers=c.ackers, in_flight_max=c.in_flight_max)
 
     def request_stop(self) -> None:
