@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,10 +25,11 @@ from consumer.receipts import (
     SmsUp,
     TemplateSmsReport,
 )
+from consumer.testing import SAMPLES_DIR
 
 META = ReceiptMeta("mns", "Alicom-Queue-1-SmsReport", "MSG-1", 1, 1000, 1001)
 
-# The documented samples, verbatim (the shared copies are checked against these below).
+# The documented samples, verbatim (the testing kit's copies are checked against these below).
 SAMPLES: dict[str, str] = {
     "GlobeSmsReport.json": '{"to":"86134235****","status":"2","message_id":"12441353","send_date":"2017-06-01 10:00:00","receive_date":"2017-06-01 10:00:05","error_code":"SP_UNKNOW_ERROR","error_description":"运营商未知错误"}',  # noqa: E501 - verbatim sample
     "MnsCardTemplate.json": '{"approval_status":2,"extData":{},"tmpOps":[{"state":2,"desc":"驳回","vendorCode":"MEIZU"},{"state":2,"desc":"驳回","vendorCode":"OPPO"}],"template_code":"CARD_SMS_****","desc":"**不通过:驳回"}',  # noqa: E501 - verbatim sample
@@ -43,7 +43,6 @@ SAMPLES: dict[str, str] = {
     "push-SignSmsReport.json": '[{"sign_source":"公众号","reason":"test","sign_name":"短信签名模版1957","orderId":"200****5184","sign_status":"approved","remark":"test","sign_scene":"SMS_123123242","create_date":"2019-05-30 19:58:25"}]',  # noqa: E501 - verbatim sample
     "push-SmsUp.json": '[{"phone_number":"1381111****","content":"内容","send_time":"2017-09-01 00:00:00","dest_code":"1234","sequence_id":"1234567890"}]',  # noqa: E501 - verbatim sample
 }
-SHARED_SAMPLES = Path("/work/shared/reference/samples")
 
 
 def encode(obj: Any) -> str:
@@ -73,10 +72,9 @@ def sample_obj(name: str) -> dict[str, Any]:
     return obj
 
 
-@pytest.mark.skipif(not SHARED_SAMPLES.is_dir(), reason="the shared reference is not mounted")
-def test_the_embedded_samples_are_the_shared_reference_samples() -> None:
-    shared = {p.name: p.read_text("utf-8").strip() for p in SHARED_SAMPLES.glob("*.json")}
-    assert shared == SAMPLES
+def test_the_embedded_samples_are_the_testing_kits_samples() -> None:
+    packaged = {p.name: p.read_text("utf-8").strip() for p in SAMPLES_DIR.glob("*.json")}
+    assert packaged == SAMPLES
 
 
 def test_a_delivered_sms_report_decodes_to_typed_values() -> None:

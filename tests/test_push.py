@@ -28,9 +28,9 @@ from consumer.receipts import Receipt
 from consumer.settings.push import PushSettings, load_push_config
 from consumer.sources.push.pipeline import PushWorker
 from consumer.sources.push.server import SUCCESS, parse_push_body, running_push_server
+from consumer.testing import SAMPLES_DIR
 from tests.e2e.harness import wait_until
 
-SAMPLES = Path("/work/shared/reference/samples")
 SECRET = "s3cret-Path-Segment-42"
 REPORT = {"phone_number": "1381111****", "send_time": "2017-01-01 00:00:00",
           "report_time": "2017-01-01 00:00:00", "success": True, "err_code": "DELIVERED",
@@ -39,8 +39,10 @@ REPORT = {"phone_number": "1381111****", "send_time": "2017-01-01 00:00:00",
 
 def documented_bodies() -> dict[str, bytes]:
     """message type -> the documented push body (a JSON array), from push-<Type>.json."""
-    bodies = {p.stem.removeprefix("push-"): p.read_bytes() for p in SAMPLES.glob("push-*.json")}
+    bodies = {p.stem.removeprefix("push-"): p.read_bytes()
+              for p in SAMPLES_DIR.glob("push-*.json")}
     bodies["SmsReport"] = json.dumps([REPORT, {**REPORT, "phone_number": "1390000****"}]).encode()
+    assert set(bodies) == {"SignSmsReport", "SmsUp", "SmsReport"}  # the files are there
     return bodies
 
 

@@ -1,7 +1,8 @@
 """An example alicom-receipts handler plugin: prints one line per receipt.
 
 Copy this package to start your own: a class (or a function decorated with
-`consumer.handler`) plus one entry point in pyproject.toml is all a plugin is.
+`consumer.handler`) plus one entry point in pyproject.toml is all a plugin is. Its tests
+(`tests/`) use the daemon's testing kit, `consumer.testing`: no Redis, no queue needed.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import sys
 import threading
 from typing import TextIO
 
-from consumer import Receipt
+from consumer import IntlSmsReport, Receipt, SmsReport, handler
 from consumer.keys import dedup_key
 
-__all__ = ["PrintHandler"]
+__all__ = ["PrintHandler", "failed_deliveries"]
 
 
 class PrintHandler:
@@ -41,3 +42,17 @@ class PrintHandler:
         with self._lock:
             self._stream.write(line + "\n")
             self._stream.flush()
+
+
+@handler(deadline_s=10, max_attempts=5)
+def failed_deliveries(receipt: SmsReport | IntlSmsReport) -> None:
+    """Prints `FAILED <receipt class> <error code>` to stderr for a failed delivery report.
+
+    The annotation routes it: both kinds of delivery report (mainland `SmsReport` and the
+    international `IntlSmsReport`, which has `error_code` instead of `err_code`), nothing
+    else. Its own limits: a 10 s deadline, dead-lettered on a 5th failed delivery.
+    """
+    if receipt.success:
+        return
+    code = receipt.err_code if isinstance(receipt, SmsReport) else receipt.error_code
+    sys.stderr.write(f"FAILED {type(receipt).__name__} {code or '-'}\n")
