@@ -150,13 +150,15 @@ def test_an_unknown_type_is_404(server: str) -> None:
     assert send(server + "/NoSuchType", b"[]")[0] == 404
 
 
-def test_a_source_outside_the_allowlist_is_403_and_stores_nothing(
+def test_a_source_outside_the_allowlist_is_dropped_on_connect_and_stores_nothing(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
     settings = PushSettings(listen="127.0.0.1:0", allowlist=("10.0.0.0/8",))
     with running_push_server(settings, redis_server.url) as running:
-        status, answer = send(running.url + "/SmsReport", json.dumps([REPORT]).encode())
-        assert (status, answer["code"]) == (403, 1)
-        assert send(running.url + "/SmsReport")[0] == 403
+        for body in (json.dumps([REPORT]).encode(), None):
+            with pytest.raises((urllib.error.URLError, ConnectionError,
+                                http.client.RemoteDisconnected)):
+                send(running.url + "/SmsReport", body)
+        assert running.receiver.guard.refused == 2
     assert not redis_client.exists("alicom:push")
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from consumer.settings.push import PushSettings
+from consumer.sources.push.guard import FD_RESERVE
+
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "systemd"
 CONFIG = "/etc/alicom-receipts/alicom-receipts.toml"
@@ -148,6 +151,13 @@ def test_push_unit_contract(name: str) -> None:
     worker = (SYSTEMD / "alicom-receipts@.service").read_text()
     assert _hardening(text) == _hardening(worker)
     assert "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX" in _hardening(text)
+
+
+def test_the_push_unit_has_room_for_its_connection_cap() -> None:
+    lines = _settings((SYSTEMD / "alicom-receipts-push.service").read_text())
+    [limit] = [x for x in lines if x.startswith("LimitNOFILE=")]
+    room = int(limit.removeprefix("LimitNOFILE=")) - FD_RESERVE
+    assert room >= PushSettings().max_connections
 
 
 @pytest.mark.parametrize("command", sorted(c for c, _ in PUSH_UNITS.values()))

@@ -39,12 +39,15 @@ class PushSettings:
 
     `listen` is "host:port"; `path_prefix` the URL path before the type ("/alicom" gives
     `/alicom/SmsReport`, or `/alicom/<secret>/SmsReport` when `secret` is set). `allowlist`
-    lists CIDRs allowed to push (empty: anyone); `trusted_proxies` lists CIDRs of reverse
-    proxies whose X-Forwarded-For is believed. `stream_maxlen` is where the receiver starts
-    refusing (503), never a trim. Worker: `consumers` threads, each reading `batch_size`
-    entries per XREADGROUP, blocking up to `block_s`; an entry pending for `reclaim_idle_s`
-    (a crashed consumer's, or one whose retry backoff ended) is re-taken with XAUTOCLAIM,
-    and retry backoffs are capped at it.
+    lists CIDRs allowed to push (empty: anyone), checked when a connection is made;
+    `trusted_proxies` lists CIDRs of reverse proxies whose X-Forwarded-For is believed. A
+    body holding more than `max_elements` receipts is refused (413). At most
+    `max_connections` connections are open (the oldest idle one is closed for a new one);
+    a client has `read_timeout_s` to send a request's header, and again its body.
+    `stream_maxlen` is where the receiver starts refusing (503), never a trim. Worker:
+    `consumers` threads, each reading `batch_size` entries per XREADGROUP, blocking up to
+    `block_s`; an entry pending for `reclaim_idle_s` (a crashed consumer's, or one whose
+    retry backoff ended) is re-taken with XAUTOCLAIM, and retry backoffs are capped at it.
     """
 
     listen: str = "127.0.0.1:8080"
@@ -53,6 +56,9 @@ class PushSettings:
     allowlist: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
+    max_elements: int = 1000
+    max_connections: int = 4096
+    read_timeout_s: float = 10.0
     stream: str = "alicom:push"
     stream_maxlen: int = 1_000_000
     handoff_timeout_s: float = 0.5
@@ -98,6 +104,11 @@ def _server_problems(s: PushSettings) -> list[str]:
                    "got %r" % s.handoff_timeout_s)
     if s.max_body_bytes < 1024 or s.stream_maxlen < 1 or not s.stream:
         out.append("push.max_body_bytes must be >= 1024, stream_maxlen >= 1, stream non-empty")
+    if not (1 <= s.max_elements <= 100_000 and 1 <= s.max_connections <= 1_000_000):
+        out.append("push.max_elements must be 1-100000 and push.max_connections 1-1000000, "
+                   "got %r and %r" % (s.max_elements, s.max_connections))
+    if not 0.1 <= s.read_timeout_s <= 300:
+        out.append("push.read_timeout_s must be 0.1-300, got %r" % s.read_timeout_s)
     return out
 
 

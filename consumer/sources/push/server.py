@@ -29,9 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import ipaddress
 import json
 import os
+import signal
 import threading
 import time
 import urllib.parse
@@ -54,7 +54,13 @@ from consumer.pipeline.decode import reject_constant
 from consumer.receipts import MESSAGE_TYPES
 from consumer.runtime import logs
 from consumer.settings import config_path
-from consumer.settings.push import IpNetwork, PushSettings, load_push_config
+from consumer.settings.push import PushSettings, load_push_config
+from consumer.sources.push.guard import (
+    ACCEPT_BACKLOG,
+    ConnectionGuard,
+    effective_max_connections,
+    within,
+)
 
 log = structlog.get_logger("alicom_receipts.push")
 
@@ -71,12 +77,18 @@ class PushBodyError(ValueError):
     """The body is not a JSON array of objects; the message says why (never echoes it)."""
 
 
-def parse_push_body(body: bytes) -> list[str]:
+class TooManyReceiptsError(PushBodyError):
+    """The array holds more receipts than one push may (`PushSettings.max_elements`)."""
+
+
+def parse_push_body(body: bytes, max_elements: int | None = None) -> list[str]:
     """The elements of a push body, each re-serialised as compact JSON text.
 
     Raises PushBodyError unless the body is UTF-8 JSON (strict: no NaN/Infinity) holding an
-    array of objects. Element contents are not checked here: a receipt that lacks a field is
-    stored and dead-lettered by the worker, so one bad element never blocks its neighbours.
+    array of objects, TooManyReceiptsError when it holds more than `max_elements`. Element
+    contents are not checked here: a receipt that lacks a field is stored and dead-lettered
+    by the worker, so one bad element never blocks its neighbours. CPU-bound (a 1 MB body of
+    tiny elements takes tens of ms): the server runs it off its event loop.
     """
     try:
         doc = json.loads(body.decode("utf-8-sig"), parse_constant=reject_constant)
@@ -90,6 +102,9 @@ def parse_push_body(body: bytes) -> list[str]:
     if not isinstance(doc, list):
         raise PushBodyError("expected a JSON array of receipts, got a JSON %s"
                             % type(doc).__name__)
+    if max_elements is not None and len(doc) > max_elements:
+        raise TooManyReceiptsError("the body holds %d receipts; at most %d are taken per push"
+                              % (len(doc), max_elements))
     for index, element in enumerate(doc):
         if not isinstance(element, dict):
             raise PushBodyError("element %d of the array is a JSON %s, expected an object"
@@ -134,6 +149,7 @@ class PushReceiver:
         self._password = password
         self._allow = settings.networks("allowlist")
         self._proxies = settings.networks("trusted_proxies")
+        self.guard = ConnectionGuard(settings.max_connections, self._allow, self._proxies)
         self._secret = settings.secret.encode() if settings.secret else None
         self._length = 0  # stream length after our last hand-off (the soft cap's estimate)
 
@@ -168,20 +184,26 @@ class PushReceiver:
     async def _check_source(self, request: web.Request,
                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                             ) -> web.StreamResponse:
-        if self._allow and not _within(self.client_address(request), self._allow):
+        """The allowlist once more, for the address behind a trusted proxy; and the
+        connection counts as busy (not to be evicted) while its request is handled."""
+        if self._allow and not within(self.client_address(request), self._allow):
             log.warning("push_refused_source", remote=self.client_address(request))
             return _answer(403, 1, "this source address may not push")
-        return await handler(request)
+        self.guard.busy(request.transport, True)
+        try:
+            return await handler(request)
+        finally:
+            self.guard.busy(request.transport, False)
 
     def client_address(self, request: web.Request) -> str:
         """The peer, or the nearest untrusted hop of X-Forwarded-For behind a trusted proxy."""
         peer = request.remote or ""
-        if not self._proxies or not _within(peer, self._proxies):
+        if not self._proxies or not within(peer, self._proxies):
             return peer
         hops = [h.strip() for h in request.headers.getall("X-Forwarded-For", [])
                 for h in h.split(",")]
         for hop in reversed(hops):
-            if not _within(hop, self._proxies):
+            if not within(hop, self._proxies):
                 return hop
         return peer
 
@@ -200,10 +222,18 @@ class PushReceiver:
             raise web.HTTPRequestEntityTooLarge(self.settings.max_body_bytes,
                                                 request.content_length or 0)
         try:
-            elements = parse_push_body(await request.read())
+            body = await asyncio.wait_for(request.read(), self.settings.read_timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("push_refused_slow_body", message_type=kind,
+                        read_timeout_s=self.settings.read_timeout_s)
+            return _answer(408, 1, "the body did not arrive within %g s"
+                           % self.settings.read_timeout_s)
+        try:
+            elements = await asyncio.get_running_loop().run_in_executor(
+                None, parse_push_body, body, self.settings.max_elements)
         except PushBodyError as exc:
             log.warning("push_refused_body", message_type=kind, error=str(exc))
-            return _answer(400, 1, str(exc))
+            return _answer(413 if isinstance(exc, TooManyReceiptsError) else 400, 1, str(exc))
         request[_RECEIPTS] = len(elements)
         if elements and not await self._hand_off(kind, elements):
             return _answer(503, 1, "the receipts could not be stored now; push again later")
@@ -247,14 +277,6 @@ class PushReceiver:
         return text.replace(self._password, "***") if self._password else text
 
 
-def _within(address: str, networks: Sequence[IpNetwork]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
-
-
 class PushAccessLogger(AbstractAccessLogger):
     """One line per request with the receipt type, never the path (it may hold the secret)."""
 
@@ -276,36 +298,79 @@ def redis_client(url: str, timeout_s: float) -> tuple[redis.asyncio.Redis, str |
     return client, urllib.parse.urlsplit(url).password
 
 
-def build_app(settings: PushSettings, redis_url: str) -> web.Application:
+@dataclass
+class Serving:
+    """A push server listening on the running event loop; `stop_serving` ends it."""
+
+    runner: web.AppRunner
+    server: asyncio.AbstractServer
+    receiver: PushReceiver
+    port: int
+
+
+async def start_serving(settings: PushSettings, redis_url: str) -> Serving:
+    """Listens on `settings.listen` (port 0: a free one) through the connection guard.
+
+    aiohttp's keep-alive timeout is the header timeout too: a connection that has not sent a
+    whole request header within `read_timeout_s` of opening (or of its last answer) is closed.
+    """
     client, password = redis_client(redis_url, settings.handoff_timeout_s)
-    return PushReceiver(settings, client, password).app()
+    receiver = PushReceiver(settings, client, password)
+    receiver.guard.max_connections = effective_max_connections(settings.max_connections)
+    runner = web.AppRunner(receiver.app(), access_log_class=PushAccessLogger,
+                           keepalive_timeout=settings.read_timeout_s, shutdown_timeout=5.0)
+    await runner.setup()
+    if runner.server is None:  # pragma: no cover - setup() sets it or raises
+        raise RuntimeError("the push server's runner has no server after setup")
+    host, port = settings.host_port
+    server = await asyncio.get_running_loop().create_server(
+        receiver.guard.wrap(runner.server), host, port, backlog=ACCEPT_BACKLOG,
+        reuse_address=True)
+    return Serving(runner, server, receiver, int(server.sockets[0].getsockname()[1]))
+
+
+async def stop_serving(serving: Serving) -> None:
+    """No new connections; requests in progress finish (their hand-off is bounded by
+    handoff_timeout_s, all of it by 5 s); then the Redis client is closed (on_cleanup)."""
+    serving.server.close()
+    await serving.runner.cleanup()
 
 
 @dataclass
 class RunningServer:
     url: str  # http://host:port + path_prefix (no secret)
     port: int
+    receiver: PushReceiver
 
 
 @contextmanager
 def running_push_server(settings: PushSettings, redis_url: str) -> Iterator[RunningServer]:
     """Serves on `settings.listen` (port 0: a free one) from a background thread."""
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(build_app(settings, redis_url), access_log_class=PushAccessLogger)
-    host, port = settings.host_port
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, host, port)
-    loop.run_until_complete(site.start())
-    bound = runner.addresses[0][1]
+    serving = loop.run_until_complete(start_serving(settings, redis_url))
     thread = threading.Thread(target=loop.run_forever, name="push-server", daemon=True)
     thread.start()
+    host = settings.host_port[0]
     try:
-        yield RunningServer("http://%s:%d%s" % (host, bound, settings.path_prefix), bound)
+        yield RunningServer("http://%s:%d%s" % (host, serving.port, settings.path_prefix),
+                            serving.port, serving.receiver)
     finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(stop_serving(serving), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
+
+
+async def _serve_until_signalled(settings: PushSettings, redis_url: str) -> None:
+    serving = await start_serving(settings, redis_url)
+    log.info("push_server_listening", port=serving.port,
+             max_connections=serving.receiver.guard.max_connections)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await stop_serving(serving)
 
 
 # ---------------------------------------------------------------------------------------
@@ -329,13 +394,10 @@ def main(argv: Sequence[str]) -> int:
         print("alicom-receipts push-server: %s" % exc)  # noqa: T201 - before logging exists
         return 2
     logs.configure(settings.log.level, settings.log.format)
-    host, port = push.host_port
     log.info("push_server_starting", listen=push.listen, path_prefix=push.path_prefix,
              secret_set=push.secret is not None, allowlist=list(push.allowlist),
              stream=push.stream, types=sorted(MESSAGE_TYPES))
-    # run_app turns SIGTERM/SIGINT into a graceful stop: no new connections, requests in
-    # progress finish (their hand-off is bounded by handoff_timeout_s), then on_cleanup.
-    web.run_app(build_app(push, settings.redis_url), host=host, port=port, print=None,
-                access_log_class=PushAccessLogger, shutdown_timeout=5.0)
+    # SIGTERM/SIGINT stop it gracefully (stop_serving).
+    asyncio.run(_serve_until_signalled(push, settings.redis_url))
     log.info("push_server_stopped")
     return 0
