@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from consumer.errors import ConfigError
+from consumer.runtime.metrics_dir import prepare_metrics_dir
 from consumer.pipeline.stats import COUNTERS
 from consumer.receipts import SmsReport
 
@@ -406,14 +407,7 @@ def setup_metrics(settings: MetricsSettings, message_type: str, stats: Stats, *,
     problems = metrics_problems(settings)
     if problems:
         raise ConfigError("; ".join(problems))
-    directory = multiproc_dir(settings, os.environ)
-    try:
-        os.makedirs(directory, mode=0o750, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("metrics.multiproc_dir %s cannot be created: %s"
-                          % (directory, exc.strerror or exc)) from exc
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise ConfigError("metrics.multiproc_dir %s is not writable" % directory)
+    directory = prepare_metrics_dir(multiproc_dir(settings, os.environ))
     undo = _bind_value_class(directory)
     try:
         sweep_dead_processes(directory)
