@@ -53,7 +53,7 @@ def test_a_directory_others_may_write_is_refused(tmp_path: Path, mode: int) -> N
     directory = tmp_path / "metrics"
     directory.mkdir()
     directory.chmod(mode)
-    with pytest.raises(ConfigError, match="writable by others .* chmod go-w"):
+    with pytest.raises(ConfigError, match=r"writable by others .* chmod go-w"):
         start_metrics(str(directory))
     assert list(directory.iterdir()) == []
 
@@ -71,7 +71,7 @@ def test_the_temp_fallback_created_by_another_user_is_refused(
     else:
         fallback = "/usr"  # a directory of root's, which this user cannot own
         monkeypatch.setattr(tempfile, "tempdir", None)
-    with pytest.raises(ConfigError, match="belongs to uid .* not to this user"):
+    with pytest.raises(ConfigError, match=r"belongs to uid .* not to this user"):
         start_metrics(fallback if os.geteuid() != 0 else None)
 
 

@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from consumer.errors import ConfigError
-from consumer.runtime.metrics_dir import prepare_metrics_dir
 from consumer.pipeline.stats import COUNTERS
 from consumer.receipts import SmsReport
+from consumer.runtime.metrics_dir import prepare_metrics_dir
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
