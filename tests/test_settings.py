@@ -165,7 +165,8 @@ def test_one_preset_field_can_be_overridden(tmp_path: Path) -> None:
     ("[log]\nformat = \"jsn\"", "log.format must be one of auto, json, console, ecs, got 'jsn' "
                                 "(did you mean 'json'?)"),
     ("[redis]\nurl = \"http://localhost\"",
-     "redis.url must start with redis://, rediss:// or unix://, got 'http://localhost'"),
+     "redis.url must start with redis://, rediss://, unix://, redis+sentinel://, "
+     "rediss+sentinel://, redis+cluster://, rediss+cluster://, got 'http://localhost'"),
     ("[metrics]\naddress = \"9464\"", "metrics.address must be host:port (or :port), got '9464'"),
     ("[poll]\nsocket_timeout_s = 12", "poll.socket_timeout_s must be at least "
                                        "poll.wait_seconds + 5 (15), got 12.0"),
@@ -313,8 +314,9 @@ options = { url = "https://hooks.internal/x", headers = { Authorization = "Beare
 
 def test_a_bad_redis_url_is_reported_without_its_password(tmp_path: Path) -> None:
     problems = problems_of(MINIMAL + '[redis]\nurl = "redi://:hunter2-pw@h:6379"\n', tmp_path)
-    assert problems == ("redis.url must start with redis://, rediss:// or unix://, "
-                        "got 'redi://:***@h:6379'",)
+    assert problems == ("redis.url must start with redis://, rediss://, unix://, "
+                        "redis+sentinel://, rediss+sentinel://, redis+cluster://, "
+                        "rediss+cluster://, got 'redi://h:6379'",)
 
 
 def test_redact_url_masks_user_info_and_query_passwords() -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import redis
 
 from consumer.clients.credentials import AccessKey, load_access_key
+from consumer.clients.redis_client import connect, scrub
 from consumer.clients.tokens import TokenService
 from consumer.errors import AlicomReceiptsError, AuthError, ConfigError, PermanentError
 from consumer.handler_api import HandlerTypeError
@@ -86,8 +87,13 @@ def _plugin_todo(exc: ConfigError) -> str:
 
 def check_redis(settings: Settings, report: Report) -> None:
     url = redact_url(settings.redis_url)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=CHECK_TIMEOUT_S,
-                                  socket_connect_timeout=CHECK_TIMEOUT_S)
+    try:
+        client = connect(settings.redis_url, socket_timeout_s=CHECK_TIMEOUT_S,
+                         connect_timeout_s=CHECK_TIMEOUT_S)
+    except redis.RedisError as exc:  # a cluster reads its slot map when the client is made
+        report.problem("redis", "cannot reach %s: %s" % (url, scrub(str(exc), settings.redis_url)),
+                       "start Redis there, or correct redis.url (ALICOM_RECEIPTS_REDIS_URL)")
+        return
     try:
         client.ping()
     except redis.AuthenticationError as exc:

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TextIO
 
-import redis
-
+from consumer.clients.redis_client import RedisClient, connect
 from consumer.errors import AlicomReceiptsError, ConfigError, DecodeError
 from consumer.handlers.plugins import close_handlers, load_handlers
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
@@ -70,7 +69,7 @@ def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
         print("alicom-receipts dead-letters: %s" % exc, file=sys.stderr)
         return 2
     logs.configure(settings.log.level, settings.log.format)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    client = connect(settings.redis_url, socket_timeout_s=10)
     store = RedisDeadLetterStore(client, settings.deadletter)
     try:
         if args.action == "list":
@@ -134,7 +133,7 @@ def _purge(store: RedisDeadLetterStore, args: argparse.Namespace, out: TextIO) -
     return 0
 
 
-def _replay(settings: Settings, client: redis.Redis, store: RedisDeadLetterStore,
+def _replay(settings: Settings, client: RedisClient, store: RedisDeadLetterStore,
             args: argparse.Namespace, out: TextIO) -> int:
     if args.all:
         count = store.count(args.queue)  # list() takes a limit of at least 1

@@ -21,7 +21,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import redis
 from alibabacloud_dysmsapi20170525.client import Client
 from alibabacloud_dysmsapi20170525.models import SendSmsRequest
 from alibabacloud_tea_openapi.models import Config
@@ -30,6 +29,7 @@ from alicom_sandbox.config_file import write_config
 from alicom_sandbox.publisher import Publisher
 from alicom_sandbox.redis_server import running_redis
 from alicom_sandbox.testing import SandboxHandle, running_sandbox
+from consumer.clients.redis_client import connect
 from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
 
 
@@ -67,7 +67,7 @@ def main(argv: Sequence[str]) -> int:
         finally:
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(30)
-        dead = RedisDeadLetterStore(redis.Redis.from_url(rds.url), DeadLetterSettings())
+        dead = RedisDeadLetterStore(connect(rds.url, socket_timeout_s=10), DeadLetterSettings())
         print("\ndemo: sent %d SMS (their receipts: %d platform duplicates among them) and "
               "published %d malformed body; worker exited %d; %d dead letter(s) kept with "
               "their raw body" % (published[0], published[1], published[2], code,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import redis
 
+from consumer.clients.redis_client import connect_option
 from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line
@@ -45,11 +46,7 @@ class DeliveryStatsHandler:
         if once_ttl_s < 0:
             raise ConfigError(
                 "delivery-stats handler: once_ttl_s must be >= 0, got %r" % once_ttl_s)
-        try:
-            self._client = redis.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        except ValueError as exc:  # its message quotes the URL: keep the password out
-            raise ConfigError("delivery-stats handler: url is not a redis:// URL") from exc
+        self._client = connect_option("delivery-stats handler", url, timeout_s)
         self._writer = StatsWriter(self._client, prefix, ttl_days * 86400, once_ttl_s)
 
     def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:

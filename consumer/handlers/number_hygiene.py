@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from consumer.clients.redis_client import connect_option
 from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line
@@ -69,11 +70,7 @@ class NumberHygiene:
             raise ConfigError("number-hygiene handler: prefix must not be empty and "
                               "retention_days must be > 0")
         self._classify = Classifier(parse_rules(rules, default_rules)).reason
-        try:
-            self._client = redis.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        except ValueError as exc:  # its message quotes the URL: keep the password out
-            raise ConfigError("number-hygiene handler: url is not a redis:// URL") from exc
+        self._client = connect_option("number-hygiene handler", url, timeout_s)
         self.numbers = NumberList(self._client, prefix, phone_ids(hash_numbers),
                                   parse_policies(policies), retention_days)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import redis
 
+from consumer.clients.redis_client import connect_option
 from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line, receipt_json
@@ -32,11 +33,7 @@ class RedisStreamHandler:
             raise ConfigError(f"redis-stream handler: maxlen must be >= 1, got {maxlen!r}")
         if not stream:
             raise ConfigError("redis-stream handler: stream must not be empty")
-        try:
-            self._client = redis.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        except ValueError as exc:  # its message quotes the URL: keep the password out
-            raise ConfigError("redis-stream handler: url is not a redis:// URL") from exc
+        self._client = connect_option("redis-stream handler", url, timeout_s)
         self._stream = stream
         self._maxlen = maxlen
 

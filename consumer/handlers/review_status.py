@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import redis
 
+from consumer.clients.redis_client import connect_option
 from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line
@@ -30,11 +31,7 @@ class ReviewStatus:
                  timeout_s: float = 5.0) -> None:
         if not prefix or history < 1:
             raise ConfigError("review-status handler: prefix must not be empty, history >= 1")
-        try:
-            self._client = redis.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        except ValueError as exc:  # its message quotes the URL: keep the password out
-            raise ConfigError("review-status handler: url is not a redis:// URL") from exc
+        self._client = connect_option("review-status handler", url, timeout_s)
         self.store = ReviewStore(self._client, prefix, history)
 
     def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:

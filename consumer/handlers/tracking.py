@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import redis
 
-from consumer.errors import ConfigError, RetryLater
+from consumer.clients.redis_client import connect_option
+from consumer.errors import RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line
 from consumer.receipts import Receipt, SmsReport
@@ -36,11 +37,7 @@ class SendTracker:
     def __init__(self, url: str, key_prefix: str = TrackingSettings.key_prefix,
                  tasks_prefix: str = TrackingSettings.tasks_prefix,
                  hash_numbers: bool = False, timeout_s: float = 5.0) -> None:
-        try:
-            self._client = redis.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        except ValueError as exc:  # its message quotes the URL: keep the password out
-            raise ConfigError("send-tracker handler: url is not a redis:// URL") from exc
+        self._client = connect_option("send-tracker handler", url, timeout_s)
         self._tracker = Tracker(self._client, TrackingSettings(
             key_prefix=key_prefix, tasks_prefix=tasks_prefix,
             hash_numbers=hash_numbers))

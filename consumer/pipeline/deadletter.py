@@ -35,6 +35,7 @@ from typing import cast
 
 import redis
 
+from consumer.clients.redis_client import RedisClient
 from consumer.errors import ConfigError
 from consumer.pipeline.dedup import transient_from_redis
 
@@ -220,7 +221,7 @@ class RedisDeadLetterStore:
     are stored byte-exact and may not be UTF-8. Errors from redis-py become TransientError.
     """
 
-    def __init__(self, client: redis.Redis, settings: DeadLetterSettings) -> None:
+    def __init__(self, client: RedisClient, settings: DeadLetterSettings) -> None:
         if client.get_encoder().decode_responses:
             raise ConfigError("the dead-letter store needs a Redis client with "
                               "decode_responses=False: bodies are kept as raw bytes")

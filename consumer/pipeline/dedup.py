@@ -42,6 +42,7 @@ from typing import Protocol
 import redis
 from redis.commands.core import Script
 
+from consumer.clients.redis_client import RedisClient
 from consumer.errors import ConfigError, TransientError
 
 __all__ = [
@@ -204,7 +205,7 @@ _URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]*@")
 
 
 def transient_from_redis(
-    exc: redis.RedisError, operation: str, client: redis.Redis
+    exc: redis.RedisError, operation: str, client: RedisClient
 ) -> TransientError:
     """A TransientError for a failed Redis call, with any credential scrubbed from the text.
 
@@ -213,7 +214,7 @@ def transient_from_redis(
     reach a log line.
     """
     text = _URL_CREDENTIALS.sub(r"\1***@", str(exc))
-    kwargs = client.connection_pool.connection_kwargs
+    kwargs: dict[str, object] = client.get_connection_kwargs()
     for secret_name in ("password", "username"):
         secret = kwargs.get(secret_name)
         if isinstance(secret, str) and secret:
@@ -231,7 +232,7 @@ def _milliseconds(seconds: float, what: str) -> int:
 class RedisDedupStore:
     """``DedupStore`` on one Redis server; see the module docstring for the record format."""
 
-    def __init__(self, client: redis.Redis, settings: DedupSettings) -> None:
+    def __init__(self, client: RedisClient, settings: DedupSettings) -> None:
         self._client = client
         self._settings = settings
         self._claim = client.register_script(_CLAIM_SCRIPT)

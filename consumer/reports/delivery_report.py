@@ -35,6 +35,7 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from consumer.clients.redis_client import RedisClient, connect
 from consumer.errors import ConfigError
 from consumer.reports.delivery_stats import (
     DEFAULT_PREFIX,
@@ -66,7 +67,7 @@ class Report:
         return sorted(self.totals.failures.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
-def build_report(client: redis.Redis, first: datetime, hours: int,
+def build_report(client: RedisClient, first: datetime, hours: int,
                  prefix: str = DEFAULT_PREFIX) -> Report:
     """Reads `hours` hours from the one containing `first`."""
     counts = read_hours(client, first, hours, prefix)
@@ -87,7 +88,7 @@ class DeliveryStatsCollector(Collector):
     client with short timeouts and few retries, since a scrape waits for them.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, window_h: int = 24,
+    def __init__(self, client: RedisClient, prefix: str = DEFAULT_PREFIX, window_h: int = 24,
                  top: int = 20, clock: Callable[[], float] = time.time) -> None:
         self._client = client
         self._prefix = prefix
@@ -222,9 +223,9 @@ def run(argv: Sequence[str], out: TextIO | None = None, now: float | None = None
         sys.stderr.write("alicom-receipts stats: %s\n" % exc)
         return 2
     try:
-        client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-    except ValueError:  # its message quotes the URL, which may hold a password
-        sys.stderr.write("alicom-receipts stats: the Redis URL is not a redis:// URL\n")
+        client = connect(url, socket_timeout_s=10, connect_timeout_s=5)
+    except ConfigError as exc:  # one line, without the password
+        sys.stderr.write("alicom-receipts stats: %s\n" % exc)
         return 2
     try:
         report = build_report(client, until - timedelta(hours=hours - 1), hours, prefix)

@@ -44,10 +44,11 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import redis
 from redis.client import Pipeline
+from redis.cluster import ClusterPipeline
 from redis.commands.core import Script
 
+from consumer.clients.redis_client import RedisClient
 from consumer.keys import dedup_key
 from consumer.receipts import IntlSmsReport, Receipt, SmsReport
 
@@ -92,7 +93,7 @@ redis.call('EXPIREAT', KEYS[1], ARGV[1])
 return 1
 """
 
-RedisLike = redis.Redis | Pipeline
+RedisLike = RedisClient | Pipeline | ClusterPipeline
 
 
 def hour_key(prefix: str, hour: datetime) -> str:
@@ -183,7 +184,7 @@ class StatsWriter:
     A connection failure raises `redis.RedisError` for the whole batch.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX,
+    def __init__(self, client: RedisClient, prefix: str = DEFAULT_PREFIX,
                  ttl_s: float = DEFAULT_TTL_S, once_ttl_s: float = DEFAULT_ONCE_TTL_S,
                  clock: Callable[[], float] = time.time) -> None:
         self._client = client
@@ -341,7 +342,7 @@ def _parse_hash(hour: datetime, raw: dict[bytes, bytes]) -> HourCounts:
     return counts
 
 
-def read_hours(client: redis.Redis, first: datetime, hours: int,
+def read_hours(client: RedisClient, first: datetime, hours: int,
                prefix: str = DEFAULT_PREFIX) -> list[HourCounts]:
     """The counters of `hours` consecutive UTC hours from the one containing `first`, oldest
     first (empty hours included), read in pipelines of 500 HGETALLs."""
@@ -368,7 +369,7 @@ def total(hours: Iterable[HourCounts], first: datetime) -> HourCounts:
     return out
 
 
-def read_code_messages(client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
+def read_code_messages(client: RedisClient, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
     """The latest err_msg the platform sent with each failure code."""
     raw: dict[bytes, bytes] = client.hgetall(prefix + ":codes")  # type: ignore[assignment]
     return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}

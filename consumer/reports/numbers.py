@@ -30,8 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis
-
+from consumer.clients.redis_client import RedisClient
 from consumer.reports.number_rules import DEFAULT_POLICIES, MANUAL, Policy
 from consumer.reports.phone_ids import PhoneIds
 
@@ -145,7 +144,7 @@ class NumberList:
     `ids` must be the same in every process sharing the list (see `phone_ids`).
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX,
+    def __init__(self, client: RedisClient, prefix: str = DEFAULT_PREFIX,
                  ids: PhoneIds | None = None,
                  policies: Mapping[str, Policy] = DEFAULT_POLICIES,
                  retention_days: float = 180.0,

@@ -25,8 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis
-
+from consumer.clients.redis_client import RedisClient
 from consumer.receipts import Receipt, SignSmsReport, TemplateSmsReport
 
 __all__ = ["DEFAULT_PREFIX", "STATES", "Review", "ReviewStore", "review_of"]
@@ -109,7 +108,7 @@ def review_of(receipt: Receipt, now: float) -> Review | None:
 class ReviewStore:
     """Review states in Redis; thread-safe as its client. Errors: redis-py's."""
 
-    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, history: int = 50,
+    def __init__(self, client: RedisClient, prefix: str = DEFAULT_PREFIX, history: int = 50,
                  clock: Callable[[], float] = time.time) -> None:
         self._client = client
         self._prefix = prefix

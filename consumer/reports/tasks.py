@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import redis
 from redis.client import Pipeline
+
+from consumer.clients.redis_client import RedisClient
 
 __all__ = ["DEFAULT_PREFIX", "Outcome", "TaskCounts", "TaskStore"]
 
@@ -142,7 +143,7 @@ class TaskCounts:
 class TaskStore:
     """Send tasks in Redis; thread-safe as its client. Errors: redis-py's."""
 
-    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX,
+    def __init__(self, client: RedisClient, prefix: str = DEFAULT_PREFIX,
                  ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.time) -> None:
         self._client = client
         self._prefix = prefix

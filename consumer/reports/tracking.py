@@ -2,7 +2,7 @@
 
 The sending code records each send right after `SendSms` / `SendBatchSms` answered OK::
 
-    tracker = SendTracker(redis.Redis.from_url(url), TrackingSettings())
+    tracker = SendTracker(connect(url, socket_timeout_s=5), TrackingSettings())
     answer = client.send_sms(SendSmsRequest(phone_numbers="13800000000,13900000000", ...))
     tracker.record_many(TrackedSend(answer.body.biz_id, p, time.time(), out_id="order-7")
                         for p in ("13800000000", "13900000000"))
@@ -38,8 +38,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-import redis
-
+from consumer.clients.redis_client import RedisClient
 from consumer.errors import ConfigError
 from consumer.reports import delivery_stats, tasks
 from consumer.reports.phone_ids import PhoneIds, normalise_phone, phone_ids
@@ -149,7 +148,7 @@ def _member(biz_id: str, phone: str) -> str:
 class SendTracker:
     """Pending sends in Redis; thread-safe as its redis client is. Errors are redis-py's."""
 
-    def __init__(self, client: redis.Redis, settings: TrackingSettings | None = None,
+    def __init__(self, client: RedisClient, settings: TrackingSettings | None = None,
                  ids: PhoneIds | None = None) -> None:
         self._client = client
         self._settings = settings or TrackingSettings()

@@ -12,10 +12,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis
 import structlog
 
 from consumer.clients.credentials import load_access_key
+from consumer.clients.redis_client import RedisClient, connect
 from consumer.clients.tokens import TokenService
 from consumer.errors import AlicomReceiptsError, ConfigError
 from consumer.handlers.plugins import HandlerSpec, close_handlers, load_handlers
@@ -87,7 +87,7 @@ class _TokenStats:
 class Resources:
     """What `build_worker` opened; `close()` releases it all, crashes in it only logged."""
 
-    redis: redis.Redis
+    redis: RedisClient
     tokens: TokenService
     dispatcher: Dispatcher
     metrics: MetricsHandle | None = None
@@ -120,8 +120,8 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
         return MnsQueueClient(settings.endpoints.mns_endpoint, queue_name, provider,
                               settings.poll.socket_timeout_s)
 
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5,
-                                  socket_connect_timeout=5, health_check_interval=30)
+    client = connect(settings.redis_url, socket_timeout_s=5, connect_timeout_s=5,
+                     health_check_interval_s=30)
     # Before the plugins: a plugin's own prometheus metrics must see multiprocess mode.
     metrics = setup_metrics(settings.metrics, message_type, stats)
     try:
@@ -170,9 +170,8 @@ def _register_delivery_stats(metrics: MetricsHandle, specs: Sequence[HandlerSpec
     for spec in specs:
         if spec.use not in _DELIVERY_STATS_USES or "url" not in spec.options:
             continue
-        stats_client = redis.Redis.from_url(
-            str(spec.options["url"]), socket_timeout=2, socket_connect_timeout=2,
-            retry=Retry(NoBackoff(), 0))
+        stats_client = connect(str(spec.options["url"]), socket_timeout_s=2,
+                               connect_timeout_s=2, retry=Retry(NoBackoff(), 0))
         prefix = str(spec.options.get("prefix", DEFAULT_PREFIX))
         metrics.exposition.registry.register(DeliveryStatsCollector(stats_client, prefix=prefix))
 

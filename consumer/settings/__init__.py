@@ -25,6 +25,7 @@ from consumer.handlers.plugins import HandlerSpec
 from consumer.keys import KeyFunction, make_key_function
 from consumer.pipeline.deadletter import DeadLetterSettings
 from consumer.pipeline.dedup import DedupSettings
+from consumer.redis_url import redis_url_problems
 from consumer.runtime.metrics import MetricsSettings, metrics_problems
 from consumer.runtime.service import ServiceSettings
 from consumer.runtime.supervisor import RunSettings
@@ -266,7 +267,7 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if password is not None:
         netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    query = re.sub(r"(?i)(^|&)(\w*password=)[^&]*", r"\1\2***", parts.query)
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -389,14 +390,7 @@ def _queue_problems(s: Settings) -> list[str]:
 
 def _address_problems(s: Settings) -> list[str]:
     p: list[str] = []
-    if not re.match(r"^(redis|rediss|unix)://", s.redis_url):
-        p.append(f"redis.url must start with redis://, rediss:// or unix://, "
-                 f"got {redact_url(s.redis_url)!r}")
-    else:
-        try:
-            urllib.parse.urlsplit(s.redis_url).port  # noqa: B018 - parsing is the check
-        except ValueError as exc:  # a non-numeric or out-of-range port: redis-py raises later
-            p.append(f"redis.url has a bad port ({exc}), got {redact_url(s.redis_url)!r}")
+    p.extend(redis_url_problems(s.redis_url))
     p.extend(metrics_problems(s.metrics))
     return p
 

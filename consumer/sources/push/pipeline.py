@@ -39,6 +39,7 @@ from typing import TypeVar, cast
 import redis
 import structlog
 
+from consumer.clients.redis_client import RedisClient
 from consumer.errors import AlicomReceiptsError, DecodeError
 from consumer.keys import dedup_key
 from consumer.pipeline.backoff import Backoff, call_with_retry
@@ -80,7 +81,7 @@ class PushWorker:
     """
 
     def __init__(  # noqa: PLR0913, PLR0917 - the collaborators, built once by push_worker
-            self, client: redis.Redis, push: PushSettings, dedup: DedupStore,
+            self, client: RedisClient, push: PushSettings, dedup: DedupStore,
                  dead_letters: RedisDeadLetterStore, dispatcher: Dispatcher,
                  policy: RetryPolicy, completed_ttl_s: float, stats: Stats | None = None,
                  key_of: Callable[[Receipt], str] = dedup_key) -> None:

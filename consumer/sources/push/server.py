@@ -34,7 +34,6 @@ import os
 import signal
 import threading
 import time
-import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -46,9 +45,10 @@ import redis.asyncio
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from consumer.clients.redis_client import AsyncRedisClient, connect_async, scrub
 from consumer.errors import ConfigError
 from consumer.pipeline.decode import reject_constant
 from consumer.receipts import MESSAGE_TYPES
@@ -142,11 +142,11 @@ _KIND = web.RequestKey("kind", str)  # the receipt type of its path
 class PushReceiver:
     """The aiohttp application; `app()` builds it. One async Redis client for all requests."""
 
-    def __init__(self, settings: PushSettings, client: redis.asyncio.Redis,
-                 password: str | None = None) -> None:
+    def __init__(self, settings: PushSettings, client: AsyncRedisClient,
+                 redis_url: str = "") -> None:
         self.settings = settings
         self._redis = client
-        self._password = password
+        self._redis_url = redis_url  # only to scrub its passwords from error texts
         self._allow = settings.networks("allowlist")
         self._proxies = settings.networks("trusted_proxies")
         self.guard = ConnectionGuard(settings.max_connections, self._allow, self._proxies)
@@ -273,8 +273,7 @@ class PushReceiver:
         return True
 
     def _scrub(self, exc: BaseException) -> str:
-        text = "%s: %s" % (type(exc).__name__, exc)
-        return text.replace(self._password, "***") if self._password else text
+        return scrub("%s: %s" % (type(exc).__name__, exc), self._redis_url)
 
 
 class PushAccessLogger(AbstractAccessLogger):
@@ -286,16 +285,14 @@ class PushAccessLogger(AbstractAccessLogger):
                  duration_ms=round(time * 1000, 2), remote=request.remote)
 
 
-def redis_client(url: str, timeout_s: float) -> tuple[redis.asyncio.Redis, str | None]:
-    """An async client whose every wait is bounded by the hand-off budget; and its password.
+def redis_client(url: str, timeout_s: float) -> AsyncRedisClient:
+    """An async client whose every wait is bounded by the hand-off budget.
 
     One immediate retry on a new connection: after a Redis restart the pooled connection is
     dead, and the first request after it should not be refused for that alone.
     """
-    client = redis.asyncio.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 1), health_check_interval=30)
-    return client, urllib.parse.urlsplit(url).password
+    return connect_async(url, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s,
+                         retry=Retry(NoBackoff(), 1), health_check_interval_s=30)
 
 
 @dataclass
@@ -314,8 +311,8 @@ async def start_serving(settings: PushSettings, redis_url: str) -> Serving:
     aiohttp's keep-alive timeout is the header timeout too: a connection that has not sent a
     whole request header within `read_timeout_s` of opening (or of its last answer) is closed.
     """
-    client, password = redis_client(redis_url, settings.handoff_timeout_s)
-    receiver = PushReceiver(settings, client, password)
+    receiver = PushReceiver(settings, redis_client(redis_url, settings.handoff_timeout_s),
+                            redis_url)
     receiver.guard.max_connections = effective_max_connections(settings.max_connections)
     runner = web.AppRunner(receiver.app(), access_log_class=PushAccessLogger,
                            keepalive_timeout=settings.read_timeout_s, shutdown_timeout=5.0)

@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-import redis
 import structlog
 
+from consumer.clients.redis_client import connect
 from consumer.errors import ConfigError
 from consumer.handlers.plugins import close_handlers, load_handlers
 from consumer.pipeline.deadletter import RedisDeadLetterStore
@@ -47,8 +47,8 @@ def build_push_worker(settings: Settings, push: PushSettings, stats: Stats | Non
         raise ConfigError("push.reclaim_idle_s (%s) must exceed worker.handler_deadline_s "
                           "(%s) by more than 0.5 s: an entry still being handled would be "
                           "re-taken" % (push.reclaim_idle_s, settings.worker.handler_deadline_s))
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=push.block_s + 5,
-                                  socket_connect_timeout=5, health_check_interval=30)
+    client = connect(settings.redis_url, socket_timeout_s=push.block_s + 5, connect_timeout_s=5,
+                     health_check_interval_s=30)
     routes = load_handlers(settings.handlers)
     dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
                             max_workers=settings.worker.handler_threads)

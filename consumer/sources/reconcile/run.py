@@ -41,6 +41,7 @@ from typing import Any, TextIO
 import redis
 import structlog
 
+from consumer.clients.redis_client import connect
 from consumer.errors import AlicomReceiptsError, ConfigError, DecodeError
 from consumer.handlers.plugins import close_handlers, load_handlers
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
@@ -262,8 +263,7 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None,
 def _run(settings: Settings, rs: ReconcileSettings, ts: TrackingSettings, grace_s: float,
          env: Mapping[str, str]) -> Counter[str]:
     details = DetailsClient.from_settings(settings, rs, env, threading.Event())
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
-                                  socket_connect_timeout=5)
+    client = connect(settings.redis_url, socket_timeout_s=10, connect_timeout_s=5)
     routes = load_handlers(settings.handlers)
     dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
                             max_workers=settings.worker.handler_threads)

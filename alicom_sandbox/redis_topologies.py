@@ -1,0 +1,232 @@
+"""Real multi-process Redis set-ups on free loopback ports, for tests and benchmarks.
+
+* `running_cluster(masters=3, replicas_per_master=1)`: a Redis Cluster made with
+  ``redis-cli --cluster create``; `ClusterSetup.failover()` promotes a replica with
+  ``CLUSTER FAILOVER`` (the planned, lossless kind) and waits until the cluster agrees;
+* `running_sentinel(sentinels=3)`: a primary, one replica and sentinels watching it as
+  service ``alicom``; `SentinelSetup.failover()` runs ``SENTINEL FAILOVER`` and waits until
+  the sentinels report the replica as the new primary.
+
+Same binary as `alicom_sandbox.redis_server` (Debian's redis-server; sentinels are
+``redis-server --sentinel``). Nothing is persisted; every process is killed on exit.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+
+from alicom_sandbox.redis_server import free_port
+
+__all__ = ["ClusterSetup", "SentinelSetup", "running_cluster", "running_sentinel"]
+
+SERVICE = "alicom"
+
+
+def _cluster_port() -> int:
+    """A free port p <= 55535 whose cluster bus port p + 10000 is free too (Redis needs both)."""
+    for _ in range(200):
+        port = random.randint(20000, 55535)  # noqa: S311 - not for security
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is not on PATH: `make test` installs Debian's redis-server")
+    return path
+
+
+def _spawn(workdir: Path, port: int, *extra: str, sentinel_conf: Path | None = None,
+           ) -> subprocess.Popen[bytes]:
+    args = [_binary("redis-server")]
+    if sentinel_conf is not None:
+        args += [str(sentinel_conf), "--sentinel"]
+    args += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), *extra]
+    if sentinel_conf is None:
+        args += ["--save", "", "--appendonly", "no"]
+    log = open(workdir / f"{port}.log", "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if condition():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"redis set-up: {what} did not happen within {timeout_s} s")
+        time.sleep(0.05)
+
+
+@dataclass
+class _Processes:
+    workdir: Path
+    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, port: int, *extra: str, sentinel_conf: Path | None = None) -> None:
+        self.processes[port] = _spawn(self.workdir, port, *extra, sentinel_conf=sentinel_conf)
+        _wait(lambda: bool(redis.Redis(port=port, socket_timeout=1).ping()),
+              f"redis on port {port} answering")
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+        for process in self.processes.values():
+            process.wait(10)
+
+
+@dataclass
+class ClusterSetup:
+    ports: list[int]
+    procs: _Processes
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:3])
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.ports[0])
+
+    def masters(self) -> list[int]:
+        return [p for p in self.ports
+                if redis.Redis(port=p).info("replication")["role"] == "master"]
+
+    def failover(self) -> int:
+        """Promotes the replica of the first master; returns the promoted port."""
+        master = self.masters()[0]
+        info = redis.Redis(port=master).info("replication")
+        replica = int(info["slave0"]["port"])
+        redis.Redis(port=replica).cluster("failover")
+        _wait(lambda: redis.Redis(port=replica).info("replication")["role"] == "master",
+              f"replica {replica} taking over")
+        _wait(self._agreed, "the cluster agreeing on the new map")
+        return replica
+
+    def _agreed(self) -> bool:
+        views = {str(sorted(redis.Redis(port=p).cluster("slots")))
+                 for p in self.ports}
+        return len(views) == 1 and all(
+            redis.Redis(port=p).cluster("info")["cluster_state"] == "ok" for p in self.ports)
+
+
+@contextmanager
+def running_cluster(masters: int = 3, replicas_per_master: int = 1) -> Iterator[ClusterSetup]:
+    """A fresh cluster of `masters` x (1 + `replicas_per_master`) nodes; see the docstring."""
+    with ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="alicom-cluster-"))
+        stack.callback(shutil.rmtree, workdir, True)
+        procs = _Processes(workdir)
+        stack.callback(procs.stop_all)
+        ports = [_cluster_port() for _ in range(masters * (1 + replicas_per_master))]
+        for port in ports:
+            procs.start(port, "--cluster-enabled", "yes", "--cluster-config-file",
+                        f"nodes-{port}.conf", "--cluster-node-timeout", "2000")
+        subprocess.run(  # noqa: S603 - fixed arguments
+            [_binary("redis-cli"), "--cluster", "create",
+             *[f"127.0.0.1:{p}" for p in ports],
+             "--cluster-replicas", str(replicas_per_master), "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        setup = ClusterSetup(ports, procs)
+        _wait(setup._agreed, "the new cluster agreeing on its slot map")
+        # Replicas attach asynchronously; a failover test needs them attached.
+        _wait(lambda: all(redis.Redis(port=p).info("replication")["connected_slaves"] >= 1
+                          for p in setup.masters()) or replicas_per_master == 0,
+              "every master having its replica")
+        yield setup
+
+
+@dataclass
+class SentinelSetup:
+    primary_port: int
+    replica_port: int
+    sentinel_ports: list[int]
+    procs: _Processes
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+
+    def current_primary(self) -> int:
+        return _primary_port(self.sentinel_ports[0])
+
+    def failover(self) -> int:
+        """SENTINEL FAILOVER; returns the new primary's port once every sentinel reports it."""
+        old = self.current_primary()
+        redis.Redis(port=self.sentinel_ports[0]).sentinel_failover(SERVICE)
+
+        def moved() -> bool:
+            addrs = {_primary_port(s) for s in self.sentinel_ports}
+            if len(addrs) != 1 or old in addrs:
+                return False
+            return bool(redis.Redis(port=addrs.pop()).info("replication")["role"] == "master")
+
+        _wait(moved, "the sentinels electing the replica")
+        # Until the old primary is turned into a replica it still takes writes (Sentinel's
+        # split-brain window): a test must not write before that has happened.
+        _wait(lambda: redis.Redis(port=old).info("replication")["role"] == "slave",
+              "the old primary becoming a replica")
+        return self.current_primary()
+
+
+def _primary_port(sentinel_port: int) -> int:
+    answer = redis.Redis(port=sentinel_port).sentinel_get_master_addr_by_name(SERVICE)
+    if not isinstance(answer, tuple):
+        raise redis.ConnectionError(f"sentinel {sentinel_port} knows no primary of {SERVICE}")
+    return int(answer[1])
+
+
+def _sentinel_view(sentinel_port: int) -> dict[str, Any]:
+    return cast("dict[str, Any]", redis.Redis(port=sentinel_port).sentinel_master(SERVICE))
+
+
+@contextmanager
+def running_sentinel(sentinels: int = 3) -> Iterator[SentinelSetup]:
+    """A primary, a replica and `sentinels` sentinels (quorum 2); see the module docstring."""
+    with ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="alicom-sentinel-"))
+        stack.callback(shutil.rmtree, workdir, True)
+        procs = _Processes(workdir)
+        stack.callback(procs.stop_all)
+        primary, replica = free_port(), free_port()
+        procs.start(primary)
+        procs.start(replica, "--replicaof", "127.0.0.1", str(primary))
+        _wait(lambda: redis.Redis(port=replica).info("replication")["master_link_status"]
+              == "up", "the replica syncing")
+        ports = [free_port() for _ in range(sentinels)]
+        for port in ports:
+            conf = workdir / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 2\n"
+                f"sentinel down-after-milliseconds {SERVICE} 2000\n"
+                f"sentinel failover-timeout {SERVICE} 10000\n")
+            procs.start(port, sentinel_conf=conf)
+        setup = SentinelSetup(primary, replica, ports, procs)
+        _wait(lambda: all(
+            int(_sentinel_view(s)["num-other-sentinels"]) == sentinels - 1
+            and int(_sentinel_view(s)["num-slaves"]) >= 1 for s in ports),
+            "the sentinels finding each other and the replica")
+        yield setup

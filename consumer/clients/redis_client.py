@@ -1,0 +1,176 @@
+"""The one Redis client factory: every command, source and Redis-backed handler connects here.
+
+`connect(url, ...)` gives a synchronous client and `connect_async(url, ...)` an asyncio one
+for the forms `consumer.redis_url` parses: one server (``redis://``, ``rediss://``,
+``unix://``), the Sentinel-watched primary of a service (``redis+sentinel://``, followed across
+failovers: redis-py asks the sentinels again whenever a connection to the old primary fails
+or answers READONLY), or a Redis Cluster (``redis+cluster://``, slots discovered and followed
+on MOVED/ASK).
+
+Code that takes a client is typed `RedisClient`; what works on both a single server and a
+cluster is the single-key commands, pipelines without transactions, and scripts and MULTI
+blocks whose keys share one slot (`hash_tagged` prefixes make whole key families do so).
+
+A bad URL is a one-line `ConfigError`; no error this module raises or logs contains a
+password (`scrub`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeAlias, cast
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from consumer.errors import ConfigError
+from consumer.redis_url import RedisTarget, parse_redis_url
+
+__all__ = [
+    "AsyncRedisClient",
+    "RedisClient",
+    "connect",
+    "connect_async",
+    "connect_option",
+    "hash_tagged",
+    "scrub",
+]
+
+RedisClient: TypeAlias = redis.Redis | RedisCluster
+AsyncRedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+_HASH_TAG = re.compile(r"\{[^{}]+\}")
+_URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+
+
+def hash_tagged(prefix: str) -> str:
+    """`prefix` with a Redis Cluster hash tag, so every key under it maps to one slot.
+
+    A prefix that already holds a tag (``{x}``) is kept; otherwise its text without trailing
+    separators goes into braces: ``alicom:dlq:`` -> ``{alicom:dlq}:``.
+    """
+    if _HASH_TAG.search(prefix):
+        return prefix
+    core = prefix.rstrip(":")
+    return "{%s}%s" % (core, prefix[len(core):])
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` without the passwords `url` carries (user info, sentinel_password) or any URL's
+    user info: for error messages built from redis-py's exceptions."""
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
+    try:
+        target = parse_redis_url(url)
+    except ConfigError:
+        return text
+    secrets = [target.password, target.sentinel_password]
+    if target.mode == "standalone":
+        import urllib.parse  # noqa: PLC0415 - only the standalone form keeps them in the URL
+
+        try:
+            parts = urllib.parse.urlsplit(url)
+            secrets.append(parts.password)
+            secrets += urllib.parse.parse_qs(parts.query).get("password", [])
+        except ValueError:
+            pass
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float = 5.0,
+            health_check_interval_s: int = 0, retry: Retry | None = None,
+            decode_responses: bool = False) -> RedisClient:
+    """A client for `url`. Nothing is sent until the first command, except for a cluster,
+    whose slot map is read now (`redis.ConnectionError` if no start-up node answers)."""
+    target = parse_redis_url(url)
+    common: dict[str, Any] = {
+        "socket_timeout": socket_timeout_s, "socket_connect_timeout": connect_timeout_s,
+        "decode_responses": decode_responses,
+    }
+    if retry is not None:
+        common["retry"] = retry
+    if target.mode == "standalone":
+        try:
+            return redis.Redis.from_url(url, health_check_interval=health_check_interval_s,
+                                        **common)
+        except ValueError as exc:  # its text may quote the URL: never pass it on
+            raise ConfigError("redis url is not understood by redis-py (%s)"
+                              % scrub(str(exc), url)) from None
+    auth = _auth(target)
+    if target.mode == "sentinel":
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, common), **auth,
+            **common)
+        return cast("redis.Redis", sentinel.master_for(  # type: ignore[no-untyped-call]
+            target.service_name, db=target.db, health_check_interval=health_check_interval_s))
+    nodes = [ClusterNode(h, p) for h, p in target.nodes]  # type: ignore[no-untyped-call]
+    try:
+        return RedisCluster(startup_nodes=nodes,
+                            health_check_interval=health_check_interval_s, **auth, **common)
+    except RedisClusterException as exc:  # not a RedisError: callers catch those
+        raise redis.ConnectionError("redis cluster: " + scrub(str(exc), url)) from None
+
+
+def connect_option(owner: str, url: str, timeout_s: float) -> RedisClient:
+    """A client for a handler's `url` option; a bad URL is a ConfigError naming `owner`."""
+    try:
+        return connect(url, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s)
+    except ConfigError as exc:
+        raise ConfigError(f"{owner}: {exc}") from None
+
+
+def connect_async(url: str, *, socket_timeout_s: float, connect_timeout_s: float = 5.0,
+                  health_check_interval_s: int = 0,
+                  retry: redis.asyncio.retry.Retry | None = None) -> AsyncRedisClient:
+    """The asyncio twin of `connect`; a cluster's slot map is read on first use."""
+    target = parse_redis_url(url)
+    common: dict[str, Any] = {
+        "socket_timeout": socket_timeout_s, "socket_connect_timeout": connect_timeout_s,
+    }
+    if retry is not None:
+        common["retry"] = retry
+    if target.mode == "standalone":
+        try:
+            return redis.asyncio.Redis.from_url(
+                url, health_check_interval=health_check_interval_s, **common)
+        except ValueError as exc:
+            raise ConfigError("redis url is not understood by redis-py (%s)"
+                              % scrub(str(exc), url)) from None
+    auth = _auth(target)
+    if target.mode == "sentinel":
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, common), **auth,
+            **common)
+        return cast("redis.asyncio.Redis", sentinel.master_for(
+            target.service_name, db=target.db, health_check_interval=health_check_interval_s))
+    return redis.asyncio.cluster.RedisCluster(
+        startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.nodes],
+        health_check_interval=health_check_interval_s, **auth, **common)
+
+
+def _auth(target: RedisTarget) -> dict[str, Any]:
+    auth: dict[str, Any] = {"ssl": target.tls}
+    if target.username:
+        auth["username"] = target.username
+    if target.password is not None:
+        auth["password"] = target.password
+    return auth
+
+
+def _sentinel_kwargs(target: RedisTarget, common: dict[str, Any]) -> dict[str, Any]:
+    """The sentinels' own connection options: their password is not the data nodes'."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": common["socket_timeout"],
+        "socket_connect_timeout": common["socket_connect_timeout"], "ssl": target.tls,
+    }
+    if target.sentinel_password:
+        kwargs["password"] = target.sentinel_password
+    return kwargs

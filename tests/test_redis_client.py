@@ -1,0 +1,124 @@
+"""The one Redis client factory: every URL form, real Sentinel and Cluster set-ups, and no
+password in any error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from alicom_sandbox.redis_server import free_port
+from alicom_sandbox.redis_topologies import (
+    ClusterSetup,
+    SentinelSetup,
+    running_cluster,
+    running_sentinel,
+)
+from consumer.clients.redis_client import connect, hash_tagged, scrub
+from consumer.errors import ConfigError
+from consumer.redis_url import parse_redis_url, redis_url_problems
+from consumer.settings import redact_url
+
+
+def test_sentinel_urls_name_the_sentinels_the_service_and_the_db() -> None:
+    target = parse_redis_url(
+        "rediss+sentinel://app:pw%40x@s1:26379,s2,[::1]:26380/mymaster/2?sentinel_password=sp")
+    assert (target.mode, target.tls, target.service_name, target.db) == (
+        "sentinel", True, "mymaster", 2)
+    assert target.nodes == (("s1", 26379), ("s2", 26379), ("::1", 26380))
+    assert (target.username, target.password, target.sentinel_password) == ("app", "pw@x", "sp")
+    assert "pw@x" not in repr(target) and "sp" not in repr(target).replace("sentinel", "")
+
+
+def test_cluster_urls_list_start_up_nodes() -> None:
+    target = parse_redis_url("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2")
+    assert (target.mode, target.tls, target.password) == ("cluster", False, "pw")
+    assert target.nodes == (("10.0.0.1", 7000), ("10.0.0.2", 6379))
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("redis+sentinel://:hunter2@s1:26x79/m", "has a port that is not a number 1-65535 "
+                                             "(host 's1', port '26x79')"),
+    ("redis://:hunter2@h:63x9/0", "has a port that is not a number (host 'h:63x9')"),
+    ("redis+cluster://:hunter2@h:7000/1", "has a path, but a cluster has only db 0 (no /db)"),
+    ("redis+sentinel://:hunter2@h:26379", "needs the service name as its path"),
+    ("redis+sentinel://h/m/x", "has a db that is not a number ('x')"),
+    ("redis+sentinel://h/m?pasword=hunter2", "has unknown option(s) pasword"),
+    ("redis+cluster://:hunter2@h1,,h2", "has an empty host in its host list"),
+    ("memcached://:hunter2@h", "must start with redis://"),
+])
+def test_a_bad_url_is_one_line_naming_the_problem_without_the_password(
+        url: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_redis_url(url)
+    text = str(caught.value)
+    assert text.startswith("redis url " + problem), text
+    assert "hunter2" not in text and "\n" not in text
+    assert redis_url_problems(url) == ["redis.url " + text.removeprefix("redis url ")]
+
+
+def test_good_urls_have_no_problems() -> None:
+    for url in ("redis://127.0.0.1:6379/0", "rediss://u:p@h:6380/1", "unix:///run/redis.sock?db=2",
+                "redis+sentinel://s1:26379/m", "redis+cluster://n1:7000"):
+        assert redis_url_problems(url) == [], url
+
+
+def test_sentinel_password_is_redacted_in_logged_settings() -> None:
+    assert redact_url("redis+sentinel://:pw@s1:26379,s2:26379/m/0?sentinel_password=sp") == (
+        "redis+sentinel://:***@s1:26379,s2:26379/m/0?sentinel_password=***")
+
+
+def test_scrub_removes_every_password_the_url_carries() -> None:
+    url = "redis+sentinel://:data-pw@s1:26379/m?sentinel_password=sent-pw"
+    text = scrub("AUTH data-pw failed; sentinel sent-pw; at redis://u:x@h", url)
+    assert text == "AUTH *** failed; sentinel ***; at redis://***@h"
+
+
+def test_hash_tagged_puts_a_family_in_one_slot_and_keeps_an_existing_tag() -> None:
+    assert hash_tagged("alicom:dlq:") == "{alicom:dlq}:"
+    assert hash_tagged("alicom:track") == "{alicom:track}"
+    assert hash_tagged("app:{dlq}:") == "app:{dlq}:"
+
+
+@pytest.fixture(scope="module")
+def sentinel_setup() -> Iterator[SentinelSetup]:
+    with running_sentinel() as setup:
+        yield setup
+
+
+@pytest.fixture(scope="module")
+def cluster_setup() -> Iterator[ClusterSetup]:
+    with running_cluster() as setup:
+        yield setup
+
+
+@pytest.mark.slow
+def test_a_sentinel_client_follows_the_primary_across_a_failover(
+        sentinel_setup: SentinelSetup) -> None:
+    client = connect(sentinel_setup.url, socket_timeout_s=5)
+    assert isinstance(client, redis.Redis)
+    client.set("k", "before")
+    first = sentinel_setup.current_primary()
+    second = sentinel_setup.failover()
+    assert second != first
+    client.set("k", "after")  # the same client object: no restart, no new URL
+    assert client.get("k") == b"after"
+    assert redis.Redis(port=second).get("k") == b"after"
+
+
+@pytest.mark.slow
+def test_a_cluster_client_routes_keys_to_every_master(cluster_setup: ClusterSetup) -> None:
+    client = connect(cluster_setup.url, socket_timeout_s=5)
+    for i in range(50):
+        client.set(f"k{i}", i)
+    per_master = [redis.Redis(port=p).dbsize() for p in cluster_setup.masters()]
+    assert len(per_master) == 3 and all(n > 0 for n in per_master), per_master
+    assert sum(per_master) == 50
+
+
+def test_a_cluster_nobody_answers_is_a_redis_error_without_the_password() -> None:
+    url = f"redis+cluster://:hunter2@127.0.0.1:{free_port()}"
+    with pytest.raises(redis.RedisError) as caught:
+        connect(url, socket_timeout_s=1, connect_timeout_s=1)
+    assert "hunter2" not in scrub(str(caught.value), url)
