@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from alicom_sandbox.postgres_server import PostgresServer, running_postgres
 from alicom_sandbox.redis_server import RedisServer, running_redis
 
 
@@ -23,3 +24,10 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL cluster for the session (Debian's package; .ci/ensure-postgres)."""
+    with running_postgres() as server:
+        yield server

@@ -10,14 +10,23 @@
 | `send-tracker` | `consumer.handlers.tracking:SendTracker` | batch |
 | `number-hygiene` | `consumer.handlers.number_hygiene:NumberHygiene` | batch |
 | `review-status` | `consumer.handlers.review_status:ReviewStatus` | batch |
+| `postgres`     | `consumer.handlers.postgres:PostgresHandler`         | batch  |
 
 They all write `Receipt.to_dict()` as their JSON document (see `receipt_json`).
+
+Under kill -9: `redis-stream` and `postgres` are exactly-once (their write and their own
+completion record are one Redis script / one INSERT ... ON CONFLICT DO NOTHING keyed by the
+dedup key, so a redelivery after a crash adds nothing). `log`, `jsonl` and `webhook` are
+at-least-once: a crash between their write and the daemon's completion record repeats it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping, Sequence
 
+from consumer.keys import KeyFunction, key_secret, make_key_function
 from consumer.receipts import Receipt
 
 
@@ -39,3 +48,10 @@ def receipt_json(receipt: Receipt) -> str:
 def one_line(exc: BaseException) -> str:
     """`Type: message` on a single line, for RetryLater / PermanentFailure reasons."""
     return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def sink_key_function(dedup_keys: Mapping[str, Sequence[str]] | None = None) -> KeyFunction:
+    """The dedup key a sink stores its completion under: the daemon's key function over the
+    default fields (or `dedup_keys`, the same shape as the config's `[dedup_keys]`) and the
+    deployment's key secret, read like the daemon reads it (consumer.keys.key_secret)."""
+    return make_key_function(dedup_keys, key_secret(os.environ))
