@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import cast
@@ -15,7 +16,7 @@ from structlog.testing import capture_logs
 
 from alicom_sandbox.redis_server import RedisServer, free_port
 from consumer.errors import ConfigError, PermanentFailure, RetryLater
-from consumer.handlers import receipt_json
+from consumer.handlers import receipt_json, sink_key_function
 from consumer.handlers.jsonl import JsonLinesHandler
 from consumer.handlers.log import LogHandler
 from consumer.handlers.plugins import HandlerSpec, PluginError, load_handlers
@@ -184,6 +185,24 @@ def test_redis_stream_adds_one_entry_per_receipt(stream_handler: RedisStreamHand
     assert [f["type"] for f in fields] == ["SmsReport", "SmsReport"]
     assert [f["message_id"] for f in fields] == ["msg-1", "msg-2"]
     assert [json.loads(f["doc"]) for f in fields] == [r.to_dict() for r in batch]
+
+
+def test_redis_stream_adds_a_receipt_once_however_often_it_comes(
+        stream_handler: RedisStreamHandler, redis_client: redis.Redis) -> None:
+    first = report(1)
+    again = replace(first, meta=replace(first.meta, message_id="msg-1-again"))
+
+    assert stream_handler.handle_batch([first, report(2), again]).failed == []
+    assert stream_handler.handle_batch([again, report(2), report(3)]).failed == []
+
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], redis_client.xrange("test:receipts"))
+    keys = [fields[b"key"].decode() for _, fields in entries]
+    key_of = sink_key_function()
+    assert keys == [key_of(report(1)), key_of(report(2)), key_of(report(3))]
+    record = stream_handler.done_key(keys[0])
+    assert redis_client.get(record) == entries[0][0]  # the record names its entry
+    assert 7 * 86400 < cast(int, redis_client.ttl(record)) <= 8 * 86400
+    assert "1380000" not in record  # no phone number in a key name
 
 
 def test_redis_stream_is_capped_approximately(redis_server: RedisServer,

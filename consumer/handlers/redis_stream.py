@@ -1,8 +1,15 @@
-"""`redis-stream`: XADD each receipt to a Redis stream for other services to consume."""
+"""`redis-stream`: XADD each receipt to a Redis stream for other services to consume.
+
+Exactly-once under kill -9: one Lua script per batch checks each receipt's completion
+record (`{<stream>}:done:<dedup key>`), adds the entry and writes the record, so a receipt
+delivered again (a platform duplicate, a redelivery after the worker died at any moment,
+the script having run or not) never adds a second entry. A script runs whole in Redis;
+an XADD the server refuses writes no record, so that receipt is retried.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -10,52 +17,91 @@ import redis
 from consumer.clients.redis_client import connect_option
 from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
-from consumer.handlers import one_line, receipt_json
+from consumer.handlers import one_line, receipt_json, sink_key_function
 from consumer.receipts import Receipt
+
+_EIGHT_DAYS_S = 8 * 24 * 3600.0  # past the dedup records' default week
+
+# KEYS: the stream, then one completion record per receipt. ARGV: maxlen, record TTL (ms),
+# then per receipt: type, doc, message_id, dedup key. Returns per receipt "+<entry id>",
+# "=" (recorded before: nothing added) or "!<error>" (refused: no record, retry it).
+_ADD_ONCE = """
+local out = {}
+for i = 2, #KEYS do
+  local a = 3 + (i - 2) * 4
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    out[#out + 1] = '='
+  else
+    local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[a],
+                           'doc', ARGV[a + 1], 'message_id', ARGV[a + 2], 'key', ARGV[a + 3])
+    if type(id) == 'table' and id.err then
+      out[#out + 1] = '!' .. id.err
+    else
+      redis.call('SET', KEYS[i], id, 'PX', ARGV[2])
+      out[#out + 1] = '+' .. id
+    end
+  end
+end
+return out
+"""
 
 
 class RedisStreamHandler:
-    """Adds one stream entry per receipt to `stream`, one pipeline per batch.
+    """Adds one stream entry per receipt to `stream`, one script call per batch.
 
-    Entry fields: `type` (message type), `doc` (`Receipt.to_dict()` as JSON) and
-    `message_id` (the MNS MessageId, "" for push). The stream is capped with an approximate
-    `MAXLEN ~ maxlen` (cheap trimming; it may hold somewhat more). An entry the server refuses
-    is retried alone; a connection failure retries the whole batch. The URL (which may hold a
-    password) never appears in errors or logs.
+    Entry fields: `type` (message type), `doc` (`Receipt.to_dict()` as JSON), `message_id`
+    (the MNS MessageId, "" for push) and `key` (the dedup key: downstream consumers can
+    rely on it being unique per receipt). The stream is capped with an approximate
+    `MAXLEN ~ maxlen`. Each receipt's completion record lives `done_ttl_s` (default 8 days,
+    past the dedup records' week; about 100 bytes each). `dedup_keys`: only when the config
+    overrides `[dedup_keys]`, the same table. An entry the server refuses is retried alone;
+    a connection failure retries the whole batch. The URL (which may hold a password) never
+    appears in errors or logs.
     """
 
     name = "redis-stream"
     types: tuple[str, ...] | None = None
 
     def __init__(self, url: str, stream: str = "alicom:receipts", maxlen: int = 1_000_000,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, done_ttl_s: float = _EIGHT_DAYS_S,
+                 dedup_keys: Mapping[str, Sequence[str]] | None = None) -> None:
         if maxlen < 1:
             raise ConfigError(f"redis-stream handler: maxlen must be >= 1, got {maxlen!r}")
         if not stream:
             raise ConfigError("redis-stream handler: stream must not be empty")
+        if not done_ttl_s >= 1:
+            raise ConfigError(f"redis-stream handler: done_ttl_s must be >= 1, got {done_ttl_s!r}")
         self._client = connect_option("redis-stream handler", url, timeout_s)
         self._stream = stream
         self._maxlen = maxlen
+        self._ttl_ms = int(done_ttl_s * 1000)
+        self._key_of = sink_key_function(dedup_keys)
+        self._add_once = self._client.register_script(_ADD_ONCE)
 
     def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
-        """XADDs the batch in one round trip; entries the server refused are retried."""
-        pipe = self._client.pipeline(transaction=False)
-        for receipt in receipts:
-            fields: dict[Any, Any] = {  # redis-py's field types vary between its versions
-                "type": receipt.message_type,
-                "doc": receipt_json(receipt),
-                "message_id": receipt.meta.message_id,
-            }
-            pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+        """Adds the batch's new receipts in one script call; refused entries are retried."""
+        keys = [self._key_of(r) for r in receipts]
+        args: list[Any] = [self._maxlen, self._ttl_ms]
+        for receipt, key in zip(receipts, keys, strict=True):
+            args += [receipt.message_type, receipt_json(receipt), receipt.meta.message_id, key]
         try:
-            replies = pipe.execute(raise_on_error=False)
+            replies = self._add_once(keys=[self._stream, *(self.done_key(k) for k in keys)],
+                                     args=args)
         except redis.RedisError as exc:
             raise RetryLater(f"redis stream {self._stream}: {one_line(exc)}") from exc
         result = BatchResult()
         for receipt, reply in zip(receipts, replies, strict=True):
-            if isinstance(reply, Exception):
-                result.retry(receipt, f"redis stream {self._stream}: {one_line(reply)}")
+            text = reply.decode() if isinstance(reply, bytes) else str(reply)
+            if text.startswith("!"):
+                result.retry(receipt, f"redis stream {self._stream}: {text[1:]}")
         return result
+
+    def done_key(self, dedup_key: str) -> str:
+        """The completion record of one receipt in this stream (no phone number in it).
+
+        `{<stream>}` is a hash tag: on a Redis Cluster the records sit in the stream's slot,
+        so one script may touch them all."""
+        return f"{{{self._stream}}}:done:{dedup_key}"
 
     def close(self) -> None:
         """Closes the connection pool."""
