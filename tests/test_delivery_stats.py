@@ -11,9 +11,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-from prometheus_client import CollectorRegistry
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from alicom_sandbox.redis_server import RedisServer, free_port
 from consumer.errors import RetryLater
@@ -21,7 +18,7 @@ from consumer.handlers.delivery_stats import DeliveryStatsHandler
 from consumer.handlers.plugins import HandlerSpec, PluginError, close_handlers, load_handlers
 from consumer.pipeline.decode import parse_object
 from consumer.receipts import Receipt, ReceiptMeta
-from consumer.reports.delivery_report import DeliveryStatsCollector, run
+from consumer.reports.delivery_report import run
 from consumer.reports.delivery_stats import (
     DEFAULT_PREFIX,
     StatsWriter,
@@ -331,39 +328,6 @@ def test_handler_asks_for_a_retry_when_redis_is_down() -> None:
     with pytest.raises(RetryLater):
         down.handle_batch([report("2024-03-10 09:00:00", 3)])
     down.close()
-
-
-# -- metrics ----------------------------------------------------------------------------------
-
-@pytest.mark.usefixtures("sample")
-def test_collector_exposes_the_same_figures(redis_client: redis.Redis) -> None:
-    at = datetime(2024, 3, 10, 11, 30, tzinfo=SHANGHAI).timestamp()  # window 09:00-12:00
-    registry = CollectorRegistry()
-    registry.register(DeliveryStatsCollector(redis_client, window_h=3, top=3,
-                                             clock=lambda: at))
-
-    def value(name: str, **labels: str) -> float | None:
-        return registry.get_sample_value(name, {"window": "3h", **labels})
-
-    assert value("alicom_delivery_stats_up") == 1
-    assert value("alicom_delivery_receipts", outcome="delivered") == 16
-    assert value("alicom_delivery_receipts", outcome="other") == 1
-    assert value("alicom_delivery_submitted") == 15
-    assert value("alicom_delivery_success_ratio") == pytest.approx(16 / 24)
-    assert value("alicom_delivery_failures", err_code="MK:0001") == 3
-    assert value("alicom_delivery_failures", err_code="IC:0015") is None  # 4th: in _other
-    assert value("alicom_delivery_failures", err_code="_other") == 1
-    assert value("alicom_delivery_delay_seconds", stat="p50") == 10
-    assert value("alicom_delivery_delay_seconds", stat="avg") == pytest.approx(4321 / 23)
-
-
-def test_collector_reports_down_instead_of_failing_the_scrape() -> None:
-    client = redis.Redis(port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
-    registry = CollectorRegistry()
-    registry.register(DeliveryStatsCollector(client))
-    assert registry.get_sample_value("alicom_delivery_stats_up", {"window": "24h"}) == 0
-    assert registry.get_sample_value("alicom_delivery_receipts",
-                                     {"window": "24h", "outcome": "delivered"}) is None
 
 
 def test_err_codes() -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,8 +44,8 @@ def scrape(address: str) -> Samples:
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get(("alicom_receipts_" + name, frozenset({"queue": Q, **labels}.items())),
-                       0.0)
+    return samples.get(("alicom_receipts_" + name,
+                        frozenset({"message_type": Q, **labels}.items())), 0.0)
 
 
 def report(n: int, *, success: bool = True, err_code: str = "DELIVERED") -> SmsReport:
@@ -91,7 +92,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
         h.close()
 
 
-def test_stats_counters_appear_as_counters_labelled_by_queue(
+def test_stats_counters_appear_as_counters_labelled_by_message_type(
         start: Callable[..., Running]) -> None:
     m = start()
     m.stats.incr("received", 16)
@@ -105,13 +106,57 @@ def test_stats_counters_appear_as_counters_labelled_by_queue(
 
     assert value(s, "received_total") == 20
     assert value(s, "empty_polls_total") == 3
-    assert value(s, "token_refreshes_total") == 1
-    assert value(s, "duplicates_total") == 2
-    assert value(s, "retries_total") == 5
-    assert value(s, "dead_letters_total") == 1
     assert value(s, "visibility_extensions_total") == 2
     assert value(s, "delete_failures_total") == 1
-    assert value(s, "handled_total") == 0
+    # outcomes_total{outcome} counts these; a second series each would count them twice.
+    for name in ("handled", "duplicates", "retries", "dead_letters"):
+        assert ("alicom_receipts_%s_total" % name, frozenset({("message_type", Q)})) not in s
+
+
+def test_receive_progress_poll_errors_by_kind_and_token_health(
+        start: Callable[..., Running]) -> None:
+    m = start()
+    before = time.time()
+    m.stats.incr("empty_polls")
+    m.stats.event("poll_error", kind="auth")
+    m.stats.event("poll_error", kind="transient")
+    m.stats.event("poll_error", kind="transient")
+    m.stats.event("token_refreshed", before + 3600)
+    m.stats.event("token_fetch_failed")
+
+    s = m.scrape()
+
+    assert before <= value(s, "last_receive_timestamp_seconds") <= time.time()
+    assert value(s, "poll_errors_total", kind="auth") == 1
+    assert value(s, "poll_errors_total", kind="transient") == 2
+    assert value(s, "token_refreshes_total") == 1
+    assert value(s, "token_expiry_timestamp_seconds") == before + 3600
+    assert value(s, "token_refresh_failures_total") == 1
+    assert s[("alicom_receipts_processes", frozenset({("role", "worker"),
+                                                      ("message_type", Q)}))] == 1
+    assert any(name == "alicom_receipts_build_info" and dict(labels)["role"] == "worker"
+               for name, labels in s)
+
+
+def test_queue_lag_is_now_minus_enqueue_time_and_delivery_delay_is_report_minus_send(
+        start: Callable[..., Running]) -> None:
+    m = start()
+    enqueued_ms = int((time.time() - 42) * 1000)
+    receipt = SmsReport(raw={}, meta=ReceiptMeta("mns", "q", "m-1", 1, enqueued_ms),
+                        phone_number="13800000001", biz_id="b", success=True,
+                        send_time="2026-01-01 10:00:00", report_time="2026-01-01 10:00:07")
+    m.stats.outcome("handled", "log", 0.01, receipt)
+    m.stats.outcome("dead_letter", "", 0.0, None)  # no receipt: no lag to measure
+
+    s = m.scrape()
+
+    assert value(s, "queue_lag_seconds_count", source="mns") == 1
+    assert 42 <= value(s, "queue_lag_seconds_sum", source="mns") < 42 + 60
+    assert value(s, "queue_lag_seconds_bucket", source="mns", le="30.0") == 0
+    assert value(s, "queue_lag_seconds_bucket", source="mns", le="60.0") == 1
+    assert value(s, "delivery_delay_seconds_sum") == 7
+    assert value(s, "delivery_delay_seconds_bucket", le="5.0") == 0
+    assert value(s, "delivery_delay_seconds_bucket", le="10.0") == 1
 
 
 def test_outcomes_durations_and_sms_delivery_outcomes_by_err_code(
@@ -131,12 +176,15 @@ def test_outcomes_durations_and_sms_delivery_outcomes_by_err_code(
 
     assert {o: value(s, "outcomes_total", outcome=o)
             for o in ("handled", "duplicate", "retry", "dead_letter", "in_progress")} == {
-        "handled": 4, "duplicate": 1, "retry": 1, "dead_letter": 1, "in_progress": 2}
+        "handled": 3, "duplicate": 1, "retry": 1, "dead_letter": 1, "in_progress": 2}
+    # A receipt is labelled with its own type (a push worker takes every type).
+    assert s[("alicom_receipts_outcomes_total", frozenset(
+        {"message_type": "SmsUp", "outcome": "handled"}.items()))] == 1
     assert value(s, "sms_deliveries_total", success="true", err_code="DELIVERED") == 1
     assert value(s, "sms_deliveries_total", success="false", err_code="IC:0015") == 2
     assert value(s, "sms_deliveries_total", success="false", err_code="MK:0001") == 0
-    assert value(s, "handler_duration_seconds_count", handler="log") == 4
-    assert value(s, "handler_duration_seconds_bucket", handler="log", le="0.005") == 2
+    assert value(s, "handler_duration_seconds_count", handler="log") == 3
+    assert value(s, "handler_duration_seconds_bucket", handler="log", le="0.005") == 1
     assert value(s, "handler_duration_seconds_count", handler="webhook") == 1
     assert value(s, "handler_duration_seconds_sum", handler="webhook") == 2.0
 
@@ -165,7 +213,7 @@ def test_the_exposition_carries_only_known_labels(start: Callable[..., Running])
     s = m.scrape()
 
     assert {key for (_name, labels) in s for key, _v in labels} == {
-        "queue", "outcome", "handler", "le", "success", "err_code"}
+        "message_type", "outcome", "handler", "le", "success", "err_code", "version", "role"}
     assert all(name.startswith("alicom_receipts_") for name, _ in s)
 
 

@@ -7,7 +7,7 @@ is cheap next to one network round trip per batch, and keeps the counts exact.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
@@ -46,6 +46,12 @@ class OutcomeListener(Protocol):
                    receipt: Receipt | None) -> None: ...
 
 
+class EventListener(Protocol):
+    """Told about labelled events (`Stats.event`): a poll error's kind, a token's expiry."""
+
+    def on_event(self, name: str, value: float, labels: Mapping[str, str]) -> None: ...
+
+
 class Stats:
     """Thread-safe counters plus the in-flight gauge; `listeners` mirror them (e.g. metrics)."""
 
@@ -55,6 +61,7 @@ class Stats:
         self._in_flight = 0
         self._listeners: list[Listener] = []
         self._outcome_listeners: list[OutcomeListener] = []
+        self._event_listeners: list[EventListener] = []
 
     def subscribe(self, listener: Listener) -> None:
         """`listener(name, amount)` is called after every increment, outside the lock."""
@@ -62,6 +69,19 @@ class Stats:
 
     def subscribe_outcomes(self, listener: OutcomeListener) -> None:
         self._outcome_listeners.append(listener)
+
+    def subscribe_events(self, listener: EventListener) -> None:
+        self._event_listeners.append(listener)
+
+    def event(self, name: str, value: float = 1.0, **labels: str) -> None:
+        """A labelled event for observers (metrics): "poll_error" (kind), "token_refreshed"
+        (value: the new token's expiry, epoch s), "token_fetch_failed", "push_reclaimed"
+        (value: entries). Counts nothing itself."""
+        for listener in self._event_listeners:
+            try:
+                listener.on_event(name, value, labels)
+            except Exception:  # noqa: BLE001 - an observer's crash is logged, never fatal
+                _log.exception("event_listener_crashed", listener=repr(listener))
 
     def outcome(self, outcome: str, handler: str, duration_s: float,
                 receipt: Receipt | None) -> None:

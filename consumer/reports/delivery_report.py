@@ -1,6 +1,6 @@
-"""Reading the delivery statistics back: `alicom-receipts stats` and a Prometheus collector.
+"""Reading the delivery statistics back: `alicom-receipts stats`.
 
-Both read the hour buckets of `consumer.reports.delivery_stats` and show the same figures: the
+It reads the hour buckets of `consumer.reports.delivery_stats` and shows the figures: the
 success rate (delivered / (delivered + failed)), the top failure codes with their meaning
 (`consumer.reports.err_codes`, else the platform's own err_msg as a hint), submitted and still
 without a receipt (when sends are tracked), and the receipt delay (average exact; median
@@ -24,7 +24,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, TextIO
@@ -32,8 +32,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
 import structlog
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from consumer.clients.redis_client import RedisClient, connect
 from consumer.errors import ConfigError
@@ -72,88 +70,6 @@ def build_report(client: RedisClient, first: datetime, hours: int,
     """Reads `hours` hours from the one containing `first`."""
     counts = read_hours(client, first, hours, prefix)
     return Report(counts, total(counts, counts[0].hour), read_code_messages(client, prefix))
-
-
-# -- Prometheus --------------------------------------------------------------------------------
-
-class DeliveryStatsCollector(Collector):
-    """Exposes the last `window_h` hours (the current one included) on every scrape.
-
-    Gauges, each labelled `window` ("24h"): `alicom_delivery_receipts{outcome}`,
-    `alicom_delivery_submitted`, `alicom_delivery_success_ratio` (absent without receipts),
-    `alicom_delivery_failures{err_code}` (the `top` codes; the rest as err_code "_other"),
-    `alicom_delivery_delay_seconds{stat="avg|p50|p90|p99"}` (quantiles are bucket upper
-    bounds, +Inf past the last) and `alicom_delivery_stats_up` (0 when Redis did not answer:
-    a scrape never fails because of Redis). Reads 24 hashes in one round trip; give it a
-    client with short timeouts and few retries, since a scrape waits for them.
-    """
-
-    def __init__(self, client: RedisClient, prefix: str = DEFAULT_PREFIX, window_h: int = 24,
-                 top: int = 20, clock: Callable[[], float] = time.time) -> None:
-        self._client = client
-        self._prefix = prefix
-        self._window_h = window_h
-        self._top = top
-        self._clock = clock
-
-    def describe(self) -> Iterator[GaugeMetricFamily]:
-        """The families without samples, so registering never reads Redis."""
-        return iter(self._families())
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        families = self._families()
-        up = families[-1]
-        now = datetime.fromtimestamp(self._clock(), timezone.utc)
-        first = now - timedelta(hours=self._window_h - 1)
-        try:
-            report = build_report(self._client, first, self._window_h, self._prefix)
-        except redis.RedisError as exc:
-            log.warning("delivery_stats_unavailable", error=type(exc).__name__)
-            up.add_metric([self._label], 0)
-            return iter([up])
-        self._fill(families, report.totals, report)
-        up.add_metric([self._label], 1)
-        return iter(families)
-
-    @property
-    def _label(self) -> str:
-        return "%dh" % self._window_h
-
-    def _families(self) -> list[GaugeMetricFamily]:
-        span = "over the last %d hours (by send hour)" % self._window_h
-        return [
-            GaugeMetricFamily("alicom_delivery_receipts", "SmsReports by outcome " + span,
-                              labels=["window", "outcome"]),
-            GaugeMetricFamily("alicom_delivery_submitted", "tracked sends " + span,
-                              labels=["window"]),
-            GaugeMetricFamily("alicom_delivery_success_ratio",
-                              "delivered / (delivered + failed) " + span, labels=["window"]),
-            GaugeMetricFamily("alicom_delivery_failures", "failed SmsReports by err_code " + span,
-                              labels=["window", "err_code"]),
-            GaugeMetricFamily("alicom_delivery_delay_seconds",
-                              "receipt delay (report - send) " + span, labels=["window", "stat"]),
-            GaugeMetricFamily("alicom_delivery_stats_up", "1 if the stats could be read",
-                              labels=["window"]),
-        ]
-
-    def _fill(self, families: list[GaugeMetricFamily], t: HourCounts, report: Report) -> None:
-        receipts, submitted, ratio, failures, delay = families[:5]
-        w = self._label
-        for outcome in ("delivered", "failed", "other"):
-            receipts.add_metric([w, outcome], getattr(t, outcome))
-        submitted.add_metric([w], t.submitted)
-        if t.success_rate is not None:
-            ratio.add_metric([w], t.success_rate)
-        top = report.top_failures(self._top)
-        for code, n in top:
-            failures.add_metric([w, code], n)
-        rest = sum(t.failures.values()) - sum(n for _, n in top)
-        if rest:
-            failures.add_metric([w, "_other"], rest)
-        if t.delay_avg_s is not None:
-            delay.add_metric([w, "avg"], t.delay_avg_s)
-            for stat, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
-                delay.add_metric([w, stat], t.delay_quantile_s(q) or 0.0)
 
 
 # -- the command -------------------------------------------------------------------------------

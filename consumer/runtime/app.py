@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from consumer.clients.credentials import load_access_key
 from consumer.clients.redis_client import RedisClient, connect
 from consumer.clients.tokens import TokenService
 from consumer.errors import AlicomReceiptsError, ConfigError
-from consumer.handlers.plugins import HandlerSpec, close_handlers, load_handlers
+from consumer.handlers.plugins import close_handlers, load_handlers
 from consumer.pipeline.deadletter import RedisDeadLetterStore
 from consumer.pipeline.dedup import RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
@@ -73,11 +74,12 @@ class _TokenStats:
 
     def token_refreshed(self, message_type: str, lifetime_s: float) -> None:
         self._stats.incr("token_refreshes")
+        self._stats.event("token_refreshed", time.time() + lifetime_s)
 
     # TokenService logs both already (token_fetch_retry / token_fetch_gave_up,
     # token_invalidated); a second line each would only repeat them.
     def token_fetch_failed(self, message_type: str, error: AlicomReceiptsError) -> None:
-        pass
+        self._stats.event("token_fetch_failed")
 
     def token_invalidated(self, message_type: str) -> None:
         pass
@@ -133,8 +135,6 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
     dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
                             max_workers=settings.worker.handler_threads,
                             stuck_gauge=metrics.stuck_gauge if metrics else None)
-    if metrics is not None:
-        _register_delivery_stats(metrics, settings.handlers)
     pipeline = Pipeline(
         client_factory=client_factory,
         dedup=RedisDedupStore(client, settings.dedup),
@@ -146,34 +146,6 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
     )
     return Worker(worker_config(settings, message_type), pipeline, abort), Resources(
         client, tokens, dispatcher, metrics)
-
-
-#: How the delivery-stats handler may be named in `[[handlers]] use`.
-_DELIVERY_STATS_USES = frozenset({
-    "delivery-stats", "consumer.handlers.delivery_stats:DeliveryStatsHandler"})
-
-
-def _register_delivery_stats(metrics: MetricsHandle, specs: Sequence[HandlerSpec]) -> None:
-    """Exposes the delivery statistics as metrics where the delivery-stats handler keeps them.
-
-    The collector reads Redis on every scrape, so its client has short timeouts and no
-    retries: a scrape reports `alicom_delivery_stats_up 0` rather than hang on a dead Redis.
-    """
-    # Imported here: the collector builds on prometheus_client, which must be imported only
-    # after setup_metrics chose the multiprocess mode (consumer.runtime.metrics docstring).
-    from redis.backoff import NoBackoff  # noqa: PLC0415
-    from redis.retry import Retry  # noqa: PLC0415
-
-    from consumer.reports.delivery_report import DeliveryStatsCollector  # noqa: PLC0415
-    from consumer.reports.delivery_stats import DEFAULT_PREFIX  # noqa: PLC0415
-
-    for spec in specs:
-        if spec.use not in _DELIVERY_STATS_USES or "url" not in spec.options:
-            continue
-        stats_client = connect(str(spec.options["url"]), socket_timeout_s=2,
-                               connect_timeout_s=2, retry=Retry(NoBackoff(), 0))
-        prefix = str(spec.options.get("prefix", DEFAULT_PREFIX))
-        metrics.exposition.registry.register(DeliveryStatsCollector(stats_client, prefix=prefix))
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a worker process, in prometheus_client's multiprocess mode.
+"""Prometheus metrics of a process, in prometheus_client's multiprocess mode.
 
 Several worker processes run per host (systemd instances, `alicom-receipts run`). Each writes
 its values to mmap files in one shared directory (`multiproc_dir`); the process serving the
@@ -19,11 +19,8 @@ HTTP endpoint sums the files of every process, live and dead, at each scrape.
   every scrape removes the live-gauge files of PIDs that no longer exist (so the directory
   must not be shared across PID namespaces). Counter and histogram files stay, so totals
   never go backwards; keep the directory on tmpfs (`/run/...`), emptied at boot.
-* Labels: `queue` is the message type (never a queue name with the account id), `outcome`,
-  `handler` (the configured name), and for SmsReport delivery outcomes `success` and
-  `err_code`. No credential, token, URL or phone number is ever a label or value.
-  `err_code` comes from the message body: each process labels at most `max_err_codes`
-  distinct codes and counts any further code as "other".
+* What is measured, with which labels, and how to aggregate it across hosts: the catalogue
+  in consumer.runtime.instruments.
 """
 
 from __future__ import annotations
@@ -31,60 +28,37 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib
+import importlib.metadata
 import os
 import re
+import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import structlog
 
 from consumer.errors import ConfigError
-from consumer.pipeline.stats import COUNTERS
-from consumer.receipts import SmsReport
+from consumer.runtime.instruments import Instruments, StatsListener
 from consumer.runtime.metrics_dir import prepare_metrics_dir
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from prometheus_client import Counter, Gauge
+    from prometheus_client import Gauge
     from prometheus_client.registry import Collector
 
     from consumer.pipeline.stats import Stats
-    from consumer.receipts import Receipt
 
 log = structlog.get_logger("alicom_receipts.metrics")
 
-PREFIX: Final = "alicom_receipts_"
 ENV_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
-#: Handler durations run from a cache write (~1 ms) to the default 30 s deadline.
-DURATION_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                           2.5, 5.0, 10.0, 30.0, 60.0)
-OTHER_CODE: Final = "other"
-_ERR_CODE_MAX_LEN: Final = 64
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
-
-_COUNTER_HELP: Final[Mapping[str, str]] = {
-    "received": "Messages taken off the queue",
-    "empty_polls": "Receive calls that returned no message",
-    "handled": "Receipts whose handlers succeeded and whose completion was recorded",
-    "duplicates": "Deliveries of an already completed receipt, acknowledged without handlers",
-    "in_progress_skipped": "Deliveries left alone because another delivery held the claim",
-    "retries": "Deliveries handed back with a backoff for a later delivery",
-    "dead_letters": "Messages stored as dead letters, then deleted",
-    "decode_errors": "Bodies that could not become a receipt",
-    "deleted": "Messages deleted from the queue",
-    "delete_failures": "Delete entries the queue refused",
-    "lost_claims": "Completions refused because the claim had moved to another delivery",
-    "visibility_extensions": "Visibility timeouts extended for slow messages",
-    "handed_back": "Messages handed back at shutdown or when the pipeline could not take them",
-    "token_refreshes": "Temporary MNS tokens fetched",
-    "poll_errors": "Receive calls that failed",
-    "redis_errors": "Redis calls that failed after their retries",
-}
+#: A route of the scrape endpoint besides /metrics: () -> (HTTP status, plain-text body).
+Route = Callable[[], tuple[int, str]]
 
 
 @dataclass(frozen=True)
@@ -203,86 +177,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class _ErrCodes:
-    """Bounds the `err_code` label: the first `limit` distinct codes, then "other"."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
-
-    def label(self, code: str) -> str:
-        code = code.strip()[:_ERR_CODE_MAX_LEN] or "none"
-        with self._lock:
-            if code in self._seen:
-                return code
-            if len(self._seen) < self._limit:
-                self._seen.add(code)
-                return code
-        return OTHER_CODE
-
-
-class _Instruments:
-    """Every metric of one process, created unregistered: values go to the mmap files only."""
-
-    def __init__(self, message_type: str) -> None:
-        from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415
-
-        q = {"queue": message_type}
-        self.counters: dict[str, Counter] = {
-            name: Counter(PREFIX + name, _COUNTER_HELP.get(name, name.replace("_", " ")),
-                          ["queue"], registry=None).labels(**q)
-            for name in COUNTERS
-        }
-        self.outcomes = Counter(PREFIX + "outcomes", "Receipts settled, by outcome",
-                                ["queue", "outcome"], registry=None)
-        self.deliveries = Counter(
-            PREFIX + "sms_deliveries", "SmsReport receipts handled, by delivery success and "
-            "err_code (codes past the per-process limit count as \"other\")",
-            ["queue", "success", "err_code"], registry=None)
-        self.duration = Histogram(PREFIX + "handler_duration_seconds",
-                                  "Wall time of handler calls", ["queue", "handler"],
-                                  buckets=DURATION_BUCKETS, registry=None)
-        self.in_flight: Gauge = Gauge(PREFIX + "in_flight", "Receipts at the handlers",
-                                      ["queue"], multiprocess_mode="livesum",
-                                      registry=None).labels(**q)
-        self.stuck: Gauge = Gauge(PREFIX + "stuck_handler_threads",
-                                  "Handler threads still busy past the deadline", ["queue"],
-                                  multiprocess_mode="livesum", registry=None).labels(**q)
-        self.in_flight.set(0)
-        self.stuck.set(0)
-
-
-class _Listener:
-    """Mirrors Stats events into the instruments; ignores them once the handle is closed."""
-
-    def __init__(self, instruments: _Instruments, message_type: str, max_err_codes: int) -> None:
-        self._m = instruments
-        self._queue = message_type
-        self._codes = _ErrCodes(max_err_codes)
-        self.closed = False
-
-    def __call__(self, name: str, amount: int) -> None:
-        if self.closed:
-            return
-        counter = self._m.counters.get(name)
-        if counter is not None:
-            counter.inc(amount)
-
-    def on_outcome(self, outcome: str, handler: str, duration_s: float,
-                   receipt: Receipt | None) -> None:
-        if self.closed:
-            return
-        self._m.outcomes.labels(queue=self._queue, outcome=outcome).inc()
-        if handler:
-            self._m.duration.labels(queue=self._queue, handler=handler).observe(duration_s)
-        if outcome == "handled" and isinstance(receipt, SmsReport):
-            # Counted once per receipt: duplicates and retries of it are not "handled".
-            self._m.deliveries.labels(queue=self._queue,
-                                      success="true" if receipt.success else "false",
-                                      err_code=self._codes.label(receipt.err_code)).inc()
-
-
 class _SweepingCollector:
     """The multiprocess aggregate, after dropping the gauges of processes that died."""
 
@@ -296,8 +190,51 @@ class _SweepingCollector:
         return iter(self._inner.collect())
 
 
+def _metrics_app(registry: Any) -> Any:
+    from prometheus_client import make_wsgi_app  # noqa: PLC0415
+    return make_wsgi_app(registry)
+
+
+def _serve(host: str, port: int, app: Any) -> WSGIServer:
+    """Serves `app` from a daemon thread, a thread per request (as prometheus_client does)."""
+    from socketserver import ThreadingMixIn  # noqa: PLC0415
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server  # noqa: PLC0415
+
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = family
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *_args: Any) -> None:
+            pass  # a line per scrape on stderr would drown the process's own log
+
+    server = make_server(host, port, app, Server, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
+
+
+def _router(metrics_app: Any, routes: Mapping[str, Route]) -> Any:
+    """A WSGI app: /metrics (and every other path, as prometheus_client does) from the
+    registry, except the `routes` (e.g. /healthz), which answer plain text."""
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        route = routes.get(environ.get("PATH_INFO", ""))
+        if route is None:
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        status, body = route()
+        start_response("%d %s" % (status, "OK" if status < 400 else "Unavailable"),
+                       [("Content-Type", "text/plain; charset=utf-8")])
+        return [body.encode("utf-8")]
+    return app
+
+
 class Exposition:
-    """The host's scrape endpoint, if this process holds the address (see the module doc)."""
+    """The host's scrape endpoint, if this process holds the address (see the module doc).
+
+    `routes` maps extra paths (health checks) to `Route`s; add them before the first
+    `try_serve`. They are answered by whichever process holds the address.
+    """
 
     def __init__(self, address: str, directory: str) -> None:
         from prometheus_client import CollectorRegistry  # noqa: PLC0415
@@ -307,6 +244,7 @@ class Exposition:
         self.registry = CollectorRegistry(auto_describe=False)
         collector: Collector = _SweepingCollector(directory)
         self.registry.register(collector)
+        self.routes: dict[str, Route] = {}
         self._server: WSGIServer | None = None
         self._reported: set[int] = set()
 
@@ -314,17 +252,15 @@ class Exposition:
         """Binds and serves if the address is free; True while this process serves."""
         if self._server is not None:
             return True
-        from prometheus_client import start_http_server  # noqa: PLC0415
-
         try:
-            self._server, _thread = start_http_server(self._port, self._host, self.registry)
+            self._server = _serve(self._host, self._port,
+                                  _router(_metrics_app(self.registry), self.routes))
         except OSError as exc:
             self._report_busy(exc)
             return False
         log.info("metrics_serving", address=self.address, taken_over=bool(self._reported))
         self._reported.clear()
         return True
-
     def _report_busy(self, exc: OSError) -> None:
         code = exc.errno or 0
         if code in self._reported:
@@ -345,10 +281,15 @@ class Exposition:
 
 
 class MetricsHandle:
-    """The metrics of one running worker process; `close()` exactly once, at exit."""
+    """The metrics of one running process; `close()` exactly once, at exit.
 
-    def __init__(self, instruments: _Instruments, listener: _Listener, exposition: Exposition,
-                 stats: Stats, directory: str, undo: Callable[[], None],
+    `get(name, **labels)` is a catalogue metric (consumer.runtime.instruments) for code that
+    records directly (the push server); `add_sampler(fn)` runs `fn` every tick (gauges of
+    shared state, read from Redis); `on_event` is the Stats event listener.
+    """
+
+    def __init__(self, instruments: Instruments, listener: StatsListener, exposition: Exposition,
+                 stats: Stats | None, directory: str, undo: Callable[[], None],
                  interval_s: float) -> None:
         self._m = instruments
         self._listener = listener
@@ -357,13 +298,21 @@ class MetricsHandle:
         self.directory = directory
         self._undo = undo
         self._interval_s = interval_s
+        self._samplers: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alicom-metrics", daemon=True)
 
     @property
     def stuck_gauge(self) -> Gauge:
         """For `Dispatcher(stuck_gauge=...)`: handler threads past their deadline."""
-        return self._m.stuck
+        return cast("Gauge", self._m.get("stuck_handler_threads",
+                                         message_type=self._listener.message_type))
+
+    def get(self, name: str, **labels: str) -> Any:
+        return self._m.get(name, **labels)
+
+    def add_sampler(self, sampler: Callable[[], None]) -> None:
+        self._samplers.append(sampler)
 
     def start(self) -> MetricsHandle:
         self.tick()
@@ -371,8 +320,15 @@ class MetricsHandle:
         return self
 
     def tick(self) -> None:
-        """Samples the in-flight gauge and takes the endpoint over if it is free."""
-        self._m.in_flight.set(self._stats.in_flight)
+        """Samples the gauges and takes the endpoint over if it is free."""
+        if self._stats is not None and "in_flight" in self._m.metrics:
+            self._m.get("in_flight", message_type=self._listener.message_type).set(
+                self._stats.in_flight)
+        for sampler in self._samplers:
+            try:
+                sampler()
+            except Exception as exc:  # noqa: BLE001 - a sample is skipped, never fatal
+                log.warning("metrics_sample_failed", error="%s: %s" % (type(exc).__name__, exc))
         self.exposition.try_serve()
 
     def _run(self) -> None:
@@ -393,13 +349,14 @@ class MetricsHandle:
         self._undo()
 
 
-def setup_metrics(settings: MetricsSettings, message_type: str, stats: Stats, *,
-                  interval_s: float = 1.0) -> MetricsHandle | None:
+def setup_metrics(settings: MetricsSettings, message_type: str, stats: Stats | None, *,
+                  role: str = "worker", interval_s: float = 1.0) -> MetricsHandle | None:
     """Starts this process's metrics, or returns None when `settings.address` is None.
 
-    Creates the shared directory if needed, binds prometheus_client to it (see the module
-    docstring for the import-order contract), subscribes to `stats`, removes dead processes'
-    gauges and starts the background tick (in-flight sampling, endpoint takeover) every
+    `role` is worker, push-server, push-worker or reconcile: it picks the catalogue's
+    metrics. Creates the shared directory if needed, binds prometheus_client to it (see the
+    module docstring for the import-order contract), subscribes to `stats`, removes dead
+    processes' gauges and starts the background tick (sampling, endpoint takeover) every
     `interval_s`. Raises ConfigError for a bad address or an unusable directory.
     """
     if settings.address is None:
@@ -411,15 +368,18 @@ def setup_metrics(settings: MetricsSettings, message_type: str, stats: Stats, *,
     undo = _bind_value_class(directory)
     try:
         sweep_dead_processes(directory)
-        instruments = _Instruments(message_type)
-        listener = _Listener(instruments, message_type, settings.max_err_codes)
+        instruments = Instruments(role, message_type)
+        listener = StatsListener(instruments, message_type, settings.max_err_codes)
         exposition = Exposition(settings.address, directory)
     except BaseException:
         undo()
         raise
-    stats.subscribe(listener)
-    stats.subscribe_outcomes(listener)
-    log.info("metrics_enabled", address=settings.address, multiproc_dir=directory,
-             queue=message_type)
+    if stats is not None:
+        stats.subscribe(listener)
+        stats.subscribe_outcomes(listener)
+        stats.subscribe_events(listener)
+    log.info("metrics_enabled", address=settings.address, multiproc_dir=directory, role=role,
+             message_type=message_type or None)
     return MetricsHandle(instruments, listener, exposition, stats, directory, undo,
                          interval_s).start()
+

@@ -223,11 +223,14 @@ class Worker:
                 log.warning("auth_refused", queue=client.queue_name, error=str(exc))
                 self.p.on_auth_error()
                 self.stats.incr("poll_errors")
+                self.stats.event("poll_error", kind="auth")
                 backoff.sleep(self.stop_receiving)
             except AlicomReceiptsError as exc:
                 self.last_error = str(exc)
                 log.warning("poll_failed", queue=client.queue_name, error=str(exc))
                 self.stats.incr("poll_errors")
+                self.stats.event("poll_error", kind="transient" if isinstance(
+                    exc, TransientError) else "other")
                 backoff.sleep(self.stop_receiving)
             self.last_progress = time.monotonic()
 

@@ -142,6 +142,11 @@ class PushWorker:
         rows = [row for _stream, stream_rows in streams for row in stream_rows]
         return [_entry(entry_id, fields, 1) for entry_id, fields in rows]
 
+    def pending(self) -> int:
+        """Entries of the group delivered and not yet acknowledged (XPENDING's summary)."""
+        summary = self._redis.xpending(self.push.stream, self.push.group)
+        return int(summary["pending"])
+
     def reclaim(self, consumer: str) -> list[Entry]:
         """Entries idle for `reclaim_idle_s` (retries now due, or a dead consumer's)."""
         s = self.push
@@ -152,6 +157,7 @@ class PushWorker:
         rows = [(i, f) for i, f in claimed if f is not None]
         if not rows:
             return []
+        self.stats.event("push_reclaimed", len(rows))
         counts = self._call("XPENDING", partial(self._delivery_counts, consumer,
                                                 [i for i, _ in rows]))
         return [_entry(i, f, counts.get(_text(i), 1)) for i, f in rows]

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio
@@ -48,11 +48,13 @@ from aiohttp.abc import AbstractAccessLogger
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from consumer.clients.redis_client import AsyncRedisClient, connect_async, scrub
+from consumer.clients.redis_client import AsyncRedisClient, connect, connect_async, scrub
 from consumer.errors import ConfigError
 from consumer.pipeline.decode import reject_constant
 from consumer.receipts import MESSAGE_TYPES
 from consumer.runtime import logs
+from consumer.runtime.instruments import PushRequests, redis_sampler
+from consumer.runtime.metrics import setup_metrics
 from consumer.settings import config_path
 from consumer.settings.push import PushSettings, load_push_config
 from consumer.sources.push.guard import (
@@ -285,6 +287,27 @@ class PushAccessLogger(AbstractAccessLogger):
                  duration_ms=round(time * 1000, 2), remote=request.remote)
 
 
+class RequestObserver(Protocol):
+    """Told about every answered request (metrics: requests by status, answer time)."""
+
+    def request_answered(self, message_type: str, status: int, seconds: float) -> None: ...
+
+
+def access_logger(observer: RequestObserver | None) -> type[PushAccessLogger]:
+    """The access logger class aiohttp instantiates itself, telling `observer` too."""
+    if observer is None:
+        return PushAccessLogger
+    tell = observer.request_answered
+
+    class Observed(PushAccessLogger):
+        def log(self, request: web.BaseRequest, response: web.StreamResponse,
+                time: float) -> None:
+            super().log(request, response, time)
+            tell(str(request.get(_KIND) or ""), response.status, time)
+
+    return Observed
+
+
 def redis_client(url: str, timeout_s: float) -> AsyncRedisClient:
     """An async client whose every wait is bounded by the hand-off budget.
 
@@ -305,7 +328,8 @@ class Serving:
     port: int
 
 
-async def start_serving(settings: PushSettings, redis_url: str) -> Serving:
+async def start_serving(settings: PushSettings, redis_url: str,
+                        observer: RequestObserver | None = None) -> Serving:
     """Listens on `settings.listen` (port 0: a free one) through the connection guard.
 
     aiohttp's keep-alive timeout is the header timeout too: a connection that has not sent a
@@ -314,7 +338,7 @@ async def start_serving(settings: PushSettings, redis_url: str) -> Serving:
     receiver = PushReceiver(settings, redis_client(redis_url, settings.handoff_timeout_s),
                             redis_url)
     receiver.guard.max_connections = effective_max_connections(settings.max_connections)
-    runner = web.AppRunner(receiver.app(), access_log_class=PushAccessLogger,
+    runner = web.AppRunner(receiver.app(), access_log_class=access_logger(observer),
                            keepalive_timeout=settings.read_timeout_s, shutdown_timeout=5.0)
     await runner.setup()
     if runner.server is None:  # pragma: no cover - setup() sets it or raises
@@ -358,8 +382,9 @@ def running_push_server(settings: PushSettings, redis_url: str) -> Iterator[Runn
         loop.close()
 
 
-async def _serve_until_signalled(settings: PushSettings, redis_url: str) -> None:
-    serving = await start_serving(settings, redis_url)
+async def _serve_until_signalled(settings: PushSettings, redis_url: str,
+                                 observer: RequestObserver | None) -> None:
+    serving = await start_serving(settings, redis_url, observer)
     log.info("push_server_listening", port=serving.port,
              max_connections=serving.receiver.guard.max_connections)
     stop = asyncio.Event()
@@ -391,10 +416,25 @@ def main(argv: Sequence[str]) -> int:
         print("alicom-receipts push-server: %s" % exc)  # noqa: T201 - before logging exists
         return 2
     logs.configure(settings.log.level, settings.log.format)
+    try:
+        metrics = setup_metrics(settings.metrics, "", None, role="push-server")
+    except ConfigError as exc:
+        log.error("config_invalid", error=str(exc))  # noqa: TRY400 - the message says it all
+        return 2
     log.info("push_server_starting", listen=push.listen, path_prefix=push.path_prefix,
              secret_set=push.secret is not None, allowlist=list(push.allowlist),
              stream=push.stream, types=sorted(MESSAGE_TYPES))
-    # SIGTERM/SIGINT stop it gracefully (stop_serving).
-    asyncio.run(_serve_until_signalled(push, settings.redis_url))
+    observer = None
+    if metrics is not None:
+        observer = PushRequests(metrics, MESSAGE_TYPES)
+        sync = connect(settings.redis_url, socket_timeout_s=2, connect_timeout_s=2)
+        metrics.add_sampler(redis_sampler(metrics, "push_stream_length",
+                                          lambda: int(sync.xlen(push.stream))))
+    try:
+        # SIGTERM/SIGINT stop it gracefully (stop_serving).
+        asyncio.run(_serve_until_signalled(push, settings.redis_url, observer))
+    finally:
+        if metrics is not None:
+            metrics.close()
     log.info("push_server_stopped")
     return 0

@@ -31,6 +31,8 @@ from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.stats import Stats
 from consumer.runtime import logs
+from consumer.runtime.instruments import redis_sampler
+from consumer.runtime.metrics import setup_metrics
 from consumer.settings import Settings, config_path
 from consumer.settings.push import PushSettings, load_push_config
 from consumer.sources.push.pipeline import PushWorker
@@ -124,12 +126,19 @@ def main(argv: Sequence[str]) -> int:
         print("alicom-receipts push-worker: %s" % exc)  # noqa: T201 - before logging exists
         return 2
     logs.configure(settings.log.level, settings.log.format)
+    stats = Stats()
     try:
-        worker, close = build_push_worker(settings, push)
+        # Before the handlers load: a plugin's own metrics must see multiprocess mode.
+        metrics = setup_metrics(settings.metrics, "", stats, role="push-worker")
+        worker, close = build_push_worker(settings, push, stats)
     except ConfigError as exc:
         log.error("config_invalid", error=str(exc))  # noqa: TRY400 - the message says it all
         return 2
+    if metrics is not None:
+        metrics.add_sampler(redis_sampler(metrics, "push_pending", worker.pending))
     try:
         return serve(worker, args.consumer, settings.worker.shutdown_budget_s)
     finally:
         close()
+        if metrics is not None:
+            metrics.close()

@@ -118,6 +118,7 @@ class TokenBucket:
         self._tokens = self._capacity
         self._at = time.monotonic()
         self._lock = threading.Lock()
+        self.waits = 0  # times a request had to wait for its token (metrics: quota waits)
 
     def acquire(self) -> None:
         """Blocks until a request may go (or the stop event is set)."""
@@ -130,6 +131,7 @@ class TokenBucket:
                     self._tokens -= 1.0
                     return
                 wait_s = (1.0 - self._tokens) / self._rate
+                self.waits += 1
             if self._stop.wait(wait_s):
                 return
 
@@ -177,6 +179,11 @@ class DetailsClient:
             config.access_key_secret = key.access_key_secret
             config.security_token = key.security_token
         return cls(DysmsClient(config), rs, stop)
+
+    @property
+    def quota_waits(self) -> int:
+        """Times a call waited for the `qps` rate limit so far."""
+        return self._bucket.waits
 
     def final_detail(self, send: TrackedSend) -> dict[str, Any] | None:
         """The send's SmsSendDetailDTO (as a dict of the API's keys), None if none yet."""

@@ -42,7 +42,7 @@ import redis
 import structlog
 
 from consumer.clients.redis_client import connect
-from consumer.errors import AlicomReceiptsError, ConfigError, DecodeError
+from consumer.errors import AlicomReceiptsError, AuthError, ConfigError, DecodeError, TransientError
 from consumer.handlers.plugins import close_handlers, load_handlers
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
 from consumer.pipeline.decode import parse_object
@@ -52,8 +52,15 @@ from consumer.pipeline.outcome import RetryPolicy, Verdict, classify
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.reports.tracking import SendTracker, TrackedSend, TrackingSettings
 from consumer.runtime import logs
+from consumer.runtime.instruments import record_reconcile
+from consumer.runtime.metrics import setup_metrics
 from consumer.settings import Settings, config_path
-from consumer.sources.reconcile.query import DetailsClient, ReconcileSettings, load_config
+from consumer.sources.reconcile.query import (
+    DetailsClient,
+    ReconcileSettings,
+    ThrottledError,
+    load_config,
+)
 
 log = structlog.get_logger("alicom_receipts.reconcile")
 
@@ -121,6 +128,7 @@ class Reconciler:
                 self._apply(batch)
                 batch = []
         self._apply(batch)
+        self.counts["quota_waits"] = self._details.quota_waits
         return self.counts
 
     def _look_up(self, send: TrackedSend) -> Found | None:
@@ -128,6 +136,7 @@ class Reconciler:
             detail = self._details.final_detail(send)
         except AlicomReceiptsError as exc:
             self.counts["lookup_errors"] += 1
+            self.counts["api_errors:" + api_error_kind(exc)] += 1
             log.warning("lookup_failed", biz_id=send.biz_id, error=str(exc))
             return None
         if detail is None:
@@ -210,6 +219,15 @@ class Reconciler:
         self.counts["retry_later"] += len(retry)
 
 
+def api_error_kind(exc: AlicomReceiptsError) -> str:
+    """throttled, auth, transient or permanent: the kinds of QuerySendDetails failures."""
+    if isinstance(exc, ThrottledError):
+        return "throttled"
+    if isinstance(exc, AuthError):
+        return "auth"
+    return "transient" if isinstance(exc, TransientError) else "permanent"
+
+
 def summary_line(counts: Counter[str]) -> str:
     c = counts
     return ("reconcile: %d pending past the grace period; %d recovered, %d already applied, "
@@ -247,14 +265,21 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None,
         print("alicom-receipts reconcile: %s" % exc, file=sys.stderr)  # noqa: T201 - CLI answer
         return 2
     logs.configure(settings.log.level, settings.log.format)
+    metrics = None
     try:
+        metrics = setup_metrics(settings.metrics, "", None, role="reconcile")
         counts = _run(settings, rs, ts, grace_s, environ)
+        if metrics is not None:
+            record_reconcile(metrics, counts)
     except ConfigError as exc:
         log.error("config_invalid", error=str(exc))  # noqa: TRY400 - the message says it all
         return 2
     except (AlicomReceiptsError, redis.RedisError) as exc:
         log.error("reconcile_failed", error=str(exc))  # noqa: TRY400 - the message says it all
         return 1
+    finally:
+        if metrics is not None:
+            metrics.close()
     print(summary_line(counts), file=out, flush=True)
     log.info("reconcile_summary", **dict(counts))
     return 1 if counts["lookup_errors"] or counts["retry_later"] else 0
