@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -384,3 +385,20 @@ def test_an_unusable_directory_is_a_config_error(tmp_path: Path) -> None:
                                multiproc_dir=str(blocker / "metrics"))
     with pytest.raises(ConfigError, match="cannot be created"):
         setup_metrics(settings, Q, Stats())
+
+
+def test_extra_routes_answer_beside_metrics(tmp_path: Path) -> None:
+    address = "127.0.0.1:%d" % free_port()
+    exposition = Exposition(address, str(tmp_path))
+    exposition.routes["/healthz"] = lambda: (200, "ok\n")
+    exposition.routes["/readyz"] = lambda: (503, "redis: refused\n")
+    try:
+        assert exposition.try_serve()
+        with urllib.request.urlopen("http://%s/healthz" % address, timeout=10) as resp:
+            assert (resp.status, resp.read()) == (200, b"ok\n")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen("http://%s/readyz" % address, timeout=10)
+        assert refused.value.code == 503 and refused.value.read() == b"redis: refused\n"
+        assert isinstance(scrape(address), dict)
+    finally:
+        exposition.close()

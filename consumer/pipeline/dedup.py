@@ -95,9 +95,11 @@ class DedupStore(Protocol):
     of a message still being handled by this process would be claimed a second time.
     """
 
-    def claim(self, keys: Sequence[str], owner: str, lease_s: float) -> list[ClaimState]:
+    def claim(self, keys: Sequence[str], owner: str, lease_s: float,
+              legacy: Sequence[str] = ()) -> list[ClaimState]:
         """absent -> INPROGRESS(owner, lease). A key repeated within one call is CLAIMED once
-        and IN_PROGRESS for its later occurrences, so a batch never runs a receipt twice."""
+        and IN_PROGRESS for its later occurrences, so a batch never runs a receipt twice.
+        `legacy`: the names the keys' records had in an earlier version (upgrade fallback)."""
         ...
 
     def complete(self, keys: Sequence[str], owner: str, ttl_s: float) -> list[bool]:
@@ -118,16 +120,23 @@ class DedupStore(Protocol):
 
 
 # Status codes the scripts return; Lua's false would truncate a returned array, so 1/0.
+# ARGV[3], when given, is the number n of keys claimed: KEYS[n + i] is then the legacy name
+# of KEYS[i] (its record from before keys were hashed), read when KEYS[i] is absent.
 _CLAIM_SCRIPT = """
 local mine = 'I:' .. ARGV[1]
 local lease_ms = ARGV[2]
+local n = tonumber(ARGV[3]) or #KEYS
 local out, seen = {}, {}
-for i, key in ipairs(KEYS) do
+for i = 1, n do
+  local key = KEYS[i]
   if seen[key] then
     out[i] = 2  -- a repeat within this batch: its first occurrence holds the claim
   else
     seen[key] = true
     local value = redis.call('GET', key)
+    if not value and KEYS[n + i] then
+      value = redis.call('GET', KEYS[n + i])  -- completed ('1') or claimed by an old process
+    end
     if not value then
       redis.call('SET', key, mine, 'PX', lease_ms)
       out[i] = 1
@@ -244,8 +253,19 @@ class RedisDedupStore:
         """The Redis key that holds the record of dedup key ``key``."""
         return self._settings.key_prefix + key
 
-    def claim(self, keys: Sequence[str], owner: str, lease_s: float) -> list[ClaimState]:
-        codes = self._run(self._claim, "claim", keys, owner, _milliseconds(lease_s, "lease_s"))
+    def claim(self, keys: Sequence[str], owner: str, lease_s: float,
+              legacy: Sequence[str] = ()) -> list[ClaimState]:
+        """See `DedupStore.claim`. `legacy`, if given, has one name per key: the record the
+        same receipt had before keys were hashed (`consumer.keys.KeyFunction.legacy`). While
+        such a record lives (completed, or claimed by a process of the old version) the key
+        answers as it would; nothing is ever written under a legacy name."""
+        lease_ms = _milliseconds(lease_s, "lease_s")
+        if not legacy:
+            return [ClaimState(c) for c in self._run(self._claim, "claim", keys, owner, lease_ms)]
+        if len(legacy) != len(keys):
+            raise ValueError("legacy must name one record per key")
+        extra = [self._settings.key_prefix + name for name in legacy]
+        codes = self._run(self._claim, "claim", keys, owner, lease_ms, len(keys), extra=extra)
         return [ClaimState(code) for code in codes]
 
     def complete(self, keys: Sequence[str], owner: str, ttl_s: float) -> list[bool]:
@@ -260,13 +280,14 @@ class RedisDedupStore:
         return [code == 1 for code in codes]
 
     def _run(self, script: Script, operation: str, keys: Sequence[str], owner: str,
-             *args: int) -> list[int]:
-        """One script call over the whole batch; an empty batch costs no round trip."""
+             *args: int, extra: Sequence[str] = ()) -> list[int]:
+        """One script call over the whole batch; an empty batch costs no round trip.
+        `extra`: Redis keys the script reads after the batch's own (legacy records)."""
         if not owner:
             raise ValueError("owner must be a non-empty token")
         if not keys:
             return []
-        redis_keys = [self.redis_key(key) for key in keys]
+        redis_keys = [self.redis_key(key) for key in keys] + list(extra)
         try:
             result = script(keys=redis_keys, args=[owner, *args])
         except redis.RedisError as exc:
