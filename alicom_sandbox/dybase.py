@@ -15,6 +15,7 @@ which the Tea client returns as a normal result. Actions live in a registry
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -32,6 +33,7 @@ from multidict import CIMultiDictProxy
 from alicom_sandbox.accounts import Credential
 from alicom_sandbox.context import MESSAGE_TYPES, SandboxContext, message_type_of_queue
 from alicom_sandbox.fakes import shanghai_time
+from alicom_sandbox.faults import FaultKind
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,11 @@ ERRORS: dict[str, tuple[int, str]] = {
     "Forbidden.RAM": (403, "User not authorized to operate on the specified resource, "
                            "or this API doesn't support RAM."),
     "MissingMessageType": (400, "MessageType is mandatory for this action."),
+    "Throttling.User": (429, "Request was denied due to user flow control."),
+    "InternalError": (500, "The request processing has failed due to some unknown error, "
+                           "exception or failure."),
+    "ServiceUnavailable": (503, "The request has failed due to a temporary failure of the "
+                                "server."),
 }
 
 
@@ -282,6 +289,25 @@ def _error_response(err: AcsError, request_id: str, host_id: str) -> web.Respons
     return _json_response(err.status, body, request_id)
 
 
+_MAX_HANG_S = 600.0
+
+
+async def _token_faults(ctx: SandboxContext) -> None:
+    """The token API's injected faults: latency, then a hang, a 5xx or throttling (raised as
+    the gateway's AcsError) when the dice say so."""
+    faults = ctx.faults
+    if faults.settings.token_latency_ms:
+        faults.note("token_latency")
+        await asyncio.sleep(faults.token_latency_s)
+    kind = faults.decide_token()
+    if kind is FaultKind.HANG:
+        await asyncio.sleep(_MAX_HANG_S)  # cancelled when the client gives up and disconnects
+    if kind is FaultKind.THROTTLE:
+        raise AcsError("Throttling.User")
+    if kind in (FaultKind.ERROR, FaultKind.HANG):
+        raise AcsError("InternalError" if faults.error_status() == 500 else "ServiceUnavailable")
+
+
 async def handle_acs_request(request: web.Request, ctx: SandboxContext) -> web.Response:
     """Verifies one OpenAPI (ACS3) request and answers it with its action's handler."""
     request_id = str(uuid.uuid4()).upper()
@@ -289,6 +315,8 @@ async def handle_acs_request(request: web.Request, ctx: SandboxContext) -> web.R
     try:
         action = _lookup_action(request.headers, request.method)
         host_id = action.host_id
+        if action.name == "QueryTokenForMnsQueue":
+            await _token_faults(ctx)
         body = await request.read()
         cred = _authenticate(request, body, ctx)
         _check_permission(action, cred)

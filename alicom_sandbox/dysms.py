@@ -66,7 +66,6 @@ ERRORS.update({
     "MissingSendDate": (400, "SendDate is mandatory for this action."),
     "MissingPageSize": (400, "PageSize is mandatory for this action."),
     "MissingCurrentPage": (400, "CurrentPage is mandatory for this action."),
-    "Throttling.User": (429, "Request was denied due to user flow control."),
 })
 
 

@@ -1,11 +1,16 @@
-"""Fault injection for the sandbox: latency, 5xx answers, dropped connections, hung long polls.
+"""Fault injection for the sandbox: MNS latency, 5xx answers, dropped connections, hung long
+polls, a cap on concurrent long polls; and token API latency, 5xx, throttling and hangs.
 
 Settings can be given at start (CLI flags) and changed at run time (admin API). A rate is a
 probability per request in [0, 1]; a `*_next` count makes exactly the next N requests fail,
 which lets a test provoke one failure without depending on chance.
 
-The faults apply to MNS requests (everything under `/queues`); the admin API is never
-faulted. The token API (`alicom_sandbox.dybase`) may call `Faults.decide` itself.
+The MNS faults apply to MNS requests (everything under `/queues`); the `token_*` ones to the
+token API (`QueryTokenForMnsQueue`, `alicom_sandbox.dybase`); the admin API is never faulted.
+`max_long_polls` (0: no cap) is how many long polls one queue holds at once; past it a
+receive is answered at once, as MNS answers it: with what the queue holds now, else 404
+MessageNotExist (MNS's long-polling guide: "the server will not hold the requests" and
+returns "message does not exist"); a client that loops on it without backing off floods.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ class FaultKind(enum.Enum):
     NONE = "none"
     ERROR = "error"  # answer InternalError 500 or ServiceUnavailable 503
     DROP = "drop"  # close the connection without answering
-    HANG = "hang"  # never answer (only receive requests hang)
+    HANG = "hang"  # never answer (only receive requests and token requests hang)
+    THROTTLE = "throttle"  # the token API's flow control (Throttling.User)
 
 
 @dataclass(frozen=True)
@@ -36,15 +42,22 @@ class FaultSettings:
     error_next: int = 0
     drop_next: int = 0
     hang_next: int = 0
+    max_long_polls: int = 0
+    token_latency_ms: float = 0.0
+    token_error_rate: float = 0.0
+    token_throttle_rate: float = 0.0
+    token_hang_rate: float = 0.0
+    token_error_next: int = 0
+    token_throttle_next: int = 0
+    token_hang_next: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("error_rate", "drop_rate", "hang_rate"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
-        for name in ("latency_ms", "error_next", "drop_next", "hang_next"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_rate") and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{f.name} must be between 0 and 1, got {value!r}")
+            if not value >= 0:  # also refuses NaN
+                raise ValueError(f"{f.name} must not be negative, got {value!r}")
 
     @classmethod
     def field_names(cls) -> frozenset[str]:
@@ -59,24 +72,37 @@ class FaultSettings:
         for name, value in changes.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"{name} must be a number")
-            typed[name] = int(value) if name.endswith("_next") else float(value)
+            typed[name] = int(value) if _is_count(name) else float(value)
         return replace(self, **typed)
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
 
+def _is_count(name: str) -> bool:
+    return name.endswith("_next") or name == "max_long_polls"
+
+
+# Each side's faults in the order they are tried: (setting prefix, kind).
+_MNS_ORDER = (("drop", FaultKind.DROP), ("error", FaultKind.ERROR), ("hang", FaultKind.HANG))
+_TOKEN_ORDER = (("token_error", FaultKind.ERROR), ("token_throttle", FaultKind.THROTTLE),
+                ("token_hang", FaultKind.HANG))
+
+
 class Faults:
     """The live fault settings of one sandbox, and the dice that apply them.
 
-    Not locked: it lives in the sandbox's single asyncio thread.
+    Not locked: it lives in the sandbox's single asyncio thread. `injected` counts what was
+    done, by name ("error", "token_throttle", "long_poll_refused", ...).
     """
 
     def __init__(self, settings: FaultSettings | None = None, seed: int | None = None) -> None:
         self._settings = settings or FaultSettings()
         # Not a security use: a seeded generator makes a faulty run reproducible.
         self._random = random.Random(seed)  # noqa: S311 - fault dice, not cryptography
-        self.injected: dict[str, int] = {"latency": 0, "error": 0, "drop": 0, "hang": 0}
+        self.injected: dict[str, int] = dict.fromkeys(
+            ("latency", "error", "drop", "hang", "long_poll_refused", "token_latency",
+             "token_error", "token_throttle", "token_hang"), 0)
 
     @property
     def settings(self) -> FaultSettings:
@@ -95,42 +121,43 @@ class Faults:
     def latency_s(self) -> float:
         return self._settings.latency_ms / 1000.0
 
+    @property
+    def token_latency_s(self) -> float:
+        return self._settings.token_latency_ms / 1000.0
+
+    def note(self, what: str) -> None:
+        """Counts one injected fault the caller applied itself (latency, a refused poll)."""
+        self.injected[what] += 1
+
     def note_latency(self) -> None:
-        self.injected["latency"] += 1
+        self.note("latency")
 
     def decide(self, *, can_hang: bool) -> FaultKind:
-        """Roll the dice for one request; the `*_next` counters win over the rates."""
-        s = self._settings
-        if s.drop_next or s.error_next or (can_hang and s.hang_next):
-            return self._take_next(can_hang=can_hang)
-        if not (s.drop_rate or s.error_rate or (can_hang and s.hang_rate)):
-            return FaultKind.NONE
-        roll = self._random.random
-        if s.drop_rate and roll() < s.drop_rate:
-            return self._count(FaultKind.DROP)
-        if s.error_rate and roll() < s.error_rate:
-            return self._count(FaultKind.ERROR)
-        if can_hang and s.hang_rate and roll() < s.hang_rate:
-            return self._count(FaultKind.HANG)
-        return FaultKind.NONE
+        """Roll the dice for one MNS request; the `*_next` counters win over the rates."""
+        order = _MNS_ORDER if can_hang else _MNS_ORDER[:2]
+        return self._decide(order)
+
+    def decide_token(self) -> FaultKind:
+        """Roll the dice for one token API request; the `token_*_next` counters win."""
+        return self._decide(_TOKEN_ORDER)
 
     def error_status(self) -> int:
         """500 or 503, at random, for an ERROR fault."""
         return 500 if self._random.random() < 0.5 else 503
 
-    def _take_next(self, *, can_hang: bool) -> FaultKind:
+    def _decide(self, order: tuple[tuple[str, FaultKind], ...]) -> FaultKind:
         s = self._settings
-        if s.drop_next:
-            self._settings = replace(s, drop_next=s.drop_next - 1)
-            return self._count(FaultKind.DROP)
-        if s.error_next:
-            self._settings = replace(s, error_next=s.error_next - 1)
-            return self._count(FaultKind.ERROR)
-        if can_hang and s.hang_next:
-            self._settings = replace(s, hang_next=s.hang_next - 1)
-            return self._count(FaultKind.HANG)
+        for name, kind in order:
+            left = getattr(s, name + "_next")
+            if left:
+                self._settings = replace(s, **{name + "_next": left - 1})
+                return self._count(name, kind)
+        for name, kind in order:
+            rate = getattr(s, name + "_rate")
+            if rate and self._random.random() < rate:
+                return self._count(name, kind)
         return FaultKind.NONE
 
-    def _count(self, kind: FaultKind) -> FaultKind:
-        self.injected[kind.value] += 1
+    def _count(self, name: str, kind: FaultKind) -> FaultKind:
+        self.injected[name] += 1
         return kind

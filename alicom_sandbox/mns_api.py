@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 from xml.etree.ElementTree import Element
@@ -90,6 +91,7 @@ class MnsApi:
         self._auth = Authenticator(ctx.accounts, ctx.clock, ctx.config.date_window_s)
         self._request_prefix = secrets.token_hex(8).upper()
         self._counter = itertools.count(1)
+        self._held: Counter[str] = Counter()  # queue name -> long polls held now
 
     def next_request_id(self) -> str:
         return f"{self._request_prefix}{next(self._counter):08X}"
@@ -256,7 +258,16 @@ class MnsApi:
         wait_s = queue.attributes.polling_wait_s
         if wait_text is not None:
             wait_s = check_range("waitseconds", parse_int("waitseconds", wait_text), 0, MAX_WAIT_S)
-        messages = await self._engine.receive(call.queue, count, wait_s)
+        limit = self._ctx.faults.settings.max_long_polls
+        if wait_s and limit and self._held[call.queue] >= limit:
+            # Past the cap MNS does not hold the poll: what is there now, else MessageNotExist.
+            self._ctx.faults.note("long_poll_refused")
+            wait_s = 0
+        self._held[call.queue] += 1 if wait_s else 0
+        try:
+            messages = await self._engine.receive(call.queue, count, wait_s)
+        finally:
+            self._held[call.queue] -= 1 if wait_s else 0
         if not messages:
             raise message_not_exist()
         return _answer(call, 200, mns_xml.messages_xml(messages, batch=batch))

@@ -138,6 +138,11 @@ async def serve(
         await runner.cleanup()
 
 
+# The FaultSettings fields that are also command-line flags (--latency-ms for latency_ms).
+_FAULT_FLAGS = ("latency_ms", "error_rate", "drop_rate", "hang_rate", "max_long_polls",
+                "token_latency_ms", "token_error_rate", "token_throttle_rate", "token_hang_rate")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="alicom-receipts sandbox",
@@ -150,6 +155,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--error-rate", type=float, default=0.0, help="share of 500/503 answers")
     p.add_argument("--drop-rate", type=float, default=0.0, help="share of dropped connections")
     p.add_argument("--hang-rate", type=float, default=0.0, help="share of receives that hang")
+    p.add_argument("--max-long-polls", type=int, default=0,
+                   help="long polls a queue holds at once; more get MessageNotExist (0: no cap)")
+    p.add_argument("--token-latency-ms", type=float, default=0.0,
+                   help="added to every token request")
+    p.add_argument("--token-error-rate", type=float, default=0.0,
+                   help="share of token requests answered 500/503")
+    p.add_argument("--token-throttle-rate", type=float, default=0.0,
+                   help="share of token requests answered 429 Throttling.User")
+    p.add_argument("--token-hang-rate", type=float, default=0.0,
+                   help="share of token requests that hang")
     p.add_argument("--clock-skew-s", type=float, default=0.0, help="server clock offset")
     p.add_argument("--date-window-s", type=float, default=900.0)
     p.add_argument(
@@ -218,12 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default_queues=tuple(args.queue) if args.queue else default_queue_names(),
     )
     try:
-        faults = FaultSettings(
-            latency_ms=args.latency_ms,
-            error_rate=args.error_rate,
-            drop_rate=args.drop_rate,
-            hang_rate=args.hang_rate,
-        )
+        faults = FaultSettings(**{name: getattr(args, name) for name in _FAULT_FLAGS})
         ctx = build_context(config, faults, args.clock_skew_s, args.seed)
         dysms.configure(ctx, dysms_admin.settings_from_args(args))
     except (ValueError, MnsError) as exc:
