@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from alicom_sandbox.redis_server import free_port
 from consumer.errors import ConfigError
-from consumer.pipeline.dispatch import Dispatcher
+from consumer.pipeline.dispatch import STUCK, Dispatcher
 from consumer.pipeline.stats import Stats
 from consumer.receipts import Receipt, ReceiptMeta, SmsReport, SmsUp
 from consumer.runtime.metrics import (
@@ -235,8 +235,8 @@ def test_in_flight_is_sampled_and_stuck_handler_threads_come_from_the_dispatcher
     dispatcher = Dispatcher({Q: [Wedged()]}, deadline_s=0.2, max_workers=2,
                             stuck_gauge=m.handle.stuck_gauge)
     try:
-        outcomes = dispatcher.dispatch([report(1)])
-        assert outcomes[0].reason == "deadline"
+        outcomes = dispatcher.dispatch([report(1)], late=lambda _i, _o: None)
+        assert outcomes[0].reason == STUCK
         s = m.scrape()
         assert value(s, "in_flight") == 4
         assert value(s, "stuck_handler_threads") == 1

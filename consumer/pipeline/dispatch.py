@@ -1,6 +1,7 @@
 """The dispatcher: routes receipts by class to their handlers on a bounded pool.
 
-The handler API itself (what users write) lives in `consumer.handler_api`.
+The handler API itself (what users write) lives in `consumer.handler_api`; one call and its
+outcomes in `consumer.pipeline.invoke`.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -34,7 +35,16 @@ log = structlog.get_logger(__name__)
 COMPLETED_BEFORE = "completed_before"
 #: The outcome of every receipt of a batch whose dispatch itself raised: retried later.
 DISPATCHER_CRASHED = HandlerOutcome("retry", "dispatcher", "dispatcher crashed", None, 0.0)
+#: The reason of a receipt whose handler never started because the dispatcher was closed
+#: (the process stops): hand it back as it came, it was not tried.
+NOT_STARTED = "not_started"
+#: The reason `dispatch(..., late=...)` gives a receipt whose handler is still running past
+#: the deadline: its real outcome comes later, through `late`.
+STUCK = "stuck"
 _EWMA_WEIGHT = 0.2  # of the newest duration in a handler's running mean
+
+#: `late(index, outcome)`: the final outcome of a receipt that `dispatch` reported as STUCK.
+Late = Callable[[int, HandlerOutcome], None]
 
 
 class GaugeLike(Protocol):
@@ -44,31 +54,42 @@ class GaugeLike(Protocol):
 
 
 @dataclass(eq=False)
+class _Batch:
+    """One `dispatch` call: per receipt its outcomes so far and the units still owed."""
+
+    receipts: Sequence[Receipt]
+    late: Late | None
+    results: list[list[HandlerOutcome]]
+    owed: list[int]
+    deferred: set[int] = field(default_factory=set)  # reported STUCK; `late` owes them
+    returned: bool = False
+
+
+@dataclass(eq=False)
 class _Call:
     """One pool task: invocations of one handler, run one after another on one thread.
 
     Each unit is one invocation, given as positions in the dispatched batch: the whole
     sub-batch of a batch handler (one unit), or one receipt each for a single-receipt handler
     (one unit or a run of them). `started_at` is when the running unit started (None: not
-    yet); `done` counts finished units; `results` holds (position, outcome) pairs. Every field
-    is read and written under the dispatcher's lock.
+    yet); `done` counts finished units. Every field is read and written under the
+    dispatcher's lock.
     """
 
     handler: AnyHandler
     name: str
     units: list[list[int]]
-    receipts: Sequence[Receipt]  # the whole dispatched batch
+    batch: _Batch
     deadline_s: float
-    batch: bool = False  # a batch handler's call (its single unit is not timed for grouping)
+    is_batch: bool = False  # a batch handler's call (its single unit is not timed)
     done: int = 0
     started_at: float | None = None
     finished: bool = False
-    abandoned: bool = False
-    results: list[tuple[int, HandlerOutcome]] = field(default_factory=list)
+    stuck: bool = False  # the running unit passed the deadline
     future: Future[None] | None = None
 
-    def unit_receipts(self, unit: list[int]) -> list[Receipt]:
-        return [self.receipts[i] for i in unit]
+    def running_unit(self) -> list[int]:
+        return self.units[self.done] if self.done < len(self.units) else []
 
 
 class Dispatcher:
@@ -83,26 +104,31 @@ class Dispatcher:
 
     Grouping: a pool task per receipt costs more than a fast handler itself (a future, two
     thread wake-ups), so receipts for a single-receipt handler are grouped into runs that take
-    about `chunk_target_s` by the handler's running mean duration: a handler of a few
-    microseconds gets the whole batch in one task, one of tens of milliseconds (a webhook)
-    one task per receipt, as many in parallel as the pool allows. A handler not yet measured
+    about `chunk_target_s` by the handler's running mean duration. A handler not yet measured
     gets one task per receipt.
 
-    The deadline: an invocation running longer than its deadline is given up on (outcome
-    "retry", reason "deadline"); the receipts after it in its run are handed to a new task.
-    Python cannot kill a thread, so the call keeps running and keeps its worker until it
-    returns; `stuck_threads` (and `stuck_gauge`) count such workers, and its eventual result
-    is dropped (the receipt will be delivered again). Tasks queued while every worker is stuck
-    get "retry"/"no_free_worker" instead of waiting forever.
+    The deadline: Python cannot kill a thread, so a call running longer than its deadline is
+    never given up on (its receipt would run twice at once if it were handed back); it counts
+    as stuck (`stuck_threads`, `stuck_gauge`, a `handler_stuck` warning), the receipts after
+    it in its run go to another task, and its result is kept when it comes. `dispatch` without
+    `late` waits for it; with `late` it returns STUCK for that receipt and calls
+    `late(index, outcome)` once it finished. Only the process exiting ends a stuck call: the
+    worker recycles once `wedged()` (stuck threads reached `stuck_share` of the pool).
+
+    `close()` starts nothing more: queued calls end with reason NOT_STARTED at once, running
+    ones are waited for as before.
     """
 
     def __init__(self, routes: Mapping[str, Sequence[AnyHandler | RoutedHandler]],
                  deadline_s: float, max_workers: int = 8, stuck_gauge: GaugeLike | None = None,
-                 chunk_target_s: float = 0.002, retry: RetryPolicy | None = None) -> None:
+                 chunk_target_s: float = 0.002, retry: RetryPolicy | None = None,
+                 stuck_share: float = 0.5) -> None:
         if not deadline_s > 0:
             raise ConfigError(f"handler deadline_s must be > 0, got {deadline_s!r}")
         if max_workers < 1:
             raise ConfigError(f"handler max_workers must be >= 1, got {max_workers!r}")
+        if not 0 < stuck_share <= 1:
+            raise ConfigError(f"handler stuck_share must be > 0 and <= 1, got {stuck_share!r}")
         retry = retry or RetryPolicy()
         self._global = HandlerPolicy(deadline_s, None, retry.retry_base_s, retry.retry_max_s)
         self._routes = {kind: tuple(routed(h) for h in handlers)
@@ -111,12 +137,14 @@ class Dispatcher:
                           for handlers in self._routes.values() for bound in handlers}
         self._deadline_s = deadline_s
         self._max_workers = max_workers
+        self._wedged_at = max(1, int(stuck_share * max_workers + 0.999999))
         self._gauge = stuck_gauge
         self._chunk_target_s = chunk_target_s
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="alicom-handler")
         self._cond = threading.Condition()
         self._stuck = 0
         self._closed = False
+        self._active: set[_Call] = set()  # started, not finished
         self._mean_s: dict[str, float] = {}  # per single-receipt handler name, under the lock
 
     @property
@@ -125,44 +153,120 @@ class Dispatcher:
         return self._routes
 
     @property
+    def longest_deadline_s(self) -> float:
+        """The longest deadline of any handler (its own policy's, else the global one)."""
+        return max([self._deadline_s, *(p.deadline_s or 0.0 for p in self._policies.values())])
+
+    @property
     def stuck_threads(self) -> int:
         """Workers still busy in a call that exceeded the deadline."""
         with self._cond:
             return self._stuck
 
-    def dispatch(self, receipts: Sequence[Receipt]) -> list[HandlerOutcome]:
+    def wedged(self) -> bool:
+        """True once stuck threads reached the configured share of the pool."""
+        with self._cond:
+            return self._stuck >= self._wedged_at
+
+    def running(self) -> list[tuple[Receipt, str, float]]:
+        """(receipt, handler, seconds it has been running) of every call running now."""
+        now = time.monotonic()
+        with self._cond:
+            return [(call.batch.receipts[i], call.name, now - call.started_at)
+                    for call in self._active if call.started_at is not None
+                    for i in call.running_unit()]
+
+    def dispatch(self, receipts: Sequence[Receipt], late: Late | None = None,
+                 ) -> list[HandlerOutcome]:
         """One outcome per receipt, in order: the worst across its handlers.
 
         A receipt whose class has no handler gets "permanent" with reason "no_handler" (a
         configuration problem: it is dead-lettered with that reason and can be replayed).
-        Never raises for a handler's failure.
+        Never raises for a handler's failure. See the class docstring for `late`.
         """
-        return [worst(outcomes) for outcomes in self.dispatch_each(receipts)]
+        return [worst(outcomes) for outcomes in self.dispatch_each(receipts, late=late)]
 
     def dispatch_each(self, receipts: Sequence[Receipt],
                       completed: Sequence[Collection[str]] | None = None,
-                      ) -> list[list[HandlerOutcome]]:
+                      late: Late | None = None) -> list[list[HandlerOutcome]]:
         """Per receipt, in order: the outcome of each of its handlers (at least one).
 
         `completed[i]` names handlers that already finished receipt i (a redelivery): they
         are not run again and report "ok" with reason COMPLETED_BEFORE and no duration.
         """
-        results: list[list[HandlerOutcome]] = [[] for _ in receipts]
-        calls = self._plan(receipts, results, completed)
+        batch = _Batch(receipts, late, [[] for _ in receipts], [0] * len(receipts))
+        calls = self._plan(batch, completed)
         with self._cond:
             self._submit(calls)
             self._wait(calls)
-        for call in calls:
-            covered: set[int] = set()
-            for index, outcome in call.results:
-                results[index].append(self._with_policy(outcome, receipts[index]))
-                covered.add(index)
-            for unit in call.units:  # a worker that died of a BaseException reported nothing
-                for index in unit:
-                    if index not in covered:
-                        results[index].append(HandlerOutcome(
-                            "retry", call.name, "handler_crashed", None, 0.0))
-        return results
+            batch.returned = True
+            out: list[list[HandlerOutcome]] = []
+            for index, outcomes in enumerate(batch.results):
+                if batch.owed[index]:
+                    batch.deferred.add(index)
+                    stuck = [c.name for c in calls if c.stuck and index in c.running_unit()]
+                    out.append([HandlerOutcome("retry", ",".join(stuck), STUCK, None, 0.0)])
+                else:
+                    out.append(list(outcomes))
+            return out
+
+    def close(self, wait: bool = False) -> None:
+        """Starts nothing more: queued calls end NOT_STARTED. Does not close the handlers."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()  # a dispatch waiting on queued calls must give them up
+        if wait:
+            self._executor.shutdown(wait=True)
+
+    # -- planning and running -----------------------------------------------------------
+
+    def _plan(self, batch: _Batch, completed: Sequence[Collection[str]] | None,
+              ) -> list[_Call]:
+        by_class: dict[str, list[int]] = {}
+        for index, receipt in enumerate(batch.receipts):
+            by_class.setdefault(type(receipt).__name__, []).append(index)
+        calls: list[_Call] = []
+        for cls_name, indexes in by_class.items():
+            handlers = self._routes.get(cls_name, ())
+            if not handlers:
+                for index in indexes:
+                    batch.results[index].append(
+                        HandlerOutcome("permanent", "", "no_handler", None, 0.0))
+                continue
+            for bound in handlers:
+                todo = indexes if completed is None else self._not_completed(
+                    bound.name, indexes, completed, batch.results)
+                for index in todo:
+                    batch.owed[index] += 1
+                if todo:
+                    calls.extend(self._calls_of(bound, todo, batch))
+        return calls
+
+    def _calls_of(self, bound: RoutedHandler, indexes: list[int], batch: _Batch,
+                  ) -> list[_Call]:
+        """The pool tasks of one handler for these receipts (see the class docstring)."""
+        deadline_s = bound.policy.deadline_s or self._deadline_s
+        if bound.batch:
+            return [_Call(bound.target, bound.name, [list(indexes)], batch, deadline_s,
+                          is_batch=True)]
+        size = self._run_length(bound.name, len(indexes))
+        return [_Call(bound.target, bound.name, [[i] for i in indexes[start:start + size]],
+                      batch, deadline_s)
+                for start in range(0, len(indexes), size)]
+
+    @staticmethod
+    def _not_completed(name: str, indexes: list[int], completed: Sequence[Collection[str]],
+                       results: list[list[HandlerOutcome]]) -> list[int]:
+        """The receipts among `indexes` this handler has not finished; the others report
+        COMPLETED_BEFORE."""
+        todo: list[int] = []
+        for index in indexes:
+            if name in completed[index]:
+                results[index].append(HandlerOutcome("ok", name, COMPLETED_BEFORE, None, 0.0))
+            else:
+                todo.append(index)
+        return todo
 
     def _with_policy(self, outcome: HandlerOutcome, receipt: Receipt) -> HandlerOutcome:
         """A retry under its handler's own policy: past `max_attempts` it is permanent, and
@@ -181,61 +285,6 @@ class Dispatcher:
             return dataclasses.replace(outcome, delay_s=float(backoff.delay_s(attempt)))
         return outcome
 
-    def close(self, wait: bool = False) -> None:
-        """Stops the pool; queued calls are cancelled. Does not close the handlers."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()  # a dispatch waiting on cancelled calls must give them up
-        if wait:
-            self._executor.shutdown(wait=True)
-
-    # -- planning and running -----------------------------------------------------------
-
-    def _plan(self, receipts: Sequence[Receipt], results: list[list[HandlerOutcome]],
-              completed: Sequence[Collection[str]] | None) -> list[_Call]:
-        by_class: dict[str, list[int]] = {}
-        for index, receipt in enumerate(receipts):
-            by_class.setdefault(type(receipt).__name__, []).append(index)
-        calls: list[_Call] = []
-        for cls_name, indexes in by_class.items():
-            handlers = self._routes.get(cls_name, ())
-            if not handlers:
-                for index in indexes:
-                    results[index].append(HandlerOutcome("permanent", "", "no_handler", None, 0.0))
-                continue
-            for bound in handlers:
-                todo = indexes if completed is None else self._not_completed(
-                    bound.name, indexes, completed, results)
-                if todo:
-                    calls.extend(self._calls_of(bound, todo, receipts))
-        return calls
-
-    def _calls_of(self, bound: RoutedHandler, indexes: list[int],
-                  receipts: Sequence[Receipt]) -> list[_Call]:
-        """The pool tasks of one handler for these receipts (see the class docstring)."""
-        deadline_s = bound.policy.deadline_s or self._deadline_s
-        if bound.batch:
-            return [_Call(bound.target, bound.name, [list(indexes)], receipts, deadline_s,
-                          batch=True)]
-        size = self._run_length(bound.name, len(indexes))
-        return [_Call(bound.target, bound.name, [[i] for i in indexes[start:start + size]],
-                      receipts, deadline_s)
-                for start in range(0, len(indexes), size)]
-
-    @staticmethod
-    def _not_completed(name: str, indexes: list[int], completed: Sequence[Collection[str]],
-                       results: list[list[HandlerOutcome]]) -> list[int]:
-        """The receipts among `indexes` this handler has not finished; the others report
-        COMPLETED_BEFORE."""
-        todo: list[int] = []
-        for index in indexes:
-            if name in completed[index]:
-                results[index].append(HandlerOutcome("ok", name, COMPLETED_BEFORE, None, 0.0))
-            else:
-                todo.append(index)
-        return todo
-
     def _run_length(self, name: str, count: int) -> int:
         """How many receipts of `count` one task of this single-receipt handler takes."""
         with self._cond:
@@ -245,130 +294,145 @@ class Dispatcher:
         return max(1, min(count, int(self._chunk_target_s / max(mean_s, 1e-7))))
 
     def _submit(self, calls: list[_Call]) -> None:
-        """Queues calls on the pool (lock held)."""
+        """Queues calls on the pool (lock held); after `close` they end NOT_STARTED."""
         for call in calls:
             try:
                 call.future = self._executor.submit(self._run, call)
-            except RuntimeError:  # the pool was shut down: hand the receipt back, not lose it
-                call.abandoned = True
-                call.results = [(i, HandlerOutcome("retry", call.name, "dispatcher_closed",
-                                                   None, 0.0))
-                                for unit in call.units for i in unit]
+            except RuntimeError:  # the pool was shut down: hand the receipts back
+                self._not_started(call)
 
     def _start(self, call: _Call) -> bool:
-        """Marks the call's first unit started; False when it was given up on while queued.
+        """Marks the call's first unit started; False when the dispatcher closed first.
 
-        Nobody is woken for this: a waiter looks at queued calls at least every `deadline_s`
-        (see `_wait`), and a call that starts now cannot expire before then. One thread
-        wake-up less per call.
+        Nobody is woken for this: a waiter looks at queued calls at least every deadline
+        (see `_wait`), and a call that starts now cannot expire before then.
         """
         with self._cond:
-            if call.abandoned:
+            if self._closed or call.finished:
+                self._not_started(call)
                 return False
             call.started_at = time.monotonic()
+            self._active.add(call)
             return True
 
     def _run(self, call: _Call) -> None:
         if not self._start(call):
             return
-        try:
-            for unit in list(call.units):
-                outcomes = (invoke_batch(call.handler, call.name, call.unit_receipts(unit))
-                            if call.batch else
-                            [invoke_one(call.handler, call.name, call.receipts[unit[0]])])
-                with self._cond:
-                    if call.abandoned:
-                        break
-                    self._record(call, unit, outcomes)
-        finally:
+        while True:
             with self._cond:
-                if call.abandoned:  # given up on while a unit ran: its worker is free again
-                    self._late(call)
-                elif not call.finished:  # a BaseException left the handler
-                    call.finished = True
-                    self._cond.notify_all()
+                unit = call.running_unit()
+                if not unit:
+                    return
+            receipts = [call.batch.receipts[i] for i in unit]
+            outcomes = (invoke_batch(call.handler, call.name, receipts) if call.is_batch
+                        else [invoke_one(call.handler, call.name, receipts[0])])
+            with self._cond:
+                late = self._record(call, unit, outcomes)
+            callback = call.batch.late
+            for index, outcome in late:  # outside the lock: the caller may do I/O
+                if callback is not None:  # always set when a receipt was deferred
+                    callback(index, outcome)
 
-    def _record(self, call: _Call, unit: list[int], outcomes: list[HandlerOutcome]) -> None:
-        """One unit finished in time (lock held): keep its outcomes, start the next one."""
-        call.results.extend(zip(unit, outcomes, strict=True))
+    def _record(self, call: _Call, unit: list[int], outcomes: list[HandlerOutcome],
+                ) -> list[tuple[int, HandlerOutcome]]:
+        """One unit finished (lock held): keep its outcomes, start the next unit. Returns the
+        deferred receipts now complete, for `late`."""
+        batch = call.batch
+        due: list[tuple[int, HandlerOutcome]] = []
+        for index, outcome in zip(unit, outcomes, strict=True):
+            batch.results[index].append(self._with_policy(outcome, batch.receipts[index]))
+            batch.owed[index] -= 1
+            if batch.owed[index] == 0 and index in batch.deferred:
+                due.append((index, worst(batch.results[index])))
         call.done += 1
-        if call.done == len(call.units):
+        if call.stuck:
+            self._stuck -= 1
+            self._publish_stuck()
+            call.stuck = False
+            log.warning("late_handler_finished", handler=call.name, receipts=len(unit),
+                        kind=outcomes[0].kind, duration_s=round(outcomes[0].duration_s, 3))
+        if call.done >= len(call.units):
             call.finished = True
-            self._cond.notify_all()
+            self._active.discard(call)
         else:
             call.started_at = time.monotonic()
-        if not call.batch:
+        self._cond.notify_all()
+        if not call.is_batch:
             mean = self._mean_s.get(call.name)
             took = outcomes[0].duration_s
             self._mean_s[call.name] = took if mean is None else (
                 mean + _EWMA_WEIGHT * (took - mean))
+        return due
 
-    def _late(self, call: _Call) -> None:
-        """A call given up on has returned (lock held): its worker is free again."""
-        self._stuck -= 1
-        self._publish_stuck()
+    def _not_started(self, call: _Call) -> None:
+        """The call's units that never ran end NOT_STARTED (lock held)."""
+        if call.finished:
+            return
+        for unit in call.units[call.done:]:
+            for index in unit:
+                call.batch.results[index].append(
+                    HandlerOutcome("retry", call.name, NOT_STARTED, None, 0.0))
+                call.batch.owed[index] -= 1
+        call.done = len(call.units)
+        call.finished = True
         self._cond.notify_all()
-        log.info("late_handler_finished", handler=call.name,
-                 receipts=len(call.units[call.done]))
 
     # -- waiting ------------------------------------------------------------------------
 
     def _wait(self, calls: list[_Call]) -> None:
-        """Until every call finished or was given up on (lock held); `calls` may grow."""
+        """Until every call finished, or (with `late`) finished or stuck (lock held).
+        `calls` may grow: a stuck run's tail is appended."""
+        defer = calls[0].batch.late is not None if calls else False
         while True:
             now = time.monotonic()
-            queued: list[_Call] = []
-            next_expiry: float | None = None
-            for call in calls:  # grows while iterating: an abandoned run's tail is appended
-                if call.finished or call.abandoned:
+            pending = False
+            next_look: float | None = None
+            for call in calls:  # grows while iterating
+                if call.finished:
                     continue
                 if call.started_at is None:
-                    queued.append(call)
+                    if self._closed:
+                        self._not_started(call)
+                        continue
+                    pending = True
+                    next_look = _earliest(next_look, now + call.deadline_s)
                     continue
-                expiry = call.started_at + call.deadline_s
-                if now >= expiry:
-                    self._abandon(call, "deadline", now, calls)
-                else:
-                    next_expiry = expiry if next_expiry is None else min(next_expiry, expiry)
-            if next_expiry is None and (self._stuck >= self._max_workers or self._closed):
-                for call in queued:  # nothing running can ever free a worker for them
-                    self._abandon(call, "no_free_worker", now, calls)
+                if not call.stuck and now >= call.started_at + call.deadline_s:
+                    self._mark_stuck(call, now, calls)
+                if not call.stuck:
+                    pending = True
+                    next_look = _earliest(next_look, call.started_at + call.deadline_s)
+                elif not defer:
+                    pending = True
+            if not pending:
                 return
-            if queued:  # one may start unannounced: look again by its earliest expiry
-                later = now + min(call.deadline_s for call in queued)
-                next_expiry = later if next_expiry is None else min(next_expiry, later)
-            if next_expiry is None:  # nothing queued, nothing running
-                return
-            self._cond.wait(next_expiry - now)
+            self._cond.wait(None if next_look is None else max(0.0, next_look - now))
 
-    def _abandon(self, call: _Call, reason: str, now: float, calls: list[_Call]) -> None:
-        """Gives up waiting on a call (lock held); a running one keeps its worker busy, and
-        the units after the running one go to a new call appended to `calls`."""
-        call.abandoned = True
-        if call.future is not None:
-            call.future.cancel()
-        pending = call.units[call.done:]
-        if call.started_at is None:
-            given_up, elapsed = pending, 0.0
-        else:
-            given_up, elapsed = pending[:1], now - call.started_at
-            call.units = call.units[:call.done + 1]
-            self._stuck += 1
-            self._publish_stuck()
-            self._cond.notify_all()  # another dispatch may wait for a worker that is now gone
-            if len(pending) > 1:
-                tail = _Call(call.handler, call.name, pending[1:], call.receipts,
-                             call.deadline_s, call.batch)
-                calls.append(tail)
-                self._submit([tail])
-        call.results += [(i, HandlerOutcome("retry", call.name, reason, None, elapsed))
-                         for unit in given_up for i in unit]
-        log.warning("handler_abandoned", handler=call.name, reason=reason,
-                    deadline_s=call.deadline_s, receipts=sum(len(u) for u in given_up),
-                    message_ids=[call.receipts[i].meta.message_id
-                                 for unit in given_up for i in unit],
-                    stuck_threads=self._stuck)
+    def _mark_stuck(self, call: _Call, now: float, calls: list[_Call]) -> None:
+        """The running unit passed the deadline (lock held): count its thread as stuck and
+        give the units after it to a new call, so they do not wait behind it."""
+        call.stuck = True
+        self._stuck += 1
+        self._publish_stuck()
+        pending = call.units[call.done + 1:]
+        call.units = call.units[:call.done + 1]
+        if pending:
+            tail = _Call(call.handler, call.name, pending, call.batch, call.deadline_s,
+                         call.is_batch)
+            calls.append(tail)
+            self._submit([tail])
+        unit = call.running_unit()
+        log.warning("handler_stuck", handler=call.name, deadline_s=call.deadline_s,
+                    running_s=round(now - (call.started_at or now), 3), receipts=len(unit),
+                    message_ids=[call.batch.receipts[i].meta.message_id for i in unit],
+                    stuck_threads=self._stuck, pool=self._max_workers,
+                    note="still running: its receipt is held until it returns or the "
+                         "process exits")
 
     def _publish_stuck(self) -> None:
         if self._gauge is not None:
             self._gauge.set(self._stuck)
+
+
+def _earliest(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)

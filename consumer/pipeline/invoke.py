@@ -1,7 +1,10 @@
 """One handler call turned into outcomes: what a handler returned or raised, classified.
 
 The table of what an exception means is in `consumer.handler_api`'s docstring; this is
-where it is applied. Nothing here raises an Exception out of a handler call.
+where it is applied. Nothing a handler does escapes: a handler that leaves by a
+BaseException (SystemExit, KeyboardInterrupt, a bare BaseException subclass) or returns a
+malformed BatchResult has a bug; it is logged at error level (with its traceback) and
+retried like any other crash. Only the process dying ends a call without an outcome.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ _REASON_MAX_CHARS = 300
 
 
 def invoke_one(target: AnyHandler, name: str, receipt: Receipt) -> HandlerOutcome:
-    """Runs one single-receipt handler call; never raises an Exception. The hot path."""
+    """Runs one single-receipt handler call; never raises. The hot path."""
     started = time.monotonic()
     try:
         cast(Handler, target).handle(receipt)
-    except Exception as exc:  # noqa: BLE001 - any handler error is an outcome, not a crash
+    except BaseException as exc:  # noqa: BLE001 - any handler error is an outcome, not a crash
         kind, reason, delay = _classify(exc, name, [receipt])
         return HandlerOutcome(kind, name, reason, delay, time.monotonic() - started)
     return HandlerOutcome("ok", name, "", None, time.monotonic() - started)
@@ -41,20 +44,21 @@ def invoke_one(target: AnyHandler, name: str, receipt: Receipt) -> HandlerOutcom
 
 def invoke_batch(target: AnyHandler, name: str, receipts: list[Receipt],
                   ) -> list[HandlerOutcome]:
-    """Runs one batch handler call and turns whatever happened into outcomes; never raises an
-    Exception."""
+    """Runs one batch handler call and turns whatever happened into outcomes; never raises."""
     started = time.monotonic()
     result: object = None
     try:
         # object: a third-party handler may return anything, whatever its annotation says
         result = cast(object, cast(BatchHandler, target).handle_batch(receipts))
-    except Exception as exc:  # noqa: BLE001 - any handler error is an outcome, not a crash
+    except BaseException as exc:  # noqa: BLE001 - any handler error is an outcome, not a crash
         kind, reason, delay = _classify(exc, name, receipts)
         elapsed = time.monotonic() - started
         return [HandlerOutcome(kind, name, reason, delay, elapsed) for _ in receipts]
     elapsed = time.monotonic() - started
     if result is not None and not isinstance(result, BatchResult):
-        log.error("bad_batch_result", handler=name, got=type(result).__name__)
+        log.error("bad_batch_result", handler=name, got=type(result).__name__,
+                  message_ids=[r.meta.message_id for r in receipts],
+                  note="handle_batch must return None or a BatchResult: all are retried")
         result = BatchResult([(r, RetryLater("bad_batch_result")) for r in receipts])
     if result is None or not result.failed:
         return [HandlerOutcome("ok", name, "", None, elapsed) for _ in receipts]
@@ -67,7 +71,7 @@ def invoke_batch(target: AnyHandler, name: str, receipts: list[Receipt],
     return outcomes
 
 
-def _classify(exc: Exception, name: str, receipts: Sequence[Receipt],
+def _classify(exc: BaseException, name: str, receipts: Sequence[Receipt],
               ) -> tuple[OutcomeKind, str, float | None]:
     if isinstance(exc, RetryLater):
         return "retry", exc.reason or "retry_later", exc.delay_s
@@ -76,7 +80,8 @@ def _classify(exc: Exception, name: str, receipts: Sequence[Receipt],
     if isinstance(exc, PermanentError):  # not exported for handlers, but its name says so
         return "permanent", " ".join(f"{type(exc).__name__}: {exc}".split())[
             :_REASON_MAX_CHARS], None
-    log.error("handler_raised", handler=name, exc_info=exc,
+    log.error("handler_raised" if isinstance(exc, Exception) else "handler_crashed",
+              handler=name, exc_info=exc, error_type=type(exc).__name__,
               message_types=sorted({r.message_type for r in receipts}),
               message_ids=[r.meta.message_id for r in receipts])
     reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever exc says

@@ -1,0 +1,213 @@
+"""The dispatcher past the deadline, at close and when handlers crash: a receipt whose
+handler still runs is never handed back, its late result is kept, and crashes are loud."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge
+from structlog.testing import capture_logs
+
+from consumer.handler_api import HandlerOutcome
+from consumer.pipeline.dispatch import NOT_STARTED, STUCK, Dispatcher
+from consumer.receipts import Receipt
+from tests.test_dispatch import WAIT_S, Blocker, report
+
+SHORT_S = 0.5  # the deadline of the tests that exceed one
+
+
+@pytest.fixture
+def blockers() -> Iterator[list[Blocker]]:
+    made: list[Blocker] = []
+    yield made
+    for blocker in made:  # no handler thread outlives its test
+        blocker.release.set()
+
+
+def blocker(blockers: list[Blocker], *biz_ids: str) -> Blocker:
+    made = Blocker(set(biz_ids))
+    blockers.append(made)
+    return made
+
+
+def make(routes: dict[str, Sequence[object]], deadline_s: float = SHORT_S,
+         max_workers: int = 2, **kwargs: object) -> Dispatcher:
+    return Dispatcher(routes, deadline_s, max_workers, **kwargs)  # type: ignore[arg-type]
+
+
+class Late:
+    """Collects `late` callbacks."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[int, HandlerOutcome]] = []
+        self.event = threading.Event()
+
+    def __call__(self, index: int, outcome: HandlerOutcome) -> None:
+        self.got.append((index, outcome))
+        self.event.set()
+
+
+def test_without_late_a_stuck_handler_is_waited_for_and_its_success_kept(
+        blockers: list[Blocker]) -> None:
+    slow = blocker(blockers, "biz-2")
+    registry = CollectorRegistry()
+    gauge = Gauge("stuck", "stuck handler threads", registry=registry)
+    dispatcher = make({"SmsReport": [slow]}, stuck_gauge=gauge)
+    seen: list[float | None] = []
+
+    def release_once_stuck() -> None:
+        for _ in range(int(WAIT_S / 0.01)):
+            if dispatcher.stuck_threads == 1:
+                seen.append(registry.get_sample_value("stuck"))
+                break
+            threading.Event().wait(0.01)
+        slow.release.set()
+
+    threading.Thread(target=release_once_stuck).start()
+    with capture_logs() as logs:
+        outcomes = dispatcher.dispatch([report(1), report(2), report(3)])
+
+    assert [o.kind for o in outcomes] == ["ok", "ok", "ok"]  # the late success counts
+    assert seen == [1.0]
+    assert dispatcher.stuck_threads == 0 and registry.get_sample_value("stuck") == 0
+    events = [e["event"] for e in logs]
+    assert events.count("handler_stuck") == 1 and events.count("late_handler_finished") == 1
+    dispatcher.close()
+
+
+def test_with_late_the_stuck_receipt_is_reported_stuck_and_its_outcome_comes_later(
+        blockers: list[Blocker]) -> None:
+    slow = blocker(blockers, "biz-2")
+    dispatcher = make({"SmsReport": [slow]}, chunk_target_s=60.0)
+    dispatcher.dispatch([report(0)])  # measured: fast, so 1-4 below form one run
+    late = Late()
+
+    outcomes = dispatcher.dispatch([report(1), report(2), report(3), report(4)], late)
+
+    assert [(o.kind, o.reason) for o in outcomes] == [
+        ("ok", ""), ("retry", STUCK), ("ok", ""), ("ok", "")]
+    assert slow.finished == ["biz-0", "biz-1", "biz-3", "biz-4"]  # the run's tail moved on
+    assert [(r.meta.message_id, h) for r, h, _ in dispatcher.running()] == [
+        ("msg-2", "blocker")]
+    assert late.got == []
+    slow.release.set()
+    assert late.event.wait(WAIT_S)
+    [(index, outcome)] = late.got
+    assert (index, outcome.kind, outcome.handler) == (1, "ok", "blocker")
+    assert dispatcher.running() == []
+    dispatcher.close()
+
+
+def test_queued_calls_wait_for_a_free_worker_instead_of_failing(
+        blockers: list[Blocker]) -> None:
+    slow = blocker(blockers, "biz-1")
+    dispatcher = make({"SmsReport": [slow]}, max_workers=1)
+    late = Late()
+    result: list[HandlerOutcome] = []
+    thread = threading.Thread(target=lambda: result.extend(
+        dispatcher.dispatch([report(1), report(2)], late)))
+    thread.start()
+    assert slow.entered.wait(WAIT_S)
+    threading.Event().wait(SHORT_S * 3)  # well past the deadline: biz-2 still waits
+    assert result == [] and "biz-2" not in slow.finished
+
+    slow.release.set()
+    thread.join(WAIT_S)
+    assert [o.kind for o in result] == ["ok", "ok"]  # in time after all: nothing deferred
+    assert late.got == []
+    dispatcher.close()
+
+
+def test_close_ends_queued_calls_not_started_and_leaves_running_ones_alone(
+        blockers: list[Blocker]) -> None:
+    slow = blocker(blockers, "biz-1")
+    dispatcher = make({"SmsReport": [slow]}, max_workers=1)
+    late = Late()
+    result: list[HandlerOutcome] = []
+    thread = threading.Thread(target=lambda: result.extend(
+        dispatcher.dispatch([report(1), report(2)], late)))
+    thread.start()
+    assert slow.entered.wait(WAIT_S)
+
+    dispatcher.close()
+    thread.join(WAIT_S)
+
+    assert [(o.kind, o.reason) for o in result] == [("retry", STUCK), ("retry", NOT_STARTED)]
+    slow.release.set()
+    assert late.event.wait(WAIT_S)
+    assert [(i, o.kind) for i, o in late.got] == [(0, "ok")]
+    assert slow.finished == ["biz-1"]  # biz-2 never ran
+
+
+def test_the_pool_is_wedged_once_stuck_threads_reach_the_share(
+        blockers: list[Blocker]) -> None:
+    slow = blocker(blockers, "biz-1", "biz-2")
+    dispatcher = make({"SmsReport": [slow]}, max_workers=4, stuck_share=0.5)
+    late = Late()
+
+    dispatcher.dispatch([report(1)], late)
+    assert dispatcher.stuck_threads == 1 and not dispatcher.wedged()
+    dispatcher.dispatch([report(2)], late)
+
+    assert dispatcher.wedged()
+    slow.release.set()
+    for _ in range(int(WAIT_S / 0.01)):
+        if len(late.got) == 2:
+            break
+        threading.Event().wait(0.01)
+    assert not dispatcher.wedged()
+    dispatcher.close()
+
+
+class Exits:
+    name = "exits"
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def handle(self, receipt: Receipt) -> None:
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), BaseException("odd")])
+def test_a_handler_leaving_by_a_base_exception_is_an_error_with_its_traceback(
+        exc: BaseException) -> None:
+    dispatcher = make({"SmsReport": [Exits(exc)]}, deadline_s=WAIT_S)
+
+    with capture_logs() as logs:
+        [outcome] = dispatcher.dispatch([report(5)])
+
+    assert (outcome.kind, outcome.reason.split(":")[0]) == ("retry", type(exc).__name__)
+    [entry] = [e for e in logs if e["event"] == "handler_crashed"]
+    assert entry["log_level"] == "error" and entry["exc_info"] is exc
+    assert entry["message_ids"] == ["msg-5"]
+    dispatcher.close()
+
+
+def test_a_malformed_batch_result_is_an_error() -> None:
+    class Garbage:
+        name = "garbage"
+
+        def handle_batch(self, receipts: Sequence[Receipt]) -> object:
+            return {"ok": True}
+
+    dispatcher = make({"SmsReport": [Garbage()]}, deadline_s=WAIT_S)
+    with capture_logs() as logs:
+        [outcome] = dispatcher.dispatch([report(1)])
+
+    assert (outcome.kind, outcome.reason) == ("retry", "bad_batch_result")
+    [entry] = [e for e in logs if e["event"] == "bad_batch_result"]
+    assert entry["log_level"] == "error" and entry["got"] == "dict"
+    dispatcher.close()
+
+
+def test_a_bad_stuck_share_is_a_config_error() -> None:
+    from consumer.errors import ConfigError  # noqa: PLC0415
+
+    for share in (0, 1.5):
+        with pytest.raises(ConfigError, match="stuck_share"):
+            make({}, stuck_share=share)
+
+
