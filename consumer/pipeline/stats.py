@@ -29,6 +29,10 @@ COUNTERS: Final = (
     "lost_claims",         # completion refused: the claim had moved to another delivery
     "visibility_extensions",
     "handed_back",         # returned at shutdown or when the pipeline could not take them
+    # A handler ran (or may have run) but its completion was not recorded: still running
+    # when the process exited, or Redis refused the record. Logged as the event
+    # `completion_unrecorded` too; the receipt runs again when MNS re-delivers it.
+    "completion_unrecorded",
     "token_refreshes",
     "poll_errors",
     "redis_errors",

@@ -28,13 +28,15 @@ from consumer.pipeline.stats import Stats
 from consumer.receipts import MESSAGE_TYPES
 from consumer.runtime import logs
 from consumer.runtime.metrics import MetricsHandle, setup_metrics
-from consumer.runtime.service import serve
+from consumer.runtime.service import exit_now, serve
 from consumer.settings import Settings, config_path, load_settings
 from consumer.sources.mns.ack import AckConfig
 from consumer.sources.mns.queue import MnsQueueClient, QueueClient
 from consumer.sources.mns.worker import Pipeline, Worker, WorkerConfig
 
 log = structlog.get_logger("alicom_receipts.app")
+#: How long the worker waits for its handlers' and clients' close() before it exits anyway.
+CLOSE_TIMEOUT_S = 1.0
 
 
 def worker_config(settings: Settings, message_type: str) -> WorkerConfig:
@@ -174,7 +176,14 @@ def worker_main(argv: Sequence[str]) -> int:
         log.error("config_invalid", error=str(exc))  # noqa: TRY400 - the message says it all
         return 2
     log.info("settings", **settings.describe())
+    code = 1
     try:
-        return serve(worker, settings.service)
+        code = serve(worker, settings.service)
+    except Exception:
+        log.exception("worker_crashed")
     finally:
-        resources.close()
+        # A handler's close() may wait on a thread that never returns: bounded too.
+        closer = threading.Thread(target=resources.close, name="close", daemon=True)
+        closer.start()
+        closer.join(CLOSE_TIMEOUT_S)
+    return exit_now(code)

@@ -7,6 +7,7 @@ logging (the SDKs', tenacity's) is routed through the same renderer.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -71,9 +72,16 @@ class BufferedLineLogger:
                 self._pending.append(message)
             self._write()
 
-    def flush(self) -> None:
-        with self._write_lock:
+    def flush(self, timeout_s: float = -1) -> bool:
+        """Writes what is pending; with `timeout_s` >= 0 gives up (False) when another
+        writer holds the stream that long (a signal handler may interrupt that writer)."""
+        if not self._write_lock.acquire(timeout=timeout_s):
+            return False
+        try:
             self._write()
+        finally:
+            self._write_lock.release()
+        return True
 
     def _write(self) -> None:
         """Writes what is pending (write lock held). The write(2) happens outside `_lock`:
@@ -190,7 +198,7 @@ def configure(level: str = "info", fmt: str = "auto", service: str | None = None
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=_factory(BufferedLineLogger(stream)),
+        logger_factory=_factory(_new_writer(stream)),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(stream)
@@ -204,6 +212,24 @@ def configure(level: str = "info", fmt: str = "auto", service: str | None = None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+
+
+_WRITERS: list[BufferedLineLogger] = []  # one per configure() call, the last one in use
+
+
+def _new_writer(stream: TextIO) -> BufferedLineLogger:
+    _WRITERS.append(BufferedLineLogger(stream))
+    return _WRITERS[-1]
+
+
+def flush(timeout_s: float = 1.0) -> None:
+    """Writes every buffered line now (before os._exit, which skips atexit); waits at most
+    `timeout_s` for a writer that holds the stream."""
+    for writer in _WRITERS:
+        writer.flush(timeout_s)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed or gone: nothing to do
+            stream.flush()
 
 
 _ROOT_NAME: Final = "alicom_receipts"

@@ -3,7 +3,9 @@
 `serve` is what `alicom-receipts worker` runs after building the worker (plugins are loaded by
 then). It installs the signal handlers (first SIGTERM/SIGINT drains, a second exits at once),
 checks once a second whether the worker should recycle itself, and drains before returning
-the exit status. Beside it a `Health` thread speaks the systemd notify protocol
+the exit status. A stop always ends (see `serve`): the caller leaves by `exit_now`, so no
+handler thread can keep the process alive. Beside it a `Health` thread speaks the systemd
+notify protocol
 (`consumer.runtime.notify`; a no-op outside systemd):
 
 - `READY=1` once the worker's first poll went through (token service and queue reachable,
@@ -17,6 +19,7 @@ the exit status. Beside it a `Health` thread speaks the systemd notify protocol
 from __future__ import annotations
 
 import gc
+import math
 import os
 import signal
 import threading
@@ -24,11 +27,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import NoReturn
 
 import structlog
 
 from consumer.errors import AlicomReceiptsError
 from consumer.pipeline.backoff import BACKOFF_MAX_S
+from consumer.runtime import logs
 from consumer.runtime.notify import Notifier
 from consumer.sources.mns.worker import Worker
 
@@ -41,6 +46,12 @@ POLL_BACKOFF_MAX_S = BACKOFF_MAX_S
 SETTLE_COUNTERS = frozenset({"deleted", "retries", "handed_back", "in_progress_skipped",
                              "lost_claims", "delete_failures"})
 TICK_S = 0.25
+#: How long past the shutdown budget `serve` waits for a drain stuck in an MNS, Redis or
+#: token call before it gives up on it (the caller then exits at once).
+DRAIN_GRACE_S = 1.0
+#: The backstop: SIGALRM (whose default action ends the process) this long past the budget,
+#: for a process whose Python threads cannot run any more (a C call holding the GIL).
+ALARM_GRACE_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -156,7 +167,7 @@ class Health:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        self._thread.join(1)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -218,22 +229,27 @@ def serve(worker: Worker, settings: ServiceSettings | None = None, *,
           notifier: Notifier | None = None, probe: Probe | None = None) -> int:
     """Starts the worker, waits for a signal or a recycle reason, drains, returns 0.
 
-    `notifier` defaults to the one systemd's environment describes (a no-op without it);
-    `probe` (a Redis read that raises when Redis is away) to `redis_probe(worker)`.
-    A second SIGTERM/SIGINT exits at once (status 1): unfinished messages come back from MNS
-    when their visibility ends, and their dedup leases expire with it.
+    The stop: receiving stops, what has not started is handed back, running handlers get
+    until `worker.shutdown_budget_s`; a drain stuck in a call to MNS, Redis or the token
+    service is given up DRAIN_GRACE_S later. Messages whose handlers still run are logged
+    `completion_unrecorded` and stay invisible: the caller must then leave with `exit_now`
+    (the exit ends their threads; MNS re-delivers them after their visibility). SIGALRM
+    ends the process ALARM_GRACE_S past the budget whatever happens. A recycle stops the
+    same way. `notifier` defaults to the one systemd's environment describes (a no-op
+    without it); `probe` (a Redis read that raises when Redis is away) to `redis_probe`.
+    A second SIGTERM/SIGINT exits at once (status 1).
     """
     settings = settings or ServiceSettings()
     notifier = notifier or Notifier.from_env(os.environ)
-    wake = threading.Event()
+    signalled: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if worker.stop_receiving.is_set():
+        if signalled:
             log.warning("second_signal_exit_now", signal=signum)
-            os._exit(1)
+            exit_now(1)
+        signalled.append(signum)
         log.info("stopping", signal=signum)
         worker.request_stop()
-        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -243,19 +259,58 @@ def serve(worker: Worker, settings: ServiceSettings | None = None, *,
     gc.freeze()
     worker.start()
     health.start()
-    while not wake.wait(1.0):
+    while not worker.stop_receiving.wait(1.0):
         reason = worker.should_recycle()
         if reason is not None:
-            log.info("recycling", reason=reason)
-            worker.request_stop()
-            break
+            worker.recycle(reason)
     notifier.stopping(worker.status())
+    budget_s = worker.config.shutdown_budget_s
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(math.ceil(budget_s + ALARM_GRACE_S))
+    drainer = threading.Thread(target=_drain, args=(worker, time.monotonic() + budget_s),
+                               name="drain", daemon=True)
+    drainer.start()
+    drainer.join(budget_s + DRAIN_GRACE_S)
+    if drainer.is_alive():
+        log.error("drain_overran", budget_s=budget_s, in_flight=len(worker.window),
+                  note="a call to MNS, Redis or the token service did not return: exiting "
+                       "anyway; what is not settled comes back after its visibility")
+    report_unrecorded(worker)
+    health.stop()
+    notifier.status("stopped")
+    notifier.close()
+    return 0
+
+
+def _drain(worker: Worker, deadline: float) -> None:
     try:
-        worker.drain()
+        worker.drain(deadline)
     except AlicomReceiptsError as exc:
         log.error("drain_failed", error=str(exc))  # noqa: TRY400 - an outage, not a bug
-    finally:
-        health.stop()
-        notifier.status("stopped")
-        notifier.close()
-    return 0
+    except Exception:
+        log.exception("drain_crashed")
+
+
+def report_unrecorded(worker: Worker) -> int:
+    """Logs `completion_unrecorded` (and counts it) for every message whose handler still
+    runs: the exit ends it, and MNS re-delivers the message after its visibility. Returns
+    how many there were."""
+    running = {id(r): (name, s) for r, name, s in worker.p.dispatcher.running()}
+    count = 0
+    for item in worker.window.items():
+        name, running_s = running.get(id(item.receipt), ("", -1.0))
+        if running_s >= 0:
+            count += 1
+            log.warning("completion_unrecorded", queue=item.delivery.queue,
+                        message_id=item.delivery.message_id, dedup_key=item.dedup_key,
+                        handler=name, running_s=round(running_s, 1),
+                        reason="handler_running_at_exit")
+    worker.stats.incr("completion_unrecorded", count)
+    return count
+
+
+def exit_now(code: int) -> NoReturn:
+    """Flushes the logs and ends the process at once: no atexit hook, no join of a handler
+    thread that may never return."""
+    logs.flush()
+    os._exit(code)

@@ -6,9 +6,10 @@ and is deleted without running handlers again. Nothing is ever deleted without e
 completion record or a stored dead letter. Deletes go out up to 16 at a time and each
 failed entry of the answer is accounted for.
 
-The heartbeat lives here too: it extends the visibility (and the dedup lease) of messages
-whose handlers are still running, up to a cap, so a slow handler is not raced by a
-re-delivery and a wedged one cannot hold a message forever.
+The heartbeat lives here too: it extends the visibility (and the dedup lease) of every
+message this process holds, waiting or running, so a slow handler is never raced by a
+re-delivery. A wedged one cannot hold a message forever: the worker recycles once a handler
+ran `max_in_flight_s` (consumer.sources.mns.worker.Worker.should_recycle), and the exit ends it.
 """
 
 from __future__ import annotations
@@ -175,7 +176,9 @@ class Acker:
         self._release(retried)
         for s in retried:
             self._change_visibility(s.item, s.decision.delay_s)
-        self._stats.incr("retries", len(retried))
+        back = sum(1 for s in retried if s.decision.outcome == "handed_back")
+        self._stats.incr("handed_back", back)
+        self._stats.incr("retries", len(retried) - back)
 
     def _release(self, items: list[Settled]) -> None:
         by_owner: dict[str, list[str]] = defaultdict(list)
@@ -258,8 +261,6 @@ class Heartbeat:
         with item.lock:
             if item.settling or item.next_visible_ms - now_ms > cfg.extend_before_s * 1000:
                 return False
-            if time.monotonic() - item.received_at > cfg.max_in_flight_s:
-                return False  # the cap: a wedged handler cannot hold a message forever
             try:
                 handle, next_visible = self._client.change_visibility(
                     item.receipt_handle, cfg.visibility_timeout_s)

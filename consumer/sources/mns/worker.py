@@ -22,17 +22,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 import structlog
 
 from consumer.errors import AlicomReceiptsError, AuthError, DecodeError, TransientError
+from consumer.handler_api import HandlerOutcome
 from consumer.keys import dedup_key
 from consumer.pipeline.backoff import Backoff
 from consumer.pipeline.deadletter import RedisDeadLetterStore
 from consumer.pipeline.decode import decode_body
 from consumer.pipeline.dedup import ClaimState, DedupStore
-from consumer.pipeline.dispatch import DISPATCHER_CRASHED, Dispatcher
+from consumer.pipeline.dispatch import DISPATCHER_CRASHED, NOT_STARTED, STUCK, Dispatcher
 from consumer.pipeline.outcome import Decision, RetryPolicy, Verdict, classify, precheck
 from consumer.pipeline.stats import Stats
 from consumer.receipts import Receipt, ReceiptMeta
@@ -47,6 +49,8 @@ log = structlog.get_logger("alicom_receipts.worker")
 # token without a getrandom() call (a system call releases the GIL: a costly handoff here).
 _OWNER_PREFIX = secrets.token_hex(6)
 _owner_serial = itertools.count(1)
+#: A receipt whose handler never started (the worker stops): back to MNS at once, as it came.
+HANDED_BACK = Decision(Verdict.RETRY, "handed_back", NOT_STARTED, delay_s=1)
 
 ClientFactory = Callable[[], QueueClient]
 
@@ -107,6 +111,7 @@ class Worker:
         self.last_progress = time.monotonic()    # a poller finished a turn (watchdog)
         self.ready = threading.Event()           # a poll went through: MNS, token, Redis ok
         self.last_error: str | None = None       # the latest poll failure, None once healthy
+        self.recycle_reason: str | None = None   # why the worker stops by itself, if it does
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -124,6 +129,13 @@ class Worker:
         """Stop receiving and drain (a second signal is `serve`'s: it exits at once)."""
         self.stop_receiving.set()
 
+    def recycle(self, reason: str) -> None:
+        """Stop receiving to exit cleanly and be restarted (`serve` sees `recycle_reason`)."""
+        if self.recycle_reason is None:
+            self.recycle_reason = reason
+            log.warning("recycling", reason=reason, **self.stats.snapshot())
+        self.stop_receiving.set()
+
     def status(self) -> str:
         """One line for systemd's STATUS=: what the worker is doing or waiting for."""
         if self.stop_receiving.is_set():
@@ -139,27 +151,38 @@ class Worker:
                                      snap["duplicates"], snap["dead_letters"]))
 
     def should_recycle(self) -> str | None:
-        """A reason to exit cleanly so systemd or `run` starts a fresh process, or None."""
+        """A reason to exit cleanly so systemd or `run` starts a fresh process, or None.
+
+        Stuck handler threads end only with the process: once they reach the configured
+        share of the pool, or one has held its message `ack.max_in_flight_s` (its visibility
+        is extended while it runs), the worker recycles. The RSS limit is checked by the
+        pollers before every receive.
+        """
         c = self.config
-        handled = self.stats.snapshot()["received"]
-        if c.max_receipts is not None and handled >= c.max_receipts:
+        if self.recycle_reason is not None:
+            return self.recycle_reason
+        if c.max_receipts is not None and self.stats.snapshot()["received"] >= c.max_receipts:
             return "max_receipts"
-        if c.max_rss_mb is not None and _rss_mb() > c.max_rss_mb:
-            return "max_rss_mb"
-        return None
+        if self.p.dispatcher.wedged():
+            return "stuck_handlers"
+        longest = max((s for _, _, s in self.p.dispatcher.running()), default=0.0)
+        return "max_in_flight_s" if longest > c.ack.max_in_flight_s else None
 
-    def drain(self) -> bool:
-        """Stops receiving, finishes in-flight work within the budget, hands back the rest.
+    def drain(self, deadline: float | None = None) -> bool:
+        """Stops receiving, hands back what has not started, waits for running handlers
+        until `deadline` (monotonic; default: the shutdown budget from now).
 
-        Returns True when everything in flight was settled normally.
+        Returns True when everything in flight was settled. A handler still running at the
+        deadline keeps its message invisible: the process must exit now, which ends its
+        thread (consumer.runtime.service.serve does, with os._exit).
         """
         self.stop_receiving.set()
-        deadline = time.monotonic() + self.config.shutdown_budget_s
+        self.p.dispatcher.close()  # queued calls end NOT_STARTED: handed back by the ackers
+        if deadline is None:
+            deadline = time.monotonic() + self.config.shutdown_budget_s
         for t in self._threads.get("poller", []):
             t.join(max(0.0, deadline - time.monotonic()))
         drained = self.window.wait_empty(deadline)
-        if not drained:
-            self._hand_back_all()
         for _ in self._threads.get("runner", []):
             self.work.put(None)
         for _ in self._threads.get("acker", []):
@@ -167,30 +190,13 @@ class Worker:
         self.acks_closed.set()  # parked ackers leave; the working ones meet a STOP
         for name in ("runner", "acker"):
             for t in self._threads.get(name, []):
-                t.join(max(0.5, deadline - time.monotonic()))
-        self.abort.set()  # ends the heartbeat
+                t.join(max(0.0, deadline - time.monotonic()))
+        self.abort.set()  # ends the heartbeat and every retry
         for client in self._clients:
             client.close()
-        log.info("worker_stopped", drained=drained, **self.stats.snapshot())
+        log.info("worker_stopped", drained=drained, left_in_flight=len(self.window),
+                 **self.stats.snapshot())
         return drained
-
-    def _hand_back_all(self) -> None:
-        """Claim released and visible again (after 1 s) for whatever is still in flight."""
-        client = self._client()
-        for item in self.window.items():
-            with item.lock:
-                item.settling = True
-                handle = item.receipt_handle
-            try:
-                if item.dedup_key is not None:
-                    self.p.dedup.release([item.dedup_key], item.owner)
-                # MNS takes 1-43200 s here (0 is refused): 1 s is "visible again now".
-                client.change_visibility(handle, 1)
-            except AlicomReceiptsError as exc:
-                log.warning("hand_back_failed", message_id=item.delivery.message_id,
-                            error=str(exc))
-            self.stats.incr("handed_back")
-            self.window.settle(item)
 
     def _spawn(self, name: str, count: int, target: Callable[..., None],
                indexed: bool = False) -> None:
@@ -248,6 +254,9 @@ class Worker:
         Returns (round trip, work after it) in seconds when messages came, else None.
         """
         c = self.config
+        if c.max_rss_mb is not None and _rss_mb() > c.max_rss_mb:  # between batches
+            self.recycle("max_rss_mb")
+            return None
         if not self.window.reserve(c.batch_size, self.stop_receiving):
             return None
         began = time.monotonic()
@@ -355,19 +364,33 @@ class Worker:
             batch = self.work.get()
             if batch is None:
                 return
+            receipts = [cast(Receipt, i.receipt) for i in batch]
             try:
-                outcomes = self.p.dispatcher.dispatch([cast(Receipt, i.receipt) for i in batch])
+                # A receipt past its deadline comes back STUCK: its message stays ours (the
+                # heartbeat extends it) until the handler returns and `late` settles it.
+                outcomes = self.p.dispatcher.dispatch(receipts, late=partial(self._late, batch))
             except Exception:
                 log.exception("dispatch_crashed", messages=len(batch))
                 outcomes = [DISPATCHER_CRASHED] * len(batch)
-            self.stats.add_in_flight(-len(batch))
-            retry = self.config.retry
-            settled = [
-                Settled(item, classify(outcome, item.delivery.dequeue_count, retry),
-                        outcome.handler, outcome.duration_s)
-                for item, outcome in zip(batch, outcomes, strict=True)]
-            self._record_completions(settled)
-            self.acks.put(settled)
+            self._settle([(item, outcome) for item, outcome in zip(batch, outcomes, strict=True)
+                          if outcome.reason != STUCK])
+
+    def _late(self, batch: list[InFlight], index: int, outcome: HandlerOutcome) -> None:
+        self._settle([(batch[index], outcome)])
+
+    def _settle(self, done: list[tuple[InFlight, HandlerOutcome]]) -> None:
+        """Decides for receipts whose handlers finished (or never started), records the
+        completions at once and queues the rest of the work for the ackers."""
+        if not done:
+            return
+        self.stats.add_in_flight(-len(done))
+        retry = self.config.retry
+        settled = [
+            Settled(item, HANDED_BACK if outcome.reason == NOT_STARTED else classify(
+                outcome, item.delivery.dequeue_count, retry), outcome.handler, outcome.duration_s)
+            for item, outcome in done]
+        self._record_completions(settled)
+        self.acks.put(settled)
 
     def _record_completions(self, settled: list[Settled]) -> None:
         """Writes the completion records right after the handlers returned.
