@@ -13,13 +13,14 @@ from consumer import IntlSmsReport, PermanentFailure, Receipt, RetryLater, SmsRe
 from consumer.errors import PermanentError, TransientError
 from consumer.handler_api import (
     BatchResult,
+    HandlerOutcome,
     HandlerPolicy,
     HandlerTypeError,
     annotated_classes,
     handler,
 )
 from consumer.handlers.plugins import HandlerSpec, PluginError, load_handlers
-from consumer.pipeline.dispatch import COMPLETED_BEFORE, Dispatcher
+from consumer.pipeline.dispatch import COMPLETED_BEFORE, STUCK, Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.receipts import RECEIPT_CLASSES, ReceiptMeta
 from tests.test_dispatch import report, uplink
@@ -141,14 +142,19 @@ def test_each_handler_runs_under_its_own_deadline(dispatchers: list[Dispatcher])
     dispatchers.append(dispatcher := Dispatcher({"SmsReport": [quick, patient]}, WAIT_S))
     timer = threading.Timer(1.0, patient.release.set)  # well past quick's deadline
     timer.start()
+    late: list[tuple[int, HandlerOutcome]] = []
+    done = threading.Event()
     try:
-        [outcomes] = dispatcher.dispatch_each([report(1)])
+        [outcomes] = dispatcher.dispatch_each(
+            [report(1)], late=lambda i, o: (late.append((i, o)), done.set()))
     finally:
         quick.release.set()
         timer.cancel()
 
-    assert [(o.handler, o.kind, o.reason) for o in outcomes] == [
-        ("quick", "retry", "deadline"), ("patient", "ok", "")]
+    # quick is past its own deadline (stuck: its result comes later), patient is not.
+    assert [(o.handler, o.kind, o.reason) for o in outcomes] == [("quick", "retry", STUCK)]
+    assert done.wait(WAIT_S)
+    assert [(i, o.kind) for i, o in late] == [(0, "ok")]
 
 
 def flaky(receipt: SmsReport) -> None:
