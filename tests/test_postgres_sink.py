@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from alicom_sandbox.postgres_server import PostgresServer
 from alicom_sandbox.redis_server import free_port
@@ -63,8 +65,10 @@ def test_a_repeat_adds_no_row(sink: PostgresHandler, postgres_server: PostgresSe
                               table: str) -> None:
     report = sample("SmsReport")
     sink.handle_batch([report, sample("SmsUp")])
-    assert sink.handle_batch([report, platform_duplicate(report)]).failed == []
+    with capture_logs() as logs:
+        assert sink.handle_batch([report, platform_duplicate(report)]).failed == []
     assert len(rows(postgres_server, table)) == 2
+    assert [(e["event"], e["count"]) for e in logs] == [("sink_repeats_skipped", 2)]
 
 
 def test_a_row_postgres_refuses_is_failed_alone_and_the_rest_stored(
@@ -124,3 +128,18 @@ def test_it_loads_by_entry_point_and_applies_each_receipt_once_through_the_kit(
         kit.close()
     assert run.outcomes() == ["applied"] * 9 + ["duplicate"] * 9
     assert len(rows(postgres_server, table)) == 9
+
+
+def test_many_threads_and_handlers_using_a_new_table_at_once_all_succeed(
+        postgres_server: PostgresServer, table: str) -> None:
+    handlers = [PostgresHandler(postgres_server.dsn, table=table) for _ in range(3)]
+    receipts = every_sample()
+    try:
+        with ThreadPoolExecutor(len(receipts)) as pool:  # CREATE TABLE races on pg_type
+            results = list(pool.map(lambda i: handlers[i % 3].handle_batch([receipts[i]]),
+                                    range(len(receipts))))
+    finally:
+        for handler in handlers:
+            handler.close()
+    assert all(result.failed == [] for result in results)
+    assert len(rows(postgres_server, table)) == len(receipts)

@@ -37,6 +37,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import structlog
+
 from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line, sink_key_function
@@ -48,6 +50,8 @@ try:
     from psycopg.types.json import Jsonb
 except ImportError:  # pragma: no cover - the extra is not installed
     psycopg = None  # type: ignore[assignment]
+
+log = structlog.get_logger(__name__)
 
 #: column -> (SQL type, the receipt attributes it is read from, first present wins)
 COLUMNS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -120,6 +124,7 @@ class PostgresHandler:
         self._key_of = sink_key_function(dedup_keys)
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._create_lock = threading.Lock()
         self._connections: list[psycopg.Connection[Any]] = []
         self._created = not create
         self._insert = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (dedup_key) "
@@ -136,11 +141,14 @@ class PostgresHandler:
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     cur.executemany(self._insert, rows)
+                    added = cur.rowcount
             except (psycopg.DataError, psycopg.IntegrityError):
                 return self._one_by_one(conn, receipts)
         except psycopg.Error as exc:
             self._drop_broken()
             raise RetryLater(f"postgres {self._table}: {_safe(exc)}") from None
+        if 0 <= added < len(rows):  # rows it had inserted before: the repeats it absorbs
+            log.info("sink_repeats_skipped", handler=self.name, count=len(rows) - added)
         return BatchResult()
 
     def row(self, receipt: Receipt) -> tuple[Any, ...]:
@@ -170,17 +178,22 @@ class PostgresHandler:
             options=f"-c statement_timeout={int(self._timeout_s * 1000)}")
         with self._lock:
             self._connections.append(conn)
-            create = not self._created
-        if create:
+        if not self._created:
             self._create_table(conn)
         self._local.conn = conn
         return conn
 
     def _create_table(self, conn: psycopg.Connection[Any]) -> None:
-        # UniqueViolation: another process created it at the same moment (pg_type's index)
-        with contextlib.suppress(psycopg.errors.UniqueViolation):
-            conn.execute(create_table_sql(self._table).encode())
-        with self._lock:
+        """CREATE TABLE IF NOT EXISTS, once per handler; IF NOT EXISTS is not safe against a
+        concurrent creation (it fails on pg_type's unique index), so this process's threads
+        take turns and another process's win is taken as success."""
+        with self._create_lock:
+            if self._created:
+                return
+            with contextlib.suppress(psycopg.errors.UniqueViolation,
+                                     psycopg.errors.DuplicateObject,
+                                     psycopg.errors.DuplicateTable):
+                conn.execute(create_table_sql(self._table).encode())
             self._created = True
 
     def _drop_broken(self) -> None:

@@ -13,12 +13,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
+import structlog
 
 from consumer.clients.redis_client import connect_option
 from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line, receipt_json, sink_key_function
 from consumer.receipts import Receipt
+
+log = structlog.get_logger(__name__)
 
 _EIGHT_DAYS_S = 8 * 24 * 3600.0  # past the dedup records' default week
 
@@ -90,10 +93,14 @@ class RedisStreamHandler:
         except redis.RedisError as exc:
             raise RetryLater(f"redis stream {self._stream}: {one_line(exc)}") from exc
         result = BatchResult()
+        repeats = 0
         for receipt, reply in zip(receipts, replies, strict=True):
             text = reply.decode() if isinstance(reply, bytes) else str(reply)
             if text.startswith("!"):
                 result.retry(receipt, f"redis stream {self._stream}: {text[1:]}")
+            repeats += text == "="
+        if repeats:  # receipts it had added before: the repeats this sink exists to absorb
+            log.info("sink_repeats_skipped", handler=self.name, count=repeats)
         return result
 
     def done_key(self, dedup_key: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,9 @@ class Stack:
                          self.sandbox.access_key_secret, account_id=self.account_id)
 
     def config(self, name: str = "worker.toml", *, recorder: Mapping[str, Any] | None = None,
+               handlers: Sequence[Mapping[str, Any]] | None = None,
                **sections: Mapping[str, Any]) -> Path:
+        """A worker config on this stack; `handlers` replaces the default Recorder."""
         endpoint = self.sandbox.endpoint
         base: dict[str, dict[str, Any]] = {
             "alicom": {"preset": "custom", "mns_endpoint": endpoint,
@@ -73,8 +75,9 @@ class Stack:
         }
         for section, values in sections.items():
             base.setdefault(section, {}).update(values)
-        options = {"path": str(self.records_path), **(recorder or {})}
-        handlers = [{"use": "tests.e2e.recording:Recorder", "options": options}]
+        if handlers is None:
+            options = {"path": str(self.records_path), **(recorder or {})}
+            handlers = [{"use": "tests.e2e.recording:Recorder", "options": options}]
         return write_config(self.tmp / name, base, handlers)
 
     def worker(self, config: Path, queue: str = "SmsReport") -> WorkerProcess:
