@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                 "numbers not to send to: check, list, export, add, remove"),
     "tasks": ("consumer.cli.tasks", "main", "send tasks: counts, failure reasons, CSV export"),
     "reviews": ("consumer.cli.reviews", "main", "review state of signatures and templates"),
+    "dashboard": ("consumer.cli.dashboard", "main",
+                  "a read-only report page: rates, failures, tasks, numbers, reviews"),
 }
 
 
