@@ -17,11 +17,12 @@ demo: $(STAMP)
 	bash .ci/ensure-redis
 	$(VENV)/bin/alicom-receipts demo
 
-# Installs what the tests need (real redis-server and PostgreSQL included), runs the lint,
-# then the tests.
+# Installs what the tests need (real redis-server and PostgreSQL, Debian's chromium for the
+# report page's browser test), runs the lint, then the tests.
 test: lint
 	bash .ci/ensure-redis
 	bash .ci/ensure-postgres
+	bash .ci/ensure-chromium
 	$(PY) -m pytest -q
 
 # ruff (complexity limit on), mypy strict, and the layer rules (import-linter contracts).

@@ -5,7 +5,7 @@ checks), so the official `alibabacloud_dysmsapi20170525` client works against th
 with `Config(endpoint="127.0.0.1:PORT", protocol="http")`. A send answers `Code` "OK" and one
 `BizId` per request (shared by all its numbers, as on the real service), keeps one record per
 number, and after a random delay in `[report_delay_min_s, report_delay_max_s]` settles each
-record as delivered (SendStatus 3) or failed (2, with a carrier ErrCode, `failure_rate`) and
+record as delivered (SendStatus 3) or failed (2, `failure_rate`, with one of `failure_codes`) and
 produces its SmsReport receipt: into the MNS queue `Alicom-Queue-<account>-SmsReport` of the
 sandbox's engine (in-process), or POSTed as a one-element JSON array to `push_url`. A share
 `duplicate_rate` of receipts is produced twice; a share `loss_rate` is *lost*: the record is
@@ -50,11 +50,6 @@ MAX_NUMBERS = 1000  # SendSms: at most 1000 numbers per request
 MAX_BATCH_NUMBERS = 100  # SendBatchSms: at most 100 numbers per request
 QUERY_WINDOW_DAYS = 30  # QuerySendDetails covers the last 30 days
 _BAD_JSON = "JSON参数不合法\uff0c只接受字符串值"  # the platform's text; \uff0c is its comma
-# Carrier codes of failed deliveries, as they appear in real receipts.
-_FAILURES: tuple[tuple[str, str], ...] = (
-    ("MK:0001", "用户关机"), ("MK:0005", "用户手机号码不存在"), ("IC:0015", "用户停机或欠费"),
-    ("UNDELIV", "短信未送达"), ("EXPIRED", "短信过期未送达"), ("DB:0141", "号码在黑名单中"),
-)
 
 ERRORS.update({
     "MissingPhoneNumbers": (400, "PhoneNumbers is mandatory for this action."),
@@ -193,7 +188,7 @@ def _settle(ctx: SandboxContext, state: DysmsState, record: SendRecord) -> None:
     settings, rng = state.settings, state.rng
     record.receive_at = ctx.clock.now()
     if rng.random() < settings.failure_rate:
-        record.status, (record.err_code, record.err_msg) = 2, rng.choice(_FAILURES)
+        record.status, (record.err_code, record.err_msg) = 2, rng.choice(settings.failure_codes)
     else:
         record.status, record.err_code, record.err_msg = 3, "DELIVERED", "用户接收成功"
     state.counters["settled"] += 1

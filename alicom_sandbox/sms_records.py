@@ -17,12 +17,19 @@ import aiohttp
 
 from alicom_sandbox.fakes import shanghai_time
 
+CARRIER_FAILURES: tuple[tuple[str, str], ...] = (
+    ("MK:0001", "用户关机"), ("MK:0005", "用户手机号码不存在"), ("IC:0015", "用户停机或欠费"),
+    ("UNDELIV", "短信未送达"), ("EXPIRED", "短信过期未送达"), ("DB:0141", "号码在黑名单中"),
+)
+"""(err_code, err_msg) of failed deliveries, as they appear in real receipts."""
+
 
 @dataclass(frozen=True)
 class DysmsSettings:
     """How the sending side behaves; start values from the CLI, changed by the admin API.
 
-    Rates are shares in [0, 1]; `query_qps` / `send_qps` 0 means unlimited. `account_id`
+    Rates are shares in [0, 1]; a failed delivery gets one of `failure_codes` ((err_code,
+    err_msg) pairs, picked at random); `query_qps` / `send_qps` 0 means unlimited. `account_id`
     None means the sandbox's own account. `push_url` None means MNS; `push_retry_s` are the
     waits before each re-push of a refused push (the platform waits about 1, 5, 10 minutes).
     """
@@ -30,6 +37,7 @@ class DysmsSettings:
     report_delay_min_s: float = 0.2
     report_delay_max_s: float = 1.0
     failure_rate: float = 0.1
+    failure_codes: tuple[tuple[str, str], ...] = CARRIER_FAILURES
     duplicate_rate: float = 0.0
     loss_rate: float = 0.0
     account_id: str | None = None
@@ -48,6 +56,8 @@ class DysmsSettings:
             raise ValueError("need 0 <= report_delay_min_s <= report_delay_max_s")
         if self.query_qps < 0 or self.send_qps < 0:
             raise ValueError("query_qps and send_qps must be >= 0")
+        if not self.failure_codes or any(len(pair) != 2 for pair in self.failure_codes):
+            raise ValueError("failure_codes must be a non-empty list of [err_code, err_msg]")
         if self.throttle not in ("business", "gateway"):
             raise ValueError("throttle must be business or gateway")
         if self.account_id is not None and not self.account_id.isdigit():
@@ -61,6 +71,9 @@ class DysmsSettings:
             raise ValueError("unknown dysms setting(s): " + ", ".join(unknown))
         if "push_retry_s" in changes:
             changes = {**changes, "push_retry_s": tuple(float(x) for x in changes["push_retry_s"])}
+        if "failure_codes" in changes:
+            changes = {**changes, "failure_codes": tuple(
+                (str(code), str(msg)) for code, msg in changes["failure_codes"])}
         return dataclasses.replace(self, **changes)
 
 

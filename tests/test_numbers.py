@@ -137,7 +137,10 @@ def test_powered_off_needs_three_failures_over_two_days_and_lapses(
 def test_a_new_reason_starts_a_new_count(redis_client: redis.Redis, clock: Clock) -> None:
     h = _hygiene(redis_client, clock, policies={"stopped": {"after": 2}})
     phone = "13700000007"
+    h.handle_batch([_report(phone, "0^0", False, "MK:0005", "用户手机号码不存在", T0 - 5)])
+    assert h.numbers.is_suppressed(phone)
     h.handle_batch([_report(phone, "1^0", False, "MK:0001", "用户关机", T0)])
+    assert not h.numbers.is_suppressed(phone)  # "powered off": the number exists after all
     h.handle_batch([_report(phone, "2^0", False, "IC:0015", "用户停机或欠费", T0 + 1)])
     assert not h.numbers.is_suppressed(phone)
     h.handle_batch([_report(phone, "3^0", False, "IC:0015", "用户停机或欠费", T0 + 2)])

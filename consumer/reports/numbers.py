@@ -17,6 +17,12 @@ key names:
 * `<prefix>:seen` sorted set number -> last failure: records neither suppressed nor failing
   for `retention_days` are pruned (a few per write, so it costs nothing noticeable).
 
+A failure of another reason replaces the record (and its suppression: "powered off" after
+"empty number" says the number exists), and counts from 1 under its own policy. A delivery
+lifts a suppression when it was reported no earlier than the last failure (the
+platform's times have whole seconds: within the same second the delivery wins, since it
+proves the number reachable).
+
 Every write of a batch is one script call: atomic and shared by any number of workers on
 any number of hosts. Like the other stores it needs a standalone Redis, not a cluster.
 """
@@ -50,7 +56,7 @@ while i <= #ARGV do
   local raw = redis.call('HGET', H, id)
   local r = raw and cjson.decode(raw) or nil
   if kind == 'D' then
-    if r and at > r.l and string.find(lift, ',' .. r.r .. ',', 1, true) then
+    if r and at >= r.l and string.find(lift, ',' .. r.r .. ',', 1, true) then
       redis.call('HDEL', H, id); redis.call('ZREM', S, id); redis.call('ZREM', SEEN, id)
     end
     i = i + 3
@@ -59,7 +65,10 @@ while i <= #ARGV do
     local after, over, expire = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), tonumber(ARGV[i + 9])
     if r and r.x > 0 and r.x <= now then r = nil end
     if r and r.r == 'manual' then reason, after, over, expire = 'manual', 1, 0, r.e or 0 end
-    if not r or r.r ~= reason then r = {r = reason, f = at, l = at, n = 0, s = 0, x = 0, b = {}} end
+    if not r or r.r ~= reason then
+      if r then redis.call('ZREM', S, id) end
+      r = {r = reason, f = at, l = at, n = 0, s = 0, x = 0, b = {}}
+    end
     local again = false
     for _, b in ipairs(r.b) do if b == biz then again = true end end
     if not again then
