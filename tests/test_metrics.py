@@ -24,7 +24,14 @@ from alicom_sandbox.redis_server import free_port
 from consumer.errors import ConfigError
 from consumer.pipeline.dispatch import STUCK, Dispatcher
 from consumer.pipeline.stats import Stats
-from consumer.receipts import Receipt, ReceiptMeta, SmsReport, SmsUp
+from consumer.receipts import (
+    Receipt,
+    ReceiptMeta,
+    SignSmsReport,
+    SmsReport,
+    SmsUp,
+    TemplateSmsReport,
+)
 from consumer.runtime.metrics import (
     Exposition,
     MetricsHandle,
@@ -188,6 +195,26 @@ def test_outcomes_durations_and_sms_delivery_outcomes_by_err_code(
     assert value(s, "handler_duration_seconds_bucket", handler="log", le="0.005") == 1
     assert value(s, "handler_duration_seconds_count", handler="webhook") == 1
     assert value(s, "handler_duration_seconds_sum", handler="webhook") == 2.0
+
+
+def test_review_results_are_counted_by_state(start: Callable[..., Running]) -> None:
+    m = start()
+    meta = ReceiptMeta("mns", "q", "s-1", 1)
+    for status in ("approving", "Rejected", "approved", "withdrawn"):
+        m.stats.outcome("handled", "review-status", 0.001, SignSmsReport(
+            raw={}, meta=meta, order_id="1", sign_status=status))
+    m.stats.outcome("retry", "review-status", 0.001, TemplateSmsReport(
+        raw={}, meta=meta, order_id="2", template_status="approved"))  # not handled: not counted
+
+    s = m.scrape()
+
+    assert {state: s.get(("alicom_receipts_review_results_total", frozenset(
+        {"message_type": "SignSmsReport", "state": state}.items())), 0.0)
+        for state in ("approving", "approved", "rejected", "other")} == {
+        "approving": 1, "approved": 1, "rejected": 1, "other": 1}
+    assert not any(name == "alicom_receipts_review_results_total"
+                   and dict(labels)["message_type"] == "TemplateSmsReport"
+                   for name, labels in s)
 
 
 def test_err_code_labels_are_capped_and_the_rest_count_as_other(

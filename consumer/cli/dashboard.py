@@ -12,7 +12,12 @@ allowlist (`--allow`, repeatable; others get 403). Where each report lives comes
 handlers' options in the configuration (`consumer.reports.targets`).
 
 Routes under the base path: `/` the page, `/numbers.csv` the suppressed numbers,
-`/tasks/<id>.csv?status=delivered|failed|pending` one task's numbers.
+`/tasks/<id>.csv?status=delivered|failed|pending` one task's numbers, and `/metrics`: the
+shared state as Prometheus gauges, read from Redis on each scrape (one dashboard per
+deployment, so unlike a per-worker collector nothing is multiplied by the number of hosts):
+`alicom_receipts_review_items{kind,state}` (signatures / templates in each review state),
+`alicom_receipts_suppressed_numbers`, `alicom_receipts_tasks_sending` (tasks of the window
+still waiting for receipts).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ import os
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -70,6 +76,7 @@ class Dashboard:
         app.router.add_get(base, self._page)
         app.router.add_get(base + "numbers.csv", self._numbers_csv)
         app.router.add_get(base + "tasks/{task}.csv", self._task_csv)
+        app.router.add_get(base + "metrics", self._metrics)
         return app
 
     @web.middleware
@@ -109,6 +116,42 @@ class Dashboard:
         hashed = self._stores.numbers.ids.hashed
         return _csv("task-%s-%s.csv" % (re.sub(r"[^A-Za-z0-9_.-]", "_", task_id), status),
                     ["number_hash" if hashed else "number", "state", "err_code"], rows)
+
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        text = await asyncio.to_thread(self.metrics_text)
+        return web.Response(body=text, content_type="text/plain", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+
+    def metrics_text(self) -> bytes:
+        """The gauges in Prometheus' text format (Redis read now)."""
+        from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+        items = GaugeMetricFamily("alicom_receipts_review_items", "Signatures and templates "
+                                  "in each review state (shared state)", labels=["kind", "state"])
+        for (kind, state), n in sorted(self._stores.reviews.state_counts().items()):
+            items.add_metric([kind, state], n)
+        suppressed = GaugeMetricFamily("alicom_receipts_suppressed_numbers",
+                                       "Numbers suppressed now (shared state)",
+                                       value=self._stores.numbers.count_suppressed())
+        sending = GaugeMetricFamily("alicom_receipts_tasks_sending", "Send tasks of the "
+                                    "dashboard's window still waiting for receipts",
+                                    value=len(self._stores.tasks.tasks(
+                                        self._hours * 3600.0, "sending")))
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Fixed([items, suppressed, sending]))
+        return generate_latest(registry)
+
+
+class _Fixed:
+    """A collector answering families read just before."""
+
+    def __init__(self, families: Sequence[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Any]:
+        return iter(self._families)
 
 
 def _csv(filename: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> web.Response:

@@ -225,6 +225,10 @@ class NumberList:
         now = self._clock()
         return [s is not None and s > now for s in scores]
 
+    def count_suppressed(self) -> int:
+        """How many numbers are suppressed now (one ZCOUNT)."""
+        return int(self._client.zcount(self._keys[1], "(%r" % self._clock(), "+inf"))
+
     def get(self, phone: str) -> NumberRecord | None:
         """The record of `phone`, suppressed or only failing; None when unknown."""
         return self._records([self.ids(phone)]).get(self.ids(phone))

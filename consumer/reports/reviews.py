@@ -28,7 +28,7 @@ from typing import Any, cast
 from consumer.clients.redis_client import RedisClient
 from consumer.receipts import Receipt, SignSmsReport, TemplateSmsReport
 
-__all__ = ["DEFAULT_PREFIX", "STATES", "Review", "ReviewStore", "review_of"]
+__all__ = ["DEFAULT_PREFIX", "STATES", "Review", "ReviewStore", "review_of", "review_state"]
 
 DEFAULT_PREFIX = "alicom:reviews"
 STATES = ("approving", "approved", "rejected")
@@ -103,6 +103,18 @@ def review_of(receipt: Receipt, now: float) -> Review | None:
                       receipt.reason[:_MAX_TEXT], receipt.order_id, at,
                       receipt.template_name[:_MAX_TEXT])
     return None
+
+
+def review_state(receipt: Receipt) -> str | None:
+    """A review receipt's state as a bounded label (a documented state, else "other");
+    None for other receipt types."""
+    if isinstance(receipt, SignSmsReport):
+        state = receipt.sign_status.strip().lower()
+    elif isinstance(receipt, TemplateSmsReport):
+        state = receipt.template_status.strip().lower()
+    else:
+        return None
+    return state if state in STATES else "other"
 
 
 class ReviewStore:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from consumer.pipeline.stats import COUNTERS
 from consumer.reports.delivery_stats import observe
+from consumer.reports.reviews import review_state
 
 if TYPE_CHECKING:
     from consumer.receipts import Receipt
@@ -110,6 +111,9 @@ CATALOGUE: Final[tuple[Spec, ...]] = (
     Spec("sms_deliveries", "counter", "SmsReport receipts handled, by delivery success and "
          "err_code (codes past the per-process limit count as \"other\")",
          ("message_type", "success", "err_code"), PIPELINE),
+    Spec("review_results", "counter", "Signature and template review results handled, by "
+         "state (approving, approved, rejected; anything else as other)",
+         ("message_type", "state"), PIPELINE),
     Spec("in_flight", "gauge", "Receipts at the handlers", MT, PIPELINE, mode="livesum"),
     Spec("stuck_handler_threads", "gauge", "Handler threads still busy past the deadline", MT,
          PIPELINE, mode="livesum"),
@@ -273,6 +277,9 @@ class StatsListener:
                 max(0.0, now - receipt.meta.enqueue_time_ms / 1000))
         if outcome == "handled":
             self._delivery(receipt, now)
+            state = review_state(receipt)
+            if state is not None:
+                m.get("review_results", message_type=t, state=state).inc()
 
     def _delivery(self, receipt: Receipt, now: float) -> None:
         """Counted once per receipt: duplicates and retries of it are not "handled"."""

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
+from prometheus_client.parser import text_string_to_metric_families
 
 from alicom_sandbox.redis_server import free_port
 from tests.e2e.conftest import Stack
@@ -117,6 +118,17 @@ def check_dashboard(stack: Stack, config: Path, codes: Mapping[tuple[str, str], 
         rows = list(csv.DictReader(io.StringIO(answer.text())))
         assert sorted(r["number"] for r in rows) == sorted(
             p for b, p in pairs if codes[(b, p)] != "DELIVERED")
+        # the shared state as gauges, for Prometheus
+        metrics = {(m.name, tuple(sorted(m.labels.items()))): m.value
+                   for f in text_string_to_metric_families(page.request.get(
+                       url + "metrics").text()) for m in f.samples}
+        assert metrics[("alicom_receipts_suppressed_numbers", ())] == len(suppressed)
+        assert metrics[("alicom_receipts_tasks_sending", ())] == 0
+        for kind in ("sign", "template"):
+            for state in ("approving", "approved", "rejected"):
+                assert metrics[("alicom_receipts_review_items",
+                                (("kind", kind), ("state", state)))] == sum(
+                    1 for (k, _), (st, _r) in reviews.items() if k == kind and st == state)
         shot = stack.tmp / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
