@@ -122,7 +122,7 @@ def test_purging_everything_leaves_no_key_behind(
     store.put_many([letter("A"), letter("B"), letter("")])
     assert store.purge() == 3
     assert store.count() == 0
-    assert redis_client.keys("alicom:dlq:*") == []
+    assert redis_client.keys("{alicom:dlq}:*") == []
     assert redis_client.get("unrelated") == b"1"
 
 
@@ -144,8 +144,8 @@ def test_entries_older_than_the_retention_are_trimmed_on_the_next_put(
     assert store.count() == store.count("Q") == 1
     assert store.get(old.id) is None
     old_id = old.id.encode()
-    assert redis_client.zscore("alicom:dlq:all", old_id) is None
-    assert redis_client.zscore("alicom:dlq:q:Q", old_id) is None
+    assert redis_client.zscore(store.all_key(), old_id) is None
+    assert redis_client.zscore(store.queue_key("Q"), old_id) is None
 
 
 def test_entries_expire_by_themselves_when_nothing_else_is_written(
@@ -156,7 +156,7 @@ def test_entries_expire_by_themselves_when_nothing_else_is_written(
     store.put(item)
     assert store.count() == 1
     guard = time.monotonic() + 30  # a hang guard, not a timing assertion
-    while redis_client.exists("alicom:dlq:all", "alicom:dlq:q:Q", store.entry_key(item.id)):
+    while redis_client.exists(store.all_key(), store.queue_key("Q"), store.entry_key(item.id)):
         assert time.monotonic() < guard, "dead-letter keys never expired"
         time.sleep(0.02)
     assert store.count() == 0
@@ -175,7 +175,7 @@ def test_the_oldest_entries_go_first_beyond_max_entries(
     assert store.get(letters[0].id) is None
     assert store.get(letters[1].id) is None
     assert (store.count("A"), store.count("B")) == (1, 2)
-    assert redis_client.zcard("alicom:dlq:q:A") == 1
+    assert redis_client.zcard(store.queue_key("A")) == 1
 
 
 def test_a_body_that_is_not_utf8_survives_byte_exact(
@@ -232,7 +232,7 @@ def test_put_many_with_one_bad_letter_stores_none_of_them(
     with pytest.raises(ValueError, match="base64"):
         store.put_many([letter("A"), bad, letter("B")])
     assert store.count() == 0
-    assert redis_client.keys("alicom:dlq:*") == []
+    assert redis_client.keys("{alicom:dlq}:*") == []
 
 
 def test_a_client_that_decodes_responses_is_refused(redis_server: RedisServer) -> None:

@@ -90,7 +90,7 @@ def test_send_dates_follow_the_shanghai_calendar() -> None:
 def test_every_key_expires_past_the_query_window(tracker: SendTracker,
                                                  redis_client: redis.Redis) -> None:
     tracker.record("5^0", "13800000001", time.time(), out_id="o")
-    keys = list(redis_client.keys("alicom:track:*"))
+    keys = list(redis_client.keys("{alicom:track}:*"))
     assert len(keys) == 2
     for key in keys:
         ttl = redis_client.ttl(key)
@@ -109,8 +109,8 @@ def test_memory_stays_small(tracker: SendTracker, redis_client: redis.Redis) -> 
     """A send without out_id costs one sorted-set member: no hash entry."""
     now = time.time()
     tracker.record_many(TrackedSend("%018d^0" % i, "138%08d" % i, now) for i in range(2000))
-    assert redis_client.keys("alicom:track:d:*") == []
-    used = redis_client.memory_usage("alicom:track:z") or 0
+    assert redis_client.keys("{alicom:track}:d:*") == []
+    used = redis_client.memory_usage("{alicom:track}:z") or 0
     assert used / 2000 < 160  # bytes per tracked send
 
 

@@ -24,7 +24,8 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.asyncio.sentinel
-from redis.cluster import ClusterNode, RedisCluster
+from redis.client import Pipeline
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -35,6 +36,7 @@ from consumer.redis_url import RedisTarget, parse_redis_url
 __all__ = [
     "AsyncRedisClient",
     "RedisClient",
+    "RedisPipeline",
     "connect",
     "connect_async",
     "connect_option",
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 RedisClient: TypeAlias = redis.Redis | RedisCluster
+RedisPipeline: TypeAlias = Pipeline | ClusterPipeline
 AsyncRedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
 _HASH_TAG = re.compile(r"\{[^{}]+\}")

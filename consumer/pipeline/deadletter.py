@@ -1,6 +1,6 @@
 """Dead letters in Redis: messages that no retry will fix, kept for inspection and replay.
 
-Layout under ``key_prefix`` (default ``alicom:dlq:``):
+Layout under the hash-tagged ``key_prefix`` (default ``alicom:dlq:``, keys ``{alicom:dlq}:...``):
 
 * ``e:<id>``: a hash per entry (the ``DeadLetter`` fields; the body as raw bytes), expiring by
   itself at ``dead_at_ms + retention`` so entries go away even if nothing is ever written again;
@@ -12,9 +12,12 @@ counted; such ids are trimmed on the next put and each index expires with its ne
 
 Ids are ``<dead_at_ms, 13 digits>-<12 hex digits of a uuid4>``: unique and, as strings,
 ordered by time. Every write that touches several keys is atomic: ``put_many`` is one
-MULTI/EXEC (entries, indexes and the trim by retention and ``max_entries`` together), and
-removal is one Lua script. The scripts derive entry keys from ids, so this store needs a
-standalone Redis (not a cluster), like the dedup store.
+MULTI/EXEC (entries, indexes and the trim by retention and ``max_entries`` together), and so
+is every removal; what a trim or removal drops is read just before (ids, and the queue each
+entry names), and dropping is idempotent, so two writers racing do no harm. No Lua: every
+key is named by the client, and ``key_prefix`` is hash-tagged (``{alicom:dlq}:``,
+`consumer.clients.redis_client.hash_tagged`), so the whole family lives in one slot and the
+transactions work on a Redis Cluster and through Tair's proxy as on one server.
 
 Bodies are stored byte-exact. ``DeadLetter.raw_body`` is text: the body itself when it is
 UTF-8 (always the case for the ASCII base64 bodies of MNS and the JSON of HTTP push), otherwise
@@ -35,7 +38,7 @@ from typing import cast
 
 import redis
 
-from consumer.clients.redis_client import RedisClient
+from consumer.clients.redis_client import RedisClient, RedisPipeline, hash_tagged
 from consumer.errors import ConfigError
 from consumer.pipeline.dedup import transient_from_redis
 
@@ -151,69 +154,6 @@ _TEXT_FIELDS = tuple(
     if f.name not in _INT_FIELDS and f.name not in {"raw_body", "raw_body_is_base64"}
 )
 
-# Removes one entry: its hash, its id in the global index and in its queue's index.
-# Returns 1 if the hash still existed (a live entry), 0 if it had already expired.
-_DROP_FUNCTION = """
-local function drop(prefix, all, id)
-  local entry = prefix .. 'e:' .. id
-  local queue = redis.call('HGET', entry, 'queue')
-  if queue then redis.call('ZREM', prefix .. 'q:' .. queue, id) end
-  redis.call('ZREM', all, id)
-  return redis.call('DEL', entry)
-end
-"""
-
-# KEYS[1] all, KEYS[2] the index to remove from (all, or one queue's);
-# ARGV[1] prefix, then either 'ids', id... or 'oldest', n. Returns {ids seen, entries removed}.
-_REMOVE_SCRIPT = _DROP_FUNCTION + """
-local ids
-if ARGV[2] == 'ids' then
-  ids = {unpack(ARGV, 3)}
-else
-  ids = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[3]) - 1)
-end
-local removed = 0
-for _, id in ipairs(ids) do
-  removed = removed + drop(ARGV[1], KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-end
-return {#ids, removed}
-"""
-
-# KEYS[1] all; ARGV: prefix, cutoff_ms (entries dead at or before it are past retention),
-# retention_ms, max_entries, chunk, queue names touched by this put...
-# Drops what retention and the size cap exclude (at most `chunk` of each per call: the rest
-# goes on the next put), then lets each index expire together with its newest entry.
-_TRIM_SCRIPT = _DROP_FUNCTION + """
-local prefix, all = ARGV[1], KEYS[1]
-local cutoff, retention_ms = ARGV[2], tonumber(ARGV[3])
-local max_entries, chunk = tonumber(ARGV[4]), tonumber(ARGV[5])
-local removed = 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', all, '-inf', cutoff, 'LIMIT', 0, chunk)) do
-  removed = removed + drop(prefix, all, id)
-end
-local excess = math.min(redis.call('ZCARD', all) - max_entries, chunk)
-if excess > 0 then
-  for _, id in ipairs(redis.call('ZRANGE', all, 0, excess - 1)) do
-    removed = removed + drop(prefix, all, id)
-  end
-end
-local indexes = {all}
-for i = 6, #ARGV do
-  local index = prefix .. 'q:' .. ARGV[i]
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', cutoff)
-  indexes[#indexes + 1] = index
-end
-for _, index in ipairs(indexes) do
-  local newest = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
-  if newest[2] then
-    redis.call('PEXPIREAT', index, string.format('%.0f', tonumber(newest[2]) + retention_ms))
-  end
-end
-return removed
-"""
-
-
 class RedisDeadLetterStore:
     """The dead-letter store; see the module docstring for the layout and guarantees.
 
@@ -227,10 +167,11 @@ class RedisDeadLetterStore:
                               "decode_responses=False: bodies are kept as raw bytes")
         self._client = client
         self._settings = settings
-        self._prefix = settings.key_prefix
+        self._prefix = hash_tagged(settings.key_prefix)
         self._all = self._prefix + "all"
-        self._remove = client.register_script(_REMOVE_SCRIPT)
-        self._trim = client.register_script(_TRIM_SCRIPT)
+
+    def all_key(self) -> str:
+        return self._all
 
     def entry_key(self, letter_id: str) -> str:
         return f"{self._prefix}e:{letter_id}"
@@ -251,17 +192,15 @@ class RedisDeadLetterStore:
         if not letters:
             return []
         prepared = [self._prepare(letter) for letter in letters]
-        retention_ms = self._settings.retention_ms
-        queues = sorted({letter.queue for letter in letters})
         try:
+            drop, skip = self._trim_plan([(p[0], p[1].dead_at_ms) for p in prepared])
             with self._client.pipeline(transaction=True) as pipe:
                 for letter_id, letter, mapping in prepared:
-                    entry = self.entry_key(letter_id)
-                    pipe.hset(entry, mapping=mapping)  # type: ignore[arg-type]  # bytes values are valid; redis-py's stub is too narrow
-                    pipe.pexpireat(entry, letter.dead_at_ms + retention_ms)
-                    pipe.zadd(self._all, {letter_id: letter.dead_at_ms})
-                    pipe.zadd(self.queue_key(letter.queue), {letter_id: letter.dead_at_ms})
-                self._trim(keys=[self._all], args=[*self._trim_args(), *queues], client=pipe)
+                    if letter_id in skip:
+                        continue  # past retention, or beyond max_entries, already
+                    self._queue_put(pipe, letter_id, letter, mapping)
+                self._queue_drops(pipe, drop)
+                self._queue_index_upkeep(pipe, {letter.queue for letter in letters})
                 pipe.execute()
         except redis.RedisError as exc:
             raise transient_from_redis(exc, "dead-letter put", self._client) from exc
@@ -297,8 +236,7 @@ class RedisDeadLetterStore:
 
     def remove(self, letter_id: str) -> bool:
         """Removes one entry (e.g. after a successful replay); False if it was not there."""
-        _, removed = self._run_remove(self._all, ["ids", letter_id])
-        return removed == 1
+        return self._remove([letter_id], self._all) == 1
 
     def purge(self, queue: str | None = None) -> int:
         """Removes every entry (of one queue, or all); returns how many live entries went.
@@ -309,11 +247,14 @@ class RedisDeadLetterStore:
         index = self._all if queue is None else self.queue_key(queue)
         total = 0
         while True:
-            seen, removed = self._run_remove(index, ["oldest", _CHUNK])
-            total += removed
-            if seen == 0:
-                break
-        return total
+            try:
+                ids = [raw.decode() for raw in cast(
+                    "builtins.list[bytes]", self._client.zrange(index, 0, _CHUNK - 1))]
+            except redis.RedisError as exc:
+                raise transient_from_redis(exc, "dead-letter purge", self._client) from exc
+            if not ids:
+                return total
+            total += self._remove(ids, index)
 
     def count(self, queue: str | None = None) -> int:
         """How many live dead letters there are (of one queue, or all)."""
@@ -336,20 +277,93 @@ class RedisDeadLetterStore:
         mapping["raw_body"] = body
         return letter.id, letter, mapping
 
-    def _trim_args(self) -> builtins.list[str | int]:
-        return [self._prefix, self._cutoff_ms(), self._settings.retention_ms,
-                self._settings.max_entries, _CHUNK]
-
     def _cutoff_ms(self) -> int:
         """Entries dead at or before this instant are past retention."""
         return int(time.time() * 1000) - self._settings.retention_ms
 
-    def _run_remove(self, index: str, args: builtins.list[str | int]) -> tuple[int, int]:
+    def _trim_plan(self, new: builtins.list[tuple[str, int]],
+                   ) -> tuple[dict[str, str | None], set[str]]:
+        """What a put of `new` (id, dead_at_ms) must drop, read before its transaction:
+        stored ids past retention or beyond `max_entries` (id -> its queue, None when its
+        hash is gone), and new ids not to store at all (already past either limit).
+
+        At most one chunk of each per put, like any trim, so a put never blocks Redis long.
+        Two puts racing may plan the same drops: removal is idempotent.
+        """
+        cutoff = self._cutoff_ms()
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(self._all, "-inf", cutoff, start=0, num=_CHUNK)
+            pipe.zcard(self._all)
+            expired_raw, stored = pipe.execute()
+        expired = {raw.decode() for raw in expired_raw}
+        skip = {letter_id for letter_id, at_ms in new if at_ms <= cutoff}
+        excess = min(int(stored) - len(expired) + len(new) - len(skip)
+                     - self._settings.max_entries, _CHUNK)
+        if excess > 0:
+            oldest = cast("builtins.list[tuple[bytes, float]]", self._client.zrange(
+                self._all, 0, excess + len(expired) - 1, withscores=True))
+            candidates = sorted(
+                [(score, raw.decode(), False) for raw, score in oldest
+                 if raw.decode() not in expired]
+                + [(float(at), letter_id, True) for letter_id, at in new if letter_id not in skip])
+            for _, letter_id, is_new in candidates[:excess]:
+                (skip.add(letter_id) if is_new else expired.add(letter_id))
+        return self._queues_of(expired), skip
+
+    def _queues_of(self, ids: set[str] | builtins.list[str]) -> dict[str, str | None]:
+        """id -> the queue its entry names (None when the entry hash is gone)."""
+        ordered = list(ids)
+        if not ordered:
+            return {}
+        with self._client.pipeline(transaction=False) as pipe:
+            for letter_id in ordered:
+                pipe.hget(self.entry_key(letter_id), "queue")
+            queues = pipe.execute()
+        return {letter_id: None if q is None else q.decode()
+                for letter_id, q in zip(ordered, queues, strict=True)}
+
+    def _queue_put(self, pipe: RedisPipeline, letter_id: str, letter: DeadLetter,
+                   mapping: dict[str, bytes | str]) -> None:
+        entry = self.entry_key(letter_id)
+        pipe.hset(entry, mapping=mapping)  # type: ignore[arg-type]  # bytes values are valid; redis-py's stub is too narrow
+        pipe.pexpireat(entry, letter.dead_at_ms + self._settings.retention_ms)
+        pipe.zadd(self._all, {letter_id: letter.dead_at_ms})
+        pipe.zadd(self.queue_key(letter.queue), {letter_id: letter.dead_at_ms})
+        # Each index lives as long as its newest entry: set when it has no expiry (NX),
+        # pushed later only (GT), so an older letter never shortens it.
+        for index in (self._all, self.queue_key(letter.queue)):
+            at_ms = letter.dead_at_ms + self._settings.retention_ms
+            pipe.pexpireat(index, at_ms, nx=True)
+            pipe.pexpireat(index, at_ms, gt=True)
+
+    def _queue_drops(self, pipe: RedisPipeline, drop: Mapping[str, str | None],
+                     index: str | None = None) -> None:
+        """Queues the removal of every id in `drop`: first one DEL per id (their replies
+        say which entries were live), then the index updates."""
+        for letter_id in drop:
+            pipe.delete(self.entry_key(letter_id))
+        for letter_id, queue in drop.items():
+            pipe.zrem(self._all, letter_id)
+            if queue is not None:
+                pipe.zrem(self.queue_key(queue), letter_id)
+            if index is not None:
+                pipe.zrem(index, letter_id)
+
+    def _queue_index_upkeep(self, pipe: RedisPipeline, queues: set[str]) -> None:
+        """Per-queue indexes lose ids past retention (their hashes expired by themselves)."""
+        for queue in sorted(queues):
+            pipe.zremrangebyscore(self.queue_key(queue), "-inf", self._cutoff_ms())
+
+    def _remove(self, ids: builtins.list[str], index: str) -> int:
+        """Removes `ids` from every view in one transaction; how many live entries went."""
         try:
-            seen, removed = self._remove(keys=[self._all, index], args=[self._prefix, *args])
+            drop = self._queues_of(ids)
+            with self._client.pipeline(transaction=True) as pipe:
+                self._queue_drops(pipe, drop, index if index != self._all else None)
+                replies = pipe.execute()
         except redis.RedisError as exc:
             raise transient_from_redis(exc, "dead-letter remove", self._client) from exc
-        return int(seen), int(removed)
+        return sum(1 for reply in replies[:len(drop)] if reply)
 
 
 def _from_hash(row: Mapping[bytes, bytes]) -> DeadLetter:

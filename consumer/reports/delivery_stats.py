@@ -31,6 +31,10 @@ the same receipt failed, so it is delivered again). So each receipt's counting i
 script that first sets a marker `<prefix>:once:<dedup key>` (NX, `once_ttl_s`) and counts
 only when the marker is new: counting stays exact across such retries. `once_ttl_s = 0`
 turns markers off (saves ~150 bytes per receipt for that time; counts become at least once).
+
+`<prefix>` is hash-tagged (`{alicom:stats}:h:...`): the whole family lives in one Redis
+Cluster slot, so the count script (a bucket and a marker) is legal on a cluster and through
+Tair's proxy, and `record` is one round trip to one node (`consumer.clients.redis_scripts`).
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from redis.client import Pipeline
 from redis.cluster import ClusterPipeline
 from redis.commands.core import Script
 
-from consumer.clients.redis_client import RedisClient
+from consumer.clients.redis_client import RedisClient, hash_tagged
+from consumer.clients.redis_scripts import ScriptCall, run_calls
 from consumer.keys import dedup_key
 from consumer.receipts import IntlSmsReport, Receipt, SmsReport
 
@@ -93,12 +98,25 @@ redis.call('EXPIREAT', KEYS[1], ARGV[1])
 return 1
 """
 
+# KEYS[1] the codes hash. ARGV[1] its EXPIRE (s), ARGV[2..] code, message pairs.
+_CODES_LUA = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 RedisLike = RedisClient | Pipeline | ClusterPipeline
+
+
+def _family(prefix: str) -> str:
+    """The hash-tagged prefix: every statistics key in one cluster slot (the count script
+    touches a bucket and a once-marker together)."""
+    return hash_tagged(prefix)
 
 
 def hour_key(prefix: str, hour: datetime) -> str:
     """The bucket of the UTC hour containing `hour` (an aware datetime)."""
-    return "%s:h:%s" % (prefix, hour.astimezone(timezone.utc).strftime("%Y%m%d%H"))
+    return "%s:h:%s" % (_family(prefix), hour.astimezone(timezone.utc).strftime("%Y%m%d%H"))
 
 
 def _hour_start(moment: datetime) -> datetime:
@@ -193,10 +211,11 @@ class StatsWriter:
         self._once_ms = int(once_ttl_s * 1000)
         self._clock = clock
         self._script: Script = client.register_script(_COUNT_LUA)
+        self._codes: Script = client.register_script(_CODES_LUA)
 
     def record(self, receipts: Sequence[Receipt]) -> list[Exception | None]:
         now = self._clock()
-        pipe = self._client.pipeline(transaction=False)
+        calls: list[ScriptCall] = []
         slots: list[int] = []  # index in `receipts` of each queued script call
         messages: dict[Any, Any] = {}  # code -> err_msg; redis-py's mapping types vary
         for index, receipt in enumerate(receipts):
@@ -207,8 +226,8 @@ class StatsWriter:
             for name, amount in obs.fields():
                 args += [name, amount]
             keys = [hour_key(self._prefix, obs.hour),
-                    "%s:once:%s" % (self._prefix, dedup_key(receipt))]
-            self._script(keys=keys, args=args, client=pipe)
+                    "%s:once:%s" % (_family(self._prefix), dedup_key(receipt))]
+            calls.append(ScriptCall(self._script, keys, args))
             slots.append(index)
             if obs.outcome == "failed" and obs.err_msg:
                 code = (obs.err_code or _EMPTY_CODE)[:_MAX_CODE_CHARS]
@@ -216,14 +235,20 @@ class StatsWriter:
         if not slots:
             return [None] * len(receipts)
         if messages:  # a hint for the report; not worth a second round trip
-            pipe.hset(self._prefix + ":codes", mapping=messages)
-            pipe.expire(self._prefix + ":codes", int(self._ttl_s))
-        replies = pipe.execute(raise_on_error=False)
+            pairs = [item for code_msg in messages.items() for item in code_msg]
+            calls.append(ScriptCall(self._codes, [codes_key(self._prefix)],
+                                    [int(self._ttl_s), *pairs]))
+        replies = run_calls(self._client, calls)
         results: list[Exception | None] = [None] * len(receipts)
         for index, reply in zip(slots, replies, strict=False):
             if isinstance(reply, Exception):
                 results[index] = reply
         return results
+
+
+def codes_key(prefix: str) -> str:
+    """The hash of the latest err_msg per err_code."""
+    return _family(prefix) + ":codes"
 
 
 def hour_bucket(prefix: str, epoch_s: float, ttl_s: float = DEFAULT_TTL_S) -> tuple[str, int]:
@@ -371,6 +396,6 @@ def total(hours: Iterable[HourCounts], first: datetime) -> HourCounts:
 
 def read_code_messages(client: RedisClient, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
     """The latest err_msg the platform sent with each failure code."""
-    raw: dict[bytes, bytes] = client.hgetall(prefix + ":codes")  # type: ignore[assignment]
+    raw: dict[bytes, bytes] = client.hgetall(codes_key(prefix))  # type: ignore[assignment]
     return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
 

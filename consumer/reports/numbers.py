@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from consumer.clients.redis_client import RedisClient
+from consumer.clients.redis_client import RedisClient, hash_tagged
 from consumer.reports.number_rules import DEFAULT_POLICIES, MANUAL, Policy
 from consumer.reports.phone_ids import PhoneIds
 
@@ -47,17 +47,17 @@ _MAX_MSG_CHARS = 200
 _KEEP_BIZ = 8
 
 _APPLY = """
-local H, S, SEEN = KEYS[1], KEYS[2], KEYS[3]
 local now, keep, lift, keep_biz = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', S, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local i = 5
 while i <= #ARGV do
   local kind, id, at = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local raw = redis.call('HGET', H, id)
+  local raw = redis.call('HGET', KEYS[1], id)
   local r = raw and cjson.decode(raw) or nil
   if kind == 'D' then
     if r and at >= r.l and string.find(lift, ',' .. r.r .. ',', 1, true) then
-      redis.call('HDEL', H, id); redis.call('ZREM', S, id); redis.call('ZREM', SEEN, id)
+      redis.call('HDEL', KEYS[1], id); redis.call('ZREM', KEYS[2], id)
+      redis.call('ZREM', KEYS[3], id)
     end
     i = i + 3
   else
@@ -66,7 +66,7 @@ while i <= #ARGV do
     if r and r.x > 0 and r.x <= now then r = nil end
     if r and r.r == 'manual' then reason, after, over, expire = 'manual', 1, 0, r.e or 0 end
     if not r or r.r ~= reason then
-      if r then redis.call('ZREM', S, id) end
+      if r then redis.call('ZREM', KEYS[2], id) end
       r = {r = reason, f = at, l = at, n = 0, s = 0, x = 0, b = {}}
     end
     local again = false
@@ -81,20 +81,21 @@ while i <= #ARGV do
       if after > 0 and (r.s > 0 or (r.n >= after and r.l - r.f >= over)) then
         if r.s == 0 then r.s = now end
         if expire > 0 then r.x = r.l + expire else r.x = 0 end
-        redis.call('ZADD', S, r.x > 0 and r.x or '+inf', id)
+        redis.call('ZADD', KEYS[2], r.x > 0 and r.x or '+inf', id)
       end
-      redis.call('HSET', H, id, cjson.encode(r))
-      redis.call('ZADD', SEEN, r.l, id)
+      redis.call('HSET', KEYS[1], id, cjson.encode(r))
+      redis.call('ZADD', KEYS[3], r.l, id)
     end
     i = i + 10
   end
 end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', SEEN, '-inf', now - keep, 'LIMIT', 0, 16)) do
-  local until_ = redis.call('ZSCORE', S, id)
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - keep, 'LIMIT', 0, 16)) do
+  local until_ = redis.call('ZSCORE', KEYS[2], id)
   if until_ and until_ == 'inf' then
-    redis.call('ZADD', SEEN, now, id)
+    redis.call('ZADD', KEYS[3], now, id)
   else
-    redis.call('HDEL', H, id); redis.call('ZREM', S, id); redis.call('ZREM', SEEN, id)
+    redis.call('HDEL', KEYS[1], id); redis.call('ZREM', KEYS[2], id)
+      redis.call('ZREM', KEYS[3], id)
   end
 end
 return 1
@@ -159,7 +160,8 @@ class NumberList:
                  retention_days: float = 180.0,
                  clock: Callable[[], float] = time.time) -> None:
         self._client = client
-        self._keys = [prefix + ":rec", prefix + ":sup", prefix + ":seen"]
+        tag = hash_tagged(prefix)  # one slot: the script touches all three keys
+        self._keys = [tag + ":rec", tag + ":sup", tag + ":seen"]
         self.ids = ids or PhoneIds()
         self._policies = dict(policies)
         self._lift = "," + ",".join(r for r, p in self._policies.items() if p.on_delivery) + ","

@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from consumer.clients.redis_client import RedisClient
+from consumer.clients.redis_client import RedisClient, hash_tagged
+from consumer.clients.redis_scripts import ScriptCall, run_calls
 from consumer.receipts import Receipt, SignSmsReport, TemplateSmsReport
 
 __all__ = ["DEFAULT_PREFIX", "STATES", "Review", "ReviewStore", "review_of", "review_state"]
@@ -35,23 +36,18 @@ STATES = ("approving", "approved", "rejected")
 """The documented states; `alicom_review_items` always has these three."""
 _MAX_TEXT = 500
 
-# KEYS[1] current hash. ARGV: prefix, history length, then per review: field, doc, at, sig.
+# One call per review; keys only in KEYS, literally, under the family's hash tag (one slot):
+# consumer.clients.redis_scripts. KEYS[1] current hash, KEYS[2] the item's history list.
+# ARGV: history length, field, doc, at, sig.
 _APPLY = """
-local cur, prefix, keep = KEYS[1], ARGV[1], tonumber(ARGV[2])
-for i = 3, #ARGV, 4 do
-  local field, doc, at, sig = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
-  local hist = prefix .. ':h:' .. field
-  local seen = false
-  for _, old in ipairs(redis.call('LRANGE', hist, 0, -1)) do
-    if cjson.decode(old).sig == sig then seen = true end
-  end
-  if not seen then
-    redis.call('LPUSH', hist, doc)
-    redis.call('LTRIM', hist, 0, keep - 1)
-    local now = redis.call('HGET', cur, field)
-    if not now or cjson.decode(now).at <= at then redis.call('HSET', cur, field, doc) end
-  end
+local keep, field, doc, at, sig = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+for _, old in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  if cjson.decode(old).sig == sig then return 0 end
 end
+redis.call('LPUSH', KEYS[2], doc)
+redis.call('LTRIM', KEYS[2], 0, keep - 1)
+local now = redis.call('HGET', KEYS[1], field)
+if not now or cjson.decode(now).at <= at then redis.call('HSET', KEYS[1], field, doc) end
 return 1
 """
 
@@ -123,7 +119,7 @@ class ReviewStore:
     def __init__(self, client: RedisClient, prefix: str = DEFAULT_PREFIX, history: int = 50,
                  clock: Callable[[], float] = time.time) -> None:
         self._client = client
-        self._prefix = prefix
+        self._prefix = hash_tagged(prefix)
         self._history = history
         self._clock = clock
         self._apply = client.register_script(_APPLY)
@@ -131,16 +127,17 @@ class ReviewStore:
     def record(self, receipts: Sequence[Receipt]) -> int:
         """Records the reviews among `receipts`; how many there were."""
         now = self._clock()
-        args: list[Any] = [self._prefix, self._history]
-        count = 0
+        calls = []
         for receipt in receipts:
             review = review_of(receipt, now)
             if review is not None:
-                args += [review.field, review.to_json(), review.at, review.sig]
-                count += 1
-        if count:
-            self._apply(keys=[self._prefix + ":cur"], args=args)
-        return count
+                calls.append(ScriptCall(
+                    self._apply, [self._prefix + ":cur", self._prefix + ":h:" + review.field],
+                    [self._history, review.field, review.to_json(), review.at, review.sig]))
+        for reply in run_calls(self._client, calls):
+            if isinstance(reply, Exception):
+                raise reply
+        return len(calls)
 
     def current(self, state: str | None = None) -> list[Review]:
         """The latest review of every item (only those in `state` if given), by kind, name."""

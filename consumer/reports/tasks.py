@@ -7,7 +7,8 @@ delivery statistics' `submitted` for its send hour); the `send-tracker` handler 
 *delivered* or *failed* when its receipt (or reconciled answer) arrives. Read by
 `alicom-receipts tasks` and the dashboard.
 
-Redis layout under `prefix` (default `alicom:tasks`); numbers are hash fields in the form
+Redis layout under the hash-tagged `prefix` (default `alicom:tasks`, keys `{alicom:tasks}:...`:
+one cluster slot, so every script call is legal on a cluster; numbers are hash fields in the form
 `consumer.reports.phone_ids` gives them, never key names:
 
 * `<prefix>:index`     sorted set task id -> creation time (epoch s);
@@ -28,9 +29,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from redis.client import Pipeline
-
-from consumer.clients.redis_client import RedisClient
+from consumer.clients.redis_client import RedisClient, hash_tagged
+from consumer.clients.redis_scripts import ScriptCall, run_calls
 
 __all__ = ["DEFAULT_PREFIX", "Outcome", "TaskCounts", "TaskStore"]
 
@@ -38,55 +38,52 @@ DEFAULT_PREFIX = "alicom:tasks"
 DEFAULT_TTL_S = 35 * 86400.0
 _MAX_CODE_CHARS = 64
 
-# ARGV: prefix, now, ttl, then per number: task, biz_id, number, stats hour key ('' none),
-# its EXPIREAT.
+# Every script names its keys in KEYS, literally, all under the family's hash tag (Tair proxy
+# rule; one slot per call): see consumer.clients.redis_scripts.
+# KEYS[1] t:<task>, KEYS[2] n:<task>, KEYS[3] b:<biz> (set only when the task is not the
+# BizId), KEYS[4] index. ARGV: number, now, ttl, task, biz. 1 when the number is new.
 _RECORD = """
-local prefix, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-for i = 4, #ARGV, 5 do
-  local task, biz, number, hour = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local t, n = prefix .. ':t:' .. task, prefix .. ':n:' .. task
-  if redis.call('HSETNX', n, number, 'p') == 1 then
-    redis.call('HINCRBY', t, 'submitted', 1)
-    redis.call('HSETNX', t, 'created', now)
-    redis.call('HSET', t, 'updated', now)
-    redis.call('ZADD', prefix .. ':index', 'NX', now, task)
-    if hour ~= '' then
-      redis.call('HINCRBY', hour, 'submitted', 1)
-      redis.call('EXPIREAT', hour, ARGV[i + 4])
-    end
-  end
-  if task ~= biz then redis.call('SET', prefix .. ':b:' .. biz, task, 'EX', ttl) end
-  redis.call('EXPIRE', t, ttl); redis.call('EXPIRE', n, ttl)
+local added = redis.call('HSETNX', KEYS[2], ARGV[1], 'p')
+if added == 1 then
+  redis.call('HINCRBY', KEYS[1], 'submitted', 1)
+  redis.call('HSETNX', KEYS[1], 'created', ARGV[2])
+  redis.call('HSET', KEYS[1], 'updated', ARGV[2])
+  redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[4])
 end
-redis.call('EXPIRE', prefix .. ':index', ttl)
-redis.call('ZREMRANGEBYSCORE', prefix .. ':index', '-inf', now - ttl)
-return 1
+if ARGV[4] ~= ARGV[5] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+return added
 """
 
-# ARGV: prefix, now, ttl, then per receipt: biz_id, number, 'd' | 'f', err_code, reason.
+# KEYS[1] index. ARGV: the cutoff (epoch s). Tasks created before it leave the index.
+_TRIM = """
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+"""
+
+# KEYS[1] b:<biz>. The task a BizId belongs to (nil: the BizId is its own task).
+_TASK_OF = """
+return redis.call('GET', KEYS[1])
+"""
+
+# KEYS[1] t:<task>, KEYS[2] n:<task>. ARGV: number, 'd' | 'f', err_code, reason, now, ttl.
+# 1 when the number moved from pending to its outcome, else 0.
 _SETTLE = """
-local prefix, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local moved = 0
-for i = 4, #ARGV, 5 do
-  local biz, number, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local task = redis.call('GET', prefix .. ':b:' .. biz) or biz
-  local t, n = prefix .. ':t:' .. task, prefix .. ':n:' .. task
-  if redis.call('HGET', n, number) == 'p' then
-    if outcome == 'd' then
-      redis.call('HSET', n, number, 'd')
-      redis.call('HINCRBY', t, 'delivered', 1)
-    else
-      redis.call('HSET', n, number, 'f' .. ARGV[i + 3])
-      redis.call('HINCRBY', t, 'failed', 1)
-      redis.call('HINCRBY', t, 'fail:' .. ARGV[i + 3], 1)
-      redis.call('HINCRBY', t, 'why:' .. ARGV[i + 4], 1)
-    end
-    redis.call('HSET', t, 'updated', now)
-    redis.call('EXPIRE', t, ttl); redis.call('EXPIRE', n, ttl)
-    moved = moved + 1
-  end
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= 'p' then return 0 end
+if ARGV[2] == 'd' then
+  redis.call('HSET', KEYS[2], ARGV[1], 'd')
+  redis.call('HINCRBY', KEYS[1], 'delivered', 1)
+else
+  redis.call('HSET', KEYS[2], ARGV[1], 'f' .. ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'failed', 1)
+  redis.call('HINCRBY', KEYS[1], 'fail:' .. ARGV[3], 1)
+  redis.call('HINCRBY', KEYS[1], 'why:' .. ARGV[4], 1)
 end
-return moved
+redis.call('HSET', KEYS[1], 'updated', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 1
 """
 
 
@@ -141,40 +138,69 @@ class TaskCounts:
 
 
 class TaskStore:
-    """Send tasks in Redis; thread-safe as its client. Errors: redis-py's."""
+    """Send tasks in Redis; thread-safe as its client. Errors: redis-py's.
+
+    Keys live under the hash-tagged prefix (``{alicom:tasks}:...``): one cluster slot."""
 
     def __init__(self, client: RedisClient, prefix: str = DEFAULT_PREFIX,
                  ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.time) -> None:
         self._client = client
-        self._prefix = prefix
+        self._prefix = hash_tagged(prefix)
         self._ttl_s = int(ttl_s)
         self._clock = clock
         self._record = client.register_script(_RECORD)
+        self._trim = client.register_script(_TRIM)
+        self._task_of = client.register_script(_TASK_OF)
         self._settle = client.register_script(_SETTLE)
 
-    def record(self, numbers: Iterable[tuple[str, str, str, str, int]],
-               pipe: Pipeline | None = None) -> None:
-        """Adds (task, biz_id, number, stats hour key or "", its expireat) as pending; with
-        `pipe` the call is only queued there (the caller executes)."""
-        args: list[Any] = [self._prefix, int(self._clock()), self._ttl_s]
-        for item in numbers:
-            args += item
-        if len(args) > 3:
-            self._record(args=args, client=pipe or self._client)
+    def record_calls(self, numbers: Iterable[tuple[str, str, str]]) -> list[ScriptCall]:
+        """The script calls that add (task, biz_id, number) as pending, the index trim
+        first; each number's call answers 1 when it is new. For callers that send them with
+        their own (`run_calls`)."""
+        now = int(self._clock())
+        calls = [ScriptCall(self._trim, [self._index], [now - self._ttl_s])]
+        for task, biz, number in numbers:
+            keys = [self._key("t", task), self._key("n", task), self._key("b", biz),
+                    self._index]
+            calls.append(ScriptCall(self._record, keys, [number, now, self._ttl_s, task, biz]))
+        return calls if len(calls) > 1 else []
 
-    def settle(self, outcomes: Sequence[Outcome], pipe: Pipeline | None = None) -> int:
-        """Moves pending numbers to their outcome; how many moved (the rest were not pending).
-        With `pipe` the call is only queued there (the caller executes) and 0 is returned."""
+    def record(self, numbers: Iterable[tuple[str, str, str]]) -> list[bool]:
+        """Adds (task, biz_id, number) as pending; per number, True when it is new."""
+        replies = run_calls(self._client, self.record_calls(numbers))
+        return [_ok(reply) for reply in replies[1:]]
+
+    def settle_calls(self, outcomes: Sequence[Outcome]) -> list[ScriptCall]:
+        """The script calls that move pending numbers to their outcome (one round trip to
+        learn each BizId's task first); each answers 1 when its number moved."""
         if not outcomes:
-            return 0
-        args: list[Any] = [self._prefix, int(self._clock()), self._ttl_s]
-        for o in outcomes:
-            args += [o.biz_id, o.number, "d" if o.delivered else "f",
-                     o.err_code[:_MAX_CODE_CHARS] or "(empty)", o.reason or "other"]
-        if pipe is not None:
-            self._settle(args=args, client=pipe)
-            return 0
-        return int(cast(int, self._settle(args=args)))
+            return []
+        tasks = run_calls(self._client, [ScriptCall(self._task_of, [self._key("b", o.biz_id)])
+                                         for o in outcomes])
+        now = int(self._clock())
+        calls = []
+        for outcome, task in zip(outcomes, tasks, strict=True):
+            if isinstance(task, Exception):
+                raise task
+            task_id = task.decode() if task else outcome.biz_id
+            calls.append(ScriptCall(self._settle, [self._key("t", task_id),
+                                                   self._key("n", task_id)], [
+                outcome.number, "d" if outcome.delivered else "f",
+                outcome.err_code[:_MAX_CODE_CHARS] or "(empty)", outcome.reason or "other",
+                now, self._ttl_s]))
+        return calls
+
+    def settle(self, outcomes: Sequence[Outcome]) -> int:
+        """Moves pending numbers to their outcome; how many moved (the rest were not pending)."""
+        return sum(1 for reply in run_calls(self._client, self.settle_calls(outcomes))
+                   if _ok(reply))
+
+    @property
+    def _index(self) -> str:
+        return self._prefix + ":index"
+
+    def _key(self, kind: str, name: str) -> str:
+        return "%s:%s:%s" % (self._prefix, kind, name)
 
     def tasks(self, since_s: float | None = None, status: str | None = None,
              limit: int = 1000) -> list[TaskCounts]:
@@ -205,3 +231,10 @@ class TaskStore:
             if state is None or state == name:
                 out.append((number.decode(), name, text[1:] if name == "failed" else ""))
         return sorted(out)
+
+
+def _ok(reply: Any) -> bool:
+    """A script call's 1/0 answer; an error Redis answered with is raised."""
+    if isinstance(reply, Exception):
+        raise reply
+    return bool(reply)

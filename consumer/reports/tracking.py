@@ -25,20 +25,23 @@ The sorted set is trimmed of members older than `ttl_s` on every write and expir
 after the last one, so nothing outlives the TTL (default 35 days: past the 30 days
 QuerySendDetails covers, so that reconcile can still report a send it could not look up).
 Phone numbers are stored without a +86 / 0086 / 86 prefix (receipts carry them bare).
-Every write is one Lua script call (atomic, one round trip); the scripts build keys from the
-prefix, so like the dedup store this needs a standalone Redis, not a cluster.
+Keys live under the hash-tagged prefix (`{alicom:track}:z`): one cluster slot. Each send's
+write is one Lua script call naming its keys in KEYS (legal on a Redis Cluster and through
+Tair's proxy); a batch is one round trip per node (`consumer.clients.redis_scripts`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from consumer.clients.redis_client import RedisClient
+from consumer.clients.redis_client import RedisClient, hash_tagged
+from consumer.clients.redis_scripts import ScriptCall, run_calls
 from consumer.errors import ConfigError
 from consumer.reports import delivery_stats, tasks
 from consumer.reports.phone_ids import PhoneIds, normalise_phone, phone_ids
@@ -49,41 +52,36 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 _SHANGHAI_OFFSET_S = 8 * 3600  # Asia/Shanghai has been UTC+8 all year since 1991
 _DAY_S = 86400
 
-# KEYS[1] the sorted set. ARGV: prefix, now, ttl_s, then (member, score, day, out_id) per send.
-# Returns 1 per send newly tracked, 0 per send already tracked (its first record is kept).
-_RECORD = """
-local zset, prefix, now, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', zset, '-inf', '(' .. (now - ttl))
-local out = {}
-for i = 4, #ARGV, 4 do
-  local added = redis.call('ZADD', zset, 'NX', ARGV[i + 1], ARGV[i])
-  out[#out + 1] = added
-  if added == 1 and ARGV[i + 3] ~= '' then
-    local day = prefix .. ':d:' .. ARGV[i + 2]
-    redis.call('HSET', day, ARGV[i], ARGV[i + 3])
-    redis.call('EXPIREAT', day, math.floor((tonumber(ARGV[i + 2]) + 1) * 86400 - 28800 + ttl))
-  end
-end
-redis.call('EXPIRE', zset, math.ceil(ttl))
-return out
+# Keys in KEYS only, written literally, all under the hash-tagged prefix (one slot per call):
+# see consumer.clients.redis_scripts.
+# KEYS[1] the sorted set. ARGV: cutoff (epoch s). Members sent before it go.
+_TRIM = """
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 """
 
-# KEYS[1] the sorted set. ARGV: prefix, then members. Returns 1 per member cleared, else 0.
-_CLEAR = """
-local zset, prefix = KEYS[1], ARGV[1]
-local out = {}
-for i = 2, #ARGV do
-  local score = redis.call('ZSCORE', zset, ARGV[i])
-  if score then
-    redis.call('ZREM', zset, ARGV[i])
-    local day = math.floor((tonumber(score) + 28800) / 86400)
-    redis.call('HDEL', prefix .. ':d:' .. day, ARGV[i])
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
+# KEYS[1] the sorted set, KEYS[2] the send day's out_id hash. ARGV: member, score, out_id,
+# the day hash's EXPIREAT, the set's ttl (s). 1 when newly tracked, 0 when it was already
+# (its first record is kept).
+_RECORD = """
+local added = redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
+if added == 1 and ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('EXPIREAT', KEYS[2], ARGV[4])
 end
-return out
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return added
+"""
+
+# KEYS[1] the sorted set, KEYS[2] the send day's out_id hash. ARGV: member. 1 when cleared.
+_CLEAR = """
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 then redis.call('HDEL', KEYS[2], ARGV[1]) end
+return removed
+"""
+
+# KEYS[1] the sorted set. ARGV: members. Their scores (send times), nil when not tracked.
+_SCORES = """
+return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
 """
 
 
@@ -152,9 +150,12 @@ class SendTracker:
                  ids: PhoneIds | None = None) -> None:
         self._client = client
         self._settings = settings or TrackingSettings()
-        self._zset = self._settings.key_prefix + ":z"
+        self._tag = hash_tagged(self._settings.key_prefix)
+        self._zset = self._tag + ":z"
+        self._trim = client.register_script(_TRIM)
         self._record = client.register_script(_RECORD)
         self._clear = client.register_script(_CLEAR)
+        self._scores = client.register_script(_SCORES)
         self.ids = ids or phone_ids(self._settings.hash_numbers)
         self.tasks = tasks.TaskStore(client, self._settings.tasks_prefix, self._settings.ttl_s)
 
@@ -166,25 +167,39 @@ class SendTracker:
                                              out_id, task_id)])[0]
 
     def record_many(self, sends: Iterable[TrackedSend]) -> list[bool]:
-        """Tracks sends, their tasks and the `submitted` statistics in one round trip; per
-        send, True when newly tracked."""
-        args: list[Any] = [self._settings.key_prefix, time.time(), self._settings.ttl_s]
-        numbers: list[tuple[str, str, str, str, int]] = []
-        stats = self._settings.stats_prefix
-        for s in sends:
-            day = int((s.sent_at + _SHANGHAI_OFFSET_S) // _DAY_S)
-            args += [_member(s.biz_id, s.phone_number), repr(s.sent_at), day, s.out_id]
-            hour, expire_at = (delivery_stats.hour_bucket(stats, s.sent_at) if stats
-                               else ("", 0))
-            numbers.append((s.task_id or s.biz_id, s.biz_id, self.ids(s.phone_number), hour,
-                            expire_at))
-        if not numbers:
+        """Tracks sends and their tasks in one round trip (per node), then adds the numbers
+        new to their task to the `submitted` statistics (a second, only when there are
+        some); per send, True when newly tracked."""
+        ttl = self._settings.ttl_s
+        batch = list(sends)
+        if not batch:
             return []
+        calls = [ScriptCall(self._trim, [self._zset], [time.time() - ttl])]
+        for s in batch:
+            day = int((s.sent_at + _SHANGHAI_OFFSET_S) // _DAY_S)
+            day_expire = (day + 1) * _DAY_S - _SHANGHAI_OFFSET_S + int(ttl)
+            calls.append(ScriptCall(self._record, [self._zset, self._day_key(day)], [
+                _member(s.biz_id, s.phone_number), repr(s.sent_at), s.out_id, day_expire,
+                int(ttl) + 1]))
+        task_calls = self.tasks.record_calls(
+            (s.task_id or s.biz_id, s.biz_id, self.ids(s.phone_number)) for s in batch)
+        replies = run_calls(self._client, calls + task_calls)
+        tracked = [_flag(reply) for reply in replies[1:len(calls)]]
+        new_numbers = [_flag(reply) for reply in replies[len(calls) + 1:]]
+        self._count_submitted([s for s, new in zip(batch, new_numbers, strict=True) if new])
+        return tracked
+
+    def _count_submitted(self, sends: list[TrackedSend]) -> None:
+        stats = self._settings.stats_prefix
+        if not stats or not sends:
+            return
+        per_hour: Counter[tuple[str, int]] = Counter(
+            delivery_stats.hour_bucket(stats, s.sent_at) for s in sends)
         pipe = self._client.pipeline(transaction=False)
-        self._record(keys=[self._zset], args=args, client=pipe)
-        self.tasks.record(numbers, pipe)
-        replies = cast(list[int], pipe.execute()[0])
-        return [bool(r) for r in replies]
+        for (hour, expire_at), count in per_hour.items():
+            pipe.hincrby(hour, "submitted", count)
+            pipe.expireat(hour, expire_at)
+        pipe.execute()
 
     def clear(self, biz_id: str, phone_number: str) -> bool:
         """Stops tracking one send (its receipt arrived); False if it was not tracked."""
@@ -192,16 +207,28 @@ class SendTracker:
 
     def clear_many(self, keys: Sequence[tuple[str, str]],
                    settle: Sequence[tasks.Outcome] = ()) -> list[bool]:
-        """`clear` for many (biz_id, phone_number) pairs in one round trip; `settle` moves
-        task numbers to their outcome in the same round trip (`TaskStore.settle`)."""
+        """`clear` for many (biz_id, phone_number) pairs; `settle` moves task numbers to
+        their outcome with them (`TaskStore.settle`). Two round trips: one reads each send's
+        day (and each BizId's task), one writes."""
         if not keys:
             return []
         members = [_member(b, p) for b, p in keys]
-        pipe = self._client.pipeline(transaction=False)
-        self._clear(keys=[self._zset], args=[self._settings.key_prefix, *members], client=pipe)
-        self.tasks.settle(settle, pipe)
-        replies = cast(list[int], pipe.execute()[0])
-        return [bool(r) for r in replies]
+        scores = run_calls(self._client, [ScriptCall(self._scores, [self._zset], members)])[0]
+        if isinstance(scores, Exception):
+            raise scores
+        calls, cleared = [], []
+        for member, score in zip(members, scores, strict=True):
+            cleared.append(score is not None)
+            if score is not None:
+                day = int((float(score) + _SHANGHAI_OFFSET_S) // _DAY_S)
+                calls.append(ScriptCall(self._clear, [self._zset, self._day_key(day)],
+                                        [member]))
+        replies = run_calls(self._client, calls + self.tasks.settle_calls(settle))
+        moved = iter(_flag(reply) for reply in replies[:len(calls)])
+        return [next(moved) if was else False for was in cleared]
+
+    def _day_key(self, day: int) -> str:
+        return f"{self._tag}:d:{day}"
 
     def pending(self, older_than_s: float = 0.0, limit: int = 1000) -> list[TrackedSend]:
         """Tracked sends sent at least `older_than_s` ago, oldest first, at most `limit`."""
@@ -213,7 +240,7 @@ class SendTracker:
         pipe = self._client.pipeline(transaction=False)
         for member, score in rows:
             day = int((score + _SHANGHAI_OFFSET_S) // _DAY_S)
-            pipe.hget(f"{self._settings.key_prefix}:d:{day}", member)
+            pipe.hget(self._day_key(day), member)
         out_ids = cast(list[bytes | None], pipe.execute())
         sends = []
         for (member, score), out_id in zip(rows, out_ids, strict=True):
@@ -225,3 +252,10 @@ class SendTracker:
     def count(self) -> int:
         """How many sends are tracked (pending), whatever their age."""
         return int(self._client.zcard(self._zset))
+
+
+def _flag(reply: Any) -> bool:
+    """A script call's 1/0 answer; an error Redis answered with is raised."""
+    if isinstance(reply, Exception):
+        raise reply
+    return bool(reply)

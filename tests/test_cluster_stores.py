@@ -1,0 +1,106 @@
+"""The Redis-backed stores on a real Redis Cluster (3 masters, 3 replicas): every script call
+and transaction stays within one slot, and a batch of script calls is one pipeline per node."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import pytest
+import redis
+
+from alicom_sandbox.redis_topologies import ClusterSetup, running_cluster
+from consumer.clients.redis_client import RedisClient, connect
+from consumer.clients.redis_scripts import ScriptCall, run_calls
+from consumer.pipeline.deadletter import DeadLetter, DeadLetterSettings, RedisDeadLetterStore
+from consumer.pipeline.decode import parse_object
+from consumer.receipts import Receipt, ReceiptMeta
+from consumer.reports.delivery_stats import SHANGHAI, StatsWriter, read_hours
+from consumer.reports.tracking import SendTracker, TrackingSettings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ClusterSetup]:
+    with running_cluster() as setup:
+        yield setup
+
+
+@pytest.fixture
+def client(cluster: ClusterSetup) -> Iterator[RedisClient]:
+    c = connect(cluster.url, socket_timeout_s=5)
+    for port in cluster.masters():
+        redis.Redis(port=port).flushall()
+    yield c
+    c.close()
+
+
+SENT = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def _report(biz_id: str, phone: str, success: bool = True) -> Receipt:
+    sent = SENT.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+    obj = {"phone_number": phone, "biz_id": biz_id, "success": success,
+           "err_code": "DELIVERED" if success else "MK:0001", "err_msg": "x",
+           "send_time": sent, "report_time": sent,
+           "sms_size": "1", "out_id": ""}
+    return parse_object("SmsReport", obj, ReceiptMeta(source="mns"))
+
+
+def test_run_calls_answers_each_call_across_all_masters_in_one_pipeline_per_node(
+        client: RedisClient, cluster: ClusterSetup) -> None:
+    script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    keys = [f"k{i}" for i in range(60)]
+    assert isinstance(client, redis.RedisCluster)
+    nodes = {client.get_node_from_key(k).name for k in keys}  # type: ignore[no-untyped-call]
+    assert len(nodes) == 3  # the keys really spread over every master
+    before = _pipelines_run(cluster)
+    assert run_calls(client, [ScriptCall(script, [k], [i]) for i, k in enumerate(keys)]) == list(
+        range(60))
+    # One EVALSHA batch per node; the first use loads the script once per node too.
+    assert _pipelines_run(cluster) - before <= 3 * 2
+
+
+def _pipelines_run(cluster: ClusterSetup) -> int:
+    """SCRIPT EXISTS calls: redis-py sends one at the start of each pipeline holding scripts."""
+    total = 0
+    for port in cluster.masters():
+        stats = redis.Redis(port=port).info("commandstats")
+        total += int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
+    return total
+
+
+def test_dead_letters_work_on_a_cluster(client: RedisClient) -> None:
+    store = RedisDeadLetterStore(client, DeadLetterSettings(max_entries=3))
+    letters = [DeadLetter.create(queue="A" if i % 2 else "B", message_type="SmsReport",
+                                 raw_body=b"\xff body %d" % i, reason="not_json", detail="d",
+                                 source="mns", dead_at_ms=int(time.time() * 1000) + i)
+               for i in range(5)]
+    for item in letters:
+        store.put(item)
+    assert [item.id for item in store.list()] == [item.id for item in letters[:1:-1]]
+    assert store.get(letters[4].id) == letters[4]
+    assert store.remove(letters[4].id)
+    assert store.count() == 2
+    assert store.purge() == 2
+    assert store.count() == 0
+
+
+def test_tracking_tasks_and_stats_work_on_a_cluster(client: RedisClient) -> None:
+    tracker = SendTracker(client, TrackingSettings())
+    now = time.time()
+    assert tracker.record("100^0", "13800000001", now - 60, out_id="order-1", task_id="t1")
+    assert tracker.record("101^0", "13800000002", now - 30, task_id="t1")
+    assert not tracker.record("101^0", "13800000002", now - 30, task_id="t1")
+    assert [s.out_id for s in tracker.pending()] == ["order-1", ""]
+    assert tracker.clear_many([("100^0", "13800000001"), ("102^0", "13800000009")]) == [
+        True, False]
+    assert tracker.count() == 1
+    task = tracker.tasks.get("t1")
+    assert task is not None and (task.submitted, task.pending) == (2, 2)
+    StatsWriter(client).record([_report("100^0", "13800000001"),
+                                _report("101^0", "13800000002", success=False)])
+    hour = read_hours(client, SENT, 1)[0]
+    assert (hour.delivered, hour.failed) == (1, 1)
