@@ -1,6 +1,7 @@
 """`redis-stream`: XADD each receipt to a Redis stream for other services to consume.
 
-Exactly-once under kill -9: one Lua script per batch checks each receipt's completion
+Exactly-once under kill -9: one Lua script call per receipt (a batch in one round trip) checks
+each receipt's completion
 record (`{<stream>}:done:<dedup key>`), adds the entry and writes the record, so a receipt
 delivered again (a platform duplicate, a redelivery after the worker died at any moment,
 the script having run or not) never adds a second entry. A script runs whole in Redis;
@@ -10,12 +11,12 @@ an XADD the server refuses writes no record, so that receipt is retried.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import redis
 import structlog
 
 from consumer.clients.redis_client import connect_option
+from consumer.clients.redis_scripts import ScriptCall, run_calls
 from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line, receipt_json, sink_key_function
@@ -25,27 +26,18 @@ log = structlog.get_logger(__name__)
 
 _EIGHT_DAYS_S = 8 * 24 * 3600.0  # past the dedup records' default week
 
-# KEYS: the stream, then one completion record per receipt. ARGV: maxlen, record TTL (ms),
-# then per receipt: type, doc, message_id, dedup key. Returns per receipt "+<entry id>",
-# "=" (recorded before: nothing added) or "!<error>" (refused: no record, retry it).
+# One call per receipt, its keys in KEYS written literally (Tair proxy rule), both in the
+# stream's slot: see consumer.clients.redis_scripts.
+# KEYS[1] the stream, KEYS[2] the receipt's completion record. ARGV: maxlen, record TTL (ms),
+# type, doc, message_id, dedup key. Returns "+<entry id>", "=" (recorded before: nothing
+# added) or "!<error>" (refused: no record, retry it).
 _ADD_ONCE = """
-local out = {}
-for i = 2, #KEYS do
-  local a = 3 + (i - 2) * 4
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    out[#out + 1] = '='
-  else
-    local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[a],
-                           'doc', ARGV[a + 1], 'message_id', ARGV[a + 2], 'key', ARGV[a + 3])
-    if type(id) == 'table' and id.err then
-      out[#out + 1] = '!' .. id.err
-    else
-      redis.call('SET', KEYS[i], id, 'PX', ARGV[2])
-      out[#out + 1] = '+' .. id
-    end
-  end
-end
-return out
+if redis.call('EXISTS', KEYS[2]) == 1 then return '=' end
+local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[3],
+                       'doc', ARGV[4], 'message_id', ARGV[5], 'key', ARGV[6])
+if type(id) == 'table' and id.err then return '!' .. id.err end
+redis.call('SET', KEYS[2], id, 'PX', ARGV[2])
+return '+' .. id
 """
 
 
@@ -82,20 +74,24 @@ class RedisStreamHandler:
         self._add_once = self._client.register_script(_ADD_ONCE)
 
     def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
-        """Adds the batch's new receipts in one script call; refused entries are retried."""
-        keys = [self._key_of(r) for r in receipts]
-        args: list[Any] = [self._maxlen, self._ttl_ms]
-        for receipt, key in zip(receipts, keys, strict=True):
-            args += [receipt.message_type, receipt_json(receipt), receipt.meta.message_id, key]
+        """Adds the batch's new receipts in one round trip; refused entries are retried."""
+        calls = []
+        for receipt in receipts:
+            key = self._key_of(receipt)
+            calls.append(ScriptCall(self._add_once, [self._stream, self.done_key(key)], [
+                self._maxlen, self._ttl_ms, receipt.message_type, receipt_json(receipt),
+                receipt.meta.message_id, key]))
         try:
-            replies = self._add_once(keys=[self._stream, *(self.done_key(k) for k in keys)],
-                                     args=args)
+            replies = run_calls(self._client, calls)
         except redis.RedisError as exc:
             raise RetryLater(f"redis stream {self._stream}: {one_line(exc)}") from exc
         result = BatchResult()
         repeats = 0
         for receipt, reply in zip(receipts, replies, strict=True):
-            text = reply.decode() if isinstance(reply, bytes) else str(reply)
+            if isinstance(reply, Exception):  # refused before the script ran
+                text = f"!{one_line(reply)}"
+            else:
+                text = reply.decode() if isinstance(reply, bytes) else str(reply)
             if text.startswith("!"):
                 result.retry(receipt, f"redis stream {self._stream}: {text[1:]}")
             repeats += text == "="
