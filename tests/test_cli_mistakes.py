@@ -32,5 +32,5 @@ def test_a_redis_url_with_a_non_numeric_port_is_one_line_without_the_password() 
     assert done.returncode == 2
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) == 1, lines
-    assert "redis.url has a port that is not a number" in lines[0]
+    assert "ALICOM_RECEIPTS_REDIS_URL: redis.url has a port that is not a number" in lines[0]
     assert "hunter22" not in lines[0]

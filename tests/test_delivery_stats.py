@@ -15,7 +15,7 @@ import redis
 from alicom_sandbox.redis_server import RedisServer, free_port
 from consumer.errors import RetryLater
 from consumer.handlers.delivery_stats import DeliveryStatsHandler
-from consumer.handlers.plugins import HandlerSpec, PluginError, close_handlers, load_handlers
+from consumer.handlers.plugins import PluginError, close_handlers, load_handlers
 from consumer.pipeline.decode import parse_object
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.reports.delivery_report import run
@@ -27,6 +27,7 @@ from consumer.reports.delivery_stats import (
     record_submitted,
 )
 from consumer.reports.err_codes import describe
+from consumer.settings import HandlerSpec
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 # The sample's hours are fixed dates in the past; a bucket expires `ttl` after its hour, so

@@ -19,11 +19,12 @@ from consumer.errors import ConfigError, PermanentFailure, RetryLater
 from consumer.handlers import receipt_json, sink_key_function
 from consumer.handlers.jsonl import JsonLinesHandler
 from consumer.handlers.log import LogHandler
-from consumer.handlers.plugins import HandlerSpec, PluginError, load_handlers
+from consumer.handlers.plugins import PluginError, load_handlers
 from consumer.handlers.redis_stream import RedisStreamHandler
 from consumer.handlers.webhook import WebhookHandler
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.receipts import IntlSmsReport, Receipt, ReceiptMeta, SmsReport, SmsUp
+from consumer.settings import HandlerSpec
 
 WAIT_S = 30.0
 

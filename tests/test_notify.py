@@ -13,7 +13,8 @@ import pytest
 
 from consumer.pipeline.stats import Stats
 from consumer.runtime.notify import Notifier
-from consumer.runtime.service import POLL_BACKOFF_MAX_S, Health, ServiceSettings
+from consumer.runtime.service import POLL_BACKOFF_MAX_S, Health
+from consumer.settings import ServiceSettings
 
 
 @pytest.fixture

@@ -281,7 +281,8 @@ def test_a_crash_in_close_is_logged_and_the_others_still_close() -> None:
 
 PROBE = textwrap.dedent("""
     import json, sys
-    from consumer.handlers.plugins import HandlerSpec, available_handlers, load_handlers
+    from consumer.handlers.plugins import available_handlers, load_handlers
+    from consumer.settings import HandlerSpec
     from consumer.receipts import ReceiptMeta, SmsReport
     routes = load_handlers([HandlerSpec("example-print", types=("SmsReport",),
                                         options={"prefix": "PRINTED"})])

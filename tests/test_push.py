@@ -25,7 +25,7 @@ from consumer.pipeline.dedup import DedupSettings, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.receipts import Receipt
-from consumer.settings.push import PushSettings, load_push_config
+from consumer.settings import PushSettings, load_settings
 from consumer.sources.push.pipeline import PushWorker
 from consumer.sources.push.server import SUCCESS, parse_push_body, running_push_server
 from consumer.testing import SAMPLES_DIR
@@ -220,9 +220,10 @@ def test_push_settings_come_from_the_push_table_and_the_environment(
                       '[push]\nlisten = "0.0.0.0:9000"\n'
                       'allowlist = ["100.104.0.0/16"]\nsecret = "%s"\n\n[[handlers]]\n'
                       'use = "log"\n' % (redis_server.url, SECRET), encoding="utf-8")
-    settings, push = load_push_config(str(config), {
+    settings = load_settings(str(config), {
         "ALICOM_RECEIPTS_PUSH_HANDOFF_TIMEOUT_S": "0.3",
         "ALICOM_RECEIPTS_PUSH_TRUSTED_PROXIES": "127.0.0.1, ::1"})
+    push = settings.push
     assert settings.redis_url == redis_server.url and settings.source == str(config)
     assert [h.use for h in settings.handlers] == ["log"]
     assert push.host_port == ("0.0.0.0", 9000) and push.allowlist == ("100.104.0.0/16",)
@@ -232,7 +233,7 @@ def test_push_settings_come_from_the_push_table_and_the_environment(
 
 @pytest.mark.parametrize(("table", "says"), [
     ('secret = "short"', "push.secret"),
-    ('handoff_timeout_s = 0.9', "700 ms"),
+    ('handoff_timeout_s = 0.9', r"push.handoff_timeout_s must be > 0 and < 0.7"),
     ('allowlist = ["not-a-net"]', "not an address"),
     ('listn = "1:2"', "push.listn is not a setting"),
 ])
@@ -241,7 +242,7 @@ def test_bad_push_settings_are_refused_with_the_setting_named(
     config = tmp_path / "push.toml"
     config.write_text("[push]\n%s\n" % table, encoding="utf-8")
     with pytest.raises(ConfigError, match=says):
-        load_push_config(str(config), {})
+        load_settings(str(config), {})
 
 
 # -- the worker -----------------------------------------------------------------------------

@@ -151,14 +151,14 @@ def test_one_preset_field_can_be_overridden(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("toml", "message"), [
     ("[poll]\nwait_seconds = 45\nsocket_timeout_s = 60",
-     "poll.wait_seconds must be 0-30, got 45"),
+     "poll.wait_seconds must be 1-30 (0 would spin on empty receives), got 45"),
     ("[poll]\nbatch_size = 17", "poll.batch_size must be 1-16, got 17"),
     ("[poll]\npollers = 0", "poll.pollers must be 1-64, got 0"),
     ("[ack]\nvisibility_timeout_s = 50000", "ack.visibility_timeout_s must be 1-43200, got 50000"),
     ("[ack]\ndelete_batch_max = 20", "ack.delete_batch_max must be 1-16, got 20"),
-    ("[ack]\nretry_base_s = 0", "ack.retry_base_s must be > 0, got 0.0"),
+    ("[ack]\nretry_base_s = 0", "ack.retry_base_s must be > 0 and <= 43200, got 0.0"),
     ("[worker]\nhandler_threads = 0", "worker.handler_threads must be 1-1024, got 0"),
-    ("[worker]\nmax_rss_mb = 8", "worker.max_rss_mb must be >= 32, got 8"),
+    ("[worker]\nmax_rss_mb = 8", "worker.max_rss_mb must be 32-1048576, got 8"),
     ("[token]\nmax_attempts = 0", "token.max_attempts must be 1-20, got 0"),
     ("[log]\nlevel = \"verbose\"", "log.level must be one of debug, info, warning, error, "
                                    "critical, got 'verbose'"),
@@ -167,14 +167,15 @@ def test_one_preset_field_can_be_overridden(tmp_path: Path) -> None:
     ("[redis]\nurl = \"http://localhost\"",
      "redis.url must start with redis://, rediss://, unix://, redis+sentinel://, "
      "rediss+sentinel://, redis+cluster://, rediss+cluster://, got 'http://localhost'"),
-    ("[metrics]\naddress = \"9464\"", "metrics.address must be host:port (or :port), got '9464'"),
+    ("[metrics]\naddress = \"9464\"",
+     "metrics.address must be host:port (or :port, port 1-65535), got '9464'"),
     ("[poll]\nsocket_timeout_s = 12", "poll.socket_timeout_s must be at least "
                                        "poll.wait_seconds + 5 (15), got 12.0"),
     ("[ack]\nextend_before_s = 60", "ack.extend_before_s (60.0) must be below "
                                     "ack.visibility_timeout_s (60)"),
     ("[dedup]\nlease_s = 60", "dedup.lease_s"),  # gone: a claim lasts until NextVisibleTime
     ("[worker]\nin_flight_max = 8", "worker.in_flight_max (8) must be >= poll.batch_size (16)"),
-    ("[dedup]\ncompleted_ttl_s = 0", "dedup: dedup completed_ttl_s must be > 0"),
+    ("[dedup]\ncompleted_ttl_s = 0", "dedup.completed_ttl_s must be 1-31536000, got 0.0"),
     ("[poll]\npollers = \"four\"", "poll.pollers must be an integer, got 'four'"),
     ("[poll]\npollers = 2.5", "poll.pollers must be an integer, got '2.5'"),
     ("[ack]\nretry_base_s = true", "ack.retry_base_s must be a number, got 'True'"),
@@ -224,7 +225,8 @@ def test_an_unknown_environment_override_is_refused_with_a_suggestion(tmp_path: 
 
 def test_a_badly_typed_environment_override_names_the_setting(tmp_path: Path) -> None:
     problems = problems_of(MINIMAL, tmp_path, {"ALICOM_RECEIPTS_POLL_POLLERS": "many"})
-    assert problems == ("poll.pollers must be an integer, got 'many'",)
+    assert problems == ("ALICOM_RECEIPTS_POLL_POLLERS: poll.pollers must be an integer, "
+                        "got 'many'",)
 
 
 def test_all_problems_are_reported_together(tmp_path: Path) -> None:

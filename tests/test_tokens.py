@@ -311,7 +311,7 @@ def test_a_set_stop_event_ends_retrying_after_the_current_attempt() -> None:
     service = TokenService(AccessKey("id", "secret"),
                            Endpoints(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", "http",
                                      "cn-hangzhou"),
-                           TokenSettings(max_attempts=10, backoff_initial_s=30),
+                           TokenSettings(max_attempts=10, backoff_initial_s=30, backoff_max_s=30),
                            stop=stop, observer=counters)
     with pytest.raises(TransientError):
         service.token("SmsReport")

@@ -39,6 +39,7 @@ from consumer.handler_api import HandlerTypeError
 from consumer.handlers.plugins import close_handlers, load_handlers
 from consumer.runtime import logs
 from consumer.settings import (
+    ENV_PREFIX,
     InvalidSettings,
     Settings,
     config_path,
@@ -212,7 +213,9 @@ def main(argv: Sequence[str]) -> int:
         settings = load_settings(path, env)
     except InvalidSettings as exc:
         for problem in exc.problems:
-            _say("config: %s -> fix it in %s" % (problem, path or "the environment"))
+            where = ("that environment variable" if problem.startswith(ENV_PREFIX)
+                     else "it in %s" % (path or "the environment"))
+            _say("config: %s -> fix %s" % (problem, where))
         return 2
     except ConfigError as exc:
         _say("config: %s -> fix the file or --config" % _one_line(str(exc)))

@@ -26,9 +26,8 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, cast
+from typing import cast
 
 import structlog
 
@@ -36,7 +35,6 @@ from consumer.errors import ConfigError
 from consumer.handler_api import (
     AnyHandler,
     FunctionHandler,
-    HandlerPolicy,
     HandlerTypeError,
     RoutedHandler,
     is_batch_handler,
@@ -46,6 +44,7 @@ from consumer.handler_api import (
 )
 from consumer.handlers import one_line
 from consumer.receipts import Receipt
+from consumer.settings import HandlerSpec
 
 log = structlog.get_logger(__name__)
 
@@ -55,25 +54,6 @@ GROUP = "alicom_receipts.handlers"
 
 class PluginError(ConfigError):
     """A handler could not be loaded or built; the message is one line: which and why."""
-
-
-@dataclass(frozen=True)
-class HandlerSpec:
-    """One configured handler.
-
-    `use`: an entry point name in group `alicom_receipts.handlers`, or `module:attr`.
-    `types`: the receipt classes it gets; None means the handler's own `types`, else its
-    annotation's, else all.
-    `options`: keyword arguments for a class target (an error for any other target).
-    `name`: the label in logs and metrics; default the handler's `name`, else `use`.
-    `policy`: its deadline, attempts and backoff, over the handler's own (unset: global).
-    """
-
-    use: str
-    types: tuple[str, ...] | None = None
-    options: Mapping[str, Any] = field(default_factory=dict, hash=False)  # dicts don't hash
-    name: str | None = None
-    policy: HandlerPolicy = field(default_factory=HandlerPolicy)
 
 
 def available_handlers() -> dict[str, EntryPoint]:

@@ -41,33 +41,13 @@ import redis
 from consumer.clients.redis_client import RedisClient, RedisPipeline, hash_tagged
 from consumer.errors import ConfigError
 from consumer.pipeline.dedup import transient_from_redis
+from consumer.settings import DeadLetterSettings
 
 __all__ = ["DeadLetter", "DeadLetterSettings", "RedisDeadLetterStore", "new_dead_letter_id"]
 
 _THIRTY_DAYS_S = 30 * 24 * 3600.0
 # Removals per script call when trimming or purging: bounds how long one call blocks Redis.
 _CHUNK = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterSettings:
-    """Where dead letters live and how many are kept (the oldest go first)."""
-
-    key_prefix: str = "alicom:dlq:"
-    retention_s: float = _THIRTY_DAYS_S
-    max_entries: int = 100_000
-
-    def __post_init__(self) -> None:
-        if not self.key_prefix:
-            raise ConfigError("dead-letter key_prefix must not be empty")
-        if not self.retention_s >= 0.001:
-            raise ConfigError(f"dead-letter retention_s must be >= 0.001, got {self.retention_s!r}")
-        if self.max_entries < 1:
-            raise ConfigError(f"dead-letter max_entries must be >= 1, got {self.max_entries!r}")
-
-    @property
-    def retention_ms(self) -> int:
-        return round(self.retention_s * 1000)
 
 
 def new_dead_letter_id(dead_at_ms: int) -> str:

@@ -36,14 +36,14 @@ import enum
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import redis
 from redis.commands.core import Script
 
 from consumer.clients.redis_client import RedisClient
-from consumer.errors import ConfigError, TransientError
+from consumer.errors import TransientError
+from consumer.settings import DedupSettings
 
 __all__ = [
     "ClaimState",
@@ -54,29 +54,6 @@ __all__ = [
 ]
 
 _SEVEN_DAYS_S = 7 * 24 * 3600.0
-
-
-@dataclass(frozen=True, slots=True)
-class DedupSettings:
-    """Where and how long idempotency records live.
-
-    ``completed_ttl_s`` is how long a COMPLETED record suppresses duplicates: Alibaba Cloud can
-    deliver the same receipt again days later, hence a week by default.
-
-    There is no lease setting: each caller derives its claim's lease from what it holds (the
-    worker: until the batch's earliest NextVisibleTime, so a claim never outlives the
-    message's invisibility; the push worker: its stream's reclaim time; reconcile: the handler
-    deadline).
-    """
-
-    key_prefix: str = "alicom:dedup:"
-    completed_ttl_s: float = _SEVEN_DAYS_S
-
-    def __post_init__(self) -> None:
-        if not self.key_prefix:
-            raise ConfigError("dedup key_prefix must not be empty (keys would collide)")
-        if not self.completed_ttl_s > 0:
-            raise ConfigError(f"dedup completed_ttl_s must be > 0, got {self.completed_ttl_s!r}")
 
 
 class ClaimState(enum.Enum):

@@ -42,9 +42,9 @@ from zoneinfo import ZoneInfo
 
 from consumer.clients.redis_client import RedisClient, hash_tagged
 from consumer.clients.redis_scripts import ScriptCall, run_calls
-from consumer.errors import ConfigError
 from consumer.reports import delivery_stats, tasks
 from consumer.reports.phone_ids import PhoneIds, normalise_phone, phone_ids
+from consumer.settings import TrackingSettings
 
 __all__ = ["SendTracker", "TrackedSend", "TrackingSettings", "normalise_phone"]
 
@@ -83,28 +83,6 @@ return removed
 _SCORES = """
 return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
 """
-
-
-@dataclass(frozen=True)
-class TrackingSettings:
-    """The `[tracking]` section: where tracked sends live and how long at most."""
-
-    key_prefix: str = "alicom:track"
-    ttl_s: float = 35 * _DAY_S
-    tasks_prefix: str = tasks.DEFAULT_PREFIX
-    """Where send tasks are kept (`consumer.reports.tasks`)."""
-    stats_prefix: str = delivery_stats.DEFAULT_PREFIX
-    """The delivery-stats handler's `prefix`, whose `submitted` counter each new send adds to;
-    "" leaves the statistics alone."""
-    hash_numbers: bool = False
-    """Store task numbers as keyed hashes (`consumer.reports.phone_ids`)."""
-
-    def __post_init__(self) -> None:
-        if not self.key_prefix or not self.tasks_prefix:
-            raise ConfigError("tracking.key_prefix and tracking.tasks_prefix must not be empty")
-        if not self.ttl_s >= 31 * _DAY_S:
-            raise ConfigError("tracking.ttl_s must be at least 31 days (2678400), past the 30 "
-                              f"days QuerySendDetails covers; got {self.ttl_s!r}")
 
 
 @dataclass(frozen=True, slots=True)

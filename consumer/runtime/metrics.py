@@ -36,14 +36,13 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import structlog
 
-from consumer.errors import ConfigError
 from consumer.runtime.instruments import Instruments, StatsListener
 from consumer.runtime.metrics_dir import prepare_metrics_dir
+from consumer.settings import MetricsSettings, parse_address
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -59,45 +58,6 @@ ENV_DIR: Final = "PROMETHEUS_MULTIPROC_DIR"
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
 #: A route of the scrape endpoint besides /metrics: () -> (HTTP status, plain-text body).
 Route = Callable[[], tuple[int, str]]
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    """The `[metrics]` table.
-
-    `address`: "host:port" (":port" for every interface) of the host's scrape endpoint, e.g.
-    "127.0.0.1:9464"; None (the default) turns metrics off. `multiproc_dir`: the directory
-    shared by the host's worker processes; None means `$PROMETHEUS_MULTIPROC_DIR`, else
-    `$RUNTIME_DIRECTORY/metrics` (systemd), else `<tmp>/alicom-receipts-metrics-<uid>`. Under
-    systemd with PrivateTmp the last one is private to each unit, so give the units one
-    explicit directory (e.g. `/run/alicom-receipts/metrics`). `max_err_codes`: distinct
-    `err_code` labels per process.
-    """
-
-    address: str | None = None
-    multiproc_dir: str | None = None
-    max_err_codes: int = 50
-
-
-def metrics_problems(m: MetricsSettings) -> list[str]:
-    """One line per problem, in the style of consumer.settings' validation."""
-    problems: list[str] = []
-    if m.address is not None:
-        try:
-            parse_address(m.address)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    if m.max_err_codes < 1:
-        problems.append("metrics.max_err_codes must be >= 1, got %r" % m.max_err_codes)
-    return problems
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """("host", port) of "host:port", ":port" (every interface) or "[v6]:port"."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError("metrics.address must be host:port (or :port), got %r" % address)
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - ":port" asks for every interface
 
 
 def multiproc_dir(settings: MetricsSettings, env: Mapping[str, str]) -> str:
@@ -240,7 +200,7 @@ class Exposition:
         from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
         self.address = address
-        self._host, self._port = parse_address(address)
+        self._host, self._port = parse_address(address, "metrics.address")
         self.registry = CollectorRegistry(auto_describe=False)
         collector: Collector = _SweepingCollector(directory)
         self.registry.register(collector)
@@ -361,9 +321,6 @@ def setup_metrics(settings: MetricsSettings, message_type: str, stats: Stats | N
     """
     if settings.address is None:
         return None
-    problems = metrics_problems(settings)
-    if problems:
-        raise ConfigError("; ".join(problems))
     directory = prepare_metrics_dir(multiproc_dir(settings, os.environ))
     undo = _bind_value_class(directory)
     try:

@@ -25,7 +25,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
 
@@ -35,6 +34,7 @@ from consumer.errors import AlicomReceiptsError
 from consumer.pipeline.backoff import BACKOFF_MAX_S
 from consumer.runtime import logs
 from consumer.runtime.notify import Notifier
+from consumer.settings import ServiceSettings
 from consumer.sources.mns.worker import Worker
 
 log = structlog.get_logger("alicom_receipts.service")
@@ -52,34 +52,6 @@ DRAIN_GRACE_S = 1.0
 #: The backstop: SIGALRM (whose default action ends the process) this long past the budget,
 #: for a process whose Python threads cannot run any more (a C call holding the GIL).
 ALARM_GRACE_S = 4.0
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    """The `[service]` section: how the worker reports to systemd.
-
-    `watchdog_stall_s`: how long the pipeline may go without a finished poll turn or a
-    settled message before the worker withholds its `WATCHDOG=1` pings (systemd then kills
-    and restarts it after WatchdogSec). None means WatchdogSec itself. It must exceed the
-    longest legitimate poll turn: poll.socket_timeout_s + a token fetch (token.max_retry_s +
-    token.read_timeout_s) + a Redis call (5 s); a poller that just failed is given
-    POLL_BACKOFF_MAX_S more on top, since it sleeps in a bounded backoff.
-    `status_interval_s`: at most one `STATUS=` update per this many seconds.
-    `probe_interval_s`: how often Redis is read to tell its outage in STATUS once ready
-    (before READY it is tried every tick).
-    """
-
-    watchdog_stall_s: float | None = None
-    status_interval_s: float = 1.0
-    probe_interval_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.watchdog_stall_s is not None and self.watchdog_stall_s <= 0:
-            raise ValueError("service.watchdog_stall_s must be > 0, got %r"
-                             % self.watchdog_stall_s)
-        if self.status_interval_s < 0 or self.probe_interval_s <= 0:
-            raise ValueError("service.status_interval_s must be >= 0 and "
-                             "service.probe_interval_s > 0")
 
 
 Probe = Callable[[], object]

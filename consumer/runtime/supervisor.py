@@ -35,50 +35,25 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from consumer.errors import ConfigError
 from consumer.runtime import logs
-
-if TYPE_CHECKING:
-    from consumer.settings import Settings
+from consumer.settings import (
+    QUEUE_MESSAGE_TYPES,
+    RunSettings,
+    Settings,
+    config_path,
+    load_settings,
+)
 
 log = structlog.get_logger("alicom_receipts.supervisor")
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 #: What signal.signal() takes and returns (typeshed's private `_HANDLER`).
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """The `[run]` table: how `alicom-receipts run` runs this host's workers.
-
-    `processes_per_queue` worker processes per queue type. A worker that fails is restarted
-    after `restart_initial_s`, doubling per consecutive failure up to `restart_max_s`; one
-    that ran `stable_after_s` or longer resets that count. On stop, `run` waits the workers'
-    `worker.shutdown_budget_s` plus `stop_margin_s` before it SIGKILLs the rest.
-    """
-
-    processes_per_queue: int = 1
-    restart_initial_s: float = 1.0
-    restart_max_s: float = 60.0
-    stable_after_s: float = 30.0
-    stop_margin_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.processes_per_queue <= 256:
-            raise ConfigError("run processes_per_queue must be 1-256, got %r"
-                              % (self.processes_per_queue,))
-        if not 0 < self.restart_initial_s <= self.restart_max_s:
-            raise ConfigError("run restart_initial_s must be > 0 and <= restart_max_s, got %r "
-                              "and %r" % (self.restart_initial_s, self.restart_max_s))
-        if not self.stable_after_s > 0:
-            raise ConfigError("run stable_after_s must be > 0, got %r" % (self.stable_after_s,))
-        if not self.stop_margin_s >= 0:
-            raise ConfigError("run stop_margin_s must be >= 0, got %r" % (self.stop_margin_s,))
 
 
 # -- one worker slot ---------------------------------------------------------------------------
@@ -384,8 +359,6 @@ def plan_slots(queues: Sequence[str], processes: int) -> list[Slot]:
 
 def _choose(args: argparse.Namespace, settings: Settings) -> tuple[list[str], int]:
     """The queue types and processes per type; raises ConfigError for a bad flag."""
-    from consumer.settings import QUEUE_MESSAGE_TYPES  # noqa: PLC0415 - see main()
-
     queues = list(dict.fromkeys(args.queue or settings.queues))
     unknown = [q for q in queues if q not in QUEUE_MESSAGE_TYPES]
     if unknown:
@@ -401,9 +374,6 @@ def _choose(args: argparse.Namespace, settings: Settings) -> tuple[list[str], in
 def main(argv: Sequence[str]) -> int:
     args = _parse(argv)
     env = dict(os.environ)
-    # settings.py imports RunSettings from this module: load it only when `run` runs.
-    from consumer.settings import config_path, load_settings  # noqa: PLC0415 - import cycle
-
     config = config_path(args.config, env)
     try:
         settings = load_settings(config, env)

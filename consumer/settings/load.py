@@ -2,9 +2,10 @@
 
 Steps, each adding one line per problem to a list raised at the end as `InvalidSettings`:
 refuse AccessKey-like keys anywhere; apply `ALICOM_RECEIPTS_<SECTION>_<KEY>` overrides;
-type every table by its dataclass (unknown keys get a did-you-mean); build the handler
-specs; resolve the endpoints and the queue prefix. `Settings` itself then checks ranges and
-the rules that tie settings together.
+type every table by its dataclass (unknown keys and sections get a did-you-mean) and build
+it (each section checks its own ranges and rules); build the handler specs; resolve the
+endpoints and the queue prefix. `Settings` itself then checks the rules that tie sections
+together. A problem about a value that came from the environment names the variable.
 """
 
 from __future__ import annotations
@@ -16,33 +17,39 @@ import sys
 import types
 import typing
 import urllib.parse
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from consumer.errors import ConfigError
-from consumer.handlers.plugins import HandlerSpec
 from consumer.keys import ENV_SECRET, key_secret, resolve_key_fields
-from consumer.pipeline.deadletter import DeadLetterSettings
-from consumer.pipeline.dedup import DedupSettings
-from consumer.runtime.metrics import MetricsSettings
-from consumer.runtime.service import ServiceSettings
-from consumer.runtime.supervisor import RunSettings
-from consumer.settings import (
+from consumer.settings.model import (
     CONFIG_ENV,
     DEFAULT_CONFIG_TOML,
     SANDBOX_ACCOUNT_ID,
-    AckSettings,
+    SECTION_FIELDS,
     Endpoints,
-    InvalidSettings,
-    LogSettings,
-    PollSettings,
     Settings,
+    preset_endpoints,
+)
+from consumer.settings.push import PushSettings
+from consumer.settings.reconcile import ReconcileSettings, TrackingSettings
+from consumer.settings.schema import InvalidSettings, did_you_mean
+from consumer.settings.sections import (
+    AckSettings,
+    AlicomSection,
+    DeadLetterSettings,
+    DedupSettings,
+    HandlerSpec,
+    LogSettings,
+    MetricsSettings,
+    PollSettings,
+    RedisSection,
+    RunSettings,
+    ServiceSettings,
     TokenSettings,
     WorkerSettings,
-    did_you_mean,
-    preset_endpoints,
 )
 
 # tomllib is 3.11+; the package depends on tomli for 3.10 (same API).
@@ -65,31 +72,21 @@ WHERE_THE_ACCESS_KEY_GOES = (
 )
 
 
-@dataclass(frozen=True)
-class _Alicom:
-    """The `[alicom]` table: a preset (each endpoint field overridable) and the queues."""
-
-    preset: str = "mainland"
-    mns_endpoint: str | None = None
-    token_endpoint: str | None = None
-    token_protocol: str | None = None
-    region_id: str | None = None
-    account_id: str | None = None
-    queue_prefix: str | None = None
-    queues: tuple[str, ...] = ("SmsReport", "SmsUp")
-
-
-@dataclass(frozen=True)
-class _Redis:
-    url: str = "redis://127.0.0.1:6379/0"
-
-
-_SECTIONS: Mapping[str, type] = MappingProxyType({
-    "alicom": _Alicom, "redis": _Redis, "poll": PollSettings, "ack": AckSettings,
+#: Every `[section]` of the file and its dataclass: the schema. (`[[handlers]]` and
+#: `[dedup_keys]` are read on their own: they are lists and maps, not fixed fields.)
+SECTIONS: Mapping[str, type] = MappingProxyType({
+    "alicom": AlicomSection, "redis": RedisSection, "poll": PollSettings, "ack": AckSettings,
     "worker": WorkerSettings, "dedup": DedupSettings, "deadletter": DeadLetterSettings,
     "log": LogSettings, "token": TokenSettings, "metrics": MetricsSettings,
-    "service": ServiceSettings, "run": RunSettings,
+    "service": ServiceSettings, "run": RunSettings, "push": PushSettings,
+    "reconcile": ReconcileSettings, "tracking": TrackingSettings,
 })
+
+
+def env_var(section: str, key: str) -> str:
+    """The environment variable that overrides `section.key`: ALICOM_RECEIPTS_POLL_POLLERS."""
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
 _HANDLER_KEYS = ("use", "types", "options", "name")
 _T = TypeVar("_T")
 
@@ -103,22 +100,22 @@ def load(path: str | None, env: Mapping[str, str]) -> Settings:
         raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
     problems: list[str] = []
     _find_credentials(raw, "", problems)
-    _apply_env(raw, env, problems)
-    sections = _build_sections(raw, problems)
+    from_env = _apply_env(raw, env, problems)
+    sections = _build_sections(raw, problems, from_env)
     handlers = _build_handlers(raw.get("handlers", []), problems)
     dedup_keys = _build_dedup_keys(raw.get("dedup_keys", {}), problems)
     alicom = sections.get("alicom")
     endpoints = prefix = None
-    if isinstance(alicom, _Alicom):
+    if isinstance(alicom, AlicomSection):
         endpoints = _endpoints(alicom, problems)
         prefix = _queue_prefix(alicom, problems)
-    if len(sections) < len(_SECTIONS) or endpoints is None or prefix is None:
+    if len(sections) < len(SECTIONS) or endpoints is None or prefix is None:
         raise InvalidSettings(problems)
     try:
         settings = _assemble(sections, endpoints, prefix, handlers, dedup_keys, source)
         settings = dataclasses.replace(settings, key_secret=key_secret(env))
-    except InvalidSettings as exc:  # range and cross-setting rules: report them with the rest
-        raise InvalidSettings([*problems, *exc.problems]) from None
+    except InvalidSettings as exc:  # cross-section rules: report them with the rest
+        raise InvalidSettings([*problems, *_naming_vars(exc.problems, from_env)]) from None
     if problems:
         raise InvalidSettings(problems)
     return settings
@@ -127,18 +124,11 @@ def load(path: str | None, env: Mapping[str, str]) -> Settings:
 def _assemble(sections: Mapping[str, object], endpoints: Endpoints, prefix: str,
               handlers: tuple[HandlerSpec, ...], dedup_keys: Mapping[str, tuple[str, ...]],
               source: str) -> Settings:
-    return Settings(
-        endpoints=endpoints, queue_prefix=prefix, queues=_get(sections, "alicom", _Alicom).queues,
-        redis_url=_get(sections, "redis", _Redis).url, handlers=handlers, dedup_keys=dedup_keys,
-        poll=_get(sections, "poll", PollSettings), ack=_get(sections, "ack", AckSettings),
-        worker=_get(sections, "worker", WorkerSettings),
-        dedup=_get(sections, "dedup", DedupSettings),
-        deadletter=_get(sections, "deadletter", DeadLetterSettings),
-        log=_get(sections, "log", LogSettings), token=_get(sections, "token", TokenSettings),
-        metrics=_get(sections, "metrics", MetricsSettings),
-        service=_get(sections, "service", ServiceSettings),
-        run=_get(sections, "run", RunSettings), source=source,
-    )
+    alicom = _get(sections, "alicom", AlicomSection)
+    kwargs = {name: sections[name] for name in SECTION_FIELDS}
+    return Settings(endpoints=endpoints, queue_prefix=prefix, queues=alicom.queues,
+                    redis_url=_get(sections, "redis", RedisSection).url, handlers=handlers,
+                    dedup_keys=dedup_keys, source=source, **kwargs)  # type: ignore[arg-type]
 
 
 def _read(path: str | None) -> tuple[str, str]:
@@ -154,7 +144,7 @@ def _read(path: str | None) -> tuple[str, str]:
 
 def _get(sections: Mapping[str, object], name: str, cls: type[_T]) -> _T:
     value = sections[name]
-    if not isinstance(value, cls):  # pragma: no cover - _build_sections builds from _SECTIONS
+    if not isinstance(value, cls):  # pragma: no cover - _build_sections builds from SECTIONS
         raise TypeError(name)
     return value
 
@@ -179,52 +169,64 @@ class _EnvText(str):
     __slots__ = ()
 
 
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str], problems: list[str]) -> None:
-    """Writes `ALICOM_RECEIPTS_<SECTION>_<KEY>` values into `raw`, as `_EnvText`."""
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str],
+               problems: list[str]) -> dict[str, str]:
+    """Writes `ALICOM_RECEIPTS_<SECTION>_<KEY>` values into `raw`, as `_EnvText`; returns
+    "section.key" -> the variable, for each setting the environment set."""
+    from_env: dict[str, str] = {}
     for var in sorted(env):
         if not var.startswith(ENV_PREFIX) or var in ENV_RESERVED:
             continue
         section, _, key = var[len(ENV_PREFIX):].lower().partition("_")
-        if section in OTHER_COMMANDS_SECTIONS:
-            continue
         if key in _CREDENTIAL_KEYS:
             problems.append(f"{var} is not allowed: {WHERE_THE_ACCESS_KEY_GOES}")
             continue
-        cls = _SECTIONS.get(section)
+        cls = SECTIONS.get(section)
         if cls is None or key not in {f.name for f in fields(cls)}:
-            every = [f"{ENV_PREFIX}{s}_{f.name}".upper() for s, c in _SECTIONS.items()
-                     for f in fields(c)]
+            every = [env_var(s, f.name) for s, c in SECTIONS.items() for f in fields(c)]
             problems.append(f"{var} is not a setting{did_you_mean(var, every)}")
             continue
         table = raw.setdefault(section, {})
         if isinstance(table, dict):
             table[key] = _EnvText(env[var])
+            from_env[f"{section}.{key}"] = var
+    return from_env
 
 
-#: Sections read and checked by other commands from the same file (push-server and
-#: push-worker, reconcile, the send tracker); the worker leaves them to those commands.
-OTHER_COMMANDS_SECTIONS = frozenset({"push", "reconcile", "tracking"})
+_SETTING_NAME = re.compile(r"^([a-z_]+\.[a-z_]+)\b")
 
 
-def _build_sections(raw: Mapping[str, Any], problems: list[str]) -> dict[str, object]:
+def _naming_vars(problems: Sequence[str], from_env: Mapping[str, str]) -> list[str]:
+    """Problems whose setting came from the environment, led by the variable's name: the
+    user set the variable, so that is what they must fix."""
+    out = []
+    for problem in problems:
+        match = _SETTING_NAME.match(problem)
+        var = from_env.get(match.group(1)) if match else None
+        out.append(f"{var}: {problem}" if var else problem)
+    return out
+
+
+def _build_sections(raw: Mapping[str, Any], problems: list[str],
+                    from_env: Mapping[str, str]) -> dict[str, object]:
     built: dict[str, object] = {}
     for name in raw:
-        if (name not in _SECTIONS and name not in {"handlers", "dedup_keys"}
-                and name not in OTHER_COMMANDS_SECTIONS):
-            hint = did_you_mean(name, [*_SECTIONS, "handlers"])
+        if name not in SECTIONS and name not in {"handlers", "dedup_keys"}:
+            hint = did_you_mean(name, [*SECTIONS, "handlers", "dedup_keys"])
             problems.append(f"[{name}] is not a section{hint}")
-    for name, cls in _SECTIONS.items():
+    for name, cls in SECTIONS.items():
         table = raw.get(name, {})
         if not isinstance(table, dict):
             problems.append(f"{name} must be a table ([{name}])")
             continue
-        kwargs = _typed_table(name, cls, table, problems)
-        if kwargs is None:
-            continue
-        try:
-            built[name] = cls(**kwargs)
-        except (ConfigError, ValueError, TypeError) as exc:  # the section's own validation
-            problems.append(f"{name}: {exc}")
+        own: list[str] = []
+        kwargs = _typed_table(name, cls, table, own)
+        if kwargs is not None:
+            try:
+                built[name] = cls(**kwargs)
+            except InvalidSettings as exc:  # the section's ranges and rules
+                own.extend(exc.problems)
+        problems.extend(_naming_vars(own, from_env))
     return built
 
 
@@ -378,7 +380,7 @@ def _handler(where: str, item: Any, problems: list[str]) -> HandlerSpec | None:
     return None
 
 
-def _endpoints(a: _Alicom, problems: list[str]) -> Endpoints | None:
+def _endpoints(a: AlicomSection, problems: list[str]) -> Endpoints | None:
     if a.preset == "custom":
         missing = [f"alicom.{k}" for k in ("mns_endpoint", "token_endpoint") if not getattr(a, k)]
         if missing:
@@ -399,7 +401,7 @@ def _endpoints(a: _Alicom, problems: list[str]) -> Endpoints | None:
     )
 
 
-def _queue_prefix(a: _Alicom, problems: list[str]) -> str | None:
+def _queue_prefix(a: AlicomSection, problems: list[str]) -> str | None:
     """"Alicom-Queue-<account id>-" from `queue_prefix`, else `account_id`, else the preset.
 
     The account id in a queue name is the customer's own (the SMS console shows the full

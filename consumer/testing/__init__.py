@@ -40,12 +40,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from consumer.handler_api import HandlerOutcome, HandlerPolicy, worst
-from consumer.handlers.plugins import HandlerSpec, close_handlers, load_handlers
+from consumer.handlers.plugins import close_handlers, load_handlers
 from consumer.keys import make_key_function
 from consumer.pipeline.decode import parse_object
 from consumer.pipeline.dispatch import COMPLETED_BEFORE, Dispatcher
 from consumer.pipeline.outcome import RetryPolicy, Verdict, classify
 from consumer.receipts import Receipt, ReceiptMeta
+from consumer.settings import HandlerSpec
 
 __all__ = [
     "HandlerTest",

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from consumer.runtime.supervisor import RunSettings, Slot, Supervisor, after_exit, restart_delay
+from consumer.runtime.supervisor import Slot, Supervisor, after_exit, restart_delay
+from consumer.settings import RunSettings
 from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, wait_until, worker_env
 

@@ -55,8 +55,7 @@ from consumer.receipts import MESSAGE_TYPES
 from consumer.runtime import logs
 from consumer.runtime.instruments import PushRequests, redis_sampler
 from consumer.runtime.metrics import setup_metrics
-from consumer.settings import config_path
-from consumer.settings.push import PushSettings, load_push_config
+from consumer.settings import PushSettings, config_path, load_settings
 from consumer.sources.push.guard import (
     ACCEPT_BACKLOG,
     ConnectionGuard,
@@ -411,7 +410,8 @@ def main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
     env = dict(os.environ)
     try:
-        settings, push = load_push_config(config_path(args.config, env), env)
+        settings = load_settings(config_path(args.config, env), env)
+        push = settings.push
     except ConfigError as exc:
         print("alicom-receipts push-server: %s" % exc)  # noqa: T201 - before logging exists
         return 2

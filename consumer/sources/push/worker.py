@@ -33,8 +33,7 @@ from consumer.pipeline.stats import Stats
 from consumer.runtime import logs
 from consumer.runtime.instruments import redis_sampler
 from consumer.runtime.metrics import setup_metrics
-from consumer.settings import Settings, config_path
-from consumer.settings.push import PushSettings, load_push_config
+from consumer.settings import PushSettings, Settings, config_path, load_settings
 from consumer.sources.push.pipeline import PushWorker
 
 __all__ = ["build_push_worker", "main", "serve"]
@@ -121,7 +120,8 @@ def main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
     env = dict(os.environ)
     try:
-        settings, push = load_push_config(config_path(args.config, env), env)
+        settings = load_settings(config_path(args.config, env), env)
+        push = settings.push
     except ConfigError as exc:
         print("alicom-receipts push-worker: %s" % exc)  # noqa: T201 - before logging exists
         return 2

@@ -3,25 +3,16 @@
 `DetailsClient` asks the official Dysmsapi client about one tracked send (every page), under
 a token-bucket rate limit, retrying throttled and transient answers with tenacity (a stop, a
 random exponential wait, a log line before each sleep, a sleep a stop event cuts short).
-`load_config` reads the common `Settings` plus the `[reconcile]` and `[tracking]` tables
-(and their `ALICOM_RECEIPTS_RECONCILE_*` / `ALICOM_RECEIPTS_TRACKING_*` variables): until
-`consumer.settings` carries those sections it takes them out itself and hands the rest to
-`load_settings`.
+Its settings are the `[reconcile]` section (`consumer.settings.ReconcileSettings`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import logging
-import os
 import re
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
 import structlog
@@ -42,60 +33,17 @@ from consumer.clients.credentials import load_access_key
 from consumer.errors import (
     AlicomReceiptsError,
     AuthError,
-    ConfigError,
     PermanentError,
     TransientError,
 )
-from consumer.reports.tracking import TrackedSend, TrackingSettings, normalise_phone
-from consumer.settings import Settings, load_settings
+from consumer.reports.tracking import TrackedSend, normalise_phone
+from consumer.settings import ReconcileSettings, Settings
 
-tomllib: Any = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
 log = structlog.get_logger("alicom_receipts.reconcile")
 
 _THROTTLED = re.compile(r"Throttl|LIMIT_CONTROL|QpsLimit", re.I)
 _AUTH = re.compile(r"Forbidden|NoPermission|AccessDenied|InvalidAccessKey|Signature|"
                    r"SecurityToken|InvalidTimeStamp", re.I)
-
-
-@dataclass(frozen=True)
-class ReconcileSettings:
-    """The `[reconcile]` section.
-
-    `endpoint` is Dysmsapi's "host[:port]" (None: dysmsapi[-vpc].<region>.aliyuncs.com next to
-    the token endpoint, or the token endpoint itself for a local sandbox, which serves both);
-    `protocol` None means the token API's. `grace_s`: only sends older than this are looked
-    up. `qps`: request rate of the token bucket (the platform's limit is per account; leave
-    room for the sending code). `max_sends` per run, `batch_size` receipts per pipeline batch.
-    `max_attempts` tries per request (throttling, network, 5xx), waits up to `backoff_max_s`.
-    """
-
-    endpoint: str | None = None
-    protocol: str | None = None
-    grace_s: float = 900.0
-    window_days: int = 30
-    qps: float = 20.0
-    page_size: int = 50
-    batch_size: int = 64
-    max_sends: int = 10000
-    max_attempts: int = 6
-    backoff_max_s: float = 10.0
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        bad = [name for name, ok in (
-            ("grace_s >= 0", self.grace_s >= 0), ("window_days 1-30", 1 <= self.window_days <= 30),
-            ("qps > 0", self.qps > 0), ("page_size 1-50", 1 <= self.page_size <= 50),
-            ("batch_size >= 1", self.batch_size >= 1), ("max_sends >= 1", self.max_sends >= 1),
-            ("max_attempts 1-20", 1 <= self.max_attempts <= 20),
-            ("backoff_max_s > 0", self.backoff_max_s > 0),
-            ("protocol http or https", self.protocol in (None, "http", "https")),
-        ) if not ok]
-        if bad:
-            raise ConfigError("reconcile settings: need " + ", ".join(bad))
-
-    def with_limit(self, max_sends: int) -> ReconcileSettings:
-        return dataclasses.replace(self, max_sends=max_sends)
 
 
 def dysms_endpoint(settings: Settings, rs: ReconcileSettings) -> tuple[str, str]:
@@ -239,78 +187,3 @@ class DetailsClient:
         if exc is not None and isinstance(status, int) and status >= 500:
             return TransientError(text)
         return PermanentError(text)
-
-
-# ---- configuration ----------------------------------------------------------------------------
-
-_OWN = {"reconcile": ReconcileSettings, "tracking": TrackingSettings}
-_ENV = "ALICOM_RECEIPTS_"
-
-
-def load_config(path: str | None, env: Mapping[str, str],
-                ) -> tuple[Settings, ReconcileSettings, TrackingSettings]:
-    """The common settings and the `[reconcile]` / `[tracking]` sections of one file."""
-    text = ""
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise ConfigError("cannot read the configuration file %s: %s"
-                              % (path, exc.strerror or exc)) from exc
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("%s is not valid TOML: %s" % (path, exc)) from exc
-    own: dict[str, Any] = {}
-    rest_env = dict(env)
-    for section, cls in _OWN.items():
-        values = dict(raw.get(section) or {})
-        prefix = (_ENV + section + "_").upper()
-        for var in [v for v in rest_env if v.startswith(prefix)]:
-            values[var[len(prefix):].lower()] = _EnvText(rest_env.pop(var))
-        own[section] = cls(**_typed(section, cls, values))
-        text = re.sub(r"(?ms)^[ \t]*\[[ \t]*%s[ \t]*\][^\n]*\n.*?(?=^[ \t]*\[|\Z)" % section,
-                      "", text)
-    if path is None:
-        settings = load_settings(None, rest_env)
-    else:
-        with tempfile.TemporaryDirectory(prefix="alicom-reconcile-") as tmp:
-            copy = os.path.join(tmp, "config.toml")
-            with open(copy, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            settings = dataclasses.replace(load_settings(copy, rest_env), source=path)
-    return settings, own["reconcile"], own["tracking"]
-
-
-class _EnvText(str):
-    """A value from the environment, typed from its text."""
-
-    __slots__ = ()
-
-
-def _typed(section: str, cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
-    hints = {f.name: str(f.type) for f in fields(cls)}
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        hint = hints.get(key)
-        if hint is None:
-            raise ConfigError("%s.%s is not a setting (known: %s)"
-                              % (section, key, ", ".join(hints)))
-        try:
-            out[key] = _coerce(value, hint)
-        except ValueError as exc:
-            raise ConfigError("%s.%s: %s" % (section, key, exc)) from None
-    return out
-
-
-def _coerce(value: Any, hint: str) -> Any:
-    if isinstance(value, _EnvText):
-        text = value.strip()
-        if hint == "str | None":
-            return None if text.lower() in ("", "none") else text
-        return {"int": int, "float": float}.get(hint, str)(text)
-    expected = {"int": (int,), "float": (int, float)}.get(hint, (str,))
-    if value is None or isinstance(value, bool) or not isinstance(value, expected):
-        raise ValueError("expected %s, got %s" % (hint, type(value).__name__))
-    return float(value) if hint == "float" else value

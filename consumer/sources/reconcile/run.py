@@ -50,17 +50,18 @@ from consumer.pipeline.dedup import ClaimState, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy, Verdict, classify
 from consumer.receipts import Receipt, ReceiptMeta
-from consumer.reports.tracking import SendTracker, TrackedSend, TrackingSettings
+from consumer.reports.tracking import SendTracker, TrackedSend
 from consumer.runtime import logs
 from consumer.runtime.instruments import record_reconcile
 from consumer.runtime.metrics import setup_metrics
-from consumer.settings import Settings, config_path
-from consumer.sources.reconcile.query import (
-    DetailsClient,
+from consumer.settings import (
     ReconcileSettings,
-    ThrottledError,
-    load_config,
+    Settings,
+    TrackingSettings,
+    config_path,
+    load_settings,
 )
+from consumer.sources.reconcile.query import DetailsClient, ThrottledError
 
 log = structlog.get_logger("alicom_receipts.reconcile")
 
@@ -256,8 +257,8 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None,
     args = _parse(argv)
     environ = dict(os.environ if env is None else env)
     try:
-        settings, rs, ts = load_config(config_path(args.config, environ),
-                                       environ)
+        settings = load_settings(config_path(args.config, environ), environ)
+        rs, ts = settings.reconcile, settings.tracking
         grace_s = rs.grace_s if args.grace is None else parse_duration(args.grace)
         if args.limit is not None:
             rs = rs.with_limit(args.limit)
