@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-sandbox bench-worker bench-scale bench-push verify-units install clean
+.PHONY: demo test lint bench bench-sandbox bench-worker bench-bulk bench-scale bench-push verify-units install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 # Benchmarks: not part of the test suite (this machine is shared and noisy).
-bench: bench-sandbox bench-worker bench-scale bench-push
+bench: bench-sandbox bench-worker bench-bulk bench-scale bench-push
 
 bench-sandbox: $(STAMP)
 	$(PY) bench/sandbox_bench.py
@@ -40,6 +40,11 @@ bench-sandbox: $(STAMP)
 bench-worker: $(STAMP)
 	bash .ci/ensure-redis
 	$(PY) bench/worker_bench.py
+
+# The bulk sender's three handlers alone (the worker bench runs them in the worker too).
+bench-bulk: $(STAMP)
+	bash .ci/ensure-redis
+	$(PY) bench/bulk_handlers.py
 
 bench-scale: $(STAMP)
 	bash .ci/ensure-redis

@@ -174,9 +174,11 @@ class World:
 
     def config(self, queue: BenchQueue, name: str, *, handler: str,
                options: Mapping[str, Any] | None = None,
-               sections: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
-        """A worker TOML for `queue`: sandbox endpoints, this Redis, one handler, JSON logs;
-        `sections` override or add settings ({"poll": {"pollers": 8}})."""
+               sections: Mapping[str, Mapping[str, Any]] | None = None,
+               more: Sequence[Mapping[str, Any]] = ()) -> Path:
+        """A worker TOML for `queue`: sandbox endpoints, this Redis, one handler (and the
+        `[[handlers]]` tables `more`), JSON logs; `sections` override or add settings
+        ({"poll": {"pollers": 8}})."""
         endpoint = self.sandbox.endpoint
         base: dict[str, dict[str, Any]] = {
             "alicom": {"preset": "custom", "mns_endpoint": endpoint,
@@ -190,7 +192,7 @@ class World:
         for section, values in (sections or {}).items():
             base.setdefault(section, {}).update(values)
         entry: dict[str, Any] = {"use": handler, **({"options": options} if options else {})}
-        return write_config(self.tmp / ("%s.toml" % name), base, [entry])
+        return write_config(self.tmp / ("%s.toml" % name), base, [entry, *more])
 
     def start_worker(self, config: Path, name: str) -> Worker:
         return Worker(config, self.tmp / ("%s.log" % name), self.env())

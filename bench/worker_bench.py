@@ -9,6 +9,11 @@ unique SmsReport bodies:
   (bench/worker_noop.py), dedup on (Redis flushed first), logs at info (one JSON line per
   receipt, to a file). Rate: receipts from the first `receipt_settled` line to the moment
   the queue is empty (active, inactive and delayed all 0, polled every 50 ms).
+* **worker+bulk** (`--handlers noop,bulk`, the default: both, side by side in every run):
+  the same worker with the bulk sender's three handlers added to the no-op one
+  (number-hygiene, send-tracker, review-status, each on the same Redis), every receipt's send
+  tracked beforehand as the sending code would (so send-tracker settles real task numbers);
+  its CPU per receipt minus the plain worker's is what the three cost together.
 * **demo**: the official Python demo's loop in this process: ReceiveMessage (one message),
   base64 + JSON decode, DeleteMessage, with a Dybaseapi token. Fewer messages at 20 ms (it
   needs two round trips per message); the rate is per message either way.
@@ -78,6 +83,9 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--raw-messages", default="20000,4000", help="per raw run, per latency")
     p.add_argument("--demo-messages", default="2000,200", help="per demo run, per latency")
     p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--handlers", default="noop,bulk",
+                   help="worker handler sets, run side by side: noop (the no-op handler), "
+                        "bulk (no-op + number-hygiene, send-tracker, review-status)")
     p.add_argument("--long", type=int, default=120_000,
                    help="receipts in the long RSS run at 0 ms (0: skip it)")
     p.add_argument("--rss-every", type=float, default=2.0)
@@ -94,9 +102,11 @@ def _per_latency(text: str, latencies: Sequence[int]) -> dict[int, int]:
     return dict(zip(latencies, values, strict=False))
 
 
-def run_worker(env: Env, latency_ms: int, count: int) -> Sample:
+def run_worker(env: Env, latency_ms: int, count: int, handlers: str = "noop") -> Sample:
     queue = env.fresh_queue(count, latency_ms, flush_redis=True)
-    worker = env.worker(queue, "run-%dms" % latency_ms)
+    if handlers == "bulk":
+        env.track_sends(count)
+    worker = env.worker(queue, "run-%dms-%s" % (latency_ms, handlers), handlers)
     try:
         first = env.wait_first_progress(queue, count, worker)
         cpu_before = (worker.cpu_seconds(), cpu_seconds(env.sandbox.pid), env.redis_cpu())
@@ -113,7 +123,8 @@ def run_worker(env: Env, latency_ms: int, count: int) -> Sample:
                            % (settled, count, worker.log_path))
     drained = first  # deleted between the two CPU readings
     us = [(a - b) / drained * 1e6 for a, b in zip(cpu_after, cpu_before, strict=True)]
-    return Sample("worker", latency_ms, count, empty_at - started, rss, *us, switches)
+    mode = "worker" if handlers == "noop" else "worker+" + handlers
+    return Sample(mode, latency_ms, count, empty_at - started, rss, *us, switches)
 
 
 def run_loop(env: Env, mode: str, latency_ms: int, count: int) -> Sample:
@@ -131,6 +142,7 @@ def median_rate(samples: Sequence[Sample], mode: str, latency_ms: int) -> float:
 
 
 def table(samples: Sequence[Sample], latencies: Sequence[int], modes: Sequence[str]) -> str:
+    modes = _with_handler_sets(samples, modes)
     lines = ["| added latency | mode | receipts/run | runs | receipts/s (median) "
              "| worker / raw | worker / demo |", "|---:|---|---:|---:|---:|---:|---:|"]
     for lat in latencies:
@@ -140,7 +152,7 @@ def table(samples: Sequence[Sample], latencies: Sequence[int], modes: Sequence[s
                 continue
             rate = median_rate(samples, mode, lat)
             ratios = ["", ""]
-            if mode == "worker":
+            if mode.startswith("worker"):
                 for i, other in enumerate(("raw", "demo")):
                     if other in modes:
                         ratios[i] = "%.2f" % (rate / median_rate(samples, other, lat))
@@ -149,14 +161,29 @@ def table(samples: Sequence[Sample], latencies: Sequence[int], modes: Sequence[s
     return "\n".join(lines)
 
 
+def _with_handler_sets(samples: Sequence[Sample], modes: Sequence[str]) -> list[str]:
+    """`modes` with each worker handler set that has samples ("worker+bulk") after "worker"."""
+    out: list[str] = []
+    for mode in modes:
+        out.append(mode)
+        if mode == "worker":
+            out += sorted({s.mode for s in samples if s.mode.startswith("worker+")})
+    return out
+
+
 def cpu_table(samples: Sequence[Sample], latencies: Sequence[int]) -> str:
-    lines = ["| added latency | worker CPU µs/receipt | context switches/receipt | sandbox µs "
-             "| redis µs | worker RSS at end (MB) |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| added latency | handlers | worker CPU µs/receipt | context switches/receipt "
+             "| sandbox µs | redis µs | worker RSS at end (MB) |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    sets = _with_handler_sets(samples, ["worker"])
     for lat in latencies:
-        chosen = [s for s in samples if s.mode == "worker" and s.latency_ms == lat]
-        if chosen:
-            lines.append("| %d ms | %.0f | %.2f | %.0f | %.0f | %s |" % (
-                lat, statistics.median(s.worker_us for s in chosen),
+        for mode in sets:
+            chosen = [s for s in samples if s.mode == mode and s.latency_ms == lat]
+            if not chosen:
+                continue
+            lines.append("| %d ms | %s | %.0f | %.2f | %.0f | %.0f | %s |" % (
+                lat, mode.partition("+")[2] or "noop",
+                statistics.median(s.worker_us for s in chosen),
                 statistics.median(s.switches for s in chosen),
                 statistics.median(s.sandbox_us for s in chosen),
                 statistics.median(s.redis_us for s in chosen),
@@ -188,6 +215,14 @@ def verdicts(samples: Sequence[Sample], latencies: Sequence[int], modes: Sequenc
     return out
 
 
+def _progress(s: Sample, run: int, runs: int) -> None:
+    print("run %d/%d %3d ms %-11s %7s receipts/s%s" % (
+        run + 1, runs, s.latency_ms, s.mode, f"{s.rate:,.0f}",
+        "  worker %.0f µs (%.2f switches) sandbox %.0f µs redis %.0f µs/receipt, RSS %.1f MB"
+        % (s.worker_us, s.switches, s.sandbox_us, s.redis_us, s.rss_mb)
+        if s.mode.startswith("worker") else ""), file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _args(argv)
     latencies = [int(v) for v in args.latencies.split(",")]
@@ -200,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bodies = [fakes.body("SmsReport").body for _ in range(max(biggest, 16))]
     samples: list[Sample] = []
     long_run: LongRun | None = None
+    handler_sets = [h for h in args.handlers.split(",") if h]
+    if not handler_sets or set(handler_sets) - {"noop", "bulk"}:
+        raise SystemExit("--handlers: noop and/or bulk")
     with tempfile.TemporaryDirectory(prefix="worker-bench-") as tmp, running_redis() as rds, \
             running_sandbox(log_level="WARNING") as sandbox:
         workdir = Path(args.workdir or tmp)
@@ -209,15 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for lat in latencies:
                 for mode in modes:
                     n = counts[mode][lat]
-                    s = (run_worker(env, lat, n) if mode == "worker"
-                         else run_loop(env, mode, lat, n))
-                    samples.append(s)
-                    print("run %d/%d %3d ms %-6s %7s receipts/s%s" % (
-                        run + 1, args.runs, lat, mode, f"{s.rate:,.0f}",
-                        "  worker %.0f µs (%.2f switches) sandbox %.0f µs redis %.0f µs/receipt,"
-                        " RSS %.1f MB" % (s.worker_us, s.switches, s.sandbox_us, s.redis_us,
-                                          s.rss_mb)
-                        if mode == "worker" else ""), file=sys.stderr, flush=True)
+                    batch = ([run_worker(env, lat, n, h) for h in handler_sets]
+                             if mode == "worker" else [run_loop(env, mode, lat, n)])
+                    samples += batch
+                    for s in batch:
+                        _progress(s, run, args.runs)
         if args.long:
             long_run = env.long_run(args.long, args.rss_every, FakeReceipts(seed=11))
     command = "python bench/worker_bench.py " + " ".join(argv if argv is not None

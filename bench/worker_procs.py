@@ -8,6 +8,7 @@ receipts.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import time
@@ -24,8 +25,10 @@ from bench.common import (
     parse_sets,
     rss_mb,
 )
+from consumer.reports.tracking import SendTracker, TrackedSend
 
 NOOP_HANDLER = "bench.worker_noop:noop"
+BULK_HANDLERS = ("number-hygiene", "send-tracker", "review-status")
 
 
 @dataclass
@@ -61,11 +64,26 @@ class Env(World):
         """Waits until the queue is empty; returns the epoch time it was seen so."""
         return self.wait_until(lambda: self.remaining(queue) == 0, [worker], every_s=0.02)
 
-    def worker(self, queue: BenchQueue, name: str) -> BenchWorker:
-        """A started worker process on `queue`, with the no-op handler."""
+    def worker(self, queue: BenchQueue, name: str, handlers: str = "noop") -> BenchWorker:
+        """A started worker process on `queue`, with the no-op handler; `handlers="bulk"`
+        adds the bulk sender's three (number-hygiene, send-tracker, review-status)."""
+        more = [{"use": use, "options": {"url": self.redis.url}} for use in BULK_HANDLERS
+                ] if handlers == "bulk" else []
         config = self.config(queue, name, handler=NOOP_HANDLER,
-                             sections=parse_sets(self.overrides))
+                             sections=parse_sets(self.overrides), more=more)
         return BenchWorker(config, self.tmp / ("%s.log" % name), self.env())
+
+    def track_sends(self, count: int) -> int:
+        """Records the first `count` bodies' sends with `SendTracker` (pending tasks, as the
+        sending code would have), so that send-tracker settles real tasks; how many."""
+        tracker = SendTracker(self.redis.client())
+        sends = []
+        for body in self.bodies[:count]:
+            doc = json.loads(base64.b64decode(body))
+            sends.append(TrackedSend(doc["biz_id"], doc["phone_number"], time.time()))
+        for start in range(0, len(sends), 1000):
+            tracker.record_many(sends[start:start + 1000])
+        return len(sends)
 
     def long_run(self, count: int, every_s: float, fakes: FakeReceipts) -> LongRun:
         """One worker drains `count` receipts at 0 ms; its RSS is sampled every `every_s`."""

@@ -102,3 +102,16 @@ def test_reviews_keep_the_latest_state_and_the_history(redis_client: redis.Redis
     assert counts[("sign", "rejected")] == 1 and counts[("template", "approved")] == 1
     assert counts[("sign", "approving")] == 0
     handler.close()
+
+
+def test_scripts_are_loaded_again_after_redis_forgot_them(redis_client: redis.Redis,
+                                                          redis_server: RedisServer) -> None:
+    tracker = SendTracker(redis_client)
+    tracker.record("3^0", "13800000001", time.time())
+    redis_client.script_flush()
+    handler = SendTrackerHandler(redis_server.url)
+    handler.handle_batch([_report("3^0", "13800000001")])
+    task = tracker.tasks.get("3^0")
+    assert task is not None and (task.delivered, task.pending) == (1, 0)
+    assert tracker.count() == 0
+    handler.close()

@@ -29,6 +29,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     MovedError,
+    NoScriptError,
     ReadOnlyError,
     TryAgainError,
 )
@@ -59,9 +60,23 @@ def run_calls(client: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
         return []
     if isinstance(client, RedisCluster):
         return _on_cluster(client, calls)
+    replies = _evalsha(client, calls)
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:  # Redis restarted or flushed its scripts: load them, run those calls again
+        for script in {id(calls[i].script): calls[i].script for i in missing}.values():
+            script.sha = client.script_load(script.script)
+        for index, reply in zip(missing, _evalsha(client, [calls[i] for i in missing]),
+                                strict=True):
+            replies[index] = reply
+    return replies
+
+
+def _evalsha(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """The calls as plain EVALSHA in one pipeline. (A redis-py `Script` called on a pipeline
+    makes `execute()` send SCRIPT EXISTS for its scripts first: a round trip per batch.)"""
     pipe = client.pipeline(transaction=False)
     for call in calls:
-        call.script(keys=list(call.keys), args=list(call.args), client=pipe)
+        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
     return list(pipe.execute(raise_on_error=False))
 
 
