@@ -18,11 +18,13 @@ demo: $(STAMP)
 	$(VENV)/bin/alicom-receipts demo
 
 # Installs what the tests need (real redis-server and PostgreSQL, Debian's chromium for the
-# report page's browser test), runs the lint, then the tests.
+# report page's browser test, Debian's prometheus for the dashboard and alert tests), runs
+# the lint, then the tests.
 test: lint
 	bash .ci/ensure-redis
 	bash .ci/ensure-postgres
 	bash .ci/ensure-chromium
+	bash .ci/ensure-prometheus
 	$(PY) -m pytest -q
 
 # ruff (complexity limit on), mypy strict, and the layer rules (import-linter contracts).
