@@ -12,10 +12,14 @@ one cluster slot, so every script call is legal on a cluster; numbers are hash f
 `consumer.reports.phone_ids` gives them, never key names:
 
 * `<prefix>:index`     sorted set task id -> creation time (epoch s);
-* `<prefix>:t:<task>`  hash: `created`, `updated`, `submitted`, `delivered`, `failed`,
-  `fail:<err_code>` and `why:<reason>` (number-hygiene reason, `other` when none) counts;
-* `<prefix>:n:<task>`  hash number -> `p` (pending), `d` (delivered) or `f` + err_code;
-* `<prefix>:b:<biz_id>` the task of a BizId, when the task id is not the BizId itself.
+* `<prefix>:t:<biz_id>` hash per send call: `created`, `updated`, `submitted`, `delivered`,
+  `failed`, `fail:<err_code>` and `why:<reason>` (number-hygiene reason, `other` when none);
+* `<prefix>:n:<biz_id>` hash number -> `p` (pending), `d` (delivered) or `f` + err_code;
+* `<prefix>:g:<task>`  set of the BizIds of a task whose id is not a BizId (a campaign).
+
+Counts are kept per send call (BizId), so a receipt, which carries its BizId, settles with
+one script call and no lookup; a campaign's figures are the sums over its BizIds, added up
+when read.
 
 A number moves once, from pending to its outcome: a receipt handled twice, or a delivery of a
 number the task does not have, changes nothing, so counts stay exact with several workers.
@@ -40,7 +44,7 @@ _MAX_CODE_CHARS = 64
 
 # Every script names its keys in KEYS, literally, all under the family's hash tag (Tair proxy
 # rule; one slot per call): see consumer.clients.redis_scripts.
-# KEYS[1] t:<task>, KEYS[2] n:<task>, KEYS[3] b:<biz> (set only when the task is not the
+# KEYS[1] t:<biz>, KEYS[2] n:<biz>, KEYS[3] g:<task> (used only when the task is not the
 # BizId), KEYS[4] index. ARGV: number, now, ttl, task, biz. 1 when the number is new.
 _RECORD = """
 local added = redis.call('HSETNX', KEYS[2], ARGV[1], 'p')
@@ -50,7 +54,10 @@ if added == 1 then
   redis.call('HSET', KEYS[1], 'updated', ARGV[2])
   redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[4])
 end
-if ARGV[4] ~= ARGV[5] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3]) end
+if ARGV[4] ~= ARGV[5] then
+  redis.call('SADD', KEYS[3], ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[4], ARGV[3])
@@ -62,12 +69,7 @@ _TRIM = """
 return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 """
 
-# KEYS[1] b:<biz>. The task a BizId belongs to (nil: the BizId is its own task).
-_TASK_OF = """
-return redis.call('GET', KEYS[1])
-"""
-
-# KEYS[1] t:<task>, KEYS[2] n:<task>. ARGV: number, 'd' | 'f', err_code, reason, now, ttl.
+# KEYS[1] t:<biz>, KEYS[2] n:<biz>. ARGV: number, 'd' | 'f', err_code, reason, now, ttl.
 # 1 when the number moved from pending to its outcome, else 0.
 _SETTLE = """
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= 'p' then return 0 end
@@ -150,7 +152,6 @@ class TaskStore:
         self._clock = clock
         self._record = client.register_script(_RECORD)
         self._trim = client.register_script(_TRIM)
-        self._task_of = client.register_script(_TASK_OF)
         self._settle = client.register_script(_SETTLE)
 
     def record_calls(self, numbers: Iterable[tuple[str, str, str]]) -> list[ScriptCall]:
@@ -160,7 +161,7 @@ class TaskStore:
         now = int(self._clock())
         calls = [ScriptCall(self._trim, [self._index], [now - self._ttl_s])]
         for task, biz, number in numbers:
-            keys = [self._key("t", task), self._key("n", task), self._key("b", biz),
+            keys = [self._key("t", biz), self._key("n", biz), self._key("g", task),
                     self._index]
             calls.append(ScriptCall(self._record, keys, [number, now, self._ttl_s, task, biz]))
         return calls if len(calls) > 1 else []
@@ -171,24 +172,12 @@ class TaskStore:
         return [_ok(reply) for reply in replies[1:]]
 
     def settle_calls(self, outcomes: Sequence[Outcome]) -> list[ScriptCall]:
-        """The script calls that move pending numbers to their outcome (one round trip to
-        learn each BizId's task first); each answers 1 when its number moved."""
-        if not outcomes:
-            return []
-        tasks = run_calls(self._client, [ScriptCall(self._task_of, [self._key("b", o.biz_id)])
-                                         for o in outcomes])
+        """The script calls that move pending numbers to their outcome; each answers 1 when
+        its number moved."""
         now = int(self._clock())
-        calls = []
-        for outcome, task in zip(outcomes, tasks, strict=True):
-            if isinstance(task, Exception):
-                raise task
-            task_id = task.decode() if task else outcome.biz_id
-            calls.append(ScriptCall(self._settle, [self._key("t", task_id),
-                                                   self._key("n", task_id)], [
-                outcome.number, "d" if outcome.delivered else "f",
-                outcome.err_code[:_MAX_CODE_CHARS] or "(empty)", outcome.reason or "other",
-                now, self._ttl_s]))
-        return calls
+        return [ScriptCall(self._settle, [self._key("t", o.biz_id), self._key("n", o.biz_id)], [
+            o.number, "d" if o.delivered else "f", o.err_code[:_MAX_CODE_CHARS] or "(empty)",
+            o.reason or "other", now, self._ttl_s]) for o in outcomes]
 
     def settle(self, outcomes: Sequence[Outcome]) -> int:
         """Moves pending numbers to their outcome; how many moved (the rest were not pending)."""
@@ -202,35 +191,65 @@ class TaskStore:
     def _key(self, kind: str, name: str) -> str:
         return "%s:%s:%s" % (self._prefix, kind, name)
 
+    def _calls_of(self, task_ids: Sequence[str]) -> list[list[str]]:
+        """Per task, its send calls' BizIds (a campaign's set; else the task id itself)."""
+        pipe = self._client.pipeline(transaction=False)
+        for task in task_ids:
+            pipe.smembers(self._key("g", task))
+        return [sorted(m.decode() for m in members) or [task]
+                for task, members in zip(task_ids, pipe.execute(), strict=True)]
+
+    def _counts(self, task_ids: Sequence[str]) -> list[TaskCounts | None]:
+        """The summed figures of each task (None: nothing recorded)."""
+        bizs = self._calls_of(task_ids)
+        pipe = self._client.pipeline(transaction=False)
+        for biz_ids in bizs:
+            for biz in biz_ids:
+                pipe.hgetall(self._key("t", biz))
+        raws = iter(pipe.execute())
+        out: list[TaskCounts | None] = []
+        for task, biz_ids in zip(task_ids, bizs, strict=True):
+            parts = [TaskCounts.parse(task, next(raws)) for _ in biz_ids]
+            parts = [p for p in parts if p.submitted or p.created]
+            out.append(_summed(task, parts) if parts else None)
+        return out
+
     def tasks(self, since_s: float | None = None, status: str | None = None,
-             limit: int = 1000) -> list[TaskCounts]:
+              limit: int = 1000) -> list[TaskCounts]:
         """Tasks created within `since_s` seconds (all if None), newest first."""
         low: Any = "-inf" if since_s is None else self._clock() - since_s
-        ids = cast(list[bytes], self._client.zrevrangebyscore(
-            self._prefix + ":index", "+inf", low, start=0, num=limit))
-        pipe = self._client.pipeline(transaction=False)
-        for task in ids:
-            pipe.hgetall("%s:t:%s" % (self._prefix, task.decode()))
-        tasks = [TaskCounts.parse(t.decode(), raw) for t, raw in zip(ids, pipe.execute(),
-                                                                     strict=True) if raw]
+        ids = [t.decode() for t in cast(list[bytes], self._client.zrevrangebyscore(
+            self._index, "+inf", low, start=0, num=limit))]
+        tasks = [t for t in self._counts(ids) if t is not None]
         return [t for t in tasks if status is None or t.status == status]
 
     def get(self, task_id: str) -> TaskCounts | None:
-        raw = cast(dict[bytes, bytes], self._client.hgetall(
-            "%s:t:%s" % (self._prefix, task_id)))
-        return TaskCounts.parse(task_id, raw) if raw else None
+        return self._counts([task_id])[0]
 
     def numbers(self, task_id: str, state: str | None = None) -> list[tuple[str, str, str]]:
         """(number, state, err_code) of the task's numbers, state "pending" | "delivered" |
         "failed" (only `state` if given), sorted by number."""
         out = []
-        for number, value in self._client.hscan_iter("%s:n:%s" % (self._prefix, task_id),
-                                                      count=1000):
-            text = value.decode("utf-8", "replace")
-            name = {"p": "pending", "d": "delivered"}.get(text[:1], "failed")
-            if state is None or state == name:
-                out.append((number.decode(), name, text[1:] if name == "failed" else ""))
+        for biz in self._calls_of([task_id])[0]:
+            for number, value in self._client.hscan_iter(self._key("n", biz), count=1000):
+                text = value.decode("utf-8", "replace")
+                name = {"p": "pending", "d": "delivered"}.get(text[:1], "failed")
+                if state is None or state == name:
+                    out.append((number.decode(), name, text[1:] if name == "failed" else ""))
         return sorted(out)
+
+
+def _summed(task_id: str, parts: Sequence[TaskCounts]) -> TaskCounts:
+    out = TaskCounts(task_id, created=min(p.created for p in parts),
+                     updated=max(p.updated for p in parts))
+    for p in parts:
+        out.submitted += p.submitted
+        out.delivered += p.delivered
+        out.failed += p.failed
+        for mine, theirs in ((out.codes, p.codes), (out.reasons, p.reasons)):
+            for key, n in theirs.items():
+                mine[key] = mine.get(key, 0) + n
+    return out
 
 
 def _ok(reply: Any) -> bool:
