@@ -29,6 +29,7 @@ from consumer.receipts import MESSAGE_TYPES
 from consumer.runtime import logs
 from consumer.runtime.metrics import MetricsHandle, setup_metrics
 from consumer.runtime.service import exit_now, serve
+from consumer.runtime.worker_health import http_health
 from consumer.settings import Settings, config_path, load_settings
 from consumer.sources.mns.ack import AckConfig
 from consumer.sources.mns.queue import MnsQueueClient, QueueClient
@@ -178,7 +179,8 @@ def worker_main(argv: Sequence[str]) -> int:
     log.info("settings", **settings.describe())
     code = 1
     try:
-        code = serve(worker, settings.service)
+        code = serve(worker, settings.service,
+                     on_health=http_health(resources.metrics, settings.service))
     except Exception:
         log.exception("worker_crashed")
     finally:

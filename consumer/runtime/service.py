@@ -170,9 +170,10 @@ class Health:
             self._status, self._status_at = line, now
             self.notifier.status(line)
 
-    def moving(self, now: float) -> bool:
-        """True while the pipeline is not wedged (see the class docstring)."""
-        stall = self.stall_s
+    def moving(self, now: float, stall_s: float | None = None) -> bool:
+        """True while the pipeline is not wedged (see the class docstring); `stall_s`
+        overrides the allowance (the HTTP liveness check has one without systemd)."""
+        stall = self.stall_s if stall_s is None else stall_s
         if stall is None or self.worker.stop_receiving.is_set():
             return True
         last = max(self.worker.last_progress, self.last_settle_at)
@@ -198,7 +199,8 @@ class Health:
 
 
 def serve(worker: Worker, settings: ServiceSettings | None = None, *,
-          notifier: Notifier | None = None, probe: Probe | None = None) -> int:
+          notifier: Notifier | None = None, probe: Probe | None = None,
+          on_health: Callable[[Health], None] | None = None) -> int:
     """Starts the worker, waits for a signal or a recycle reason, drains, returns 0.
 
     The stop: receiving stops, what has not started is handed back, running handlers get
@@ -209,6 +211,8 @@ def serve(worker: Worker, settings: ServiceSettings | None = None, *,
     ends the process ALARM_GRACE_S past the budget whatever happens. A recycle stops the
     same way. `notifier` defaults to the one systemd's environment describes (a no-op
     without it); `probe` (a Redis read that raises when Redis is away) to `redis_probe`.
+    `on_health` is given the `Health` before the worker starts (the HTTP probes' hook,
+    `consumer.runtime.health`).
     A second SIGTERM/SIGINT exits at once (status 1).
     """
     settings = settings or ServiceSettings()
@@ -226,6 +230,8 @@ def serve(worker: Worker, settings: ServiceSettings | None = None, *,
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     health = Health(worker, notifier, settings, probe or redis_probe(worker))
+    if on_health is not None:
+        on_health(health)
     # Everything built so far (modules, SDK clients, settings) lives as long as the process:
     # frozen, the collector stops walking it on every full collection of receipt garbage.
     gc.freeze()

@@ -53,6 +53,7 @@ from consumer.errors import ConfigError
 from consumer.pipeline.decode import reject_constant
 from consumer.receipts import MESSAGE_TYPES
 from consumer.runtime import logs
+from consumer.runtime.health import DEFAULT_STALL_S, Beat, install, keep_beating
 from consumer.runtime.instruments import PushRequests, redis_sampler
 from consumer.runtime.metrics import setup_metrics
 from consumer.settings import PushSettings, config_path, load_settings
@@ -273,6 +274,10 @@ class PushReceiver:
         self._length = int(results[-1])
         return True
 
+    async def ping(self) -> object:
+        """A Redis round trip on the hand-off client (the readiness probe)."""
+        return await self._redis.ping()
+
     def _scrub(self, exc: BaseException) -> str:
         return scrub("%s: %s" % (type(exc).__name__, exc), self._redis_url)
 
@@ -382,7 +387,7 @@ def running_push_server(settings: PushSettings, redis_url: str) -> Iterator[Runn
 
 
 async def _serve_until_signalled(settings: PushSettings, redis_url: str,
-                                 observer: RequestObserver | None) -> None:
+                                 observer: RequestObserver | None, beat: Beat) -> None:
     serving = await start_serving(settings, redis_url, observer)
     log.info("push_server_listening", port=serving.port,
              max_connections=serving.receiver.guard.max_connections)
@@ -390,7 +395,9 @@ async def _serve_until_signalled(settings: PushSettings, redis_url: str,
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    beating = asyncio.create_task(keep_beating(beat, serving.receiver.ping, stop))
     await stop.wait()
+    await beating
     await stop_serving(serving)
 
 
@@ -425,14 +432,16 @@ def main(argv: Sequence[str]) -> int:
              secret_set=push.secret is not None, allowlist=list(push.allowlist),
              stream=push.stream, types=sorted(MESSAGE_TYPES))
     observer = None
+    beat = Beat(settings.service.watchdog_stall_s or DEFAULT_STALL_S)
     if metrics is not None:
+        install(metrics.exposition.routes, beat.live, beat.is_ready)
         observer = PushRequests(metrics, MESSAGE_TYPES)
         sync = connect(settings.redis_url, socket_timeout_s=2, connect_timeout_s=2)
         metrics.add_sampler(redis_sampler(metrics, "push_stream_length",
                                           lambda: int(sync.xlen(push.stream))))
     try:
         # SIGTERM/SIGINT stop it gracefully (stop_serving).
-        asyncio.run(_serve_until_signalled(push, settings.redis_url, observer))
+        asyncio.run(_serve_until_signalled(push, settings.redis_url, observer, beat))
     finally:
         if metrics is not None:
             metrics.close()
