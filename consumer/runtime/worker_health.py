@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from consumer.runtime.health import DEFAULT_STALL_S, Check, install
 from consumer.runtime.metrics import MetricsHandle
-from consumer.runtime.service import Health, ServiceSettings
+from consumer.runtime.service import Health
+from consumer.settings.sections import ServiceSettings
 
 __all__ = ["http_health", "worker_checks"]
 
