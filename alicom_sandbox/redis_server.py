@@ -27,6 +27,7 @@ class RedisServer:
     port: int
     process: subprocess.Popen[bytes]
     workdir: str
+    persistent: bool = False  # AOF, fsync always: a stop and start keeps every write
 
     @property
     def url(self) -> str:
@@ -41,16 +42,18 @@ class RedisServer:
         self.process.wait(10)
 
     def start_again(self) -> None:
-        self.process = _spawn(self.port, self.workdir)
+        self.process = _spawn(self.port, self.workdir, self.persistent)
         _wait_ready(self.port)
 
 
-def _spawn(port: int, workdir: str) -> subprocess.Popen[bytes]:
+def _spawn(port: int, workdir: str, persistent: bool = False) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not on PATH: `make test` or `make demo` installs it")
+    aof = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else [
+        "--appendonly", "no"]
     return subprocess.Popen(  # noqa: S603 - the redis-server binary, fixed arguments
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *aof,
          "--dir", workdir, "--protected-mode", "yes"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -71,10 +74,11 @@ def _wait_ready(port: int, timeout_s: float = 10.0) -> None:
 
 
 @contextmanager
-def running_redis() -> Iterator[RedisServer]:
+def running_redis(persistent: bool = False) -> Iterator[RedisServer]:
+    """A fresh server; `persistent` ones keep their data across `stop` and `start_again`."""
     workdir = tempfile.mkdtemp(prefix="alicom-redis-")
     port = free_port()
-    server = RedisServer(port, _spawn(port, workdir), workdir)
+    server = RedisServer(port, _spawn(port, workdir, persistent), workdir, persistent)
     try:
         _wait_ready(port)
         yield server

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from alicom_sandbox.redis_server import RedisServer
 from consumer.errors import ConfigError, TransientError
-from consumer.pipeline.dedup import ClaimState, DedupSettings, RedisDedupStore, transient_from_redis
+from consumer.pipeline.dedup import (
+    ClaimState,
+    Completion,
+    DedupSettings,
+    RedisDedupStore,
+    transient_from_redis,
+)
 
 LONG_S = 60.0
 SHORT_LEASE_S = 0.2
@@ -69,20 +75,32 @@ def test_a_stale_owner_cannot_complete_over_the_new_owner_powertools_bug_2(
     wait_until_gone(redis_client, "alicom:dedup:k")
     assert store.claim(["k"], "B", LONG_S) == [ClaimState.CLAIMED]
 
-    assert store.complete(["k"], "A", WEEK_S) == [False]
+    assert store.complete(["k"], "A", WEEK_S) == [Completion.LOST]
     assert redis_client.get("alicom:dedup:k") == b"I:B"
     assert store.claim(["k"], "C", LONG_S) == [ClaimState.IN_PROGRESS]
 
-    assert store.complete(["k"], "B", WEEK_S) == [True]
+    assert store.complete(["k"], "B", WEEK_S) == [Completion.RECORDED]
     assert redis_client.get("alicom:dedup:k") == b"1"
     assert store.claim(["k"], "C", LONG_S) == [ClaimState.COMPLETED]
 
 
-def test_a_stale_owner_cannot_complete_a_key_someone_else_completed(
+def test_a_completed_key_is_found_completed_and_left_as_it_is(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.complete(["k"], "B", 100.0)
+    assert store.complete(["k"], "A", WEEK_S) == [Completion.ALREADY_COMPLETED]
+    assert 0 < redis_client.pttl("alicom:dedup:k") <= 100_000  # the first record's TTL
+
+
+def test_a_completion_retried_after_a_lost_reply_counts_as_completed(
     store: RedisDedupStore,
 ) -> None:
-    store.complete(["k"], "B", WEEK_S)
-    assert store.complete(["k"], "A", WEEK_S) == [False]
+    # The first call was applied on the server, its reply timed out: the retry finds the
+    # record completed. That is this delivery's own completion, not a lost claim.
+    assert store.claim(["k"], "A", LONG_S) == [ClaimState.CLAIMED]
+    assert store.complete(["k"], "A", WEEK_S) == [Completion.RECORDED]
+    [again] = store.complete(["k"], "A", WEEK_S)
+    assert again is Completion.ALREADY_COMPLETED and again.done
 
 
 def test_completing_after_an_expired_lease_nobody_took_still_records_the_work(
@@ -90,7 +108,7 @@ def test_completing_after_an_expired_lease_nobody_took_still_records_the_work(
 ) -> None:
     store.claim(["k"], "A", SHORT_LEASE_S)
     wait_until_gone(redis_client, "alicom:dedup:k")
-    assert store.complete(["k"], "A", WEEK_S) == [True]
+    assert store.complete(["k"], "A", WEEK_S) == [Completion.RECORDED]
     assert store.claim(["k"], "B", LONG_S) == [ClaimState.COMPLETED]
 
 
@@ -98,7 +116,7 @@ def test_a_completed_key_suppresses_duplicates_until_its_ttl_runs_out(
     store: RedisDedupStore, redis_client: redis.Redis
 ) -> None:
     store.claim(["k"], "A", LONG_S)
-    assert store.complete(["k"], "A", 0.2) == [True]
+    assert store.complete(["k"], "A", 0.2) == [Completion.RECORDED]
     assert store.claim(["k"], "B", LONG_S) == [ClaimState.COMPLETED]
     wait_until_gone(redis_client, "alicom:dedup:k")
     assert store.claim(["k"], "B", LONG_S) == [ClaimState.CLAIMED]
@@ -180,7 +198,7 @@ def test_every_transition_of_a_batch_is_one_script_call(
     store.claim(keys, "me", LONG_S)
     before = evalsha_calls(redis_client)
     if operation == "complete":
-        assert store.complete(keys, "me", WEEK_S) == [True] * 16
+        assert store.complete(keys, "me", WEEK_S) == [Completion.RECORDED] * 16
     elif operation == "release":
         assert store.release(keys, "me") == [True] * 16
     else:
@@ -191,7 +209,7 @@ def test_every_transition_of_a_batch_is_one_script_call(
 def test_a_receipt_repeated_within_one_batch_is_claimed_once(store: RedisDedupStore) -> None:
     states = store.claim(["dup", "other", "dup"], "me", LONG_S)
     assert states == [ClaimState.CLAIMED, ClaimState.CLAIMED, ClaimState.IN_PROGRESS]
-    assert store.complete(["dup", "dup"], "me", WEEK_S) == [True, True]
+    assert store.complete(["dup", "dup"], "me", WEEK_S) == [Completion.RECORDED] * 2
 
 
 def test_an_empty_batch_costs_no_round_trip(
@@ -309,11 +327,11 @@ class Model:
             return ClaimState.CLAIMED
         return ClaimState.COMPLETED if current == "C" else ClaimState.IN_PROGRESS
 
-    def complete(self, key: str, owner: str) -> bool:
+    def complete(self, key: str, owner: str) -> Completion:
         if self.state.get(key) in (None, ("I", owner)):
             self.state[key] = "C"
-            return True
-        return False
+            return Completion.RECORDED
+        return Completion.ALREADY_COMPLETED if self.state[key] == "C" else Completion.LOST
 
     def release(self, key: str, owner: str) -> bool:
         if self.state.get(key) == ("I", owner):

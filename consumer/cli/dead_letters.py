@@ -1,9 +1,9 @@
 """`alicom-receipts dead-letters list | show | replay | purge`.
 
-Replay runs a dead letter through the same pipeline as a fresh delivery, in this process:
-decode, dedup claim, the configured handlers, completion record. The receipt queues belong
-to Alibaba's account (customers may only receive and delete), so nothing is sent back to MNS.
-A replayed letter is removed only once its handlers succeeded or it was already applied.
+Replay runs dead letters through the one lifecycle, in this process, with the dead-letter
+store as its source (consumer.sources.replay.transport): decode, dedup claim, the configured
+handlers behind the crash guard, the one decision function, the completion record. A
+replayed letter is removed only once its handlers succeeded or it was already applied.
 """
 
 from __future__ import annotations
@@ -12,22 +12,24 @@ import argparse
 import base64
 import json
 import os
-import secrets
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TextIO
 
 from consumer.clients.redis_client import RedisClient, connect
-from consumer.errors import AlicomReceiptsError, ConfigError, DecodeError
+from consumer.errors import AlicomReceiptsError, ConfigError
 from consumer.handlers.plugins import close_handlers, load_handlers
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
-from consumer.pipeline.decode import decode_body, parse_json
-from consumer.pipeline.dedup import ClaimState, RedisDedupStore
+from consumer.pipeline.dedup import RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
-from consumer.receipts import Receipt, ReceiptMeta
+from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts
+from consumer.pipeline.outcome import RetryPolicy
+from consumer.pipeline.stats import Stats
 from consumer.runtime import logs
 from consumer.settings import Settings, config_path, load_settings
+from consumer.sources.replay.transport import replay
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -146,50 +148,18 @@ def _replay(settings: Settings, client: RedisClient, store: RedisDeadLetterStore
     routes = load_handlers(settings.handlers)
     dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
                             max_workers=settings.worker.handler_threads)
-    dedup = RedisDedupStore(client, settings.dedup)
-    failed = 0
+    ack = settings.ack
+    lifecycle = Lifecycle(LifecycleParts(
+        RedisDedupStore(client, settings.dedup), store, dispatcher,
+        RetryPolicy(ack.retry_base_s, ack.retry_max_s, ack.max_dequeue_count),
+        settings.dedup.completed_ttl_s, settings.key_function()), Stats(), threading.Event())
     try:
-        for d in letters:
-            ok, what = replay_one(d, dispatcher, dedup, settings)
-            if ok:
-                store.remove(d.id)
-            failed += 0 if ok else 1
-            print("%s  %s" % (d.id, what), file=out)
+        results = replay(letters, lifecycle, store, settings.worker.handler_deadline_s + 5)
     finally:
         close_handlers(routes)
         dispatcher.close()
-    print("%d replayed, %d still dead" % (len(letters) - failed, failed), file=out)
+    for r in results:
+        print("%s  %s" % (r.letter.id, r.summary()), file=out)
+    failed = sum(1 for r in results if not r.ok)
+    print("%d replayed, %d still dead" % (len(results) - failed, failed), file=out)
     return 1 if failed else 0
-
-
-def replay_one(d: DeadLetter, dispatcher: Dispatcher, dedup: RedisDedupStore,
-               settings: Settings) -> tuple[bool, str]:
-    """Replays one letter; (True, what) when it may be removed from the store."""
-    try:
-        receipt = _receipt_of(d)
-    except DecodeError as exc:
-        return False, "still undecodable: %s" % exc
-    owner = secrets.token_hex(8)
-    key = settings.key_function()(receipt)
-    state = dedup.claim([key], owner, settings.worker.handler_deadline_s + 5)[0]
-    if state is ClaimState.COMPLETED:
-        return True, "already applied (%s)" % key
-    if state is ClaimState.IN_PROGRESS:
-        return False, "being handled by a worker right now (%s)" % key
-    outcome = dispatcher.dispatch([receipt])[0]
-    if outcome.kind == "ok":
-        dedup.complete([key], owner, settings.dedup.completed_ttl_s)
-        return True, "applied (%s)" % key
-    dedup.release([key], owner)
-    return False, "%s again: %s: %s" % (outcome.kind, outcome.handler, outcome.reason)
-
-
-def _receipt_of(d: DeadLetter) -> Receipt:
-    meta = ReceiptMeta(source="replay", queue=d.queue, message_id=d.message_id,
-                       dequeue_count=d.dequeue_count, enqueue_time_ms=d.enqueue_time_ms,
-                       first_dequeue_time_ms=d.first_dequeue_time_ms)
-    if d.source == "mns":
-        return decode_body(d.message_type, d.body_bytes(), None, meta)
-    # A pushed receipt's JSON text; a byte that is not UTF-8 becomes a lone surrogate,
-    # which parse_json refuses as not_utf8.
-    return parse_json(d.message_type, d.body_bytes().decode("utf-8", "surrogateescape"), meta)

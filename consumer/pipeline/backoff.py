@@ -16,6 +16,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_never,
     stop_when_event_set,
     wait_random_exponential,
 )
@@ -40,18 +41,22 @@ def call_with_retry(
     fn: Callable[[], T],
     stop: threading.Event,
     *,
-    attempts: int = 5,
+    attempts: int | None = 5,
     max_wait_s: float = 10.0,
+    quiet: bool = False,
 ) -> T:
-    """Calls `fn`, retrying TransientError up to `attempts` times or until `stop` is set.
+    """Calls `fn`, retrying TransientError up to `attempts` times (None: until it answers)
+    or until `stop` is set.
 
-    The last error is re-raised unchanged when the attempts run out.
+    The last error is re-raised unchanged when the attempts run out or `stop` is set. Each
+    retry is logged unless `quiet` (a caller that logs the state change itself).
     """
+    limit = stop_never if attempts is None else stop_after_attempt(attempts)
     retrying = Retrying(
-        stop=stop_after_attempt(attempts) | stop_when_event_set(stop),
+        stop=limit | stop_when_event_set(stop),
         wait=wait_random_exponential(multiplier=0.2, max=max_wait_s),
         retry=retry_if_exception_type(TransientError),
-        before_sleep=_log_before_sleep(what),
+        before_sleep=None if quiet else _log_before_sleep(what),
         sleep=lambda seconds: _interruptible_sleep(stop, seconds),
         reraise=True,
     )

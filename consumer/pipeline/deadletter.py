@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import hashlib
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -43,7 +44,8 @@ from consumer.errors import ConfigError
 from consumer.pipeline.dedup import transient_from_redis
 from consumer.settings import DeadLetterSettings
 
-__all__ = ["DeadLetter", "DeadLetterSettings", "RedisDeadLetterStore", "new_dead_letter_id"]
+__all__ = ["DeadLetter", "DeadLetterSettings", "RedisDeadLetterStore", "message_letter_id",
+           "new_dead_letter_id"]
 
 _THIRTY_DAYS_S = 30 * 24 * 3600.0
 # Removals per script call when trimming or purging: bounds how long one call blocks Redis.
@@ -53,6 +55,18 @@ _CHUNK = 1000
 def new_dead_letter_id(dead_at_ms: int) -> str:
     """A unique id that sorts by time as a string."""
     return f"{dead_at_ms:013d}-{uuid.uuid4().hex[:12]}"
+
+
+def message_letter_id(source: str, queue: str, message_id: str, origin_ms: int) -> str:
+    """The same id on every delivery of one message, so storing its letter again (a delete
+    that hit a stale handle, a settle that gave up after the put) overwrites one entry instead
+    of adding a second: a message is dead-lettered at most once.
+
+    `origin_ms` is when the message entered its source (MNS EnqueueTime, the push stream's
+    receive time): fixed across deliveries, and it keeps ids ordered by time.
+    """
+    digest = hashlib.blake2b(f"{source}\0{queue}\0{message_id}".encode(), digest_size=6)
+    return f"{origin_ms:013d}-{digest.hexdigest()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,15 +107,17 @@ class DeadLetter:
         enqueue_time_ms: int = 0,
         first_dequeue_time_ms: int = 0,
         dead_at_ms: int | None = None,
+        letter_id: str | None = None,
     ) -> DeadLetter:
-        """A new dead letter with a fresh id, dead now unless ``dead_at_ms`` is given.
+        """A new dead letter, dead now unless ``dead_at_ms`` is given, with ``letter_id`` or
+        else a fresh id (see ``message_letter_id`` for one that is stable per message).
 
         Bytes that are not UTF-8 are kept as base64 (``raw_body_is_base64``).
         """
         at_ms = int(time.time() * 1000) if dead_at_ms is None else dead_at_ms
         text, is_base64 = _body_text(raw_body) if isinstance(raw_body, bytes) else (raw_body, False)
         return cls(
-            id=new_dead_letter_id(at_ms), queue=queue, message_type=message_type,
+            id=letter_id or new_dead_letter_id(at_ms), queue=queue, message_type=message_type,
             raw_body=text, reason=reason, detail=detail, message_id=message_id,
             dequeue_count=dequeue_count, enqueue_time_ms=enqueue_time_ms,
             first_dequeue_time_ms=first_dequeue_time_ms, dead_at_ms=at_ms, source=source,

@@ -47,6 +47,7 @@ from consumer.settings import DedupSettings
 
 __all__ = [
     "ClaimState",
+    "Completion",
     "DedupSettings",
     "DedupStore",
     "RedisDedupStore",
@@ -64,6 +65,22 @@ class ClaimState(enum.Enum):
     COMPLETED = 3  # already applied: acknowledge the duplicate without running anything
 
 
+class Completion(enum.Enum):
+    """The answer of ``complete`` for one key."""
+
+    LOST = 0       # another delivery holds a live claim now: this one must not ack as its own
+    RECORDED = 1   # written now: INPROGRESS(owner) or absent -> COMPLETED
+    # Already COMPLETED: a retried call whose first reply was lost (it was applied on the
+    # server), or another delivery completed it after this claim's lease ended. Either way the
+    # receipt is applied and recorded, so the message may be acknowledged.
+    ALREADY_COMPLETED = 2
+
+    @property
+    def done(self) -> bool:
+        """The record is COMPLETED: the message may be acknowledged."""
+        return self is not Completion.LOST
+
+
 class DedupStore(Protocol):
     """The four atomic transitions of an idempotency record, each over a batch of keys.
 
@@ -79,10 +96,11 @@ class DedupStore(Protocol):
         `legacy`: the names the keys' records had in an earlier version (upgrade fallback)."""
         ...
 
-    def complete(self, keys: Sequence[str], owner: str, ttl_s: float) -> list[bool]:
-        """INPROGRESS(owner) -> COMPLETED(ttl). False: the key is no longer ours (the lease
-        expired and someone else claimed or completed it); the caller must then not treat the
-        message as its own."""
+    def complete(self, keys: Sequence[str], owner: str, ttl_s: float) -> list[Completion]:
+        """INPROGRESS(owner) or absent -> COMPLETED(ttl): RECORDED. A key found COMPLETED is
+        left as it is: ALREADY_COMPLETED (e.g. this very call retried after a lost reply).
+        LOST: another owner holds a live claim; the caller must then not treat the message
+        as its own."""
         ...
 
     def release(self, keys: Sequence[str], owner: str) -> list[bool]:
@@ -93,6 +111,10 @@ class DedupStore(Protocol):
     def extend(self, keys: Sequence[str], owner: str, lease_s: float) -> list[bool]:
         """Renews the lease of our INPROGRESS keys to ``lease_s`` from now (slow handlers).
         False (and nothing changed) when the key is not ours."""
+        ...
+
+    def ping(self) -> None:
+        """Returns once the store answers; TransientError otherwise."""
         ...
 
 
@@ -144,6 +166,8 @@ for i, key in ipairs(KEYS) do
     if (not value) or value == mine then
       redis.call('SET', key, '1', 'PX', ttl_ms)
       out[i] = 1
+    elseif value == '1' then
+      out[i] = 2
     else
       out[i] = 0
     end
@@ -245,9 +269,16 @@ class RedisDedupStore:
         codes = self._run(self._claim, "claim", keys, owner, lease_ms, len(keys), extra=extra)
         return [ClaimState(code) for code in codes]
 
-    def complete(self, keys: Sequence[str], owner: str, ttl_s: float) -> list[bool]:
+    def complete(self, keys: Sequence[str], owner: str, ttl_s: float) -> list[Completion]:
         codes = self._run(self._complete, "complete", keys, owner, _milliseconds(ttl_s, "ttl_s"))
-        return [code == 1 for code in codes]
+        return [Completion(code) for code in codes]
+
+    def ping(self) -> None:
+        """Raises TransientError unless Redis answers (a poller waits for it after an outage)."""
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            raise transient_from_redis(exc, "ping", self._client) from exc
 
     def release(self, keys: Sequence[str], owner: str) -> list[bool]:
         return [code == 1 for code in self._run(self._release, "release", keys, owner)]

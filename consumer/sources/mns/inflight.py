@@ -14,33 +14,36 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from consumer.receipts import Receipt
+from consumer.pipeline.lifecycle import Work
 from consumer.sources.mns.queue import Delivery
 
 _ids = itertools.count(1)
 
 
-@dataclass(slots=True, eq=False)
-class InFlight:
-    """One received message on its way through the pipeline."""
+@dataclass(slots=True, eq=False, kw_only=True)
+class InFlight(Work):
+    """One received message on its way through the lifecycle (consumer.pipeline.lifecycle).
+
+    The receipt handle changes with every visibility extension; it is read and written under
+    `lock`. `settling`: an MNS call of the acker (delete, hand back) uses the handle now, so
+    the heartbeat keeps off it. `held`: its handlers returned but the completion waits for
+    Redis (consumer.pipeline.lifecycle); the heartbeat keeps it invisible meanwhile.
+    """
 
     delivery: Delivery
     receipt_handle: str
     next_visible_ms: int
     received_at: float = field(default_factory=time.monotonic)
-    receipt: Receipt | None = None
-    dedup_key: str | None = None
-    owner: str = ""
-    settling: bool = False  # the acker owns it now: the heartbeat must not touch the handle
-    # The completion record: None not written yet, True written (ours), False refused
-    # (another delivery holds the claim now).
-    completed: bool | None = None
+    settling: bool = False
+    held: bool = False
     id: int = field(default_factory=lambda: next(_ids))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def of(cls, delivery: Delivery) -> InFlight:
-        return cls(delivery, delivery.receipt_handle, delivery.next_visible_time_ms)
+        return cls(deliveries=delivery.dequeue_count, delivery=delivery,
+                   receipt_handle=delivery.receipt_handle,
+                   next_visible_ms=delivery.next_visible_time_ms)
 
 
 class Window:

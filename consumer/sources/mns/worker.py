@@ -2,12 +2,19 @@
 
 Threads, in Dramatiq's shape:
 - pollers (several, each with its own SDK client) reserve room in the in-flight window,
-  receive a batch, decode it, claim it in Redis in one script call, and route each message:
+  receive a batch, prepare and claim it (one script call), and route each message:
   claimed ones to the work queue, the rest straight to the acks queue;
-- runners take a claimed batch from the work queue and run the handlers on it;
-- ackers complete, dead-letter, retry and delete in batches (consumer.sources.mns.ack);
-- the heartbeat extends the visibility of slow messages.
-Receiving never waits for handlers: only a full window stops a poller.
+- runners take a claimed batch from the work queue, run the handlers on it and try the
+  completion records at once;
+- ackers settle groups (records held until Redis takes them, dead letters, releases,
+  batch deletes, hand backs);
+- the heartbeat extends the visibility of messages still in our hands
+  (consumer.sources.mns.ack).
+Every stage is the one lifecycle's (consumer.pipeline.lifecycle) over the MNS transport
+(consumer.sources.mns.transport); this module only runs them on threads. Receiving never
+waits for handlers: only a full window stops a poller, and after a failed claim a poller
+waits until Redis answers before it receives again (a receive it cannot claim would only
+burn a delivery of each message, towards `max_dequeue_count`).
 
 `_poll_iteration` is one turn of a poller: receive -> prepare -> claim -> route.
 """
@@ -20,28 +27,27 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import cast
 
 import structlog
 
-from consumer.errors import AlicomReceiptsError, AuthError, DecodeError, TransientError
-from consumer.handler_api import HandlerOutcome
+from consumer.errors import AlicomReceiptsError, AuthError, TransientError
 from consumer.keys import dedup_key
 from consumer.pipeline.backoff import Backoff
 from consumer.pipeline.deadletter import RedisDeadLetterStore
-from consumer.pipeline.decode import decode_body
-from consumer.pipeline.dedup import ClaimState, DedupStore
-from consumer.pipeline.dispatch import DISPATCHER_CRASHED, NOT_STARTED, STUCK, Dispatcher
-from consumer.pipeline.outcome import Decision, RetryPolicy, Verdict, classify, precheck
+from consumer.pipeline.dedup import DedupStore
+from consumer.pipeline.dispatch import Dispatcher
+from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts
+from consumer.pipeline.outcome import Decision, RetryPolicy, Verdict
 from consumer.pipeline.stats import Stats
-from consumer.receipts import Receipt, ReceiptMeta
-from consumer.sources.mns.ack import STOP, AckConfig, Acker, Heartbeat, Settled, log_outcome
+from consumer.receipts import Receipt
+from consumer.sources.mns.ack import STOP, AckConfig, Heartbeat, collect
 from consumer.sources.mns.gate import Gate
 from consumer.sources.mns.inflight import InFlight, Window
-from consumer.sources.mns.queue import Delivery, QueueClient
+from consumer.sources.mns.queue import QueueClient
+from consumer.sources.mns.transport import MnsTransport
 
 log = structlog.get_logger("alicom_receipts.worker")
 
@@ -49,10 +55,11 @@ log = structlog.get_logger("alicom_receipts.worker")
 # token without a getrandom() call (a system call releases the GIL: a costly handoff here).
 _OWNER_PREFIX = secrets.token_hex(6)
 _owner_serial = itertools.count(1)
-#: A receipt whose handler never started (the worker stops): back to MNS at once, as it came.
-HANDED_BACK = Decision(Verdict.RETRY, "handed_back", NOT_STARTED, delay_s=1)
 
 ClientFactory = Callable[[], QueueClient]
+#: After the drain's deadline, how long the ackers get to give up held completions (and log
+#: them) before the worker returns; within consumer.runtime.service's DRAIN_GRACE_S.
+_GIVE_UP_S = 0.7
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +109,20 @@ class Worker:
         self.work: queue.Queue[list[InFlight] | None] = queue.Queue()
         # Decisions travel in lists, one per received or dispatched batch: a handoff
         # between threads costs more than the work on one receipt.
-        self.acks: queue.Queue[list[Settled] | None] = queue.Queue()
+        self.acks: queue.Queue[list[InFlight] | None] = queue.Queue()
         self.stop_receiving = threading.Event()  # first signal: drain
-        self.abort = abort or threading.Event()  # set when the drain ends: retries stop
+        # Set when the drain's budget ran out: retries stop, held completions are given up.
+        self.abort = abort or threading.Event()
+        self.lifecycle = Lifecycle(
+            LifecycleParts(pipeline.dedup, pipeline.dead_letters, pipeline.dispatcher,
+                           config.retry, config.ack.completed_ttl_s, pipeline.key_of),
+            self.stats, self.abort)
         self.acks_closed = threading.Event()     # the ackers' STOPs are queued
         self._threads: dict[str, list[threading.Thread]] = {}
         self._clients: list[QueueClient] = []
         self.last_progress = time.monotonic()    # a poller finished a turn (watchdog)
         self.ready = threading.Event()           # a poll went through: MNS, token, Redis ok
+        self.redis_down = threading.Event()      # a claim failed: pollers wait for Redis
         self.last_error: str | None = None       # the latest poll failure, None once healthy
         self.recycle_reason: str | None = None   # why the worker stops by itself, if it does
 
@@ -169,12 +182,15 @@ class Worker:
         return "max_in_flight_s" if longest > c.ack.max_in_flight_s else None
 
     def drain(self, deadline: float | None = None) -> bool:
-        """Stops receiving, hands back what has not started, waits for running handlers
-        until `deadline` (monotonic; default: the shutdown budget from now).
+        """Stops receiving, hands back what has not started, waits for running handlers and
+        for completions that wait for Redis until `deadline` (monotonic; default: the
+        shutdown budget from now).
 
-        Returns True when everything in flight was settled. A handler still running at the
-        deadline keeps its message invisible: the process must exit now, which ends its
-        thread (consumer.runtime.service.serve does, with os._exit).
+        Returns True when everything in flight was settled. At the deadline, completions
+        still waiting for Redis are given up (`completion_unrecorded`, see
+        consumer.pipeline.lifecycle) and their messages left to come back after their
+        visibility; a handler still running keeps its message invisible: the process must
+        exit now, which ends its thread (consumer.runtime.service.serve does, with os._exit).
         """
         self.stop_receiving.set()
         self.p.dispatcher.close()  # queued calls end NOT_STARTED: handed back by the ackers
@@ -183,14 +199,18 @@ class Worker:
         for t in self._threads.get("poller", []):
             t.join(max(0.0, deadline - time.monotonic()))
         drained = self.window.wait_empty(deadline)
+        if not drained:
+            self.abort.set()  # held completions and retries give up now
         for _ in self._threads.get("runner", []):
             self.work.put(None)
         for _ in self._threads.get("acker", []):
             self.acks.put(STOP)
         self.acks_closed.set()  # parked ackers leave; the working ones meet a STOP
+        # Past the deadline, a moment for the ackers to log what they give up.
+        until = max(deadline, time.monotonic() + (0 if drained else _GIVE_UP_S))
         for name in ("runner", "acker"):
             for t in self._threads.get(name, []):
-                t.join(max(0.0, deadline - time.monotonic()))
+                t.join(max(0.0, until - time.monotonic()))
         self.abort.set()  # ends the heartbeat and every retry
         for client in self._clients:
             client.close()
@@ -215,12 +235,21 @@ class Worker:
 
     # -- pollers ------------------------------------------------------------------------
 
+    def _transport(self) -> MnsTransport:
+        """A transport for the calling thread, on its own SDK client."""
+        return MnsTransport(self._client(), self.config.message_type, self.window, self.stats,
+                            self.abort, self.config.ack.delete_batch_max)
+
     def _poll_loop(self, index: int) -> None:
-        client = self._client()
+        transport = self._transport()
+        client = transport.client
         backoff = Backoff()
         while not self.stop_receiving.is_set():
             try:
-                self._gated_iteration(client, index)
+                if self.redis_down.is_set():  # receive nothing we cannot claim (docstring)
+                    self.p.dedup.ping()
+                    self.redis_down.clear()
+                self._gated_iteration(transport, index)
                 backoff.reset()
                 self.last_error = None
                 self.ready.set()
@@ -240,15 +269,15 @@ class Worker:
                 backoff.sleep(self.stop_receiving)
             self.last_progress = time.monotonic()
 
-    def _gated_iteration(self, client: QueueClient, index: int) -> None:
+    def _gated_iteration(self, transport: MnsTransport, index: int) -> None:
         """One `_poll_iteration` once the poll gate (consumer.sources.mns.gate) lets it in."""
         if not self.poll_gate.wait_turn(index, self.stop_receiving):
             return
-        timing = self._poll_iteration(client)
+        timing = self._poll_iteration(transport)
         if timing is not None:
             self.poll_gate.record(*timing)
 
-    def _poll_iteration(self, client: QueueClient) -> tuple[float, float] | None:
+    def _poll_iteration(self, transport: MnsTransport) -> tuple[float, float] | None:
         """receive -> prepare -> claim -> route; raises on a failed receive or claim.
 
         Returns (round trip, work after it) in seconds when messages came, else None.
@@ -261,7 +290,7 @@ class Worker:
             return None
         began = time.monotonic()
         try:
-            deliveries = client.receive(c.batch_size, c.wait_seconds)
+            deliveries = transport.client.receive(c.batch_size, c.wait_seconds)
         except BaseException:
             self.window.unreserve(c.batch_size)
             raise
@@ -269,88 +298,38 @@ class Worker:
         self.window.unreserve(c.batch_size - len(deliveries))
         if not deliveries:
             self.stats.incr("empty_polls")
-            if c.wait_seconds and received - began < c.wait_seconds / 2:
-                # MNS holds a long poll until a message comes or the wait ends; an empty
-                # answer long before is its refusal (too many long polls on the queue):
-                # polling again at once would flood it, so the poller backs off.
-                raise TransientError("MNS answered a %d s long poll after %.2f s with no "
-                                     "message: too many long polls on the queue?"
-                                     % (c.wait_seconds, received - began))
             return None
         self.stats.incr("received", len(deliveries))
         items = [InFlight.of(d) for d in deliveries]
         self.window.track(items)
-        rejected = self._prepare(items)
-        claimable = [i for i in items if i not in rejected]  # decoded: receipt is set
+        claimable = self.lifecycle.prepare(items, transport)
+        owner = "%s-%x-%x" % (_OWNER_PREFIX, os.getpid(), next(_owner_serial))  # fork-safe
+        # The lease ends with the batch's earliest visibility (the heartbeat renews both).
+        lease_s = max(1.0, min((i.next_visible_ms for i in items), default=0) / 1000
+                      - time.time())
         try:
-            states = self._claim(claimable)
+            to_run = self.lifecycle.claim(claimable, owner, lease_s)
         except TransientError:
+            self.redis_down.set()
             self._give_up(claimable)
-            self._route(rejected, [])
+            self._route(transport, [i for i in items if i.decision is not None], [])
             raise
-        self._route(rejected, list(zip(claimable, states, strict=True)))
+        self._route(transport, [i for i in items if i.decision is not None], to_run)
         return received - began, time.monotonic() - received
 
-    def _prepare(self, items: Sequence[InFlight]) -> dict[InFlight, Decision]:
-        """Decodes every body; returns the messages that must not reach the handlers."""
-        rejected: dict[InFlight, Decision] = {}
-        for item in items:
-            d = item.delivery
-            early = precheck(d.dequeue_count, self.config.retry)
-            if early is not None:
-                rejected[item] = early
-                continue
-            try:
-                item.receipt = decode_body(self.config.message_type, d.body, d.body_md5,
-                                           _meta(d))
-            except DecodeError as exc:
-                self.stats.incr("decode_errors")
-                rejected[item] = classify(exc, d.dequeue_count, self.config.retry)
-                continue
-            item.dedup_key = self.p.key_of(item.receipt)
-        return rejected
-
-    def _claim(self, items: list[InFlight]) -> list[ClaimState]:
-        """One script call for the whole batch; the lease ends with the earliest visibility."""
-        if not items:
-            return []
-        owner = "%s-%x-%x" % (_OWNER_PREFIX, os.getpid(), next(_owner_serial))  # fork-safe
-        lease_s = max(1.0, min(i.next_visible_ms for i in items) / 1000 - time.time())
-        for item in items:
-            item.owner = owner
-        try:
-            return self.p.dedup.claim([str(i.dedup_key) for i in items], owner, lease_s)
-        except TransientError:
-            self.stats.incr("redis_errors")
-            raise
-
-    def _route(self, rejected: dict[InFlight, Decision],
-               claimed: list[tuple[InFlight, ClaimState]]) -> None:
-        to_ack = [Settled(item, decision) for item, decision in rejected.items()]
-        to_run: list[InFlight] = []
-        for item, state in claimed:
-            # The same receipt twice in one batch is CLAIMED once and IN_PROGRESS after (the
-            # DedupStore contract): the first copy runs, the other waits for its outcome.
-            if state is ClaimState.CLAIMED:
-                to_run.append(item)
-                continue
-            decision = classify(state, item.delivery.dequeue_count, self.config.retry)
-            if decision.verdict is Verdict.LEAVE:
-                self._leave(item, decision)
-            else:
-                to_ack.append(Settled(item, decision))
+    def _route(self, transport: MnsTransport, decided: list[InFlight],
+               to_run: list[InFlight]) -> None:
+        to_ack: list[InFlight] = []
+        to_leave: list[InFlight] = []
+        for item in decided:
+            (to_leave if cast(Decision, item.decision).verdict is Verdict.LEAVE
+             else to_ack).append(item)
+        if to_leave:  # another live delivery holds the claim: MNS brings these back later
+            self.lifecycle.settle(to_leave, transport)
         if to_ack:
             self.acks.put(to_ack)
         if to_run:
-            self.stats.add_in_flight(len(to_run))
             self.work.put(to_run)
-
-    def _leave(self, item: InFlight, decision: Decision) -> None:
-        """Another live delivery holds the claim: MNS brings this copy back later."""
-        self.stats.incr("in_progress_skipped")
-        self.stats.outcome(decision.outcome, "", 0.0, item.receipt)
-        self.window.settle(item)
-        log_outcome(Settled(item, decision))
 
     def _give_up(self, items: list[InFlight]) -> None:
         """Redis is away: let MNS re-deliver these later; nothing was claimed or run."""
@@ -360,73 +339,26 @@ class Worker:
     # -- runners and ackers -------------------------------------------------------------
 
     def _run_loop(self) -> None:
+        lifecycle, acks = self.lifecycle, self.acks
         while True:
             batch = self.work.get()
             if batch is None:
                 return
-            receipts = [cast(Receipt, i.receipt) for i in batch]
-            try:
-                # A receipt past its deadline comes back STUCK: its message stays ours (the
-                # heartbeat extends it) until the handler returns and `late` settles it.
-                outcomes = self.p.dispatcher.dispatch(receipts, late=partial(self._late, batch))
-            except Exception:
-                log.exception("dispatch_crashed", messages=len(batch))
-                outcomes = [DISPATCHER_CRASHED] * len(batch)
-            self._settle([(item, outcome) for item, outcome in zip(batch, outcomes, strict=True)
-                          if outcome.reason != STUCK])
-
-    def _late(self, batch: list[InFlight], index: int, outcome: HandlerOutcome) -> None:
-        self._settle([(batch[index], outcome)])
-
-    def _settle(self, done: list[tuple[InFlight, HandlerOutcome]]) -> None:
-        """Decides for receipts whose handlers finished (or never started), records the
-        completions at once and queues the rest of the work for the ackers."""
-        if not done:
-            return
-        self.stats.add_in_flight(-len(done))
-        retry = self.config.retry
-        settled = [
-            Settled(item, HANDED_BACK if outcome.reason == NOT_STARTED else classify(
-                outcome, item.delivery.dequeue_count, retry), outcome.handler, outcome.duration_s)
-            for item, outcome in done]
-        self._record_completions(settled)
-        self.acks.put(settled)
-
-    def _record_completions(self, settled: list[Settled]) -> None:
-        """Writes the completion records right after the handlers returned.
-
-        Doing it here, not in the acker, shrinks the one window in which a crash makes a
-        handler run twice (handler returned, completion not yet recorded) to one Redis round
-        trip. One script call: a runner batch is one received batch, so one claim owner.
-        If Redis fails, the acker writes them with its retries.
-        """
-        ran = [s.item for s in settled if s.decision.ran_handlers]
-        if not ran:
-            return
-        keys = [str(i.dedup_key) for i in ran]
-        try:
-            owned = self.p.dedup.complete(keys, ran[0].owner, self.config.ack.completed_ttl_s)
-        except TransientError:
-            return
-        for item, ok in zip(ran, owned, strict=True):
-            item.completed = ok
+            # A receipt past its deadline stays undecided: its message stays ours (the
+            # heartbeat extends it) until its handler returns and reaches the ackers late.
+            done = lifecycle.run(batch, late=acks.put)
+            if done:
+                acks.put(done)
 
     def _ack_loop(self, index: int) -> None:
         """Settles groups from the acks queue, while the ack gate lets this acker work, until
         it meets STOP (or, parked, until the ackers are closed)."""
-        acker = Acker(self._client(), self.p.dedup, self.p.dead_letters, self.window,
-                      self.stats, self.config.ack, self.abort, self.config.message_type)
+        transport = self._transport()
         while self.ack_gate.wait_turn(index, self.acks_closed):
-            group = acker.collect(self.acks)
+            group = collect(self.acks, self.config.ack)
             if group is None:
                 return
-            acker.settle(group)  # never empty: only non-empty lists are queued
-
-
-def _meta(d: Delivery) -> ReceiptMeta:
-    return ReceiptMeta(source="mns", queue=d.queue, message_id=d.message_id,
-                       dequeue_count=d.dequeue_count, enqueue_time_ms=d.enqueue_time_ms,
-                       first_dequeue_time_ms=d.first_dequeue_time_ms)
+            self.lifecycle.settle(group, transport)  # never empty: only non-empty lists
 
 
 def _rss_mb() -> float:

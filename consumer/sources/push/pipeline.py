@@ -23,7 +23,14 @@ min idle time then re-takes it, and XPENDING's delivery count is the dequeue cou
 consumer that died. Backoffs are therefore capped at `reclaim_idle_s`, and it must exceed
 the handler deadline (the claim lease is just under it).
 
-Every stage reuses the MNS worker's building blocks; nothing here decides an outcome.
+A Redis outage: an entry whose handlers returned is held until its completion is recorded
+(consumer.pipeline.lifecycle). It stays pending to this consumer meanwhile; when Redis
+returns, its idle time is past `reclaim_idle_s`, so it must not be re-taken before the
+holder recorded it: this process's threads skip the ids it holds, and every consumer
+re-takes nothing until Redis has answered it for `reclaim_grace_s` (the holder retries
+every half second, so it records first).
+
+Every stage is the one lifecycle's over `PushTransport`; nothing here decides an outcome.
 """
 
 from __future__ import annotations
@@ -40,14 +47,15 @@ import redis
 import structlog
 
 from consumer.clients.redis_client import RedisClient
-from consumer.errors import AlicomReceiptsError, DecodeError
+from consumer.errors import AlicomReceiptsError
 from consumer.keys import dedup_key
-from consumer.pipeline.backoff import Backoff, call_with_retry
-from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
+from consumer.pipeline.backoff import Backoff
+from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
 from consumer.pipeline.decode import parse_json
-from consumer.pipeline.dedup import ClaimState, DedupStore, transient_from_redis
-from consumer.pipeline.dispatch import DISPATCHER_CRASHED, Dispatcher
-from consumer.pipeline.outcome import Decision, RetryPolicy, Verdict, classify, precheck
+from consumer.pipeline.dedup import DedupStore, transient_from_redis
+from consumer.pipeline.dispatch import Dispatcher
+from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts, Work
+from consumer.pipeline.outcome import Decision, RetryPolicy
 from consumer.pipeline.stats import Stats
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.settings.push import PushSettings
@@ -56,55 +64,52 @@ log = structlog.get_logger("alicom_receipts.push_worker")
 _T = TypeVar("_T")
 
 
-@dataclass(eq=False)
-class Entry:
-    """One stream entry on its way through the pipeline."""
+@dataclass(slots=True, eq=False, kw_only=True)
+class Entry(Work):
+    """One stream entry on its way through the lifecycle."""
 
     id: str
-    deliveries: int
     message_type: str
     body: str
     received_ms: int
-    receipt: Receipt | None = None
-    key: str | None = None
-    claimed: bool = False
-    decision: Decision | None = None
-    handler: str = ""
-    duration_s: float = 0.0
 
 
 class PushWorker:
     """Drains one stream's consumer group; `run(consumer)` is one thread's loop.
 
     Thread-safe: the threads share the Redis client (a connection pool), the stores and the
-    dispatcher. `stop` ends every loop after its current batch.
+    dispatcher. `stop` ends every loop after its current batch; `abort` (the shutdown budget
+    ran out) ends every retry and held completion.
     """
 
     def __init__(  # noqa: PLR0913, PLR0917 - the collaborators, built once by push_worker
             self, client: RedisClient, push: PushSettings, dedup: DedupStore,
-                 dead_letters: RedisDeadLetterStore, dispatcher: Dispatcher,
-                 policy: RetryPolicy, completed_ttl_s: float, stats: Stats | None = None,
-                 key_of: Callable[[Receipt], str] = dedup_key) -> None:
+            dead_letters: RedisDeadLetterStore, dispatcher: Dispatcher,
+            policy: RetryPolicy, completed_ttl_s: float, stats: Stats | None = None,
+            key_of: Callable[[Receipt], str] = dedup_key,
+            reclaim_grace_s: float = 3.0) -> None:
         self.push = push
-        self._key_of = key_of
         self.stats = stats or Stats()
         self.stop = threading.Event()
+        self.abort = threading.Event()
+        self.lifecycle = Lifecycle(
+            LifecycleParts(dedup, dead_letters, dispatcher, policy, completed_ttl_s, key_of),
+            self.stats, self.abort)
         self._redis = client
-        self._dedup = dedup
-        self._dead_letters = dead_letters
-        self._dispatcher = dispatcher
-        self._policy = policy
-        self._completed_ttl_s = completed_ttl_s
         self._reclaim_ms = int(push.reclaim_idle_s * 1000)
         self._lease_s = max(0.5, push.reclaim_idle_s - 0.5)
+        self._grace_s = reclaim_grace_s
         self._group_ready = False
+        self._held_lock = threading.Lock()
+        self.held: set[str] = set()  # ids whose completion waits for Redis (PushTransport)
 
     # -- the loop -----------------------------------------------------------------------
 
     def run(self, consumer: str) -> None:
         """Reclaims, reads and settles batches until `stop`; Redis outages are backed off."""
         backoff = Backoff(max_s=10.0)
-        next_reclaim = 0.0
+        transport = PushTransport(self, consumer)
+        next_reclaim = time.monotonic() + self._grace_s  # a fresh start may follow an outage
         while not self.stop.is_set():
             try:
                 entries: list[Entry] = []
@@ -114,11 +119,12 @@ class PushWorker:
                 if not entries:
                     entries = self.read(consumer)
                 if entries:
-                    self.process(entries, consumer)
+                    self.process(entries, transport)
                 backoff.reset()
             except AlicomReceiptsError as exc:
                 log.warning("push_worker_redis_failed", consumer=consumer, error=str(exc))
                 self.stats.incr("redis_errors")
+                next_reclaim = time.monotonic() + self._grace_s  # see the module docstring
                 backoff.sleep(self.stop)
 
     def ensure_group(self) -> None:
@@ -154,7 +160,8 @@ class PushWorker:
             s.stream, s.group, consumer, self._reclaim_ms, "0-0", count=s.batch_size))
         # [next cursor, [(id, fields)...], [ids deleted meanwhile]]; those leave the PEL.
         claimed = cast("list[tuple[bytes, dict[bytes, bytes] | None]]", reply[1])
-        rows = [(i, f) for i, f in claimed if f is not None]
+        with self._held_lock:
+            rows = [(i, f) for i, f in claimed if f is not None and _text(i) not in self.held]
         if not rows:
             return []
         self.stats.event("push_reclaimed", len(rows))
@@ -186,158 +193,33 @@ class PushWorker:
 
     # -- one batch ----------------------------------------------------------------------
 
-    def process(self, entries: list[Entry], consumer: str) -> None:
-        """decode -> claim -> handle -> classify -> settle, for one batch."""
+    def process(self, entries: list[Entry], transport: PushTransport) -> None:
+        """The lifecycle for one batch; raises TransientError when the claim failed (the
+        entries stay pending and are re-taken after reclaim_idle_s)."""
         self.stats.incr("received", len(entries))
-        owner = secrets.token_hex(8)
-        for entry in entries:
-            self._prepare(entry)
-        self._claim(entries, owner)
-        self._run([e for e in entries if e.claimed and e.decision is None])
-        try:
-            self._settle(entries, owner, consumer)
-        finally:
-            for entry in entries:
-                self._report(entry)
+        self.lifecycle.process(entries, transport, secrets.token_hex(8), self._lease_s)
 
-    def _prepare(self, entry: Entry) -> None:
-        early = precheck(entry.deliveries, self._policy)
-        if early is not None:
-            entry.decision = early
-            return
-        meta = ReceiptMeta(source="push", message_id=entry.id, dequeue_count=entry.deliveries,
-                           enqueue_time_ms=entry.received_ms)
-        try:
-            entry.receipt = parse_json(entry.message_type, entry.body, meta)
-        except DecodeError as exc:
-            self.stats.incr("decode_errors")
-            entry.decision = classify(exc, entry.deliveries, self._policy)
-            return
-        entry.key = self._key_of(entry.receipt)
+    def redis_op(self, what: str, fn: Callable[[], _T]) -> _T:
+        """One Redis call, retried by the one policy, errors wrapped."""
+        def call() -> _T:
+            try:
+                return fn()
+            except redis.RedisError as exc:
+                raise transient_from_redis(exc, what, self._redis) from exc
 
-    def _claim(self, entries: list[Entry], owner: str) -> None:
-        todo = [e for e in entries if e.decision is None]
-        if not todo:
-            return
-        states = self._call("dedup claim", partial(
-            self._dedup.claim, [str(e.key) for e in todo], owner, self._lease_s))
-        for entry, state in zip(todo, states, strict=True):
-            if state is ClaimState.CLAIMED:
-                entry.claimed = True
+        return self.lifecycle.parts.redis_retry.call(what, call, self.abort)
+
+    @property
+    def redis_client(self) -> RedisClient:
+        return self._redis
+
+    def hold(self, ids: Sequence[str], held: bool) -> None:
+        """Ids whose completion waits for Redis: this process's reclaims skip them."""
+        with self._held_lock:
+            if held:
+                self.held.update(ids)
             else:
-                entry.decision = classify(state, entry.deliveries, self._policy)
-
-    def _run(self, claimed: list[Entry]) -> None:
-        if not claimed:
-            return
-        self.stats.add_in_flight(len(claimed))
-        try:
-            outcomes = self._dispatcher.dispatch([cast(Receipt, e.receipt) for e in claimed])
-        except Exception:  # a dispatcher crash must not lose the batch: retry it
-            log.exception("dispatch_crashed", receipts=len(claimed))
-            outcomes = [DISPATCHER_CRASHED] * len(claimed)
-        finally:
-            self.stats.add_in_flight(-len(claimed))
-        for entry, outcome in zip(claimed, outcomes, strict=True):
-            entry.decision = classify(outcome, entry.deliveries, self._policy)
-            entry.handler, entry.duration_s = outcome.handler, outcome.duration_s
-
-    def _settle(self, entries: list[Entry], owner: str, consumer: str) -> None:
-        """Dead letters stored and completions recorded before anything is acknowledged."""
-        by: dict[Verdict, list[Entry]] = {v: [] for v in Verdict}
-        for entry in entries:
-            by[cast(Decision, entry.decision).verdict].append(entry)
-        to_ack = self._dead_letter(by[Verdict.DEAD_LETTER], owner)
-        to_ack += self._complete(by[Verdict.ACK], owner)
-        self._retry(by[Verdict.RETRY], owner, consumer)
-        if by[Verdict.LEAVE]:  # another live claim: the entry is re-taken after reclaim_idle_s
-            self.stats.incr("in_progress_skipped", len(by[Verdict.LEAVE]))
-        self._ack(to_ack)
-
-    def _dead_letter(self, dead: list[Entry], owner: str) -> list[Entry]:
-        if not dead:
-            return []
-        letters = [_dead_letter_of(e) for e in dead]
-        self._retrying("dead-letter put", lambda: self._dead_letters.put_many(letters))
-        self._release([e for e in dead if e.claimed], owner)
-        self.stats.incr("dead_letters", len(dead))
-        return dead
-
-    def _complete(self, acked: list[Entry], owner: str) -> list[Entry]:
-        ran = [e for e in acked if cast(Decision, e.decision).ran_handlers]
-        deletable = [e for e in acked if not cast(Decision, e.decision).ran_handlers]
-        self.stats.incr("duplicates", len(deletable))
-        if ran:
-            owned = self._retrying("dedup complete", partial(
-                self._dedup.complete, [str(e.key) for e in ran], owner, self._completed_ttl_s))
-            for entry, mine in zip(ran, owned, strict=True):
-                if mine:
-                    deletable.append(entry)
-                else:  # another delivery holds the claim now; it acknowledges its copy
-                    self.stats.incr("lost_claims")
-                    log.warning("claim_lost", entry_id=entry.id, dedup_key=entry.key)
-            self.stats.incr("handled", sum(owned))
-        return deletable
-
-    def _retry(self, retried: list[Entry], owner: str, consumer: str) -> None:
-        if not retried:
-            return
-        self._release(retried, owner)
-        s = self.push
-
-        def reposition() -> None:
-            # Idle set so that the entry reaches reclaim_idle_s when its backoff ends.
-            with self._redis.pipeline(transaction=False) as pipe:
-                for entry in retried:
-                    delay_ms = min(cast(Decision, entry.decision).delay_s * 1000,
-                                   self._reclaim_ms)
-                    pipe.xclaim(s.stream, s.group, consumer, 0, [entry.id],
-                                idle=self._reclaim_ms - delay_ms, justid=True)
-                pipe.execute()
-
-        self._retrying("XCLAIM IDLE", partial(self._redis_op, "XCLAIM", reposition))
-        self.stats.incr("retries", len(retried))
-
-    def _release(self, entries: list[Entry], owner: str) -> None:
-        keys = [str(e.key) for e in entries if e.claimed]
-        if keys:
-            self._retrying("dedup release", partial(self._dedup.release, keys, owner))
-
-    def _ack(self, entries: list[Entry]) -> None:
-        if not entries:
-            return
-        ids = [e.id for e in entries]
-        s = self.push
-
-        def ack() -> None:
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xack(s.stream, s.group, *ids)
-                pipe.xdel(s.stream, *ids)
-                pipe.execute()
-
-        self._retrying("XACK", partial(self._redis_op, "XACK", ack))
-
-    def _redis_op(self, what: str, fn: Callable[[], _T]) -> _T:
-        try:
-            return fn()
-        except redis.RedisError as exc:
-            raise transient_from_redis(exc, what, self._redis) from exc
-
-    def _retrying(self, what: str, fn: Callable[[], _T]) -> _T:
-        """A settle step, retried through a short outage; if Redis stays away the entries
-        stay pending and come back after reclaim_idle_s (a dead letter may then be stored
-        twice; a completion never is lost: XACK only ever follows it)."""
-        return call_with_retry(what, fn, self.stop, attempts=6, max_wait_s=2.0)
-
-    def _report(self, entry: Entry) -> None:
-        decision = entry.decision
-        if decision is None:  # the batch failed before a decision: it is reclaimed later
-            return
-        log.info("receipt_settled", source="push", entry_id=entry.id,
-                 message_type=entry.message_type, dequeue_count=entry.deliveries,
-                 dedup_key=entry.key, handler=entry.handler or None, outcome=decision.outcome,
-                 reason=decision.reason or None, duration_ms=round(entry.duration_s * 1000, 2))
-        self.stats.outcome(decision.outcome, entry.handler, entry.duration_s, entry.receipt)
+                self.held.difference_update(ids)
 
     def forget(self, consumer: str) -> bool:
         """Removes a stopped consumer from the group if nothing is pending on it."""
@@ -352,6 +234,67 @@ class PushWorker:
         return True
 
 
+class PushTransport:
+    """`Transport[Entry]` of one consumer of the group: acknowledge is XACK + XDEL (one
+    transaction), hand back is XCLAIM with the idle time that makes the entry due when its
+    backoff ends, hold keeps the id out of this process's reclaims."""
+
+    source = "push"
+
+    def __init__(self, worker: PushWorker, consumer: str) -> None:
+        self._worker = worker
+        self._consumer = consumer
+        self._push = worker.push
+
+    def decode(self, work: Entry) -> Receipt:
+        meta = ReceiptMeta(source="push", message_id=work.id, dequeue_count=work.deliveries,
+                           enqueue_time_ms=work.received_ms)
+        return parse_json(work.message_type, work.body, meta)
+
+    def dead_letter(self, work: Entry, decision: Decision, now_ms: int) -> DeadLetter:
+        return DeadLetter.create(
+            queue="", message_type=work.message_type, raw_body=work.body,
+            reason=decision.reason, detail=decision.detail, source="push",
+            message_id=work.id, dequeue_count=work.deliveries,
+            enqueue_time_ms=work.received_ms, dead_at_ms=now_ms,
+            letter_id=message_letter_id("push", self._push.stream, work.id, work.received_ms))
+
+    def acknowledge(self, items: Sequence[Entry]) -> None:
+        ids = [e.id for e in items]
+        s = self._push
+
+        def ack() -> None:
+            with self._worker.redis_client.pipeline(transaction=True) as pipe:
+                pipe.xack(s.stream, s.group, *ids)
+                pipe.xdel(s.stream, *ids)
+                pipe.execute()
+
+        self._worker.redis_op("XACK", ack)
+
+    def hand_back(self, items: Sequence[Entry]) -> None:
+        s, reclaim_ms = self._push, int(self._push.reclaim_idle_s * 1000)
+
+        def reposition() -> None:
+            # Idle set so that the entry reaches reclaim_idle_s when its backoff ends.
+            with self._worker.redis_client.pipeline(transaction=False) as pipe:
+                for entry in items:
+                    delay_ms = min(cast(Decision, entry.decision).delay_s * 1000, reclaim_ms)
+                    pipe.xclaim(s.stream, s.group, self._consumer, 0, [entry.id],
+                                idle=reclaim_ms - delay_ms, justid=True)
+                pipe.execute()
+
+        self._worker.redis_op("XCLAIM IDLE", reposition)
+
+    def hold(self, items: Sequence[Entry], held: bool) -> None:
+        self._worker.hold([e.id for e in items], held)
+
+    def finish(self, items: Sequence[Entry]) -> None:
+        pass  # a settled entry left the stream; an unsettled one stays pending
+
+    def log_fields(self, work: Entry) -> dict[str, object]:
+        return {"entry_id": work.id, "message_type": work.message_type}
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -363,12 +306,3 @@ def _entry(entry_id: bytes | str, fields: dict[bytes, bytes], deliveries: int) -
     received = field(b"r")
     return Entry(id=_text(entry_id), deliveries=deliveries, message_type=field(b"t"),
                  body=field(b"b"), received_ms=int(received) if received.isdigit() else 0)
-
-
-def _dead_letter_of(entry: Entry) -> DeadLetter:
-    decision = cast(Decision, entry.decision)
-    return DeadLetter.create(
-        queue="", message_type=entry.message_type, raw_body=entry.body,
-        reason=decision.reason, detail=decision.detail, source="push",
-        message_id=entry.id, dequeue_count=entry.deliveries,
-        enqueue_time_ms=entry.received_ms)

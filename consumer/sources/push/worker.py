@@ -73,8 +73,9 @@ def build_push_worker(settings: Settings, push: PushSettings, stats: Stats | Non
 def serve(worker: PushWorker, consumer_base: str, budget_s: float) -> int:
     """Runs the consumer threads until SIGTERM/SIGINT; a second signal exits at once.
 
-    Each thread finishes its batch (bounded by the handler deadline); what is not settled
-    within `budget_s` stays pending and is re-taken after reclaim_idle_s.
+    Each thread finishes its batch (bounded by the handler deadline, and by Redis answering
+    for a completion it holds); what is not settled within `budget_s` stays pending and is
+    re-taken after reclaim_idle_s.
     """
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if worker.stop.is_set():
@@ -97,6 +98,12 @@ def serve(worker: PushWorker, consumer_base: str, budget_s: float) -> int:
     deadline = time.monotonic() + budget_s
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        # The budget ran out (e.g. completions waiting for Redis): they give up now, each
+        # logged as completion_unrecorded, and the threads leave.
+        worker.abort.set()
+        for thread in threads:
+            thread.join(5.0)
     drained = not any(t.is_alive() for t in threads)
     if drained:
         for name in names:

@@ -6,13 +6,14 @@ and still pending after the grace period are looked up one by one with Dysmsapi
 page; a token bucket of `qps` requests a second; throttled and transient answers retried
 with tenacity's random exponential backoff). For each send:
 
-* SendStatus 2 (failed) or 3 (delivered): an SmsReport receipt is built from the answer
-  (`parse_object`, meta source "reconcile") and goes through the worker's pipeline in
-  batches: dedup claim, the configured handlers (`Dispatcher`), `outcome.classify`, then
-  completion / dead letter / release. A receipt that came through MNS too, before or after,
-  has the same dedup key (`SmsReport:<biz_id>:<phone>`), so it is applied once. Applied,
-  duplicate and dead-lettered sends stop being tracked; a handler asking for a retry leaves
-  the send tracked for the next run.
+* SendStatus 2 (failed) or 3 (delivered): the answer goes through the one lifecycle
+  (consumer.pipeline.lifecycle) in batches over `ReconcileTransport`: an SmsReport receipt is
+  built from it (`parse_object`, meta source "reconcile"), claimed, handled by the
+  configured handlers behind the crash guard, decided by `outcome.classify`, then recorded,
+  dead-lettered or released with the one Redis retry policy. A receipt that came through MNS
+  too, before or after, has the same dedup key (`SmsReport:<biz_id>:<phone>`), so it is
+  applied once. Applied, duplicate and dead-lettered sends stop being tracked (the
+  transport's acknowledge); a retried one stays tracked for the next run (its hand back).
 * SendStatus 1 (waiting for the carrier), no record yet, or a receipt a worker is handling
   right now: stays pending.
 * Sent more than `window_days` (30) ago, which QuerySendDetails no longer covers: reported,
@@ -34,21 +35,23 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import redis
 import structlog
 
-from consumer.clients.redis_client import connect
-from consumer.errors import AlicomReceiptsError, AuthError, ConfigError, DecodeError, TransientError
+from consumer.clients.redis_client import RedisClient, connect
+from consumer.errors import AlicomReceiptsError, AuthError, ConfigError, TransientError
 from consumer.handlers.plugins import close_handlers, load_handlers
-from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
+from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
 from consumer.pipeline.decode import parse_object
-from consumer.pipeline.dedup import ClaimState, RedisDedupStore
+from consumer.pipeline.dedup import DedupStore, RedisDedupStore, transient_from_redis
 from consumer.pipeline.dispatch import Dispatcher
-from consumer.pipeline.outcome import RetryPolicy, Verdict, classify
+from consumer.pipeline.lifecycle import Dispatch, Lifecycle, LifecycleParts, Work
+from consumer.pipeline.outcome import Decision, RetryPolicy
+from consumer.pipeline.stats import Stats
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.reports.tracking import SendTracker, TrackedSend
 from consumer.runtime import logs
@@ -92,27 +95,79 @@ def receipt_object(send: TrackedSend, detail: Mapping[str, Any]) -> dict[str, An
     }
 
 
-@dataclass
-class Found:
-    """A send whose final status was found, and the receipt built from it."""
+@dataclass(slots=True, eq=False, kw_only=True)
+class Found(Work):
+    """A send whose final status was found, and the receipt body it stands for."""
 
     send: TrackedSend
     obj: dict[str, Any]
-    receipt: Receipt
+
+
+class ReconcileTransport:
+    """`Transport[Found]`: acknowledging stops tracking the send, handing back tracks it
+    again (the send-tracker handler may have cleared a send another handler failed on)."""
+
+    source = "reconcile"
+
+    def __init__(self, tracker: SendTracker, client: RedisClient, lifecycle: Lifecycle) -> None:
+        self._tracker, self._client, self._lifecycle = tracker, client, lifecycle
+
+    def decode(self, work: Found) -> Receipt:
+        return parse_object("SmsReport", work.obj, ReceiptMeta(source="reconcile"))
+
+    def dead_letter(self, work: Found, decision: Decision, now_ms: int) -> DeadLetter:
+        send = work.send
+        return DeadLetter.create(
+            queue="", message_type="SmsReport", source="reconcile", reason=decision.reason,
+            detail=decision.detail, raw_body=json.dumps(work.obj, ensure_ascii=False),
+            dead_at_ms=now_ms, letter_id=message_letter_id(
+                "reconcile", "", "%s|%s" % (send.biz_id, send.phone_number),
+                int(send.sent_at * 1000)))
+
+    def acknowledge(self, items: Sequence[Found]) -> None:
+        keys = [(w.send.biz_id, w.send.phone_number) for w in items]
+        self._tracked("tracker clear", lambda: self._tracker.clear_many(keys))
+
+    def hand_back(self, items: Sequence[Found]) -> None:
+        self._tracked("tracker record", lambda: self._tracker.record_many(
+            [w.send for w in items]))
+
+    def hold(self, items: Sequence[Found], held: bool) -> None:
+        pass  # a tracked send is taken by nothing but the next reconcile run
+
+    def finish(self, items: Sequence[Found]) -> None:
+        pass
+
+    def log_fields(self, work: Found) -> dict[str, object]:
+        return {"biz_id": work.send.biz_id, "out_id": work.send.out_id}
+
+    def _tracked(self, what: str, fn: Callable[[], list[bool]]) -> None:
+        def call() -> list[bool]:
+            try:
+                return fn()
+            except redis.RedisError as exc:
+                raise transient_from_redis(exc, what, self._client) from exc
+
+        self._lifecycle.parts.redis_retry.call(what, call, self._lifecycle.stop)
 
 
 class Reconciler:
-    """One reconcile run over the pipeline's parts; `counts` says what happened."""
+    """One reconcile run over the lifecycle; `counts` says what happened."""
 
     def __init__(self, settings: Settings, rs: ReconcileSettings, tracker: SendTracker,
-                 details: DetailsClient, dispatcher: Dispatcher, dedup: RedisDedupStore,
-                 dead_letters: RedisDeadLetterStore) -> None:
+                 details: DetailsClient, dispatcher: Dispatch, dedup: DedupStore,
+                 dead_letters: RedisDeadLetterStore, client: RedisClient) -> None:
         self._settings, self._rs = settings, rs
-        self._key_of = settings.key_function()
         self._tracker, self._details = tracker, details
-        self._dispatcher, self._dedup, self._dead = dispatcher, dedup, dead_letters
-        self._policy = RetryPolicy(settings.ack.retry_base_s, settings.ack.retry_max_s,
-                                   settings.ack.max_dequeue_count)
+        self._dead = dead_letters
+        ack = settings.ack
+        self.stats = Stats()
+        self.lifecycle = Lifecycle(LifecycleParts(
+            dedup, dead_letters, dispatcher,
+            RetryPolicy(ack.retry_base_s, ack.retry_max_s, ack.max_dequeue_count),
+            settings.dedup.completed_ttl_s, settings.key_function()),
+            self.stats, threading.Event())
+        self._transport = ReconcileTransport(tracker, client, self.lifecycle)
         self.counts: Counter[str] = Counter()
 
     def run(self, grace_s: float) -> Counter[str]:
@@ -130,6 +185,13 @@ class Reconciler:
                 batch = []
         self._apply(batch)
         self.counts["quota_waits"] = self._details.quota_waits
+        snap = self.stats.snapshot()
+        for name, counter in (("recovered", "handled"), ("duplicates", "duplicates"),
+                              ("in_progress", "in_progress_skipped"),
+                              ("dead_lettered", "dead_letters"), ("retry_later", "retries"),
+                              ("lost_claims", "lost_claims"),
+                              ("unrecorded", "completion_unrecorded")):
+            self.counts[name] = snap[counter]
         return self.counts
 
     def _look_up(self, send: TrackedSend) -> Found | None:
@@ -146,16 +208,10 @@ class Reconciler:
         if int(detail.get("SendStatus") or 0) not in (2, 3):
             self.counts["waiting"] += 1
             return None
-        obj = receipt_object(send, detail)
-        try:
-            receipt = parse_object("SmsReport", obj, ReceiptMeta(source="reconcile"))
-        except DecodeError as exc:
-            self._dead_letter([(obj, exc.reason, exc.detail)])
-            self._tracker.clear(send.biz_id, send.phone_number)
-            return None
-        return Found(send, obj, receipt)
+        return Found(send=send, obj=receipt_object(send, detail))
 
     def _expire(self, sends: list[TrackedSend]) -> None:
+        """Sends QuerySendDetails no longer covers: no receipt to apply, a letter each."""
         if not sends:
             return
         letters = []
@@ -164,60 +220,22 @@ class Reconciler:
                     "out_id": s.out_id}
             detail = ("sent %s, more than %d days ago: QuerySendDetails no longer covers it"
                       % (s.send_date, self._rs.window_days))
-            letters.append((body, "beyond_query_window", detail))
+            letters.append(DeadLetter.create(
+                queue="", message_type="SmsReport", source="reconcile",
+                reason="beyond_query_window", detail=detail,
+                raw_body=json.dumps(body, ensure_ascii=False)))
             log.warning("send_beyond_query_window", biz_id=s.biz_id, send_date=s.send_date,
                         out_id=s.out_id)
-        self._dead_letter(letters)
+        self._dead.put_many(letters)
         self._tracker.clear_many([(s.biz_id, s.phone_number) for s in sends])
         self.counts["expired"] += len(sends)
 
-    def _dead_letter(self, items: list[tuple[dict[str, Any], str, str]]) -> None:
-        self._dead.put_many([DeadLetter.create(
-            queue="", message_type="SmsReport", source="reconcile", reason=reason, detail=detail,
-            raw_body=json.dumps(body, ensure_ascii=False)) for body, reason, detail in items])
-
     def _apply(self, batch: list[Found]) -> None:
-        """Claim, run, classify and settle one batch (the worker's order of steps)."""
+        """One batch through the lifecycle (the worker's order of steps)."""
         if not batch:
             return
-        owner = secrets.token_hex(8)
-        lease_s = self._settings.worker.handler_deadline_s + 5
-        keys = [self._key_of(f.receipt) for f in batch]
-        states = self._dedup.claim(keys, owner, lease_s)
-        claimed = [f for f, st in zip(batch, states, strict=True) if st is ClaimState.CLAIMED]
-        outcomes = iter(self._dispatcher.dispatch([f.receipt for f in claimed]))
-        done: list[Found] = []
-        complete, release, retry, dead = [], [], [], []
-        for found, key, state in zip(batch, keys, states, strict=True):
-            if state is ClaimState.COMPLETED:
-                self.counts["duplicates"] += 1
-                done.append(found)
-                continue
-            if state is ClaimState.IN_PROGRESS:
-                self.counts["in_progress"] += 1
-                continue
-            decision = classify(next(outcomes), 1, self._policy)
-            if decision.verdict is Verdict.ACK:
-                complete.append(key)
-                done.append(found)
-            elif decision.verdict is Verdict.DEAD_LETTER:
-                dead.append((found.obj, decision.reason, decision.detail))
-                release.append(key)
-                done.append(found)
-            else:
-                retry.append(found.send)
-                release.append(key)
-        if complete:
-            ok = self._dedup.complete(complete, owner, self._settings.dedup.completed_ttl_s)
-            self.counts["recovered"] += sum(ok)
-            self.counts["lost_claims"] += len(ok) - sum(ok)
-        self._dead_letter(dead)
-        self.counts["dead_lettered"] += len(dead)
-        self._dedup.release(release, owner)
-        self._tracker.clear_many([(f.send.biz_id, f.send.phone_number) for f in done])
-        # The send-tracker handler may have cleared a send another handler failed on.
-        self._tracker.record_many(retry)
-        self.counts["retry_later"] += len(retry)
+        self.lifecycle.process(batch, self._transport, secrets.token_hex(8),
+                               self._settings.worker.handler_deadline_s + 5)
 
 
 def api_error_kind(exc: AlicomReceiptsError) -> str:
@@ -296,7 +314,7 @@ def _run(settings: Settings, rs: ReconcileSettings, ts: TrackingSettings, grace_
     try:
         reconciler = Reconciler(settings, rs, SendTracker(client, ts), details, dispatcher,
                                 RedisDedupStore(client, settings.dedup),
-                                RedisDeadLetterStore(client, settings.deadletter))
+                                RedisDeadLetterStore(client, settings.deadletter), client)
         return reconciler.run(grace_s)
     finally:
         close_handlers(routes)

@@ -1,0 +1,339 @@
+"""The one receipt lifecycle: prepare -> claim -> run -> record -> settle, for every source.
+
+Every path that applies receipts (the MNS worker, the push worker, reconcile, dead-letter
+replay) goes through `Lifecycle`; only what differs per source sits behind `Transport` (in
+the spirit of Dramatiq's `broker.Consumer` and Powertools' persistence layer): how a body
+becomes a receipt, what a dead letter of it looks like, and how it is acknowledged or handed
+back at its source. `dedup.claim`, the completion record and the release are called here
+and nowhere else.
+
+    prepare   precheck (past max deliveries: dead letter without running), decode (a decode
+              error: dead letter with the raw body), dedup key
+    claim     one script call per batch (CLAIMED runs; COMPLETED is a duplicate: ack;
+              IN_PROGRESS: leave it, another delivery is on it)
+    run       the dispatcher, behind a crash guard (a crash retries the whole batch), and
+              `outcome.classify`, the one decision function; a handler stuck past its
+              deadline is decided when it returns (`late`), one never started (the process
+              stops) is handed back
+    record    one try at the completion record right after the handlers returned (shrinks
+              the crash window to one round trip); `settle` holds what this could not write
+    settle    dead letters stored, completions recorded, claims of retried/dead-lettered
+              receipts released; only then acknowledged or handed back at the source; one
+              `receipt_settled` line and one outcome metric per receipt
+
+The contract of `settle`:
+
+* Nothing is acknowledged without its completion record or its stored dead letter.
+* Once a handler returned, its result is held by this process until the completion is
+  recorded: while Redis does not answer, the completion is retried (quietly, one log line
+  when the hold starts and one when it ends) for as long as `stop` is not set, and the
+  transport is told to `hold` the items (MNS keeps extending their visibility; the push
+  stream keeps them pending to this process and out of its own reclaims), so no other copy
+  of the receipt runs meanwhile. When `stop` ends the wait (the shutdown budget ran out),
+  each receipt still held is logged as one `completion_unrecorded` line (key, handler) and
+  counted: exactly those may run again.
+* A completion found already COMPLETED (a retry after a lost reply) counts as handled, not
+  as a lost claim.
+* Every other Redis step (dead letters, releases) has the one bounded retry policy,
+  `RedisRetry`; when it gives up, nothing of that step is acknowledged and the source
+  delivers again later (dead-letter ids are stable per message, so a body is stored once).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TypeVar, cast
+
+import structlog
+
+from consumer.errors import AlicomReceiptsError, DecodeError, TransientError
+from consumer.handler_api import HandlerOutcome
+from consumer.pipeline.dedup import ClaimState, Completion
+from consumer.pipeline.dispatch import DISPATCHER_CRASHED, NOT_STARTED, STUCK
+from consumer.pipeline.outcome import Decision, Verdict, classify, precheck
+from consumer.pipeline.stats import Stats
+from consumer.pipeline.work import Dispatch, LifecycleParts, RedisRetry, Transport, Work
+from consumer.receipts import Receipt
+
+__all__ = ["Dispatch", "Lifecycle", "LifecycleParts", "RedisRetry", "Transport", "Work"]
+
+log = structlog.get_logger("alicom_receipts.lifecycle")
+W = TypeVar("W", bound=Work)
+#: A receipt whose handler never started (the process stops): back to its source at once.
+HANDED_BACK = Decision(Verdict.RETRY, "handed_back", NOT_STARTED, delay_s=1)
+
+
+class Lifecycle:
+    """The stages over batches of `Work`; thread-safe (each call works on its own items).
+
+    `stop` ends every retry and every held completion (set when the shutdown budget ran out).
+    """
+
+    def __init__(self, parts: LifecycleParts, stats: Stats, stop: threading.Event) -> None:
+        self.parts = parts
+        self.stats = stats
+        self.stop = stop
+        self._retry = parts.redis_retry
+
+    # -- prepare, claim, run, record ---------------------------------------------------
+
+    def prepare(self, items: Sequence[W], transport: Transport[W]) -> list[W]:
+        """precheck, decode, key; returns the items to claim (the others have a decision)."""
+        claimable: list[W] = []
+        policy, key_of = self.parts.policy, self.parts.key_of
+        for work in items:
+            early = precheck(work.deliveries, policy)
+            if early is not None:
+                work.decision = early
+                continue
+            try:
+                work.receipt = transport.decode(work)
+            except DecodeError as exc:
+                self.stats.incr("decode_errors")
+                work.decision = classify(exc, work.deliveries, policy)
+                continue
+            work.key = key_of(work.receipt)
+            claimable.append(work)
+        return claimable
+
+    def claim(self, items: Sequence[W], owner: str, lease_s: float) -> list[W]:
+        """One script call; returns the CLAIMED items (to run), the others get a decision.
+
+        Raises TransientError when Redis does not answer: nothing was claimed or run, the
+        caller lets its source deliver them again.
+        """
+        if not items:
+            return []
+        for work in items:
+            work.owner = owner
+        try:
+            states = self.parts.dedup.claim([str(w.key) for w in items], owner, lease_s)
+        except TransientError:
+            self.stats.incr("redis_errors")
+            raise
+        to_run: list[W] = []
+        policy = self.parts.policy
+        for work, state in zip(items, states, strict=True):
+            # The same receipt twice in one batch is CLAIMED once and IN_PROGRESS after (the
+            # DedupStore contract): the first copy runs, the other waits for its outcome.
+            if state is ClaimState.CLAIMED:
+                work.claimed = True
+                to_run.append(work)
+            else:
+                work.decision = classify(state, work.deliveries, policy)
+        return to_run
+
+    def run(self, items: Sequence[W],
+            late: Callable[[list[W]], None] | None = None) -> list[W]:
+        """The handlers, behind the crash guard; each receipt is decided and its completion
+        tried at once (`record`). Returns the items decided now, in order.
+
+        With `late`, a receipt whose handler is stuck past its deadline stays undecided (its
+        message stays ours); once the handler returned it is decided, recorded and passed
+        to `late`. A receipt whose handler never started (the dispatcher was closed: the
+        process stops) is handed back as it came (outcome "handed_back").
+        """
+        if not items:
+            return []
+        self.stats.add_in_flight(len(items))
+        receipts = [cast(Receipt, w.receipt) for w in items]
+        try:
+            if late is None:
+                outcomes = self.parts.dispatcher.dispatch(receipts)
+            else:
+                outcomes = self.parts.dispatcher.dispatch(
+                    receipts, late=partial(self._late, items, late))
+        except Exception:  # a dispatcher crash must not lose the batch: it is retried
+            log.exception("dispatch_crashed", receipts=len(items))
+            outcomes = [DISPATCHER_CRASHED] * len(items)
+        done = [self._decide(w, o) for w, o in zip(items, outcomes, strict=True)
+                if o.reason != STUCK]
+        self.stats.add_in_flight(-len(done))
+        self.record(done)
+        return done
+
+    def _late(self, items: Sequence[W], late: Callable[[list[W]], None], index: int,
+              outcome: HandlerOutcome) -> None:
+        work = self._decide(items[index], outcome)
+        self.stats.add_in_flight(-1)
+        self.record([work])
+        late([work])
+
+    def _decide(self, work: W, outcome: HandlerOutcome) -> W:
+        work.decision = HANDED_BACK if outcome.reason == NOT_STARTED else classify(
+            outcome, work.deliveries, self.parts.policy)
+        work.handler, work.duration_s = outcome.handler, outcome.duration_s
+        return work
+
+    def record(self, items: Sequence[W]) -> None:
+        """One try at the completion records right after the handlers returned; what Redis
+        did not take now, `settle` holds and retries."""
+        ran = [w for w in items if w.completed is None and w.decision is not None
+               and w.decision.ran_handlers]
+        for owner, group in _by_owner(ran).items():
+            try:
+                results = self.parts.dedup.complete([str(w.key) for w in group], owner,
+                                                    self.parts.completed_ttl_s)
+            except TransientError:
+                continue
+            _note(group, results)
+
+    def process(self, items: Sequence[W], transport: Transport[W], owner: str,
+                lease_s: float) -> None:
+        """The whole lifecycle for one batch on the calling thread (push, reconcile, replay).
+
+        Raises TransientError when the claim failed: nothing ran, nothing is settled.
+        """
+        to_claim = self.prepare(items, transport)
+        self.run(self.claim(to_claim, owner, lease_s))
+        self.settle(items, transport)
+
+    # -- settle --------------------------------------------------------------------------
+
+    def settle(self, items: Sequence[W], transport: Transport[W]) -> None:
+        """Carries out every item's decision in the safe order (module docstring); each item
+        is reported once and finished, whatever fails."""
+        by: dict[Verdict, list[W]] = {v: [] for v in Verdict}
+        for work in items:
+            by[work.decision.verdict].append(work)  # type: ignore[union-attr]  # decided by now
+        try:
+            done = self._store_dead_letters(by[Verdict.DEAD_LETTER], transport)
+            done += self._complete(by[Verdict.ACK], transport)
+            self._release(by[Verdict.RETRY] + [w for w in by[Verdict.DEAD_LETTER] if w.claimed])
+            self._carry_out(transport.acknowledge, done)
+            if by[Verdict.RETRY]:
+                self._carry_out(transport.hand_back, by[Verdict.RETRY])
+                back = sum(1 for w in by[Verdict.RETRY] if w.decision is HANDED_BACK)
+                self.stats.incr("handed_back", back)
+                self.stats.incr("retries", len(by[Verdict.RETRY]) - back)
+            if by[Verdict.LEAVE]:
+                self.stats.incr("in_progress_skipped", len(by[Verdict.LEAVE]))
+        finally:
+            for work in items:
+                self._report(work, transport)
+            transport.finish(items)
+
+    def _carry_out(self, step: Callable[[Sequence[W]], None], items: list[W]) -> None:
+        if not items:
+            return
+        try:
+            step(items)
+        except AlicomReceiptsError as exc:
+            # The source delivers them again; their records (or letters) meet them then.
+            log.error("settle_failed", step=step.__name__, error=str(exc),  # noqa: TRY400 - an outage
+                      receipts=len(items))
+
+    def _store_dead_letters(self, dead: list[W], transport: Transport[W]) -> list[W]:
+        """Stores the letters (one transaction); returns the items whose letter is stored."""
+        if not dead:
+            return []
+        now_ms = int(time.time() * 1000)
+        letters = [transport.dead_letter(w, w.decision, now_ms) for w in dead]  # type: ignore[arg-type]  # decided
+        try:
+            self._retry.call("dead-letter put",
+                             lambda: self.parts.dead_letters.put_many(letters), self.stop)
+        except TransientError as exc:
+            self.stats.incr("redis_errors")
+            log.error("settle_failed", step="dead_letter", error=str(exc),  # noqa: TRY400 - an outage
+                      receipts=len(dead))
+            return []
+        self.stats.incr("dead_letters", len(dead))
+        return dead
+
+    def _complete(self, acked: list[W], transport: Transport[W]) -> list[W]:
+        """Completion records of the items that ran (held until recorded); returns the
+        acknowledgeable ones, duplicates included."""
+        ran = [w for w in acked if w.decision.ran_handlers]  # type: ignore[union-attr]
+        done = [w for w in acked if not w.decision.ran_handlers]  # type: ignore[union-attr]
+        self.stats.incr("duplicates", len(done))
+        todo = [w for w in ran if w.completed is None]
+        if todo:
+            self._hold_until_recorded(todo, transport)
+        for work in ran:
+            if work.completed:
+                done.append(work)
+            elif work.completed is False:
+                # Another delivery holds the claim now; it acknowledges its own copy.
+                self.stats.incr("lost_claims")
+                log.warning("claim_lost", dedup_key=work.key, **transport.log_fields(work))
+        self.stats.incr("handled", sum(1 for w in ran if w.completed))
+        return done
+
+    def _hold_until_recorded(self, todo: list[W], transport: Transport[W]) -> None:
+        for owner, group in _by_owner(todo).items():
+            keys = [str(w.key) for w in group]
+
+            def complete(keys: list[str] = keys, owner: str = owner) -> list[Completion]:
+                return self.parts.dedup.complete(keys, owner, self.parts.completed_ttl_s)
+
+            results: list[Completion] | None
+            try:
+                results = self._retry.call("dedup complete", complete, self.stop)
+            except TransientError as exc:
+                self.stats.incr("redis_errors")
+                results = self._hold(group, complete, transport, exc)
+            if results is not None:
+                _note(group, results)
+
+    def _hold(self, group: list[W], complete: Callable[[], list[Completion]],
+              transport: Transport[W], error: TransientError) -> list[Completion] | None:
+        """Retries the completion until Redis answers or `stop`; None when given up."""
+        began = time.monotonic()
+        transport.hold(group, True)
+        log.warning("completion_held", receipts=len(group), error=str(error))
+        try:
+            results = self._retry.until_answered("dedup complete", complete, self.stop)
+        except TransientError:
+            for work in group:
+                log.error("completion_unrecorded", dedup_key=work.key,  # noqa: TRY400 - an outage
+                          handler=work.handler, **transport.log_fields(work))
+            self.stats.incr("completion_unrecorded", len(group))
+            return None
+        finally:
+            transport.hold(group, False)
+        log.info("completion_recorded_after_wait", receipts=len(group),
+                 waited_s=round(time.monotonic() - began, 2))
+        return results
+
+    def _release(self, items: list[W]) -> None:
+        """Claims of retried and dead-lettered receipts go, so the next delivery (or a
+        replay) runs; if Redis stays away the lease ends by itself."""
+        for owner, group in _by_owner([w for w in items if w.claimed]).items():
+            keys = [str(w.key) for w in group]
+
+            def release(keys: list[str] = keys, owner: str = owner) -> list[bool]:
+                return self.parts.dedup.release(keys, owner)
+
+            try:
+                self._retry.call("dedup release", release, self.stop)
+            except TransientError as exc:
+                self.stats.incr("redis_errors")
+                log.warning("release_failed", receipts=len(keys), error=str(exc))
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def _report(self, work: Work, transport: Transport[W]) -> None:
+        decision = work.decision
+        if decision is None:
+            return
+        log.info("receipt_settled", source=transport.source, **transport.log_fields(work),  # type: ignore[arg-type]
+                 dequeue_count=work.deliveries, dedup_key=work.key,
+                 handler=work.handler or None, outcome=decision.outcome,
+                 reason=decision.reason or None, duration_ms=round(work.duration_s * 1000, 2))
+        self.stats.outcome(decision.outcome, work.handler, work.duration_s, work.receipt)
+
+
+def _by_owner(items: Sequence[W]) -> dict[str, list[W]]:
+    groups: dict[str, list[W]] = defaultdict(list)
+    for work in items:
+        groups[work.owner].append(work)
+    return groups
+
+
+def _note(group: Sequence[Work], results: Sequence[Completion]) -> None:
+    for work, result in zip(group, results, strict=True):
+        work.completed = result.done

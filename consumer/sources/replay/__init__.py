@@ -1,0 +1,1 @@
+"""consumer.sources.replay: dead letters run through the lifecycle again (see .transport)."""
