@@ -55,6 +55,7 @@ was recorded), so make its effects idempotent or tolerate repeats.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import re
 import types as pytypes
@@ -342,6 +343,12 @@ def handler_name(obj: object) -> str:
     """The label of a handler in logs and metrics: its `name`, else its class name."""
     name = getattr(obj, "name", None)
     return name if isinstance(name, str) and name else type(obj).__name__
+
+
+def handler_tag(name: str) -> str:
+    """A handler's short, stable id in dedup records: 6 hex characters of its name's hash
+    (a record names the handlers that finished a receipt; names can be long)."""
+    return hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=3).hexdigest()
 
 
 def is_batch_handler(obj: object) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -172,38 +173,53 @@ def test_extend_does_not_revive_a_completed_key_as_in_progress(
     assert redis_client.get("alicom:dedup:k") == b"1"
 
 
-def test_a_mixed_batch_gets_every_state_right_in_one_script_call(
-    store: RedisDedupStore, redis_client: redis.Redis
+class RoundTrips:
+    """Counts pipeline round trips (every dedup batch is one pipeline of script calls)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = redis.client.Pipeline.execute
+
+        def counted(pipe: redis.client.Pipeline, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return real(pipe, *args, **kwargs)
+
+        monkeypatch.setattr(redis.client.Pipeline, "execute", counted)
+
+
+def test_a_mixed_batch_gets_every_state_right_in_one_round_trip(
+    store: RedisDedupStore, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.claim(["busy"], "other", LONG_S)
     store.claim(["done"], "other", LONG_S)
     store.complete(["done"], "other", WEEK_S)
     store.claim(["warm-up"], "me", LONG_S)  # the script is loaded: no SCRIPT LOAD below
 
-    before = evalsha_calls(redis_client)
+    before, trips = evalsha_calls(redis_client), RoundTrips(monkeypatch)
     states = store.claim(["new", "busy", "done", "new-2"], "me", LONG_S)
     after = evalsha_calls(redis_client)
 
     assert states == [
         ClaimState.CLAIMED, ClaimState.IN_PROGRESS, ClaimState.COMPLETED, ClaimState.CLAIMED,
     ]
-    assert after - before == 1
+    assert (trips.count, after - before) == (1, 4)  # one single-key call per key
 
 
 @pytest.mark.parametrize("operation", ["complete", "release", "extend"])
-def test_every_transition_of_a_batch_is_one_script_call(
-    store: RedisDedupStore, redis_client: redis.Redis, operation: str
+def test_every_transition_of_a_batch_is_one_round_trip(
+    store: RedisDedupStore, redis_client: redis.Redis, operation: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     keys = [f"k{i}" for i in range(16)]
     store.claim(keys, "me", LONG_S)
-    before = evalsha_calls(redis_client)
+    trips = RoundTrips(monkeypatch)
     if operation == "complete":
         assert store.complete(keys, "me", WEEK_S) == [Completion.RECORDED] * 16
     elif operation == "release":
         assert store.release(keys, "me") == [True] * 16
     else:
         assert store.extend(keys, "me", LONG_S) == [True] * 16
-    assert evalsha_calls(redis_client) - before == 1
+    assert trips.count == 1
 
 
 def test_a_receipt_repeated_within_one_batch_is_claimed_once(store: RedisDedupStore) -> None:
@@ -363,3 +379,72 @@ def test_any_sequence_of_transitions_follows_the_state_machine(
         else:
             actual = list(store.extend(keys, owner, LONG_S))
         assert actual == model.apply(operation, keys, owner), (operation, keys, owner)
+
+
+# -- per-handler completion -----------------------------------------------------------------
+
+
+def test_a_release_keeps_the_finished_handlers_and_the_next_claim_gets_them(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.claim(["k"], "A", LONG_S)
+    assert store.release(["k"], "A", [{"a1b2c3", "d4e5f6"}], WEEK_S) == [True]
+    assert redis_client.get("alicom:dedup:k") == b"P:a1b2c3,d4e5f6"
+    assert redis_client.pttl("alicom:dedup:k") > (WEEK_S - 60) * 1000  # kept, not a lease
+
+    [claim] = store.claim_each(["k"], "B", LONG_S)
+
+    assert (claim.state, claim.done) == (ClaimState.CLAIMED, frozenset({"a1b2c3", "d4e5f6"}))
+    assert store.claim(["k"], "C", LONG_S) == [ClaimState.IN_PROGRESS]  # B's claim is live
+    assert redis_client.pttl("alicom:dedup:k") > (WEEK_S - 60) * 1000  # the TTL was kept
+    assert store.complete(["k"], "B", WEEK_S) == [Completion.RECORDED]
+    assert redis_client.get("alicom:dedup:k") == b"1"  # complete: the same small record
+
+
+def test_a_dead_claim_over_finished_handlers_is_taken_over_without_forgetting_them(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.claim(["k"], "A", LONG_S)
+    store.release(["k"], "A", [{"a1b2c3"}], WEEK_S)
+    store.claim(["k"], "crashed", SHORT_LEASE_S)
+    time.sleep(SHORT_LEASE_S + 0.1)  # the lease (a deadline inside the record) ends
+
+    [claim] = store.claim_each(["k"], "B", LONG_S)
+
+    assert (claim.state, claim.done) == (ClaimState.CLAIMED, frozenset({"a1b2c3"}))
+    assert store.complete(["k"], "crashed", WEEK_S) == [Completion.LOST]
+    assert store.extend(["k"], "B", LONG_S) == [True]
+    assert store.release(["k"], "B", [{"a1b2c3", "0f0f0f"}], WEEK_S) == [True]
+    assert store.claim_each(["k"], "C", LONG_S)[0].done == {"a1b2c3", "0f0f0f"}
+
+
+def test_a_release_with_nothing_finished_removes_the_record(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    store.claim(["k", "j"], "A", LONG_S)
+    assert store.release(["k", "j"], "A", [set(), {"a1b2c3"}], WEEK_S) == [True, True]
+    assert redis_client.get("alicom:dedup:k") is None
+    assert redis_client.get("alicom:dedup:j") == b"P:a1b2c3"
+    assert store.release(["j"], "someone-else", [{"x"}], WEEK_S) == [False]
+
+
+def test_records_of_the_previous_version_keep_their_meaning(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    redis_client.set("alicom:dedup:old-done", "1", px=60_000)
+    redis_client.set("alicom:dedup:old-claim", "I:old-process-token", px=60_000)
+
+    claims = store.claim_each(["old-done", "old-claim"], "new", LONG_S)
+
+    assert [(c.state, c.done) for c in claims] == [
+        (ClaimState.COMPLETED, frozenset()), (ClaimState.IN_PROGRESS, frozenset())]
+    # The old process may still complete or release its own claim.
+    assert store.complete(["old-claim"], "old-process-token", WEEK_S) == [Completion.RECORDED]
+
+
+@pytest.mark.parametrize("owner", ["", "a@b", "a/b"])
+def test_an_owner_that_could_be_misread_in_a_record_is_refused(
+    store: RedisDedupStore, owner: str
+) -> None:
+    with pytest.raises(ValueError, match="owner"):
+        store.claim(["k"], owner, LONG_S)

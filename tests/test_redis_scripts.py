@@ -40,10 +40,6 @@ def _looks_like_lua(text: str) -> bool:
 
 
 SCRIPTS = _scripts()
-# The dedup store's batch scripts (ipairs over KEYS) become single-key calls grouped by node
-# once the lifecycle rework of consumer/pipeline/dedup.py has landed (issue 11); until then
-# they are the one known exception, checked below so that no other script can join them.
-PENDING = "consumer/pipeline/dedup.py:"
 
 
 def problems_of(script: str) -> list[str]:
@@ -72,14 +68,14 @@ def test_the_scripts_are_found() -> None:
     assert any(name.startswith("consumer/reports/delivery_stats.py:") for name in SCRIPTS)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in SCRIPTS if not n.startswith(PENDING)))
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_every_script_names_its_keys_literally_in_KEYS(name: str) -> None:  # noqa: N802
     assert problems_of(SCRIPTS[name]) == []
 
 
-def test_only_the_dedup_batch_scripts_are_still_pending() -> None:
-    pending = [name for name in SCRIPTS if name.startswith(PENDING)]
-    assert pending and all(problems_of(SCRIPTS[name]) for name in pending)
+def test_the_dedup_scripts_are_single_key_calls_too() -> None:
+    dedup = [name for name in SCRIPTS if name.startswith("consumer/pipeline/dedup_scripts.py:")]
+    assert len(dedup) >= 4 and not any(problems_of(SCRIPTS[name]) for name in dedup)
 
 
 @pytest.mark.parametrize(("script", "problem"), [

@@ -18,10 +18,12 @@ from consumer.handler_api import (
     HandlerTypeError,
     annotated_classes,
     handler,
+    handler_tag,
 )
 from consumer.handlers.plugins import HandlerSpec, PluginError, load_handlers
-from consumer.pipeline.dispatch import COMPLETED_BEFORE, STUCK, Dispatcher
+from consumer.pipeline.dispatch import STUCK, Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
+from consumer.pipeline.selection import COMPLETED_BEFORE
 from consumer.receipts import RECEIPT_CLASSES, ReceiptMeta
 from tests.test_dispatch import report, uplink
 
@@ -142,7 +144,7 @@ def test_each_handler_runs_under_its_own_deadline(dispatchers: list[Dispatcher])
     dispatchers.append(dispatcher := Dispatcher({"SmsReport": [quick, patient]}, WAIT_S))
     timer = threading.Timer(1.0, patient.release.set)  # well past quick's deadline
     timer.start()
-    late: list[tuple[int, HandlerOutcome]] = []
+    late: list[tuple[int, list[HandlerOutcome]]] = []
     done = threading.Event()
     try:
         [outcomes] = dispatcher.dispatch_each(
@@ -154,7 +156,9 @@ def test_each_handler_runs_under_its_own_deadline(dispatchers: list[Dispatcher])
     # quick is past its own deadline (stuck: its result comes later), patient is not.
     assert [(o.handler, o.kind, o.reason) for o in outcomes] == [("quick", "retry", STUCK)]
     assert done.wait(WAIT_S)
-    assert [(i, o.kind) for i, o in late] == [(0, "ok")]
+    # Then every handler's own outcome: both finished.
+    assert [(i, [(o.handler, o.kind) for o in os]) for i, os in late] == [
+        (0, [("patient", "ok"), ("quick", "ok")])]
 
 
 def flaky(receipt: SmsReport) -> None:
@@ -242,7 +246,8 @@ def test_handlers_that_finished_a_receipt_before_are_not_run_again(
     first, second = Recording("first"), Recording("second")
     dispatchers.append(dispatcher := Dispatcher({"SmsReport": [first, second]}, WAIT_S))
 
-    results = dispatcher.dispatch_each([report(1), report(2)], completed=[{"first"}, set()])
+    results = dispatcher.dispatch_each([report(1), report(2)],
+                                       completed=[{handler_tag("first")}, set()])
 
     assert [r.biz_id for r in first.seen] == ["biz-2"]
     assert sorted(r.biz_id for r in second.seen) == ["biz-1", "biz-2"]

@@ -47,6 +47,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     replay.add_argument("ids", nargs="*", metavar="ID")
     replay.add_argument("--all", action="store_true", help="every dead letter (of --queue)")
     replay.add_argument("--queue", default=None)
+    replay.add_argument("--handler", action="append", default=None, metavar="NAME",
+                        help="run only this handler (repeatable; default: the handlers each "
+                             "letter names as failed, else all not finished)")
     purge = sub.add_parser("purge", help="delete dead letters for good")
     purge.add_argument("--queue", default=None)
     purge.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
@@ -110,6 +113,7 @@ def _show(store: RedisDeadLetterStore, letter_id: str, out: TextIO) -> int:
         "id": d.id, "queue": d.queue, "message_type": d.message_type, "source": d.source,
         "reason": d.reason, "detail": d.detail, "message_id": d.message_id,
         "dequeue_count": d.dequeue_count, "dead_at": _when(d.dead_at_ms),
+        "failed_handlers": list(d.handlers),
         "raw_body": d.raw_body, "raw_body_is_base64": d.raw_body_is_base64,
         "decoded_body": _peek_body(d),
     }
@@ -146,6 +150,11 @@ def _replay(settings: Settings, client: RedisClient, store: RedisDeadLetterStore
         print("nothing to replay", file=out)
         return 1 if args.ids else 0
     routes = load_handlers(settings.handlers)
+    unknown = sorted(set(args.handler or ()) - {h.name for hs in routes.values() for h in hs})
+    if unknown:
+        close_handlers(routes)
+        print("no handler named %s in the configuration" % ", ".join(unknown), file=out)
+        return 2
     dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
                             max_workers=settings.worker.handler_threads)
     ack = settings.ack
@@ -154,7 +163,8 @@ def _replay(settings: Settings, client: RedisClient, store: RedisDeadLetterStore
         RetryPolicy(ack.retry_base_s, ack.retry_max_s, ack.max_dequeue_count),
         settings.dedup.completed_ttl_s, settings.key_function()), Stats(), threading.Event())
     try:
-        results = replay(letters, lifecycle, store, settings.worker.handler_deadline_s + 5)
+        results = replay(letters, lifecycle, store, settings.worker.handler_deadline_s + 5,
+                         chosen=frozenset(args.handler) if args.handler else None)
     finally:
         close_handlers(routes)
         dispatcher.close()

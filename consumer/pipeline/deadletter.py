@@ -31,6 +31,7 @@ import base64
 import binascii
 import builtins
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -75,7 +76,9 @@ class DeadLetter:
 
     ``id`` may be "" when putting: the store then assigns ``new_dead_letter_id(dead_at_ms)``.
     ``queue`` is "" and ``message_id`` is "" for HTTP push; ``source`` is "mns", "push",
-    "reconcile" or "replay", as in ``ReceiptMeta``.
+    "reconcile" or "replay", as in ``ReceiptMeta``. ``handlers`` names the handlers that
+    failed it (a replay runs only those); () when no handler did (a decode error) or for a
+    letter stored by an earlier version: a replay then runs every handler not finished.
     """
 
     id: str
@@ -91,6 +94,7 @@ class DeadLetter:
     dead_at_ms: int
     source: str
     raw_body_is_base64: bool = False
+    handlers: tuple[str, ...] = ()
 
     @classmethod
     def create(  # noqa: PLR0913 - keyword-only, mirrors the dataclass fields one for one
@@ -147,7 +151,8 @@ _INT_FIELDS = frozenset(
 )
 _TEXT_FIELDS = tuple(
     f.name for f in fields(DeadLetter)
-    if f.name not in _INT_FIELDS and f.name not in {"raw_body", "raw_body_is_base64"}
+    if f.name not in _INT_FIELDS
+    and f.name not in {"raw_body", "raw_body_is_base64", "handlers"}
 )
 
 class RedisDeadLetterStore:
@@ -271,6 +276,8 @@ class RedisDeadLetterStore:
         mapping: dict[str, bytes | str] = {name: getattr(letter, name) for name in _TEXT_FIELDS}
         mapping.update({name: str(getattr(letter, name)) for name in _INT_FIELDS})
         mapping["raw_body"] = body
+        if letter.handlers:
+            mapping["handlers"] = json.dumps(list(letter.handlers), ensure_ascii=False)
         return letter.id, letter, mapping
 
     def _cutoff_ms(self) -> int:
@@ -379,4 +386,5 @@ def _from_hash(row: Mapping[bytes, bytes]) -> DeadLetter:
         enqueue_time_ms=number("enqueue_time_ms"),
         first_dequeue_time_ms=number("first_dequeue_time_ms"),
         dead_at_ms=number("dead_at_ms"), source=text("source"), raw_body_is_base64=is_base64,
+        handlers=tuple(json.loads(values["handlers"])) if "handlers" in values else (),
     )

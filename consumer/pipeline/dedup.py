@@ -18,6 +18,14 @@ than a hash with the same content):
 * COMPLETED: ``"1"`` with ``PX`` = the retention. ``"1"`` rather than a letter because Redis
   stores small integers as one shared object, which saves 16 bytes per record (unless a
   ``maxmemory-policy`` of the LRU/LFU family is set, where it costs the same as ``"C"``).
+  Every handler finished: the record is the same whatever their number.
+* PARTIAL: ``"P:<tags>"`` with ``PX`` = the retention, when some handlers finished and others
+  failed (a retry, a dead letter); `<tags>` are the finished handlers' 6-character
+  `handler_tag`s. A claim over it becomes ``"I:<owner>@<deadline ms>/<tags>"`` keeping that
+  TTL (the lease is the deadline), so no finished handler is forgotten when a claim dies.
+  The scripts are in ``consumer.pipeline.dedup_scripts``.
+
+Records written by the previous version (``"1"``, ``"I:<owner>"``) keep their meaning.
 
 Measured on Redis 7.0 with a 55-byte key (``alicom:dedup:SmsReport:<20-char biz_id>:<phone>``)
 and a 32-character owner, 100k records: COMPLETED 104 B by ``MEMORY USAGE`` and 149 B per
@@ -25,9 +33,9 @@ record of ``used_memory`` (expiry entry and keyspace tables included; a ``"C"`` 
 hash would be 181 B); INPROGRESS 152 B / 213 B (a hash 229 B). So a week of one million
 receipts a day costs about 1 GB; the key is most of it.
 
-Each method takes a whole batch of keys and costs one EVALSHA round trip, whatever the batch
-size (redis-py loads the script again on NOSCRIPT, e.g. after a Redis restart). All keys are
-touched by one script, so this store needs a standalone Redis (or keys in one cluster slot).
+Each method takes a whole batch of keys and costs one round trip, whatever the batch size:
+one single-key script call per distinct key, pipelined (`consumer.clients.redis_scripts`;
+on a Redis Cluster one pipeline per node). A key repeated within a batch is sent once.
 """
 
 from __future__ import annotations
@@ -35,17 +43,21 @@ from __future__ import annotations
 import enum
 import math
 import re
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import redis
 from redis.commands.core import Script
 
 from consumer.clients.redis_client import RedisClient
+from consumer.clients.redis_scripts import ScriptCall, run_calls
 from consumer.errors import TransientError
+from consumer.pipeline import dedup_scripts
 from consumer.settings import DedupSettings
 
 __all__ = [
+    "Claim",
     "ClaimState",
     "Completion",
     "DedupSettings",
@@ -63,6 +75,16 @@ class ClaimState(enum.Enum):
     CLAIMED = 1  # the caller now owns the key (or already did): run the handler
     IN_PROGRESS = 2  # someone else holds a live lease: leave the message, it comes back
     COMPLETED = 3  # already applied: acknowledge the duplicate without running anything
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer of ``claim_each`` for one key: its state and, when CLAIMED, the tags
+    (`consumer.handler_api.handler_tag`) of the handlers that finished it on an earlier
+    delivery: those must not run again."""
+
+    state: ClaimState
+    done: frozenset[str] = frozenset()
 
 
 class Completion(enum.Enum):
@@ -103,9 +125,18 @@ class DedupStore(Protocol):
         as its own."""
         ...
 
-    def release(self, keys: Sequence[str], owner: str) -> list[bool]:
-        """INPROGRESS(owner) -> absent, after a handler failure, so the next delivery runs.
-        False (and nothing changed) when the key is not ours."""
+    def claim_each(self, keys: Sequence[str], owner: str, lease_s: float,
+                   legacy: Sequence[str] = ()) -> list[Claim]:
+        """`claim` (the same one script call), with the handlers each key had finished."""
+        ...
+
+    def release(self, keys: Sequence[str], owner: str,
+                done: Sequence[Collection[str]] | None = None,
+                ttl_s: float | None = None) -> list[bool]:
+        """INPROGRESS(owner) -> absent, after a handler failure, so the next delivery runs;
+        with `done[i]` (the tags of key i's finished handlers) non-empty, -> PARTIAL(done)
+        kept `ttl_s` instead, so only the others run then. False (and nothing changed) when
+        the key is not ours."""
         ...
 
     def extend(self, keys: Sequence[str], owner: str, lease_s: float) -> list[bool]:
@@ -117,99 +148,6 @@ class DedupStore(Protocol):
         """Returns once the store answers; TransientError otherwise."""
         ...
 
-
-# Status codes the scripts return; Lua's false would truncate a returned array, so 1/0.
-# ARGV[3], when given, is the number n of keys claimed: KEYS[n + i] is then the legacy name
-# of KEYS[i] (its record from before keys were hashed), read when KEYS[i] is absent.
-_CLAIM_SCRIPT = """
-local mine = 'I:' .. ARGV[1]
-local lease_ms = ARGV[2]
-local n = tonumber(ARGV[3]) or #KEYS
-local out, seen = {}, {}
-for i = 1, n do
-  local key = KEYS[i]
-  if seen[key] then
-    out[i] = 2  -- a repeat within this batch: its first occurrence holds the claim
-  else
-    seen[key] = true
-    local value = redis.call('GET', key)
-    if not value and KEYS[n + i] then
-      value = redis.call('GET', KEYS[n + i])  -- completed ('1') or claimed by an old process
-    end
-    if not value then
-      redis.call('SET', key, mine, 'PX', lease_ms)
-      out[i] = 1
-    elseif value == mine then
-      redis.call('PEXPIRE', key, lease_ms)  -- an idempotent re-claim renews the lease
-      out[i] = 1
-    elseif value == '1' then
-      out[i] = 3
-    else
-      out[i] = 2
-    end
-  end
-end
-return out
-"""
-
-# An absent key is completed too: its lease expired and nobody took it over, and our handler
-# did apply the receipt, so recording that prevents a re-run on the next delivery.
-_COMPLETE_SCRIPT = """
-local mine = 'I:' .. ARGV[1]
-local ttl_ms = ARGV[2]
-local out, seen = {}, {}
-for i, key in ipairs(KEYS) do
-  if seen[key] ~= nil then
-    out[i] = seen[key]
-  else
-    local value = redis.call('GET', key)
-    if (not value) or value == mine then
-      redis.call('SET', key, '1', 'PX', ttl_ms)
-      out[i] = 1
-    elseif value == '1' then
-      out[i] = 2
-    else
-      out[i] = 0
-    end
-    seen[key] = out[i]
-  end
-end
-return out
-"""
-
-_RELEASE_SCRIPT = """
-local mine = 'I:' .. ARGV[1]
-local out, seen = {}, {}
-for i, key in ipairs(KEYS) do
-  if seen[key] ~= nil then
-    out[i] = seen[key]
-  else
-    if redis.call('GET', key) == mine then
-      redis.call('DEL', key)
-      out[i] = 1
-    else
-      out[i] = 0
-    end
-    seen[key] = out[i]
-  end
-end
-return out
-"""
-
-_EXTEND_SCRIPT = """
-local mine = 'I:' .. ARGV[1]
-local lease_ms = ARGV[2]
-local out = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == mine then
-    redis.call('PEXPIRE', key, lease_ms)
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-"""
 
 _URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]*@")
 
@@ -245,10 +183,10 @@ class RedisDedupStore:
     def __init__(self, client: RedisClient, settings: DedupSettings) -> None:
         self._client = client
         self._settings = settings
-        self._claim = client.register_script(_CLAIM_SCRIPT)
-        self._complete = client.register_script(_COMPLETE_SCRIPT)
-        self._release = client.register_script(_RELEASE_SCRIPT)
-        self._extend = client.register_script(_EXTEND_SCRIPT)
+        self._claim = client.register_script(dedup_scripts.CLAIM)
+        self._complete = client.register_script(dedup_scripts.COMPLETE)
+        self._release = client.register_script(dedup_scripts.RELEASE)
+        self._extend = client.register_script(dedup_scripts.EXTEND)
 
     def redis_key(self, key: str) -> str:
         """The Redis key that holds the record of dedup key ``key``."""
@@ -256,22 +194,34 @@ class RedisDedupStore:
 
     def claim(self, keys: Sequence[str], owner: str, lease_s: float,
               legacy: Sequence[str] = ()) -> list[ClaimState]:
-        """See `DedupStore.claim`. `legacy`, if given, has one name per key: the record the
-        same receipt had before keys were hashed (`consumer.keys.KeyFunction.legacy`). While
-        such a record lives (completed, or claimed by a process of the old version) the key
-        answers as it would; nothing is ever written under a legacy name."""
+        """See `DedupStore.claim` and `claim_each`."""
+        return [c.state for c in self.claim_each(keys, owner, lease_s, legacy)]
+
+    def claim_each(self, keys: Sequence[str], owner: str, lease_s: float,
+                   legacy: Sequence[str] = ()) -> list[Claim]:
+        """See `DedupStore.claim_each`. `legacy`, if given, has one name per key: the record
+        the same receipt had before keys were hashed (`consumer.keys.KeyFunction.legacy`).
+        While such a record lives (completed, or claimed by a process of the old version)
+        the key answers as it would; nothing is ever written under a legacy name (a single
+        Redis only: the two names are in different cluster slots)."""
         lease_ms = _milliseconds(lease_s, "lease_s")
-        if not legacy:
-            return [ClaimState(c) for c in self._run(self._claim, "claim", keys, owner, lease_ms)]
-        if len(legacy) != len(keys):
+        if legacy and len(legacy) != len(keys):
             raise ValueError("legacy must name one record per key")
-        extra = [self._settings.key_prefix + name for name in legacy]
-        codes = self._run(self._claim, "claim", keys, owner, lease_ms, len(keys), extra=extra)
-        return [ClaimState(code) for code in codes]
+        calls = [ScriptCall(self._claim, [self.redis_key(key)], [owner, lease_ms])
+                 if not legacy else
+                 ScriptCall(self._claim, [self.redis_key(key), self.redis_key(old)],
+                            [owner, lease_ms, "1"])
+                 for key, old in zip(keys, legacy or keys, strict=True)]
+        replies, repeated = self._batch("claim", keys, owner, calls)
+        # A key repeated within one call: its first occurrence holds the claim.
+        return [Claim(ClaimState.IN_PROGRESS) if again
+                else Claim(ClaimState(int(reply[0])), _tags(reply[1]))
+                for reply, again in zip(replies, repeated, strict=True)]
 
     def complete(self, keys: Sequence[str], owner: str, ttl_s: float) -> list[Completion]:
-        codes = self._run(self._complete, "complete", keys, owner, _milliseconds(ttl_s, "ttl_s"))
-        return [Completion(code) for code in codes]
+        ttl_ms = _milliseconds(ttl_s, "ttl_s")
+        replies = self._per_key("complete", self._complete, keys, owner, [ttl_ms])
+        return [Completion(int(code)) for code in replies]
 
     def ping(self) -> None:
         """Raises TransientError unless Redis answers (a poller waits for it after an outage)."""
@@ -280,24 +230,51 @@ class RedisDedupStore:
         except redis.RedisError as exc:
             raise transient_from_redis(exc, "ping", self._client) from exc
 
-    def release(self, keys: Sequence[str], owner: str) -> list[bool]:
-        return [code == 1 for code in self._run(self._release, "release", keys, owner)]
+    def release(self, keys: Sequence[str], owner: str,
+                done: Sequence[Collection[str]] | None = None,
+                ttl_s: float | None = None) -> list[bool]:
+        ttl_ms = _milliseconds(ttl_s or self._settings.completed_ttl_s, "ttl_s")
+        if done is not None and len(done) != len(keys):
+            raise ValueError("done must list one set of tags per key")
+        tags = [",".join(sorted(d)) for d in done] if done is not None else [""] * len(keys)
+        calls = [ScriptCall(self._release, [self.redis_key(key)], [owner, ttl_ms, t])
+                 for key, t in zip(keys, tags, strict=True)]
+        return [reply == 1 for reply in self._batch("release", keys, owner, calls)[0]]
 
     def extend(self, keys: Sequence[str], owner: str, lease_s: float) -> list[bool]:
-        codes = self._run(self._extend, "extend", keys, owner, _milliseconds(lease_s, "lease_s"))
-        return [code == 1 for code in codes]
+        lease_ms = _milliseconds(lease_s, "lease_s")
+        return [code == 1 for code in self._per_key("extend", self._extend, keys, owner,
+                                                     [lease_ms])]
 
-    def _run(self, script: Script, operation: str, keys: Sequence[str], owner: str,
-             *args: int, extra: Sequence[str] = ()) -> list[int]:
-        """One script call over the whole batch; an empty batch costs no round trip.
-        `extra`: Redis keys the script reads after the batch's own (legacy records)."""
-        if not owner:
-            raise ValueError("owner must be a non-empty token")
-        if not keys:
-            return []
-        redis_keys = [self.redis_key(key) for key in keys] + list(extra)
+    def _per_key(self, operation: str, script: Script, keys: Sequence[str], owner: str,
+                 args: list[int | str]) -> list[Any]:
+        """One call per distinct key, all in one round trip; a repeated key gets the answer
+        of its first occurrence."""
+        calls = [ScriptCall(script, [self.redis_key(key)], [owner, *args]) for key in keys]
+        return self._batch(operation, keys, owner, calls)[0]
+
+    def _batch(self, operation: str, keys: Sequence[str], owner: str,
+               calls: list[ScriptCall]) -> tuple[list[Any], list[bool]]:
+        """The calls of the keys' first occurrences in one round trip (`run_calls`). Returns
+        the answer per key (a repeated key gets its first occurrence's) and which keys
+        repeat an earlier one of the batch."""
+        if not owner or "@" in owner or "/" in owner:
+            raise ValueError("owner must be a non-empty token without '@' or '/'")
+        first: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            first.setdefault(key, index)
         try:
-            result = script(keys=redis_keys, args=[owner, *args])
+            replies = run_calls(self._client, [calls[i] for i in first.values()])
         except redis.RedisError as exc:
             raise transient_from_redis(exc, operation, self._client) from exc
-        return [int(code) for code in result]
+        for reply in replies:
+            if isinstance(reply, redis.RedisError):
+                raise transient_from_redis(reply, operation, self._client)
+        answer = dict(zip(first, replies, strict=True))
+        return ([answer[key] for key in keys],
+                [first[key] != index for index, key in enumerate(keys)])
+
+
+def _tags(reply: object) -> frozenset[str]:
+    text = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return frozenset(text.split(",")) if text else frozenset()

@@ -6,7 +6,6 @@ outcomes in `consumer.pipeline.invoke`.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -22,17 +21,17 @@ from consumer.handler_api import (
     HandlerOutcome,
     HandlerPolicy,
     RoutedHandler,
+    handler_tag,
     routed,
     worst,
 )
-from consumer.pipeline.invoke import invoke_batch, invoke_one
+from consumer.pipeline.invoke import invoke_batch, invoke_one, under_policy
 from consumer.pipeline.outcome import RetryPolicy
+from consumer.pipeline.selection import Selection, not_run
 from consumer.receipts import Receipt
 
 log = structlog.get_logger(__name__)
 
-#: The reason of a handler's "ok" for a receipt it had finished on an earlier delivery.
-COMPLETED_BEFORE = "completed_before"
 #: The outcome of every receipt of a batch whose dispatch itself raised: retried later.
 DISPATCHER_CRASHED = HandlerOutcome("retry", "dispatcher", "dispatcher crashed", None, 0.0)
 #: The reason of a receipt whose handler never started because the dispatcher was closed
@@ -43,8 +42,11 @@ NOT_STARTED = "not_started"
 STUCK = "stuck"
 _EWMA_WEIGHT = 0.2  # of the newest duration in a handler's running mean
 
-#: `late(index, outcome)`: the final outcome of a receipt that `dispatch` reported as STUCK.
-Late = Callable[[int, HandlerOutcome], None]
+#: `late(index, outcomes)`: the final outcomes (one per handler) of a receipt that
+#: `dispatch_each` reported as STUCK.
+Late = Callable[[int, list[HandlerOutcome]], None]
+#: `late(index, outcome)` of `dispatch`: the worst of them.
+LateOne = Callable[[int, HandlerOutcome], None]
 
 
 class GaugeLike(Protocol):
@@ -176,7 +178,7 @@ class Dispatcher:
                     for call in self._active if call.started_at is not None
                     for i in call.running_unit()]
 
-    def dispatch(self, receipts: Sequence[Receipt], late: Late | None = None,
+    def dispatch(self, receipts: Sequence[Receipt], late: LateOne | None = None,
                  ) -> list[HandlerOutcome]:
         """One outcome per receipt, in order: the worst across its handlers.
 
@@ -184,18 +186,24 @@ class Dispatcher:
         configuration problem: it is dead-lettered with that reason and can be replayed).
         Never raises for a handler's failure. See the class docstring for `late`.
         """
-        return [worst(outcomes) for outcomes in self.dispatch_each(receipts, late=late)]
+        each: Late | None = None if late is None else (
+            lambda index, outcomes: late(index, worst(outcomes)))
+        return [worst(outcomes) for outcomes in self.dispatch_each(receipts, late=each)]
 
     def dispatch_each(self, receipts: Sequence[Receipt],
                       completed: Sequence[Collection[str]] | None = None,
-                      late: Late | None = None) -> list[list[HandlerOutcome]]:
+                      late: Late | None = None,
+                      only: Sequence[Selection | None] | None = None,
+                      ) -> list[list[HandlerOutcome]]:
         """Per receipt, in order: the outcome of each of its handlers (at least one).
 
-        `completed[i]` names handlers that already finished receipt i (a redelivery): they
-        are not run again and report "ok" with reason COMPLETED_BEFORE and no duration.
+        `completed[i]` holds the `handler_tag`s of handlers that already finished receipt i
+        (a redelivery; `Claim.done`): they are not run again and report "ok" with reason
+        COMPLETED_BEFORE and no duration. `only[i]`, when not None, selects the handlers to run
+        for receipt i (a dead-letter replay, see `Selection`).
         """
         batch = _Batch(receipts, late, [[] for _ in receipts], [0] * len(receipts))
-        calls = self._plan(batch, completed)
+        calls = self._plan(batch, completed, only)
         with self._cond:
             self._submit(calls)
             self._wait(calls)
@@ -222,7 +230,7 @@ class Dispatcher:
     # -- planning and running -----------------------------------------------------------
 
     def _plan(self, batch: _Batch, completed: Sequence[Collection[str]] | None,
-              ) -> list[_Call]:
+              only: Sequence[Selection | None] | None) -> list[_Call]:
         by_class: dict[str, list[int]] = {}
         for index, receipt in enumerate(batch.receipts):
             by_class.setdefault(type(receipt).__name__, []).append(index)
@@ -235,8 +243,8 @@ class Dispatcher:
                         HandlerOutcome("permanent", "", "no_handler", None, 0.0))
                 continue
             for bound in handlers:
-                todo = indexes if completed is None else self._not_completed(
-                    bound.name, indexes, completed, batch.results)
+                todo = indexes if completed is None and only is None else self._to_run(
+                    bound.name, indexes, completed, only, batch.results)
                 for index in todo:
                     batch.owed[index] += 1
                 if todo:
@@ -256,34 +264,21 @@ class Dispatcher:
                 for start in range(0, len(indexes), size)]
 
     @staticmethod
-    def _not_completed(name: str, indexes: list[int], completed: Sequence[Collection[str]],
-                       results: list[list[HandlerOutcome]]) -> list[int]:
-        """The receipts among `indexes` this handler has not finished; the others report
-        COMPLETED_BEFORE."""
+    def _to_run(name: str, indexes: list[int], completed: Sequence[Collection[str]] | None,
+                only: Sequence[Selection | None] | None,
+                results: list[list[HandlerOutcome]]) -> list[int]:
+        """The receipts among `indexes` this handler is to run; the others get their outcome
+        from `selection.not_run` (finished before, or not selected)."""
+        tag = handler_tag(name)
         todo: list[int] = []
         for index in indexes:
-            if name in completed[index]:
-                results[index].append(HandlerOutcome("ok", name, COMPLETED_BEFORE, None, 0.0))
-            else:
+            skipped = not_run(name, tag, None if completed is None else completed[index],
+                              None if only is None else only[index])
+            if skipped is None:
                 todo.append(index)
+            else:
+                results[index].append(skipped)
         return todo
-
-    def _with_policy(self, outcome: HandlerOutcome, receipt: Receipt) -> HandlerOutcome:
-        """A retry under its handler's own policy: past `max_attempts` it is permanent, and
-        without a delay of its own it gets the handler's backoff for this delivery."""
-        policy = self._policies.get(outcome.handler)
-        if outcome.kind != "retry" or policy is None:
-            return outcome
-        attempt = max(receipt.meta.dequeue_count, 1)
-        if policy.max_attempts is not None and attempt >= policy.max_attempts:
-            return dataclasses.replace(
-                outcome, kind="permanent", delay_s=None,
-                reason=f"max_attempts {policy.max_attempts} reached: {outcome.reason}")
-        if outcome.delay_s is None and (policy.retry_base_s or policy.retry_max_s):
-            full = policy.over(self._global)
-            backoff = RetryPolicy(full.retry_base_s or 0.0, full.retry_max_s or 0.0)
-            return dataclasses.replace(outcome, delay_s=float(backoff.delay_s(attempt)))
-        return outcome
 
     def _run_length(self, name: str, count: int) -> int:
         """How many receipts of `count` one task of this single-receipt handler takes."""
@@ -329,21 +324,23 @@ class Dispatcher:
             with self._cond:
                 late = self._record(call, unit, outcomes)
             callback = call.batch.late
-            for index, outcome in late:  # outside the lock: the caller may do I/O
+            for index, outcomes in late:  # outside the lock: the caller may do I/O
                 if callback is not None:  # always set when a receipt was deferred
-                    callback(index, outcome)
+                    callback(index, outcomes)
 
     def _record(self, call: _Call, unit: list[int], outcomes: list[HandlerOutcome],
-                ) -> list[tuple[int, HandlerOutcome]]:
+                ) -> list[tuple[int, list[HandlerOutcome]]]:
         """One unit finished (lock held): keep its outcomes, start the next unit. Returns the
         deferred receipts now complete, for `late`."""
         batch = call.batch
-        due: list[tuple[int, HandlerOutcome]] = []
+        due: list[tuple[int, list[HandlerOutcome]]] = []
         for index, outcome in zip(unit, outcomes, strict=True):
-            batch.results[index].append(self._with_policy(outcome, batch.receipts[index]))
+            batch.results[index].append(under_policy(
+                outcome, batch.receipts[index].meta.dequeue_count,
+                self._policies.get(outcome.handler), self._global))
             batch.owed[index] -= 1
             if batch.owed[index] == 0 and index in batch.deferred:
-                due.append((index, worst(batch.results[index])))
+                due.append((index, list(batch.results[index])))
         call.done += 1
         if call.stuck:
             self._stuck -= 1

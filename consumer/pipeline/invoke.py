@@ -9,6 +9,7 @@ retried like any other crash. Only the process dying ends a call without an outc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import cast
@@ -22,8 +23,10 @@ from consumer.handler_api import (
     BatchResult,
     Handler,
     HandlerOutcome,
+    HandlerPolicy,
     OutcomeKind,
 )
+from consumer.pipeline.outcome import RetryPolicy
 from consumer.receipts import Receipt
 
 log = structlog.get_logger("consumer.pipeline.dispatch")  # the name its log lines always had
@@ -86,3 +89,22 @@ def _classify(exc: BaseException, name: str, receipts: Sequence[Receipt],
               message_ids=[r.meta.message_id for r in receipts])
     reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever exc says
     return "retry", reason[:_REASON_MAX_CHARS], None
+
+
+def under_policy(outcome: HandlerOutcome, dequeue_count: int, policy: HandlerPolicy | None,
+                 defaults: HandlerPolicy) -> HandlerOutcome:
+    """A retry under its handler's own policy: on its `max_attempts`-th delivery or later it
+    is permanent, and without a delay of its own it gets the handler's backoff for this
+    delivery (the `defaults` fill what the handler leaves unset). Others pass unchanged."""
+    if outcome.kind != "retry" or policy is None:
+        return outcome
+    attempt = max(dequeue_count, 1)
+    if policy.max_attempts is not None and attempt >= policy.max_attempts:
+        return dataclasses.replace(
+            outcome, kind="permanent", delay_s=None,
+            reason=f"max_attempts {policy.max_attempts} reached: {outcome.reason}")
+    if outcome.delay_s is None and (policy.retry_base_s or policy.retry_max_s):
+        full = policy.over(defaults)
+        backoff = RetryPolicy(full.retry_base_s or 0.0, full.retry_max_s or 0.0)
+        return dataclasses.replace(outcome, delay_s=float(backoff.delay_s(attempt)))
+    return outcome

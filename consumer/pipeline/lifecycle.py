@@ -41,6 +41,7 @@ The contract of `settle`:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import defaultdict
@@ -51,7 +52,8 @@ from typing import TypeVar, cast
 import structlog
 
 from consumer.errors import AlicomReceiptsError, DecodeError, TransientError
-from consumer.handler_api import HandlerOutcome
+from consumer.handler_api import HandlerOutcome, handler_tag, worst
+from consumer.pipeline.deadletter import DeadLetter
 from consumer.pipeline.dedup import ClaimState, Completion
 from consumer.pipeline.dispatch import DISPATCHER_CRASHED, NOT_STARTED, STUCK
 from consumer.pipeline.outcome import Decision, Verdict, classify, precheck
@@ -111,26 +113,27 @@ class Lifecycle:
         for work in items:
             work.owner = owner
         try:
-            states = self.parts.dedup.claim([str(w.key) for w in items], owner, lease_s)
+            claims = self.parts.dedup.claim_each([str(w.key) for w in items], owner, lease_s)
         except TransientError:
             self.stats.incr("redis_errors")
             raise
         to_run: list[W] = []
         policy = self.parts.policy
-        for work, state in zip(items, states, strict=True):
+        for work, claim in zip(items, claims, strict=True):
             # The same receipt twice in one batch is CLAIMED once and IN_PROGRESS after (the
             # DedupStore contract): the first copy runs, the other waits for its outcome.
-            if state is ClaimState.CLAIMED:
-                work.claimed = True
+            if claim.state is ClaimState.CLAIMED:
+                work.claimed, work.done = True, claim.done
                 to_run.append(work)
             else:
-                work.decision = classify(state, work.deliveries, policy)
+                work.decision = classify(claim.state, work.deliveries, policy)
         return to_run
 
     def run(self, items: Sequence[W],
             late: Callable[[list[W]], None] | None = None) -> list[W]:
-        """The handlers, behind the crash guard; each receipt is decided and its completion
-        tried at once (`record`). Returns the items decided now, in order.
+        """The handlers not finished before, behind the crash guard; each receipt is decided
+        from the worst of its handlers' outcomes, gets its `done` handlers, and its
+        completion is tried at once (`record`). Returns the items decided now, in order.
 
         With `late`, a receipt whose handler is stuck past its deadline stays undecided (its
         message stays ours); once the handler returned it is decided, recorded and passed
@@ -142,31 +145,34 @@ class Lifecycle:
         self.stats.add_in_flight(len(items))
         receipts = [cast(Receipt, w.receipt) for w in items]
         try:
-            if late is None:
-                outcomes = self.parts.dispatcher.dispatch(receipts)
-            else:
-                outcomes = self.parts.dispatcher.dispatch(
-                    receipts, late=partial(self._late, items, late))
+            per_handler = self.parts.dispatcher.dispatch_each(
+                receipts, [w.done for w in items],
+                late=None if late is None else partial(self._late, items, late),
+                only=[w.only for w in items])
         except Exception:  # a dispatcher crash must not lose the batch: it is retried
             log.exception("dispatch_crashed", receipts=len(items))
-            outcomes = [DISPATCHER_CRASHED] * len(items)
-        done = [self._decide(w, o) for w, o in zip(items, outcomes, strict=True)
-                if o.reason != STUCK]
+            per_handler = [[DISPATCHER_CRASHED]] * len(items)
+        done = [self._decide(w, o) for w, o in zip(items, per_handler, strict=True)
+                if worst(o).reason != STUCK]
         self.stats.add_in_flight(-len(done))
         self.record(done)
         return done
 
     def _late(self, items: Sequence[W], late: Callable[[list[W]], None], index: int,
-              outcome: HandlerOutcome) -> None:
-        work = self._decide(items[index], outcome)
+              outcomes: list[HandlerOutcome]) -> None:
+        work = self._decide(items[index], outcomes)
         self.stats.add_in_flight(-1)
         self.record([work])
         late([work])
 
-    def _decide(self, work: W, outcome: HandlerOutcome) -> W:
+    def _decide(self, work: W, outcomes: list[HandlerOutcome]) -> W:
+        outcome = worst(outcomes)
         work.decision = HANDED_BACK if outcome.reason == NOT_STARTED else classify(
             outcome, work.deliveries, self.parts.policy)
         work.handler, work.duration_s = outcome.handler, outcome.duration_s
+        work.outcomes = tuple(outcomes)
+        work.done = work.done | {handler_tag(o.handler) for o in outcomes
+                                 if o.kind == "ok" and o.handler}
         return work
 
     def record(self, items: Sequence[W]) -> None:
@@ -232,7 +238,8 @@ class Lifecycle:
         if not dead:
             return []
         now_ms = int(time.time() * 1000)
-        letters = [transport.dead_letter(w, w.decision, now_ms) for w in dead]  # type: ignore[arg-type]  # decided
+        letters = [_naming_failed(transport.dead_letter(w, w.decision, now_ms), w)  # type: ignore[arg-type]  # decided
+                   for w in dead]
         try:
             self._retry.call("dead-letter put",
                              lambda: self.parts.dead_letters.put_many(letters), self.stop)
@@ -301,12 +308,15 @@ class Lifecycle:
 
     def _release(self, items: list[W]) -> None:
         """Claims of retried and dead-lettered receipts go, so the next delivery (or a
-        replay) runs; if Redis stays away the lease ends by itself."""
+        replay) runs; the record keeps the handlers that finished (`Work.done`), so only
+        the others run then. If Redis stays away the lease ends by itself."""
         for owner, group in _by_owner([w for w in items if w.claimed]).items():
             keys = [str(w.key) for w in group]
+            done = [w.done for w in group]
 
-            def release(keys: list[str] = keys, owner: str = owner) -> list[bool]:
-                return self.parts.dedup.release(keys, owner)
+            def release(keys: list[str] = keys, owner: str = owner,
+                        done: list[frozenset[str]] = done) -> list[bool]:
+                return self.parts.dedup.release(keys, owner, done, self.parts.completed_ttl_s)
 
             try:
                 self._retry.call("dedup release", release, self.stop)
@@ -323,8 +333,24 @@ class Lifecycle:
         log.info("receipt_settled", source=transport.source, **transport.log_fields(work),  # type: ignore[arg-type]
                  dequeue_count=work.deliveries, dedup_key=work.key,
                  handler=work.handler or None, outcome=decision.outcome,
-                 reason=decision.reason or None, duration_ms=round(work.duration_s * 1000, 2))
+                 reason=decision.reason or None, duration_ms=round(work.duration_s * 1000, 2),
+                 handlers=[_handler_field(o) for o in work.outcomes if o.handler] or None)
         self.stats.outcome(decision.outcome, work.handler, work.duration_s, work.receipt)
+
+
+def _handler_field(o: HandlerOutcome) -> dict[str, object]:
+    """One handler in a `receipt_settled` line: its own outcome and duration."""
+    field: dict[str, object] = {"handler": o.handler, "outcome": o.kind,
+                                "duration_ms": round(o.duration_s * 1000, 2)}
+    if o.reason:
+        field["reason"] = o.reason
+    return field
+
+
+def _naming_failed(letter: DeadLetter, work: Work) -> DeadLetter:
+    """The letter with the handlers that failed the receipt (a replay runs only those)."""
+    failed = tuple(sorted({o.handler for o in work.outcomes if o.kind != "ok" and o.handler}))
+    return dataclasses.replace(letter, handlers=failed) if failed else letter
 
 
 def _by_owner(items: Sequence[W]) -> dict[str, list[W]]:

@@ -8,7 +8,7 @@ stream, reconcile, replay); `LifecycleParts` the collaborators every source shar
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -19,6 +19,7 @@ from consumer.pipeline.deadletter import DeadLetter
 from consumer.pipeline.dedup import DedupStore
 from consumer.pipeline.dispatch import Late
 from consumer.pipeline.outcome import Decision, RetryPolicy
+from consumer.pipeline.selection import Selection
 from consumer.receipts import Receipt
 
 T = TypeVar("T")
@@ -32,6 +33,9 @@ class Work:
     `deliveries` is this delivery's count (MNS DequeueCount, the stream's delivery count, 1
     for reconcile and replay). `completed`: None while no completion was written, True once
     the record is COMPLETED, False when another delivery's live claim refused it.
+    `done`: the `handler_tag`s of the handlers that finished the receipt (on an earlier
+    delivery, from the claim, then also on this one); `only`: the handlers to run (a
+    replay's), None for all; `outcomes`: each handler's outcome on this delivery.
     """
 
     deliveries: int = 1
@@ -43,6 +47,9 @@ class Work:
     handler: str = ""
     duration_s: float = 0.0
     completed: bool | None = None
+    done: frozenset[str] = frozenset()
+    only: Selection | None = None
+    outcomes: tuple[HandlerOutcome, ...] = ()
 
 
 W = TypeVar("W", bound=Work)
@@ -86,8 +93,11 @@ class Transport(Protocol[W_contra]):
 class Dispatch(Protocol):
     """What the lifecycle needs of consumer.pipeline.dispatch.Dispatcher."""
 
-    def dispatch(self, receipts: Sequence[Receipt], late: Late | None = None,
-                 ) -> list[HandlerOutcome]: ...
+    def dispatch_each(self, receipts: Sequence[Receipt],
+                      completed: Sequence[Collection[str]] | None = None,
+                      late: Late | None = None,
+                      only: Sequence[Selection | None] | None = None,
+                      ) -> list[list[HandlerOutcome]]: ...
 
 
 class DeadLetterSink(Protocol):

@@ -39,12 +39,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from consumer.handler_api import HandlerOutcome, HandlerPolicy, worst
+from consumer.handler_api import HandlerOutcome, HandlerPolicy, handler_tag, worst
 from consumer.handlers.plugins import close_handlers, load_handlers
 from consumer.keys import make_key_function
 from consumer.pipeline.decode import parse_object
-from consumer.pipeline.dispatch import COMPLETED_BEFORE, Dispatcher
+from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy, Verdict, classify
+from consumer.pipeline.selection import COMPLETED_BEFORE
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.settings import HandlerSpec
 
@@ -240,7 +241,7 @@ class _Delivery:
             self.run.calls[(outcome.handler, key)] += 1
             if outcome.kind == "ok":
                 self.run.successes[(outcome.handler, key)] += 1
-                self.finished_by.setdefault(key, set()).add(outcome.handler)
+                self.finished_by.setdefault(key, set()).add(handler_tag(outcome.handler))
         decision = classify(worst(outcomes), delivery, self.test._retry)
         kinds = {o.handler: o.kind for o in outcomes if o.handler}
         if decision.verdict is Verdict.RETRY:

@@ -13,6 +13,11 @@ receive and delete), so nothing is sent back to MNS; the dead-letter store is th
 
 A replay is a fresh attempt: its delivery count is 1, so a letter dead-lettered for
 `max_dequeue_count` runs again instead of being refused before its handlers.
+
+Only the handlers that failed run: those the letter names (`DeadLetter.handlers`), narrowed
+to `chosen` (`--handler NAME`) when given; a handler that finished the receipt never runs
+again (its dedup record says so). A handler left out stays failed: the letter stays, naming
+it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
 from consumer.pipeline.decode import decode_body, parse_json
 from consumer.pipeline.lifecycle import Lifecycle, Work
 from consumer.pipeline.outcome import Decision, Verdict
+from consumer.pipeline.selection import Selection
 from consumer.receipts import Receipt, ReceiptMeta
 
 __all__ = ["ReplayTransport", "Replayed", "replay"]
@@ -100,17 +106,26 @@ class ReplayTransport:
 
 
 def replay(letters: Sequence[DeadLetter], lifecycle: Lifecycle, store: RedisDeadLetterStore,
-           lease_s: float) -> list[Replayed]:
+           lease_s: float, chosen: frozenset[str] | None = None) -> list[Replayed]:
     """Runs the letters through the lifecycle in batches; one `Replayed` per letter, in order.
 
-    `lease_s` is the claim's lease (the handler deadline and a margin). Raises
-    TransientError when Redis does not answer a claim (nothing of that batch ran).
+    `lease_s` is the claim's lease (the handler deadline and a margin); `chosen`: the only
+    handlers to run (see the module docstring). Raises TransientError when Redis does not
+    answer a claim (nothing of that batch ran).
     """
     transport = ReplayTransport(store, lifecycle)
-    out = [Replayed(letter=d) for d in letters]
+    out = [Replayed(letter=d, only=_to_run(d, chosen)) for d in letters]
     for start in range(0, len(out), _BATCH):
         lifecycle.process(out[start:start + _BATCH], transport, secrets.token_hex(8), lease_s)
     return out
+
+
+def _to_run(letter: DeadLetter, chosen: frozenset[str] | None) -> Selection | None:
+    """The handlers a replay of this letter runs; None: every one not finished."""
+    failed = frozenset(letter.handlers) or None
+    if failed is None:
+        return None if chosen is None else Selection(chosen)
+    return Selection(failed if chosen is None else failed & chosen, failed)
 
 
 def receipt_of(d: DeadLetter) -> Receipt:

@@ -1,0 +1,110 @@
+"""The Lua scripts of the dedup store (consumer.pipeline.dedup), one per transition.
+
+Each call handles one record: its key is KEYS[1], written literally (the rule of Tair's
+cluster proxy and of a Redis Cluster, see consumer.clients.redis_scripts); a batch is one
+pipeline of calls, one round trip (per node on a cluster).
+
+Record values (see dedup.py's docstring for why they are plain strings):
+
+* ``"1"``: COMPLETED (every handler finished), PX = the retention.
+* ``"I:<owner>"``: INPROGRESS, PX = the lease (an orphan disappears with it).
+* ``"P:<tags>"``: some handlers finished (``<tags>``: their `handler_tag`s, comma-separated),
+  the others failed: a retry or a dead letter. PX = the retention.
+* ``"I:<owner>@<deadline ms>/<tags>"``: INPROGRESS over a ``P:`` record. It keeps the
+  record's TTL (KEEPTTL) so that the finished handlers are not forgotten when the lease
+  ends: the lease is the deadline (server time), and a claim past it takes the record over.
+
+ARGV[1] is always the owner token, which never holds ``@`` or ``/`` (the store checks).
+"""
+
+from __future__ import annotations
+
+# `ours(v)` is true for our INPROGRESS record in either form; `parts(v)` splits
+# "I:<owner>@<deadline>/<tags>" (nil for any other value).
+_COMMON = """
+local owner = ARGV[1]
+local mine = 'I:' .. owner
+local function parts(v)
+  local o, d, t = string.match(v, '^I:([^@/]*)@(%d+)/(.*)$')
+  if o then return o, tonumber(d), t end
+  return nil
+end
+local function ours(v)
+  if v == mine then return true end
+  local o = parts(v)
+  return o == owner
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# ARGV[2] lease ms; ARGV[3] '1' when KEYS[2] is the record's legacy name (from before keys
+# were hashed), read when KEYS[1] is absent and never written. Returns {code, tags}: code 1
+# claimed, 2 in progress elsewhere, 3 completed; tags "" when none finished before.
+CLAIM = _COMMON + """
+local lease_ms = tonumber(ARGV[2])
+local value = redis.call('GET', KEYS[1])
+if not value and ARGV[3] == '1' then
+  value = redis.call('GET', KEYS[2])  -- completed ('1') or claimed by an old process
+end
+if not value then
+  redis.call('SET', KEYS[1], mine, 'PX', lease_ms)
+  return {1, ''}
+end
+if value == mine then
+  redis.call('PEXPIRE', KEYS[1], lease_ms)  -- an idempotent re-claim renews the lease
+  return {1, ''}
+end
+if value == '1' then return {3, ''} end
+local o, deadline, tags = parts(value)
+if string.sub(value, 1, 2) == 'P:' then
+  tags = string.sub(value, 3)
+elseif not o or (o ~= owner and deadline > now_ms()) then
+  return {2, ''}  -- a live claim of someone else
+end
+redis.call('SET', KEYS[1], mine .. '@' .. (now_ms() + lease_ms) .. '/' .. tags, 'KEEPTTL')
+return {1, tags}
+"""
+
+# ARGV[2] retention ms. 1 recorded, 2 already completed, 0 lost (someone else's claim). An
+# absent key is completed too: its lease expired and nobody took it over, and our handlers
+# did apply the receipt, so recording that prevents a re-run on the next delivery.
+COMPLETE = _COMMON + """
+local value = redis.call('GET', KEYS[1])
+if (not value) or ours(value) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+  return 1
+end
+if value == '1' then return 2 end
+return 0
+"""
+
+# ARGV[2] retention ms, ARGV[3] the tags of the finished handlers ("": the record goes).
+# 1 released, 0 not ours (nothing changed).
+RELEASE = _COMMON + """
+local value = redis.call('GET', KEYS[1])
+if not (value and ours(value)) then return 0 end
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], 'P:' .. ARGV[3], 'PX', ARGV[2])
+end
+return 1
+"""
+
+# ARGV[2] lease ms. 1 renewed, 0 not ours.
+EXTEND = _COMMON + """
+local lease_ms = tonumber(ARGV[2])
+local value = redis.call('GET', KEYS[1])
+if value == mine then
+  redis.call('PEXPIRE', KEYS[1], lease_ms)
+  return 1
+end
+if not value then return 0 end
+local o, _, tags = parts(value)
+if o ~= owner then return 0 end
+redis.call('SET', KEYS[1], mine .. '@' .. (now_ms() + lease_ms) .. '/' .. tags, 'KEEPTTL')
+return 1
+"""
