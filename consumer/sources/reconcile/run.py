@@ -43,6 +43,7 @@ import redis
 import structlog
 
 from consumer.clients.redis_client import RedisClient, connect
+from consumer.clients.redis_lease import hold, holder_of
 from consumer.errors import AlicomReceiptsError, AuthError, ConfigError, TransientError
 from consumer.handlers.plugins import close_handlers, load_handlers
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
@@ -293,6 +294,11 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None,
     except ConfigError as exc:
         log.error("config_invalid", error=str(exc))  # noqa: TRY400 - the message says it all
         return 2
+    except ReconcileBusy as exc:
+        print("alicom-receipts reconcile: another run holds the lease (%s); leaving it to "
+              "that one" % exc.holder, file=out, flush=True)
+        log.info("reconcile_busy", holder=exc.holder)
+        return 0
     except (AlicomReceiptsError, redis.RedisError) as exc:
         log.error("reconcile_failed", error=str(exc))  # noqa: TRY400 - the message says it all
         return 1
@@ -304,6 +310,23 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None,
     return 1 if counts["lookup_errors"] or counts["retry_later"] else 0
 
 
+#: How long a crashed run keeps others out at most; a live one renews it every third of it.
+LEASE_TTL_S = 60.0
+
+
+class ReconcileBusy(Exception):  # noqa: N818 - an outcome, not an error: exit status 0
+    """Another host (or process) holds the reconcile lease."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+def lease_key(ts: TrackingSettings) -> str:
+    """One lease per tracking store: two deployments sharing a Redis do not block each other."""
+    return ts.key_prefix + ":reconcile-lease"
+
+
 def _run(settings: Settings, rs: ReconcileSettings, ts: TrackingSettings, grace_s: float,
          env: Mapping[str, str]) -> Counter[str]:
     details = DetailsClient.from_settings(settings, rs, env, threading.Event())
@@ -312,10 +335,13 @@ def _run(settings: Settings, rs: ReconcileSettings, ts: TrackingSettings, grace_
     dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
                             max_workers=settings.worker.handler_threads)
     try:
-        reconciler = Reconciler(settings, rs, SendTracker(client, ts), details, dispatcher,
-                                RedisDedupStore(client, settings.dedup),
-                                RedisDeadLetterStore(client, settings.deadletter), client)
-        return reconciler.run(grace_s)
+        with hold(client, lease_key(ts), LEASE_TTL_S) as lease:
+            if lease is None:
+                raise ReconcileBusy(holder_of(client, lease_key(ts)) or "a run just ending")
+            reconciler = Reconciler(settings, rs, SendTracker(client, ts), details, dispatcher,
+                                    RedisDedupStore(client, settings.dedup),
+                                    RedisDeadLetterStore(client, settings.deadletter), client)
+            return reconciler.run(grace_s)
     finally:
         close_handlers(routes)
         dispatcher.close()
