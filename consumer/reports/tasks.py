@@ -7,7 +7,8 @@ delivery statistics' `submitted` for its send hour); the `send-tracker` handler 
 *delivered* or *failed* when its receipt (or reconciled answer) arrives. Read by
 `alicom-receipts tasks` and the dashboard.
 
-Redis layout under the hash-tagged `prefix` (default `alicom:tasks`, keys `{alicom:tasks}:...`:
+Redis layout under the hash-tagged `prefix` (default `{alicom:track}:tasks`, the tracked sends'
+tag:
 one cluster slot, so every script call is legal on a cluster; numbers are hash fields in the form
 `consumer.reports.phone_ids` gives them, never key names:
 
@@ -38,7 +39,9 @@ from consumer.clients.redis_scripts import ScriptCall, run_calls
 
 __all__ = ["DEFAULT_PREFIX", "Outcome", "TaskCounts", "TaskStore"]
 
-DEFAULT_PREFIX = "alicom:tasks"
+DEFAULT_PREFIX = "{alicom:track}:tasks"
+"""Under the tracked sends' hash tag (`consumer.reports.tracking`): one slot with them, so the
+send-tracker handler clears a send and settles its task number in one script call."""
 DEFAULT_TTL_S = 35 * 86400.0
 _MAX_CODE_CHARS = 64
 
@@ -175,14 +178,22 @@ class TaskStore:
         """The script calls that move pending numbers to their outcome; each answers 1 when
         its number moved."""
         now = int(self._clock())
-        return [ScriptCall(self._settle, [self._key("t", o.biz_id), self._key("n", o.biz_id)], [
-            o.number, "d" if o.delivered else "f", o.err_code[:_MAX_CODE_CHARS] or "(empty)",
-            o.reason or "other", now, self._ttl_s]) for o in outcomes]
+        return [ScriptCall(self._settle, self.keys_of(o.biz_id), settle_args(o, now, self._ttl_s))
+                for o in outcomes]
 
     def settle(self, outcomes: Sequence[Outcome]) -> int:
         """Moves pending numbers to their outcome; how many moved (the rest were not pending)."""
         return sum(1 for reply in run_calls(self._client, self.settle_calls(outcomes))
                    if _ok(reply))
+
+    @property
+    def tag(self) -> str:
+        """The hash tag of every key (stores sharing it can share a script call)."""
+        return self._prefix[:self._prefix.index("}") + 1]
+
+    def keys_of(self, biz_id: str) -> list[str]:
+        """The keys a receipt of `biz_id` settles: its counts and its numbers."""
+        return [self._key("t", biz_id), self._key("n", biz_id)]
 
     @property
     def _index(self) -> str:
@@ -237,6 +248,13 @@ class TaskStore:
                 if state is None or state == name:
                     out.append((number.decode(), name, text[1:] if name == "failed" else ""))
         return sorted(out)
+
+
+def settle_args(o: Outcome, now: int, ttl_s: int) -> list[Any]:
+    """ARGV of the settle script (and of tracking's clear-and-settle): number, 'd' | 'f',
+    err_code, reason, now, ttl."""
+    return [o.number, "d" if o.delivered else "f", o.err_code[:_MAX_CODE_CHARS] or "(empty)",
+            o.reason or "other", now, ttl_s]
 
 
 def _summed(task_id: str, parts: Sequence[TaskCounts]) -> TaskCounts:

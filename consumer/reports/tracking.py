@@ -79,6 +79,30 @@ if removed == 1 then redis.call('HDEL', KEYS[2], ARGV[1]) end
 return removed
 """
 
+# Clearing a send and settling its task number in one call, when the task keys share the
+# tracked sends' slot (the default): _CLEAR, then consumer.reports.tasks' settle script on
+# KEYS[3] / KEYS[4] with its ARGV shifted by one (kept literal: scripts are checked as text).
+# KEYS[1] the sorted set, KEYS[2] the send day's out_id hash, KEYS[3] t:<biz>, KEYS[4]
+# n:<biz>. ARGV: member, number, 'd' | 'f', err_code, reason, now, ttl. 1 when cleared.
+_CLEAR_AND_SETTLE = """
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 then redis.call('HDEL', KEYS[2], ARGV[1]) end
+if redis.call('HGET', KEYS[4], ARGV[2]) ~= 'p' then return removed end
+if ARGV[3] == 'd' then
+  redis.call('HSET', KEYS[4], ARGV[2], 'd')
+  redis.call('HINCRBY', KEYS[3], 'delivered', 1)
+else
+  redis.call('HSET', KEYS[4], ARGV[2], 'f' .. ARGV[4])
+  redis.call('HINCRBY', KEYS[3], 'failed', 1)
+  redis.call('HINCRBY', KEYS[3], 'fail:' .. ARGV[4], 1)
+  redis.call('HINCRBY', KEYS[3], 'why:' .. ARGV[5], 1)
+end
+redis.call('HSET', KEYS[3], 'updated', ARGV[6])
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+redis.call('EXPIRE', KEYS[4], ARGV[7])
+return removed
+"""
+
 # KEYS[1] the sorted set. ARGV: members. Their scores (send times), nil when not tracked.
 _SCORES = """
 return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
@@ -134,6 +158,7 @@ class SendTracker:
         self._record = client.register_script(_RECORD)
         self._clear = client.register_script(_CLEAR)
         self._scores = client.register_script(_SCORES)
+        self._clear_and_settle = client.register_script(_CLEAR_AND_SETTLE)
         self.ids = ids or phone_ids(self._settings.hash_numbers)
         self.tasks = tasks.TaskStore(client, self._settings.tasks_prefix, self._settings.ttl_s)
 
@@ -185,23 +210,35 @@ class SendTracker:
 
     def clear_many(self, keys: Sequence[tuple[str, str]],
                    settle: Sequence[tasks.Outcome] = ()) -> list[bool]:
-        """`clear` for many (biz_id, phone_number) pairs; `settle` moves task numbers to
-        their outcome with them (`TaskStore.settle`). Two round trips: one reads each send's
-        day (and each BizId's task), one writes."""
+        """`clear` for many (biz_id, phone_number) pairs; `settle` (empty, or one outcome per
+        pair, in order) moves their task numbers to their outcome with them. Two round
+        trips: one reads each send's day, one writes (one script call per receipt when the
+        task keys share the tracked sends' slot, as by default; else two)."""
         if not keys:
             return []
+        if settle and len(settle) != len(keys):
+            raise ValueError("settle must hold one outcome per key")
         members = [_member(b, p) for b, p in keys]
         scores = run_calls(self._client, [ScriptCall(self._scores, [self._zset], members)])[0]
         if isinstance(scores, Exception):
             raise scores
-        calls, cleared = [], []
-        for member, score in zip(members, scores, strict=True):
+        together = bool(settle) and self.tasks.tag == self._tag[:self._tag.index("}") + 1]
+        now, ttl = int(time.time()), int(self._settings.ttl_s)
+        calls, cleared, after = [], [], []
+        for i, (member, score) in enumerate(zip(members, scores, strict=True)):
             cleared.append(score is not None)
-            if score is not None:
-                day = int((float(score) + _SHANGHAI_OFFSET_S) // _DAY_S)
-                calls.append(ScriptCall(self._clear, [self._zset, self._day_key(day)],
-                                        [member]))
-        replies = run_calls(self._client, calls + self.tasks.settle_calls(settle))
+            day_key = self._day_key(int((float(score or 0) + _SHANGHAI_OFFSET_S) // _DAY_S))
+            if together:  # the call clears a send that is not tracked harmlessly (ZREM 0)
+                calls.append(ScriptCall(self._clear_and_settle, [
+                    self._zset, day_key, *self.tasks.keys_of(settle[i].biz_id)],
+                    [member, *tasks.settle_args(settle[i], now, ttl)]))
+            elif score is not None:
+                calls.append(ScriptCall(self._clear, [self._zset, day_key], [member]))
+        if settle and not together:
+            after = self.tasks.settle_calls(settle)
+        replies = run_calls(self._client, calls + after)
+        if together:
+            return [was and _flag(reply) for was, reply in zip(cleared, replies, strict=True)]
         moved = iter(_flag(reply) for reply in replies[:len(calls)])
         return [next(moved) if was else False for was in cleared]
 

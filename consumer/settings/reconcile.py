@@ -57,8 +57,10 @@ class TrackingSettings(Section):
     key_prefix: str = "alicom:track"
     ttl_s: float = number(35 * _DAY_S, 31 * _DAY_S, 400 * _DAY_S,
                           why="31-400 days: past the 30 days QuerySendDetails covers")
-    tasks_prefix: str = "alicom:tasks"
-    """Where send tasks are kept (`consumer.reports.tasks`, whose DEFAULT_PREFIX this is)."""
+    tasks_prefix: str = "{alicom:track}:tasks"
+    """Where send tasks are kept (`consumer.reports.tasks`, whose DEFAULT_PREFIX this is); in
+    the tracked sends' hash tag, so a receipt clears its send and settles its task number in
+    one script call."""
     stats_prefix: str = "alicom:stats"
     """The delivery-stats handler's `prefix` (its default), whose `submitted` counter each new
     send adds to; "" leaves the statistics alone."""
