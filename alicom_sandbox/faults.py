@@ -1,5 +1,6 @@
 """Fault injection for the sandbox: MNS latency, 5xx answers, dropped connections, hung long
-polls, a cap on concurrent long polls; and token API latency, 5xx, throttling and hangs.
+polls (or, with `freeze_rate`, any MNS request: MNS frozen), a cap on concurrent long polls;
+and token API latency, 5xx, throttling and hangs.
 
 Settings can be given at start (CLI flags) and changed at run time (admin API). A rate is a
 probability per request in [0, 1]; a `*_next` count makes exactly the next N requests fail,
@@ -42,6 +43,7 @@ class FaultSettings:
     error_next: int = 0
     drop_next: int = 0
     hang_next: int = 0
+    freeze_rate: float = 0.0  # any MNS request (not only a receive) hangs: MNS frozen
     max_long_polls: int = 0
     token_latency_ms: float = 0.0
     token_error_rate: float = 0.0
@@ -134,6 +136,9 @@ class Faults:
 
     def decide(self, *, can_hang: bool) -> FaultKind:
         """Roll the dice for one MNS request; the `*_next` counters win over the rates."""
+        freeze = self._settings.freeze_rate
+        if freeze and self._random.random() < freeze:
+            return self._count("hang", FaultKind.HANG)
         order = _MNS_ORDER if can_hang else _MNS_ORDER[:2]
         return self._decide(order)
 

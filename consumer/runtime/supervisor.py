@@ -13,10 +13,13 @@ or `--processes`), and keeps them running:
 - the first SIGTERM/SIGINT is passed on to every worker (each drains within its
   `worker.shutdown_budget_s`); `run` waits for them up to that budget plus `stop_margin_s`,
   then SIGKILLs what is left. A second signal is passed on too: a worker leaves at once on
-  its second signal. Exit status 0 when every worker drained and exited 0, else 1.
+  its second signal. Exit status 0 when every worker drained and exited 0, else 1;
+- a worker that begins to stop by itself (a recycle; it says STOPPING=1 on its own notify
+  socket) is held to the same budget plus margin: past it, it is SIGKILLed and restarted.
 
 The loop sleeps in select() on a self-pipe fed by `signal.set_wakeup_fd` (SIGCHLD, SIGTERM,
-SIGINT), with a timeout only when a restart or the stop deadline is due: no polling.
+SIGINT) and the workers' notify sockets (consumer.runtime.wakeups), with a timeout only when
+a restart or a stop deadline is due: no polling.
 Workers run in their own process group (a terminal's Ctrl-C reaches `run` only, which
 forwards one SIGTERM) and, on Linux, get SIGTERM if `run` itself dies (PR_SET_PDEATHSIG).
 """
@@ -27,20 +30,18 @@ import argparse
 import contextlib
 import ctypes
 import os
-import select
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import FrameType, TracebackType
-from typing import Any
 
 import structlog
 
 from consumer.errors import ConfigError
 from consumer.runtime import logs
+from consumer.runtime.wakeups import NotifyInbox, SignalPipe
 from consumer.settings import (
     QUEUE_MESSAGE_TYPES,
     RunSettings,
@@ -52,8 +53,6 @@ from consumer.settings import (
 log = structlog.get_logger("alicom_receipts.supervisor")
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-#: What signal.signal() takes and returns (typeshed's private `_HANDLER`).
-_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 # -- one worker slot ---------------------------------------------------------------------------
@@ -69,6 +68,7 @@ class Slot:
     failures: int = 0                # consecutive unexpected exits
     restart_at: float | None = None  # monotonic time a pending restart is due
     restarts: int = 0
+    stop_by: float | None = None     # it began to stop by itself: killed if still alive then
 
     @property
     def name(self) -> str:
@@ -162,6 +162,7 @@ class Supervisor:
     def _exited(self, slot: Slot, pid: int, code: int) -> None:
         now = self.clock()
         slot.proc = None
+        slot.stop_by = None
         ran_s = round(now - slot.started_at, 3)
         if self.stopping:
             self.stop_codes[slot.name] = code
@@ -201,9 +202,24 @@ class Supervisor:
         for slot in running:
             _send(slot, signal.SIGTERM)
 
+    def child_stopping(self, name: str) -> None:
+        """A worker said it began to stop: it has its stop budget from now."""
+        for slot in self.slots:
+            if slot.name == name and slot.proc is not None and slot.stop_by is None:
+                slot.stop_by = self.clock() + self.stop_budget_s
+                log.info("child_stopping", child=slot.name, child_pid=slot.proc.pid,
+                         wait_s=self.stop_budget_s)
+
     def enforce_deadline(self) -> None:
-        """SIGKILLs every worker still running once the stop deadline has passed."""
-        if self.stop_deadline is None or self.clock() < self.stop_deadline:
+        """SIGKILLs every worker still running past its own stop deadline (one that began to
+        stop by itself) or `run`'s (once `run` was asked to stop)."""
+        now = self.clock()
+        for slot in self.slots:
+            if slot.proc is not None and slot.stop_by is not None and now >= slot.stop_by:
+                log.error("stop_timeout_kill", child=slot.name, child_pid=slot.proc.pid)
+                slot.stop_by = float("inf")  # once
+                _send(slot, signal.SIGKILL)
+        if self.stop_deadline is None or now < self.stop_deadline:
             return
         for slot in self.slots:
             if slot.proc is not None and slot.name not in self.killed:
@@ -216,7 +232,8 @@ class Supervisor:
 
     def timeout(self) -> float | None:
         """Seconds until the next due restart or the stop deadline; None: wait for a signal."""
-        due = [s.restart_at for s in self.slots if s.restart_at is not None]
+        due = [t for s in self.slots for t in (s.restart_at, s.stop_by)
+               if t is not None and t != float("inf")]
         if self.stop_deadline is not None and not self.killed:
             due.append(self.stop_deadline)
         return max(0.0, min(due) - self.clock()) if due else None
@@ -239,54 +256,14 @@ def _send(slot: Slot, signum: int) -> None:
 
 # -- signals and the loop ----------------------------------------------------------------------
 
-class SignalPipe:
-    """Delivers SIGCHLD, SIGTERM and SIGINT as bytes on a self-pipe (`signal.set_wakeup_fd`),
-    so the loop can sleep in select() without missing a signal that arrives between two
-    checks. Main thread only; restores the previous handlers on exit."""
-
-    SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        self._old_fd = -1
-        self._old: dict[int, _Handler] = {}
-
-    def __enter__(self) -> SignalPipe:
-        for fd in (self._read, self._write):
-            os.set_blocking(fd, False)
-        self._old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-        for signum in self.SIGNALS:
-            self._old[signum] = signal.signal(signum, _noted)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        for signum, old in self._old.items():
-            signal.signal(signum, old)
-        signal.set_wakeup_fd(self._old_fd)
-        os.close(self._read)
-        os.close(self._write)
-
-    def wait(self, timeout_s: float | None) -> list[int]:
-        """Sleeps until a signal arrives or `timeout_s` passes; returns the signals seen."""
-        ready, _, _ = select.select([self._read], [], [], timeout_s)
-        if not ready:
-            return []
-        try:
-            return list(os.read(self._read, 4096))
-        except BlockingIOError:
-            return []
-
-
-def _noted(_signum: int, _frame: FrameType | None) -> None:
-    """The Python-level handler: nothing to do, the wakeup byte carries the news."""
-
-
-def supervise(sup: Supervisor, signals: SignalPipe) -> int:
+def supervise(sup: Supervisor, signals: SignalPipe, inbox: NotifyInbox | None = None) -> int:
     """Runs `sup` until it was asked to stop and every worker has exited; its exit status."""
     sup.start_all()
     while not sup.finished():
-        for signum in signals.wait(sup.timeout()):
+        seen, ready = signals.wait(sup.timeout(), inbox.fds() if inbox else ())
+        for name in inbox.stopping(ready) if inbox else ():
+            sup.child_stopping(name)
+        for signum in seen:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 sup.request_stop(signum)
         sup.reap()
@@ -325,11 +302,15 @@ def _death_signal_setup() -> Callable[[], None]:
     return setup
 
 
-def process_spawner(config: str | None, env: dict[str, str] | None = None) -> Spawn:
-    """Starts workers as child processes sharing this process's stdout and stderr."""
+def process_spawner(config: str | None, env: dict[str, str] | None = None,
+                    inbox: NotifyInbox | None = None) -> Spawn:
+    """Starts workers as child processes sharing this process's stdout and stderr; with an
+    inbox, each is told its slot's notify socket."""
     def spawn(slot: Slot) -> subprocess.Popen[bytes]:
+        child_env = env if inbox is None else {**(env or os.environ),
+                                               **inbox.env_for(slot.name)}
         return subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
-            worker_command(slot.queue, config), env=env,
+            worker_command(slot.queue, config), env=child_env,
             preexec_fn=_death_signal_setup())  # noqa: PLW1509 - `run` is single-threaded
     return spawn
 
@@ -383,9 +364,14 @@ def main(argv: Sequence[str]) -> int:
         return 2
     logs.configure(settings.log.level, settings.log.format)
     run = settings.run
-    sup = Supervisor(plan_slots(queues, processes), process_spawner(config), run,
+    slots = plan_slots(queues, processes)
+    inbox = NotifyInbox([slot.name for slot in slots])
+    sup = Supervisor(slots, process_spawner(config, env, inbox), run,
                      settings.worker.shutdown_budget_s + run.stop_margin_s)
     log.info("run_started", queues=queues, processes_per_queue=processes,
              config=settings.source)
-    with SignalPipe() as pipe:
-        return supervise(sup, pipe)
+    try:
+        with SignalPipe() as pipe:
+            return supervise(sup, pipe, inbox)
+    finally:
+        inbox.close()

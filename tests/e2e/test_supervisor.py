@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from consumer.runtime.supervisor import Slot, Supervisor, after_exit, restart_delay
+from consumer.runtime.wakeups import NotifyInbox, SignalPipe
 from consumer.settings import RunSettings
 from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, wait_until, worker_env
@@ -295,3 +296,39 @@ def test_a_second_sigterm_ends_the_workers_at_once(stack: Stack, start_run: Any)
     assert [e["code"] for e in run.events("child_stopped")] == [1]
     assert run.events("second_signal_exit_now")
     assert stack.applied() == {}
+
+
+def test_a_worker_that_overruns_its_own_stop_is_killed_and_restarted() -> None:
+    clock = Clock()
+    # Says STOPPING=1 on its slot's notify socket (as a recycling worker does), then hangs.
+    stops_and_hangs = ("import os, socket, time; s = socket.socket(socket.AF_UNIX, "
+                       "socket.SOCK_DGRAM); s.sendto(b'STOPPING=1', b'\\0' + "
+                       "os.environ['NOTIFY_SOCKET'][1:].encode()); time.sleep(60)")
+    inbox = NotifyInbox(["SmsUp-1"])
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(slot: Slot) -> subprocess.Popen[bytes]:
+        procs.append(subprocess.Popen([sys.executable, "-c", stops_and_hangs],
+                                      env={**os.environ, **inbox.env_for(slot.name)}))
+        return procs[-1]
+
+    sup = Supervisor([Slot("SmsUp", 1)], spawn, FAST, stop_budget_s=5, clock=clock)
+    try:
+        sup.start_all()
+        with SignalPipe() as pipe:
+            _signals, ready = pipe.wait(30, inbox.fds())
+        for name in inbox.stopping(ready):
+            sup.child_stopping(name)
+        assert sup.timeout() == 5.0
+        sup.enforce_deadline()
+        assert procs[0].poll() is None, "killed before its budget"
+        clock.now += 5.0
+        sup.enforce_deadline()
+        assert procs[0].wait(30) == -signal.SIGKILL
+        sup.reap()
+        assert sup.slots[0].restart_at == clock.now + 1.0  # a failure: restarted after 1 s
+    finally:
+        inbox.close()
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
