@@ -199,6 +199,7 @@ def dead_letter_ids(stack: Stack) -> dict[str, str]:
     return {d.message_id: d.reason for d in stack.dead_letters().list(500, 0)}
 
 
+@pytest.mark.timeout(300)
 def test_hung_calls_filling_the_pool_recycle_the_worker_under_run_and_no_good_receipt_is_lost(
         stack: Stack, start_run: Any) -> None:
     report, keys = publish(stack, 40, seed=37)
@@ -210,7 +211,7 @@ def test_hung_calls_filling_the_pool_recycle_the_worker_under_run_and_no_good_re
     # visibility, to hang again until they reach max_dequeue_count.
     config = stamper_config(stack, {"hang_every": 8},
                             worker={"handler_threads": 4, "handler_deadline_s": 1,
-                                    "shutdown_budget_s": 2, "in_flight_max": 16},
+                                    "shutdown_budget_s": 2},
                             ack={"max_dequeue_count": 4})
     run: Run = start_run(config, 1)
     run.wait(lambda: set(stamps(stack).ended()) >= good, "every good receipt applied", 240)
