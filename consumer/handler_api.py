@@ -153,7 +153,8 @@ class HandlerOutcome:
 class HandlerPolicy:
     """One handler's limits; None means "the global setting".
 
-    `deadline_s`: a call running longer is given up on (the receipt is retried).
+    `deadline_s`: a call running longer counts as stuck (its receipt stays held; its result
+    is kept when it comes; see consumer.pipeline.dispatch).
     `max_attempts`: a retry on this delivery number or later is dead-lettered instead.
     `retry_base_s` / `retry_max_s`: the backoff of a retry without its own `delay_s`,
     base * 2^(attempt-1) capped at max (the global ones apply to whichever is unset).

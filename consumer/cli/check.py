@@ -36,7 +36,7 @@ from consumer.clients.redis_client import connect, scrub
 from consumer.clients.tokens import TokenService
 from consumer.errors import AlicomReceiptsError, AuthError, ConfigError, PermanentError
 from consumer.handler_api import HandlerTypeError
-from consumer.handlers.plugins import close_handlers, load_handlers
+from consumer.handlers.plugins import close_handlers, deadline_problems, load_handlers
 from consumer.runtime import logs
 from consumer.settings import (
     ENV_PREFIX,
@@ -74,6 +74,9 @@ def check_plugins(settings: Settings, report: Report) -> None:
     except ConfigError as exc:
         report.problem("handlers", str(exc), _plugin_todo(exc))
         return
+    for problem in deadline_problems(routes, settings.ack.max_in_flight_s):
+        report.problem("handlers", problem, "lower the handler's deadline_s or raise "
+                       "ack.max_in_flight_s")
     close_handlers(routes)
     report.checked.append("%d handler(s)" % len(settings.handlers))
 

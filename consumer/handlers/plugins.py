@@ -203,3 +203,14 @@ def _instantiate(spec: HandlerSpec, target: object) -> AnyHandler:
 def _own_name(obj: object) -> str | None:
     name = getattr(obj, "name", None)
     return name if isinstance(name, str) and name else None
+
+
+def deadline_problems(routes: Mapping[str, Sequence[RoutedHandler]], max_in_flight_s: float,
+                      ) -> list[str]:
+    """A handler whose own `deadline_s` is not below `ack.max_in_flight_s` could run, within
+    its deadline, past the time its message may be held (the worker recycles then)."""
+    seen = {b.name: b.policy.deadline_s for handlers in routes.values() for b in handlers}
+    return [f"handler {name!r}: deadline_s ({deadline!r}) must be below ack.max_in_flight_s "
+            f"({max_in_flight_s!r}): a call within its deadline would outlive the time its "
+            f"message may be held"
+            for name, deadline in seen.items() if deadline and deadline >= max_in_flight_s]

@@ -8,6 +8,7 @@ The AccessKey is never part of the settings (see `consumer.clients.credentials`)
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -187,6 +188,24 @@ def _cross_problems(s: Settings) -> list[str]:
     if s.worker.in_flight_max < s.poll.batch_size:
         p.append(f"worker.in_flight_max ({s.worker.in_flight_max!r}) must be >= "
                  f"poll.batch_size ({s.poll.batch_size!r})")
+    return p + _double_run_problems(s)
+
+
+def _double_run_problems(s: Settings) -> list[str]:
+    """Combinations under which a receipt could run twice at once."""
+    p: list[str] = []
+    deadline = s.worker.handler_deadline_s
+    if deadline >= s.ack.max_in_flight_s:
+        p.append(f"worker.handler_deadline_s ({deadline!r}) must be below ack.max_in_flight_s "
+                 f"({s.ack.max_in_flight_s!r}): a handler within its deadline would outlive "
+                 f"the time its message may be held")
+    # A push batch runs on the handler pool: its last entry may wait this long to finish.
+    batch_s = math.ceil(s.push.batch_size / s.worker.handler_threads) * deadline
+    if batch_s >= s.push.reclaim_idle_s:
+        p.append(f"push.reclaim_idle_s ({s.push.reclaim_idle_s!r}) must exceed push.batch_size "
+                 f"({s.push.batch_size}) / worker.handler_threads ({s.worker.handler_threads}) "
+                 f"x worker.handler_deadline_s ({deadline!r}) = {batch_s!r} s: an entry still "
+                 f"waiting or running would be re-taken by another push worker")
     return p
 
 

@@ -132,6 +132,9 @@ class WorkerSettings(Section):
 
     `adaptive_concurrency`: only as many pollers and ackers work at once as the round trip
     to MNS needs (consumer.sources.mns.gate); false keeps all of them busy.
+    `handler_deadline_s`: a call running longer counts as stuck (it keeps its message: Python
+    cannot stop a thread); once `stuck_recycle_share` of `handler_threads` are stuck, the
+    worker recycles, and the exit ends them.
     """
 
     SECTION = "worker"
@@ -139,6 +142,7 @@ class WorkerSettings(Section):
     adaptive_concurrency: bool = True
     handler_threads: int = number(8, 1, 1024)
     handler_deadline_s: float = number(30.0, 0, _DAY_S, low_open=True)
+    stuck_recycle_share: float = number(0.5, 0, 1, low_open=True)
     shutdown_budget_s: float = number(20.0, 0, _HOUR_S, low_open=True)
     max_receipts: int | None = number(None, 1, 10**12)
     max_rss_mb: int | None = number(None, 32, 1024 * 1024)

@@ -36,7 +36,7 @@ class Procs:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.config = stack.config(
             "push.toml", push={"listen": "127.0.0.1:%d" % self.port, "secret": SECRET,
-                               "reclaim_idle_s": 4, "block_s": 0.5},
+                               "reclaim_idle_s": 4, "block_s": 0.5, "batch_size": 8},
             worker={"handler_deadline_s": 2, "shutdown_budget_s": 10})
 
     @property
