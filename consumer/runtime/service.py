@@ -279,10 +279,10 @@ def report_unrecorded(worker: Worker) -> int:
         name, running_s = running.get(id(item.receipt), ("", -1.0))
         if running_s >= 0:
             count += 1
-            log.warning("completion_unrecorded", queue=item.delivery.queue,
-                        message_id=item.delivery.message_id, dedup_key=item.key,
-                        handler=name, running_s=round(running_s, 1),
-                        reason="handler_running_at_exit")
+            log.error("completion_unrecorded", queue=item.delivery.queue,
+                      message_id=item.delivery.message_id, dedup_key=item.key,
+                      handler=name, running_s=round(running_s, 1),
+                      reason="handler_running_at_exit")
     worker.stats.incr("completion_unrecorded", count)
     return count
 
