@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 import consumer
 from consumer import IntlSmsReport, PermanentFailure, Receipt, RetryLater, SmsReport, SmsUp
-from consumer.errors import PermanentError, TransientError
+from consumer.errors import ConfigError, PermanentError, TransientError
 from consumer.handler_api import (
     BatchResult,
     HandlerOutcome,
@@ -25,6 +26,7 @@ from consumer.pipeline.dispatch import STUCK, Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.selection import COMPLETED_BEFORE
 from consumer.receipts import RECEIPT_CLASSES, ReceiptMeta
+from consumer.settings import load_settings
 from tests.test_dispatch import report, uplink
 
 HERE = __name__
@@ -264,3 +266,24 @@ class Recording:
     def handle(self, receipt: SmsReport) -> None:
         with self._lock:
             self.seen.append(receipt)
+
+
+def test_handlers_tables_set_each_handlers_policy_and_bad_values_are_one_line_each(
+        tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[alicom]\npreset = "sandbox"\nqueues = ["SmsReport"]\n'
+        '[redis]\nurl = "redis://127.0.0.1:6379/0"\n'
+        '[[handlers]]\nuse = "log"\ndeadline_s = 5\nmax_attempts = 3\nretry_base_s = 2\n')
+    [spec] = load_settings(str(config), {}).handlers
+    assert spec.policy == HandlerPolicy(deadline_s=5, max_attempts=3, retry_base_s=2)
+    [routed_log] = load_handlers([spec])["SmsUp"]
+    assert routed_log.policy == spec.policy
+
+    config.write_text(config.read_text() + '[[handlers]]\nuse = "jsonl"\nmax_atempts = 2\n'
+                      'retry_base_s = 9\nretry_max_s = 1\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(str(config), {})
+    assert str(caught.value).splitlines()[1:] == [
+        "  - handlers[1].max_atempts is not a setting (did you mean 'max_attempts'?)",
+        "  - handlers[1].retry_max_s (1) must be >= retry_base_s (9)"]

@@ -20,10 +20,9 @@ from typing import TextIO
 
 from consumer.clients.redis_client import RedisClient, connect
 from consumer.errors import AlicomReceiptsError, ConfigError
-from consumer.handlers.plugins import close_handlers, load_handlers
+from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
 from consumer.pipeline.dedup import RedisDedupStore
-from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.stats import Stats
@@ -155,8 +154,7 @@ def _replay(settings: Settings, client: RedisClient, store: RedisDeadLetterStore
         close_handlers(routes)
         print("no handler named %s in the configuration" % ", ".join(unknown), file=out)
         return 2
-    dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
-                            max_workers=settings.worker.handler_threads)
+    dispatcher = handler_dispatcher(routes, settings)
     ack = settings.ack
     lifecycle = Lifecycle(LifecycleParts(
         RedisDedupStore(client, settings.dedup), store, dispatcher,

@@ -43,8 +43,10 @@ from consumer.handler_api import (
     receipt_classes,
 )
 from consumer.handlers import one_line
+from consumer.pipeline.dispatch import Dispatcher, GaugeLike
+from consumer.pipeline.outcome import RetryPolicy
 from consumer.receipts import Receipt
-from consumer.settings import HandlerSpec
+from consumer.settings import HandlerSpec, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -214,3 +216,14 @@ def deadline_problems(routes: Mapping[str, Sequence[RoutedHandler]], max_in_flig
             f"({max_in_flight_s!r}): a call within its deadline would outlive the time its "
             f"message may be held"
             for name, deadline in seen.items() if deadline and deadline >= max_in_flight_s]
+
+
+def handler_dispatcher(routes: Mapping[str, Sequence[RoutedHandler]], settings: Settings,
+                       stuck_gauge: GaugeLike | None = None) -> Dispatcher:
+    """The dispatcher of the configured handlers: the global deadline, pool size and retry
+    backoff from `settings` (`worker.*`, `ack.*`), under each handler's own policy."""
+    ack = settings.ack
+    return Dispatcher(routes, settings.worker.handler_deadline_s,
+                      max_workers=settings.worker.handler_threads, stuck_gauge=stuck_gauge,
+                      stuck_share=settings.worker.stuck_recycle_share,
+                      retry=RetryPolicy(ack.retry_base_s, ack.retry_max_s, ack.max_dequeue_count))

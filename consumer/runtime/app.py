@@ -19,7 +19,12 @@ from consumer.clients.credentials import load_access_key
 from consumer.clients.redis_client import RedisClient, connect
 from consumer.clients.tokens import TokenService
 from consumer.errors import AlicomReceiptsError, ConfigError
-from consumer.handlers.plugins import close_handlers, deadline_problems, load_handlers
+from consumer.handlers.plugins import (
+    close_handlers,
+    deadline_problems,
+    handler_dispatcher,
+    load_handlers,
+)
 from consumer.pipeline.deadletter import RedisDeadLetterStore
 from consumer.pipeline.dedup import RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
@@ -141,10 +146,8 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
         if metrics is not None:
             metrics.close()
         raise ConfigError("; ".join(problems))
-    dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
-                            max_workers=settings.worker.handler_threads,
-                            stuck_gauge=metrics.stuck_gauge if metrics else None,
-                            stuck_share=settings.worker.stuck_recycle_share)
+    dispatcher = handler_dispatcher(routes, settings,
+                                    stuck_gauge=metrics.stuck_gauge if metrics else None)
     pipeline = Pipeline(
         client_factory=client_factory,
         dedup=RedisDedupStore(client, settings.dedup),

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from consumer.errors import ConfigError
+from consumer.handler_api import HandlerPolicy
 from consumer.keys import ENV_SECRET, key_secret, resolve_key_fields
 from consumer.settings.model import (
     CONFIG_ENV,
@@ -88,6 +89,7 @@ def env_var(section: str, key: str) -> str:
     return f"{ENV_PREFIX}{section}_{key}".upper()
 
 _HANDLER_KEYS = ("use", "types", "options", "name")
+_POLICY_KEYS = tuple(f.name for f in dataclasses.fields(HandlerPolicy))  # deadline_s, ...
 _T = TypeVar("_T")
 
 
@@ -362,8 +364,10 @@ def _handler(where: str, item: Any, problems: list[str]) -> HandlerSpec | None:
     if not isinstance(item, dict):
         problems.append(f"{where} must be a table")
         return None
-    problems.extend(f"{where}.{k} is not a setting{did_you_mean(k, list(_HANDLER_KEYS))}"
-                    for k in item if k not in _HANDLER_KEYS and k.lower() not in _CREDENTIAL_KEYS)
+    known = [*_HANDLER_KEYS, *_POLICY_KEYS]
+    problems.extend(f"{where}.{k} is not a setting{did_you_mean(k, known)}"
+                    for k in item if k not in known and k.lower() not in _CREDENTIAL_KEYS)
+    policy = HandlerPolicy(**{k: item[k] for k in _POLICY_KEYS if k in item})
     use, kinds, options, name = (item.get(k) for k in _HANDLER_KEYS)
     if not isinstance(use, str) or not use:
         problems.append(f"{where}.use must name a handler (an entry point name or module:attr)")
@@ -374,9 +378,12 @@ def _handler(where: str, item: Any, problems: list[str]) -> HandlerSpec | None:
         problems.append(f"{where}.options must be a table")
     elif name is not None and not isinstance(name, str):
         problems.append(f"{where}.name must be a string")
+    elif policy.problems(where):
+        problems.extend(policy.problems(where))
     else:
         return HandlerSpec(use=use, types=None if kinds is None else tuple(kinds),
-                           options=MappingProxyType(dict(options or {})), name=name)
+                           options=MappingProxyType(dict(options or {})), name=name,
+                           policy=policy)
     return None
 
 

@@ -104,3 +104,22 @@ def test_replay_with_handler_runs_only_that_one_and_the_letter_keeps_the_others(
          letters[0].id], cwd=REPO, env=stack.workers[0].env, capture_output=True, text=True,
         timeout=60, check=False)
     assert json.loads(shown.stdout)["failed_handlers"] == ["steady"]
+
+
+def test_a_handlers_own_max_attempts_from_the_config_dead_letters_it_early(
+        stack: Stack) -> None:
+    with stack.publisher() as pub:
+        report = pub.publish("SmsReport", 2, seed=23)
+    keys = [report_key(m.obj) for m in report.originals]
+    steady, flaky = handlers(stack, keys, [])
+    flaky = {**flaky, "max_attempts": 2,
+             "options": {**flaky["options"], "flaky_until_dequeue": 99}}  # never succeeds
+    stack.worker(stack.config(handlers=[steady, flaky]))  # ack.max_dequeue_count stays 20
+
+    stack.wait(lambda: stack.queue_is_empty() and stack.dead_letters().count() == 2,
+               "both receipts dead-lettered on their 2nd delivery")
+
+    letters = stack.dead_letters().list(50, 0)
+    assert {(d.dequeue_count, d.handlers) for d in letters} == {(2, ("flaky",))}
+    assert all("max_attempts 2 reached: flaky on delivery 2" in d.detail for d in letters)
+    assert applied(stack.tmp / "steady.jsonl") == Counter(keys)

@@ -24,10 +24,9 @@ import structlog
 
 from consumer.clients.redis_client import connect
 from consumer.errors import ConfigError
-from consumer.handlers.plugins import close_handlers, load_handlers
+from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
 from consumer.pipeline.deadletter import RedisDeadLetterStore
 from consumer.pipeline.dedup import RedisDedupStore
-from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.stats import Stats
 from consumer.runtime import logs
@@ -51,8 +50,7 @@ def build_push_worker(settings: Settings, push: PushSettings, stats: Stats | Non
     client = connect(settings.redis_url, socket_timeout_s=push.block_s + 5, connect_timeout_s=5,
                      health_check_interval_s=30)
     routes = load_handlers(settings.handlers)
-    dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
-                            max_workers=settings.worker.handler_threads)
+    dispatcher = handler_dispatcher(routes, settings)
     ack = settings.ack
     worker = PushWorker(
         client, push, RedisDedupStore(client, settings.dedup),

@@ -45,11 +45,10 @@ import structlog
 from consumer.clients.redis_client import RedisClient, connect
 from consumer.clients.redis_lease import hold, holder_of
 from consumer.errors import AlicomReceiptsError, AuthError, ConfigError, TransientError
-from consumer.handlers.plugins import close_handlers, load_handlers
+from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
 from consumer.pipeline.decode import parse_object
 from consumer.pipeline.dedup import DedupStore, RedisDedupStore, transient_from_redis
-from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.lifecycle import Dispatch, Lifecycle, LifecycleParts, Work
 from consumer.pipeline.outcome import Decision, RetryPolicy
 from consumer.pipeline.stats import Stats
@@ -332,8 +331,7 @@ def _run(settings: Settings, rs: ReconcileSettings, ts: TrackingSettings, grace_
     details = DetailsClient.from_settings(settings, rs, env, threading.Event())
     client = connect(settings.redis_url, socket_timeout_s=10, connect_timeout_s=5)
     routes = load_handlers(settings.handlers)
-    dispatcher = Dispatcher(routes, settings.worker.handler_deadline_s,
-                            max_workers=settings.worker.handler_threads)
+    dispatcher = handler_dispatcher(routes, settings)
     try:
         with hold(client, lease_key(ts), LEASE_TTL_S) as lease:
             if lease is None:
