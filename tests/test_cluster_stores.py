@@ -15,6 +15,7 @@ from consumer.clients.redis_client import RedisClient, connect
 from consumer.clients.redis_scripts import ScriptCall, run_calls
 from consumer.pipeline.deadletter import DeadLetter, DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.decode import parse_object
+from consumer.pipeline.dedup import ClaimState, Completion, DedupSettings, RedisDedupStore
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.reports.delivery_stats import SHANGHAI, StatsWriter, read_hours
 from consumer.reports.tracking import SendTracker, TrackingSettings
@@ -50,26 +51,25 @@ def _report(biz_id: str, phone: str, success: bool = True) -> Receipt:
 
 
 def test_run_calls_answers_each_call_across_all_masters_in_one_pipeline_per_node(
-        client: RedisClient, cluster: ClusterSetup) -> None:
+        client: RedisClient, monkeypatch: pytest.MonkeyPatch) -> None:
     script = client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
     keys = [f"k{i}" for i in range(60)]
     assert isinstance(client, redis.RedisCluster)
     nodes = {client.get_node_from_key(k).name for k in keys}  # type: ignore[no-untyped-call]
     assert len(nodes) == 3  # the keys really spread over every master
-    before = _pipelines_run(cluster)
-    assert run_calls(client, [ScriptCall(script, [k], [i]) for i, k in enumerate(keys)]) == list(
-        range(60))
-    # One EVALSHA batch per node; the first use loads the script once per node too.
-    assert _pipelines_run(cluster) - before <= 3 * 2
+    run_calls(client, [ScriptCall(script, [k], [0]) for k in keys])  # loads it on each node
+    sent = [0]
+    real = redis.connection.AbstractConnection.send_packed_command
 
+    def counting(self: redis.connection.AbstractConnection, command: object,
+                 check_health: bool = True) -> None:
+        sent[0] += 1
+        real(self, command, check_health)  # type: ignore[arg-type]
 
-def _pipelines_run(cluster: ClusterSetup) -> int:
-    """SCRIPT EXISTS calls: redis-py sends one at the start of each pipeline holding scripts."""
-    total = 0
-    for port in cluster.masters():
-        stats = redis.Redis(port=port).info("commandstats")
-        total += int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
-    return total
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    answers = run_calls(client, [ScriptCall(script, [k], [i]) for i, k in enumerate(keys)])
+    assert answers == list(range(60))
+    assert sent[0] == 3  # one pipeline per master
 
 
 def test_dead_letters_work_on_a_cluster(client: RedisClient) -> None:
@@ -104,3 +104,17 @@ def test_tracking_tasks_and_stats_work_on_a_cluster(client: RedisClient) -> None
                                 _report("101^0", "13800000002", success=False)])
     hour = read_hours(client, SENT, 1)[0]
     assert (hour.delivered, hour.failed) == (1, 1)
+
+
+def test_dedup_on_a_cluster_spreads_records_over_every_master(
+        client: RedisClient, cluster: ClusterSetup) -> None:
+    store = RedisDedupStore(client, DedupSettings())
+    keys = [f"SmsReport:{i}^0:138" for i in range(48)]
+    assert store.claim([*keys, keys[0]], "me", 30) == [ClaimState.CLAIMED] * 48 + [
+        ClaimState.IN_PROGRESS]
+    assert store.claim(keys[:2], "other", 30) == [ClaimState.IN_PROGRESS] * 2
+    assert store.complete(keys, "me", 600) == [Completion.RECORDED] * 48
+    assert store.claim(keys[:2], "other", 30, legacy=["old-1", "old-2"]) == [
+        ClaimState.COMPLETED] * 2
+    per_master = [redis.Redis(port=p).dbsize() for p in cluster.masters()]
+    assert all(n > 0 for n in per_master) and sum(per_master) == 48, per_master

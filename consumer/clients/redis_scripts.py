@@ -10,6 +10,11 @@ routable by its first key; `run_calls` then sends all calls of a batch:
   batch costs one round trip per node it touches. redis-py's own cluster pipeline refuses
   EVALSHA, hence the grouping here, on the node connections the cluster client keeps.
 
+The pipelines hold EVALSHA only: redis-py's script objects would add a SCRIPT EXISTS round
+trip to every pipeline. A call answered NOSCRIPT (first use on a node, a restart, a
+failover to a replica that never saw the script) gets its script loaded there and is sent
+once more.
+
 A call that a node answers with a redirection (MOVED/ASK during a resharding or failover),
 TRYAGAIN/CLUSTERDOWN, READONLY, or that a node's lost connection left without an answer, is
 sent again on its own through the cluster client, which follows redirections and re-reads the
@@ -60,21 +65,28 @@ def run_calls(client: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
         return []
     if isinstance(client, RedisCluster):
         return _on_cluster(client, calls)
-    replies = _evalsha(client, calls)
-    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-    if missing:  # Redis restarted or flushed its scripts: load them, run those calls again
-        for script in {id(calls[i].script): calls[i].script for i in missing}.values():
-            script.sha = client.script_load(script.script)
-        for index, reply in zip(missing, _evalsha(client, [calls[i] for i in missing]),
-                                strict=True):
-            replies[index] = reply
+    return _on_one(client, calls, list(range(len(calls))))
+
+
+def _on_one(target: redis.Redis, calls: Sequence[ScriptCall], indexes: list[int]) -> list[Any]:
+    """`calls[i]` for i in `indexes` in one pipeline on one server: EVALSHA only, so one
+    round trip (redis-py's own script handling adds a SCRIPT EXISTS round trip per
+    pipeline); scripts the server does not know (NOSCRIPT: first use, a restart, a
+    failover) are loaded and those calls sent once more."""
+    replies = _pipelined(target, [calls[i] for i in indexes])
+    missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        for script in {id(calls[indexes[n]].script): calls[indexes[n]].script
+                       for n in missing}.values():
+            target.script_load(script.script)
+        for n, reply in zip(missing, _pipelined(target, [calls[indexes[n]] for n in missing]),
+                            strict=True):
+            replies[n] = reply
     return replies
 
 
-def _evalsha(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
-    """The calls as plain EVALSHA in one pipeline. (A redis-py `Script` called on a pipeline
-    makes `execute()` send SCRIPT EXISTS for its scripts first: a round trip per batch.)"""
-    pipe = client.pipeline(transaction=False)
+def _pipelined(target: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    pipe = target.pipeline(transaction=False)
     for call in calls:
         pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
     return list(pipe.execute(raise_on_error=False))
@@ -87,12 +99,8 @@ def _on_cluster(client: RedisCluster, calls: Sequence[ScriptCall]) -> list[Any]:
         groups.setdefault(node.name, (node, []))[1].append(index)
     results: list[Any] = [None] * len(calls)
     for node, indexes in groups.values():
-        pipe = client.get_redis_connection(node).pipeline(transaction=False)
-        for index in indexes:
-            call = calls[index]
-            call.script(keys=list(call.keys), args=list(call.args), client=pipe)
         try:
-            replies: list[Any] = list(pipe.execute(raise_on_error=False))
+            replies = _on_one(client.get_redis_connection(node), calls, indexes)
         except _REROUTE as exc:  # the node went away: each call finds its new owner
             replies = [exc] * len(indexes)
         for index, reply in zip(indexes, replies, strict=True):

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from consumer.clients.redis_client import RedisClient
@@ -207,6 +208,8 @@ class RedisDedupStore:
         lease_ms = _milliseconds(lease_s, "lease_s")
         if legacy and len(legacy) != len(keys):
             raise ValueError("legacy must name one record per key")
+        if isinstance(self._client, RedisCluster):
+            legacy = ()  # the version that wrote them ran on a single Redis only
         calls = [ScriptCall(self._claim, [self.redis_key(key)], [owner, lease_ms])
                  if not legacy else
                  ScriptCall(self._claim, [self.redis_key(key), self.redis_key(old)],
