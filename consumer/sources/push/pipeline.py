@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import redis
 import structlog
@@ -102,6 +102,8 @@ class PushWorker:
         self._group_ready = False
         self._held_lock = threading.Lock()
         self.held: set[str] = set()  # ids whose completion waits for Redis (PushTransport)
+        # Per consumer thread: the claim owner and the entries of the batch it works on now.
+        self._leased: dict[str, tuple[str, list[Entry]]] = {}
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -195,9 +197,48 @@ class PushWorker:
 
     def process(self, entries: list[Entry], transport: PushTransport) -> None:
         """The lifecycle for one batch; raises TransientError when the claim failed (the
-        entries stay pending and are re-taken after reclaim_idle_s)."""
+        entries stay pending and are re-taken after reclaim_idle_s). While it runs, the
+        batch is leased (`renew_leases`): no other consumer re-takes an entry of it."""
         self.stats.incr("received", len(entries))
-        self.lifecycle.process(entries, transport, secrets.token_hex(8), self._lease_s)
+        owner = secrets.token_hex(8)
+        with self._held_lock:
+            self._leased[transport.consumer] = (owner, entries)
+        try:
+            self.lifecycle.process(entries, transport, owner, self._lease_s)
+        finally:
+            with self._held_lock:
+                self._leased.pop(transport.consumer, None)
+
+    def keep_leases(self) -> None:
+        """`renew_leases` every third of `reclaim_idle_s` until `abort` (its own thread)."""
+        while not self.abort.wait(self.push.reclaim_idle_s / 3):
+            try:
+                self.renew_leases()
+            except AlicomReceiptsError as exc:
+                log.warning("push_lease_renew_failed", error=str(exc))
+
+    def renew_leases(self) -> int:
+        """Like the MNS heartbeat: every entry of a batch being worked on, waiting or
+        running, has its idle time reset (XCLAIM ... JUSTID: no delivery is counted) and its
+        dedup claim extended, so XAUTOCLAIM in another process never re-takes it meanwhile.
+        Returns how many entries were renewed."""
+        with self._held_lock:
+            leased = [(consumer, owner, list(entries))
+                      for consumer, (owner, entries) in self._leased.items()]
+        s, renewed = self.push, 0
+        for consumer, owner, entries in leased:
+            # Undecided (waiting or running), or finished with the completion not recorded.
+            ids: list[Any] = [e.id for e in entries if e.decision is None
+                              or (e.decision.ran_handlers and not e.completed)]
+            if not ids:
+                continue
+            self._call("XCLAIM JUSTID", partial(self._redis.xclaim, s.stream, s.group,
+                                                consumer, 0, ids, justid=True))
+            keys = [str(e.key) for e in entries if e.claimed and e.key is not None]
+            if keys:
+                self.lifecycle.parts.dedup.extend(keys, owner, self._lease_s)
+            renewed += len(ids)
+        return renewed
 
     def redis_op(self, what: str, fn: Callable[[], _T]) -> _T:
         """One Redis call, retried by the one policy, errors wrapped."""
@@ -240,6 +281,10 @@ class PushTransport:
     backoff ends, hold keeps the id out of this process's reclaims."""
 
     source = "push"
+
+    @property
+    def consumer(self) -> str:
+        return self._consumer
 
     def __init__(self, worker: PushWorker, consumer: str) -> None:
         self._worker = worker

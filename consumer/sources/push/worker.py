@@ -89,6 +89,7 @@ def serve(worker: PushWorker, consumer_base: str, budget_s: float) -> int:
                for name in names]
     for thread in threads:
         thread.start()
+    threading.Thread(target=worker.keep_leases, name="push-leases", daemon=True).start()
     log.info("push_worker_started", stream=worker.push.stream, group=worker.push.group,
              consumers=names)
     while not worker.stop.wait(1.0):
@@ -141,9 +142,17 @@ def main(argv: Sequence[str]) -> int:
         return 2
     if metrics is not None:
         metrics.add_sampler(redis_sampler(metrics, "push_pending", worker.pending))
+    code = 1
     try:
-        return serve(worker, args.consumer, settings.worker.shutdown_budget_s)
+        code = serve(worker, args.consumer, settings.worker.shutdown_budget_s)
     finally:
-        close()
+        # A handler's close() may wait on a stuck call: bounded, like the wait for the call.
+        closer = threading.Thread(target=close, name="close", daemon=True)
+        closer.start()
+        closer.join(1.0)
         if metrics is not None:
             metrics.close()
+    # os._exit: a stuck handler thread (the pool's threads are joined at a normal exit)
+    # must not keep the process alive; its entry comes back after reclaim_idle_s.
+    logs.flush()
+    os._exit(code)
