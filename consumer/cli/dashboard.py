@@ -113,7 +113,7 @@ class Dashboard:
             raise web.HTTPBadRequest(text="status must be delivered, failed or pending\n")
         task_id = request.match_info["task"]
         rows = await asyncio.to_thread(self._stores.tasks.numbers, task_id, status)
-        hashed = self._stores.numbers.ids.hashed
+        hashed = self._stores.tasks_hashed
         return _csv("task-%s-%s.csv" % (re.sub(r"[^A-Za-z0-9_.-]", "_", task_id), status),
                     ["number_hash" if hashed else "number", "state", "err_code"], rows)
 
@@ -223,7 +223,8 @@ def build(args: argparse.Namespace) -> tuple[Dashboard, str, int]:
                         str(tracker.options.get("tasks_prefix") or tasks.DEFAULT_PREFIX)),
         numbers,
         reviews.ReviewStore(open_redis(review.url),
-                            str(review.options.get("prefix") or reviews.DEFAULT_PREFIX)))
+                            str(review.options.get("prefix") or reviews.DEFAULT_PREFIX)),
+        bool(tracker.options.get("hash_numbers", False)))
     dashboard = Dashboard(stores, parse_since(args.since), args.refresh_s, _secret(args), allow)
     return dashboard, host.strip("[]") or "127.0.0.1", int(port)
 

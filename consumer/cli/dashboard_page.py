@@ -53,6 +53,8 @@ class Stores:
     tasks: TaskStore
     numbers: NumberList
     reviews: ReviewStore
+    tasks_hashed: bool = False
+    """Task numbers are stored hashed (the send-tracker's `hash_numbers`)."""
 
 
 def collect(stores: Stores, hours: int, now: float, zone: tzinfo, refresh_s: int) -> Page:
