@@ -26,12 +26,17 @@ __all__ = ["PhoneIds", "normalise_phone", "phone_ids"]
 _PERSON = b"alicom-phone"  # blake2b personalisation: not the same hash as the dedup keys
 
 
+_CN_PREFIXES = ("+86", "0086", "86")
+
+
 def normalise_phone(phone: str) -> str:
     """A mainland number without a +86 / 0086 / 86 prefix; other numbers as given (stripped)."""
     phone = phone.strip()
-    for prefix in ("+86", "0086", "86"):
-        if phone.startswith(prefix) and len(phone) - len(prefix) == 11:
-            return phone[len(prefix):]
+    # Receipts carry 11 bare digits: that case costs one length test (it runs per receipt).
+    if len(phone) > 11 and phone.startswith(_CN_PREFIXES):
+        for prefix in _CN_PREFIXES:
+            if phone.startswith(prefix) and len(phone) - len(prefix) == 11:
+                return phone[len(prefix):]
     return phone
 
 
