@@ -40,6 +40,8 @@ __all__ = [
     "business_key",
     "dedup_key",
     "key_secret",
+    "legacy_names",
+    "log_fields",
     "make_identity",
     "make_key_function",
     "mask_phone",
@@ -238,3 +240,32 @@ business_key = make_identity()
 #: `receipt -> dedup key` over DEDUP_KEY_FIELDS, unkeyed: for tools and tests. A running
 #: process uses `Settings.key_function()`, which has the deployment's fields and secret.
 dedup_key = make_key_function()
+
+
+def legacy_names(key_of: Callable[[Receipt], str], receipts: Sequence[Receipt]) -> list[str]:
+    """The old (clear-text) record names of `receipts` for the dedup store's upgrade
+    fallback, or [] when `key_of` is not a KeyFunction (a test's own key function)."""
+    if not isinstance(key_of, KeyFunction):
+        return []
+    return [key_of.legacy(r) for r in receipts]
+
+
+#: Fields holding a phone number, per receipt class: shown masked in log lines.
+_PHONE_FIELDS: Final = ("phone_number", "to", "mobile")
+#: Fields a person uses to find a receipt (none of them personal).
+_PLAIN_FIELDS: Final = ("biz_id", "out_id", "order_id", "template_code")
+
+
+def log_fields(receipt: Receipt | None) -> dict[str, str]:
+    """What lets a person recognise a receipt in a log line: its business ids in clear and
+    its phone number masked (`phone="138****0001"`); {} without a receipt."""
+    if receipt is None:
+        return {}
+    names = typed_field_names(type(receipt))
+    out: dict[str, str] = {name: str(getattr(receipt, name)) for name in _PLAIN_FIELDS
+                           if name in names and getattr(receipt, name)}
+    for name in _PHONE_FIELDS:
+        if name in names and getattr(receipt, name):
+            out["phone"] = mask_phone(str(getattr(receipt, name)))
+            break
+    return out

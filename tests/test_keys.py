@@ -14,6 +14,8 @@ from consumer.keys import (
     business_key,
     dedup_key,
     key_secret,
+    legacy_names,
+    log_fields,
     make_key_function,
     mask_phone,
 )
@@ -109,3 +111,17 @@ def test_settings_carry_the_secret_into_the_key_function_without_showing_it(
 def test_a_masked_phone_keeps_what_a_person_recognises_and_nothing_to_dial(
         number: str, masked: str) -> None:
     assert mask_phone(number) == masked
+
+
+def test_log_fields_name_the_receipt_with_its_phone_masked() -> None:
+    assert log_fields(report()) == {"biz_id": "932702304080415357^0", "phone": "138****0001"}
+    assert log_fields(uplink()) == {"phone": "138****0001"}
+    assert log_fields(None) == {}
+    assert PHONE not in str(log_fields(report())) + str(log_fields(uplink()))
+
+
+def test_legacy_names_come_from_a_key_function_only() -> None:
+    key_of = make_key_function(secret=b"s")
+    assert legacy_names(key_of, [report(), uplink()]) == [business_key(report()),
+                                                          business_key(uplink())]
+    assert legacy_names(lambda r: "x", [report()]) == []
