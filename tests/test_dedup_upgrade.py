@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from consumer.keys import make_key_function
-from consumer.pipeline.dedup import ClaimState, DedupSettings, RedisDedupStore
+from consumer.pipeline.dedup import ClaimState, Completion, DedupSettings, RedisDedupStore
 from consumer.receipts import ReceiptMeta, SmsReport
 
 PREFIX = DedupSettings().key_prefix
@@ -59,7 +59,7 @@ def test_once_the_old_record_expired_the_receipt_is_claimed_under_its_new_name(
     redis_client.delete(old_name)  # its TTL ran out
     key = KEY_OF(receipt)
     assert store.claim([key], "o", 30, legacy=[KEY_OF.legacy(receipt)]) == [ClaimState.CLAIMED]
-    assert store.complete([key], "o", 60) == [True]
+    assert store.complete([key], "o", 60) == [Completion.RECORDED]
     # From now on the new record answers, with or without the fallback.
     assert store.claim([key], "p", 30) == [ClaimState.COMPLETED]
 

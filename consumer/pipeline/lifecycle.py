@@ -53,6 +53,7 @@ import structlog
 
 from consumer.errors import AlicomReceiptsError, DecodeError, TransientError
 from consumer.handler_api import HandlerOutcome, handler_tag, worst
+from consumer.keys import legacy_names, log_fields
 from consumer.pipeline.deadletter import DeadLetter
 from consumer.pipeline.dedup import ClaimState, Completion
 from consumer.pipeline.dispatch import DISPATCHER_CRASHED, NOT_STARTED, STUCK
@@ -113,7 +114,13 @@ class Lifecycle:
         for work in items:
             work.owner = owner
         try:
-            claims = self.parts.dedup.claim_each([str(w.key) for w in items], owner, lease_s)
+            # The old clear-text names too: records written before keys were hashed still
+            # catch their duplicates until they expire (consumer.keys).
+            legacy = legacy_names(self.parts.key_of,
+                                  [w.receipt for w in items if w.receipt is not None])
+            claims = self.parts.dedup.claim_each(
+                [str(w.key) for w in items], owner, lease_s,
+                legacy=legacy if len(legacy) == len(items) else ())
         except TransientError:
             self.stats.incr("redis_errors")
             raise
@@ -330,7 +337,10 @@ class Lifecycle:
         decision = work.decision
         if decision is None:
             return
-        log.info("receipt_settled", source=transport.source, **transport.log_fields(work),  # type: ignore[arg-type]
+        # The receipt's business ids and masked phone, then the source's own fields.
+        fields: dict[str, object] = {**log_fields(work.receipt),
+                                     **transport.log_fields(work)}  # type: ignore[arg-type]
+        log.info("receipt_settled", source=transport.source, **fields,
                  dequeue_count=work.deliveries, dedup_key=work.key,
                  handler=work.handler or None, outcome=decision.outcome,
                  reason=decision.reason or None, duration_ms=round(work.duration_s * 1000, 2),
