@@ -111,7 +111,8 @@ def _start(stack: Stack, prom: PrometheusServer, addresses: tuple[str, str],
     reconcile run, and returns once everything settled."""
     tmp = stack.tmp
     push_port = free_port()
-    base = {"push": {"listen": "127.0.0.1:%d" % push_port, "reclaim_idle_s": 4, "block_s": 0.5},
+    base = {"push": {"listen": "127.0.0.1:%d" % push_port, "reclaim_idle_s": 4, "block_s": 0.5,
+                     "batch_size": 8},
             "worker": {"handler_deadline_s": 2, "shutdown_budget_s": 10}}
     host1 = stack.config("host1.toml", metrics={"address": addresses[0],
                                                 "multiproc_dir": str(tmp / "host1")}, **base)
