@@ -7,8 +7,11 @@ Starts its own redis-server (tests/redis_server.py), then for each layout writes
 * the ``INFO memory`` ``used_memory`` delta divided by N (everything: the expiry entry and
   the amortised hash tables of the keyspace included), which is what capacity planning needs.
 
-The two rows marked "store" are written through ``RedisDedupStore`` itself, so they measure
-exactly what the daemon stores; the other rows are the layouts it was chosen over.
+The rows marked "store" are written through ``RedisDedupStore`` itself, so they measure
+exactly what the daemon stores, for 1 handler and for 3 (completion per handler: a retry
+caused by one of them leaves a PARTIAL record naming the two that finished, which a later
+claim and completion turn into the same COMPLETED record); the other rows are the layouts
+it was chosen over.
 
     .venv/bin/python bench/dedup_memory.py [--records 100000] [--runs 3]
 """
@@ -16,6 +19,7 @@ exactly what the daemon stores; the other rows are the layouts it was chosen ove
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import sys
 import uuid
@@ -29,6 +33,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alicom_sandbox.redis_server import running_redis
+from consumer.handler_api import handler_tag
 from consumer.pipeline.dedup import DedupSettings, RedisDedupStore
 
 LEASE_S = 60.0
@@ -38,8 +43,12 @@ PREFIX = DedupSettings().key_prefix
 
 
 def dedup_key(i: int) -> str:
-    """A realistic key: "SmsReport:<biz_id>:<phone_number>" (biz ids are 20 characters)."""
-    return f"SmsReport:{900000000000000000 + i}^0:138{i:08d}"
+    """A key of consumer.keys' shape: "SmsReport:" + 32 hex characters of a keyed hash."""
+    return "SmsReport:" + hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest()
+
+
+#: Two of three handlers finished: the tags a PARTIAL record holds after the third failed.
+TWO_OF_THREE = frozenset({handler_tag("postgres"), handler_tag("redis-stream")})
 
 
 OWNER = uuid.uuid4().hex  # 32 characters: a uuid4 per received batch
@@ -59,6 +68,25 @@ def _store_completed(client: redis.Redis, keys: Sequence[str]) -> None:
     store = RedisDedupStore(client, DedupSettings())
     store.claim(keys, OWNER, LEASE_S)
     store.complete(keys, OWNER, COMPLETED_TTL_S)
+
+
+def _store_partial(client: redis.Redis, keys: Sequence[str]) -> None:
+    """3 handlers, one failed: released with the two that finished."""
+    store = RedisDedupStore(client, DedupSettings())
+    store.claim(keys, OWNER, LEASE_S)
+    store.release(keys, OWNER, [TWO_OF_THREE] * len(keys), COMPLETED_TTL_S)
+
+
+def _store_reclaimed(client: redis.Redis, keys: Sequence[str]) -> None:
+    """3 handlers: the redelivery after that retry, claimed (only the third runs)."""
+    _store_partial(client, keys)
+    RedisDedupStore(client, DedupSettings()).claim(keys, OWNER + "2", LEASE_S)
+
+
+def _store_completed_after_retry(client: redis.Redis, keys: Sequence[str]) -> None:
+    """3 handlers: the third finished on the redelivery."""
+    _store_reclaimed(client, keys)
+    RedisDedupStore(client, DedupSettings()).complete(keys, OWNER + "2", COMPLETED_TTL_S)
 
 
 def _strings(value: str, ttl_ms: int) -> Callable[[redis.Redis, Sequence[str]], None]:
@@ -83,8 +111,11 @@ def _hashes(mapping: dict[str, str], ttl_ms: int) -> Callable[[redis.Redis, Sequ
 _WEEK_MS = int(COMPLETED_TTL_S * 1000)
 _LEASE_MS = int(LEASE_S * 1000)
 LAYOUTS = [
-    Layout('store: COMPLETED  "1" PX', _store_completed),
+    Layout('store: COMPLETED  "1" PX (1 handler)', _store_completed),
+    Layout('store: COMPLETED  "1" PX (3, after a retry)', _store_completed_after_retry),
     Layout('store: INPROGRESS "I:<owner>" PX', _store_in_progress),
+    Layout('store: PARTIAL    "P:<2 tags>" PX (3 handlers)', _store_partial),
+    Layout('store: INPROGRESS "I:<owner>@<ms>/<2 tags>"', _store_reclaimed),
     Layout('alt: COMPLETED  "C" PX', _strings("C", _WEEK_MS)),
     Layout("alt: COMPLETED  hash {s: C} PX", _hashes({"s": "C"}, _WEEK_MS)),
     Layout("alt: INPROGRESS hash {s: I, o: <owner>} PX",
@@ -119,13 +150,13 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"key e.g. {PREFIX}{dedup_key(0)} ({len(PREFIX + dedup_key(0))} bytes), "
               f"owner {len(OWNER)} chars")
         print()
-        print(f"| {'layout':<44} | MEMORY USAGE B | used_memory B/record |")
-        print(f"|{'-' * 46}|---------------:|---------------------:|")
+        print(f"| {'layout':<48} | MEMORY USAGE B | used_memory B/record |")
+        print(f"|{'-' * 50}|---------------:|---------------------:|")
         for layout in LAYOUTS:
             runs = [measure(client, layout, options.records) for _ in range(options.runs)]
             usage = statistics.median(run[0] for run in runs)
             per_record = statistics.median(run[1] for run in runs)
-            print(f"| {layout.name:<44} | {usage:>14.0f} | {per_record:>20.1f} |")
+            print(f"| {layout.name:<48} | {usage:>14.0f} | {per_record:>20.1f} |")
         client.flushall()
         client.close()
 

@@ -154,6 +154,10 @@ def test_a_handler_that_finished_is_not_run_again_when_another_fails() -> None:
     assert sorted(calls) == sorted({"12345********", "932702304080415357^0"})
     assert run.applied_once()
     assert set(run.calls_of("flaky_first").values()) == {2}
+    second = [e for e in run.logs if e["event"] == "receipt_settled" and e["dequeue_count"] == 2]
+    assert [{h["handler"]: (h["outcome"], h.get("reason")) for h in e["handlers"]}
+            for e in second] == [{"steady": ("ok", "completed_before"),
+                                  "flaky_first": ("ok", None)}] * 2
 
 
 def test_a_batch_handler_and_a_config_policy_are_tested_the_same_way() -> None:

@@ -14,12 +14,14 @@ daemon does to what it receives, with the daemon's own parts where they decide s
 
 - Handlers are built by the real plugin loader (options, `types` and the annotation check,
   names, per-handler policy), so what loads here loads in the daemon.
-- Each receipt is routed by class and run on the real dispatcher (thread pool, deadline).
+- Every batch goes through the daemon's one lifecycle (`consumer.pipeline.lifecycle`:
+  prepare, claim, run on the real dispatcher, record, settle, with `outcome.classify`
+  deciding), with Redis and the queue replaced by `consumer.testing.memory`: dedup records
+  in a dict, dead letters in a dict, and a queue that delivers a retried receipt again with
+  its delivery count raised (the backoff is recorded, not slept) until it is applied or
+  dead-lettered (`max_deliveries`: the global `ack.max_dequeue_count`).
 - A receipt whose dedup key already completed is a duplicate and runs nothing (the key
   function is the daemon's, with the `[dedup_keys]` overrides given as `dedup_keys`).
-- The real `consumer.pipeline.outcome.classify` decides: a retry is delivered again with
-  its delivery count raised (the backoff is recorded, not slept), until it is applied or
-  dead-lettered (`max_deliveries`, the global `ack.max_dequeue_count`).
 - Completion is per handler, as in the daemon: when one handler fails, the handlers that
   finished the receipt are not run again on its redelivery.
 
@@ -31,23 +33,30 @@ documentation's examples, phone numbers masked as there), decoded by the daemon'
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from consumer.handler_api import HandlerOutcome, HandlerPolicy, handler_tag, worst
+from structlog.testing import capture_logs
+
+from consumer.handler_api import HandlerPolicy
 from consumer.handlers.plugins import close_handlers, load_handlers
 from consumer.keys import make_key_function
 from consumer.pipeline.decode import parse_object
 from consumer.pipeline.dispatch import Dispatcher
-from consumer.pipeline.outcome import RetryPolicy, Verdict, classify
+from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts
+from consumer.pipeline.outcome import RetryPolicy, Verdict
 from consumer.pipeline.selection import COMPLETED_BEFORE
+from consumer.pipeline.stats import Stats
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.settings import HandlerSpec
+from consumer.testing.memory import KitTransport, KitWork, MemoryDeadLetters, MemoryDedupStore
 
 __all__ = [
     "HandlerTest",
@@ -62,8 +71,6 @@ __all__ = [
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 Outcome = Literal["applied", "duplicate", "dead_letter"]
-#: (position in the delivered list, the receipt, its delivery number, backoffs so far)
-_Pending = tuple[int, Receipt, int, tuple[int, ...]]
 
 
 @cache
@@ -124,13 +131,15 @@ class Settled:
 
 @dataclass
 class Run:
-    """What `HandlerTest.deliver` saw: one `Settled` per delivered receipt, in order, and
-    how often each handler was called and succeeded per dedup key."""
+    """What `HandlerTest.deliver` saw: one `Settled` per delivered receipt, in order, how
+    often each handler was called and succeeded per dedup key, and the structlog lines
+    logged meanwhile (`logs`: the daemon's `receipt_settled` per delivery, the handlers')."""
 
     settled: list[Settled]
     calls: Counter[tuple[str, str]]
     successes: Counter[tuple[str, str]]
     keys: list[str]
+    logs: list[MutableMapping[str, Any]] = field(default_factory=list)
 
     def outcomes(self) -> list[Outcome]:
         return [s.outcome for s in self.settled]
@@ -180,10 +189,24 @@ class HandlerTest:
         first = list(receipts)
         run = Run([], Counter(), Counter(), [self._key_of(r) for r in first])
         dispatcher = Dispatcher(self.routes, self._deadline_s, retry=self._retry)
+        lifecycle = Lifecycle(LifecycleParts(
+            MemoryDedupStore(), MemoryDeadLetters(), dispatcher, self._retry,
+            completed_ttl_s=7 * 86400.0, key_of=self._key_of), Stats(), threading.Event())
+        transport = KitTransport()
+        pending = [KitWork(index=i, given=r) for i, r in enumerate(first)]
         try:
-            _Delivery(self, dispatcher, run).go(first)
+            # structlog's lines (the daemon's receipt_settled, the handlers' own) go to
+            # `run.logs` instead of the test's output
+            with capture_logs() as run.logs:
+                while pending:  # every round is one received batch, as MNS would hand it out
+                    transport.again = []
+                    lifecycle.process(pending, transport, f"kit{next(_owners)}", _LEASE_S)
+                    for work in pending:
+                        _count(run, work)
+                    pending = transport.again
         finally:
             dispatcher.close()
+        run.settled = [_settled(transport.settled[i]) for i in range(len(first))]
         return run
 
     def close(self) -> None:
@@ -191,65 +214,27 @@ class HandlerTest:
         close_handlers(self.routes)
 
 
-@dataclass
-class _Delivery:
-    """One `deliver` call: the in-memory dedup records and the redelivery loop."""
+_LEASE_S = 3600.0  # nothing else runs: a claim outlives the test
+_owners = itertools.count(1)
+_OUTCOMES: Mapping[str, Outcome] = {"handled": "applied", "duplicate": "duplicate",
+                                    "dead_letter": "dead_letter"}
 
-    test: HandlerTest
-    dispatcher: Dispatcher
-    run: Run
-    completed: set[str] = field(default_factory=set)
-    finished_by: dict[str, set[str]] = field(default_factory=dict)
 
-    def go(self, first: list[Receipt]) -> None:
-        pending: list[_Pending] = [(index, receipt, 1, ()) for index, receipt in enumerate(first)]
-        settled: dict[int, Settled] = {}
-        while pending:
-            pending = self._round(pending, settled)
-        self.run.settled = [settled[i] for i in range(len(first))]
+def _count(run: Run, work: KitWork) -> None:
+    """How often each handler ran (and succeeded) with this delivery's receipt."""
+    key = run.keys[work.index]
+    for outcome in work.outcomes:
+        if outcome.reason == COMPLETED_BEFORE or not outcome.handler:
+            continue
+        run.calls[(outcome.handler, key)] += 1
+        if outcome.kind == "ok":
+            run.successes[(outcome.handler, key)] += 1
 
-    def _round(self, pending: list[_Pending], settled: dict[int, Settled]) -> list[_Pending]:
-        todo: list[_Pending] = []
-        later: list[_Pending] = []
-        claimed: set[str] = set()
-        for item in pending:
-            index, receipt, delivery, delays = item
-            key = self.run.keys[index]
-            if key in self.completed:
-                settled[index] = Settled(receipt, "duplicate", delivery, "", delays)
-            elif key in claimed:  # in progress in this batch: MNS brings it back later
-                later.append((index, receipt, delivery + 1, delays))
-            else:
-                claimed.add(key)
-                todo.append(item)
-        as_delivered = [replace(r, meta=replace(r.meta, dequeue_count=d))
-                        for _, r, d, _ in todo]
-        results = self.dispatcher.dispatch_each(
-            as_delivered, [self.finished_by.get(self.run.keys[i], set()) for i, *_ in todo])
-        for (index, receipt, delivery, delays), outcomes in zip(todo, results, strict=True):
-            again = self._settle(index, receipt, delivery, delays, outcomes, settled)
-            if again is not None:
-                later.append(again)
-        return later
 
-    def _settle(self, index: int, receipt: Receipt, delivery: int, delays: tuple[int, ...],
-                outcomes: list[HandlerOutcome], settled: dict[int, Settled]) -> _Pending | None:
-        key = self.run.keys[index]
-        for outcome in outcomes:
-            if outcome.reason == COMPLETED_BEFORE or not outcome.handler:
-                continue
-            self.run.calls[(outcome.handler, key)] += 1
-            if outcome.kind == "ok":
-                self.run.successes[(outcome.handler, key)] += 1
-                self.finished_by.setdefault(key, set()).add(handler_tag(outcome.handler))
-        decision = classify(worst(outcomes), delivery, self.test._retry)
-        kinds = {o.handler: o.kind for o in outcomes if o.handler}
-        if decision.verdict is Verdict.RETRY:
-            return index, receipt, delivery + 1, (*delays, decision.delay_s)
-        if decision.verdict is Verdict.ACK:
-            self.completed.add(key)
-            settled[index] = Settled(receipt, "applied", delivery, "", delays, kinds)
-        else:
-            settled[index] = Settled(receipt, "dead_letter", delivery,
-                                     f"{decision.reason}: {decision.detail}", delays, kinds)
-        return None
+def _settled(work: KitWork) -> Settled:
+    decision = work.decision
+    assert decision is not None  # settled means decided
+    reason = f"{decision.reason}: {decision.detail}" if decision.verdict is Verdict.DEAD_LETTER \
+        else ""
+    return Settled(work.given, _OUTCOMES[decision.outcome], work.deliveries, reason,
+                   work.delays_s, {o.handler: o.kind for o in work.outcomes if o.handler})
