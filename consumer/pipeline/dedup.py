@@ -25,7 +25,8 @@ than a hash with the same content):
   TTL (the lease is the deadline), so no finished handler is forgotten when a claim dies.
   The scripts are in ``consumer.pipeline.dedup_scripts``.
 
-Records written by the previous version (``"1"``, ``"I:<owner>"``) keep their meaning.
+Records written by the previous version (``"1"``, ``"I:<owner>"``) keep their meaning. A
+PARTIAL record with two of three tags: 136 B / 197 B; claimed again: 184 B / 245 B.
 
 Measured on Redis 7.0 with a 55-byte key (``alicom:dedup:SmsReport:<20-char biz_id>:<phone>``)
 and a 32-character owner, 100k records: COMPLETED 104 B by ``MEMORY USAGE`` and 149 B per
