@@ -123,6 +123,7 @@ class ClusterSetup:
         _wait(lambda: redis.Redis(port=replica).info("replication")["role"] == "master",
               f"replica {replica} taking over")
         _wait(self._agreed, "the cluster agreeing on the new map")
+        _wait(lambda: _replicating(master), "the old master replicating from the new one")
         return replica
 
     def _agreed(self) -> bool:
@@ -187,9 +188,13 @@ class SentinelSetup:
         _wait(moved, "the sentinels electing the replica")
         # Until the old primary is turned into a replica it still takes writes (Sentinel's
         # split-brain window): a test must not write before that has happened.
-        _wait(lambda: redis.Redis(port=old).info("replication")["role"] == "slave",
-              "the old primary becoming a replica")
+        _wait(lambda: _replicating(old), "the old primary replicating from the new one")
         return self.current_primary()
+
+
+def _replicating(port: int) -> bool:
+    info = redis.Redis(port=port).info("replication")
+    return bool(info["role"] == "slave" and info.get("master_link_status") == "up")
 
 
 def _primary_port(sentinel_port: int) -> int:

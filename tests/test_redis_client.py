@@ -16,7 +16,8 @@ from alicom_sandbox.redis_topologies import (
     running_sentinel,
 )
 from consumer.clients.redis_client import connect, hash_tagged, scrub
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, TransientError
+from consumer.pipeline.dedup import Completion, DedupSettings, RedisDedupStore
 from consumer.redis_url import parse_redis_url, redis_url_problems
 from consumer.settings import redact_url
 
@@ -122,3 +123,26 @@ def test_a_cluster_nobody_answers_is_a_redis_error_without_the_password() -> Non
     with pytest.raises(redis.RedisError) as caught:
         connect(url, socket_timeout_s=1, connect_timeout_s=1)
     assert "hunter2" not in scrub(str(caught.value), url)
+
+
+@pytest.mark.slow
+def test_wait_replicas_confirms_completions_on_the_replica_or_fails_transiently(
+        sentinel_setup: SentinelSetup) -> None:
+    client = connect(sentinel_setup.url, socket_timeout_s=5)
+    one = RedisDedupStore(client, DedupSettings(wait_replicas=1, wait_timeout_s=2))
+    keys = [f"w{i}" for i in range(8)]
+    one.claim(keys, "me", 30)
+    assert one.complete(keys, "me", 600) == [Completion.RECORDED] * 8
+    replica = redis.Redis(port=_replica_port(sentinel_setup))
+    assert replica.get("alicom:dedup:w0") == b"1"  # already there: WAIT confirmed it
+
+    two = RedisDedupStore(client, DedupSettings(wait_replicas=2, wait_timeout_s=0.2))
+    two.claim(["x"], "me", 30)
+    with pytest.raises(TransientError, match="1 of 2 replicas"):
+        two.complete(["x"], "me", 600)
+    assert client.get("alicom:dedup:x") == b"1"  # written on the primary all the same
+
+
+def _replica_port(setup: SentinelSetup) -> int:
+    primary = setup.current_primary()
+    return setup.replica_port if primary == setup.primary_port else setup.primary_port

@@ -41,7 +41,7 @@ from redis.exceptions import (
 
 from consumer.clients.redis_client import RedisClient
 
-__all__ = ["ScriptCall", "run_calls"]
+__all__ = ["NotReplicatedError", "Replication", "ScriptCall", "run_calls"]
 
 # Answers that mean "this node no longer holds the slot (or is between roles)": retried alone.
 _REROUTE = (MovedError, AskError, TryAgainError, ClusterDownError, ReadOnlyError,
@@ -57,54 +57,94 @@ class ScriptCall:
     args: Sequence[Any] = ()
 
 
-def run_calls(client: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """WAIT for `replicas` replicas (at most `timeout_ms`) after a batch's writes."""
+
+    replicas: int
+    timeout_ms: int
+
+
+class NotReplicatedError(redis.RedisError):
+    """Fewer replicas than asked confirmed a batch's writes (they are on the primary)."""
+
+
+def run_calls(client: RedisClient, calls: Sequence[ScriptCall],
+              wait: Replication | None = None) -> list[Any]:
     """The answer of every call, in order: the script's result, or the exception Redis
     answered that call with (the other calls still ran). An empty list costs nothing; a
-    connection failure that retrying cannot get past raises `redis.RedisError`."""
+    connection failure that retrying cannot get past raises `redis.RedisError`.
+
+    `wait`: each pipeline ends with WAIT (same connection, same round trip: WAIT counts the
+    writes of its own connection); fewer replicas than asked, or a call that had to be
+    rerouted on its own during a failover, raise `NotReplicatedError` after all calls ran."""
     if not calls:
         return []
     if isinstance(client, RedisCluster):
-        return _on_cluster(client, calls)
-    return _on_one(client, calls, list(range(len(calls))))
+        return _on_cluster(client, calls, wait)
+    return _on_one(client, calls, list(range(len(calls))), wait)
 
 
-def _on_one(target: redis.Redis, calls: Sequence[ScriptCall], indexes: list[int]) -> list[Any]:
+def _on_one(target: redis.Redis, calls: Sequence[ScriptCall], indexes: list[int],
+            wait: Replication | None = None) -> list[Any]:
     """`calls[i]` for i in `indexes` in one pipeline on one server: EVALSHA only, so one
     round trip (redis-py's own script handling adds a SCRIPT EXISTS round trip per
     pipeline); scripts the server does not know (NOSCRIPT: first use, a restart, a
     failover) are loaded and those calls sent once more."""
-    replies = _pipelined(target, [calls[i] for i in indexes])
+    replies = _pipelined(target, [calls[i] for i in indexes], wait)
     missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:
         for script in {id(calls[indexes[n]].script): calls[indexes[n]].script
                        for n in missing}.values():
             target.script_load(script.script)
-        for n, reply in zip(missing, _pipelined(target, [calls[indexes[n]] for n in missing]),
-                            strict=True):
+        again = _pipelined(target, [calls[indexes[n]] for n in missing], wait)
+        for n, reply in zip(missing, again, strict=True):
             replies[n] = reply
     return replies
 
 
-def _pipelined(target: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+def _pipelined(target: redis.Redis, calls: Sequence[ScriptCall],
+               wait: Replication | None) -> list[Any]:
     pipe = target.pipeline(transaction=False)
     for call in calls:
         pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-    return list(pipe.execute(raise_on_error=False))
+    if wait is not None:
+        pipe.wait(wait.replicas, wait.timeout_ms)
+    replies = list(pipe.execute(raise_on_error=False))
+    if wait is None:
+        return replies
+    acked = replies.pop()
+    if isinstance(acked, Exception) or int(acked) < wait.replicas:
+        raise NotReplicatedError(f"WAIT: {acked} of {wait.replicas} replicas confirmed the "
+                                 "writes within %d ms" % wait.timeout_ms)
+    return replies
 
 
-def _on_cluster(client: RedisCluster, calls: Sequence[ScriptCall]) -> list[Any]:
+def _on_cluster(client: RedisCluster, calls: Sequence[ScriptCall],
+                wait: Replication | None) -> list[Any]:
     groups: dict[str, tuple[ClusterNode, list[int]]] = {}
     for index, call in enumerate(calls):
         node = client.get_node_from_key(call.keys[0])  # type: ignore[no-untyped-call]
         groups.setdefault(node.name, (node, []))[1].append(index)
     results: list[Any] = [None] * len(calls)
+    unconfirmed: NotReplicatedError | None = None
     for node, indexes in groups.values():
         try:
-            replies = _on_one(client.get_redis_connection(node), calls, indexes)
+            replies = _on_one(client.get_redis_connection(node), calls, indexes, wait)
+        except NotReplicatedError as exc:
+            unconfirmed, replies = exc, [exc] * len(indexes)
         except _REROUTE as exc:  # the node went away: each call finds its new owner
             replies = [exc] * len(indexes)
         for index, reply in zip(indexes, replies, strict=True):
-            results[index] = _alone(calls[index]) if isinstance(reply, _REROUTE) else reply
+            if isinstance(reply, _REROUTE):
+                results[index] = _alone(calls[index])
+                if wait is not None:
+                    unconfirmed = NotReplicatedError("a call was rerouted during a failover: "
+                                                     "its replication is not confirmed")
+            else:
+                results[index] = reply
+    if unconfirmed is not None:
+        raise unconfirmed
     return results
 
 

@@ -53,7 +53,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from consumer.clients.redis_client import RedisClient
-from consumer.clients.redis_scripts import ScriptCall, run_calls
+from consumer.clients.redis_scripts import Replication, ScriptCall, run_calls
 from consumer.errors import TransientError
 from consumer.pipeline import dedup_scripts
 from consumer.settings import DedupSettings
@@ -185,6 +185,8 @@ class RedisDedupStore:
     def __init__(self, client: RedisClient, settings: DedupSettings) -> None:
         self._client = client
         self._settings = settings
+        self._wait = (Replication(settings.wait_replicas, round(settings.wait_timeout_s * 1000))
+                      if settings.wait_replicas else None)
         self._claim = client.register_script(dedup_scripts.CLAIM)
         self._complete = client.register_script(dedup_scripts.COMPLETE)
         self._release = client.register_script(dedup_scripts.RELEASE)
@@ -224,7 +226,7 @@ class RedisDedupStore:
 
     def complete(self, keys: Sequence[str], owner: str, ttl_s: float) -> list[Completion]:
         ttl_ms = _milliseconds(ttl_s, "ttl_s")
-        replies = self._per_key("complete", self._complete, keys, owner, [ttl_ms])
+        replies = self._per_key("complete", self._complete, keys, owner, [ttl_ms], wait=True)
         return [Completion(int(code)) for code in replies]
 
     def ping(self) -> None:
@@ -243,7 +245,8 @@ class RedisDedupStore:
         tags = [",".join(sorted(d)) for d in done] if done is not None else [""] * len(keys)
         calls = [ScriptCall(self._release, [self.redis_key(key)], [owner, ttl_ms, t])
                  for key, t in zip(keys, tags, strict=True)]
-        return [reply == 1 for reply in self._batch("release", keys, owner, calls)[0]]
+        return [reply == 1 for reply in self._batch("release", keys, owner, calls,
+                                                    wait=done is not None)[0]]
 
     def extend(self, keys: Sequence[str], owner: str, lease_s: float) -> list[bool]:
         lease_ms = _milliseconds(lease_s, "lease_s")
@@ -251,24 +254,26 @@ class RedisDedupStore:
                                                      [lease_ms])]
 
     def _per_key(self, operation: str, script: Script, keys: Sequence[str], owner: str,
-                 args: list[int | str]) -> list[Any]:
+                 args: list[int | str], wait: bool = False) -> list[Any]:
         """One call per distinct key, all in one round trip; a repeated key gets the answer
         of its first occurrence."""
         calls = [ScriptCall(script, [self.redis_key(key)], [owner, *args]) for key in keys]
-        return self._batch(operation, keys, owner, calls)[0]
+        return self._batch(operation, keys, owner, calls, wait)[0]
 
     def _batch(self, operation: str, keys: Sequence[str], owner: str,
-               calls: list[ScriptCall]) -> tuple[list[Any], list[bool]]:
+               calls: list[ScriptCall], wait: bool = False) -> tuple[list[Any], list[bool]]:
         """The calls of the keys' first occurrences in one round trip (`run_calls`). Returns
         the answer per key (a repeated key gets its first occurrence's) and which keys
-        repeat an earlier one of the batch."""
+        repeat an earlier one of the batch. `wait`: completion writes, confirmed on
+        `wait_replicas` replicas when that is set (`WAIT` in the same round trip)."""
         if not owner or "@" in owner or "/" in owner:
             raise ValueError("owner must be a non-empty token without '@' or '/'")
         first: dict[str, int] = {}
         for index, key in enumerate(keys):
             first.setdefault(key, index)
         try:
-            replies = run_calls(self._client, [calls[i] for i in first.values()])
+            replies = run_calls(self._client, [calls[i] for i in first.values()],
+                                wait=self._wait if wait else None)
         except redis.RedisError as exc:
             raise transient_from_redis(exc, operation, self._client) from exc
         for reply in replies:

@@ -204,11 +204,19 @@ class DedupSettings(Section):
     worker: until the batch's earliest NextVisibleTime, so a claim never outlives the
     message's invisibility; the push worker: its stream's reclaim time; reconcile: the handler
     deadline).
+
+    `wait_replicas` (0: off): after writing completion records, WAIT until that many replicas
+    have them (at most `wait_timeout_s`); fewer is a transient failure, so the message is not
+    deleted and its next delivery finds the record (on the replica promoted by a failover
+    too). For Sentinel or Cluster set-ups that must not apply a receipt twice across a
+    failover.
     """
 
     SECTION = "dedup"
     key_prefix: str = "alicom:dedup:"
     completed_ttl_s: float = number(7 * _DAY_S, 1, _YEAR_S)
+    wait_replicas: int = number(0, 0, 16)
+    wait_timeout_s: float = number(1.0, 0.001, 60)
 
     def rules(self) -> list[str]:
         return [] if self.key_prefix else ["dedup.key_prefix must not be empty (keys would "
