@@ -10,7 +10,7 @@ import redis
 from consumer.clients.redis_client import connect_option
 from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
-from consumer.handlers import one_line
+from consumer.handlers import one_line, sink_key_function
 from consumer.receipts import Receipt
 from consumer.reports.delivery_stats import (
     DEFAULT_ONCE_TTL_S,
@@ -47,7 +47,8 @@ class DeliveryStatsHandler:
             raise ConfigError(
                 "delivery-stats handler: once_ttl_s must be >= 0, got %r" % once_ttl_s)
         self._client = connect_option("delivery-stats handler", url, timeout_s)
-        self._writer = StatsWriter(self._client, prefix, ttl_days * 86400, once_ttl_s)
+        self._writer = StatsWriter(self._client, prefix, ttl_days * 86400, once_ttl_s,
+                                   key_of=sink_key_function())
 
     def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
         """Counts the batch; receipts Redis did not count are handed back for a retry."""

@@ -204,7 +204,11 @@ class StatsWriter:
 
     def __init__(self, client: RedisClient, prefix: str = DEFAULT_PREFIX,
                  ttl_s: float = DEFAULT_TTL_S, once_ttl_s: float = DEFAULT_ONCE_TTL_S,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 key_of: Callable[[Receipt], str] = dedup_key) -> None:
+        """`key_of` names the once-markers: the deployment's keyed dedup key function
+        (consumer.handlers.sink_key_function), so no marker name holds a phone number."""
+        self._key_of = key_of
         self._client = client
         self._prefix = prefix
         self._ttl_s = ttl_s
@@ -226,7 +230,7 @@ class StatsWriter:
             for name, amount in obs.fields():
                 args += [name, amount]
             keys = [hour_key(self._prefix, obs.hour),
-                    "%s:once:%s" % (_family(self._prefix), dedup_key(receipt))]
+                    "%s:once:%s" % (_family(self._prefix), self._key_of(receipt))]
             calls.append(ScriptCall(self._script, keys, args))
             slots.append(index)
             if obs.outcome == "failed" and obs.err_msg:

@@ -117,8 +117,12 @@ def _start(stack: Stack, prom: PrometheusServer, addresses: tuple[str, str],
     host1 = stack.config("host1.toml", metrics={"address": addresses[0],
                                                 "multiproc_dir": str(tmp / "host1")}, **base)
     with host1.open("a", encoding="utf-8") as f:
+        # The send tracker (for reconcile) and the delivery statistics (their once-markers
+        # are Redis keys named after receipts).
         f.write('\n[[handlers]]\nuse = "consumer.handlers.tracking:SendTracker"\n'
-                'options = { url = "%s" }\n\n[reconcile]\n' % stack.redis_server.url)
+                'options = { url = "%s" }\n\n[[handlers]]\nuse = "delivery-stats"\n'
+                'options = { url = "%s" }\n\n[reconcile]\n'
+                % (stack.redis_server.url, stack.redis_server.url))
     host2 = stack.config("host2.toml", metrics={"address": addresses[1],
                                                 "multiproc_dir": str(tmp / "host2")}, **base)
     workers = [WorkerProcess(host1, "SmsReport", env, tmp / "worker-1.log").start(),
@@ -250,6 +254,7 @@ def test_no_published_phone_number_appears_in_logs_redis_key_names_or_metrics(
     assert all(re.fullmatch(r"1\d{2}\*{4}\d{4}", line["phone"]) and line["biz_id"]
                for line in settled if line["outcome"] == "handled")
     assert "alicom:dedup:SmsReport:" in haystacks["redis keys"]
+    assert ":once:SmsReport:" in haystacks["redis keys"]  # the delivery-stats markers
     found = sorted((where, phone) for where, text in haystacks.items()
                    for phone in phones if phone in text)
     assert not found, found[:10]
