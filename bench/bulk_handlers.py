@@ -1,11 +1,12 @@
 """The bulk sender's three handlers alone: CPU per receipt of their own code, in-process.
 
-`python bench/bulk_handlers.py [--receipts 32000] [--runs 5]` starts a real Redis, builds
-SmsReport receipts (15% failed, the sandbox's carrier codes), tracks their sends as the
-sending code would, and calls each handler's `handle_batch` on batches of 16 (as a worker
-does), timing this process's CPU (user + system) per receipt; Redis's own CPU is reported
-beside it. `worker_bench.py --handlers noop,bulk` measures the same handlers inside the real
-worker, where the dispatcher's work per handler adds to it.
+`python bench/bulk_handlers.py [--receipts 32000] [--runs 5] [--per-send 1]` starts a real
+Redis, builds SmsReport receipts (15% failed, the sandbox's carrier codes; `--per-send`
+numbers per BizId, default 1, the worst case), tracks their sends as the sending code would,
+and calls each handler's `handle_batch` on batches of 16 (as a worker does), timing this
+process's CPU (user + system) per receipt; Redis's own CPU is reported beside it.
+`worker_bench.py --handlers noop,bulk` measures the same handlers inside the real worker,
+where the dispatcher's work per handler adds to it.
 """
 
 from __future__ import annotations
@@ -31,9 +32,13 @@ from consumer.receipts import Receipt, ReceiptMeta
 from consumer.reports.tracking import SendTracker, TrackedSend
 
 
-def _receipts(count: int, seed: int) -> tuple[list[Receipt], list[TrackedSend]]:
+def _receipts(count: int, seed: int, per_send: int) -> tuple[list[Receipt], list[TrackedSend]]:
+    """`count` receipts, `per_send` numbers sharing each BizId (consecutive, as the numbers
+    of one send call arrive close together)."""
     fakes = FakeReceipts(seed=seed)
     docs = [fakes.make("SmsReport") for _ in range(count)]
+    for i, doc in enumerate(docs):
+        doc["biz_id"] = docs[i - i % per_send]["biz_id"]
     receipts = [parse_object("SmsReport", d, ReceiptMeta(source="mns")) for d in docs]
     return receipts, [TrackedSend(d["biz_id"], d["phone_number"], time.time()) for d in docs]
 
@@ -42,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--receipts", type=int, default=32_000)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--per-send", type=int, default=1,
+                   help="numbers per BizId (1: every receipt its own send call, the worst case)")
     args = p.parse_args(argv)
     names = ("number-hygiene", "send-tracker", "review-status")
     own: dict[str, list[float]] = {n: [] for n in names}
@@ -50,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in range(args.runs):
             client = server.client()
             client.flushall()
-            receipts, sends = _receipts(args.receipts, seed=run)
+            receipts, sends = _receipts(args.receipts, run, max(1, args.per_send))
             tracker = SendTracker(client)
             for start in range(0, len(sends), 1000):
                 tracker.record_many(sends[start:start + 1000])
@@ -65,8 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       / len(receipts) * 1e6)
                 handler.close()
             client.close()
-    print("Bulk handlers alone: `python bench/bulk_handlers.py --receipts %d --runs %d`, "
-          "%d CPUs, medians\n" % (args.receipts, args.runs, os.cpu_count() or 0))
+    print("Bulk handlers alone: `python bench/bulk_handlers.py --receipts %d --runs %d "
+          "--per-send %d`, %d CPUs, medians\n" % (args.receipts, args.runs, args.per_send,
+                                                    os.cpu_count() or 0))
     print("| handler | CPU µs/receipt (this process) | Redis CPU µs/receipt |")
     print("|---|---:|---:|")
     for name in names:

@@ -79,28 +79,37 @@ if removed == 1 then redis.call('HDEL', KEYS[2], ARGV[1]) end
 return removed
 """
 
-# Clearing a send and settling its task number in one call, when the task keys share the
-# tracked sends' slot (the default): _CLEAR, then consumer.reports.tasks' settle script on
-# KEYS[3] / KEYS[4] with its ARGV shifted by one (kept literal: scripts are checked as text).
+# Clearing sends and settling their task numbers in one call per BizId and send day, when
+# the task keys share the tracked sends' slot (the default): _CLEAR, then consumer.reports
+# .tasks' settle script, over each receipt (kept literal: scripts are checked as text).
 # KEYS[1] the sorted set, KEYS[2] the send day's out_id hash, KEYS[3] t:<biz>, KEYS[4]
-# n:<biz>. ARGV: member, number, 'd' | 'f', err_code, reason, now, ttl. 1 when cleared.
+# n:<biz>. ARGV: now, ttl, then per receipt: member, number, 'd' | 'f', err_code, reason.
+# Per receipt 1 when its send was cleared, else 0.
 _CLEAR_AND_SETTLE = """
-local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-if removed == 1 then redis.call('HDEL', KEYS[2], ARGV[1]) end
-if redis.call('HGET', KEYS[4], ARGV[2]) ~= 'p' then return removed end
-if ARGV[3] == 'd' then
-  redis.call('HSET', KEYS[4], ARGV[2], 'd')
-  redis.call('HINCRBY', KEYS[3], 'delivered', 1)
-else
-  redis.call('HSET', KEYS[4], ARGV[2], 'f' .. ARGV[4])
-  redis.call('HINCRBY', KEYS[3], 'failed', 1)
-  redis.call('HINCRBY', KEYS[3], 'fail:' .. ARGV[4], 1)
-  redis.call('HINCRBY', KEYS[3], 'why:' .. ARGV[5], 1)
+local out, moved = {}, false
+for i = 3, #ARGV, 5 do
+  local removed = redis.call('ZREM', KEYS[1], ARGV[i])
+  if removed == 1 then redis.call('HDEL', KEYS[2], ARGV[i]) end
+  out[#out + 1] = removed
+  if redis.call('HGET', KEYS[4], ARGV[i + 1]) == 'p' then
+    moved = true
+    if ARGV[i + 2] == 'd' then
+      redis.call('HSET', KEYS[4], ARGV[i + 1], 'd')
+      redis.call('HINCRBY', KEYS[3], 'delivered', 1)
+    else
+      redis.call('HSET', KEYS[4], ARGV[i + 1], 'f' .. ARGV[i + 3])
+      redis.call('HINCRBY', KEYS[3], 'failed', 1)
+      redis.call('HINCRBY', KEYS[3], 'fail:' .. ARGV[i + 3], 1)
+      redis.call('HINCRBY', KEYS[3], 'why:' .. ARGV[i + 4], 1)
+    end
+  end
 end
-redis.call('HSET', KEYS[3], 'updated', ARGV[6])
-redis.call('EXPIRE', KEYS[3], ARGV[7])
-redis.call('EXPIRE', KEYS[4], ARGV[7])
-return removed
+if moved then
+  redis.call('HSET', KEYS[3], 'updated', ARGV[1])
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
+return out
 """
 
 # KEYS[1] the sorted set. ARGV: members. Their scores (send times), nil when not tracked.
@@ -212,8 +221,9 @@ class SendTracker:
                    settle: Sequence[tasks.Outcome] = ()) -> list[bool]:
         """`clear` for many (biz_id, phone_number) pairs; `settle` (empty, or one outcome per
         pair, in order) moves their task numbers to their outcome with them. Two round
-        trips: one reads each send's day, one writes (one script call per receipt when the
-        task keys share the tracked sends' slot, as by default; else two)."""
+        trips: one reads each send's day, one writes (one script call per send call and day
+        when the task keys share the tracked sends' slot, as by default; else two per
+        receipt)."""
         if not keys:
             return []
         if settle and len(settle) != len(keys):
@@ -222,25 +232,40 @@ class SendTracker:
         scores = run_calls(self._client, [ScriptCall(self._scores, [self._zset], members)])[0]
         if isinstance(scores, Exception):
             raise scores
-        together = bool(settle) and self.tasks.tag == self._tag[:self._tag.index("}") + 1]
-        now, ttl = int(time.time()), int(self._settings.ttl_s)
-        calls, cleared, after = [], [], []
-        for i, (member, score) in enumerate(zip(members, scores, strict=True)):
-            cleared.append(score is not None)
-            day_key = self._day_key(int((float(score or 0) + _SHANGHAI_OFFSET_S) // _DAY_S))
-            if together:  # the call clears a send that is not tracked harmlessly (ZREM 0)
-                calls.append(ScriptCall(self._clear_and_settle, [
-                    self._zset, day_key, *self.tasks.keys_of(settle[i].biz_id)],
-                    [member, *tasks.settle_args(settle[i], now, ttl)]))
-            elif score is not None:
-                calls.append(ScriptCall(self._clear, [self._zset, day_key], [member]))
-        if settle and not together:
-            after = self.tasks.settle_calls(settle)
-        replies = run_calls(self._client, calls + after)
-        if together:
-            return [was and _flag(reply) for was, reply in zip(cleared, replies, strict=True)]
+        days = [self._day_key(int((float(score or 0) + _SHANGHAI_OFFSET_S) // _DAY_S))
+                for score in scores]
+        cleared = [score is not None for score in scores]
+        if settle and self.tasks.tag == self._tag[:self._tag.index("}") + 1]:
+            return self._clear_and_settle_many(members, days, settle, cleared)
+        calls = [ScriptCall(self._clear, [self._zset, day], [member])
+                 for member, day, was in zip(members, days, cleared, strict=True) if was]
+        replies = run_calls(self._client, calls + self.tasks.settle_calls(settle))
         moved = iter(_flag(reply) for reply in replies[:len(calls)])
         return [next(moved) if was else False for was in cleared]
+
+    def _clear_and_settle_many(self, members: Sequence[str], days: Sequence[str],
+                               settle: Sequence[tasks.Outcome],
+                               cleared: Sequence[bool]) -> list[bool]:
+        """One script call per (send day, BizId) group: the numbers of one send call arrive
+        together, so a batch of receipts costs a call or a few, not one per receipt."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (day, outcome) in enumerate(zip(days, settle, strict=True)):
+            groups.setdefault((day, outcome.biz_id), []).append(i)
+        now, ttl = int(time.time()), int(self._settings.ttl_s)
+        calls = []
+        for (day, biz), indexes in groups.items():
+            args: list[Any] = [now, ttl]
+            for i in indexes:
+                args += [members[i], *tasks.settle_args(settle[i], now, ttl)[:4]]
+            calls.append(ScriptCall(self._clear_and_settle,
+                                    [self._zset, day, *self.tasks.keys_of(biz)], args))
+        out = list(cleared)
+        for indexes, reply in zip(groups.values(), run_calls(self._client, calls), strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            for i, removed in zip(indexes, reply, strict=True):
+                out[i] = out[i] and bool(removed)
+        return out
 
     def _day_key(self, day: int) -> str:
         return f"{self._tag}:d:{day}"
