@@ -7,6 +7,7 @@ line before each sleep, and a sleep that returns early when shutdown is requeste
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -98,3 +99,26 @@ class _FakeState:
 
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(name)
+
+
+class Trouble:
+    """One log line per state change of an operation repeated every pass: when it starts
+    failing (with the count and the first error) and when it works again (with how many
+    failed meanwhile), never a line per message per pass."""
+
+    def __init__(self, what: str) -> None:
+        self._failing_event = what + "_failing"
+        self._recovered_event = what + "_recovered"
+        self._failed_since: float | None = None
+        self._failures = 0
+
+    def report(self, ok: int, failed: int, error: str) -> None:
+        if failed:
+            self._failures += failed
+            if self._failed_since is None:
+                self._failed_since = time.monotonic()
+                log.warning(self._failing_event, failed=failed, ok=ok, error=error)
+        elif ok and self._failed_since is not None:
+            log.info(self._recovered_event, failed_meanwhile=self._failures, ok=ok,
+                     failing_s=round(time.monotonic() - self._failed_since, 1))
+            self._failed_since, self._failures = None, 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,15 +124,25 @@ class Stack:
         return visible == 0 and in_flight == 0
 
 
+@contextmanager
+def open_stack(sandbox: SandboxHandle, server: RedisServer, client: redis.Redis,
+               tmp_path: Path) -> Iterator[Stack]:
+    """A fresh account on the sandbox with its queues, on this Redis; workers killed after."""
+    account_id = str(random.randrange(10**15, 10**16))
+    s = Stack(sandbox, server, client, tmp_path, account_id)
+    for message_type in ("SmsReport", "SmsUp"):
+        # A short visibility makes re-deliveries (after a crash, a retry) quick to observe.
+        sandbox.create_queue(s.queue_name(message_type), visibility_timeout_s=4)
+    try:
+        yield s
+    finally:
+        for w in s.workers:
+            w.kill()
+        sandbox.reset()
+
+
 @pytest.fixture
 def stack(e2e_sandbox: SandboxHandle, redis_server: RedisServer, redis_client: redis.Redis,
           tmp_path: Path) -> Iterator[Stack]:
-    account_id = str(random.randrange(10**15, 10**16))
-    s = Stack(e2e_sandbox, redis_server, redis_client, tmp_path, account_id)
-    for message_type in ("SmsReport", "SmsUp"):
-        # A short visibility makes re-deliveries (after a crash, a retry) quick to observe.
-        e2e_sandbox.create_queue(s.queue_name(message_type), visibility_timeout_s=4)
-    yield s
-    for w in s.workers:
-        w.kill()
-    e2e_sandbox.reset()
+    with open_stack(e2e_sandbox, redis_server, redis_client, tmp_path) as s:
+        yield s

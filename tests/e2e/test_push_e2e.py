@@ -30,14 +30,16 @@ REPORTS = [{"phone_number": "1381111****", "send_time": "2017-01-01 00:00:00",
 class Procs:
     """The two push processes of one test, with their logs."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, recorder: dict[str, Any] | None = None,
+                 **worker: Any) -> None:
         self.stack = stack
         self.port = free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.config = stack.config(
-            "push.toml", push={"listen": "127.0.0.1:%d" % self.port, "secret": SECRET,
-                               "reclaim_idle_s": 4, "block_s": 0.5, "batch_size": 8},
-            worker={"handler_deadline_s": 2, "shutdown_budget_s": 10})
+            "push.toml", recorder=recorder,
+            push={"listen": "127.0.0.1:%d" % self.port, "secret": SECRET,
+                  "reclaim_idle_s": 4, "block_s": 0.5, "batch_size": 8},
+            worker={"handler_deadline_s": 2, "shutdown_budget_s": 10, **worker})
 
     @property
     def url(self) -> str:

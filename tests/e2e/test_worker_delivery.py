@@ -188,10 +188,18 @@ def test_kill_9_in_the_middle_of_a_batch_loses_nothing(stack: Stack) -> None:
     stack.wait(lambda: set(stack.applied()) == expected, "all applied after the restart")
     stack.wait(stack.queue_is_empty, "all deleted")
     # A receipt whose handler returned in the instant before the kill, before its
-    # completion was recorded, runs again: at most the in-flight window can repeat.
-    applied = stack.applied()
-    repeated = [k for k, n in applied.items() if n > 1]
-    assert len(repeated) <= 16 * 2
+    # completion was recorded, runs again: that is the documented window, and nothing else
+    # repeats. Each repeat is counted: once by the killed process, once by its successor.
+    killed, successor = stack.workers[0].pid, stack.workers[1].pid
+    by_key: dict[str, list[object]] = {}
+    for r in stack.records():
+        by_key.setdefault(str(r["key"]), []).append(r["pid"])
+    repeated = {k: pids for k, pids in by_key.items() if len(pids) > 1}
+    assert all(pids == [killed, successor] for pids in repeated.values()), repeated
+    # At most what the killed process had in its hands: its window of 48 receipts.
+    assert len(repeated) <= 48
+    print("kill -9: %d receipts, %d applied twice (the crash window)"  # noqa: T201
+          % (len(expected), len(repeated)))
 
 
 def test_redis_going_away_stops_deletes_and_the_worker_resumes(stack: Stack) -> None:

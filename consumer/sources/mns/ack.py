@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import structlog
 
 from consumer.errors import AlicomReceiptsError, TransientError
+from consumer.pipeline.backoff import Trouble
 from consumer.pipeline.dedup import DedupStore
 from consumer.pipeline.stats import Stats
 from consumer.sources.mns.inflight import InFlight, Window
@@ -72,29 +73,6 @@ def collect(acks: queue.Queue[list[InFlight] | None], config: AckConfig,
     return group
 
 
-class _Trouble:
-    """One log line per state change of an operation repeated every pass: when it starts
-    failing (with the count and the first error) and when it works again (with how many
-    failed meanwhile), never a line per message per pass."""
-
-    def __init__(self, what: str) -> None:
-        self._failing_event = what + "_failing"
-        self._recovered_event = what + "_recovered"
-        self._failed_since: float | None = None
-        self._failures = 0
-
-    def report(self, ok: int, failed: int, error: str) -> None:
-        if failed:
-            self._failures += failed
-            if self._failed_since is None:
-                self._failed_since = time.monotonic()
-                log.warning(self._failing_event, failed=failed, ok=ok, error=error)
-        elif ok and self._failed_since is not None:
-            log.info(self._recovered_event, failed_meanwhile=self._failures, ok=ok,
-                     failing_s=round(time.monotonic() - self._failed_since, 1))
-            self._failed_since, self._failures = None, 0
-
-
 class Heartbeat:
     """Extends visibility and dedup leases of every message in our hands (see the module
     docstring); one thread, its own queue client."""
@@ -106,8 +84,8 @@ class Heartbeat:
         self._window = window
         self._stats = stats
         self._config = config
-        self._visibility = _Trouble("visibility_extend")
-        self._lease = _Trouble("lease_extend")
+        self._visibility = Trouble("visibility_extend")
+        self._lease = Trouble("lease_extend")
 
     def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
         while not stop.wait(interval_s):

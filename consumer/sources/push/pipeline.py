@@ -26,9 +26,10 @@ the handler deadline (the claim lease is just under it).
 A Redis outage: an entry whose handlers returned is held until its completion is recorded
 (consumer.pipeline.lifecycle). It stays pending to this consumer meanwhile; when Redis
 returns, its idle time is past `reclaim_idle_s`, so it must not be re-taken before the
-holder recorded it: this process's threads skip the ids it holds, and every consumer
-re-takes nothing until Redis has answered it for `reclaim_grace_s` (the holder retries
-every half second, so it records first).
+holder recorded it: this process's threads skip the entries of the batches it works on,
+the lease renewal (`renew_leases`) resets their idle time on its first pass, and every
+consumer re-takes nothing until Redis has answered it for `reclaim_grace_s` (the holder
+retries every half second, so it records first).
 
 Every stage is the one lifecycle's over `PushTransport`; nothing here decides an outcome.
 """
@@ -101,7 +102,6 @@ class PushWorker:
         self._grace_s = reclaim_grace_s
         self._group_ready = False
         self._held_lock = threading.Lock()
-        self.held: set[str] = set()  # ids whose completion waits for Redis (PushTransport)
         # Per consumer thread: the claim owner and the entries of the batch it works on now.
         self._leased: dict[str, tuple[str, list[Entry]]] = {}
 
@@ -162,8 +162,11 @@ class PushWorker:
             s.stream, s.group, consumer, self._reclaim_ms, "0-0", count=s.batch_size))
         # [next cursor, [(id, fields)...], [ids deleted meanwhile]]; those leave the PEL.
         claimed = cast("list[tuple[bytes, dict[bytes, bytes] | None]]", reply[1])
+        # An entry of a batch this process still works on (its idle time may be past
+        # reclaim_idle_s just after a Redis outage) stays with the thread that holds it.
         with self._held_lock:
-            rows = [(i, f) for i, f in claimed if f is not None and _text(i) not in self.held]
+            in_hand = {e.id for _owner, entries in self._leased.values() for e in entries}
+        rows = [(i, f) for i, f in claimed if f is not None and _text(i) not in in_hand]
         if not rows:
             return []
         self.stats.event("push_reclaimed", len(rows))
@@ -254,14 +257,6 @@ class PushWorker:
     def redis_client(self) -> RedisClient:
         return self._redis
 
-    def hold(self, ids: Sequence[str], held: bool) -> None:
-        """Ids whose completion waits for Redis: this process's reclaims skip them."""
-        with self._held_lock:
-            if held:
-                self.held.update(ids)
-            else:
-                self.held.difference_update(ids)
-
     def forget(self, consumer: str) -> bool:
         """Removes a stopped consumer from the group if nothing is pending on it."""
         s = self.push
@@ -278,7 +273,7 @@ class PushWorker:
 class PushTransport:
     """`Transport[Entry]` of one consumer of the group: acknowledge is XACK + XDEL (one
     transaction), hand back is XCLAIM with the idle time that makes the entry due when its
-    backoff ends, hold keeps the id out of this process's reclaims."""
+    backoff ends; hold needs nothing more than the batch's lease (PushWorker.renew_leases)."""
 
     source = "push"
 
@@ -331,7 +326,7 @@ class PushTransport:
         self._worker.redis_op("XCLAIM IDLE", reposition)
 
     def hold(self, items: Sequence[Entry], held: bool) -> None:
-        self._worker.hold([e.id for e in items], held)
+        pass  # a batch is leased until it is settled (PushWorker.renew_leases, reclaim)
 
     def finish(self, items: Sequence[Entry]) -> None:
         pass  # a settled entry left the stream; an unsettled one stays pending
