@@ -70,7 +70,8 @@ class Outage:
         self.malformed_ids = {m.message_id for m in report.malformed}
         self.refused = {identity(m.obj): m.message_id for m in good[:2]}
         self.mns = {identity(m.obj) for m in good} - set(self.refused)
-        self.push = Procs(stack, recorder={"slow_s": 0.05}, handler_threads=2)
+        self.push = Procs(stack, recorder={"slow_s": 0.05}, handler_threads=2,
+                          handler_deadline_s=0.9)
         self.push.start("push-server")
         self.push.start("push-worker")
         wait_until(lambda: self.push.alive() and post(self.push.url + "/SmsReport")[0] == 200,
