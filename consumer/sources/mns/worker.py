@@ -298,6 +298,13 @@ class Worker:
         self.window.unreserve(c.batch_size - len(deliveries))
         if not deliveries:
             self.stats.incr("empty_polls")
+            if c.wait_seconds and received - began < c.wait_seconds / 2:
+                # MNS holds a long poll until a message comes or the wait ends; an empty
+                # answer long before is its refusal (too many long polls on the queue):
+                # polling again at once would flood it, so the poller backs off.
+                raise TransientError("MNS answered a %d s long poll after %.2f s with no "
+                                     "message: too many long polls on the queue?"
+                                     % (c.wait_seconds, received - began))
             return None
         self.stats.incr("received", len(deliveries))
         items = [InFlight.of(d) for d in deliveries]
