@@ -134,6 +134,12 @@ def parse_receipt_time(text: str) -> datetime | None:
     the platform writes them) or an RFC 2822 date with offset (international reports);
     None when empty or unparsable."""
     text = text.strip()
+    if len(text) == 19 and text[4] == "-" and text[10] == " ":
+        # The common shape, parsed in C (strptime costs ~25 us; this runs per receipt).
+        try:
+            return datetime.fromisoformat(text).replace(tzinfo=SHANGHAI)
+        except ValueError:
+            pass
     for pattern in ("%Y-%m-%d %H:%M:%S", "%Y%m%d%H%M%S"):
         try:
             return datetime.strptime(text, pattern).replace(tzinfo=SHANGHAI)
