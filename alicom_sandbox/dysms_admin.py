@@ -70,15 +70,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sending side (Dysmsapi SendSms / QuerySendDetails)")
     g.add_argument("--report-delay-s", default="0.2-1.0", metavar="MIN-MAX",
                    help="delay from a send to its receipt (default 0.2-1.0)")
-    g.add_argument("--report-failure-rate", type=float, default=0.1)
-    g.add_argument("--report-duplicate-rate", type=float, default=0.0)
+    g.add_argument("--report-failure-rate", type=float, default=0.1,
+                   help="share of sends whose receipt says the delivery failed (default 0.1)")
+    g.add_argument("--report-duplicate-rate", type=float, default=0.0,
+                   help="share of receipts delivered twice, as the platform may (default 0)")
     g.add_argument("--report-loss-rate", type=float, default=0.0,
                    help="share of receipts never produced (QuerySendDetails still knows them)")
     g.add_argument("--report-push-url", default=None,
                    help="POST receipts here (a JSON array) instead of the MNS queue")
     g.add_argument("--query-qps", type=float, default=0.0, help="QuerySendDetails limit, 0 none")
     g.add_argument("--send-qps", type=float, default=0.0, help="SendSms limit, 0 none")
-    g.add_argument("--throttle", choices=("business", "gateway"), default="business")
+    g.add_argument("--throttle", choices=("business", "gateway"), default="business",
+                   help="how a rate limit is answered: the business code isv.BUSINESS_LIMIT_"
+                        "CONTROL, or the gateway's Throttling.User (default business)")
 
 
 def settings_from_args(args: argparse.Namespace) -> DysmsSettings:

@@ -152,7 +152,11 @@ def _translate(exc: MNSExceptionBase, queue: str) -> PublishError:
             return PermanentError(text)
         return TransientError(text)
     if isinstance(exc, MNSClientNetworkException):
-        return TransientError(f"BatchSendMessage to {queue} failed: {code}")
+        # The SDK's text is the bare type ("NetWorkException"); its message has the cause.
+        cause = " ".join(str(getattr(exc, "message", "") or "").split())[:160]
+        return TransientError(f"BatchSendMessage to {queue} failed: cannot reach the sandbox "
+                              f"({cause or code}): is `alicom-receipts sandbox` running at "
+                              f"--endpoint?")
     return PermanentError(f"BatchSendMessage to {queue} rejected by the SDK: {code}")
 
 
@@ -291,9 +295,33 @@ class Publisher:
 
 def _rate(text: str) -> float:
     """`50`, `50/s` -> 50.0 messages per second."""
-    value = float(text.removesuffix("/s"))
-    if value <= 0:
-        raise argparse.ArgumentTypeError("the rate must be positive")
+    try:
+        value = float(text.removesuffix("/s"))
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of messages per second, e.g. 200 or 200/s, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text!r}")
     return value
 
 
@@ -303,14 +331,24 @@ def _parser() -> argparse.ArgumentParser:
         description="Publish fake Alicom receipts into the sandbox's MNS queues, as the "
         "platform would. AccessKey from ALIBABA_CLOUD_ACCESS_KEY_ID/SECRET (sandbox default).",
     )
-    p.add_argument("--type", dest="kind", default="SmsReport", choices=KINDS)
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--rate", type=_rate, default=None, help="messages per second, e.g. 200/s")
-    p.add_argument("--duplicate-rate", type=float, default=0.0)
-    p.add_argument("--malformed", type=int, default=0)
-    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
-    p.add_argument("--account-id", default=ALICOM_ACCOUNT_ID)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--type", dest="kind", default="SmsReport", choices=KINDS,
+                   help="the message type, i.e. the queue (default SmsReport)")
+    p.add_argument("--count", type=_count, required=True,
+                   help="messages to publish in all, platform duplicates and malformed bodies "
+                        "included")
+    p.add_argument("--rate", type=_rate, default=None,
+                   help="messages per second, e.g. 200/s (default: as fast as it goes)")
+    p.add_argument("--duplicate-rate", type=_share, default=0.0,
+                   help="share of the messages that repeat an earlier receipt with a new "
+                        "MessageId, as the platform does (0-1, default 0)")
+    p.add_argument("--malformed", type=int, default=0,
+                   help="how many of the messages are bodies no receipt can be made of")
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
+                   help=f"the sandbox's address (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--account-id", default=ALICOM_ACCOUNT_ID,
+                   help="the account id in the queue names (default: the sandbox's)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the random choices, for a repeatable run")
     return p
 
 

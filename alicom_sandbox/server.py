@@ -146,11 +146,16 @@ _FAULT_FLAGS = ("latency_ms", "error_rate", "drop_rate", "hang_rate", "max_long_
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="alicom-receipts sandbox",
-        description="A local Alicom sandbox: MNS queues and the Dybaseapi token API on one port.",
+        description="A local Alicom sandbox: MNS queues, the Dybaseapi token API and the "
+        "Dysmsapi sending side on one port.",
+        epilog="`alicom-receipts sandbox publish --help`: publish fake receipts into a running "
+        "sandbox's queues.",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    p.add_argument("--token-lifetime-s", type=float, default=3600.0)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8765,
+                   help="port to listen on, 0-65535 (default 8765; 0 picks a free port)")
+    p.add_argument("--token-lifetime-s", type=float, default=3600.0,
+                   help="lifetime of the temporary MNS tokens (default 3600)")
     p.add_argument("--latency-ms", type=float, default=0.0, help="added to every MNS request")
     p.add_argument("--error-rate", type=float, default=0.0, help="share of 500/503 answers")
     p.add_argument("--drop-rate", type=float, default=0.0, help="share of dropped connections")
@@ -166,7 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token-hang-rate", type=float, default=0.0,
                    help="share of token requests that hang")
     p.add_argument("--clock-skew-s", type=float, default=0.0, help="server clock offset")
-    p.add_argument("--date-window-s", type=float, default=900.0)
+    p.add_argument("--date-window-s", type=float, default=900.0,
+                   help="how far a request's Date may be from the server clock (default 900)")
     p.add_argument(
         "--queue",
         action="append",
@@ -174,9 +180,20 @@ def _parser() -> argparse.ArgumentParser:
         help="create this queue at start (repeatable; default: the seven Alicom queues)",
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the fault dice")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO",
+                   help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     dysms_admin.add_arguments(p)
     return p
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {text!r}")
+    return value
 
 
 def _root_key(environ: dict[str, str]) -> tuple[str, str]:

@@ -17,6 +17,7 @@ handler on sample receipts in-process, for a plugin's own tests.
 
 from __future__ import annotations
 
+from consumer._version import __version__
 from consumer.errors import PermanentFailure, RetryLater
 from consumer.handler_api import BatchHandler, BatchResult, Handler, handler
 from consumer.receipts import (
@@ -48,5 +49,6 @@ __all__ = [
     "SmsReport",
     "SmsUp",
     "TemplateSmsReport",
+    "__version__",
     "handler",
 ]

@@ -7,6 +7,16 @@ later, with backoff) and *permanent* (no retry will help).
 
 from __future__ import annotations
 
+#: Exit statuses of every command (the README's "Exit statuses"; consumer.cli.runner):
+#: 1 the command failed (problems found, a dependency failed while it ran); 2 a usage or
+#: configuration error, which restarting cannot fix (systemd units: RestartPreventExitStatus=2;
+#: `run` stops instead of restarting such a worker); 75 (sysexits' EX_TEMPFAIL) a temporary
+#: start-up failure (`StartupUnavailable`: the ECS metadata service not answering yet, the
+#: listen port still taken), worth a restart after a while.
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 75
+
 
 class AlicomReceiptsError(Exception):
     """Base of every error this package raises on purpose."""
@@ -18,6 +28,11 @@ class ConfigError(AlicomReceiptsError):
 
 class TransientError(AlicomReceiptsError):
     """A dependency failed in a way that may succeed on retry (network, 5xx, throttling)."""
+
+
+class StartupUnavailable(TransientError):  # noqa: N818 - reads as the state it reports
+    """Something the process needs to start is not available yet, though nothing is wrong
+    with the configuration (exit status `EXIT_UNAVAILABLE`, restarted later)."""
 
 
 class PermanentError(AlicomReceiptsError):

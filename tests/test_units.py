@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from consumer.errors import EXIT_CONFIG, EXIT_UNAVAILABLE
 from consumer.settings.push import PushSettings
 from consumer.sources.push.guard import FD_RESERVE
 
@@ -117,6 +118,14 @@ def test_unit_contract() -> None:
     stop = next(x for x in lines if x.startswith("TimeoutStopSec="))
     # Above the default drain budget (worker.shutdown_budget_s = 20 s).
     assert int(stop.removeprefix("TimeoutStopSec=").removesuffix("s")) > 20
+
+
+@pytest.mark.parametrize("name", sorted(RATED))
+def test_a_configuration_error_is_not_restarted(name: str) -> None:
+    lines = _settings((SYSTEMD / name).read_text())
+    assert "Restart=always" in lines
+    assert "RestartPreventExitStatus=%d" % EXIT_CONFIG in lines
+    assert EXIT_UNAVAILABLE != EXIT_CONFIG  # a temporary start-up failure is restarted
 
 
 def _settings(text: str) -> list[str]:

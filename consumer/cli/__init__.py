@@ -10,21 +10,26 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from consumer._version import __version__
+from consumer.cli.runner import run_command
+from consumer.errors import EXIT_CONFIG
+from consumer.settings import did_you_mean
+
 #: sub-command -> (module, function taking argv, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "worker": ("consumer.runtime.app", "worker_main", "run one worker process for one queue type"),
+    "worker": ("consumer.cli.worker", "main", "run one worker process for one queue type"),
     "dead-letters": ("consumer.cli.dead_letters", "main",
                      "list, show, replay or purge dead letters"),
     "sandbox": ("alicom_sandbox.server", "main",
                 "run the local Alicom sandbox (MNS + token API); `sandbox publish` sends receipts"),
-    "run": ("consumer.runtime.supervisor", "main",
+    "run": ("consumer.cli.run", "main",
             "run the configured worker processes (no systemd): restart, drain, exit"),
     "check": ("consumer.cli.check", "main", "check config, plugins, Redis, token and queues"),
-    "push-server": ("consumer.sources.push.server", "main",
+    "push-server": ("consumer.cli.push", "server_main",
                     "receive the platform's HTTP batch pushes"),
-    "push-worker": ("consumer.sources.push.worker", "main",
+    "push-worker": ("consumer.cli.push", "worker_main",
                     "drain pushed receipts through dedup, handlers and dead letters"),
-    "reconcile": ("consumer.sources.reconcile.run", "main",
+    "reconcile": ("consumer.cli.reconcile", "main",
                   "recover lost receipts with QuerySendDetails"),
     "stats": ("consumer.reports.delivery_report", "run", "delivery success rate and failure codes"),
     "demo": ("consumer.cli.demo", "main", "the whole loop locally: sandbox, publisher, worker"),
@@ -38,9 +43,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: alicom-receipts <command> [options]", "", "commands:"]
+    lines = ["usage: alicom-receipts [--version] <command> [options]", "", "commands:"]
     lines += ["  %-14s %s" % (name, spec[2]) for name, spec in COMMANDS.items()]
-    lines += ["", "`alicom-receipts <command> --help` for a command's options."]
+    lines += ["", "`alicom-receipts <command> --help` for a command's options.",
+              "Exit status: 0 ok, 1 failed, 2 usage or configuration error, 75 temporary "
+              "start-up failure (try again later)."]
     return "\n".join(lines)
 
 
@@ -48,7 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in {"-h", "--help", "help"}:
         print(_usage())
-        return 0 if args else 2
+        return 0 if args else EXIT_CONFIG
+    if args[0] in {"-V", "--version"}:
+        print("alicom-receipts %s" % __version__)
+        return 0
     name, rest = args[0], args[1:]
     if name == "sandbox" and rest[:1] == ["publish"]:
         module, func = "alicom_sandbox.publisher", "main"
@@ -56,11 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif name in COMMANDS:
         module, func = COMMANDS[name][:2]
     else:
-        print("alicom-receipts: unknown command %r\n\n%s" % (name, _usage()), file=sys.stderr)
-        return 2
+        hint = did_you_mean(name, [*COMMANDS, "sandbox publish"])
+        print("alicom-receipts: unknown command %r%s\n\n%s" % (name, hint, _usage()),
+              file=sys.stderr)
+        return EXIT_CONFIG
     entry = getattr(importlib.import_module(module), func)
-    result = entry(rest)
-    return int(result or 0)
+    return run_command("alicom-receipts %s" % name, lambda: entry(rest))
 
 
 if __name__ == "__main__":

@@ -26,17 +26,25 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import redis
 
+from consumer.cli.runner import CommandParser, add_config_argument
 from consumer.clients.credentials import AccessKey, load_access_key
 from consumer.clients.redis_client import connect, scrub
 from consumer.clients.tokens import TokenService
-from consumer.errors import AlicomReceiptsError, AuthError, ConfigError, PermanentError
+from consumer.errors import (
+    AlicomReceiptsError,
+    AuthError,
+    ConfigError,
+    PermanentError,
+    StartupUnavailable,
+)
 from consumer.handler_api import HandlerTypeError
 from consumer.handlers.plugins import close_handlers, deadline_problems, load_handlers
+from consumer.receipts import MESSAGE_TYPES, RECEIPT_CLASSES
 from consumer.runtime import logs
 from consumer.settings import (
     ENV_PREFIX,
@@ -69,24 +77,65 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def check_plugins(settings: Settings, report: Report) -> None:
+    """Each `[[handlers]]` entry on its own (every broken one is reported, with the hint its
+    failure calls for), then every queue type of `alicom.queues` has at least one handler:
+    without one, each of its receipts would be dead-lettered as `no_handler`. A broken
+    entry counts as covering the types it declares (all, when it declares none), so that its
+    one problem is not reported twice."""
+    usable, covered = [], set()
+    for i, spec in enumerate(settings.handlers):
+        try:
+            close_handlers(load_handlers([spec]))
+        except ConfigError as exc:
+            report.problem("handlers", str(exc), "%s (handlers[%d], use = %r)"
+                           % (_handler_hint(exc), i, spec.use))
+            covered |= set(spec.types) if spec.types is not None else set(RECEIPT_CLASSES)
+        else:
+            usable.append(spec)
     try:
-        routes = load_handlers(settings.handlers)
-    except ConfigError as exc:
-        report.problem("handlers", str(exc), _plugin_todo(exc))
+        routes = load_handlers(usable)
+    except ConfigError as exc:  # together: e.g. two handlers with one name
+        report.problem("handlers", str(exc), "give each [[handlers]] its own `name`")
         return
     for problem in deadline_problems(routes, settings.ack.max_in_flight_s):
         report.problem("handlers", problem, "lower the handler's deadline_s or raise "
                        "ack.max_in_flight_s")
     close_handlers(routes)
-    report.checked.append("%d handler(s)" % len(settings.handlers))
+    covered |= set(routes)
+    for message_type in settings.queues:
+        cls = MESSAGE_TYPES[message_type].__name__
+        if cls not in covered:
+            report.problem("handlers", "no handler takes %s receipts: each one from queue %s "
+                           "would be dead-lettered as no_handler" % (
+                               cls, settings.queue_name(message_type)),
+                           "add a [[handlers]] entry for %s (or one without `types`), or "
+                           "remove %s from alicom.queues" % (cls, message_type))
+    if len(usable) == len(settings.handlers):
+        report.checked.append("%d handler(s)" % len(settings.handlers))
 
 
-def _plugin_todo(exc: ConfigError) -> str:
+#: (what the loading failure's message contains, what to do about it), first match wins.
+_HANDLER_HINTS: tuple[tuple[str, str], ...] = (
+    ("unknown handler", "install the plugin's package into this virtual environment, or fix "
+                        "`use` (an entry point name or package.module:attribute)"),
+    ("cannot import module", "install the plugin's package into this virtual environment, "
+                             "or fix the module in `use`"),
+    ("bad handler reference", "write `use` as an entry point name or package.module:attribute"),
+    ("has no attribute", "fix the attribute after the colon in `use`"),
+    ("takes no options", "remove `options`: only a class handler takes them"),
+    ("bad options", "fix `options`: the names and types the handler's class accepts (README)"),
+    ("failed to start", "fix that handler's `options` (a path, URL or value it refused, as said)"),
+)
+
+
+def _handler_hint(exc: ConfigError) -> str:
+    """What to do about one handler's loading failure, by its kind."""
     if isinstance(exc.__cause__, HandlerTypeError):
         return ("make `types` in [[handlers]] (or @handler) and the annotation of the "
                 "handler's receipt parameter agree")
-    return ("install the plugin's package into this virtual environment or fix `use` in "
-            "[[handlers]] (package.module:attribute or an entry point name)")
+    message = str(exc)
+    return next((hint for found, hint in _HANDLER_HINTS if found in message),
+                "fix that [[handlers]] entry as the message says")
 
 
 def check_redis(settings: Settings, report: Report) -> None:
@@ -168,15 +217,14 @@ def _reach(client: MnsQueueClient) -> None:
         client.change_visibility(delivery.receipt_handle, 1)
 
 
-def run_checks(settings: Settings, env: Mapping[str, str],
-               access_key: Callable[[Mapping[str, str]], AccessKey] = load_access_key) -> Report:
+def run_checks(settings: Settings, env: Mapping[str, str]) -> Report:
     """Every check against `settings`; never raises for a problem it can describe."""
     report = Report()
     key: AccessKey | None = None
     try:
-        key = access_key(env)
-    except ConfigError as exc:
-        report.problem("access key", str(exc), "see config/alicom-receipts.example.toml, top")
+        key = load_access_key(env, settings.preset)
+    except (ConfigError, StartupUnavailable) as exc:
+        report.problem("access key", str(exc), "see the README, \"The AccessKey\"")
     check_plugins(settings, report)
     check_redis(settings, report)
     if key is None:
@@ -193,13 +241,11 @@ def run_checks(settings: Settings, env: Mapping[str, str],
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="alicom-receipts check",
         description="Check the config, the plugins, Redis, the token API and every queue; "
                     "one line per problem, exit 1 if any.")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="TOML settings file (default: $ALICOM_RECEIPTS_CONFIG, else the "
-                             "embedded local default)")
+    add_config_argument(parser)
     return parser.parse_args(list(argv))
 
 

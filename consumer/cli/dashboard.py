@@ -42,6 +42,7 @@ from consumer.cli.dashboard_page import Stores, collect, render
 from consumer.cli.numbers import CSV_COLUMNS
 from consumer.cli.numbers import open_numbers as _open_numbers
 from consumer.cli.numbers import when as _when
+from consumer.cli.runner import CommandParser
 from consumer.errors import ConfigError
 from consumer.reports import delivery_stats, reviews, tasks
 from consumer.reports.delivery_report import parse_since
@@ -172,10 +173,11 @@ def _within(address: str, networks: Sequence[IpNetwork]) -> bool:
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="alicom-receipts dashboard",
+    p = CommandParser(prog="alicom-receipts dashboard",
                                 description="A read-only report page.")
     add_target_arguments(p)
-    p.add_argument("--listen", default="127.0.0.1:8088", metavar="HOST:PORT")
+    p.add_argument("--listen", default="127.0.0.1:8088", metavar="HOST:PORT",
+                   help="address to serve on (default 127.0.0.1:8088)")
     p.add_argument("--since", default="24h", help="window of the page: Nh or Nd (default 24h)")
     p.add_argument("--refresh-s", type=int, default=30, help="the page reloads itself")
     p.add_argument("--secret-file", default=None, metavar="FILE",

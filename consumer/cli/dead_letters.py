@@ -11,13 +11,19 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TextIO
 
+from consumer.cli.runner import (
+    CommandParser,
+    add_config_argument,
+    config_in_every_action,
+    load,
+    queue_type,
+)
 from consumer.clients.redis_client import RedisClient, connect
 from consumer.errors import AlicomReceiptsError, ConfigError
 from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
@@ -26,32 +32,36 @@ from consumer.pipeline.dedup import RedisDedupStore
 from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.stats import Stats
-from consumer.runtime import logs
-from consumer.settings import Settings, config_path, load_settings
+from consumer.settings import Settings
 from consumer.sources.replay.transport import replay
+
+_QUEUE_HELP = ("only letters of this queue: a message type (SmsReport) or its queue's name "
+               "(Alicom-Queue-<account id>-SmsReport)")
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="alicom-receipts dead-letters",
-                                description="Inspect, replay or purge dead-lettered receipts.")
-    p.add_argument("--config", default=None, metavar="FILE")
+    p = CommandParser(prog="alicom-receipts dead-letters",
+                      description="Inspect, replay or purge dead-lettered receipts.")
+    add_config_argument(p)
     sub = p.add_subparsers(dest="action", required=True)
     ls = sub.add_parser("list", help="newest first, one line each")
-    ls.add_argument("--queue", default=None, help="only this queue name")
-    ls.add_argument("--limit", type=int, default=50)
-    ls.add_argument("--offset", type=int, default=0)
+    ls.add_argument("--queue", default=None, help=_QUEUE_HELP)
+    ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    ls.add_argument("--offset", type=int, default=0, help="skip this many newest (default 0)")
     show = sub.add_parser("show", help="one dead letter with its raw body")
-    show.add_argument("id")
+    show.add_argument("id", help="the dead letter's id, as `list` shows it")
     replay = sub.add_parser("replay", help="run dead letters through the handlers again")
-    replay.add_argument("ids", nargs="*", metavar="ID")
-    replay.add_argument("--all", action="store_true", help="every dead letter (of --queue)")
-    replay.add_argument("--queue", default=None)
+    replay.add_argument("ids", nargs="*", metavar="ID", help="the dead letters to replay")
+    replay.add_argument("--all", action="store_true",
+                        help="every dead letter (of --queue) instead of IDs")
+    replay.add_argument("--queue", default=None, help=_QUEUE_HELP + " (with --all)")
     replay.add_argument("--handler", action="append", default=None, metavar="NAME",
                         help="run only this handler (repeatable; default: the handlers each "
                              "letter names as failed, else all not finished)")
     purge = sub.add_parser("purge", help="delete dead letters for good")
-    purge.add_argument("--queue", default=None)
+    purge.add_argument("--queue", default=None, help=_QUEUE_HELP)
     purge.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
+    config_in_every_action(sub)
     return p.parse_args(list(argv))
 
 
@@ -61,18 +71,19 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError("--limit must be at least 1, got %d" % args.limit)
     if args.action == "list" and args.offset < 0:
         raise ConfigError("--offset must be 0 or more, got %d" % args.offset)
+    if args.action == "replay" and bool(args.ids) == bool(args.all):
+        raise ConfigError("replay needs the IDs of dead letters, or --all (not both): "
+                          "`alicom-receipts dead-letters list` shows them")
+    if args.action == "purge" and not args.yes:
+        raise ConfigError("purge deletes dead letters for good: add --yes to confirm")
 
 
 def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     args = _parse(argv)
-    try:
-        _check_arguments(args)
-        settings = load_settings(config_path(args.config, os.environ),
-                                 dict(os.environ))
-    except ConfigError as exc:
-        print("alicom-receipts dead-letters: %s" % exc, file=sys.stderr)
-        return 2
-    logs.configure(settings.log.level, settings.log.format)
+    _check_arguments(args)
+    settings = load(args)
+    if getattr(args, "queue", None):
+        args.queue = settings.queue_name(queue_type(settings, args.queue))
     client = connect(settings.redis_url, socket_timeout_s=10)
     store = RedisDeadLetterStore(client, settings.deadletter)
     try:
@@ -131,9 +142,6 @@ def _peek_body(d: DeadLetter) -> str | None:
 
 
 def _purge(store: RedisDeadLetterStore, args: argparse.Namespace, out: TextIO) -> int:
-    if not args.yes:
-        print("purge deletes dead letters for good: add --yes to confirm", file=out)
-        return 2
     print("purged %d dead letters" % store.purge(args.queue), file=out)
     return 0
 

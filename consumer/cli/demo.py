@@ -29,15 +29,17 @@ from alicom_sandbox.config_file import write_config
 from alicom_sandbox.publisher import Publisher
 from alicom_sandbox.redis_server import running_redis
 from alicom_sandbox.testing import SandboxHandle, running_sandbox
+from consumer.cli.runner import CommandParser
 from consumer.clients.redis_client import connect
 from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="alicom-receipts demo", description=__doc__)
+    p = CommandParser(prog="alicom-receipts demo", description=__doc__)
     p.add_argument("--seconds", type=float, default=15.0, help="how long to publish")
     p.add_argument("--rate", type=float, default=4.0, help="receipts per second")
-    p.add_argument("--duplicate-rate", type=float, default=0.1)
+    p.add_argument("--duplicate-rate", type=float, default=0.1,
+                   help="share of receipts the platform sends twice (default 0.1)")
     return p.parse_args(list(argv))
 
 

@@ -24,6 +24,7 @@ from typing import TextIO
 
 import redis
 
+from consumer.cli.runner import CommandParser, config_in_every_action
 from consumer.errors import ConfigError
 from consumer.reports.numbers import DEFAULT_PREFIX, NumberList, NumberRecord
 from consumer.reports.phone_ids import phone_ids
@@ -37,7 +38,7 @@ CSV_COLUMNS = ("number", "reason", "failures", "first_failure", "last_failure",
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="alicom-receipts numbers",
+    p = CommandParser(prog="alicom-receipts numbers",
                                 description="Numbers not to send to, and why.")
     add_target_arguments(p)
     p.add_argument("--prefix", default=None, help="key prefix (default: from the handler)")
@@ -45,18 +46,20 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
                    help="numbers are stored hashed (default: from the handler)")
     sub = p.add_subparsers(dest="action", required=True)
     check = sub.add_parser("check", help="exit 1 when any of the numbers is suppressed")
-    check.add_argument("phones", nargs="+", metavar="PHONE")
+    check.add_argument("phones", nargs="+", metavar="PHONE", help="the numbers to look up")
     listing = sub.add_parser("list", help="the suppressed numbers")
-    listing.add_argument("--reason", default=None)
+    listing.add_argument("--reason", default=None, help="only numbers suppressed for this reason")
     export = sub.add_parser("export", help="the suppressed numbers as CSV")
-    export.add_argument("--format", choices=("csv",), default="csv")
-    export.add_argument("--reason", default=None)
+    export.add_argument("--format", choices=("csv",), default="csv",
+                        help="the output format (csv, the default)")
+    export.add_argument("--reason", default=None, help="only numbers suppressed for this reason")
     remove = sub.add_parser("remove", help="forget numbers (suppressed or not)")
-    remove.add_argument("phones", nargs="+", metavar="PHONE")
+    remove.add_argument("phones", nargs="+", metavar="PHONE", help="the numbers to forget")
     add = sub.add_parser("add", help="suppress a number by hand (a manual blacklist)")
-    add.add_argument("phone", metavar="PHONE")
+    add.add_argument("phone", metavar="PHONE", help="the number to suppress")
     add.add_argument("--reason", required=True, help="why (kept as the record's message)")
     add.add_argument("--expire-days", type=float, default=0.0, help="0: until removed")
+    config_in_every_action(sub)
     return p.parse_args(list(argv))
 
 

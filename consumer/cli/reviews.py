@@ -18,6 +18,7 @@ from typing import TextIO
 import redis
 
 from consumer.cli.numbers import when
+from consumer.cli.runner import CommandParser, config_in_every_action
 from consumer.errors import ConfigError
 from consumer.reports.reviews import DEFAULT_PREFIX, Review, ReviewStore
 from consumer.reports.targets import add_target_arguments, handler_options, open_redis
@@ -27,7 +28,7 @@ _LABELS = {"approving": "in review", "approved": "approved", "rejected": "reject
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="alicom-receipts reviews",
+    p = CommandParser(prog="alicom-receipts reviews",
                                 description="Review states of signatures and templates.")
     add_target_arguments(p)
     p.add_argument("--prefix", default=None, help="key prefix (default: from the handler)")
@@ -35,8 +36,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     listing = sub.add_parser("list", help="the latest state of each signature and template")
     listing.add_argument("--state", default=None, help="only this state (e.g. rejected)")
     history = sub.add_parser("history", help="every review of one signature or template")
-    history.add_argument("kind", choices=("sign", "template"))
-    history.add_argument("name")
+    history.add_argument("kind", choices=("sign", "template"),
+                         help="a signature (sign) or a template")
+    history.add_argument("name", help="the signature's name or the template's code")
+    config_in_every_action(sub)
     return p.parse_args(list(argv))
 
 

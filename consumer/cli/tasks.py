@@ -21,6 +21,7 @@ from typing import TextIO
 import redis
 
 from consumer.cli.numbers import when
+from consumer.cli.runner import CommandParser, config_in_every_action
 from consumer.errors import ConfigError
 from consumer.reports.delivery_report import parse_since
 from consumer.reports.err_codes import describe
@@ -31,20 +32,24 @@ _USES = frozenset({"send-tracker", "consumer.handlers.tracking:SendTracker"})
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="alicom-receipts tasks",
+    p = CommandParser(prog="alicom-receipts tasks",
                                 description="Send tasks: submitted, delivered, failed, pending.")
     add_target_arguments(p)
     p.add_argument("--prefix", default=None, help="tasks key prefix (default: from the handler)")
     sub = p.add_subparsers(dest="action", required=True)
     listing = sub.add_parser("list", help="tasks created within --since, newest first")
     listing.add_argument("--since", default="24h", help="Nh or Nd (default 24h)")
-    listing.add_argument("--status", choices=("sending", "done"), default=None)
+    listing.add_argument("--status", choices=("sending", "done"), default=None,
+                         help="only tasks still sending (numbers pending) or done")
     show = sub.add_parser("show", help="one task's counts and failure reasons")
-    show.add_argument("task_id", metavar="ID")
+    show.add_argument("task_id", metavar="ID", help="the task's id (its BizId, or task_id=)")
     export = sub.add_parser("export", help="one task's numbers in one state, as CSV")
-    export.add_argument("task_id", metavar="ID")
-    export.add_argument("--status", choices=("delivered", "failed", "pending"), required=True)
-    export.add_argument("--format", choices=("csv",), default="csv")
+    export.add_argument("task_id", metavar="ID", help="the task's id (its BizId, or task_id=)")
+    export.add_argument("--status", choices=("delivered", "failed", "pending"), required=True,
+                        help="the numbers in this state")
+    export.add_argument("--format", choices=("csv",), default="csv",
+                        help="the output format (csv, the default)")
+    config_in_every_action(sub)
     return p.parse_args(list(argv))
 
 

@@ -6,11 +6,16 @@
    `security_token`) in `$CREDENTIALS_DIRECTORY` (`LoadCredential=` in the unit);
 2. the environment variables `ALIBABA_CLOUD_ACCESS_KEY_ID` / `ALIBABA_CLOUD_ACCESS_KEY_SECRET`
    (and `ALIBABA_CLOUD_SECURITY_TOKEN` for an STS key), read from `env`;
-3. the rest of the Alibaba Cloud default chain, through `alibabacloud_credentials`
+3. with `preset = "sandbox"`, the sandbox's documented local key (it is valid nowhere else,
+   so nothing real is ever tried with it);
+4. otherwise the rest of the Alibaba Cloud default chain, through `alibabacloud_credentials`
    (`Client()`): the credentials file (`~/.alibabacloud/credentials.ini` or
    `ALIBABA_CLOUD_CREDENTIALS_FILE`), the aliyun CLI profile, an ECS RAM role, OIDC, a
    credentials URI. That chain is the SDK's own and reads the *process* environment as it was
-   when the SDK was imported, not `env`.
+   when the SDK was imported, not `env`. Its own log lines and tracebacks are kept quiet
+   while we look: when it finds nothing, one `ConfigError` line says what was tried and what
+   to do. When the host is an ECS instance (or names a RAM role) and the metadata service
+   did not answer, that is `StartupUnavailable` instead: temporary, worth a restart.
 
 A key from the chain may be temporary (a RAM role gives a security token too, and renews
 it): the SDK client is kept in `AccessKey.credential_client` so the token service hands it to
@@ -21,12 +26,16 @@ The secret and the security token never appear in a repr, a log line or an error
 
 from __future__ import annotations
 
+import ast
+import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, StartupUnavailable
+from consumer.settings import SANDBOX_ACCESS_KEY_ID, SANDBOX_ACCESS_KEY_SECRET
 
 ID_FILE = "access_key_id"
 SECRET_FILE = "access_key_secret"  # noqa: S105 - a file name, not a secret
@@ -67,11 +76,14 @@ class AccessKey:
     __str__ = __repr__
 
 
-def load_access_key(env: Mapping[str, str]) -> AccessKey:
-    """The AccessKey from the first source that has one (see the module docstring).
+def load_access_key(env: Mapping[str, str], preset: str | None = None) -> AccessKey:
+    """The AccessKey from the first source that has one (see the module docstring);
+    `preset` is `Settings.preset` ("sandbox" allows the sandbox's documented key).
 
-    Raises ConfigError saying what is missing and where to put the key; a source that is
-    half there (an id without a secret) is an error rather than a reason to look further.
+    Raises ConfigError saying what was tried and where to put the key (one line); a source
+    that is half there (an id without a secret) is an error rather than a reason to look
+    further. Raises StartupUnavailable when only the ECS metadata service could tell, and it
+    did not answer.
     """
     directory = env.get("CREDENTIALS_DIRECTORY")
     if directory:
@@ -81,7 +93,10 @@ def load_access_key(env: Mapping[str, str]) -> AccessKey:
     key = _from_environment(env)
     if key is not None:
         return key
-    return _from_default_chain()
+    if preset == "sandbox":
+        return AccessKey(SANDBOX_ACCESS_KEY_ID, SANDBOX_ACCESS_KEY_SECRET,
+                         source="sandbox-documented-default")
+    return _from_default_chain(env)
 
 
 def _from_credentials_directory(directory: str) -> AccessKey | None:
@@ -124,20 +139,32 @@ def _from_environment(env: Mapping[str, str]) -> AccessKey | None:
     return AccessKey(access_key_id, secret, env.get(ENV_TOKEN) or None, source="environment")
 
 
-def _from_default_chain() -> AccessKey:
+def _from_default_chain(env: Mapping[str, str]) -> AccessKey:
     """The Alibaba Cloud default credentials chain (files, CLI profile, ECS RAM role, ...)."""
     # Imported here: the SDK reads the process environment when it is first imported, and
     # building the chain can start a refresh thread for a RAM role; only pay when needed.
     from alibabacloud_credentials.client import Client  # noqa: PLC0415
     from alibabacloud_credentials.exceptions import CredentialException  # noqa: PLC0415
 
+    # The SDK logs each failed provider with a traceback on its own stderr handler; the
+    # summary below says the same in one line.
+    sdk_log = logging.getLogger("credentials")
+    was_disabled, sdk_log.disabled = sdk_log.disabled, True
     try:
         client = Client()
         model = client.get_credential()
     except (CredentialException, ValueError, OSError) as exc:
-        detail = getattr(exc, "message", None) or str(exc)
-        raise ConfigError(f"no Alibaba Cloud AccessKey found ({_trim(detail)}): "
+        detail = str(getattr(exc, "message", None) or exc)
+        tried = chain_failures(detail)
+        if _metadata_down(tried, env):
+            raise StartupUnavailable(
+                "the ECS metadata service did not answer for the RAM role's credentials "
+                f"({_trim(tried['ECS RAM role'], 120)})") from exc
+        raise ConfigError(f"no Alibaba Cloud AccessKey found; tried $CREDENTIALS_DIRECTORY, "
+                          f"{ENV_ID}/{ENV_SECRET}, {_summary(tried, detail)}; to fix: "
                           f"{_WHAT_TO_DO}") from exc
+    finally:
+        sdk_log.disabled = was_disabled
     access_key_id = model.access_key_id or ""
     secret = model.access_key_secret or ""
     if not access_key_id or not secret:
@@ -145,6 +172,57 @@ def _from_default_chain() -> AccessKey:
     provider = model.provider_name or model.type or "unknown"
     return AccessKey(access_key_id, secret, model.security_token or None,
                      source=f"default-chain/{provider}", credential_client=client)
+
+
+_PROVIDERS = {
+    "EnvironmentVariableCredentialsProvider": "environment",
+    "OIDCRoleArnCredentialsProvider": "OIDC",
+    "CLIProfileCredentialsProvider": "aliyun CLI profile",
+    "ProfileCredentialsProvider": "credentials file",
+    "EcsRamRoleCredentialsProvider": "ECS RAM role",
+    "URLCredentialsProvider": "credentials URI",
+}
+
+
+def chain_failures(detail: str) -> dict[str, str]:
+    """Provider label -> why it found nothing, from the default chain's error message
+    ("unable to load credentials from any of the providers in the chain: ['Name: why', ...]")."""
+    listed = detail.partition("chain: ")[2]
+    try:
+        items = ast.literal_eval(listed) if listed else []
+    except (ValueError, SyntaxError):
+        items = []
+    out: dict[str, str] = {}
+    for item in items if isinstance(items, list) else []:
+        name, _, why = str(item).partition(": ")
+        out[_PROVIDERS.get(name, name)] = " ".join(why.split())
+    return out
+
+
+def _summary(tried: Mapping[str, str], detail: str) -> str:
+    if not tried:
+        return "the default chain (%s)" % _trim(" ".join(detail.split()), 200)
+    return "the default chain: " + ", ".join(
+        "%s (%s)" % (label, _trim(why, 70)) for label, why in tried.items())
+
+
+def _metadata_down(tried: Mapping[str, str], env: Mapping[str, str]) -> bool:
+    """True when the ECS RAM role is what should have answered and its service did not: on
+    an ECS instance (or with a role named), anything but the service's "no such role" (an
+    HTTP 4xx) is an outage (not booted yet, throttled, a network blip)."""
+    why = tried.get("ECS RAM role")
+    if why is None or re.search(r"HttpCode=4\d\d", why):
+        return False
+    return bool(env.get("ALIBABA_CLOUD_ECS_METADATA")) or _on_ecs()
+
+
+def _on_ecs() -> bool:
+    """This host is an Alibaba Cloud ECS instance (its DMI vendor says so)."""
+    try:
+        with open("/sys/class/dmi/id/sys_vendor", encoding="utf-8") as fh:
+            return "alibaba" in fh.read().lower()
+    except OSError:
+        return False
 
 
 def _trim(text: str, limit: int = 300) -> str:

@@ -44,6 +44,7 @@ from consumer.reports.delivery_stats import (
 )
 from consumer.reports.err_codes import describe
 from consumer.reports.targets import handler_options
+from consumer.settings import CONFIG_HELP
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +78,7 @@ def build_report(client: RedisClient, first: datetime, hours: int,
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="alicom-receipts stats",
                                 description="Delivery success rate, failure codes, hourly table.")
-    p.add_argument("--config", default=None, metavar="FILE")
+    p.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
     p.add_argument("--since", default="24h", help="window length: Nh or Nd (default 24h)")
     p.add_argument("--until", default=None, metavar="'YYYY-MM-DD HH'",
                    help="last hour of the window, in --tz (default: the current hour)")

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from consumer.errors import ConfigError
-from consumer.settings import config_path, load_settings
+from consumer.settings import CONFIG_HELP, config_path, load_settings
 
 __all__ = ["Target", "add_target_arguments", "handler_options", "open_redis"]
 
@@ -32,7 +32,7 @@ class Target:
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """`--config` and `--redis-url`; each command adds its own `--prefix`."""
-    parser.add_argument("--config", default=None, metavar="FILE")
+    parser.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
     parser.add_argument("--redis-url", default=None, help="default: from the configuration")
 
 

@@ -1,16 +1,13 @@
 """Composition root: Settings in, a running worker out. The only place that wires the
 SDK clients, Redis, the token service and the plugins together.
 
-`worker_main` is `alicom-receipts worker --queue SmsReport [--config FILE]`.
+The command itself is `consumer.cli.worker` (`alicom-receipts worker --queue SmsReport`).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -31,11 +28,8 @@ from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.stats import Stats
 from consumer.receipts import MESSAGE_TYPES
-from consumer.runtime import logs
 from consumer.runtime.metrics import MetricsHandle, setup_metrics
-from consumer.runtime.service import exit_now, serve
-from consumer.runtime.worker_health import http_health
-from consumer.settings import Settings, config_path, load_settings
+from consumer.settings import Settings
 from consumer.sources.mns.ack import AckConfig
 from consumer.sources.mns.queue import MnsQueueClient, QueueClient
 from consumer.sources.mns.worker import Pipeline, Worker, WorkerConfig
@@ -119,7 +113,7 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
         raise ConfigError("--queue must be one of %s, got %r"
                           % (", ".join(sorted(MESSAGE_TYPES)), message_type))
     stats = stats or Stats()
-    access_key = load_access_key(env)
+    access_key = load_access_key(env, settings.preset)
     abort = threading.Event()  # the worker's "leave now": cuts token retry sleeps short too
     tokens = TokenService.from_settings(settings, access_key, observer=_TokenStats(stats),
                                         stop=abort)
@@ -159,43 +153,3 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
     )
     return Worker(worker_config(settings, message_type), pipeline, abort), Resources(
         client, tokens, dispatcher, metrics)
-
-
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="alicom-receipts worker",
-                                     description="Run one worker process for one queue type.")
-    parser.add_argument("--queue", required=True, metavar="TYPE",
-                        help="message type to consume: SmsReport, SmsUp, ...")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="TOML settings file (default: $ALICOM_RECEIPTS_CONFIG, else the "
-                             "embedded local default)")
-    return parser.parse_args(list(argv))
-
-
-def worker_main(argv: Sequence[str]) -> int:
-    args = _parse(argv)
-    env = dict(os.environ)
-    try:
-        settings = load_settings(config_path(args.config, env), env)
-    except ConfigError as exc:
-        print("alicom-receipts worker: %s" % exc)
-        return 2
-    logs.configure(settings.log.level, settings.log.format)
-    try:
-        worker, resources = build_worker(settings, args.queue, env)
-    except ConfigError as exc:
-        log.error("config_invalid", error=str(exc))  # noqa: TRY400 - the message says it all
-        return 2
-    log.info("settings", **settings.describe())
-    code = 1
-    try:
-        code = serve(worker, settings.service,
-                     on_health=http_health(resources.metrics, settings.service))
-    except Exception:
-        log.exception("worker_crashed")
-    finally:
-        # A handler's close() may wait on a thread that never returns: bounded too.
-        closer = threading.Thread(target=resources.close, name="close", daemon=True)
-        closer.start()
-        closer.join(CLOSE_TIMEOUT_S)
-    return exit_now(code)

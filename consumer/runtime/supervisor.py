@@ -7,13 +7,16 @@ queue type (`settings.queues`, or the `--queue` flags; N from `[run] processes_p
 or `--processes`), and keeps them running:
 
 - a worker that exits 0 recycled itself (max_receipts / max_rss_mb): restarted at once;
+- one that exits 2 (EXIT_CONFIG: its configuration is unusable, a restart cannot help) is
+  not restarted: `run` stops the others as on SIGTERM and exits 2 itself;
 - one that exits non-zero or is killed is restarted after an exponential backoff
   (`restart_initial_s` doubling up to `restart_max_s`); a process that ran for
   `stable_after_s` counts as healthy again, so its next failure starts from the bottom;
 - the first SIGTERM/SIGINT is passed on to every worker (each drains within its
   `worker.shutdown_budget_s`); `run` waits for them up to that budget plus `stop_margin_s`,
   then SIGKILLs what is left. A second signal is passed on too: a worker leaves at once on
-  its second signal. Exit status 0 when every worker drained and exited 0, else 1;
+  its second signal. Exit status 0 when every worker drained and exited 0, 2 after a
+  worker's configuration error, else 1;
 - a worker that begins to stop by itself (a recycle; it says STOPPING=1 on its own notify
   socket) is held to the same budget plus margin: past it, it is SIGKILLed and restarted.
 
@@ -26,7 +29,6 @@ forwards one SIGTERM) and, on Linux, get SIGTERM if `run` itself dies (PR_SET_PD
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import os
@@ -39,15 +41,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from consumer.errors import ConfigError
-from consumer.runtime import logs
+from consumer.errors import EXIT_CONFIG
 from consumer.runtime.wakeups import NotifyInbox, SignalPipe
 from consumer.settings import (
-    QUEUE_MESSAGE_TYPES,
     RunSettings,
-    Settings,
-    config_path,
-    load_settings,
 )
 
 log = structlog.get_logger("alicom_receipts.supervisor")
@@ -126,6 +123,7 @@ class Supervisor:
     stop_deadline: float | None = None
     killed: list[str] = field(default_factory=list)
     stop_codes: dict[str, int] = field(default_factory=dict)  # exits seen while stopping
+    config_error: str | None = None  # the worker that exited EXIT_CONFIG, if one did
 
     @property
     def stopping(self) -> bool:
@@ -169,11 +167,21 @@ class Supervisor:
             log.info("child_stopped", child=slot.name, child_pid=pid, ran_s=ran_s,
                      **describe_exit(code))
             return
+        if code == EXIT_CONFIG:
+            self._give_up(slot, pid, ran_s)
+            return
         delay = after_exit(slot, code, ran_s, self.run)
         slot.restart_at = now + delay
         emit = log.info if code == 0 else log.warning
         emit("child_exited", child=slot.name, child_pid=pid, ran_s=ran_s, restart_in_s=delay,
              failures=slot.failures, **describe_exit(code))
+
+    def _give_up(self, slot: Slot, pid: int, ran_s: float) -> None:
+        """A worker found its configuration unusable: every restart would too. Stop all."""
+        self.config_error = slot.name
+        log.error("child_config_error", child=slot.name, child_pid=pid, ran_s=ran_s,
+                  code=EXIT_CONFIG, action="stopping every worker; fix the configuration")
+        self.request_stop(signal.SIGTERM)
 
     def restart_due(self) -> None:
         """Starts every worker whose restart time has come (none once stopping)."""
@@ -239,11 +247,14 @@ class Supervisor:
         return max(0.0, min(due) - self.clock()) if due else None
 
     def exit_code(self) -> int:
-        """0 when every worker running at the stop exited cleanly, else 1.
+        """2 after a worker's configuration error; else 0 when every worker running at the
+        stop exited cleanly, else 1.
 
         Clean is 0, or death by the SIGTERM passed on: a worker that had not yet installed
         its handlers (just restarted) dies of it, but it had received nothing either.
         """
+        if self.config_error is not None:
+            return EXIT_CONFIG
         clean = (0, -signal.SIGTERM)
         return 0 if all(c in clean for c in self.stop_codes.values()) and not self.killed else 1
 
@@ -315,63 +326,6 @@ def process_spawner(config: str | None, env: dict[str, str] | None = None,
     return spawn
 
 
-# -- command line ------------------------------------------------------------------------------
-
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="alicom-receipts run",
-        description="Run this host's worker processes without systemd: restart them when "
-                    "they exit, pass SIGTERM on, exit when all have drained.")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="TOML settings file (default: $ALICOM_RECEIPTS_CONFIG, else the "
-                             "embedded local default); passed on to every worker")
-    parser.add_argument("--processes", type=int, default=None, metavar="N",
-                        help="worker processes per queue type (default: [run] "
-                             "processes_per_queue)")
-    parser.add_argument("--queue", action="append", default=None, metavar="TYPE",
-                        help="a queue type to run (repeatable; default: [alicom] queues)")
-    return parser.parse_args(list(argv))
-
-
 def plan_slots(queues: Sequence[str], processes: int) -> list[Slot]:
     """`processes` slots per queue type, indexed from 1 (SmsReport-1, SmsReport-2, ...)."""
     return [Slot(q, i) for q in queues for i in range(1, processes + 1)]
-
-
-def _choose(args: argparse.Namespace, settings: Settings) -> tuple[list[str], int]:
-    """The queue types and processes per type; raises ConfigError for a bad flag."""
-    queues = list(dict.fromkeys(args.queue or settings.queues))
-    unknown = [q for q in queues if q not in QUEUE_MESSAGE_TYPES]
-    if unknown:
-        raise ConfigError("--queue must be one of %s, got %s"
-                          % (", ".join(QUEUE_MESSAGE_TYPES), ", ".join(unknown)))
-    processes = (args.processes if args.processes is not None
-                 else settings.run.processes_per_queue)
-    if not 1 <= processes <= 256:
-        raise ConfigError("--processes must be 1-256, got %d" % processes)
-    return queues, processes
-
-
-def main(argv: Sequence[str]) -> int:
-    args = _parse(argv)
-    env = dict(os.environ)
-    config = config_path(args.config, env)
-    try:
-        settings = load_settings(config, env)
-        queues, processes = _choose(args, settings)
-    except ConfigError as exc:
-        sys.stderr.write("alicom-receipts run: %s\n" % exc)
-        return 2
-    logs.configure(settings.log.level, settings.log.format)
-    run = settings.run
-    slots = plan_slots(queues, processes)
-    inbox = NotifyInbox([slot.name for slot in slots])
-    sup = Supervisor(slots, process_spawner(config, env, inbox), run,
-                     settings.worker.shutdown_budget_s + run.stop_margin_s)
-    log.info("run_started", queues=queues, processes_per_queue=processes,
-             config=settings.source)
-    try:
-        with SignalPipe() as pipe:
-            return supervise(sup, pipe, inbox)
-    finally:
-        inbox.close()

@@ -21,8 +21,11 @@ from collections.abc import Mapping
 from consumer.settings.load import ENV_PREFIX, SECTIONS, env_var, load
 from consumer.settings.model import (
     CONFIG_ENV,
+    CONFIG_HELP,
     DEFAULT_CONFIG_TOML,
     PRESETS,
+    SANDBOX_ACCESS_KEY_ID,
+    SANDBOX_ACCESS_KEY_SECRET,
     SANDBOX_ACCOUNT_ID,
     SANDBOX_ADDRESS,
     SECTION_FIELDS,
@@ -56,8 +59,10 @@ from consumer.settings.sections import (
 )
 
 __all__ = [
-    "CONFIG_ENV", "DEFAULT_CONFIG_TOML", "ENV_PREFIX", "PRESETS", "QUEUE_MESSAGE_TYPES",
-    "SANDBOX_ACCOUNT_ID", "SANDBOX_ADDRESS", "SECTIONS", "SECTION_FIELDS", "AckSettings",
+    "CONFIG_ENV", "CONFIG_HELP", "DEFAULT_CONFIG_TOML", "ENV_PREFIX", "PRESETS",
+    "QUEUE_MESSAGE_TYPES",
+    "SANDBOX_ACCESS_KEY_ID", "SANDBOX_ACCESS_KEY_SECRET", "SANDBOX_ACCOUNT_ID",
+    "SANDBOX_ADDRESS", "SECTIONS", "SECTION_FIELDS", "AckSettings",
     "DeadLetterSettings", "DedupSettings", "Endpoints", "HandlerSpec", "InvalidSettings",
     "LogSettings", "MetricsSettings", "PollSettings", "PushSettings", "Range",
     "ReconcileSettings", "RunSettings", "ServiceSettings", "Settings", "TokenSettings",

@@ -40,6 +40,11 @@ from consumer.settings.sections import (
 #: names its queues after it as well.
 SANDBOX_ACCOUNT_ID = "1943695596114318"
 SANDBOX_ADDRESS = "127.0.0.1:8765"
+#: The sandbox's documented local AccessKey (alicom_sandbox.context.DEFAULT_ACCESS_KEY_*):
+#: public, and valid nowhere but against the sandbox. With `preset = "sandbox"` it is used
+#: when no other key is given (consumer.clients.credentials).
+SANDBOX_ACCESS_KEY_ID = "LTAIsandboxAccessKey"
+SANDBOX_ACCESS_KEY_SECRET = "sandbox-secret-not-for-production"  # noqa: S105 - public local default
 
 
 
@@ -122,6 +127,8 @@ class Settings:
     dedup_keys: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: MappingProxyType({}))
     source: str = "<embedded default>"
+    #: `alicom.preset` as written ("mainland", "sandbox", "vpc-cn-hangzhou", "custom", ...).
+    preset: str = "custom"
     # The dedup key secret (consumer.keys.key_secret: a credential file or the environment,
     # never the TOML file); b"" hashes keys unkeyed.
     key_secret: bytes = field(default=b"", repr=False, compare=False)
@@ -238,6 +245,9 @@ def _address_problems(s: Settings) -> list[str]:
 
 #: The environment variable that names the configuration file when --config is not given.
 CONFIG_ENV = "ALICOM_RECEIPTS_CONFIG"
+#: The help of every command's `--config` option.
+CONFIG_HELP = ("TOML settings file (default: $%s, else the embedded local default: the "
+               "sandbox and a local Redis)" % CONFIG_ENV)
 
 
 def config_path(arg: str | None, env: Mapping[str, str]) -> str | None:

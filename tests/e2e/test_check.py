@@ -110,3 +110,39 @@ def test_declared_types_the_annotation_refuses_are_one_line(stack: Stack) -> Non
     assert lines[0].startswith("handlers: handler 'on_report': declared types SmsReport, "
                                "IntlSmsReport do not match its annotation SmsReport")
     assert "(it would get IntlSmsReport)" in lines[0]
+
+
+def test_a_queue_type_without_a_handler_fails_the_check(stack: Stack) -> None:
+    endpoint = stack.sandbox.endpoint
+    sections: dict[str, dict[str, Any]] = {
+        "alicom": {"preset": "custom", "mns_endpoint": endpoint,
+                   "token_endpoint": endpoint.removeprefix("http://"), "token_protocol": "http",
+                   "account_id": stack.account_id, "queues": ["SmsReport"]},
+        "redis": {"url": stack.redis_server.url},
+    }
+    code, lines = _check(stack, write_config(stack.tmp / "none.toml", sections, []))
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("handlers: no handler takes SmsReport receipts: each one from "
+                               "queue Alicom-Queue-")
+    assert "add a [[handlers]] entry for SmsReport" in lines[0]
+
+
+def test_two_broken_handlers_are_both_reported_each_with_its_own_hint(stack: Stack) -> None:
+    endpoint = stack.sandbox.endpoint
+    sections: dict[str, dict[str, Any]] = {
+        "alicom": {"preset": "custom", "mns_endpoint": endpoint,
+                   "token_endpoint": endpoint.removeprefix("http://"), "token_protocol": "http",
+                   "account_id": stack.account_id, "queues": ["SmsReport", "SmsUp"]},
+        "redis": {"url": stack.redis_server.url},
+    }
+    handlers = [{"use": "no_such_package.handlers:on_report", "types": ["SmsReport"]},
+                {"use": "jsonl", "options": {"path": "/x", "colour": "red"}},
+                {"use": "log"}]
+    code, lines = _check(stack, write_config(stack.tmp / "two.toml", sections, handlers))
+    assert code == 1
+    assert len(lines) == 2, lines
+    assert "no_such_package" in lines[0] and "install the plugin's package" in lines[0]
+    assert "(handlers[0]" in lines[0]
+    assert "colour" in lines[1] and "fix `options`" in lines[1] and "(handlers[1]" in lines[1]
+    assert "install the plugin's package" not in lines[1]

@@ -332,3 +332,48 @@ def test_a_worker_that_overruns_its_own_stop_is_killed_and_restarted() -> None:
         for proc in procs:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_configuration_error_stops_everything_instead_of_a_restart() -> None:
+    clock = Clock()
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    def spawn(slot: Slot) -> subprocess.Popen[bytes]:
+        code = "raise SystemExit(2)" if slot.queue == "SmsReport" else "import time; time.sleep(60)"
+        spawned.append(python(code))
+        return spawned[-1]
+
+    sup = Supervisor([Slot("SmsReport", 1), Slot("SmsUp", 1)], spawn, FAST, stop_budget_s=5,
+                     clock=clock)
+    sup.start_all()
+    spawned[0].wait(30)
+    sup.reap()
+    assert sup.stopping and sup.config_error == "SmsReport-1"
+    assert spawned[1].wait(30) == -signal.SIGTERM  # the healthy one was asked to stop
+    sup.reap()
+    clock.now += 3600
+    sup.restart_due()
+    assert len(spawned) == 2, "a worker with a configuration error was restarted"
+    assert sup.finished() and sup.exit_code() == 2
+
+
+def test_run_exits_2_without_restarting_a_worker_whose_configuration_is_unusable(
+        tmp_path: Path) -> None:
+    # The file loads (run checks it), but no worker can build its handler: each exits 2.
+    config = tmp_path / "c.toml"
+    config.write_text('[alicom]\npreset = "sandbox"\nqueues = ["SmsReport"]\n'
+                      '[log]\nformat = "json"\n[[handlers]]\nuse = "no_such_module:handler"\n',
+                      encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALIBABA_", "ALICOM_"))}
+    done = subprocess.run([sys.executable, "-m", "consumer", "run", "--config", str(config),
+                           "--processes", "2"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=90, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    run_events = [e for e in events if e.get("logger") == "alicom_receipts.supervisor"]
+    started = [e for e in run_events if e["event"] == "child_started"]
+    assert len(started) == 2, run_events  # two slots, and no restart of either
+    assert any(e["event"] == "child_config_error" for e in run_events)
+    worker_lines = [line for line in done.stderr.splitlines()
+                    if line.startswith("alicom-receipts worker: ")]
+    assert worker_lines and all("no_such_module" in line for line in worker_lines)

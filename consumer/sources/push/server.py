@@ -26,12 +26,9 @@ trim would drop receipts nobody has handled yet).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hmac
 import json
-import os
-import signal
 import threading
 import time
 import uuid
@@ -48,15 +45,10 @@ from aiohttp.abc import AbstractAccessLogger
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from consumer.clients.redis_client import AsyncRedisClient, connect, connect_async, scrub
-from consumer.errors import ConfigError
+from consumer.clients.redis_client import AsyncRedisClient, connect_async, scrub
 from consumer.pipeline.decode import reject_constant
 from consumer.receipts import MESSAGE_TYPES
-from consumer.runtime import logs
-from consumer.runtime.health import DEFAULT_STALL_S, Beat, install, keep_beating
-from consumer.runtime.instruments import PushRequests, redis_sampler
-from consumer.runtime.metrics import setup_metrics
-from consumer.settings import PushSettings, config_path, load_settings
+from consumer.settings import PushSettings
 from consumer.sources.push.guard import (
     ACCEPT_BACKLOG,
     ConnectionGuard,
@@ -384,66 +376,3 @@ def running_push_server(settings: PushSettings, redis_url: str) -> Iterator[Runn
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
-
-
-async def _serve_until_signalled(settings: PushSettings, redis_url: str,
-                                 observer: RequestObserver | None, beat: Beat) -> None:
-    serving = await start_serving(settings, redis_url, observer)
-    log.info("push_server_listening", port=serving.port,
-             max_connections=serving.receiver.guard.max_connections)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    beating = asyncio.create_task(keep_beating(beat, serving.receiver.ping, stop))
-    await stop.wait()
-    await beating
-    await stop_serving(serving)
-
-
-# ---------------------------------------------------------------------------------------
-# The command
-
-
-def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="alicom-receipts push-server",
-                                     description="Receive the platform's HTTP batch pushes.")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="TOML settings file (default: $ALICOM_RECEIPTS_CONFIG)")
-    return parser.parse_args(list(argv))
-
-
-def main(argv: Sequence[str]) -> int:
-    args = _parse_args(argv)
-    env = dict(os.environ)
-    try:
-        settings = load_settings(config_path(args.config, env), env)
-        push = settings.push
-    except ConfigError as exc:
-        print("alicom-receipts push-server: %s" % exc)  # noqa: T201 - before logging exists
-        return 2
-    logs.configure(settings.log.level, settings.log.format)
-    try:
-        metrics = setup_metrics(settings.metrics, "", None, role="push-server")
-    except ConfigError as exc:
-        log.error("config_invalid", error=str(exc))  # noqa: TRY400 - the message says it all
-        return 2
-    log.info("push_server_starting", listen=push.listen, path_prefix=push.path_prefix,
-             secret_set=push.secret is not None, allowlist=list(push.allowlist),
-             stream=push.stream, types=sorted(MESSAGE_TYPES))
-    observer = None
-    beat = Beat(settings.service.watchdog_stall_s or DEFAULT_STALL_S)
-    if metrics is not None:
-        install(metrics.exposition.routes, beat.live, beat.is_ready)
-        observer = PushRequests(metrics, MESSAGE_TYPES)
-        sync = connect(settings.redis_url, socket_timeout_s=2, connect_timeout_s=2)
-        metrics.add_sampler(redis_sampler(metrics, "push_stream_length",
-                                          lambda: int(sync.xlen(push.stream))))
-    try:
-        # SIGTERM/SIGINT stop it gracefully (stop_serving).
-        asyncio.run(_serve_until_signalled(push, settings.redis_url, observer, beat))
-    finally:
-        if metrics is not None:
-            metrics.close()
-    log.info("push_server_stopped")
-    return 0

@@ -11,13 +11,11 @@ and are re-taken after `reclaim_idle_s`).
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
-import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import FrameType
 
 import structlog
@@ -29,13 +27,10 @@ from consumer.pipeline.deadletter import RedisDeadLetterStore
 from consumer.pipeline.dedup import RedisDedupStore
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.stats import Stats
-from consumer.runtime import logs
-from consumer.runtime.instruments import redis_sampler
-from consumer.runtime.metrics import setup_metrics
-from consumer.settings import PushSettings, Settings, config_path, load_settings
+from consumer.settings import PushSettings, Settings
 from consumer.sources.push.pipeline import PushWorker
 
-__all__ = ["build_push_worker", "main", "serve"]
+__all__ = ["build_push_worker", "serve"]
 
 log = structlog.get_logger("alicom_receipts.push_worker")
 
@@ -109,50 +104,3 @@ def serve(worker: PushWorker, consumer_base: str, budget_s: float) -> int:
             worker.forget(name)
     log.info("push_worker_stopped", drained=drained, **worker.stats.snapshot())
     return 0
-
-
-def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="alicom-receipts push-worker",
-        description="Drain pushed receipts through dedup, handlers and dead letters.")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="TOML settings file (default: $ALICOM_RECEIPTS_CONFIG)")
-    parser.add_argument("--consumer", default="%s-%d" % (socket.gethostname(), os.getpid()),
-                        help="consumer name in the group (default: host-pid); threads add -N")
-    return parser.parse_args(list(argv))
-
-
-def main(argv: Sequence[str]) -> int:
-    args = _parse_args(argv)
-    env = dict(os.environ)
-    try:
-        settings = load_settings(config_path(args.config, env), env)
-        push = settings.push
-    except ConfigError as exc:
-        print("alicom-receipts push-worker: %s" % exc)  # noqa: T201 - before logging exists
-        return 2
-    logs.configure(settings.log.level, settings.log.format)
-    stats = Stats()
-    try:
-        # Before the handlers load: a plugin's own metrics must see multiprocess mode.
-        metrics = setup_metrics(settings.metrics, "", stats, role="push-worker")
-        worker, close = build_push_worker(settings, push, stats)
-    except ConfigError as exc:
-        log.error("config_invalid", error=str(exc))  # noqa: TRY400 - the message says it all
-        return 2
-    if metrics is not None:
-        metrics.add_sampler(redis_sampler(metrics, "push_pending", worker.pending))
-    code = 1
-    try:
-        code = serve(worker, args.consumer, settings.worker.shutdown_budget_s)
-    finally:
-        # A handler's close() may wait on a stuck call: bounded, like the wait for the call.
-        closer = threading.Thread(target=close, name="close", daemon=True)
-        closer.start()
-        closer.join(1.0)
-        if metrics is not None:
-            metrics.close()
-    # os._exit: a stuck handler thread (the pool's threads are joined at a normal exit)
-    # must not keep the process alive; its entry comes back after reclaim_idle_s.
-    logs.flush()
-    os._exit(code)

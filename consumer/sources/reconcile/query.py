@@ -114,7 +114,7 @@ class DetailsClient:
         # The Tea SDK logs request headers at DEBUG when DEBUG is set in the environment.
         for name in ("darabonba-core", "alibabacloud-tea"):
             logging.getLogger(name).setLevel(logging.INFO)
-        key = load_access_key(env)
+        key = load_access_key(env, settings.preset)
         endpoint, protocol = dysms_endpoint(settings, rs)
         config = Config(endpoint=endpoint, protocol=protocol,
                         region_id=settings.endpoints.region_id,

@@ -26,25 +26,22 @@ One summary line goes to stdout; logs (structlog) to stderr.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
 import secrets
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 import redis
 import structlog
 
 from consumer.clients.redis_client import RedisClient, connect
 from consumer.clients.redis_lease import hold, holder_of
-from consumer.errors import AlicomReceiptsError, AuthError, ConfigError, TransientError
+from consumer.errors import AlicomReceiptsError, AuthError, TransientError
 from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
 from consumer.pipeline.decode import parse_object
@@ -54,15 +51,10 @@ from consumer.pipeline.outcome import Decision, RetryPolicy
 from consumer.pipeline.stats import Stats
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.reports.tracking import SendTracker, TrackedSend
-from consumer.runtime import logs
-from consumer.runtime.instruments import record_reconcile
-from consumer.runtime.metrics import setup_metrics
 from consumer.settings import (
     ReconcileSettings,
     Settings,
     TrackingSettings,
-    config_path,
-    load_settings,
 )
 from consumer.sources.reconcile.query import DetailsClient, ThrottledError
 
@@ -257,58 +249,6 @@ def summary_line(counts: Counter[str]) -> str:
                c["lookup_errors"]))
 
 
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="alicom-receipts reconcile",
-                                description="Recover lost SmsReport receipts of tracked sends "
-                                            "through QuerySendDetails.")
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help="TOML settings (default: $ALICOM_RECEIPTS_CONFIG, else the embedded "
-                        "local default)")
-    p.add_argument("--grace", default=None, metavar="DURATION",
-                   help="only sends older than this (e.g. 15m; default [reconcile] grace_s)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many sends this run")
-    return p.parse_args(list(argv))
-
-
-def main(argv: Sequence[str], env: Mapping[str, str] | None = None,
-         out: TextIO = sys.stdout) -> int:
-    args = _parse(argv)
-    environ = dict(os.environ if env is None else env)
-    try:
-        settings = load_settings(config_path(args.config, environ), environ)
-        rs, ts = settings.reconcile, settings.tracking
-        grace_s = rs.grace_s if args.grace is None else parse_duration(args.grace)
-        if args.limit is not None:
-            rs = rs.with_limit(args.limit)
-    except (ConfigError, ValueError) as exc:
-        print("alicom-receipts reconcile: %s" % exc, file=sys.stderr)  # noqa: T201 - CLI answer
-        return 2
-    logs.configure(settings.log.level, settings.log.format)
-    metrics = None
-    try:
-        metrics = setup_metrics(settings.metrics, "", None, role="reconcile")
-        counts = _run(settings, rs, ts, grace_s, environ)
-        if metrics is not None:
-            record_reconcile(metrics, counts)
-    except ConfigError as exc:
-        log.error("config_invalid", error=str(exc))  # noqa: TRY400 - the message says it all
-        return 2
-    except ReconcileBusy as exc:
-        print("alicom-receipts reconcile: another run holds the lease (%s); leaving it to "
-              "that one" % exc.holder, file=out, flush=True)
-        log.info("reconcile_busy", holder=exc.holder)
-        return 0
-    except (AlicomReceiptsError, redis.RedisError) as exc:
-        log.error("reconcile_failed", error=str(exc))  # noqa: TRY400 - the message says it all
-        return 1
-    finally:
-        if metrics is not None:
-            metrics.close()
-    print(summary_line(counts), file=out, flush=True)
-    log.info("reconcile_summary", **dict(counts))
-    return 1 if counts["lookup_errors"] or counts["retry_later"] else 0
-
-
 #: How long a crashed run keeps others out at most; a live one renews it every third of it.
 LEASE_TTL_S = 60.0
 
@@ -326,8 +266,9 @@ def lease_key(ts: TrackingSettings) -> str:
     return ts.key_prefix + ":reconcile-lease"
 
 
-def _run(settings: Settings, rs: ReconcileSettings, ts: TrackingSettings, grace_s: float,
-         env: Mapping[str, str]) -> Counter[str]:
+def run_once(settings: Settings, rs: ReconcileSettings, ts: TrackingSettings, grace_s: float,
+             env: Mapping[str, str]) -> Counter[str]:
+    """One reconcile run under the lease; ReconcileBusy when another run holds it."""
     details = DetailsClient.from_settings(settings, rs, env, threading.Event())
     client = connect(settings.redis_url, socket_timeout_s=10, connect_timeout_s=5)
     routes = load_handlers(settings.handlers)
