@@ -1,8 +1,9 @@
 """Prometheus metrics of a process, in prometheus_client's multiprocess mode.
 
-Several worker processes run per host (systemd instances, `alicom-receipts run`). Each writes
-its values to mmap files in one shared directory (`multiproc_dir`); the process serving the
-HTTP endpoint sums the files of every process, live and dead, at each scrape.
+Several processes run per host (worker instances, the push server and worker, reconcile
+runs). Each writes its values to mmap files in one shared directory (`multiproc_dir`); the
+process serving the HTTP endpoint sums the files of every process, live and dead, at each
+scrape.
 
 * Import order: prometheus_client picks its value class (in memory or mmap) when first
   imported, from `PROMETHEUS_MULTIPROC_DIR`, so this module never imports it at module
