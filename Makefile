@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-sandbox bench-worker bench-bulk bench-scale bench-push verify-units install clean
+.PHONY: demo test lint lint-deploy bench bench-sandbox bench-worker bench-bulk bench-scale bench-push verify-units install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check consumer alicom_sandbox tests bench examples
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+	$(MAKE) --no-print-directory lint-deploy
+
+# The container and Kubernetes files: hadolint on the Dockerfile, the kustomize base rendered
+# by kubectl and every manifest checked against the Kubernetes schemas (kubernetes-validate).
+lint-deploy: $(STAMP)
+	$(VENV)/bin/hadolint Dockerfile
+	bash .ci/ensure-kubectl
+	kubectl kustomize deploy/kubernetes > $(VENV)/kustomized.yaml
+	$(VENV)/bin/kubernetes-validate --strict --quiet $(VENV)/kustomized.yaml \
+		deploy/kubernetes/secret.example.yaml
 
 # Benchmarks: not part of the test suite (this machine is shared and noisy).
 bench: bench-sandbox bench-worker bench-bulk bench-scale bench-push
