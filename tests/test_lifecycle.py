@@ -31,6 +31,7 @@ from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts, RedisRetry, T
 from consumer.pipeline.outcome import Decision
 from consumer.pipeline.stats import Stats
 from consumer.receipts import Receipt
+from consumer.sources.mns.inflight import InFlight
 from consumer.sources.replay.transport import replay
 from tests.lifecycle_sources import POLICY, Source, build_sources, key_of
 
@@ -334,3 +335,19 @@ def test_replay_gains_the_crash_guard_and_keeps_the_letter(
     assert not result.ok and result.summary() == "retry again: dispatcher crashed"
     assert store.get(result.letter.id) is not None
     assert client.get("alicom:dedup:" + key_of("biz-crash")) is None  # claim released
+
+
+def test_a_poison_message_delivered_again_is_dead_lettered_once(
+        client: redis.Redis, durable: RedisServer) -> None:
+    # The measured bug: a poison body's delete hit a stale handle, MNS delivered the message
+    # again, and its second dead letter was a second entry. Its letter id is the message's.
+    w = world("mns", client, durable)
+    first = w.source.item("biz-poison", broken=True)
+    w.process(first)
+    again = InFlight.of(first.delivery._replace(  # type: ignore[attr-defined]
+        receipt_handle="h-again", dequeue_count=2))
+    w.process(again)
+    [letter] = w.letters()
+    assert letter.message_id == first.delivery.message_id  # type: ignore[attr-defined]
+    assert letter.dequeue_count == 2  # the later delivery's details, one entry
+    assert w.stats.snapshot()["dead_letters"] == 2
