@@ -131,9 +131,6 @@ class Recorded:
         self.inner.hand_back(items)
         self.handed_back += items
 
-    def hold(self, items: Sequence[Work], held: bool) -> None:
-        self.inner.hold(items, held)
-
     def finish(self, items: Sequence[Work]) -> None:
         self.inner.finish(items)
 

@@ -297,7 +297,6 @@ class Lifecycle:
               transport: Transport[W], error: TransientError) -> list[Completion] | None:
         """Retries the completion until Redis answers or `stop`; None when given up."""
         began = time.monotonic()
-        transport.hold(group, True)
         log.warning("completion_held", receipts=len(group), error=str(error))
         try:
             results = self._retry.until_answered("dedup complete", complete, self.stop)
@@ -307,8 +306,6 @@ class Lifecycle:
                           handler=work.handler, **transport.log_fields(work))
             self.stats.incr("completion_unrecorded", len(group))
             return None
-        finally:
-            transport.hold(group, False)
         log.info("completion_recorded_after_wait", receipts=len(group),
                  waited_s=round(time.monotonic() - began, 2))
         return results

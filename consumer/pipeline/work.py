@@ -76,11 +76,6 @@ class Transport(Protocol[W_contra]):
         """RETRY: deliver again after `decision.delay_s` (claims already released)."""
         ...
 
-    def hold(self, items: Sequence[W_contra], held: bool) -> None:
-        """Their completion waits for Redis (True) or the wait ended (False): keep them
-        invisible to every other consumer meanwhile."""
-        ...
-
     def finish(self, items: Sequence[W_contra]) -> None:
         """They left the lifecycle (settled or left alone); never raises."""
         ...

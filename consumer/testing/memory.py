@@ -155,9 +155,6 @@ class KitTransport:
             self.again.append(KitWork(deliveries=work.deliveries + 1, index=work.index,
                                       given=work.given, delays_s=(*work.delays_s, delay)))
 
-    def hold(self, items: Sequence[KitWork], held: bool) -> None:
-        """Nothing else could take them."""
-
     def finish(self, items: Sequence[KitWork]) -> None:
         for work in items:  # left alone (another copy holds the claim): delivered again
             if work.decision is not None and work.decision.verdict is Verdict.LEAVE:

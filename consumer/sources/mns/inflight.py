@@ -26,8 +26,7 @@ class InFlight(Work):
 
     The receipt handle changes with every visibility extension; it is read and written under
     `lock`. `settling`: an MNS call of the acker (delete, hand back) uses the handle now, so
-    the heartbeat keeps off it. `held`: its handlers returned but the completion waits for
-    Redis (consumer.pipeline.lifecycle); the heartbeat keeps it invisible meanwhile.
+    the heartbeat keeps off it.
     """
 
     delivery: Delivery
@@ -35,7 +34,6 @@ class InFlight(Work):
     next_visible_ms: int
     received_at: float = field(default_factory=time.monotonic)
     settling: bool = False
-    held: bool = False
     id: int = field(default_factory=lambda: next(_ids))
     lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -4,8 +4,8 @@
 * acknowledge: BatchDeleteMessage, at most `delete_batch_max` (MNS: 16) handles per
   request, each failed entry of the answer accounted for;
 * hand back: ChangeMessageVisibility to the decision's backoff;
-* hold: the item is marked held, and the heartbeat (consumer.sources.mns.ack) keeps its
-  message invisible for as long as its completion waits for Redis;
+* while a completion waits for Redis, the heartbeat (consumer.sources.mns.ack) keeps the
+  message invisible, as it does for every message in the window;
 * finish: the message leaves the in-flight window.
 
 One transport per thread: each has its own SDK client (the SDK is not thread-safe).
@@ -96,10 +96,6 @@ class MnsTransport:
                         message_id=item.delivery.message_id, error=str(exc))
             return
         item.receipt_handle, item.next_visible_ms = handle, next_visible
-
-    def hold(self, items: Sequence[InFlight], held: bool) -> None:
-        for item in items:
-            item.held = held
 
     def finish(self, items: Sequence[InFlight]) -> None:
         self._window.settle_many(list(items))

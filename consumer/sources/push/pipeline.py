@@ -273,7 +273,8 @@ class PushWorker:
 class PushTransport:
     """`Transport[Entry]` of one consumer of the group: acknowledge is XACK + XDEL (one
     transaction), hand back is XCLAIM with the idle time that makes the entry due when its
-    backoff ends; hold needs nothing more than the batch's lease (PushWorker.renew_leases)."""
+    backoff ends. While a completion waits for Redis, the batch's lease keeps the entry
+    (PushWorker.renew_leases)."""
 
     source = "push"
 
@@ -324,9 +325,6 @@ class PushTransport:
                 pipe.execute()
 
         self._worker.redis_op("XCLAIM IDLE", reposition)
-
-    def hold(self, items: Sequence[Entry], held: bool) -> None:
-        pass  # a batch is leased until it is settled (PushWorker.renew_leases, reclaim)
 
     def finish(self, items: Sequence[Entry]) -> None:
         pass  # a settled entry left the stream; an unsettled one stays pending

@@ -124,9 +124,6 @@ class ReconcileTransport:
         self._tracked("tracker record", lambda: self._tracker.record_many(
             [w.send for w in items]))
 
-    def hold(self, items: Sequence[Found], held: bool) -> None:
-        pass  # a tracked send is taken by nothing but the next reconcile run
-
     def finish(self, items: Sequence[Found]) -> None:
         pass
 

@@ -95,9 +95,6 @@ class ReplayTransport:
     def hand_back(self, items: Sequence[Replayed]) -> None:
         pass  # the letter stays in the store, to be replayed again
 
-    def hold(self, items: Sequence[Replayed], held: bool) -> None:
-        pass  # nothing else takes a letter while this command runs
-
     def finish(self, items: Sequence[Replayed]) -> None:
         pass
 
