@@ -15,10 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
 
 __all__ = [
     "MESSAGE_TYPES",
     "RECEIPT_CLASSES",
+    "SHANGHAI",
+    "SHANGHAI_UTC_OFFSET_S",
     "CardVendorOp",
     "GlobeSmsReport",
     "IntlSmsReport",
@@ -32,6 +35,14 @@ __all__ = [
     "TemplateSmsReport",
     "typed_field_names",
 ]
+
+
+#: The platform's clock: every time in a receipt, a token's ExpireTime and QuerySendDetails'
+#: SendDate are Asia/Shanghai wall time (the package depends on tzdata, so zoneinfo finds it
+#: everywhere). The one definition; `SHANGHAI_UTC_OFFSET_S` is its offset, UTC+8 all year
+#: since 1991, for the arithmetic that turns epoch seconds into Shanghai days cheaply.
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+SHANGHAI_UTC_OFFSET_S = 8 * 3600
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from consumer.cli.numbers import open_numbers as _open_numbers
 from consumer.cli.numbers import when as _when
 from consumer.cli.runner import CommandParser
 from consumer.errors import ConfigError
+from consumer.receipts import SHANGHAI
 from consumer.reports import delivery_stats, reviews, tasks
 from consumer.reports.delivery_report import parse_since
 from consumer.reports.targets import add_target_arguments, handler_options, open_redis
@@ -94,7 +95,7 @@ class Dashboard:
 
     async def _page(self, request: web.Request) -> web.Response:
         page = await asyncio.to_thread(collect, self._stores, self._hours, time.time(),
-                                       delivery_stats.SHANGHAI, self._refresh_s)
+                                       SHANGHAI, self._refresh_s)
         return web.Response(text=render(page, self.base), content_type="text/html",
                             headers={"Cache-Control": "no-store"})
 

@@ -23,14 +23,15 @@ from pathlib import Path
 
 from alibabacloud_dysmsapi20170525.client import Client
 from alibabacloud_dysmsapi20170525.models import SendSmsRequest
-from alibabacloud_tea_openapi.models import Config
 
 from alicom_sandbox.config_file import write_config
 from alicom_sandbox.publisher import Publisher
 from alicom_sandbox.redis_server import running_redis
 from alicom_sandbox.testing import SandboxHandle, running_sandbox
 from consumer.cli.runner import CommandParser
+from consumer.clients.credentials import AccessKey
 from consumer.clients.redis_client import connect
+from consumer.clients.tea import tea_config
 from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
 
 
@@ -81,9 +82,9 @@ def _send(sandbox: SandboxHandle, args: argparse.Namespace) -> tuple[int, int, i
     """SendSms at `args.rate` numbers a second; (numbers sent, duplicates, malformed)."""
     sandbox.admin("POST", "/_sandbox/dysms", {"duplicate_rate": args.duplicate_rate,
                                               "failure_rate": 0.15})
-    client = Client(Config(access_key_id=sandbox.access_key_id,
-                           access_key_secret=sandbox.access_key_secret,
-                           endpoint=sandbox.endpoint.removeprefix("http://"), protocol="http"))
+    key = AccessKey(sandbox.access_key_id, sandbox.access_key_secret, source="sandbox")
+    client = Client(tea_config(key, sandbox.endpoint.removeprefix("http://"), "http",
+                               "cn-hangzhou", connect_timeout_s=5, read_timeout_s=10))
     requests = max(1, int(args.seconds * args.rate / 2))
     for i in range(requests):
         numbers = "1390000%04d,1380000%04d" % (i, i)

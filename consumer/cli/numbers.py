@@ -26,10 +26,10 @@ import redis
 
 from consumer.cli.runner import CommandParser, config_in_every_action
 from consumer.errors import ConfigError
+from consumer.receipts import SHANGHAI
 from consumer.reports.numbers import DEFAULT_PREFIX, NumberList, NumberRecord
 from consumer.reports.phone_ids import phone_ids
 from consumer.reports.targets import add_target_arguments, handler_options, open_redis
-from consumer.reports.tracking import SHANGHAI
 
 _USES = frozenset({"number-hygiene", "consumer.handlers.number_hygiene:NumberHygiene"})
 _HASHED_NOTE = "note: numbers are stored as keyed hashes (hash_numbers is on): shown as h:...\n"

@@ -43,18 +43,18 @@ from collections.abc import Callable
 from typing import Protocol
 
 import structlog
-import tenacity
 from alibabacloud_dybaseapi20170525.models import QueryTokenForMnsQueueRequest
 from alibabacloud_tea_util.models import RuntimeOptions
 from mns.auth import Credentials
 from Tea.exceptions import TeaException
 
 from consumer.clients.credentials import AccessKey
+from consumer.clients.retry import Tries, retry_call
+from consumer.clients.tea import ms
 from consumer.clients.tokens_sdk import (
     MnsToken,
     classify,
     dybaseapi_client,
-    ms,
     parse_shanghai_time,
     sdk_error,
     token_from,
@@ -218,26 +218,16 @@ class TokenService:
 
     def _fetch_with_retries(self, message_type: str) -> MnsToken:
         s = self._settings
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_any(tenacity.stop_after_attempt(s.max_attempts),
-                                   tenacity.stop_after_delay(s.max_retry_s),
-                                   tenacity.stop_when_event_set(self._stop)),
-            wait=tenacity.wait_random_exponential(multiplier=s.backoff_initial_s,
-                                                  max=s.backoff_max_s),
-            retry=tenacity.retry_if_exception(_retryable),
-            sleep=self._sleep,
-            before_sleep=_log_retry(message_type),
-            reraise=True,
-        )
         try:
-            return retrying(self._fetch_once, message_type)
+            tries = Tries(attempts=s.max_attempts, within_s=s.max_retry_s,
+                          base_s=s.backoff_initial_s, max_wait_s=s.backoff_max_s)
+            return retry_call("QueryTokenForMnsQueue", lambda: self._fetch_once(message_type),
+                              self._stop, tries, retry_on=_retryable,
+                              event="token_fetch_retry", fields={"message_type": message_type})
         except AlicomReceiptsError as exc:
             log.warning("token_fetch_gave_up", message_type=message_type, error=str(exc),
                         error_type=type(exc).__name__)
             raise
-
-    def _sleep(self, seconds: float) -> None:
-        self._stop.wait(seconds)  # returns early on shutdown
 
     def _fetch_once(self, message_type: str) -> MnsToken:
         request = QueryTokenForMnsQueueRequest(
@@ -307,13 +297,3 @@ class TokenCredentialsProvider:
 def _retryable(exc: BaseException) -> bool:
     # A refused AccessKey or a bad request will not be accepted a second later.
     return isinstance(exc, TransientError) and not isinstance(exc, AuthError)
-
-
-def _log_retry(message_type: str) -> Callable[[tenacity.RetryCallState], None]:
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        log.warning("token_fetch_retry", message_type=message_type,
-                    attempt=state.attempt_number,
-                    sleep_s=round(state.next_action.sleep, 2) if state.next_action else None,
-                    error=str(exc))
-    return before_sleep

@@ -10,25 +10,23 @@ whose times are on OUR clock (the expiry maths is explained in `consumer.clients
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import structlog
 from alibabacloud_dybaseapi20170525.client import Client as DybaseapiClient
-from alibabacloud_tea_openapi.models import Config
 from mns.auth import Credentials
 from Tea.exceptions import TeaException
 
 from consumer.clients.credentials import AccessKey
+from consumer.clients.tea import tea_config
 from consumer.errors import AlicomReceiptsError, AuthError, PermanentError, TransientError
+from consumer.receipts import SHANGHAI
 from consumer.settings import Endpoints, TokenSettings
 
 log = structlog.get_logger("alicom_receipts.tokens")
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 ACTION = "QueryTokenForMnsQueue"
 #: A measured server/local clock offset above this is logged as a warning.
@@ -80,26 +78,9 @@ class MnsToken:
 def dybaseapi_client(key: AccessKey, endpoints: Endpoints,
                      settings: TokenSettings) -> DybaseapiClient:
     """The official Dybaseapi client on `endpoints`, signing with `key`, with timeouts."""
-    # The Tea SDK dumps request headers (an STS key's x-acs-security-token among them) at
-    # DEBUG when the DEBUG environment variable is set; keep its loggers above that.
-    for name in ("darabonba-core", "alibabacloud-tea"):
-        logging.getLogger(name).setLevel(logging.INFO)
-    config = Config(endpoint=endpoints.token_endpoint, protocol=endpoints.token_protocol,
-                    region_id=endpoints.region_id,
-                    connect_timeout=ms(settings.connect_timeout_s),
-                    read_timeout=ms(settings.read_timeout_s))
-    if key.credential_client is not None:
-        config.credential = key.credential_client  # renews role credentials by itself
-    else:
-        config.access_key_id = key.access_key_id
-        config.access_key_secret = key.access_key_secret
-        config.security_token = key.security_token
-    return DybaseapiClient(config)
-
-
-def ms(seconds: float) -> int:
-    """Seconds as the whole milliseconds the Tea SDK takes (at least 1)."""
-    return max(1, round(seconds * 1000))
+    return DybaseapiClient(tea_config(
+        key, endpoints.token_endpoint, endpoints.token_protocol, endpoints.region_id,
+        connect_timeout_s=settings.connect_timeout_s, read_timeout_s=settings.read_timeout_s))
 
 
 _TRANSIENT_CODES = re.compile(

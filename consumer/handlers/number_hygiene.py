@@ -12,7 +12,7 @@ from consumer.clients.redis_client import connect_option
 from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line
-from consumer.receipts import IntlSmsReport, Receipt, SmsReport
+from consumer.receipts import SHANGHAI_UTC_OFFSET_S, IntlSmsReport, Receipt, SmsReport
 from consumer.reports.delivery_stats import parse_receipt_time
 from consumer.reports.number_rules import Classifier, parse_policies, parse_rules
 from consumer.reports.numbers import DEFAULT_PREFIX, Delivery, Failure, NumberList
@@ -35,7 +35,7 @@ def receipt_epoch(text: str, fallback: float) -> float:
         yoe = y - era * 400
         doy = (153 * (mo + (-3 if mo > 2 else 9)) + 2) // 5 + d - 1
         days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-        return float(days * 86400 + h * 3600 + mi * 60 + s - 8 * 3600)
+        return float(days * 86400 + h * 3600 + mi * 60 + s - SHANGHAI_UTC_OFFSET_S)
     parsed = parse_receipt_time(text)
     return parsed.timestamp() if parsed is not None else fallback
 

@@ -12,6 +12,7 @@ import enum
 import random
 from dataclasses import dataclass
 
+from consumer.clients.retry import exponential_delay
 from consumer.errors import DecodeError
 from consumer.handler_api import HandlerOutcome
 from consumer.pipeline.dedup import ClaimState
@@ -37,8 +38,7 @@ class RetryPolicy:
 
         Whole seconds; `_classify_handler` clamps them to MNS's 1-43200.
         """
-        exponent = min(max(dequeue_count - 1, 0), 30)
-        delay = min(self.retry_max_s, self.retry_base_s * (2 ** exponent))
+        delay = exponential_delay(dequeue_count, self.retry_base_s, self.retry_max_s)
         delay += random.uniform(0, delay * 0.1)  # noqa: S311 - jitter, not cryptography
         return int(delay)  # the caller clamps to MNS's range, handler delays included
 

@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from redis.client import Pipeline
 from redis.cluster import ClusterPipeline
@@ -55,7 +54,7 @@ from redis.commands.core import Script
 from consumer.clients.redis_client import RedisClient, hash_tagged
 from consumer.clients.redis_scripts import ScriptCall, run_calls
 from consumer.keys import dedup_key
-from consumer.receipts import IntlSmsReport, Receipt, SmsReport
+from consumer.receipts import SHANGHAI, IntlSmsReport, Receipt, SmsReport
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -81,7 +80,6 @@ DELAY_BOUNDS_MS: tuple[int, ...] = (
     1_800_000, 3_600_000,
 )
 """Upper bounds of the delay buckets; a last, open bucket `inf` holds the rest."""
-SHANGHAI = ZoneInfo("Asia/Shanghai")
 _MAX_CODE_CHARS = 64  # a code is platform input: bound the hash field names it creates
 _MAX_MSG_CHARS = 200
 _EMPTY_CODE = "(empty)"

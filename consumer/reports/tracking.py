@@ -38,18 +38,17 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
-from zoneinfo import ZoneInfo
 
 from consumer.clients.redis_client import RedisClient, hash_tagged
 from consumer.clients.redis_scripts import ScriptCall, run_calls
+from consumer.receipts import SHANGHAI, SHANGHAI_UTC_OFFSET_S
 from consumer.reports import delivery_stats, tasks
 from consumer.reports.phone_ids import PhoneIds, normalise_phone, phone_ids
 from consumer.settings import TrackingSettings
 
 __all__ = ["SendTracker", "TrackedSend", "TrackingSettings", "normalise_phone"]
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
-_SHANGHAI_OFFSET_S = 8 * 3600  # Asia/Shanghai has been UTC+8 all year since 1991
+_SHANGHAI_OFFSET_S = SHANGHAI_UTC_OFFSET_S
 _DAY_S = 86400
 
 # Keys in KEYS only, written literally, all under the hash-tagged prefix (one slot per call):

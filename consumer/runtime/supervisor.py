@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from consumer.clients.retry import exponential_delay
 from consumer.errors import EXIT_CONFIG
 from consumer.runtime.wakeups import NotifyInbox, SignalPipe
 from consumer.settings import (
@@ -76,7 +77,7 @@ def restart_delay(failures: int, run: RunSettings) -> float:
     """Seconds before the restart after `failures` consecutive failures (0 for none)."""
     if failures <= 0:
         return 0.0
-    return float(min(run.restart_max_s, run.restart_initial_s * 2 ** min(failures - 1, 30)))
+    return exponential_delay(failures, run.restart_initial_s, run.restart_max_s)
 
 
 def after_exit(slot: Slot, code: int, ran_s: float, run: RunSettings) -> float:

@@ -8,7 +8,6 @@ Its settings are the `[reconcile]` section (`consumer.settings.ReconcileSettings
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -18,18 +17,11 @@ from typing import Any
 import structlog
 from alibabacloud_dysmsapi20170525.client import Client as DysmsClient
 from alibabacloud_dysmsapi20170525.models import QuerySendDetailsRequest
-from alibabacloud_tea_openapi.models import Config
 from Tea.exceptions import TeaException
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_random_exponential,
-)
 
 from consumer.clients.credentials import load_access_key
+from consumer.clients.retry import Tries, retry_call
+from consumer.clients.tea import tea_config
 from consumer.errors import (
     AlicomReceiptsError,
     AuthError,
@@ -88,13 +80,6 @@ class ThrottledError(TransientError):
     """The platform's flow control refused a request: back off, then try again."""
 
 
-def _before_sleep(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    sleep_s = state.next_action.sleep if state.next_action else 0.0
-    log.warning("retrying", call="QuerySendDetails", attempt=state.attempt_number,
-                sleep_s=round(sleep_s, 2), error=str(exc))
-
-
 def _retryable(exc: BaseException) -> bool:
     """Throttling, the network and 5xx; never refused credentials (a retry cannot fix them)."""
     return isinstance(exc, TransientError) and not isinstance(exc, AuthError)
@@ -111,21 +96,11 @@ class DetailsClient:
     def from_settings(cls, settings: Settings, rs: ReconcileSettings, env: Mapping[str, str],
                       stop: threading.Event) -> DetailsClient:
         """The official client on `dysms_endpoint`, signing with the long-lived AccessKey."""
-        # The Tea SDK logs request headers at DEBUG when DEBUG is set in the environment.
-        for name in ("darabonba-core", "alibabacloud-tea"):
-            logging.getLogger(name).setLevel(logging.INFO)
         key = load_access_key(env, settings.preset)
         endpoint, protocol = dysms_endpoint(settings, rs)
-        config = Config(endpoint=endpoint, protocol=protocol,
-                        region_id=settings.endpoints.region_id,
-                        connect_timeout=max(1, round(rs.connect_timeout_s * 1000)),
-                        read_timeout=max(1, round(rs.read_timeout_s * 1000)))
-        if key.credential_client is not None:
-            config.credential = key.credential_client
-        else:
-            config.access_key_id = key.access_key_id
-            config.access_key_secret = key.access_key_secret
-            config.security_token = key.security_token
+        config = tea_config(key, endpoint, protocol, settings.endpoints.region_id,
+                            connect_timeout_s=rs.connect_timeout_s,
+                            read_timeout_s=rs.read_timeout_s)
         return cls(DysmsClient(config), rs, stop)
 
     @property
@@ -151,18 +126,11 @@ class DetailsClient:
         request = QuerySendDetailsRequest(phone_number=send.phone_number, biz_id=send.biz_id,
                                           send_date=send.send_date, page_size=self._rs.page_size,
                                           current_page=page)
-        retrying = Retrying(
-            stop=stop_after_attempt(self._rs.max_attempts) | stop_when_event_set(self._stop),
-            wait=wait_random_exponential(multiplier=0.2, max=self._rs.backoff_max_s),
-            retry=retry_if_exception(_retryable),
-            before_sleep=_before_sleep, sleep=self._sleep,
-            reraise=True)
-        body: dict[str, Any] = retrying(self._call, request)
+        tries = Tries(attempts=self._rs.max_attempts, max_wait_s=self._rs.backoff_max_s)
+        body: dict[str, Any] = retry_call("QuerySendDetails", lambda: self._call(request),
+                                          self._stop, tries, retry_on=_retryable)
         dtos = (body.get("SmsSendDetailDTOs") or {}).get("SmsSendDetailDTO") or []
         return [d for d in dtos if isinstance(d, dict)], int(body.get("TotalCount") or 0)
-
-    def _sleep(self, seconds: float) -> None:
-        self._stop.wait(seconds)
 
     def _call(self, request: QuerySendDetailsRequest) -> dict[str, Any]:
         self._bucket.acquire()
