@@ -182,3 +182,15 @@ def test_hashed_numbers_are_looked_up_without_being_stored(
 def test_policy_values_are_checked() -> None:
     with pytest.raises(ConfigError):
         Policy(after=0)
+
+
+def test_a_page_reads_only_part_of_a_long_list(redis_client: redis.Redis, clock: Clock) -> None:
+    numbers = NumberList(redis_client, clock=clock)
+    for i in range(5):
+        numbers.add("1380000000%d" % i, reason="x", expire_days=i + 1)
+    numbers.add("13900000000", reason="for good")
+    assert numbers.count_suppressed() == 6
+    part = numbers.suppressed(limit=3)
+    # the three whose suppression ends last (the manual one never ends)
+    assert [r.number for r in part] == ["13800000003", "13800000004", "13900000000"]
+    assert len(numbers.suppressed()) == 6

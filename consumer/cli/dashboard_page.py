@@ -64,7 +64,7 @@ def collect(stores: Stores, hours: int, now: float, zone: tzinfo, refresh_s: int
     report = build_report(stores.client, end - timedelta(hours=hours - 1), hours,
                           stores.stats_prefix)
     return Page(report, stores.tasks.tasks(hours * 3600.0, limit=_MAX_ROWS),
-                stores.numbers.suppressed()[:_MAX_ROWS], stores.numbers.ids.hashed,
+                stores.numbers.suppressed(limit=_MAX_ROWS), stores.numbers.ids.hashed,
                 stores.reviews.current(), zone, end, refresh_s)
 
 

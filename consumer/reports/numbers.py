@@ -235,11 +235,15 @@ class NumberList:
         """The record of `phone`, suppressed or only failing; None when unknown."""
         return self._records([self.ids(phone)]).get(self.ids(phone))
 
-    def suppressed(self, reason: str | None = None) -> list[NumberRecord]:
-        """The numbers suppressed now (of `reason` if given), most recently suppressed first."""
+    def suppressed(self, reason: str | None = None,
+                   limit: int | None = None) -> list[NumberRecord]:
+        """The numbers suppressed now (of `reason` if given), most recently suppressed first.
+        With `limit`, only the `limit` whose suppression ends last are read (manual entries
+        first): a page can show some of a long list without reading all of it."""
         now = self._clock()
-        rows = cast(list[tuple[bytes, float]], self._client.zrangebyscore(
-            self._keys[1], "(%r" % now, "+inf", withscores=True))
+        rows = cast(list[tuple[bytes, float]], self._client.zrevrangebyscore(
+            self._keys[1], "+inf", "(%r" % now, start=0 if limit is not None else None,
+            num=limit, withscores=True))
         records = self._records([m.decode() for m, _ in rows])
         out = [r for r in records.values() if reason is None or r.reason == reason]
         return sorted(out, key=lambda r: (-r.suppressed_since, r.number))
