@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                   "recover lost receipts with QuerySendDetails"),
     "stats": ("consumer.reports.delivery_report", "run", "delivery success rate and failure codes"),
     "demo": ("consumer.cli.demo", "main", "the whole loop locally: sandbox, publisher, worker"),
+    "files": ("consumer.cli.files", "main",
+              "where the shipped systemd units, installer and example config are"),
     "numbers": ("consumer.cli.numbers", "main",
                 "numbers not to send to: check, list, export, add, remove"),
     "tasks": ("consumer.cli.tasks", "main", "send tasks: counts, failure reasons, CSV export"),

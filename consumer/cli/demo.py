@@ -71,10 +71,14 @@ def main(argv: Sequence[str]) -> int:
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(30)
         dead = RedisDeadLetterStore(connect(rds.url, socket_timeout_s=10), DeadLetterSettings())
-        print("\ndemo: sent %d SMS (their receipts: %d platform duplicates among them) and "
-              "published %d malformed body; worker exited %d; %d dead letter(s) kept with "
-              "their raw body" % (published[0], published[1], published[2], code,
-                                  dead.count()))
+        print("\ndemo: sent %d SMS and published %d malformed body; the sandbox sent %d "
+              "receipt(s) twice, as the platform may. The worker's last line counts them: "
+              "`duplicates` for a copy acknowledged because its receipt was already applied, "
+              "`in_progress_skipped` for a copy that arrived while the first was being "
+              "handled (left in the queue; it comes back after the visibility timeout and is "
+              "then acknowledged as a duplicate). Worker exited %d; %d dead letter(s) kept "
+              "with their raw body." % (published[0], published[2], published[1], code,
+                                        dead.count()))
     return 0
 
 
