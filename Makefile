@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint lint-deploy bench bench-sandbox bench-worker bench-bulk bench-scale bench-push verify-units install clean
+.PHONY: demo test lint lint-deploy bench bench-sandbox bench-worker bench-bulk bench-scale bench-push soak verify-units install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,12 @@ bench-scale: $(STAMP)
 bench-push: $(STAMP)
 	bash .ci/ensure-redis
 	$(PY) bench/push_bench.py
+
+# The soak (not in CI; tests/e2e/test_soak_short.py is its short version): 100,000 receipts,
+# 4 workers killed at random, MNS faults, Redis restarts, push under load. Figures: README.
+soak: $(STAMP)
+	bash .ci/ensure-redis
+	$(PY) bench/soak.py
 
 # systemd-analyze verify and security on the units (installs systemd's tools if missing).
 verify-units: $(STAMP)

@@ -64,6 +64,7 @@ class Recorder:
             "dequeue_count": receipt.meta.dequeue_count,
             "source": receipt.meta.source,
             "pid": os.getpid(),
+            "t": time.time(),
         }) + "\n"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
