@@ -26,8 +26,9 @@ from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.receipts import Receipt
 from consumer.settings import PushSettings, load_settings
+from consumer.sources.push.body import parse_push_body
 from consumer.sources.push.pipeline import PushWorker
-from consumer.sources.push.server import SUCCESS, parse_push_body, running_push_server
+from consumer.sources.push.server import SUCCESS, running_push_server
 from consumer.testing import SAMPLES_DIR
 from tests.e2e.harness import wait_until
 

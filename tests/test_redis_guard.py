@@ -4,14 +4,18 @@ line unless allowed, the push server's need for AOF, a managed Redis that refuse
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 import structlog
 
-from alicom_sandbox.redis_server import RedisServer
+from alicom_sandbox.redis_server import RedisServer, free_port
 from consumer.clients.redis_guard import guard, inspect
 from consumer.errors import ConfigError
+from consumer.runtime.instruments import redis_memory_sampler
+from consumer.runtime.metrics import MetricsSettings, setup_metrics
+from tests.test_metrics import scrape
 
 EVICTING = ("volatile-lru", "allkeys-lru", "volatile-lfu", "allkeys-lfu", "volatile-random",
             "allkeys-random", "volatile-ttl")
@@ -120,3 +124,20 @@ def test_where_config_is_refused_it_says_so_once_and_goes_on(managed: redis.Redi
     warnings = [e["problem"] for e in logged if e["event"] == "redis_settings"]
     assert len(warnings) == 2  # the policy and the persistence, each once
     assert all("CONFIG is refused" in w for w in warnings)
+
+
+def test_the_headroom_gauges_show_redis_memory_and_its_limit(
+        settable: redis.Redis, tmp_path: Path) -> None:
+    settable.config_set("maxmemory", str(512 * 1024 * 1024))
+    address = "127.0.0.1:%d" % free_port()
+    handle = setup_metrics(MetricsSettings(address=address, multiproc_dir=str(tmp_path / "m")),
+                           "", None, role="push-server", interval_s=3600)
+    assert handle is not None
+    try:
+        handle.add_sampler(redis_memory_sampler(handle, settable))
+        handle.tick()
+        samples = scrape(address)
+    finally:
+        handle.close()
+    assert samples[("alicom_receipts_redis_maxmemory_bytes", frozenset())] == 512 * 1024 * 1024
+    assert samples[("alicom_receipts_redis_used_memory_bytes", frozenset())] > 0

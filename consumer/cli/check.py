@@ -33,7 +33,8 @@ import redis
 
 from consumer.cli.runner import CommandParser, add_config_argument
 from consumer.clients.credentials import AccessKey, load_access_key
-from consumer.clients.redis_client import connect, scrub
+from consumer.clients.redis_client import RedisClient, connect, scrub
+from consumer.clients.redis_guard import findings, inspect
 from consumer.clients.tokens import TokenService
 from consumer.errors import (
     AlicomReceiptsError,
@@ -66,6 +67,7 @@ class Report:
 
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said, but not failing the check
 
     def problem(self, area: str, what: str, todo: str) -> None:
         self.problems.append("%s: %s -> %s" % (area, _one_line(what), todo))
@@ -157,8 +159,30 @@ def check_redis(settings: Settings, report: Report) -> None:
                        "start Redis there, or correct redis.url (ALICOM_RECEIPTS_REDIS_URL)")
     else:
         report.checked.append("Redis")
+        check_redis_settings(settings, client, report)
     finally:
         client.close()
+
+
+def check_redis_settings(settings: Settings, client: RedisClient, report: Report) -> None:
+    """The eviction policy and the persistence the guarantees rest on (redis_guard); the AOF
+    matters to the push server only, and is reported as such."""
+    try:
+        found = findings(inspect(client), allow_eviction=settings.redis_allow_eviction,
+                         needs_aof=True, allow_volatile=settings.push.allow_volatile)
+    except redis.RedisError as exc:
+        report.notes.append("redis: its settings could not be read: %s" % _one_line(str(exc)))
+        return
+    for finding in found:
+        what, _, todo = finding.text.partition("; set ")
+        area = "redis (push server)" if "AOF" in what else "redis"
+        if area != "redis":
+            todo = todo.replace("to accept that", "to accept that (or when no push server "
+                                "uses this Redis)")
+        if finding.refuse:
+            report.problem(area, what, "set " + todo)
+        elif not finding.allowed:  # what the configuration accepts is not repeated here
+            report.notes.append("%s: %s" % (area, _one_line(finding.text)))
 
 
 def check_queue(settings: Settings, tokens: TokenService, message_type: str,
@@ -270,6 +294,8 @@ def main(argv: Sequence[str]) -> int:
         _say("config: %s -> fix the file or --config" % _one_line(str(exc)))
         return 2
     report = run_checks(settings, env)
+    for line in report.notes:
+        _say("note: " + line)
     for line in report.problems:
         _say(line)
     if report.problems:

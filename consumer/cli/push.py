@@ -24,13 +24,14 @@ import structlog
 
 from consumer.cli.runner import CommandParser, add_config_argument, load
 from consumer.clients.redis_client import connect
+from consumer.clients.redis_guard import guard
 from consumer.pipeline.stats import Stats
 from consumer.receipts import MESSAGE_TYPES
 from consumer.runtime import logs
 from consumer.runtime.health import DEFAULT_STALL_S, Beat, install, keep_beating
-from consumer.runtime.instruments import PushRequests, redis_sampler
+from consumer.runtime.instruments import PushRequests, redis_memory_sampler, redis_sampler
 from consumer.runtime.metrics import setup_metrics
-from consumer.settings import PushSettings
+from consumer.settings import PushSettings, Settings
 from consumer.sources.push.server import RequestObserver, start_serving, stop_serving
 from consumer.sources.push.worker import build_push_worker, serve
 
@@ -63,11 +64,23 @@ def _server_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
+def _guard_redis(settings: Settings) -> None:
+    """A 200 promises the receipts are stored: refuse a Redis that may evict them or forget
+    them on a restart (no AOF), unless allowed (consumer.clients.redis_guard)."""
+    client = connect(settings.redis_url, socket_timeout_s=2, connect_timeout_s=2)
+    try:
+        guard(client, "push-server", allow_eviction=settings.redis_allow_eviction,
+              needs_aof=True, allow_volatile=settings.push.allow_volatile)
+    finally:
+        client.close()
+
+
 def server_main(argv: Sequence[str]) -> int:
     """The push server until SIGTERM/SIGINT (a graceful stop: requests in progress finish)."""
     args = _server_args(argv)
     settings = load(args)
     push = settings.push
+    _guard_redis(settings)
     metrics = setup_metrics(settings.metrics, "", None, role="push-server")
     log.info("push_server_starting", listen=push.listen, path_prefix=push.path_prefix,
              secret_set=push.secret is not None, allowlist=list(push.allowlist),
@@ -80,6 +93,7 @@ def server_main(argv: Sequence[str]) -> int:
         sync = connect(settings.redis_url, socket_timeout_s=2, connect_timeout_s=2)
         metrics.add_sampler(redis_sampler(metrics, "push_stream_length",
                                           lambda: int(sync.xlen(push.stream))))
+        metrics.add_sampler(redis_memory_sampler(metrics, sync))
     try:
         asyncio.run(_serve_until_signalled(push, settings.redis_url, observer, beat))
     finally:
@@ -115,6 +129,7 @@ def worker_main(argv: Sequence[str]) -> NoReturn:
         raise
     if metrics is not None:
         metrics.add_sampler(redis_sampler(metrics, "push_pending", worker.pending))
+        metrics.add_sampler(redis_memory_sampler(metrics, worker.redis))
     code = 1
     try:
         code = serve(worker, args.consumer, settings.worker.shutdown_budget_s)

@@ -56,15 +56,18 @@ class RedisFacts:
 
 @dataclass(frozen=True)
 class Finding:
-    """One judgement: `refuse` stops the process (unless allowed), otherwise a warning."""
+    """One judgement: `refuse` stops the process; otherwise a warning. `allowed`: it would
+    refuse, but a setting accepts the risk (still warned about at start-up)."""
 
     refuse: bool
     text: str
+    allowed: bool = False
 
 
 def _nodes(client: RedisClient) -> list[redis.Redis]:
     if isinstance(client, RedisCluster):
-        return [client.get_redis_connection(node) for node in client.get_primaries()]
+        primaries: list[Any] = client.get_primaries()  # type: ignore[no-untyped-call]
+        return [client.get_redis_connection(node) for node in primaries]
     return [client]
 
 
@@ -79,7 +82,7 @@ def _inspect_one(node: redis.Redis) -> RedisFacts:
     refused = False
     try:
         for name in ("maxmemory-policy", "maxmemory", "appendonly", "save"):
-            config.update(node.config_get(name))
+            config.update({str(k): v for k, v in node.config_get(name).items()})
     except redis.ResponseError:  # unknown or renamed command, NOPERM: managed Redis
         refused = True
     info = _info(node)
@@ -96,8 +99,12 @@ def _inspect_one(node: redis.Redis) -> RedisFacts:
 
 
 def _info(node: redis.Redis) -> dict[str, Any]:
+    return _sections(node, ("memory", "persistence"))
+
+
+def _sections(node: redis.Redis, sections: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for section in ("memory", "persistence"):
+    for section in sections:
         try:
             out.update(node.info(section))
         except redis.ResponseError:
@@ -110,6 +117,13 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def memory(client: RedisClient) -> tuple[int | None, int | None]:
+    """(used memory, maxmemory) in bytes from INFO memory (of the first primary); maxmemory 0
+    means no limit. For the headroom gauges: one cheap call, no CONFIG."""
+    info = _sections(_nodes(client)[0], ("memory",))
+    return _int(info.get("used_memory")), _int(info.get("maxmemory"))
 
 
 def findings(facts: list[RedisFacts], *, allow_eviction: bool, needs_aof: bool = False,
@@ -137,7 +151,8 @@ def _judge(f: RedisFacts, allow_eviction: bool, needs_aof: bool,
                            "noeviction: check it in your provider's console"
                            % _why_unknown(f)))
     elif f.policy != "noeviction":
-        out.append(Finding(not allow_eviction, "Redis maxmemory-policy is %s: under memory "
+        out.append(Finding(not allow_eviction, allowed=allow_eviction, text="Redis "
+                           "maxmemory-policy is %s: under memory "
                            "pressure Redis deletes dedup records (receipts are then applied "
                            "twice)%s; set maxmemory-policy noeviction%s"
                            % (f.policy, _what_else(f.policy),
@@ -148,7 +163,8 @@ def _judge(f: RedisFacts, allow_eviction: bool, needs_aof: bool,
                            "survives a Redis restart only with AOF (appendonly yes)"
                            % _why_unknown(f)))
     elif needs_aof and not f.aof:
-        out.append(Finding(not allow_volatile, "Redis has no AOF (appendonly no, %s): a push "
+        out.append(Finding(not allow_volatile, allowed=allow_volatile, text="Redis has no AOF "
+                           "(appendonly no, %s): a push "
                            "is answered 200 once it is in Redis's memory, and a Redis crash or "
                            "restart loses it (the platform does not push again); set "
                            "appendonly yes (appendfsync everysec)%s"

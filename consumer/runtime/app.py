@@ -14,6 +14,7 @@ import structlog
 
 from consumer.clients.credentials import load_access_key
 from consumer.clients.redis_client import RedisClient, connect
+from consumer.clients.redis_guard import guard
 from consumer.clients.tokens import TokenService
 from consumer.errors import AlicomReceiptsError, ConfigError
 from consumer.handlers.plugins import (
@@ -28,6 +29,7 @@ from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.stats import Stats
 from consumer.receipts import MESSAGE_TYPES
+from consumer.runtime.instruments import redis_memory_sampler
 from consumer.runtime.metrics import MetricsHandle, setup_metrics
 from consumer.settings import Settings
 from consumer.sources.mns.ack import AckConfig
@@ -126,8 +128,11 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
 
     client = connect(settings.redis_url, socket_timeout_s=5, connect_timeout_s=5,
                      health_check_interval_s=30)
+    guard(client, "worker", allow_eviction=settings.redis_allow_eviction)
     # Before the plugins: a plugin's own prometheus metrics must see multiprocess mode.
     metrics = setup_metrics(settings.metrics, message_type, stats)
+    if metrics is not None:
+        metrics.add_sampler(redis_memory_sampler(metrics, client))
     try:
         routes = load_handlers(settings.handlers)
     except BaseException:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from consumer.clients.redis_client import RedisClient
+from consumer.clients.redis_guard import memory
 from consumer.pipeline.stats import COUNTERS
 from consumer.receipts import SmsReport
 from consumer.reports.delivery_stats import MAX_DELAY_S, observe
@@ -65,6 +67,7 @@ class Spec:
 
 
 PIPELINE: Final = frozenset({"worker", "push-worker"})
+REDIS_USERS: Final = frozenset({"worker", "push-worker", "push-server"})
 ALL_ROLES: Final = frozenset({"worker", "push-server", "push-worker", "reconcile"})
 MT: Final = ("message_type",)
 
@@ -128,6 +131,10 @@ CATALOGUE: Final[tuple[Spec, ...]] = (
          "(epoch s; aggregate with min)", MT, frozenset({"worker"}), mode="livemin"),
     Spec("last_receive_timestamp_seconds", "gauge", "When a receive call last succeeded, "
          "messages or not (epoch s; aggregate with max)", MT, PIPELINE, mode="livemax"),
+    Spec("redis_used_memory_bytes", "gauge", "Memory Redis uses (INFO used_memory; shared: "
+         "aggregate with max)", (), REDIS_USERS, mode="livemax"),
+    Spec("redis_maxmemory_bytes", "gauge", "Redis's maxmemory, 0 for no limit (headroom: "
+         "this minus used memory; shared: aggregate with max)", (), REDIS_USERS, mode="livemax"),
     Spec("push_requests", "counter", "HTTP requests to the push server, by status",
          ("message_type", "status"), frozenset({"push-server"})),
     Spec("push_answer_seconds", "histogram", "Push server answer time (the platform gives up "
@@ -359,6 +366,17 @@ def record_reconcile(metrics: Recorder, counts: Mapping[str, int],
     for kind in ("throttled", "auth", "transient", "permanent"):
         metrics.get("reconcile_api_errors", kind=kind).inc(counts.get("api_errors:" + kind, 0))
     metrics.get("reconcile_last_run_timestamp_seconds").set(clock())
+
+
+def redis_memory_sampler(metrics: Recorder, client: RedisClient) -> Callable[[], None]:
+    """A MetricsHandle sampler of Redis's used memory and maxmemory (the headroom)."""
+    def sample() -> None:
+        used, limit = memory(client)
+        if used is not None:
+            metrics.get("redis_used_memory_bytes").set(used)
+        if limit is not None:
+            metrics.get("redis_maxmemory_bytes").set(limit)
+    return sample
 
 
 def redis_sampler(metrics: Recorder, name: str, read: Callable[[], int]) -> Callable[[], None]:

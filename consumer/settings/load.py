@@ -129,8 +129,10 @@ def _assemble(sections: Mapping[str, object], endpoints: Endpoints, prefix: str,
     alicom = _get(sections, "alicom", AlicomSection)
     kwargs = {name: sections[name] for name in SECTION_FIELDS}
     return Settings(endpoints=endpoints, queue_prefix=prefix, queues=alicom.queues,
-                    redis_url=_get(sections, "redis", RedisSection).url, handlers=handlers,
-                    dedup_keys=dedup_keys, source=source, preset=alicom.preset, **kwargs)  # type: ignore[arg-type]
+                    redis_url=_get(sections, "redis", RedisSection).url,
+                    redis_allow_eviction=_get(sections, "redis", RedisSection).allow_eviction,
+                    handlers=handlers, dedup_keys=dedup_keys, source=source,
+                    preset=alicom.preset, **kwargs)  # type: ignore[arg-type]
 
 
 def _read(path: str | None) -> tuple[str, str]:

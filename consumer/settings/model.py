@@ -108,6 +108,7 @@ class Settings:
     queue_prefix: str
     queues: tuple[str, ...]
     redis_url: str = field(repr=False)
+    redis_allow_eviction: bool = False
     poll: PollSettings = field(default_factory=PollSettings)
     ack: AckSettings = field(default_factory=AckSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
@@ -158,6 +159,7 @@ class Settings:
             "source": self.source, "endpoints": _as_dict(self.endpoints),
             "queue_prefix": self.queue_prefix, "queues": list(self.queues),
             "redis_url": redact_url(self.redis_url),
+            "redis_allow_eviction": self.redis_allow_eviction,
         }
         for name in SECTION_FIELDS:
             out[name] = _as_dict(getattr(self, name))

@@ -34,6 +34,8 @@ class PushSettings(Section):
     `consumers` threads, each reading `batch_size` entries per XREADGROUP, blocking up to
     `block_s`; an entry pending for `reclaim_idle_s` (a crashed consumer's, or one whose
     retry backoff ended) is re-taken with XAUTOCLAIM, and retry backoffs are capped at it.
+    `allow_volatile`: let the server start on a Redis without AOF (a push answered 200 is
+    then lost if Redis crashes or restarts before its next snapshot).
     """
 
     SECTION = "push"
@@ -55,6 +57,7 @@ class PushSettings(Section):
     batch_size: int = number(64, 1, 10_000)
     block_s: float = number(1.0, 0, 30, low_open=True)
     reclaim_idle_s: float = number(300.0, 1, 86_400)
+    allow_volatile: bool = False
 
     def rules(self) -> list[str]:
         out: list[str] = []

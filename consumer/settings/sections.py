@@ -65,10 +65,13 @@ class AlicomSection(Section):
 
 @dataclass(frozen=True)
 class RedisSection(Section):
-    """The `[redis]` table; `url` may carry a password (never logged)."""
+    """The `[redis]` table; `url` may carry a password (never logged). `allow_eviction`:
+    start even when Redis's maxmemory-policy may evict keys (consumer.clients.redis_guard
+    says what can then be lost)."""
 
     SECTION = "redis"
     url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    allow_eviction: bool = False
 
     def rules(self) -> list[str]:
         return redis_url_problems(self.url)

@@ -21,6 +21,7 @@ def _config(stack: Stack, *, queues: list[str], redis_url: str | None = None,
                    "token_endpoint": endpoint.removeprefix("http://"), "token_protocol": "http",
                    "account_id": stack.account_id, "queues": queues},
         "redis": {"url": redis_url or stack.redis_server.url},
+        "push": {"allow_volatile": True},  # the session's Redis has no AOF
     }
     spec: dict[str, Any] = {"use": handler} if types is None else {"use": handler, "types": types}
     return write_config(stack.tmp / "check.toml", sections, [spec])

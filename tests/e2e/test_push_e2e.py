@@ -38,7 +38,9 @@ class Procs:
         self.config = stack.config(
             "push.toml", recorder=recorder,
             push={"listen": "127.0.0.1:%d" % self.port, "secret": SECRET,
-                  "reclaim_idle_s": 4, "block_s": 0.5, "batch_size": 8},
+                  "reclaim_idle_s": 4, "block_s": 0.5, "batch_size": 8,
+                  # the session's Redis has no AOF (its restarts must empty it)
+                  "allow_volatile": True},
             worker={"handler_deadline_s": 2, "shutdown_budget_s": 10, **worker})
 
     @property

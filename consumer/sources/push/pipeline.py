@@ -105,6 +105,11 @@ class PushWorker:
         # Per consumer thread: the claim owner and the entries of the batch it works on now.
         self._leased: dict[str, tuple[str, list[Entry]]] = {}
 
+    @property
+    def redis(self) -> RedisClient:
+        """The client this worker reads the stream with (for gauges of Redis itself)."""
+        return self._redis
+
     # -- the loop -----------------------------------------------------------------------
 
     def run(self, consumer: str) -> None:
