@@ -92,7 +92,7 @@ class Proc:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     incarnations: int = 0
-    rss_kb: list[tuple[int, int]] = field(default_factory=list)  # (incarnation, kB)
+    rss_kb: list[tuple[int, int, float]] = field(default_factory=list)  # (incarnation, kB, t)
 
     def start(self) -> None:
         with self.log.open("ab") as out:
@@ -107,7 +107,7 @@ class Proc:
     def sample_rss(self) -> None:
         kb = rss_kb(self.pid)
         if kb:
-            self.rss_kb.append((self.incarnations, kb))
+            self.rss_kb.append((self.incarnations, kb, time.monotonic()))
 
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -149,6 +149,7 @@ class World:
     push_expected: set[str] = field(default_factory=set)
     push_sent: int = 0
     push_refused: int = 0
+    began: float = field(default_factory=time.monotonic)
 
     @property
     def records(self) -> Path:
@@ -170,10 +171,11 @@ def _config(world_tmp: Path, sandbox: SandboxHandle, redis_url: str, push_port: 
         "poll": {"pollers": 4, "wait_seconds": 2, "socket_timeout_s": 10},
         "ack": {"visibility_timeout_s": 10, "extend_before_s": 3, "retry_base_s": 1,
                 "retry_max_s": 5},
-        "worker": {"shutdown_budget_s": 10, "handler_deadline_s": 10},
+        "worker": {"shutdown_budget_s": 10, "handler_deadline_s": 5},
         "token": {"refresh_before_s": 10},
         "log": {"format": "json", "level": "warning"},
-        "push": {"listen": "127.0.0.1:%d" % push_port, "block_s": 0.5, "reclaim_idle_s": 15},
+        "push": {"listen": "127.0.0.1:%d" % push_port, "block_s": 0.5, "reclaim_idle_s": 15,
+                 "batch_size": 8},
     }
     handler = {"use": "tests.e2e.recording:Recorder",
                "options": {"path": str(world_tmp / "applied.jsonl"),
@@ -362,7 +364,8 @@ def _report(world: World, good: set[str], poison: set[str], malformed: int,
         "malformed_published": malformed,
         "kills": len(world.kills),
         "redis_restarts": len(world.redis_restarts),
-        "rss_kb": {p.name: _rss(p) for p in [*world.workers, *world.others, *world.fixed]},
+        "rss_kb": {p.name: _rss(p, world.began)
+                   for p in [*world.workers, *world.others, *world.fixed]},
     }
 
 
@@ -383,10 +386,15 @@ def _letter_kind(letter: DeadLetter, poison: set[str]) -> str:
     return "poison" if key in poison else "other"
 
 
-def _rss(proc: Proc) -> dict[str, int]:
-    if not proc.rss_kb:
+#: RSS "at start" is the first sample this long after the run began (imports done, warm).
+WARM_S = 15.0
+
+
+def _rss(proc: Proc, began: float) -> dict[str, int]:
+    warm = [s for s in proc.rss_kb if s[2] >= began + WARM_S] or proc.rss_kb
+    if not warm:
         return {}
-    return {"start_kb": proc.rss_kb[0][1], "end_kb": proc.rss_kb[-1][1],
+    return {"start_kb": warm[0][1], "end_kb": proc.rss_kb[-1][1],
             "incarnations": proc.incarnations}
 
 
@@ -425,7 +433,7 @@ def run(plan: SoakPlan, tmp: Path) -> dict[str, Any]:
         for proc in workers + others:
             proc.start()
         sandbox.set_faults(error_rate=plan.mns_error_rate, drop_rate=plan.mns_drop_rate)
-        began = time.monotonic()
+        began = world.began = time.monotonic()
         push_url = "http://127.0.0.1:%d/alicom/SmsUp" % push_port
         threads = [threading.Thread(target=t, args=a, daemon=True) for t, a in (
             (_killer, (world,)), (_redis_restarter, (world,)), (_pusher, (world, push_url)),
@@ -434,6 +442,7 @@ def run(plan: SoakPlan, tmp: Path) -> dict[str, Any]:
             thread.start()
         try:
             while time.monotonic() - began < plan.timeout_s and not _settled_quietly(world, good):
+                _fail_on_exit(world)
                 time.sleep(2.0)
         finally:
             world.stop.set()
@@ -445,6 +454,16 @@ def run(plan: SoakPlan, tmp: Path) -> dict[str, Any]:
             for proc in workers + others:
                 proc.stop()
         return _report(world, good, poison, malformed, time.monotonic() - began)
+
+
+def _fail_on_exit(world: World) -> None:
+    """Raises when a process exited on its own (a refused start, a crash): the soak kills
+    workers, never the push processes, and a killed worker is started again at once."""
+    for proc in [*world.workers, *world.others]:
+        code = proc.proc.poll() if proc.proc is not None else None
+        if code is not None and code != -signal.SIGKILL:
+            tail = proc.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError("%s exited with %s:\n%s" % (proc.name, code, tail))
 
 
 def _settled_quietly(world: World, good: set[str]) -> bool:

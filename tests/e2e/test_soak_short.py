@@ -13,6 +13,7 @@ from bench.soak import SoakPlan, markdown, run
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(400)
 def test_a_short_soak_loses_nothing_and_applies_nothing_twice_outside_the_crash_window(
         tmp_path: Path) -> None:
     plan = SoakPlan(receipts=3000, malformed=10, poison=10, push_receipts=300,
