@@ -120,6 +120,7 @@ def test_a_queue_type_without_a_handler_fails_the_check(stack: Stack) -> None:
                    "token_endpoint": endpoint.removeprefix("http://"), "token_protocol": "http",
                    "account_id": stack.account_id, "queues": ["SmsReport"]},
         "redis": {"url": stack.redis_server.url},
+        "push": {"allow_volatile": True},  # the session's Redis has no AOF
     }
     code, lines = _check(stack, write_config(stack.tmp / "none.toml", sections, []))
     assert code == 1
@@ -136,6 +137,7 @@ def test_two_broken_handlers_are_both_reported_each_with_its_own_hint(stack: Sta
                    "token_endpoint": endpoint.removeprefix("http://"), "token_protocol": "http",
                    "account_id": stack.account_id, "queues": ["SmsReport", "SmsUp"]},
         "redis": {"url": stack.redis_server.url},
+        "push": {"allow_volatile": True},  # the session's Redis has no AOF
     }
     handlers = [{"use": "no_such_package.handlers:on_report", "types": ["SmsReport"]},
                 {"use": "jsonl", "options": {"path": "/x", "colour": "red"}},
