@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from alicom_sandbox.redis_server import RedisServer
 from consumer.errors import ConfigError, TransientError
 from consumer.pipeline.dedup import (
+    RELEASED_MARK_S,
     ClaimState,
     Completion,
     DedupSettings,
@@ -418,14 +419,30 @@ def test_a_dead_claim_over_finished_handlers_is_taken_over_without_forgetting_th
     assert store.claim_each(["k"], "C", LONG_S)[0].done == {"a1b2c3", "0f0f0f"}
 
 
-def test_a_release_with_nothing_finished_removes_the_record(
+def test_a_release_with_nothing_finished_leaves_a_bare_mark_that_acts_as_absent(
     store: RedisDedupStore, redis_client: redis.Redis
 ) -> None:
     store.claim(["k", "j"], "A", LONG_S)
     assert store.release(["k", "j"], "A", [set(), {"a1b2c3"}], WEEK_S) == [True, True]
-    assert redis_client.get("alicom:dedup:k") is None
+    assert redis_client.get("alicom:dedup:k") == b"P:"
+    assert 0 < redis_client.pttl("alicom:dedup:k") <= RELEASED_MARK_S * 1000
     assert redis_client.get("alicom:dedup:j") == b"P:a1b2c3"
     assert store.release(["j"], "someone-else", [{"x"}], WEEK_S) == [False]
+    assert store.extend(["k"], "A", LONG_S) == [False]
+    assert store.complete(["k"], "B", WEEK_S) == [Completion.RECORDED]
+
+
+def test_a_claim_tells_a_delivery_after_an_outcome_from_one_after_a_crash(
+    store: RedisDedupStore, redis_client: redis.Redis
+) -> None:
+    [fresh] = store.claim_each(["k"], "A", LONG_S)
+    assert (fresh.state, fresh.settled_before) == (ClaimState.CLAIMED, False)
+    store.release(["k"], "A")  # a retry: the next delivery is no crash victim
+    [after_retry] = store.claim_each(["k"], "B", LONG_S)
+    assert (after_retry.state, after_retry.settled_before) == (ClaimState.CLAIMED, True)
+    redis_client.set("alicom:dedup:k", "I:dead@1/", keepttl=True)  # an orphan past its lease
+    [after_crash] = store.claim_each(["k"], "C", LONG_S)
+    assert (after_crash.state, after_crash.settled_before) == (ClaimState.CLAIMED, False)
 
 
 def test_records_of_the_previous_version_keep_their_meaning(

@@ -24,6 +24,10 @@ than a hash with the same content):
   `handler_tag`s. A claim over it becomes ``"I:<owner>@<deadline ms>/<tags>"`` keeping that
   TTL (the lease is the deadline), so no finished handler is forgotten when a claim dies.
   The scripts are in ``consumer.pipeline.dedup_scripts``.
+* RELEASED: ``"P:"`` (no tags) with ``PX`` = `RELEASED_MARK_S`, when a delivery ended with an
+  outcome and nothing finished (a retry, a hand back). It acts as absent; a claim over it
+  reports `Claim.settled_before`, which tells a re-delivery after an outcome from one after
+  a crash (poison isolation, consumer.pipeline.poison).
 
 Records written by the previous version (``"1"``, ``"I:<owner>"``) keep their meaning. A
 PARTIAL record with two of three tags: 136 B / 197 B; claimed again: 184 B / 245 B.
@@ -71,6 +75,11 @@ __all__ = [
 _SEVEN_DAYS_S = 7 * 24 * 3600.0
 
 
+#: How long a bare release ("P:") is kept: past MNS's longest visibility (43200 s), so the
+#: next delivery of a retried message still finds it.
+RELEASED_MARK_S = 13 * 3600.0
+
+
 class ClaimState(enum.Enum):
     """The answer of ``claim`` for one key."""
 
@@ -87,6 +96,9 @@ class Claim:
 
     state: ClaimState
     done: frozenset[str] = frozenset()
+    # The previous delivery ended with an outcome (a release) or this owner claimed before;
+    # False when the record was absent or an orphan's: its process may have died on it.
+    settled_before: bool = False
 
 
 class Completion(enum.Enum):
@@ -221,7 +233,8 @@ class RedisDedupStore:
         replies, repeated = self._batch("claim", keys, owner, calls)
         # A key repeated within one call: its first occurrence holds the claim.
         return [Claim(ClaimState.IN_PROGRESS) if again
-                else Claim(ClaimState(int(reply[0])), _tags(reply[1]))
+                else Claim(ClaimState(int(reply[0])), _tags(reply[1]),
+                           len(reply) > 2 and int(reply[2]) == 1)
                 for reply, again in zip(replies, repeated, strict=True)]
 
     def complete(self, keys: Sequence[str], owner: str, ttl_s: float) -> list[Completion]:
@@ -243,7 +256,8 @@ class RedisDedupStore:
         if done is not None and len(done) != len(keys):
             raise ValueError("done must list one set of tags per key")
         tags = [",".join(sorted(d)) for d in done] if done is not None else [""] * len(keys)
-        calls = [ScriptCall(self._release, [self.redis_key(key)], [owner, ttl_ms, t])
+        mark_ms = _milliseconds(RELEASED_MARK_S, "mark")
+        calls = [ScriptCall(self._release, [self.redis_key(key)], [owner, ttl_ms, t, mark_ms])
                  for key, t in zip(keys, tags, strict=True)]
         return [reply == 1 for reply in self._batch("release", keys, owner, calls,
                                                     wait=done is not None)[0]]

@@ -9,7 +9,10 @@ Record values (see dedup.py's docstring for why they are plain strings):
 * ``"1"``: COMPLETED (every handler finished), PX = the retention.
 * ``"I:<owner>"``: INPROGRESS, PX = the lease (an orphan disappears with it).
 * ``"P:<tags>"``: some handlers finished (``<tags>``: their `handler_tag`s, comma-separated),
-  the others failed: a retry or a dead letter. PX = the retention.
+  the others failed: a retry or a dead letter. PX = the retention. ``"P:"`` (no tags) is a
+  bare release: nothing finished, but the delivery ended with an outcome (a retry, a hand
+  back), which tells a re-delivery from one after a crash (consumer.pipeline.poison); it
+  answers every transition as an absent record would.
 * ``"I:<owner>@<deadline ms>/<tags>"``: INPROGRESS over a ``P:`` record. It keeps the
   record's TTL (KEEPTTL) so that the finished handlers are not forgotten when the lease
   ends: the lease is the deadline (server time), and a claim past it takes the record over.
@@ -41,8 +44,10 @@ end
 """
 
 # ARGV[2] lease ms; ARGV[3] '1' when KEYS[2] is the record's legacy name (from before keys
-# were hashed), read when KEYS[1] is absent and never written. Returns {code, tags}: code 1
-# claimed, 2 in progress elsewhere, 3 completed; tags "" when none finished before.
+# were hashed), read when KEYS[1] is absent and never written. Returns {code, tags, settled}:
+# code 1 claimed, 2 in progress elsewhere, 3 completed; tags "" when none finished before;
+# settled 1 when the claim found a release (P:) or our own claim, 0 when it found nothing or
+# an orphan (the previous delivery's process died, or never got that far).
 CLAIM = _COMMON + """
 local lease_ms = tonumber(ARGV[2])
 local value = redis.call('GET', KEYS[1])
@@ -51,21 +56,22 @@ if not value and ARGV[3] == '1' then
 end
 if not value then
   redis.call('SET', KEYS[1], mine, 'PX', lease_ms)
-  return {1, ''}
+  return {1, '', 0}
 end
 if value == mine then
   redis.call('PEXPIRE', KEYS[1], lease_ms)  -- an idempotent re-claim renews the lease
-  return {1, ''}
+  return {1, '', 1}
 end
 if value == '1' then return {3, ''} end
 local o, deadline, tags = parts(value)
+local settled = 0
 if string.sub(value, 1, 2) == 'P:' then
-  tags = string.sub(value, 3)
+  tags, settled = string.sub(value, 3), 1
 elseif not o or (o ~= owner and deadline > now_ms()) then
-  return {2, ''}  -- a live claim of someone else
+  return {2, '', 0}  -- a live claim of someone else
 end
 redis.call('SET', KEYS[1], mine .. '@' .. (now_ms() + lease_ms) .. '/' .. tags, 'KEEPTTL')
-return {1, tags}
+return {1, tags, settled}
 """
 
 # ARGV[2] retention ms. 1 recorded, 2 already completed, 0 lost (someone else's claim). An
@@ -73,7 +79,7 @@ return {1, tags}
 # did apply the receipt, so recording that prevents a re-run on the next delivery.
 COMPLETE = _COMMON + """
 local value = redis.call('GET', KEYS[1])
-if (not value) or ours(value) then
+if (not value) or value == 'P:' or ours(value) then
   redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
   return 1
 end
@@ -81,12 +87,14 @@ if value == '1' then return 2 end
 return 0
 """
 
-# ARGV[2] retention ms, ARGV[3] the tags of the finished handlers ("": the record goes).
-# 1 released, 0 not ours (nothing changed).
+# ARGV[2] retention ms, ARGV[3] the tags of the finished handlers ("": a bare "P:" is left
+# for ARGV[4] ms, or the record goes without ARGV[4]). 1 released, 0 not ours.
 RELEASE = _COMMON + """
 local value = redis.call('GET', KEYS[1])
 if not (value and ours(value)) then return 0 end
-if ARGV[3] == '' then
+if ARGV[3] == '' and ARGV[4] then
+  redis.call('SET', KEYS[1], 'P:', 'PX', ARGV[4])
+elseif ARGV[3] == '' then
   redis.call('DEL', KEYS[1])
 else
   redis.call('SET', KEYS[1], 'P:' .. ARGV[3], 'PX', ARGV[2])

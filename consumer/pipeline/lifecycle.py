@@ -131,6 +131,7 @@ class Lifecycle:
             # DedupStore contract): the first copy runs, the other waits for its outcome.
             if claim.state is ClaimState.CLAIMED:
                 work.claimed, work.done = True, claim.done
+                work.suspect = work.deliveries > 1 and not claim.settled_before
                 to_run.append(work)
             else:
                 work.decision = classify(claim.state, work.deliveries, policy)

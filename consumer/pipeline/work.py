@@ -36,6 +36,8 @@ class Work:
     `done`: the `handler_tag`s of the handlers that finished the receipt (on an earlier
     delivery, from the claim, then also on this one); `only`: the handlers to run (a
     replay's), None for all; `outcomes`: each handler's outcome on this delivery.
+    `suspect`: a re-delivery whose claim found no trace of an outcome: the process that held
+    it may have died of it (consumer.pipeline.poison); it runs alone.
     """
 
     deliveries: int = 1
@@ -50,6 +52,7 @@ class Work:
     done: frozenset[str] = frozenset()
     only: Selection | None = None
     outcomes: tuple[HandlerOutcome, ...] = ()
+    suspect: bool = False
 
 
 W = TypeVar("W", bound=Work)

@@ -27,6 +27,7 @@ from consumer.pipeline.deadletter import RedisDeadLetterStore
 from consumer.pipeline.dedup import RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
+from consumer.pipeline.poison import CrashLedger
 from consumer.pipeline.stats import Stats
 from consumer.receipts import MESSAGE_TYPES
 from consumer.runtime.instruments import redis_memory_sampler
@@ -147,14 +148,16 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
         raise ConfigError("; ".join(problems))
     dispatcher = handler_dispatcher(routes, settings,
                                     stuck_gauge=metrics.stuck_gauge if metrics else None)
+    dedup = RedisDedupStore(client, settings.dedup)
     pipeline = Pipeline(
         client_factory=client_factory,
-        dedup=RedisDedupStore(client, settings.dedup),
+        dedup=dedup,
         dead_letters=RedisDeadLetterStore(client, settings.deadletter),
         dispatcher=dispatcher,
         on_auth_error=provider.on_auth_error,
         stats=stats,
         key_of=settings.key_function(),
+        crashes=CrashLedger(client, dedup.redis_key),
     )
     return Worker(worker_config(settings, message_type), pipeline, abort), Resources(
         client, tokens, dispatcher, metrics)

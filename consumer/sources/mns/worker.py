@@ -41,6 +41,7 @@ from consumer.pipeline.dedup import DedupStore
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts
 from consumer.pipeline.outcome import Decision, RetryPolicy, Verdict
+from consumer.pipeline.poison import CrashLedger, PoisonGuard
 from consumer.pipeline.stats import Stats
 from consumer.receipts import Receipt
 from consumer.sources.mns.ack import STOP, AckConfig, Heartbeat, collect
@@ -92,6 +93,7 @@ class Pipeline:
     on_auth_error: Callable[[], None]  # invalidates the current token
     stats: Stats = field(default_factory=Stats)
     key_of: Callable[[Receipt], str] = dedup_key  # Settings.key_function()
+    crashes: CrashLedger | None = None  # poison isolation (None: suspects run as usual)
 
 
 class Worker:
@@ -117,6 +119,8 @@ class Worker:
             LifecycleParts(pipeline.dedup, pipeline.dead_letters, pipeline.dispatcher,
                            config.retry, config.ack.completed_ttl_s, pipeline.key_of),
             self.stats, self.abort)
+        self.poison = PoisonGuard(pipeline.crashes, lambda: len(pipeline.dispatcher.running()),
+                                  pipeline.dispatcher.longest_deadline_s)
         self.acks_closed = threading.Event()     # the ackers' STOPs are queued
         self._threads: dict[str, list[threading.Thread]] = {}
         self._clients: list[QueueClient] = []
@@ -353,9 +357,8 @@ class Worker:
                 return
             # A receipt past its deadline stays undecided: its message stays ours (the
             # heartbeat extends it) until its handler returns and reaches the ackers late.
-            done = lifecycle.run(batch, late=acks.put)
-            if done:
-                acks.put(done)
+            # A suspect of a crash runs alone (consumer.pipeline.poison).
+            self.poison.run(lifecycle, batch, acks.put)
 
     def _ack_loop(self, index: int) -> None:
         """Settles groups from the acks queue, while the ack gate lets this acker work, until
