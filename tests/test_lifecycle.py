@@ -228,12 +228,13 @@ ROWS: dict[str, Row] = {
     "duplicate -> ack": Row(0, True, False, b"1", "duplicate", before=_completed),
     "in progress -> leave": Row(0, False, False, "I:", "in_progress", before=_claimed_elsewhere),
     "ok -> recorded before ack": Row(1, True, False, b"1", "handled"),
-    "retry -> release and retry": Row(1, False, True, None, "retry", before=_plan("retry")),
-    "permanent -> dead letter": Row(1, True, False, None, "dead_letter", "permanent_failure",
+    # A release leaves the bare mark "P:" (acts as absent; tells a retry from a crash).
+    "retry -> release and retry": Row(1, False, True, b"P:", "retry", before=_plan("retry")),
+    "permanent -> dead letter": Row(1, True, False, b"P:", "dead_letter", "permanent_failure",
                                     before=_plan("permanent")),
     "past max deliveries -> dead letter without running": Row(
         0, True, False, None, "dead_letter", "max_dequeue_count", deliveries=6),
-    "dispatcher crash -> retry": Row(0, False, True, None, "retry",
+    "dispatcher crash -> retry": Row(0, False, True, b"P:", "retry",
                                      options={"crashing": True}),
     "lost claim -> no ack": Row(1, False, False, "I:", "handled",
                                 before=_stolen_while_running),
@@ -331,7 +332,7 @@ def test_replay_gains_the_crash_guard_and_keeps_the_letter(
     [result] = replay([item.letter], w.lifecycle, store, 30.0)  # type: ignore[attr-defined]
     assert not result.ok and result.summary() == "retry again: dispatcher crashed"
     assert store.get(result.letter.id) is not None
-    assert client.get("alicom:dedup:" + key_of("biz-crash")) is None  # claim released
+    assert client.get("alicom:dedup:" + key_of("biz-crash")) == b"P:"  # released (the mark)
 
 
 def test_a_poison_message_delivered_again_is_dead_lettered_once(
