@@ -7,7 +7,19 @@ import signal
 import time
 
 from tests.e2e.conftest import Stack
+from tests.e2e.harness import WorkerProcess
 from tests.e2e.test_worker_delivery import report_key
+
+
+def all_applied_once(stack: Stack, worker: WorkerProcess, expected: set[str]) -> None:
+    """Every expected receipt applied exactly once, the queue empty, a clean stop."""
+    stack.wait(lambda: len(stack.applied()) == len(expected), "all receipts applied", 120)
+    stack.wait(stack.queue_is_empty, "every message deleted", 60)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    applied = stack.applied()
+    assert set(applied) == expected
+    assert max(applied.values()) == 1
 
 
 def test_past_the_long_poll_cap_the_pollers_back_off_and_every_receipt_arrives(
@@ -29,13 +41,7 @@ def test_past_the_long_poll_cap_the_pollers_back_off_and_every_receipt_arrives(
     with stack.publisher() as pub:
         report = pub.publish("SmsReport", 100, seed=21)
     expected = {report_key(m.obj) for m in report.messages}
-    stack.wait(lambda: len(stack.applied()) == len(expected), "all receipts applied", 120)
-    stack.wait(stack.queue_is_empty, "every message deleted", 60)
-    worker.signal(signal.SIGTERM)
-    assert worker.wait(30) == 0
-    applied = stack.applied()
-    assert set(applied) == expected
-    assert max(applied.values()) == 1
+    all_applied_once(stack, worker, expected)
 
 
 def test_token_api_errors_throttling_and_hangs_are_retried_and_nothing_is_lost(
@@ -60,10 +66,4 @@ def test_token_api_errors_throttling_and_hangs_are_retried_and_nothing_is_lost(
     stack.wait(lambda: faulted() >= 3, "token requests refused with 5xx or throttling", 120)
     assert stack.sandbox.state()["injected"]["token_hang"] == 1
     stack.sandbox.set_faults(token_error_rate=0, token_throttle_rate=0, token_latency_ms=0)
-    stack.wait(lambda: len(stack.applied()) == len(expected), "all receipts applied", 120)
-    stack.wait(stack.queue_is_empty, "every message deleted", 60)
-    worker.signal(signal.SIGTERM)
-    assert worker.wait(30) == 0
-    applied = stack.applied()
-    assert set(applied) == expected
-    assert max(applied.values()) == 1
+    all_applied_once(stack, worker, expected)
