@@ -47,9 +47,13 @@ A retry past the handler's `max_attempts` deliveries is dead-lettered (reason
 config's `[[handlers]]` table (which wins); unset, the global `worker.handler_deadline_s`,
 `ack.max_dequeue_count`, `ack.retry_base_s` / `ack.retry_max_s` apply.
 
+Completion is per handler: when several handlers take a receipt and one fails, those that
+finished it are not run again on its redelivery, retry or replay.
+
 Handlers run in worker threads and may be called concurrently: make them thread-safe.
 Delivery is at least once: a handler may see a receipt again (a crash before its completion
-was recorded), so make its effects idempotent or tolerate repeats.
+was recorded), so make its effects idempotent or tolerate repeats (or use an exactly-once
+sink: the built-in `redis-stream` and `postgres` handlers).
 """
 
 from __future__ import annotations

@@ -99,10 +99,12 @@ class Dispatcher:
     two routes) to their handlers on a bounded thread pool.
 
     Several handlers per class are allowed; all of them run for every receipt of that class
-    (in parallel). `dispatch` reports the worst outcome per receipt, `dispatch_each` each
-    handler's. A handler's own policy (`RoutedHandler.policy`) overrides the global one:
-    its deadline, and for a retry its backoff (when it gave no delay) and `max_attempts`
-    (a retry on that delivery or later becomes "permanent", reason "max_attempts").
+    (in parallel), except those `dispatch_each(completed=, only=)` leaves out (finished on an
+    earlier delivery; not selected by a replay). `dispatch` reports the worst outcome per
+    receipt, `dispatch_each` each handler's. A handler's own policy (`RoutedHandler.policy`)
+    overrides the global one: its deadline, and for a retry its backoff (when it gave no
+    delay) and `max_attempts` (a retry on that delivery or later becomes "permanent", reason
+    "max_attempts").
 
     Grouping: a pool task per receipt costs more than a fast handler itself (a future, two
     thread wake-ups), so receipts for a single-receipt handler are grouped into runs that take
