@@ -12,6 +12,8 @@ What a run does between its stamps is chosen per receipt by the options (keys ar
   sleep_s       sleep this long (every receipt)
   hang_keys     never return (sleep an hour); `hang_every` N: the receipts `hangs(key, N)` picks
   exit_keys     os._exit(9): the whole process dies in the handler
+  leak_mb       keep this many MiB alive for good on every call (a leak); every stamp
+                carries the process's RSS in MiB (`rss_mb`)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from consumer import Receipt
 from consumer.keys import business_key
 
 HANG_S = 3600.0
+_LEAKED: list[bytearray] = []
 
 
 class Stamper:
@@ -36,7 +39,7 @@ class Stamper:
 
     def __init__(self, path: str, markers: str, sleep_s: float = 0.0,
                  hang_keys: Sequence[str] = (), hang_every: int = 0,
-                 exit_keys: Sequence[str] = ()) -> None:
+                 exit_keys: Sequence[str] = (), leak_mb: int = 0) -> None:
         self._path = path
         self._markers = Path(markers)
         self._markers.mkdir(parents=True, exist_ok=True)
@@ -44,6 +47,7 @@ class Stamper:
         self._hang = frozenset(hang_keys)
         self._hang_every = hang_every
         self._exit = frozenset(exit_keys)
+        self._leak_mb = leak_mb
 
     def handle(self, receipt: Receipt) -> None:
         key = business_key(receipt)
@@ -57,11 +61,16 @@ class Stamper:
             time.sleep(HANG_S)
         if self._sleep_s:
             time.sleep(self._sleep_s)
+        if self._leak_mb:
+            leak = bytearray(self._leak_mb << 20)
+            leak[::4096] = b"x" * len(range(0, len(leak), 4096))  # every page touched
+            _LEAKED.append(leak)
         self._stamp("end", receipt, key)
         marker.unlink(missing_ok=True)
 
     def _stamp(self, what: str, receipt: Receipt, key: str) -> None:
         line = json.dumps({"what": what, "key": key, "t": time.time(), "pid": os.getpid(),
+                           "rss_mb": _rss_mb(),
                            "out_id": receipt.raw.get("out_id"),
                            "message_id": receipt.meta.message_id,
                            "dequeue_count": receipt.meta.dequeue_count}) + "\n"
@@ -71,6 +80,11 @@ class Stamper:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
 def hangs(key: str, every: int) -> bool:

@@ -228,3 +228,21 @@ def test_hung_calls_filling_the_pool_recycle_the_worker_under_run_and_no_good_re
     stamps(stack).assert_no_overlap()
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(2 + 10 + EXIT_MARGIN_S) == 0  # budget + run's stop margin
+
+
+def test_the_rss_limit_is_enforced_between_batches(stack: Stack) -> None:
+    _report, keys = publish(stack, 64, seed=38)
+    # 8 MiB kept per receipt, batches of 8, at most 8 in flight: the worker may only pass
+    # its limit by what it holds when a poller checks, before its next receive.
+    config = stamper_config(stack, {"leak_mb": 8},
+                            poll={"batch_size": 8, "pollers": 1},
+                            worker={"in_flight_max": 8, "max_rss_mb": 160})
+    worker = stack.worker(config)
+    worker.expected_exit = True  # it recycles by itself
+    assert worker.wait(120) == 0
+    [recycling] = stack.log_events("recycling")
+    assert recycling["reason"] == "max_rss_mb"
+    peak = max(r["rss_mb"] for r in stamps(stack).of("end"))
+    assert 160 < peak <= 160 + 8 * 8 + 16, "RSS %.0f MiB: not checked between batches" % peak
+    assert len(stamps(stack).ended()) < len(keys)  # it stopped receiving at the limit
+    stamps(stack).assert_no_overlap()

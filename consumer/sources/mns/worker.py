@@ -287,10 +287,12 @@ class Worker:
         Returns (round trip, work after it) in seconds when messages came, else None.
         """
         c = self.config
-        if c.max_rss_mb is not None and _rss_mb() > c.max_rss_mb:  # between batches
-            self.recycle("max_rss_mb")
-            return None
         if not self.window.reserve(c.batch_size, self.stop_receiving):
+            return None
+        # Between batches, after the wait for room: what grew meanwhile counts.
+        if c.max_rss_mb is not None and _rss_mb() > c.max_rss_mb:
+            self.window.unreserve(c.batch_size)
+            self.recycle("max_rss_mb")
             return None
         began = time.monotonic()
         try:
