@@ -157,6 +157,8 @@ def _import_ref(ref: str, label: str) -> object:
         raise PluginError(f"bad handler reference '{ref}' for '{label}': expected 'module:attr'")
     try:
         obj: object = importlib.import_module(module_name)
+    except HandlerTypeError as exc:  # an @handler whose types its annotation refuses
+        raise PluginError(f"{exc} (module '{module_name}')") from exc
     except Exception as exc:  # any import-time crash of a plugin is a config problem
         raise PluginError(
             f"cannot import module '{module_name}' for handler '{label}': {one_line(exc)}",
