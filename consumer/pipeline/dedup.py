@@ -230,7 +230,7 @@ class RedisDedupStore:
                  ScriptCall(self._claim, [self.redis_key(key), self.redis_key(old)],
                             [owner, lease_ms, "1"])
                  for key, old in zip(keys, legacy or keys, strict=True)]
-        replies, repeated = self._batch("claim", keys, owner, calls)
+        replies, repeated = self._batch("claim", keys, owner, calls, wait=True)
         # A key repeated within one call: its first occurrence holds the claim.
         return [Claim(ClaimState.IN_PROGRESS) if again
                 else Claim(ClaimState(int(reply[0])), _tags(reply[1]),
@@ -278,8 +278,10 @@ class RedisDedupStore:
                calls: list[ScriptCall], wait: bool = False) -> tuple[list[Any], list[bool]]:
         """The calls of the keys' first occurrences in one round trip (`run_calls`). Returns
         the answer per key (a repeated key gets its first occurrence's) and which keys
-        repeat an earlier one of the batch. `wait`: completion writes, confirmed on
-        `wait_replicas` replicas when that is set (`WAIT` in the same round trip)."""
+        repeat an earlier one of the batch. `wait`: claims and completion writes, confirmed
+        on `wait_replicas` replicas when that is set (`WAIT` in the same round trip): a
+        claim only the old primary saw would let a redelivery run the handler again on the
+        promoted replica, so an unconfirmed claim runs nothing (TransientError)."""
         if not owner or "@" in owner or "/" in owner:
             raise ValueError("owner must be a non-empty token without '@' or '/'")
         first: dict[str, int] = {}

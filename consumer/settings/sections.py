@@ -208,11 +208,11 @@ class DedupSettings(Section):
     message's invisibility; the push worker: its stream's reclaim time; reconcile: the handler
     deadline).
 
-    `wait_replicas` (0: off): after writing completion records, WAIT until that many replicas
-    have them (at most `wait_timeout_s`); fewer is a transient failure, so the message is not
-    deleted and its next delivery finds the record (on the replica promoted by a failover
-    too). For Sentinel or Cluster set-ups that must not apply a receipt twice across a
-    failover.
+    `wait_replicas` (0: off): after writing claims and completion records, WAIT until that
+    many replicas have them (at most `wait_timeout_s`); fewer is a transient failure: an
+    unconfirmed claim runs nothing, an unconfirmed completion does not delete its message
+    (its next delivery finds the record on the replica a failover promotes). For Sentinel
+    or Cluster set-ups that must not apply a receipt twice across a failover.
     """
 
     SECTION = "dedup"
