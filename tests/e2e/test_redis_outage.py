@@ -150,7 +150,9 @@ def _outage(stack: Stack, seconds: float) -> None:
     # message and pass.
     assert events["visibility_extend_failing"] <= 2
     assert events["lease_extend_failing"] <= 3
+    assert events["push_lease_renew_failing"] <= 2
     assert events["visibility_extend_failed"] == 0 and events["lease_extend_failed"] == 0
+    assert events["push_lease_renew_failed"] == 0
 
 
 def test_a_2_s_redis_outage_while_settling_applies_nothing_twice(

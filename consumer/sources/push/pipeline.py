@@ -50,7 +50,7 @@ import structlog
 from consumer.clients.redis_client import RedisClient
 from consumer.errors import AlicomReceiptsError
 from consumer.keys import dedup_key
-from consumer.pipeline.backoff import Backoff
+from consumer.pipeline.backoff import Backoff, Trouble
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
 from consumer.pipeline.decode import parse_json
 from consumer.pipeline.dedup import DedupStore, transient_from_redis
@@ -219,11 +219,14 @@ class PushWorker:
 
     def keep_leases(self) -> None:
         """`renew_leases` every third of `reclaim_idle_s` until `abort` (its own thread)."""
+        trouble = Trouble("push_lease_renew")  # one line per state change, not per pass
         while not self.abort.wait(self.push.reclaim_idle_s / 3):
             try:
-                self.renew_leases()
+                renewed = self.renew_leases()
             except AlicomReceiptsError as exc:
-                log.warning("push_lease_renew_failed", error=str(exc))
+                trouble.report(0, 1, str(exc))
+            else:
+                trouble.report(renewed, 0, "")
 
     def renew_leases(self) -> int:
         """Like the MNS heartbeat: every entry of a batch being worked on, waiting or
