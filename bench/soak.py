@@ -46,7 +46,7 @@ import redis
 
 from alicom_sandbox.config_file import write_config
 from alicom_sandbox.fakes import FakeReceipts
-from alicom_sandbox.publisher import Publisher
+from alicom_sandbox.publisher import Publisher, PublishError
 from alicom_sandbox.redis_server import RedisServer, free_port, running_redis
 from alicom_sandbox.testing import SandboxHandle, running_sandbox
 from consumer.errors import DecodeError
@@ -57,7 +57,7 @@ from consumer.receipts import ReceiptMeta
 
 REPO = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "1000000000000042"
-PUBLISH_CHUNK = 10_000
+QUEUE = "Alicom-Queue-%s-SmsReport" % ACCOUNT_ID
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class SoakPlan:
     """What one soak run does. The defaults are `make soak`'s."""
 
     receipts: int = 100_000  # SmsReport messages on the queue, duplicates and poison included
+    first_chunk: int = 10_000  # on the queue before the workers start (the poison is in it)
+    publish_rate_per_s: float = 200.0  # the rest arrives at this pace while the faults run
     duplicate_rate: float = 0.05
     malformed: int = 100  # undecodable bodies: dead-lettered by the decoder
     poison: int = 100  # receipts the handler refuses for good: dead-lettered
@@ -73,11 +75,11 @@ class SoakPlan:
     mns_error_rate: float = 0.05
     mns_drop_rate: float = 0.01
     token_lifetime_s: float = 30.0
-    redis_restart_every_s: float = 180.0
+    redis_restart_every_s: float = 120.0
     push_receipts: int = 10_000  # SmsUp receipts through the push server
     push_batch: int = 20
     push_duplicate_rate: float = 0.05  # bodies pushed a second time after their 200
-    push_rate_per_s: float = 100.0
+    push_rate_per_s: float = 25.0
     timeout_s: float = 3600.0
     seed: int = 16
 
@@ -149,6 +151,11 @@ class World:
     push_expected: set[str] = field(default_factory=set)
     push_sent: int = 0
     push_refused: int = 0
+    good: set[str] = field(default_factory=set)  # receipts published (not poison)
+    malformed: int = 0
+    published: int = 0  # messages, in chunks that went through whole
+    publish_retries: int = 0  # chunks refused part-way by a fault (sent again, fresh)
+    published_all: threading.Event = field(default_factory=threading.Event)
     began: float = field(default_factory=time.monotonic)
 
     @property
@@ -183,25 +190,50 @@ def _config(world_tmp: Path, sandbox: SandboxHandle, redis_url: str, push_port: 
     return write_config(world_tmp / "soak.toml", sections, [handler])
 
 
-def _publish(sandbox: SandboxHandle, plan: SoakPlan) -> tuple[set[str], set[str], int]:
-    """Puts the plan's SmsReport messages on the queue; (good keys, poison keys, malformed)."""
-    keys: list[str] = []
-    malformed = 0
-    with Publisher(sandbox.endpoint, sandbox.access_key_id, sandbox.access_key_secret,
-                   account_id=ACCOUNT_ID) as pub:
-        left, chunk_no = plan.receipts, 0
-        while left > 0:
-            count = min(PUBLISH_CHUNK, left)
-            bad = round(plan.malformed * count / plan.receipts)
-            report = pub.publish("SmsReport", count, duplicate_rate=plan.duplicate_rate,
-                                 malformed=bad, seed=plan.seed * 1000 + chunk_no)
-            keys += [key_of("SmsReport", m.obj) for m in report.originals]
-            malformed += len(report.malformed)
-            left -= count
+def _publish_chunk(pub: Publisher, world: World, count: int, chunk_no: int) -> list[str]:
+    """Publishes `count` messages (their share of the malformed ones included); the keys of
+    the receipts among them. Raises PublishError when a fault refused a batch part-way."""
+    plan = world.plan
+    before = round(plan.malformed * world.published / plan.receipts)
+    after = round(plan.malformed * (world.published + count) / plan.receipts)
+    report = pub.publish("SmsReport", count, duplicate_rate=plan.duplicate_rate,
+                         malformed=after - before, seed=plan.seed * 100_000 + chunk_no)
+    world.published += count
+    world.malformed += len(report.malformed)
+    return [key_of("SmsReport", m.obj) for m in report.originals]
+
+
+def _publisher_of(world: World) -> Publisher:
+    s = world.sandbox
+    return Publisher(s.endpoint, s.access_key_id, s.access_key_secret, account_id=ACCOUNT_ID)
+
+
+def _publish_first(world: World) -> set[str]:
+    """The first chunk, before the workers start and the faults are on; the poison keys
+    (chosen among its receipts)."""
+    with _publisher_of(world) as pub:
+        keys = _publish_chunk(pub, world, min(world.plan.first_chunk, world.plan.receipts), 0)
+    rng = random.Random(world.plan.seed)
+    poison = set(rng.sample(keys, min(world.plan.poison, len(keys))))
+    world.good.update(set(keys) - poison)
+    return poison
+
+
+def _publisher(world: World) -> None:
+    """The rest of the receipts, paced, through the faults (5xx, resets): a chunk refused
+    part-way is sent again with fresh bodies; what it had sent is applied as well, uncounted."""
+    plan = world.plan
+    chunk, chunk_no = 500, 1
+    with _publisher_of(world) as pub:
+        while world.published < plan.receipts and not world.stop.is_set():
+            count = min(chunk, plan.receipts - world.published)
+            try:
+                world.good.update(_publish_chunk(pub, world, count, chunk_no))
+            except PublishError:
+                world.publish_retries += 1
             chunk_no += 1
-    rng = random.Random(plan.seed)
-    poison = set(rng.sample(keys, min(plan.poison, len(keys))))
-    return set(keys) - poison, poison, malformed
+            world.stop.wait(count / plan.publish_rate_per_s)
+    world.published_all.set()
 
 
 def key_of(message_type: str, obj: Any) -> str:
@@ -322,19 +354,18 @@ def twice(applied: list[dict[str, Any]], kills: list[tuple[int, float]]) -> tupl
     return inside, outside
 
 
-def _settled(world: World, good: set[str]) -> bool:
+def _settled(world: World) -> bool:
+    """Everything published and pushed, all of it applied, the queue empty."""
+    if not world.published_all.is_set() or world.push_sent < world.plan.push_receipts:
+        return False
     applied = {str(r["key"]) for r in read_applied(world.records)}
-    if not good <= applied or not world.push_expected <= applied:
+    if not world.good <= applied or not world.push_expected <= applied:
         return False
-    if world.push_sent < world.plan.push_receipts:
-        return False
-    attrs = world.sandbox.account().get_queue(
-        "Alicom-Queue-%s-SmsReport" % ACCOUNT_ID).get_attributes()
-    return int(attrs.active_messages) + int(attrs.inactive_messages) == 0
+    state = world.sandbox.queue_state(QUEUE)
+    return int(state["active"]) + int(state["inactive"]) + int(state["delayed"]) == 0
 
 
-def _report(world: World, good: set[str], poison: set[str], malformed: int,
-            duration_s: float) -> dict[str, Any]:
+def _report(world: World, poison: set[str], duration_s: float) -> dict[str, Any]:
     applied = read_applied(world.records)
     keys = Counter(str(r["key"]) for r in applied)
     inside, outside = twice(applied, world.kills)
@@ -345,13 +376,14 @@ def _report(world: World, good: set[str], poison: set[str], malformed: int,
     return {
         "plan": asdict(world.plan),
         "duration_s": round(duration_s, 1),
-        "published_mns_messages": world.plan.receipts,
-        "published_receipts": len(good) + len(poison),
+        "published_mns_messages": world.published,
+        "publish_chunks_resent": world.publish_retries,
+        "published_receipts": len(world.good) + len(poison),
         "pushed_receipts": len(world.push_expected),
         "push_refusals_repushed": world.push_refused,
         "applied": sum(keys.values()),
         "applied_distinct": len(keys),
-        "lost": len((good | world.push_expected) - set(keys)),
+        "lost": len((world.good | world.push_expected) - set(keys)),
         "poison_applied": len(poison & set(keys)),
         "applied_twice_outside_crash_window": outside,
         "applied_twice_inside_crash_window": inside,
@@ -361,7 +393,7 @@ def _report(world: World, good: set[str], poison: set[str], malformed: int,
         "dead_letters_other": kinds["other"],
         "poison_published": len(poison),
         "poison_without_dead_letter": len(poison - poison_lettered),
-        "malformed_published": malformed,
+        "malformed_published": world.malformed,
         "kills": len(world.kills),
         "redis_restarts": len(world.redis_restarts),
         "rss_kb": {p.name: _rss(p, world.began)
@@ -415,33 +447,34 @@ def run(plan: SoakPlan, tmp: Path) -> dict[str, Any]:
     """Runs one soak in `tmp`; returns its report."""
     with running_redis(persistent=True) as rds, \
             running_sandbox(token_lifetime_s=plan.token_lifetime_s, seed=plan.seed) as sandbox:
-        sandbox.create_queue("Alicom-Queue-%s-SmsReport" % ACCOUNT_ID, visibility_timeout_s=10)
-        good, poison, malformed = _publish(sandbox, plan)
-        push_port = free_port()
-        config = _config(tmp, sandbox, rds.url, push_port, sorted(poison))
+        sandbox.create_queue(QUEUE, visibility_timeout_s=10)
         env = _env(sandbox)
-        workers = [Proc("worker-%d" % (i + 1),
-                        _command("worker", "--queue", "SmsReport", "--config", str(config)),
-                        tmp / ("worker-%d.log" % (i + 1)), env) for i in range(plan.workers)]
-        others = [Proc("push-server", _command("push-server", "--config", str(config)),
-                       tmp / "push-server.log", env),
-                  Proc("push-worker", _command("push-worker", "--config", str(config)),
-                       tmp / "push-worker.log", env)]
         fixed = [Proc("redis", [], tmp / "redis.log", env, rds.process, 1),
                  Proc("sandbox", [], tmp / "sandbox.log", env, sandbox.process, 1)]
-        world = World(plan, tmp, sandbox, rds, workers, others, fixed)
-        for proc in workers + others:
+        world = World(plan, tmp, sandbox, rds, [], [], fixed)
+        poison = _publish_first(world)
+        push_port = free_port()
+        config = _config(tmp, sandbox, rds.url, push_port, sorted(poison))
+        world.workers = [Proc("worker-%d" % (i + 1),
+                              _command("worker", "--queue", "SmsReport", "--config", str(config)),
+                              tmp / ("worker-%d.log" % (i + 1)), env)
+                         for i in range(plan.workers)]
+        world.others = [Proc(name, _command(name, "--config", str(config)),
+                             tmp / ("%s.log" % name), env)
+                        for name in ("push-server", "push-worker")]
+        for proc in [*world.workers, *world.others]:
             proc.start()
         sandbox.set_faults(error_rate=plan.mns_error_rate, drop_rate=plan.mns_drop_rate)
-        began = world.began = time.monotonic()
+        world.began = time.monotonic()
         push_url = "http://127.0.0.1:%d/alicom/SmsUp" % push_port
         threads = [threading.Thread(target=t, args=a, daemon=True) for t, a in (
             (_killer, (world,)), (_redis_restarter, (world,)), (_pusher, (world, push_url)),
-            (_sampler, (world,)))]
+            (_publisher, (world,)), (_sampler, (world,)))]
         for thread in threads:
             thread.start()
         try:
-            while time.monotonic() - began < plan.timeout_s and not _settled_quietly(world, good):
+            while (time.monotonic() - world.began < plan.timeout_s
+                   and not _settled_quietly(world)):
                 _fail_on_exit(world)
                 time.sleep(2.0)
         finally:
@@ -451,9 +484,9 @@ def run(plan: SoakPlan, tmp: Path) -> dict[str, Any]:
             for proc in [*world.workers, *world.others, *world.fixed]:
                 proc.sample_rss()
             sandbox.set_faults(error_rate=0, drop_rate=0)
-            for proc in workers + others:
+            for proc in [*world.workers, *world.others]:
                 proc.stop()
-        return _report(world, good, poison, malformed, time.monotonic() - began)
+        return _report(world, poison, time.monotonic() - world.began)
 
 
 def _fail_on_exit(world: World) -> None:
@@ -466,10 +499,10 @@ def _fail_on_exit(world: World) -> None:
             raise RuntimeError("%s exited with %s:\n%s" % (proc.name, code, tail))
 
 
-def _settled_quietly(world: World, good: set[str]) -> bool:
+def _settled_quietly(world: World) -> bool:
     """`_settled`, False while Redis or the sandbox is briefly away (a restart)."""
     try:
-        return _settled(world, good)
+        return _settled(world)
     except (redis.RedisError, OSError, Exception):  # noqa: BLE001 - any failure: not yet
         return False
 
@@ -479,6 +512,8 @@ def markdown(report: dict[str, Any]) -> str:
     rows = [
         ("SmsReport messages published (duplicates, malformed, poison included)",
          report["published_mns_messages"]),
+        ("publish chunks refused part-way by a fault and sent again",
+         report["publish_chunks_resent"]),
         ("distinct receipts published through MNS / pushed", "%d / %d" % (
             report["published_receipts"], report["pushed_receipts"])),
         ("applications recorded (fsync each)", report["applied"]),

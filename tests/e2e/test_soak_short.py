@@ -16,9 +16,9 @@ from bench.soak import SoakPlan, markdown, run
 @pytest.mark.timeout(400)
 def test_a_short_soak_loses_nothing_and_applies_nothing_twice_outside_the_crash_window(
         tmp_path: Path) -> None:
-    plan = SoakPlan(receipts=3000, malformed=10, poison=10, push_receipts=300,
-                    push_rate_per_s=60, kill_every_s=(3.0, 5.0), redis_restart_every_s=12,
-                    token_lifetime_s=10, timeout_s=240)
+    plan = SoakPlan(receipts=3000, first_chunk=1000, publish_rate_per_s=300, malformed=10,
+                    poison=10, push_receipts=300, push_rate_per_s=60, kill_every_s=(3.0, 5.0),
+                    redis_restart_every_s=12, token_lifetime_s=10, timeout_s=240)
     report = run(plan, tmp_path)
     summary = markdown(report)
     assert report["kills"] >= 3, summary
