@@ -126,7 +126,7 @@ def test_a_cluster_nobody_answers_is_a_redis_error_without_the_password() -> Non
 
 
 @pytest.mark.slow
-def test_wait_replicas_confirms_completions_on_the_replica_or_fails_transiently(
+def test_wait_replicas_confirms_claims_and_completions_on_the_replica_or_fails(
         sentinel_setup: SentinelSetup) -> None:
     client = connect(sentinel_setup.url, socket_timeout_s=5)
     one = RedisDedupStore(client, DedupSettings(wait_replicas=1, wait_timeout_s=2))
@@ -137,10 +137,12 @@ def test_wait_replicas_confirms_completions_on_the_replica_or_fails_transiently(
     assert replica.get("alicom:dedup:w0") == b"1"  # already there: WAIT confirmed it
 
     two = RedisDedupStore(client, DedupSettings(wait_replicas=2, wait_timeout_s=0.2))
-    two.claim(["x"], "me", 30)
     with pytest.raises(TransientError, match="1 of 2 replicas"):
-        two.complete(["x"], "me", 600)
-    assert client.get("alicom:dedup:x") == b"1"  # written on the primary all the same
+        two.claim(["x"], "me", 30)  # an unconfirmed claim: the caller runs nothing
+    one.claim(["y"], "me", 30)
+    with pytest.raises(TransientError, match="1 of 2 replicas"):
+        two.complete(["y"], "me", 600)
+    assert client.get("alicom:dedup:y") == b"1"  # written on the primary all the same
 
 
 def _replica_port(setup: SentinelSetup) -> int:
