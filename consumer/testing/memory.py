@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from consumer.pipeline.deadletter import DeadLetter
 from consumer.pipeline.dedup import Claim, ClaimState, Completion
@@ -22,7 +23,10 @@ from consumer.receipts import Receipt
 
 @dataclass
 class _Record:
-    state: ClaimState
+    """One key's record: "claimed" (owner, lease), "partial" (released with the handlers
+    that finished: `done`) or "completed"."""
+
+    state: Literal["claimed", "partial", "completed"]
     owner: str = ""
     lease_until: float = 0.0
     done: frozenset[str] = frozenset()
@@ -47,15 +51,15 @@ class MemoryDedupStore:
         with self._lock:
             for key in keys:
                 record = self._records.get(key)
-                if key in seen or (record is not None and record.state is ClaimState.IN_PROGRESS \
-                        and record.owner != owner and record.lease_until > now):
+                live = record is not None and record.state == "claimed" and \
+                    record.owner != owner and record.lease_until > now
+                if key in seen or live:
                     out.append(Claim(ClaimState.IN_PROGRESS))
-                elif record is not None and record.state is ClaimState.COMPLETED:
+                elif record is not None and record.state == "completed":
                     out.append(Claim(ClaimState.COMPLETED))
                 else:
                     done = record.done if record is not None else frozenset()
-                    self._records[key] = _Record(ClaimState.IN_PROGRESS, owner, now + lease_s,
-                                                 done)
+                    self._records[key] = _Record("claimed", owner, now + lease_s, done)
                     out.append(Claim(ClaimState.CLAIMED, done))
                 seen.add(key)
         return out
@@ -65,10 +69,11 @@ class MemoryDedupStore:
         with self._lock:
             for key in keys:
                 record = self._records.get(key)
-                if record is not None and record.state is ClaimState.COMPLETED:
+                if record is not None and record.state == "completed":
                     out.append(Completion.ALREADY_COMPLETED)
-                elif record is None or record.owner == owner:
-                    self._records[key] = _Record(ClaimState.COMPLETED)
+                elif record is None or (record.state == "partial" and not record.done) \
+                        or (record.state == "claimed" and record.owner == owner):
+                    self._records[key] = _Record("completed")
                     out.append(Completion.RECORDED)
                 else:
                     out.append(Completion.LOST)
@@ -81,11 +86,11 @@ class MemoryDedupStore:
         with self._lock:
             for index, key in enumerate(keys):
                 record = self._records.get(key)
-                ours = record is not None and record.state is ClaimState.IN_PROGRESS \
+                ours = record is not None and record.state == "claimed" \
                     and record.owner == owner
                 if ours:
                     finished = frozenset(done[index]) if done is not None else frozenset()
-                    self._records[key] = _Record(ClaimState.CLAIMED, done=finished)  # partial
+                    self._records[key] = _Record("partial", done=finished)
                 out.append(ours)
         return out
 
@@ -95,7 +100,7 @@ class MemoryDedupStore:
 
     def _extend_one(self, key: str, owner: str, lease_s: float) -> bool:
         record = self._records.get(key)
-        if record is None or record.state is not ClaimState.IN_PROGRESS or record.owner != owner:
+        if record is None or record.state != "claimed" or record.owner != owner:
             return False
         record.lease_until = time.monotonic() + lease_s
         return True
