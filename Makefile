@@ -49,9 +49,10 @@ bench: bench-sandbox bench-worker bench-bulk bench-scale bench-push
 bench-sandbox: $(STAMP)
 	$(PY) bench/sandbox_bench.py
 
+# BENCH_WORKER_ARGS, e.g. "--redis single,cluster" (a local Redis Cluster side by side).
 bench-worker: $(STAMP)
 	bash .ci/ensure-redis
-	$(PY) bench/worker_bench.py
+	$(PY) bench/worker_bench.py $(BENCH_WORKER_ARGS)
 
 # The bulk sender's three handlers alone (the worker bench runs them in the worker too).
 bench-bulk: $(STAMP)

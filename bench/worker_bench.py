@@ -14,6 +14,10 @@ unique SmsReport bodies:
   (number-hygiene, send-tracker, review-status, each on the same Redis), every receipt's send
   tracked beforehand as the sending code would (so send-tracker settles real task numbers);
   its CPU per receipt minus the plain worker's is what the three cost together.
+* **worker@single / worker@cluster** (`--redis single,cluster`): every worker run once on the
+  single Redis and once on a local Redis Cluster (3 masters with a replica each,
+  `alicom_sandbox.redis_topologies`), side by side in each run; the verdict compares their
+  medians at 0 ms (dedup claims spread over the masters, one pipeline per node per batch).
 * **demo**: the official Python demo's loop in this process: ReceiveMessage (one message),
   base64 + JSON decode, DeleteMessage, with a Dybaseapi token. Fewer messages at 20 ms (it
   needs two round trips per message); the rate is per message either way.
@@ -34,6 +38,7 @@ as medians of a noisy place, and the CPU per receipt as the steadier figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -48,10 +53,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alicom_sandbox.fakes import FakeReceipts
 from alicom_sandbox.redis_server import running_redis
+from alicom_sandbox.redis_topologies import running_cluster
 from alicom_sandbox.testing import running_sandbox
 from bench.common import cpu_seconds
 from bench.demo_pattern import demo_pattern, raw_ceiling, token_queue
-from bench.worker_procs import Env, LongRun
+from bench.worker_procs import ClusterEnv, ClusterServer, Env, LongRun
 
 MODES = ("worker", "demo", "raw")
 
@@ -88,6 +94,9 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "bulk (no-op + number-hygiene, send-tracker, review-status)")
     p.add_argument("--long", type=int, default=120_000,
                    help="receipts in the long RSS run at 0 ms (0: skip it)")
+    p.add_argument("--redis", default="single",
+                   help="single and/or cluster (a local 3-master Redis Cluster with replicas), "
+                        "side by side in every run: worker modes are then named per Redis")
     p.add_argument("--rss-every", type=float, default=2.0)
     p.add_argument("--workdir", default=None,
                    help="keep configs and worker logs here (default: a temporary folder)")
@@ -102,7 +111,8 @@ def _per_latency(text: str, latencies: Sequence[int]) -> dict[int, int]:
     return dict(zip(latencies, values, strict=False))
 
 
-def run_worker(env: Env, latency_ms: int, count: int, handlers: str = "noop") -> Sample:
+def run_worker(env: Env, latency_ms: int, count: int, handlers: str = "noop",
+               label: str = "") -> Sample:
     queue = env.fresh_queue(count, latency_ms, flush_redis=True)
     if handlers == "bulk":
         env.track_sends(count)
@@ -123,7 +133,7 @@ def run_worker(env: Env, latency_ms: int, count: int, handlers: str = "noop") ->
                            % (settled, count, worker.log_path))
     drained = first  # deleted between the two CPU readings
     us = [(a - b) / drained * 1e6 for a, b in zip(cpu_after, cpu_before, strict=True)]
-    mode = "worker" if handlers == "noop" else "worker+" + handlers
+    mode = ("worker" if handlers == "noop" else "worker+" + handlers) + label
     return Sample(mode, latency_ms, count, empty_at - started, rss, *us, switches)
 
 
@@ -167,7 +177,8 @@ def _with_handler_sets(samples: Sequence[Sample], modes: Sequence[str]) -> list[
     for mode in modes:
         out.append(mode)
         if mode == "worker":
-            out += sorted({s.mode for s in samples if s.mode.startswith("worker+")})
+            out += sorted({s.mode for s in samples
+                           if s.mode.startswith("worker") and s.mode != "worker"})
     return out
 
 
@@ -182,7 +193,7 @@ def cpu_table(samples: Sequence[Sample], latencies: Sequence[int]) -> str:
             if not chosen:
                 continue
             lines.append("| %d ms | %s | %.0f | %.2f | %.0f | %.0f | %s |" % (
-                lat, mode.partition("+")[2] or "noop",
+                lat, mode.removeprefix("worker").lstrip("+") or "noop",
                 statistics.median(s.worker_us for s in chosen),
                 statistics.median(s.switches for s in chosen),
                 statistics.median(s.sandbox_us for s in chosen),
@@ -194,6 +205,14 @@ def cpu_table(samples: Sequence[Sample], latencies: Sequence[int]) -> str:
 def verdicts(samples: Sequence[Sample], latencies: Sequence[int], modes: Sequence[str],
              long_run: LongRun | None) -> list[str]:
     out: list[str] = []
+    seen = {s.mode for s in samples}
+    if {"worker@single", "worker@cluster"} <= seen and 0 in latencies:
+        ratio = (median_rate(samples, "worker@cluster", 0)
+                 / median_rate(samples, "worker@single", 0))
+        out.append("0 ms: worker on the Redis Cluster %.0f%% of single Redis (target >= 80%%): "
+                   "%s" % (ratio * 100, "meets" if ratio >= 0.8 else "MISSES"))
+    if "worker" not in seen:
+        return out
     if {"worker", "raw"} <= set(modes) and 0 in latencies:
         ratio = median_rate(samples, "worker", 0) / median_rate(samples, "raw", 0)
         out.append("0 ms: worker %.0f%% of the raw ceiling (target >= 70%%): %s"
@@ -223,6 +242,26 @@ def _progress(s: Sample, run: int, runs: int) -> None:
         if s.mode.startswith("worker") else ""), file=sys.stderr, flush=True)
 
 
+def _redis_kinds(text: str) -> list[str]:
+    kinds = [k for k in text.split(",") if k]
+    if not kinds or set(kinds) - {"single", "cluster"}:
+        raise SystemExit("--redis: single and/or cluster")
+    return kinds
+
+
+def _redis_envs(env: Env, kinds: Sequence[str],
+                stack: contextlib.ExitStack) -> list[tuple[Env, str]]:
+    """(env, mode label) per `--redis` kind; a cluster is started into `stack`."""
+    envs: list[tuple[Env, str]] = []
+    if "single" in kinds:
+        envs.append((env, "" if list(kinds) == ["single"] else "@single"))
+    if "cluster" in kinds:
+        cluster = ClusterServer(stack.enter_context(running_cluster()))
+        envs.append((ClusterEnv(env.sandbox, cluster, env.tmp, latency_ms=0, bodies=env.bodies,
+                                overrides=env.overrides), "@cluster"))
+    return envs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _args(argv)
     latencies = [int(v) for v in args.latencies.split(",")]
@@ -238,16 +277,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler_sets = [h for h in args.handlers.split(",") if h]
     if not handler_sets or set(handler_sets) - {"noop", "bulk"}:
         raise SystemExit("--handlers: noop and/or bulk")
-    with tempfile.TemporaryDirectory(prefix="worker-bench-") as tmp, running_redis() as rds, \
-            running_sandbox(log_level="WARNING") as sandbox:
+    kinds = _redis_kinds(args.redis)
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="worker-bench-"))
+        rds = stack.enter_context(running_redis())
+        sandbox = stack.enter_context(running_sandbox(log_level="WARNING"))
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         env = Env(sandbox, rds, workdir, latency_ms=0, bodies=bodies, overrides=tuple(args.set))
+        envs = _redis_envs(env, kinds, stack)
         for run in range(args.runs):
             for lat in latencies:
                 for mode in modes:
                     n = counts[mode][lat]
-                    batch = ([run_worker(env, lat, n, h) for h in handler_sets]
+                    batch = ([run_worker(e, lat, n, h, label)
+                              for e, label in envs for h in handler_sets]
                              if mode == "worker" else [run_loop(env, mode, lat, n)])
                     samples += batch
                     for s in batch:

@@ -15,7 +15,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import redis
+
 from alicom_sandbox.fakes import FakeReceipts
+from alicom_sandbox.redis_server import RedisServer
+from alicom_sandbox.redis_topologies import ClusterSetup
 from bench.common import (
     BenchQueue,
     Worker,
@@ -151,3 +155,29 @@ class BenchWorker(Worker):
             raise RuntimeError("no receipt_settled line in %s" % self.log_path)
         return first, handled
 
+
+
+class ClusterServer(RedisServer):
+    """A `running_cluster` set-up where the bench expects one server: its URL is the
+    cluster's, `client()` a cluster client (FLUSHDB reaches every primary)."""
+
+    def __init__(self, setup: ClusterSetup) -> None:
+        first = next(iter(setup.procs.processes.values()))
+        super().__init__(setup.ports[0], first, str(setup.procs.workdir))
+        self.setup = setup
+
+    @property
+    def url(self) -> str:
+        return self.setup.url
+
+    def client(self) -> redis.RedisCluster:  # type: ignore[override]
+        return self.setup.client()
+
+
+@dataclass
+class ClusterEnv(Env):
+    """`Env` on a Redis Cluster: Redis CPU is the sum of every node's."""
+
+    def redis_cpu(self) -> float:
+        assert isinstance(self.redis, ClusterServer)
+        return sum(cpu_seconds(p.pid) for p in self.redis.setup.procs.processes.values())
