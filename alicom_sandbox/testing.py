@@ -156,8 +156,11 @@ class SandboxHandle:
 
 
 def _command(options: dict[str, Any]) -> list[str]:
-    cmd = [sys.executable, "-m", "alicom_sandbox.server", "--host", "127.0.0.1", "--port", "0"]
+    cmd = [sys.executable, "-m", "alicom_sandbox.server", "--host",
+           str(options.get("host", "127.0.0.1")), "--port", "0"]
     for name, value in options.items():
+        if name == "host":
+            continue
         if name == "queues":
             for queue in value:
                 cmd += ["--queue", str(queue)]
@@ -207,7 +210,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def running_sandbox(**options: Any) -> Iterator[SandboxHandle]:
     """Run a sandbox subprocess for the duration of the `with` block.
 
-    Options: token_lifetime_s, latency_ms, error_rate, drop_rate, hang_rate, clock_skew_s,
+    Options: host (default 127.0.0.1; "0.0.0.0" to be reached from other network
+    namespaces), token_lifetime_s, latency_ms, error_rate, drop_rate, hang_rate, clock_skew_s,
     date_window_s, seed, log_level, queues (names to create instead of the seven Alicom
     queues), access_key_id / access_key_secret (root key; default: the documented local one),
     keep_log (keep the log file after a clean stop; it is always kept if the process failed).
