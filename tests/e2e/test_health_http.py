@@ -82,7 +82,8 @@ def test_unhealthy_while_the_receive_loop_is_wedged(stack: Stack) -> None:
 
 def test_the_push_server_is_alive_and_ready_only_while_redis_answers(stack: Stack) -> None:
     address = f"127.0.0.1:{free_port()}"
-    config = stack.config("push.toml", push={"listen": f"127.0.0.1:{free_port()}"},
+    config = stack.config("push.toml", push={"listen": f"127.0.0.1:{free_port()}",
+                                             "allow_volatile": True},
                           metrics={"address": address,
                                    "multiproc_dir": str(stack.tmp / "push-metrics")})
     log = open(stack.tmp / "push-server.log", "ab")  # noqa: SIM115 - the child holds it

@@ -114,7 +114,8 @@ def test_push_and_reconcile_work_on_it(stack: Stack, topology: Topology) -> None
     topology.flush()
     port = free_port()
     config = _config(stack, topology, "push.toml",
-                     push={"listen": f"127.0.0.1:{port}", "reclaim_idle_s": 20, "block_s": 0.5},
+                     push={"listen": f"127.0.0.1:{port}", "reclaim_idle_s": 20, "block_s": 0.5,
+                           "allow_volatile": True},
                      worker={"handler_deadline_s": 2, "shutdown_budget_s": 10})
     env = worker_env(stack.sandbox.access_key_id, stack.sandbox.access_key_secret)
     procs = [subprocess.Popen([sys.executable, "-m", "consumer", command, "--config",
