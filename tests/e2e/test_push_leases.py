@@ -26,7 +26,7 @@ def test_two_push_workers_with_slow_handlers_apply_each_receipt_once(stack: Stac
     procs.config = stack.config(
         "push.toml",
         push={"listen": "127.0.0.1:%d" % procs.port, "secret": SECRET, "reclaim_idle_s": 3,
-              "block_s": 0.5, "batch_size": 8},
+              "block_s": 0.5, "batch_size": 8, "allow_volatile": True},  # no AOF here
         worker={"handler_deadline_s": 2, "shutdown_budget_s": 10},
         handlers=[{"use": "tests.e2e.misbehaving:Stamper",
                    "options": {"path": str(stamps_path), "markers": str(stack.tmp / "m"),
