@@ -28,7 +28,13 @@ from consumer.clients.redis_guard import guard
 from consumer.pipeline.stats import Stats
 from consumer.receipts import MESSAGE_TYPES
 from consumer.runtime import logs
-from consumer.runtime.health import DEFAULT_STALL_S, Beat, install, keep_beating
+from consumer.runtime.health import (
+    DEFAULT_STALL_S,
+    Beat,
+    install,
+    keep_beating,
+    loop_checks,
+)
 from consumer.runtime.instruments import PushRequests, redis_memory_sampler, redis_sampler
 from consumer.runtime.metrics import setup_metrics
 from consumer.settings import PushSettings, Settings
@@ -130,6 +136,10 @@ def worker_main(argv: Sequence[str]) -> NoReturn:
     if metrics is not None:
         metrics.add_sampler(redis_sampler(metrics, "push_pending", worker.pending))
         metrics.add_sampler(redis_memory_sampler(metrics, worker.redis))
+        live, ready = loop_checks(lambda: worker.last_turn, lambda: worker.redis_error,
+                                  worker.stop.is_set,
+                                  settings.service.watchdog_stall_s or DEFAULT_STALL_S)
+        install(metrics.exposition.routes, live, ready)
     code = 1
     try:
         code = serve(worker, args.consumer, settings.worker.shutdown_budget_s)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from consumer.runtime.metrics import Route
 
-__all__ = ["DEFAULT_STALL_S", "Beat", "Check", "install", "keep_beating"]
+__all__ = ["DEFAULT_STALL_S", "Beat", "Check", "install", "keep_beating", "loop_checks"]
 
 #: The liveness stall allowance when neither WatchdogSec nor `service.watchdog_stall_s` gives
 #: one: past the longest legitimate poll turn with default settings (socket timeout 35 s, a
@@ -98,3 +98,23 @@ async def keep_beating(beat: Beat, ping: Callable[[], Awaitable[object]],
             await asyncio.wait_for(stop.wait(), timeout=every_s)
     beat.why_not_ready = "draining: not taking new requests"
     beat.ready.clear()
+
+
+def loop_checks(last_turn: Callable[[], float], redis_error: Callable[[], str | None],
+                draining: Callable[[], bool], stall_s: float,
+                clock: Callable[[], float] = time.monotonic) -> tuple[Check, Check]:
+    """(live, ready) of a polling loop (the push worker): alive while a turn finished within
+    `stall_s` (a read blocks at most push.block_s, a Redis failure backs off at most 10 s);
+    ready while Redis answers and it is not draining."""
+    def live() -> str | None:
+        stalled = clock() - last_turn()
+        if stalled < stall_s:
+            return None
+        return f"wedged: no loop turn for {stalled:.0f} s (allowed {stall_s:.0f} s)"
+
+    def ready() -> str | None:
+        if draining():
+            return "draining: not taking new work"
+        problem = redis_error()
+        return None if problem is None else f"waiting: Redis: {problem}"
+    return live, ready

@@ -17,6 +17,7 @@ from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, wait_until, worker_env
 
 STALL_S = 3.0
+PUSH_STALL_S = 12.0
 
 
 def probe(address: str, path: str) -> tuple[int, str]:
@@ -98,6 +99,38 @@ def test_the_push_server_is_alive_and_ready_only_while_redis_answers(stack: Stac
         try:
             wait_until(lambda: probe(address, "/readyz")[0] == 503, 30, "not ready")
             assert probe(address, "/readyz")[1].startswith("waiting: Redis")
+            assert probe(address, "/healthz") == (200, "alive\n")
+        finally:
+            stack.redis_server.start_again()
+        wait_until(lambda: probe(address, "/readyz")[0] == 200, 30, "ready again")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_the_push_worker_is_alive_and_ready_only_while_redis_answers(stack: Stack) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    # Its loop backs off at most 10 s in an outage: the allowance must exceed that.
+    config = stack.config("push.toml", push={"block_s": 0.5},
+                          service={"watchdog_stall_s": PUSH_STALL_S},
+                          metrics={"address": address,
+                                   "multiproc_dir": str(stack.tmp / "push-metrics")})
+    log = open(stack.tmp / "push-worker.log", "ab")  # noqa: SIM115 - the child holds it
+    proc = subprocess.Popen([sys.executable, "-m", "consumer", "push-worker", "--config",
+                             str(config)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env=worker_env("unused", "unused"))
+    log.close()
+    try:
+        wait_until(lambda: probe(address, "/readyz") == (200, "ready\n"), 60, "push worker ready")
+        assert probe(address, "/healthz") == (200, "alive\n")
+        stack.redis_server.stop()
+        try:
+            wait_until(lambda: probe(address, "/readyz")[0] == 503, 30, "not ready")
+            assert probe(address, "/readyz")[1].startswith("waiting: Redis")
+            time.sleep(PUSH_STALL_S + 1)  # past the allowance: its loop keeps turning
             assert probe(address, "/healthz") == (200, "alive\n")
         finally:
             stack.redis_server.start_again()

@@ -92,6 +92,10 @@ class PushWorker:
         self.push = push
         self.stats = stats or Stats()
         self.stop = threading.Event()
+        # For the HTTP health checks (consumer.runtime.health.loop_checks): when a consumer
+        # thread last finished a loop turn, and why Redis is failing (None: it answers).
+        self.last_turn = time.monotonic()
+        self.redis_error: str | None = "starting: no read has gone through yet"
         self.abort = threading.Event()
         self.lifecycle = Lifecycle(
             LifecycleParts(dedup, dead_letters, dispatcher, policy, completed_ttl_s, key_of),
@@ -128,11 +132,14 @@ class PushWorker:
                 if entries:
                     self.process(entries, transport)
                 backoff.reset()
+                self.redis_error = None
             except AlicomReceiptsError as exc:
                 log.warning("push_worker_redis_failed", consumer=consumer, error=str(exc))
                 self.stats.incr("redis_errors")
+                self.redis_error = str(exc)[:200]
                 next_reclaim = time.monotonic() + self._grace_s  # see the module docstring
                 backoff.sleep(self.stop)
+            self.last_turn = time.monotonic()
 
     def ensure_group(self) -> None:
         """Creates the group (and the stream) reading from the start, unless it exists."""
