@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint lint-deploy bench bench-sandbox bench-worker bench-bulk bench-scale bench-push soak verify-units install clean
+.PHONY: demo test test-lowest lint lint-deploy bench bench-sandbox bench-worker bench-bulk bench-scale bench-push soak verify-units install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,20 @@ demo: $(STAMP)
 
 # Installs what the tests need (real redis-server and PostgreSQL, Debian's chromium for the
 # report page's browser test, Debian's prometheus for the dashboard and alert tests), runs
-# the lint, then the tests.
+# the lint, then the whole suite on the default python3, then the unit tests on every other
+# supported Python (.ci/test-pythons: 3.10-3.13 from pyenv or PATH, each in .venv-py3.X).
 test: lint
 	bash .ci/ensure-redis
 	bash .ci/ensure-postgres
 	bash .ci/ensure-chromium
 	bash .ci/ensure-prometheus
 	$(PY) -m pytest -q
+	bash .ci/test-pythons
+
+# The dependency ranges' floors: every dependency at its lowest allowed version (not in CI).
+test-lowest:
+	bash .ci/ensure-redis
+	bash .ci/test-lowest
 
 # ruff (complexity limit on), mypy strict, and the layer rules (import-linter contracts).
 lint: $(STAMP)
@@ -82,4 +89,4 @@ install:
 	bash systemd/install
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-py3.* .venv-lowest build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -139,6 +139,17 @@ def _from_environment(env: Mapping[str, str]) -> AccessKey | None:
     return AccessKey(access_key_id, secret, env.get(ENV_TOKEN) or None, source="environment")
 
 
+def quiet_sdk_loggers() -> None:
+    """Keeps the SDKs' own loggers above DEBUG: the Tea core's (request headers) and the
+    credentials SDK's refresher, which older releases set to DEBUG at import (it then says
+    "Shutting down executor..." at every exit, past our logging configuration)."""
+    import alibabacloud_credentials.provider.refreshable  # noqa: F401, PLC0415 - sets DEBUG on import
+
+    for name in ("darabonba-core", "alibabacloud-tea",
+                 "alibabacloud_credentials.provider.refreshable"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def _from_default_chain(env: Mapping[str, str]) -> AccessKey:
     """The Alibaba Cloud default credentials chain (files, CLI profile, ECS RAM role, ...)."""
     # Imported here: the SDK reads the process environment when it is first imported, and
@@ -146,10 +157,15 @@ def _from_default_chain(env: Mapping[str, str]) -> AccessKey:
     from alibabacloud_credentials.client import Client  # noqa: PLC0415
     from alibabacloud_credentials.exceptions import CredentialException  # noqa: PLC0415
 
-    # The SDK logs each failed provider with a traceback on its own stderr handler; the
-    # summary below says the same in one line.
-    sdk_log = logging.getLogger("credentials")
-    was_disabled, sdk_log.disabled = sdk_log.disabled, True
+    quiet_sdk_loggers()
+    # Its loggers ("credentials", or by module in older releases) print each failed provider
+    # with a traceback; the summary below says the same in one line.
+    sdk_logs = [logging.getLogger(name) for name in (
+        "credentials", *(n for n in logging.root.manager.loggerDict
+                         if n.startswith("alibabacloud_credentials")))]
+    was_disabled = [(log, log.disabled) for log in sdk_logs]
+    for log in sdk_logs:
+        log.disabled = True
     try:
         client = Client()
         model = client.get_credential()
@@ -164,7 +180,8 @@ def _from_default_chain(env: Mapping[str, str]) -> AccessKey:
                           f"{ENV_ID}/{ENV_SECRET}, {_summary(tried, detail)}; to fix: "
                           f"{_WHAT_TO_DO}") from exc
     finally:
-        sdk_log.disabled = was_disabled
+        for log, disabled in was_disabled:
+            log.disabled = disabled
     access_key_id = model.access_key_id or ""
     secret = model.access_key_secret or ""
     if not access_key_id or not secret:

@@ -9,11 +9,9 @@ would dump request headers, an STS key's x-acs-security-token among them.
 
 from __future__ import annotations
 
-import logging
-
 from alibabacloud_tea_openapi.models import Config
 
-from consumer.clients.credentials import AccessKey
+from consumer.clients.credentials import AccessKey, quiet_sdk_loggers
 
 __all__ = ["ms", "tea_config"]
 
@@ -27,8 +25,7 @@ def tea_config(key: AccessKey, endpoint: str, protocol: str, region_id: str, *,
                connect_timeout_s: float, read_timeout_s: float) -> Config:
     """A client configuration for `endpoint` ("host[:port]") over `protocol`, signing with
     `key`."""
-    for name in ("darabonba-core", "alibabacloud-tea"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    quiet_sdk_loggers()
     config = Config(endpoint=endpoint, protocol=protocol, region_id=region_id,
                     connect_timeout=ms(connect_timeout_s), read_timeout=ms(read_timeout_s))
     if key.credential_client is not None:
