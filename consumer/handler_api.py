@@ -153,6 +153,11 @@ class HandlerOutcome:
     duration_s: float
 
 
+#: The documented upper bounds of a handler's own times (as worker.handler_deadline_s and
+#: ack.retry_max_s: a day, and MNS's longest visibility).
+_POLICY_HIGHS = {"deadline_s": 86400, "retry_base_s": 43200, "retry_max_s": 43200}
+
+
 @dataclass(frozen=True)
 class HandlerPolicy:
     """One handler's limits; None means "the global setting".
@@ -171,14 +176,15 @@ class HandlerPolicy:
 
     def problems(self, where: str) -> list[str]:
         """One line per out-of-range value, each naming `where` and the field."""
-        out = [f"{where}.{name} must be > 0, got {value!r}"
-               for name in ("deadline_s", "retry_base_s", "retry_max_s")
+        out = [f"{where}.{name} must be > 0 and <= {high}, got {value!r}"
+               for name, high in _POLICY_HIGHS.items()
                if (value := getattr(self, name)) is not None
-               and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0)]
+               and (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not 0 < value <= high)]  # NaN fails the comparison, inf the bound
         attempts = self.max_attempts
         if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int)
-                                     or attempts < 1):
-            out.append(f"{where}.max_attempts must be an integer >= 1, got {attempts!r}")
+                                     or not 1 <= attempts <= 1000):
+            out.append(f"{where}.max_attempts must be an integer 1-1000, got {attempts!r}")
         base, top = self.retry_base_s, self.retry_max_s
         if not out and base is not None and top is not None and top < base:
             out.append(f"{where}.retry_max_s ({top!r}) must be >= retry_base_s ({base!r})")

@@ -178,3 +178,16 @@ def test_the_example_loads_once_the_account_id_is_set() -> None:
 def test_the_tracking_defaults_are_the_stores_own_defaults() -> None:
     assert TrackingSettings().tasks_prefix == tasks.DEFAULT_PREFIX
     assert TrackingSettings().stats_prefix == delivery_stats.DEFAULT_PREFIX
+
+
+@pytest.mark.parametrize("key", ["deadline_s", "max_attempts", "retry_base_s", "retry_max_s"])
+def test_a_handlers_own_numbers_refuse_inf_nan_huge_zero_and_negatives(
+        tmp_path: Path, key: str) -> None:
+    config = tmp_path / "c.toml"
+    for literal in ("inf", "-inf", "nan", "1e300", "0", "-1"):
+        config.write_text(f'{BASE}[[handlers]]\nuse = "log"\n{key} = {literal}\n',
+                          encoding="utf-8")
+        with pytest.raises(InvalidSettings) as info:
+            load_settings(str(config), {})
+        assert len(info.value.problems) == 1, (literal, info.value.problems)
+        assert info.value.problems[0].startswith(f"handlers[0].{key} must be"), literal

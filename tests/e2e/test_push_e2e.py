@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from alicom_sandbox.redis_server import free_port
+from consumer.testing import SAMPLES_DIR
 from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, wait_until, worker_env
 
-SAMPLES = Path("/work/shared/reference/samples")
 SECRET = "e2e-Secret-Segment-0042"
 REPORTS = [{"phone_number": "1381111****", "send_time": "2017-01-01 00:00:00",
             "report_time": "2017-01-01 00:00:01", "success": True, "err_code": "DELIVERED",
@@ -107,7 +107,7 @@ def drained(stack: Stack) -> bool:
 
 def test_documented_pushes_reach_the_handler_once_also_when_pushed_again(
         stack: Stack, push: Procs) -> None:
-    bodies = {p.stem.removeprefix("push-"): p.read_bytes() for p in SAMPLES.glob("push-*.json")}
+    bodies = {p.stem.removeprefix("push-"): p.read_bytes() for p in SAMPLES_DIR.glob("push-*.json")}
     bodies["SmsReport"] = json.dumps(REPORTS).encode()
     for _ in range(2):
         for kind, body in bodies.items():
