@@ -239,3 +239,17 @@ def test_the_chains_error_becomes_one_reason_per_provider() -> None:
         "environment": "Environment variable accessKeyId cannot be empty",
         "ECS RAM role": "Failed to get RAM session credentials from ECS metadata service. "
                         "HttpCode=404"}
+
+
+def test_stats_without_a_delivery_stats_handler_says_so(redis_server: RedisServer,
+                                                        tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[alicom]\npreset = "sandbox"\n[redis]\nurl = "%s"\n[[handlers]]\n'
+                      'use = "log"\n' % redis_server.url, encoding="utf-8")
+    done = run("stats", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "the configuration has no delivery-stats handler" in done.stderr
+    with_it = tmp_path / "d.toml"
+    with_it.write_text(config.read_text() + '[[handlers]]\nuse = "delivery-stats"\n'
+                       'options = { url = "%s" }\n' % redis_server.url, encoding="utf-8")
+    assert run("stats", "--config", str(with_it)).stderr == ""

@@ -297,10 +297,17 @@ def test_a_lone_surrogate_escape_is_not_utf8_but_a_surrogate_pair_is_fine() -> N
 
 @pytest.mark.parametrize(
     "text",
-    ["", "{", "not json", '{"a": NaN}', '{"a": Infinity}', '{"a": 1e400}', "[" * 5000 + "]" * 5000],
+    ["", "{", "not json", '{"a": NaN}', '{"a": Infinity}', '{"a": 1e400}'],
 )
 def test_text_that_is_not_strict_json_is_not_json(text: str) -> None:
     assert reason_of("SmsReport", encode(text)) == "not_json"
+
+
+def test_nesting_too_deep_to_parse_is_refused_too() -> None:
+    # 5,000 nested arrays: Pythons before 3.13 give up parsing it (not_json); 3.13's decoder
+    # reads it, and it is then no receipt object (not_object). Dead-lettered either way.
+    deep = "[" * 5000 + "]" * 5000
+    assert reason_of("SmsReport", encode(deep)) in {"not_json", "not_object"}
 
 
 @pytest.mark.parametrize("text", ["[]", "[{}]", '"text"', "12", "null", "true"])

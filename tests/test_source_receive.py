@@ -8,8 +8,10 @@ against the sandbox through the SDK's request, signing and error handling.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
+from xml.etree.ElementTree import canonicalize
 
 import pytest
 from mns.auth import StaticCredentialsProvider
@@ -106,8 +108,13 @@ def test_a_damaged_answer_is_transient_as_with_the_sdk(doc: bytes) -> None:
     [], ["1A812EC45E2BCDEC-1-1-abcdef"], ["a&b", "<c>", '"d"', "e'f", "\u00e9\u4e2d"],
     ["h-%d" % i for i in range(16)],
 ])
-def test_delete_body_is_byte_for_byte_the_sdk_encoders(handles: list[str]) -> None:
-    assert encode_receipt_handles(handles) == ReceiptHandlesEncoder.encode(handles)
+def test_delete_body_is_the_sdk_encoders(handles: list[str]) -> None:
+    ours, sdks = encode_receipt_handles(handles), ReceiptHandlesEncoder.encode(handles)
+    # The same XML document; byte for byte too, except that Python 3.13's minidom (which the
+    # SDK's encoder uses) writes a quote in text as &quot;, where ours keeps it, as before.
+    assert canonicalize(ours.decode()) == canonicalize(sdks.decode())
+    if sys.version_info < (3, 13):
+        assert ours == sdks
 
 
 @pytest.fixture(scope="module")

@@ -124,6 +124,10 @@ def _zone(name: str) -> tzinfo:
 def _target(args: argparse.Namespace) -> tuple[str, str]:
     """Redis URL and key prefix (`consumer.reports.targets`) of the delivery-stats handler."""
     target = handler_options(args, _DELIVERY_STATS)
+    if not target.configured:
+        sys.stderr.write("alicom-receipts stats: note: the configuration has no delivery-stats "
+                         "handler, so nothing counts deliveries there; add [[handlers]] use = "
+                         "\"delivery-stats\" (or give --redis-url where another host counts)\n")
     return target.url, str(args.prefix or target.options.get("prefix") or DEFAULT_PREFIX)
 
 

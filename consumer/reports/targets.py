@@ -28,6 +28,9 @@ class Target:
 
     url: str = field(repr=False)
     options: Mapping[str, Any]
+    #: The configuration names that handler (or --redis-url says where to read): False means
+    #: nothing writes what the command is about to read, which deserves a hint.
+    configured: bool = True
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,10 +49,12 @@ def handler_options(args: argparse.Namespace, uses: frozenset[str]) -> Target:
         return Target(args.redis_url, {})
     settings = load_settings(config_path(args.config, os.environ), dict(os.environ))
     options: dict[str, Any] = {}
+    configured = bool(args.redis_url)
     for spec in settings.handlers:
         if spec.use in uses:
-            options = dict(spec.options)
-    return Target(str(args.redis_url or options.get("url") or settings.redis_url), options)
+            options, configured = dict(spec.options), True
+    return Target(str(args.redis_url or options.get("url") or settings.redis_url), options,
+                  configured)
 
 
 def open_redis(url: str) -> redis.Redis:
