@@ -119,7 +119,7 @@ class Worker:
             LifecycleParts(pipeline.dedup, pipeline.dead_letters, pipeline.dispatcher,
                            config.retry, config.ack.completed_ttl_s, pipeline.key_of),
             self.stats, self.abort)
-        self.poison = PoisonGuard(pipeline.crashes, lambda: len(pipeline.dispatcher.running()),
+        self.poison = PoisonGuard(pipeline.crashes, self._running_in_time,
                                   pipeline.dispatcher.longest_deadline_s)
         self.acks_closed = threading.Event()     # the ackers' STOPs are queued
         self._threads: dict[str, list[threading.Thread]] = {}
@@ -361,6 +361,13 @@ class Worker:
             # heartbeat extends it) until its handler returns and reaches the ackers late.
             # A suspect of a crash runs alone (consumer.pipeline.poison).
             self.poison.run(lifecycle, batch, acks.put)
+
+    def _running_in_time(self) -> int:
+        """Handler calls running and not yet stuck: a suspect waits for these only (a stuck
+        one may never return; waiting for it would stall every suspect by a deadline)."""
+        dispatcher = self.p.dispatcher
+        return sum(1 for _r, _h, running_s in dispatcher.running()
+                   if running_s < dispatcher.longest_deadline_s)
 
     def _ack_loop(self, index: int) -> None:
         """Settles groups from the acks queue, while the ack gate lets this acker work, until
