@@ -14,6 +14,7 @@ import redis
 from aiohttp.test_utils import TestClient, TestServer
 
 from alicom_sandbox.redis_server import RedisServer
+from consumer import cli
 from consumer.cli import dashboard
 from consumer.cli.dashboard_page import Stores
 from consumer.errors import ConfigError
@@ -82,12 +83,12 @@ def test_task_exports_list_the_numbers_of_one_state(redis_client: redis.Redis) -
 
 def test_bad_flags_are_one_line_errors(redis_server: RedisServer,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    url = ["--redis-url", redis_server.url]
-    assert dashboard.main([*url, "--listen", "nowhere"]) == 2
-    assert "--listen must be host:port" in capsys.readouterr().err
-    assert dashboard.main([*url, "--allow", "not-a-net"]) == 2
+    url = ["dashboard", "--redis-url", redis_server.url]
+    assert cli.main([*url, "--listen", "nowhere"]) == 2
+    assert "dashboard: --listen must be host:port" in capsys.readouterr().err
+    assert cli.main([*url, "--allow", "not-a-net"]) == 2
     assert "--allow" in capsys.readouterr().err
-    assert dashboard.main([*url, "--secret-file", "/nonexistent/secret"]) == 2
+    assert cli.main([*url, "--secret-file", "/nonexistent/secret"]) == 2
     assert "--secret-file cannot be read" in capsys.readouterr().err
 
 

@@ -30,7 +30,6 @@ import io
 import ipaddress
 import os
 import re
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -233,13 +232,10 @@ def build(args: argparse.Namespace) -> tuple[Dashboard, str, int]:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Serves until SIGINT / SIGTERM; 2 for bad flags or configuration."""
+    """Serves until SIGINT / SIGTERM. Bad flags or configuration (ConfigError) and a listen
+    address in use are the command runner's one-line errors (`consumer.cli.runner`)."""
     args = _parse(argv)
-    try:
-        dashboard, host, port = build(args)
-    except ConfigError as exc:
-        sys.stderr.write("alicom-receipts dashboard: %s\n" % exc)
-        return 2
+    dashboard, host, port = build(args)  # ConfigError: the runner's one line, exit 2
     shown = "/<secret>/" if dashboard.base != "/" else "/"
     print("alicom-receipts dashboard: serving http://%s:%d%s" % (host, port, shown), flush=True)
     web.run_app(dashboard.app(), host=host, port=port, print=None, access_log=None)

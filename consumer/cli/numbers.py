@@ -25,7 +25,6 @@ from typing import TextIO
 import redis
 
 from consumer.cli.runner import CommandParser, config_in_every_action
-from consumer.errors import ConfigError
 from consumer.receipts import SHANGHAI
 from consumer.reports.numbers import DEFAULT_PREFIX, NumberList, NumberRecord
 from consumer.reports.phone_ids import phone_ids
@@ -125,11 +124,7 @@ def _act(args: argparse.Namespace, numbers: NumberList, out: TextIO) -> int:
 def main(argv: Sequence[str], out: TextIO | None = None) -> int:
     """The `numbers` command (exit status: see the module docstring)."""
     args = _parse(argv)
-    try:
-        numbers, client = open_numbers(args)
-    except ConfigError as exc:
-        sys.stderr.write("alicom-receipts numbers: %s\n" % exc)
-        return 2
+    numbers, client = open_numbers(args)  # ConfigError: the runner's one line, exit 2
     try:
         return _act(args, numbers, out or sys.stdout)
     except redis.RedisError as exc:

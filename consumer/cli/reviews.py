@@ -19,7 +19,6 @@ import redis
 
 from consumer.cli.numbers import when
 from consumer.cli.runner import CommandParser, config_in_every_action
-from consumer.errors import ConfigError
 from consumer.reports.reviews import DEFAULT_PREFIX, Review, ReviewStore
 from consumer.reports.targets import add_target_arguments, handler_options, open_redis
 
@@ -81,11 +80,7 @@ def _act(args: argparse.Namespace, store: ReviewStore, out: TextIO) -> int:
 def main(argv: Sequence[str], out: TextIO | None = None) -> int:
     """The `reviews` command (exit status: see the module docstring)."""
     args = _parse(argv)
-    try:
-        store, client = open_reviews(args)
-    except ConfigError as exc:
-        sys.stderr.write("alicom-receipts reviews: %s\n" % exc)
-        return 2
+    store, client = open_reviews(args)  # ConfigError: the runner's one line, exit 2
     try:
         return _act(args, store, out or sys.stdout)
     except redis.RedisError as exc:

@@ -22,7 +22,6 @@ import redis
 
 from consumer.cli.numbers import when
 from consumer.cli.runner import CommandParser, config_in_every_action
-from consumer.errors import ConfigError
 from consumer.reports.delivery_report import parse_since
 from consumer.reports.err_codes import describe
 from consumer.reports.targets import add_target_arguments, handler_options, open_redis
@@ -109,13 +108,9 @@ def _act(args: argparse.Namespace, store: TaskStore, hashed: bool, out: TextIO) 
 def main(argv: Sequence[str], out: TextIO | None = None) -> int:
     """The `tasks` command (exit status: see the module docstring)."""
     args = _parse(argv)
-    try:
-        if args.action == "list":
-            parse_since(args.since)
-        store, client, hashed = open_tasks(args)
-    except ConfigError as exc:
-        sys.stderr.write("alicom-receipts tasks: %s\n" % exc)
-        return 2
+    if args.action == "list":
+        parse_since(args.since)  # a bad --since is the runner's one-line error, exit 2
+    store, client, hashed = open_tasks(args)
     try:
         return _act(args, store, hashed, out or sys.stdout)
     except redis.RedisError as exc:
