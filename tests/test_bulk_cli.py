@@ -48,6 +48,11 @@ def test_numbers_check_list_export_add_remove(redis_client: redis.Redis,
     assert capsys.readouterr().err.startswith("alicom-receipts numbers: ")
     assert cli.main(["numbers", "--redis-url", "redis://127.0.0.1:1/0", "list"]) == 3
     assert "Redis did not answer" in capsys.readouterr().err
+    # Sentinel and Cluster URLs go through the one client factory too; a cluster reads its
+    # slot map as its client is made, and that failing is still one line and exit 3.
+    assert cli.main(["numbers", "--redis-url", "redis+cluster://127.0.0.1:1", "list"]) == 3
+    assert capsys.readouterr().err == ("alicom-receipts numbers: Redis did not answer "
+                                       "(ConnectionError)\n")
 
 
 def test_tasks_list_show_export(redis_client: redis.Redis, redis_server: RedisServer) -> None:

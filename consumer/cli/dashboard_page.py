@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from urllib.parse import quote
 
-import redis
-
+from consumer.clients.redis_client import RedisClient
 from consumer.reports.delivery_report import Report, build_report, failure_rows
 from consumer.reports.delivery_stats import HourCounts
 from consumer.reports.number_rules import Classifier
@@ -48,7 +47,7 @@ class Page:
 class Stores:
     """Where the page reads from (the prefixes of the configured handlers)."""
 
-    client: redis.Redis
+    client: RedisClient
     stats_prefix: str
     tasks: TaskStore
     numbers: NumberList

@@ -22,13 +22,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TextIO
 
-import redis
-
 from consumer.cli.runner import CommandParser, config_in_every_action
+from consumer.clients.redis_client import RedisClient
 from consumer.receipts import SHANGHAI
 from consumer.reports.numbers import DEFAULT_PREFIX, NumberList, NumberRecord
 from consumer.reports.phone_ids import phone_ids
-from consumer.reports.targets import add_target_arguments, handler_options, open_redis
+from consumer.reports.targets import (
+    add_target_arguments,
+    handler_options,
+    open_redis,
+    run_on_redis,
+)
 
 _USES = frozenset({"number-hygiene", "consumer.handlers.number_hygiene:NumberHygiene"})
 _HASHED_NOTE = "note: numbers are stored as keyed hashes (hash_numbers is on): shown as h:...\n"
@@ -62,7 +66,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
-def open_numbers(args: argparse.Namespace) -> tuple[NumberList, redis.Redis]:
+def open_numbers(args: argparse.Namespace) -> tuple[NumberList, RedisClient]:
     """The number list the configuration's number-hygiene handler writes."""
     target = handler_options(args, _USES)
     hashed = args.hash_numbers if args.hash_numbers is not None else bool(
@@ -124,12 +128,6 @@ def _act(args: argparse.Namespace, numbers: NumberList, out: TextIO) -> int:
 def main(argv: Sequence[str], out: TextIO | None = None) -> int:
     """The `numbers` command (exit status: see the module docstring)."""
     args = _parse(argv)
-    numbers, client = open_numbers(args)  # ConfigError: the runner's one line, exit 2
-    try:
-        return _act(args, numbers, out or sys.stdout)
-    except redis.RedisError as exc:
-        sys.stderr.write("alicom-receipts numbers: Redis did not answer (%s)\n"
-                         % type(exc).__name__)
-        return 3
-    finally:
-        client.close()
+    # ConfigError: the runner's one line, exit 2
+    return run_on_redis("numbers", lambda: open_numbers(args),
+                        lambda numbers: _act(args, numbers, out or sys.stdout))

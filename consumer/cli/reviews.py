@@ -15,12 +15,16 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-import redis
-
 from consumer.cli.numbers import when
 from consumer.cli.runner import CommandParser, config_in_every_action
+from consumer.clients.redis_client import RedisClient
 from consumer.reports.reviews import DEFAULT_PREFIX, Review, ReviewStore
-from consumer.reports.targets import add_target_arguments, handler_options, open_redis
+from consumer.reports.targets import (
+    add_target_arguments,
+    handler_options,
+    open_redis,
+    run_on_redis,
+)
 
 _USES = frozenset({"review-status", "consumer.handlers.review_status:ReviewStatus"})
 _LABELS = {"approving": "in review", "approved": "approved", "rejected": "rejected"}
@@ -42,7 +46,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
-def open_reviews(args: argparse.Namespace) -> tuple[ReviewStore, redis.Redis]:
+def open_reviews(args: argparse.Namespace) -> tuple[ReviewStore, RedisClient]:
     target = handler_options(args, _USES)
     client = open_redis(target.url)
     return ReviewStore(client, str(args.prefix or target.options.get("prefix")
@@ -80,12 +84,6 @@ def _act(args: argparse.Namespace, store: ReviewStore, out: TextIO) -> int:
 def main(argv: Sequence[str], out: TextIO | None = None) -> int:
     """The `reviews` command (exit status: see the module docstring)."""
     args = _parse(argv)
-    store, client = open_reviews(args)  # ConfigError: the runner's one line, exit 2
-    try:
-        return _act(args, store, out or sys.stdout)
-    except redis.RedisError as exc:
-        sys.stderr.write("alicom-receipts reviews: Redis did not answer (%s)\n"
-                         % type(exc).__name__)
-        return 3
-    finally:
-        client.close()
+    # ConfigError: the runner's one line, exit 2
+    return run_on_redis("reviews", lambda: open_reviews(args),
+                        lambda store: _act(args, store, out or sys.stdout))

@@ -18,13 +18,17 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-import redis
-
 from consumer.cli.numbers import when
 from consumer.cli.runner import CommandParser, config_in_every_action
+from consumer.clients.redis_client import RedisClient
 from consumer.reports.delivery_report import parse_since
 from consumer.reports.err_codes import describe
-from consumer.reports.targets import add_target_arguments, handler_options, open_redis
+from consumer.reports.targets import (
+    add_target_arguments,
+    handler_options,
+    open_redis,
+    run_on_redis,
+)
 from consumer.reports.tasks import DEFAULT_PREFIX, TaskCounts, TaskStore
 
 _USES = frozenset({"send-tracker", "consumer.handlers.tracking:SendTracker"})
@@ -52,7 +56,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
-def open_tasks(args: argparse.Namespace) -> tuple[TaskStore, redis.Redis, bool]:
+def open_tasks(args: argparse.Namespace) -> tuple[TaskStore, RedisClient, bool]:
     """The task store of the configured send-tracker handler, and whether numbers are hashed."""
     target = handler_options(args, _USES)
     client = open_redis(target.url)
@@ -110,12 +114,10 @@ def main(argv: Sequence[str], out: TextIO | None = None) -> int:
     args = _parse(argv)
     if args.action == "list":
         parse_since(args.since)  # a bad --since is the runner's one-line error, exit 2
-    store, client, hashed = open_tasks(args)
-    try:
-        return _act(args, store, hashed, out or sys.stdout)
-    except redis.RedisError as exc:
-        sys.stderr.write("alicom-receipts tasks: Redis did not answer (%s)\n"
-                         % type(exc).__name__)
-        return 3
-    finally:
-        client.close()
+
+    def opened() -> tuple[tuple[TaskStore, bool], RedisClient]:
+        store, client, hashed = open_tasks(args)
+        return (store, hashed), client
+
+    return run_on_redis("tasks", opened,
+                        lambda got: _act(args, got[0], got[1], out or sys.stdout))

@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
-from consumer.errors import ConfigError
+from consumer.clients.redis_client import RedisClient, connect
 from consumer.settings import CONFIG_HELP, config_path, load_settings
 
-__all__ = ["Target", "add_target_arguments", "handler_options", "open_redis"]
+__all__ = ["EXIT_UNANSWERED", "Target", "add_target_arguments", "handler_options", "open_redis",
+           "run_on_redis"]
+
+#: The exit status of a read-side command whose Redis did not answer.
+EXIT_UNANSWERED = 3
+
+_Opened = TypeVar("_Opened")
 
 
 @dataclass(frozen=True)
@@ -57,10 +64,32 @@ def handler_options(args: argparse.Namespace, uses: frozenset[str]) -> Target:
                   configured)
 
 
-def open_redis(url: str) -> redis.Redis:
-    """A client for a command (short timeouts); ConfigError for a URL that is not one, with
-    the URL left out of the message (it may hold a password)."""
+def open_redis(url: str) -> RedisClient:
+    """A client for a command (short timeouts) from the one factory, so that Sentinel and
+    Cluster URLs work here as they do for the handlers writing the data; ConfigError for a
+    URL that is not one, never quoting it (it may hold a password)."""
+    return connect(url, socket_timeout_s=10, connect_timeout_s=5)
+
+
+def run_on_redis(command: str, open_: Callable[[], tuple[_Opened, RedisClient]],
+                 act: Callable[[_Opened], int]) -> int:
+    """Runs a read-side command: `open_` gives what `act` works on and the client it holds.
+    A Redis that does not answer (a cluster's slot map is read as its client is made) is
+    one line and exit 3; the client is closed. A ConfigError goes to the command runner."""
+    prog = "alicom-receipts " + command
     try:
-        return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-    except ValueError as exc:
-        raise ConfigError("the Redis URL is not a redis:// URL") from exc
+        opened, client = open_()
+    except redis.RedisError as exc:
+        return _unanswered(prog, exc)
+    try:
+        return act(opened)
+    except redis.RedisError as exc:
+        return _unanswered(prog, exc)
+    finally:
+        client.close()
+
+
+def _unanswered(prog: str, exc: redis.RedisError) -> int:
+    # The exception's text may quote the URL (and its password): only its type is shown.
+    sys.stderr.write("%s: Redis did not answer (%s)\n" % (prog, type(exc).__name__))
+    return EXIT_UNANSWERED
