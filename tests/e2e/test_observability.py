@@ -112,7 +112,7 @@ def _start(stack: Stack, prom: PrometheusServer, addresses: tuple[str, str],
     tmp = stack.tmp
     push_port = free_port()
     base = {"push": {"listen": "127.0.0.1:%d" % push_port, "reclaim_idle_s": 4, "block_s": 0.5,
-                     "batch_size": 8},
+                     "batch_size": 8, "allow_volatile": True},  # the tests' Redis has no AOF
             "worker": {"handler_deadline_s": 2, "shutdown_budget_s": 10}}
     host1 = stack.config("host1.toml", metrics={"address": addresses[0],
                                                 "multiproc_dir": str(tmp / "host1")}, **base)
@@ -304,3 +304,17 @@ def _save_picture_data(world: World, path: Path) -> None:
         for panel in doc["panels"] if panel.get("targets")}
     path.write_text(json.dumps({"start": world.started_at - 5, "end": end,
                                 "series": series}), encoding="utf-8")
+
+
+def test_idle_receivers_still_show_receive_progress(world: World) -> None:
+    """An empty long poll or stream read is progress: no NoReceiveProgress alert for a quiet
+    queue or a push worker without pushes."""
+    def last_receive() -> dict[tuple[str, str], float]:
+        return {(dict(ls).get("message_type", ""), "host%d" % (host + 1)): v
+                for host in (0, 1)
+                for (n, ls), v in samples_of(world.scrape(host)).items()
+                if n == "alicom_receipts_last_receive_timestamp_seconds"}
+    before = last_receive()
+    assert ("", "host1") in before, "the push worker's series"
+    wait_until(lambda: all(last_receive()[k] > v for k, v in before.items()), 30,
+               "every receiver's last receive moving on while idle")

@@ -131,6 +131,8 @@ class PushWorker:
                     entries = self.read(consumer)
                 if entries:
                     self.process(entries, transport)
+                else:
+                    self.stats.incr("empty_polls")  # a read went through: receive progress
                 backoff.reset()
                 self.redis_error = None
             except AlicomReceiptsError as exc:
