@@ -26,10 +26,11 @@ The contract of `settle`:
 * Nothing is acknowledged without its completion record or its stored dead letter.
 * Once a handler returned, its result is held by this process until the completion is
   recorded: while Redis does not answer, the completion is retried (quietly, one log line
-  when the hold starts and one when it ends) for as long as `stop` is not set, and the
-  transport is told to `hold` the items (MNS keeps extending their visibility; the push
-  stream keeps them pending to this process and out of its own reclaims), so no other copy
-  of the receipt runs meanwhile. When `stop` ends the wait (the shutdown budget ran out),
+  when the hold starts and one when it ends) for as long as `stop` is not set. The items
+  stay in hand at their source meanwhile with nothing asked of the transport (the MNS
+  heartbeat keeps extending the visibility of every message in hand; the push worker's
+  leases keep its entries pending to it and out of reclaims), so no other copy of the
+  receipt runs meanwhile. When `stop` ends the wait (the shutdown budget ran out),
   each receipt still held is logged as one `completion_unrecorded` line (key, handler) and
   counted: exactly those may run again.
 * A completion found already COMPLETED (a retry after a lost reply) counts as handled, not
