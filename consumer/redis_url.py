@@ -18,6 +18,7 @@ never contains the password.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Literal
@@ -35,6 +36,7 @@ _SCHEMES: dict[str, tuple[Mode, bool]] = {
 }
 _DEFAULT_PORT = {"sentinel": 26379, "cluster": 6379}
 _QUERY_OPTIONS = frozenset({"sentinel_password"})
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,12 @@ def parse_redis_url(url: str, name: str = "redis url") -> RedisTarget:
 def _parse(url: str) -> RedisTarget:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in _SCHEMES:
+        # Without "://" nothing of the text is quoted: a mistyped "redis:/:pw@host" would
+        # show its password.
+        got = (f"{scheme[:20] + sep + _host_text(url)!r}" if sep and _SCHEME.fullmatch(scheme)
+               else "no known scheme://")
         raise _UrlProblemError("must start with " + ", ".join(f"{s}://" for s in _SCHEMES)
-                       + f", got {scheme[:20] + sep + _host_text(url)!r}")
+                               + f", got {got}")
     mode, tls = _SCHEMES[scheme.lower()]
     if mode == "standalone":
         return _standalone(url, tls)

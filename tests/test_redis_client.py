@@ -48,6 +48,9 @@ def test_cluster_urls_list_start_up_nodes() -> None:
     ("redis+sentinel://h/m?pasword=hunter2", "has unknown option(s) pasword"),
     ("redis+cluster://:hunter2@h1,,h2", "has an empty host in its host list"),
     ("memcached://:hunter2@h", "must start with redis://"),
+    ("redis:/:hunter2@h", "must start with redis://"),
+    ("redis:hunter2@h", "must start with redis://"),
+    (":hunter2@redis://h", "must start with redis://"),
 ])
 def test_a_bad_url_is_one_line_naming_the_problem_without_the_password(
         url: str, problem: str) -> None:
