@@ -83,6 +83,19 @@ def test_a_row_postgres_refuses_is_failed_alone_and_the_rest_stored(
         "SignSmsReport", "SmsReport"]  # sorted by key: "<Class>:..."
 
 
+def test_a_refused_row_s_reason_quotes_no_value_of_it(
+        sink: PostgresHandler, postgres_server: PostgresServer, table: str) -> None:
+    sink.handle_batch([sample("SignSmsReport")])  # creates the table
+    with psycopg.connect(postgres_server.dsn) as conn:  # a constraint of the user's own
+        conn.execute(f"ALTER TABLE {table} ADD CONSTRAINT short CHECK "
+                     "(length(phone_number) < 5)")
+    result = sink.handle_batch([sample("SmsReport", phone_number="13912345678")])
+
+    [(_failed, signal)] = result.failed
+    assert str(signal) == ('postgres refused the row: CheckViolation: new row for relation '
+                           f'"{table}" violates check constraint "short"')
+
+
 def test_an_unreachable_server_asks_for_a_retry_without_the_password() -> None:
     handler = PostgresHandler(f"postgresql://app:hunter2@127.0.0.1:{free_port()}/db",
                               timeout_s=1)

@@ -219,5 +219,10 @@ def _first(receipt: Receipt, attrs: tuple[str, ...]) -> Any:
 
 def _safe(exc: BaseException) -> str:
     """One line without the connection string (libpq's messages may quote host and user,
-    never the password; a DSN is never part of them)."""
+    never the password; a DSN is never part of them) and without the server's DETAIL and
+    CONTEXT, which quote the refused row ("Failing row contains (..., 13800000001, ...)"):
+    the reason goes to log lines and dead letters, where no phone number may be in clear."""
+    primary = getattr(getattr(exc, "diag", None), "message_primary", None)
+    if primary:
+        return " ".join(f"{type(exc).__name__}: {primary}".split())[:300]
     return one_line(exc)[:300]
