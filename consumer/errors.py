@@ -43,10 +43,6 @@ class AuthError(TransientError):
     """Credentials were refused (the 403 family); refresh the token, then retry."""
 
 
-class QueueEmpty(AlicomReceiptsError):  # noqa: N818 - a signal, not an error: MNS MessageNotExist
-    """The queue had no message to give (MNS answers 404 MessageNotExist)."""
-
-
 class DecodeError(PermanentError):
     """A message body cannot become a receipt; `reason` is a short machine-readable tag."""
 

@@ -72,15 +72,6 @@ def number(default: _T, low: float, high: float, *, low_open: bool = False,
     return value
 
 
-def range_of(cls: type, name: str) -> Range | None:
-    """The documented range of field `name` of section class `cls` (None: not a number)."""
-    for f in fields(cls):
-        if f.name == name:
-            rule = f.metadata.get("range")
-            return rule if isinstance(rule, Range) else None
-    raise KeyError(name)
-
-
 def number_problems(section: Any, name: str) -> list[str]:
     """One line for each numeric field of `section` that is not finite or out of its range."""
     out: list[str] = []
