@@ -198,6 +198,7 @@ class Instruments:
     mmap files only), with the series whose labels are known at start-up created at 0."""
 
     def __init__(self, role: str, message_type: str) -> None:
+        # Imported here, after setup_metrics chose the value class (consumer.runtime.metrics).
         from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415
 
         self.metrics: dict[str, Any] = {}

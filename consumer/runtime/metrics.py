@@ -37,7 +37,9 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, Final, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
 
@@ -46,8 +48,6 @@ from consumer.runtime.metrics_dir import prepare_metrics_dir
 from consumer.settings import MetricsSettings, parse_address
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from prometheus_client import Gauge
     from prometheus_client.registry import Collector
 
@@ -152,15 +152,12 @@ class _SweepingCollector:
 
 
 def _metrics_app(registry: Any) -> Any:
-    from prometheus_client import make_wsgi_app  # noqa: PLC0415
+    from prometheus_client import make_wsgi_app  # noqa: PLC0415 - after setup_metrics
     return make_wsgi_app(registry)
 
 
 def _serve(host: str, port: int, app: Any) -> WSGIServer:
     """Serves `app` from a daemon thread, a thread per request (as prometheus_client does)."""
-    from socketserver import ThreadingMixIn  # noqa: PLC0415
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server  # noqa: PLC0415
-
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
 
     class Server(ThreadingMixIn, WSGIServer):
@@ -198,7 +195,7 @@ class Exposition:
     """
 
     def __init__(self, address: str, directory: str) -> None:
-        from prometheus_client import CollectorRegistry  # noqa: PLC0415
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415 - after setup_metrics
 
         self.address = address
         self._host, self._port = parse_address(address, "metrics.address")
