@@ -34,3 +34,22 @@ def test_a_redis_url_with_a_non_numeric_port_is_one_line_without_the_password() 
     assert len(lines) == 1, lines
     assert "ALICOM_RECEIPTS_REDIS_URL: redis.url has a port that is not a number" in lines[0]
     assert "hunter22" not in lines[0]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("demo", "--rate", "0"),
+     "alicom-receipts demo: argument --rate: must be a number above 0, got '0'"),
+    (("demo", "--seconds", "nan"),
+     "alicom-receipts demo: argument --seconds: must be a number above 0, got 'nan'"),
+    (("demo", "--duplicate-rate", "2"),
+     "alicom-receipts demo: argument --duplicate-rate: must be a share from 0 to 1, got '2'"),
+    (("files", "--copy", "/proc/no-such-dir/x"),
+     "alicom-receipts files: --copy /proc/no-such-dir/x: No such file or directory"),
+])
+def test_a_bad_demo_rate_or_copy_target_is_one_line(args: tuple[str, ...],
+                                                     expected: str) -> None:
+    done = run(*args)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        expected + (" (see alicom-receipts demo --help)" if args[0] == "demo" else "")]
+    assert "Traceback" not in done.stdout + done.stderr

@@ -28,7 +28,7 @@ from alicom_sandbox.config_file import write_config
 from alicom_sandbox.publisher import Publisher
 from alicom_sandbox.redis_server import running_redis
 from alicom_sandbox.testing import SandboxHandle, running_sandbox
-from consumer.cli.runner import CommandParser
+from consumer.cli.runner import CommandParser, positive, share
 from consumer.clients.credentials import AccessKey
 from consumer.clients.redis_client import connect
 from consumer.clients.tea import tea_config
@@ -37,9 +37,9 @@ from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStor
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p = CommandParser(prog="alicom-receipts demo", description=__doc__)
-    p.add_argument("--seconds", type=float, default=15.0, help="how long to publish")
-    p.add_argument("--rate", type=float, default=4.0, help="receipts per second")
-    p.add_argument("--duplicate-rate", type=float, default=0.1,
+    p.add_argument("--seconds", type=positive, default=15.0, help="how long to publish")
+    p.add_argument("--rate", type=positive, default=4.0, help="receipts per second")
+    p.add_argument("--duplicate-rate", type=share, default=0.1,
                    help="share of receipts the platform sends twice (default 0.1)")
     return p.parse_args(list(argv))
 

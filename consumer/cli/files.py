@@ -57,6 +57,16 @@ def main(argv: Sequence[str]) -> int:
         print(source)
         return 0
     target = Path(args.copy)
+    try:
+        _copy(source, target)
+    except OSError as exc:  # shutil.Error too: a directory that cannot be written, ...
+        raise ConfigError("--copy %s: %s" % (target, getattr(exc, "strerror", None)
+                                              or type(exc).__name__)) from None
+    print("copied %s to %s" % (", ".join(SHIPPED), target), file=sys.stdout)
+    return 0
+
+
+def _copy(source: Path, target: Path) -> None:
     for name in SHIPPED:
         path = source / name
         if path.is_dir():
@@ -66,8 +76,6 @@ def main(argv: Sequence[str]) -> int:
         elif path.is_file():
             target.mkdir(parents=True, exist_ok=True)
             _copy_new(str(path), str(target / name))
-    print("copied %s to %s" % (", ".join(SHIPPED), target), file=sys.stdout)
-    return 0
 
 
 def _copy_new(src: str, dst: str) -> str:

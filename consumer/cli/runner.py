@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import re
 import sys
@@ -43,7 +44,8 @@ from consumer.settings import (
 )
 
 __all__ = ["EXIT_CONFIG", "EXIT_UNAVAILABLE", "CommandParser", "add_config_argument",
-           "config_in_every_action", "load", "port", "queue_type", "run_command"]
+           "config_in_every_action", "load", "port", "positive", "queue_type", "run_command",
+           "share"]
 
 
 
@@ -139,4 +141,26 @@ def port(text: str) -> int:
         raise argparse.ArgumentTypeError("must be a port number 1-65535, got %r" % text) from None
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError("must be a port number 1-65535, got %d" % value)
+    return value
+
+
+def positive(text: str) -> float:
+    """argparse type: a finite number above 0 (a rate, a duration)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError("must be a number above 0, got %r" % text)
+    return value
+
+
+def share(text: str) -> float:
+    """argparse type: a share from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # nan fails too
+        raise argparse.ArgumentTypeError("must be a share from 0 to 1, got %r" % text)
     return value
