@@ -43,13 +43,20 @@ def test_a_redis_url_with_a_non_numeric_port_is_one_line_without_the_password() 
      "alicom-receipts demo: argument --seconds: must be a number above 0, got 'nan'"),
     (("demo", "--duplicate-rate", "2"),
      "alicom-receipts demo: argument --duplicate-rate: must be a share from 0 to 1, got '2'"),
+    (("numbers", "add", "13800000001", "--reason", "x", "--expire-days", "nan"),
+     "alicom-receipts numbers add: argument --expire-days: must be a number, 0 or more, "
+     "got 'nan'"),
+    (("numbers", "add", "13800000001", "--reason", "x", "--expire-days", "-5"),
+     "alicom-receipts numbers add: argument --expire-days: must be a number, 0 or more, "
+     "got '-5'"),
     (("files", "--copy", "/proc/no-such-dir/x"),
      "alicom-receipts files: --copy /proc/no-such-dir/x: No such file or directory"),
 ])
-def test_a_bad_demo_rate_or_copy_target_is_one_line(args: tuple[str, ...],
-                                                     expected: str) -> None:
+def test_a_bad_number_or_copy_target_is_one_line(args: tuple[str, ...],
+                                                   expected: str) -> None:
     done = run(*args)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        expected + (" (see alicom-receipts demo --help)" if args[0] == "demo" else "")]
+    usage = {"demo": " (see alicom-receipts demo --help)",
+             "numbers": " (see alicom-receipts numbers add --help)"}
+    assert done.stderr.strip().splitlines() == [expected + usage.get(args[0], "")]
     assert "Traceback" not in done.stdout + done.stderr

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TextIO
 
-from consumer.cli.runner import CommandParser, config_in_every_action
+from consumer.cli.runner import CommandParser, config_in_every_action, non_negative
 from consumer.clients.redis_client import RedisClient
 from consumer.receipts import SHANGHAI
 from consumer.reports.numbers import DEFAULT_PREFIX, NumberList, NumberRecord
@@ -61,7 +61,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     add = sub.add_parser("add", help="suppress a number by hand (a manual blacklist)")
     add.add_argument("phone", metavar="PHONE", help="the number to suppress")
     add.add_argument("--reason", required=True, help="why (kept as the record's message)")
-    add.add_argument("--expire-days", type=float, default=0.0, help="0: until removed")
+    add.add_argument("--expire-days", type=non_negative, default=0.0, help="0: until removed")
     config_in_every_action(sub)
     return p.parse_args(list(argv))
 

@@ -44,8 +44,8 @@ from consumer.settings import (
 )
 
 __all__ = ["EXIT_CONFIG", "EXIT_UNAVAILABLE", "CommandParser", "add_config_argument",
-           "config_in_every_action", "load", "port", "positive", "queue_type", "run_command",
-           "share"]
+           "config_in_every_action", "load", "non_negative", "port", "positive", "queue_type",
+           "run_command", "share"]
 
 
 
@@ -146,21 +146,30 @@ def port(text: str) -> int:
 
 def positive(text: str) -> float:
     """argparse type: a finite number above 0 (a rate, a duration)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _float(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError("must be a number above 0, got %r" % text)
     return value
 
 
+def non_negative(text: str) -> float:
+    """argparse type: a finite number, 0 or more (a duration where 0 means "none")."""
+    value = _float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError("must be a number, 0 or more, got %r" % text)
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def share(text: str) -> float:
     """argparse type: a share from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _float(text)
     if not 0.0 <= value <= 1.0:  # nan fails too
         raise argparse.ArgumentTypeError("must be a share from 0 to 1, got %r" % text)
     return value
