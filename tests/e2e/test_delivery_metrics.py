@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
+from datetime import datetime
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Stack
@@ -42,6 +44,14 @@ def test_deliveries_and_their_delay_are_counted_once_per_receipt(stack: Stack) -
               and ls.get("le") in (None, "+Inf")}
     assert delays["alicom_receipts_delivery_delay_seconds_count"] == len(report.messages)
     assert delays["alicom_receipts_delivery_delay_seconds_bucket"] == len(report.messages)
-    assert delays["alicom_receipts_delivery_delay_seconds_sum"] >= 0
+    # report_time - send_time of each published receipt (whole seconds, Shanghai both)
+    expected_s = sum((_at(m.obj["report_time"]) - _at(m.obj["send_time"])).total_seconds()
+                     for m in report.messages)
+    assert expected_s > 0
+    assert delays["alicom_receipts_delivery_delay_seconds_sum"] == pytest.approx(expected_s)
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
+
+
+def _at(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
