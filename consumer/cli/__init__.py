@@ -48,8 +48,9 @@ def _usage() -> str:
     lines = ["usage: alicom-receipts [--version] <command> [options]", "", "commands:"]
     lines += ["  %-14s %s" % (name, spec[2]) for name, spec in COMMANDS.items()]
     lines += ["", "`alicom-receipts <command> --help` for a command's options.",
-              "Exit status: 0 ok, 1 failed, 2 usage or configuration error, 75 temporary "
-              "start-up failure (try again later)."]
+              "Exit status: 0 ok, 1 failed, 2 usage or configuration error, 3 Redis did not "
+              "answer (numbers, tasks, reviews), 75 temporary start-up failure (try again "
+              "later)."]
     return "\n".join(lines)
 
 
