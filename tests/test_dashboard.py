@@ -90,6 +90,10 @@ def test_bad_flags_are_one_line_errors(redis_server: RedisServer,
     assert "--allow" in capsys.readouterr().err
     assert cli.main([*url, "--secret-file", "/nonexistent/secret"]) == 2
     assert "--secret-file cannot be read" in capsys.readouterr().err
+    # A Redis Cluster reads its slot map as its client is made: not answering is temporary.
+    assert cli.main(["dashboard", "--redis-url", "redis+cluster://127.0.0.1:1"]) == 75
+    assert capsys.readouterr().err == ("alicom-receipts dashboard: Redis did not answer "
+                                       "(ConnectionError) (temporary: try again later)\n")
 
 
 def test_the_secret_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import redis
 from aiohttp import web
 
 from consumer.cli.dashboard_page import Stores, collect, render
@@ -42,7 +43,7 @@ from consumer.cli.numbers import CSV_COLUMNS
 from consumer.cli.numbers import open_numbers as _open_numbers
 from consumer.cli.numbers import when as _when
 from consumer.cli.runner import CommandParser
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, StartupUnavailable
 from consumer.receipts import SHANGHAI
 from consumer.reports import delivery_stats, reviews, tasks
 from consumer.reports.delivery_report import parse_since
@@ -232,10 +233,14 @@ def build(args: argparse.Namespace) -> tuple[Dashboard, str, int]:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Serves until SIGINT / SIGTERM. Bad flags or configuration (ConfigError) and a listen
-    address in use are the command runner's one-line errors (`consumer.cli.runner`)."""
+    """Serves until SIGINT / SIGTERM. Bad flags or configuration (ConfigError), a Redis
+    Cluster not answering at start and a listen address in use are the command runner's
+    one-line errors (`consumer.cli.runner`)."""
     args = _parse(argv)
-    dashboard, host, port = build(args)  # ConfigError: the runner's one line, exit 2
+    try:
+        dashboard, host, port = build(args)  # ConfigError: the runner's one line, exit 2
+    except redis.RedisError as exc:  # a cluster reads its slot map as its client is made
+        raise StartupUnavailable("Redis did not answer (%s)" % type(exc).__name__) from None
     shown = "/<secret>/" if dashboard.base != "/" else "/"
     print("alicom-receipts dashboard: serving http://%s:%d%s" % (host, port, shown), flush=True)
     web.run_app(dashboard.app(), host=host, port=port, print=None, access_log=None)
