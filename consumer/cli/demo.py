@@ -15,7 +15,6 @@ import argparse
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from consumer.clients.credentials import AccessKey
 from consumer.clients.redis_client import connect
 from consumer.clients.tea import tea_config
 from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
+from consumer.runtime.supervisor import worker_command
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -62,8 +62,7 @@ def main(argv: Sequence[str]) -> int:
                    ALIBABA_CLOUD_ACCESS_KEY_SECRET=sandbox.access_key_secret)
         print("demo: sandbox on %s, redis on %s, worker starting" % (sandbox.endpoint, rds.url))
         worker = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-            [sys.executable, "-m", "consumer", "worker", "--queue", "SmsReport",
-             "--config", str(config)], env=env)
+            worker_command("SmsReport", str(config)), env=env)
         try:
             published = _send(sandbox, args)
             time.sleep(3.0)  # let the worker finish the last batch before stopping it
