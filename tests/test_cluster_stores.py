@@ -13,12 +13,16 @@ import redis
 from alicom_sandbox.redis_topologies import ClusterSetup, running_cluster
 from consumer.clients.redis_client import RedisClient, connect
 from consumer.clients.redis_scripts import ScriptCall, run_calls
+from consumer.handlers.review_status import ReviewStatus
 from consumer.pipeline.deadletter import DeadLetter, DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.decode import parse_object
 from consumer.pipeline.dedup import ClaimState, Completion, DedupSettings, RedisDedupStore
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.reports.delivery_stats import SHANGHAI, StatsWriter, read_hours
+from consumer.reports.numbers import NumberList
+from consumer.reports.reviews import ReviewStore
 from consumer.reports.tracking import SendTracker, TrackingSettings
+from tests.test_tasks_reviews import _review
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +108,26 @@ def test_tracking_tasks_and_stats_work_on_a_cluster(client: RedisClient) -> None
                                 _report("101^0", "13800000002", success=False)])
     hour = read_hours(client, SENT, 1)[0]
     assert (hour.delivered, hour.failed) == (1, 1)
+
+
+def test_the_number_list_and_reviews_work_on_a_cluster(client: RedisClient,
+                                                       cluster: ClusterSetup) -> None:
+    numbers = NumberList(client)
+    numbers.add("13800000001", reason="complaint")
+    numbers.add("13800000002", reason="test", expire_days=1)
+    assert numbers.suppressed_many(["13800000001", "13800000002", "13800000003"]) == [
+        True, True, False]
+    assert numbers.count_suppressed() == 2
+    assert sorted(r.number for r in numbers.suppressed()) == ["13800000001", "13800000002"]
+    assert numbers.remove(["13800000002", "13800000003"]) == 1
+    assert not numbers.is_suppressed("13800000002")
+    handler = ReviewStatus(cluster.url)  # through the one client factory, as configured
+    handler.handle_batch([_review("SignSmsReport", "1", "approving", enqueued_ms=1000),
+                          _review("SignSmsReport", "1", "rejected", "x", enqueued_ms=2000)])
+    handler.close()
+    store = ReviewStore(client)
+    assert [(r.name, r.state) for r in store.current()] == [("shop", "rejected")]
+    assert [r.state for r in store.history("sign", "shop")] == ["rejected", "approving"]
 
 
 def test_dedup_on_a_cluster_spreads_records_over_every_master(

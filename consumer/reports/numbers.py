@@ -24,7 +24,7 @@ platform's times have whole seconds: within the same second the delivery wins, s
 proves the number reachable).
 
 Every write of a batch is one script call: atomic and shared by any number of workers on
-any number of hosts. Like the other stores it needs a standalone Redis, not a cluster.
+any number of hosts. The three keys share one hash tag, so it works on a Redis Cluster too.
 """
 
 from __future__ import annotations
