@@ -12,9 +12,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from alicom_sandbox.redis_server import free_port
 from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, wait_until, worker_env
+
+pytestmark = pytest.mark.slow  # real worker / push processes
 
 STALL_S = 3.0
 PUSH_STALL_S = 12.0

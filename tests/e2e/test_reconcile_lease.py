@@ -7,10 +7,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from consumer.reports.tracking import SendTracker, TrackedSend
 from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, worker_env
 from tests.e2e.test_reconcile import _configs, _counters, _dysms, _phones, sending
+
+pytestmark = pytest.mark.slow  # real worker / push processes
 
 __all__ = ["sending"]  # the fixture, used by name
 
