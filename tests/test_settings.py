@@ -304,12 +304,22 @@ options = { url = "redis://app:hunter2-pw@redis.internal:6379/1", stream = "s" }
 [[handlers]]
 use = "webhook"
 options = { url = "https://hooks.internal/x", headers = { Authorization = "Bearer hunter2-pw" } }
+[[handlers]]
+use = "postgres"
+options = { dsn = "host=db user=app password=hunter2-pw dbname=receipts" }
+[[handlers]]
+use = "webhook"
+options = { url = "https://hooks.internal/x?team=a&access_token=hunter2-pw" }
 """), {})
     assert s.redis_url == "redis://:hunter2-pw@redis.internal:6379/0"
     described = s.describe()
     assert described["redis_url"] == "redis://:***@redis.internal:6379/0"
     assert described["handlers"][0]["options"]["url"] == "redis://app:***@redis.internal:6379/1"
     assert described["handlers"][1]["options"]["headers"] == "***"
+    assert described["handlers"][2]["options"]["dsn"] == (
+        "host=db user=app password=*** dbname=receipts")
+    assert described["handlers"][3]["options"]["url"] == (
+        "https://hooks.internal/x?team=a&access_token=***")
     for printable in (repr(s), str(s), repr(described)):
         assert "hunter2-pw" not in printable
 

@@ -175,13 +175,24 @@ class Settings:
 _SECRETISH = re.compile(r"secret|password|passwd|token|key|auth|credential|header", re.I)
 
 
+#: A secret-looking query parameter of a URL (`?token=...`, `&sig=...`): its value goes.
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:secret|passw|token|key|auth|sig|credential)"
+                           r"[^=&#]*=)[^&#]*")
+#: The password of a libpq key/value connection string (`host=db password=... dbname=x`).
+_KEYWORD_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
 def _redact_option(key: str, value: object) -> object:
     """A handler option as it may be logged: secret-looking keys and header maps masked,
-    passwords taken out of URLs (a redis-stream handler's `url` may carry one)."""
+    passwords taken out of URLs (a redis-stream handler's `url` may carry one) and of
+    key/value connection strings (a postgres `dsn`), secret-looking query values too (a
+    webhook `url`'s ?token=)."""
     if _SECRETISH.search(key):
         return "***"
     if isinstance(value, str) and "://" in value:
-        return redact_url(value)
+        return _SECRET_QUERY.sub(r"\1***", redact_url(value))
+    if isinstance(value, str):
+        return _KEYWORD_PASSWORD.sub(r"\1***", value)
     return value
 
 
