@@ -77,6 +77,9 @@ def test_receipt_times_are_read_as_shanghai_time(moment: dt.datetime) -> None:
     expected = moment.replace(tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp()
     assert receipt_epoch(moment.strftime("%Y-%m-%d %H:%M:%S"), -1) == expected
     assert receipt_epoch("garbage", -1) == -1
+    assert receipt_epoch("2026-13-45 09:00:00", -1) == -1  # the shape, not a date
+    assert receipt_epoch("2026-02-30 09:00:00", -1) == -1
+    assert receipt_epoch("2026-11-28 24:00:00", -1) == -1
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from datetime import date
 from typing import Any
 
 import redis
@@ -18,6 +19,8 @@ from consumer.reports.number_rules import Classifier, parse_policies, parse_rule
 from consumer.reports.numbers import DEFAULT_PREFIX, Delivery, Failure, NumberList
 from consumer.reports.phone_ids import phone_ids
 
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
 
 def receipt_epoch(text: str, fallback: float) -> float:
     """Epoch seconds of a receipt time; `yyyy-MM-dd HH:mm:ss` (Asia/Shanghai, UTC+8 all year)
@@ -25,17 +28,15 @@ def receipt_epoch(text: str, fallback: float) -> float:
     `parse_receipt_time`, and `fallback` when that cannot read it either."""
     if len(text) == 19 and text[4] == "-" and text[10] == " ":
         try:
-            y, mo, d = int(text[0:4]), int(text[5:7]), int(text[8:10])
+            # date() refuses an impossible day (2026-13-45); the time is checked below
+            days = date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal()
             h, mi, s = int(text[11:13]), int(text[14:16]), int(text[17:19])
         except ValueError:
             return fallback
-        # days from civil (H. Hinnant's algorithm): no datetime objects on the hot path
-        y -= mo <= 2
-        era = y // 400
-        yoe = y - era * 400
-        doy = (153 * (mo + (-3 if mo > 2 else 9)) + 2) // 5 + d - 1
-        days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-        return float(days * 86400 + h * 3600 + mi * 60 + s - SHANGHAI_UTC_OFFSET_S)
+        if h > 23 or mi > 59 or s > 59:
+            return fallback
+        return float((days - _EPOCH_ORDINAL) * 86400 + h * 3600 + mi * 60 + s
+                     - SHANGHAI_UTC_OFFSET_S)
     parsed = parse_receipt_time(text)
     return parsed.timestamp() if parsed is not None else fallback
 
