@@ -42,6 +42,8 @@ class Stack:
     tmp: Path
     account_id: str
     workers: list[WorkerProcess] = field(default_factory=list)
+    #: Called when the test ends, whatever happened: other processes a test started.
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def records_path(self) -> Path:
@@ -138,6 +140,8 @@ def open_stack(sandbox: SandboxHandle, server: RedisServer, client: redis.Redis,
     finally:
         for w in s.workers:
             w.kill()
+        for cleanup in s.cleanups:
+            cleanup()
         sandbox.reset()
 
 

@@ -35,6 +35,7 @@ class Procs:
         self.stack = stack
         self.port = free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        stack.cleanups.append(self.kill_all)  # whatever the test does, none outlives it
         self.config = stack.config(
             "push.toml", recorder=recorder,
             push={"listen": "127.0.0.1:%d" % self.port, "secret": SECRET,
