@@ -24,7 +24,7 @@ from alicom_sandbox.context import DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SEC
 from alicom_sandbox.redis_server import RedisServer
 from consumer import __version__
 from consumer.cli import COMMANDS
-from consumer.clients.credentials import chain_failures, load_access_key
+from consumer.clients.credentials import _metadata_down, chain_failures, load_access_key
 from consumer.errors import EXIT_CONFIG, EXIT_UNAVAILABLE
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
 from consumer.settings import (
@@ -253,3 +253,13 @@ def test_stats_without_a_delivery_stats_handler_says_so(redis_server: RedisServe
     with_it.write_text(config.read_text() + '[[handlers]]\nuse = "delivery-stats"\n'
                        'options = { url = "%s" }\n' % redis_server.url, encoding="utf-8")
     assert run("stats", "--config", str(with_it)).stderr == ""
+
+
+def test_a_ram_role_whose_metadata_service_does_not_answer_is_temporary() -> None:
+    role = {"ALIBABA_CLOUD_ECS_METADATA": "my-role"}
+    down = {"ECS RAM role": "Failed to get RAM session credentials: connect timeout"}
+    no_role = {"ECS RAM role": "Failed to get RAM session credentials from ECS metadata "
+                               "service. HttpCode=404"}
+    assert _metadata_down(down, role)  # exit 75, restarted later
+    assert not _metadata_down(no_role, role)  # the service answered: no such role, exit 2
+    assert not _metadata_down({"environment": "accessKeyId cannot be empty"}, role)
