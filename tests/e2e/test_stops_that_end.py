@@ -212,7 +212,9 @@ def test_hung_calls_filling_the_pool_recycle_the_worker_under_run_and_no_good_re
     config = stamper_config(stack, {"hang_every": 8},
                             worker={"handler_threads": 4, "handler_deadline_s": 1,
                                     "shutdown_budget_s": 2},
-                            ack={"max_dequeue_count": 4})
+                            # The last hung one may be alone: only its time in flight
+                            # recycles the worker then.
+                            ack={"max_dequeue_count": 4, "max_in_flight_s": 6})
     run: Run = start_run(config, 1)
     run.wait(lambda: set(stamps(stack).ended()) >= good, "every good receipt applied", 240)
     run.wait(lambda: len(dead_letter_ids(stack)) == len(hung), "the hung ones dead-lettered",
