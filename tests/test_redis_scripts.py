@@ -9,8 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
+import redis
 
 import consumer
+from consumer.clients.redis_scripts import packed
 
 _CALL = re.compile(r"redis\.p?call\(\s*([^,)]*)\s*(?:,\s*([^,)]*))?")
 _KEYS_USE = re.compile(r"KEYS(\s*\[\s*([^\]]*)\])?")
@@ -89,3 +91,19 @@ def test_the_dedup_scripts_are_single_key_calls_too() -> None:
 ])
 def test_the_checker_catches_each_kind_of_break(script: str, problem: str) -> None:
     assert problem in problems_of(script)
+
+
+@pytest.mark.parametrize("args", [
+    ("sha", 1, "alicom:dedup:SmsReport:0123456789abcdef", "owner", 60000),
+    ("sha", 2, "k\u00e9y:\u4e2d\u6587", b"\x00\xffbytes", -7, 3.5, ""),
+    ("sha", 1, "k", bytearray(b"ba"), memoryview(b"mv")),  # hiredis refuses these two
+])
+def test_a_batch_is_packed_to_the_very_bytes_redis_py_writes(args: tuple[object, ...]) -> None:
+    connection = redis.Redis().connection_pool.make_connection()  # never connects
+    commands = [("EVALSHA", *args), ("WAIT", 1, 100)]
+    assert _wire(packed(connection, commands)) == _wire(
+        connection.pack_commands(commands))  # type: ignore[no-untyped-call]
+
+
+def _wire(packed_commands: list[bytes | memoryview]) -> bytes:
+    return b"".join(bytes(chunk) for chunk in packed_commands)

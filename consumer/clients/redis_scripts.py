@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
@@ -38,6 +39,7 @@ from redis.exceptions import (
     ReadOnlyError,
     TryAgainError,
 )
+from redis.utils import HIREDIS_AVAILABLE
 
 from consumer.clients.redis_client import RedisClient
 
@@ -136,8 +138,24 @@ def _commands(calls: Sequence[ScriptCall], indexes: Iterable[int],
 
 
 def _exchange(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
-    connection.send_packed_command(connection.pack_commands(commands))
+    connection.send_packed_command(packed(connection, commands))
     return _read_replies(connection, len(commands))
+
+
+def packed(connection: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """The wire form of `commands` (a first word without spaces: EVALSHA, WAIT), as
+    `connection.pack_commands` gives it. With hiredis (a dependency, and then redis-py's own
+    packer) each command goes straight to `hiredis.pack_command`: the same bytes without
+    redis-py's pass over every argument, which cost 3 us per call of a batch, 4 times
+    hiredis's own; any other case (no hiredis, an argument type hiredis refuses) is left to
+    redis-py."""
+    if HIREDIS_AVAILABLE:
+        try:
+            return [b"".join([hiredis.pack_command(command) for command in commands])]
+        except TypeError:
+            pass
+    chunks: list[Any] = connection.pack_commands(commands)
+    return chunks
 
 
 def _read_replies(connection: Any, count: int) -> list[Any]:
@@ -206,7 +224,7 @@ class _Sent:
         commands = _commands(calls, indexes, wait)
         connection: Any = target.connection_pool.get_connection()  # redis-py: partly untyped
         try:
-            connection.send_packed_command(connection.pack_commands(commands))
+            connection.send_packed_command(packed(connection, commands))
         except _REROUTE as exc:
             connection.disconnect()
             target.connection_pool.release(connection)
