@@ -171,6 +171,17 @@ def _start(stack: Stack, prom: PrometheusServer, addresses: tuple[str, str],
     world.logs.append(tmp / "reconcile.log")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "%d recovered" % LOST_SENDS in done.stdout
+    # rate() needs a series to grow between two scrapes: a few pushes spread over several
+    # scrape intervals keep the answer-time and handler-duration histograms moving (the
+    # pushes above can all fall between two scrapes, and their p99 panels read NaN).
+    late = ["139%08d" % (base_phone + 100 + i) for i in range(8)]
+    world.push_phones += late
+    for n in range(4):
+        assert post(push_url + "/SmsReport",
+                    json.dumps(_push_reports(late[2 * n:2 * n + 2])).encode())[0] == 200
+        time.sleep(1.5)
+    stack.wait(lambda: len(stack.applied()) >= expected + LOST_SENDS + len(late),
+               "the late pushes applied", 60)
     # Prometheus scrapes every second: a few more scrapes see the reconcile run's counters.
     time.sleep(4)
     return world
