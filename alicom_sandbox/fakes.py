@@ -1,7 +1,7 @@
 """Realistic receipt bodies for every Alicom message type, and their malformed variants.
 
-The shapes follow the documented samples (`/work/shared/reference/samples/`): the same keys,
-the same value types (`sms_size` a string, `sequence_id` a number, `success` a bool, times as
+The shapes follow the platform's documented sample bodies (the project keeps copies in
+`consumer/testing/samples/`): the same keys, the same value types (`sms_size` a string, `sequence_id` a number, `success` a bool, times as
 `yyyy-MM-dd HH:mm:ss` in Asia/Shanghai). Values are drawn from a `random.Random(seed)`, so one
 seed and one start time always give the same bodies; phone numbers, biz ids, order ids and
 message ids are unique per generator (they come from counters, not from the random draw).

@@ -20,8 +20,8 @@ from consumer.errors import DecodeError
 from consumer.pipeline.decode import decode_body
 from consumer.receipts import ReceiptMeta
 
-# The documented samples (/work/shared/reference/samples/<kind>.json), kept here so the test
-# does not depend on a path outside the repository.
+# The platform's documented sample bodies, one per kind, kept here verbatim so the test
+# depends on nothing outside the repository.
 SAMPLES: dict[str, str] = {
     "SmsReport": '{"phone_number":"1381111****","send_time":"2017-01-01 00:00:00","report_time":"2017-01-01 00:00:00","success":true,"err_code":"DELIVERED","err_msg":"用户接收成功","sms_size":"1","biz_id":"12345********","out_id":"67890**"}',  # noqa: E501 - a verbatim sample
     "SmsReport-intl": '{"To":"8521234****","SendDate":"Thu, 25 Nov 2021 10:27:00 +0800","ReceiveDate":"Thu, 25 Nov 2021 10:27:33 +0800","Status":"1","SmsSize":"1","ErrorCode":"success","ErrorDescription":"success","MessageId":"123456789****"}',  # noqa: E501 - a verbatim sample
