@@ -1,10 +1,11 @@
 """Realistic receipt bodies for every Alicom message type, and their malformed variants.
 
 The shapes follow the platform's documented sample bodies (the project keeps copies in
-`consumer/testing/samples/`): the same keys, the same value types (`sms_size` a string, `sequence_id` a number, `success` a bool, times as
-`yyyy-MM-dd HH:mm:ss` in Asia/Shanghai). Values are drawn from a `random.Random(seed)`, so one
-seed and one start time always give the same bodies; phone numbers, biz ids, order ids and
-message ids are unique per generator (they come from counters, not from the random draw).
+`consumer/testing/samples/`): the same keys, the same value types (`sms_size` a string,
+`sequence_id` a number, `success` a bool, times as `yyyy-MM-dd HH:mm:ss` in Asia/Shanghai).
+Values are drawn from a `random.Random(seed)`, so one seed and one start time always give the
+same bodies; phone numbers, biz ids, order ids and message ids are unique per generator (they
+come from counters, not from the random draw).
 
 A body travels on MNS as the platform writes it: base64 of the UTF-8 JSON text, with
 `MessageBodyMD5` = uppercase hex MD5 of that base64 text (`encode_body`).
