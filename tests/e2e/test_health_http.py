@@ -91,28 +91,8 @@ def test_the_push_server_is_alive_and_ready_only_while_redis_answers(stack: Stac
                                              "allow_volatile": True},
                           metrics={"address": address,
                                    "multiproc_dir": str(stack.tmp / "push-metrics")})
-    log = open(stack.tmp / "push-server.log", "ab")  # noqa: SIM115 - the child holds it
-    proc = subprocess.Popen([sys.executable, "-m", "consumer", "push-server", "--config",
-                             str(config)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env=worker_env("unused", "unused"))
-    log.close()
-    try:
-        wait_until(lambda: probe(address, "/readyz") == (200, "ready\n"), 60, "push ready")
-        assert probe(address, "/healthz") == (200, "alive\n")
-        stack.redis_server.stop()
-        try:
-            wait_until(lambda: probe(address, "/readyz")[0] == 503, 30, "not ready")
-            assert probe(address, "/readyz")[1].startswith("waiting: Redis")
-            assert probe(address, "/healthz") == (200, "alive\n")
-        finally:
-            stack.redis_server.start_again()
-        wait_until(lambda: probe(address, "/readyz")[0] == 200, 30, "ready again")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    _alive_but_not_ready_through_an_outage(stack, spawn(stack, "push-server", config),
+                                           address, stall_s=0)
 
 
 def test_the_push_worker_is_alive_and_ready_only_while_redis_answers(stack: Stack) -> None:
@@ -122,26 +102,42 @@ def test_the_push_worker_is_alive_and_ready_only_while_redis_answers(stack: Stac
                           service={"watchdog_stall_s": PUSH_STALL_S},
                           metrics={"address": address,
                                    "multiproc_dir": str(stack.tmp / "push-metrics")})
-    log = open(stack.tmp / "push-worker.log", "ab")  # noqa: SIM115 - the child holds it
-    proc = subprocess.Popen([sys.executable, "-m", "consumer", "push-worker", "--config",
+    # Past the allowance in the outage: its loop keeps turning, so it stays alive.
+    _alive_but_not_ready_through_an_outage(stack, spawn(stack, "push-worker", config),
+                                           address, stall_s=PUSH_STALL_S + 1)
+
+
+def spawn(stack: Stack, command: str, config: Path) -> subprocess.Popen[bytes]:
+    """`alicom-receipts <command>` on `config`, its output in `<command>.log`; killed when the
+    test ends if it is still running."""
+    log = open(stack.tmp / ("%s.log" % command), "ab")  # noqa: SIM115 - the child holds it
+    proc = subprocess.Popen([sys.executable, "-m", "consumer", command, "--config",
                              str(config)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                             env=worker_env("unused", "unused"))
     log.close()
-    try:
-        wait_until(lambda: probe(address, "/readyz") == (200, "ready\n"), 60, "push worker ready")
-        assert probe(address, "/healthz") == (200, "alive\n")
-        stack.redis_server.stop()
-        try:
-            wait_until(lambda: probe(address, "/readyz")[0] == 503, 30, "not ready")
-            assert probe(address, "/readyz")[1].startswith("waiting: Redis")
-            time.sleep(PUSH_STALL_S + 1)  # past the allowance: its loop keeps turning
-            assert probe(address, "/healthz") == (200, "alive\n")
-        finally:
-            stack.redis_server.start_again()
-        wait_until(lambda: probe(address, "/readyz")[0] == 200, 30, "ready again")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
+
+    def kill() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+    stack.cleanups.append(kill)
+    return proc
+
+
+def _alive_but_not_ready_through_an_outage(stack: Stack, proc: subprocess.Popen[bytes],
+                                           address: str, stall_s: float) -> None:
+    """Ready while Redis answers; through an outage (and `stall_s` into it) alive but not
+    ready, "waiting: Redis"; ready again after; exits 0 on SIGTERM."""
+    wait_until(lambda: probe(address, "/readyz") == (200, "ready\n"), 60, "ready")
+    assert probe(address, "/healthz") == (200, "alive\n")
+    stack.redis_server.stop()
+    try:
+        wait_until(lambda: probe(address, "/readyz")[0] == 503, 30, "not ready")
+        assert probe(address, "/readyz")[1].startswith("waiting: Redis")
+        time.sleep(stall_s)
+        assert probe(address, "/healthz") == (200, "alive\n")
+    finally:
+        stack.redis_server.start_again()
+    wait_until(lambda: probe(address, "/readyz")[0] == 200, 30, "ready again")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
