@@ -100,8 +100,10 @@ def test_with_late_the_stuck_receipt_is_reported_stuck_and_its_outcome_comes_lat
     dispatcher.close()
 
 
-def test_queued_calls_wait_for_a_free_worker_instead_of_failing(
-        blockers: list[Blocker]) -> None:
+def _one_worker_busy_with_biz_1(blockers: list[Blocker]) -> tuple[
+        Blocker, Dispatcher, Late, list[HandlerOutcome], threading.Thread]:
+    """A one-thread dispatcher running biz-1 (blocked) while biz-2 waits in its queue; the
+    batch's outcomes land in the returned list once the dispatching thread is done."""
     slow = blocker(blockers, "biz-1")
     dispatcher = make({"SmsReport": [slow]}, max_workers=1)
     late = Late()
@@ -110,6 +112,12 @@ def test_queued_calls_wait_for_a_free_worker_instead_of_failing(
         dispatcher.dispatch([report(1), report(2)], late)))
     thread.start()
     assert slow.entered.wait(WAIT_S)
+    return slow, dispatcher, late, result, thread
+
+
+def test_queued_calls_wait_for_a_free_worker_instead_of_failing(
+        blockers: list[Blocker]) -> None:
+    slow, dispatcher, late, result, thread = _one_worker_busy_with_biz_1(blockers)
     threading.Event().wait(SHORT_S * 3)  # well past the deadline: biz-2 still waits
     assert result == [] and "biz-2" not in slow.finished
 
@@ -122,14 +130,7 @@ def test_queued_calls_wait_for_a_free_worker_instead_of_failing(
 
 def test_close_ends_queued_calls_not_started_and_leaves_running_ones_alone(
         blockers: list[Blocker]) -> None:
-    slow = blocker(blockers, "biz-1")
-    dispatcher = make({"SmsReport": [slow]}, max_workers=1)
-    late = Late()
-    result: list[HandlerOutcome] = []
-    thread = threading.Thread(target=lambda: result.extend(
-        dispatcher.dispatch([report(1), report(2)], late)))
-    thread.start()
-    assert slow.entered.wait(WAIT_S)
+    slow, dispatcher, late, result, thread = _one_worker_busy_with_biz_1(blockers)
 
     dispatcher.close()
     thread.join(WAIT_S)
