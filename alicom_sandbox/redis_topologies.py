@@ -114,9 +114,10 @@ class ClusterSetup:
         return [p for p in self.ports
                 if redis.Redis(port=p).info("replication")["role"] == "master"]
 
-    def failover(self) -> int:
-        """Promotes the replica of the first master; returns the promoted port."""
-        master = self.masters()[0]
+    def failover(self, master: int | None = None) -> int:
+        """Promotes the replica of `master` (a port; default: the first master); returns the
+        promoted port."""
+        master = self.masters()[0] if master is None else master
         info = redis.Redis(port=master).info("replication")
         replica = int(info["slave0"]["port"])
         redis.Redis(port=replica).cluster("failover")

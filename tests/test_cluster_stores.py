@@ -12,7 +12,13 @@ import redis
 
 from alicom_sandbox.redis_topologies import ClusterSetup, running_cluster
 from consumer.clients.redis_client import RedisClient, connect
-from consumer.clients.redis_scripts import ScriptCall, run_calls
+from consumer.clients.redis_scripts import (
+    NotReplicatedError,
+    ScriptCall,
+    replication,
+    run_calls,
+    run_transaction,
+)
 from consumer.handlers.review_status import ReviewStatus
 from consumer.pipeline.deadletter import DeadLetter, DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.decode import parse_object
@@ -90,6 +96,26 @@ def test_dead_letters_work_on_a_cluster(client: RedisClient) -> None:
     assert store.count() == 2
     assert store.purge() == 2
     assert store.count() == 0
+
+
+def test_a_transaction_sent_to_a_node_that_lost_its_slot_is_rerouted_and_unconfirmed(
+        client: RedisClient, cluster: ClusterSetup) -> None:
+    """The client's slot map still names the old master: the block is refused there (MOVED),
+    runs through the cluster client's own transaction and, its replication unknown, is
+    reported unconfirmed (with `wait`); sent again it goes to the new master, confirmed."""
+    key = "{rerouted}:k"
+    owner = client.get_node_from_key(key).port
+    promoted = cluster.failover(owner)
+    with pytest.raises(NotReplicatedError, match="rerouted during a failover"):
+        run_transaction(client, key, [("SET", key, "1"), ("INCR", key)], replication(1, 2))
+    assert client.get_node_from_key(key).port == promoted
+    assert run_transaction(client, key, [("INCR", key)], replication(1, 2)) == [3]
+    replica = redis.Redis(port=owner, single_connection_client=True)
+    replica.execute_command("READONLY")  # a replica now, which WAIT confirmed has it
+    assert replica.get(key) == b"3"
+    replica.close()
+    cluster.failover(promoted)
+    assert run_transaction(client, key, [("INCR", key)]) == [4]  # rerouted, no wait asked
 
 
 def test_tracking_tasks_and_stats_work_on_a_cluster(client: RedisClient) -> None:

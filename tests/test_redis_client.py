@@ -4,6 +4,7 @@ password in any error."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 import redis
@@ -16,10 +17,15 @@ from alicom_sandbox.redis_topologies import (
     running_sentinel,
 )
 from consumer.clients.redis_client import connect, hash_tagged, scrub
+from consumer.clients.redis_scripts import NotReplicatedError, replication
 from consumer.errors import ConfigError, TransientError
+from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
+from consumer.pipeline.decode import parse_object
 from consumer.pipeline.dedup import Completion, DedupSettings, RedisDedupStore
+from consumer.receipts import SHANGHAI, ReceiptMeta
 from consumer.redis_url import parse_redis_url, redis_url_problems
-from consumer.settings import redact_url
+from consumer.reports.delivery_stats import StatsWriter, read_hours
+from consumer.settings import DeadLetterSettings, redact_url
 
 
 def test_sentinel_urls_name_the_sentinels_the_service_and_the_db() -> None:
@@ -146,6 +152,44 @@ def test_wait_replicas_confirms_claims_and_completions_on_the_replica_or_fails(
     with pytest.raises(TransientError, match="1 of 2 replicas"):
         two.complete(["y"], "me", 600)
     assert client.get("alicom:dedup:y") == b"1"  # written on the primary all the same
+
+
+@pytest.mark.slow
+def test_wait_replicas_confirms_dead_letters_on_the_replica_and_a_put_sent_again_adds_none(
+        sentinel_setup: SentinelSetup) -> None:
+    client = connect(sentinel_setup.url, socket_timeout_s=5)
+    settings = DeadLetterSettings(key_prefix="wait-dlq:")
+    letter = DeadLetter.create(queue="Q", message_type="SmsReport", raw_body=b"{bad",
+                               reason="not_json", detail="d", source="mns",
+                               letter_id=message_letter_id("mns", "Q", "m-1", 1000))
+    two = RedisDeadLetterStore(client, settings, replication(2, 0.2))
+    with pytest.raises(TransientError, match="1 of 2 replicas"):
+        two.put(letter)  # unconfirmed: the caller keeps the message
+    one = RedisDeadLetterStore(client, settings, replication(1, 2))
+    assert one.put(letter) == letter.id  # the same message's letter, sent again
+    assert one.count() == 1 and one.get(letter.id) == letter
+    replica = redis.Redis(port=_replica_port(sentinel_setup))
+    assert replica.hget(one.entry_key(letter.id), "reason") == b"not_json"
+
+
+@pytest.mark.slow
+def test_wait_replicas_confirms_statistics_and_a_batch_recorded_again_counts_once(
+        sentinel_setup: SentinelSetup) -> None:
+    client = connect(sentinel_setup.url, socket_timeout_s=5)
+    hour = datetime.now(SHANGHAI).replace(minute=0, second=0, microsecond=0)
+    sent = hour.strftime("%Y-%m-%d %H:%M:%S")
+    receipt = parse_object("SmsReport", {
+        "phone_number": "13800000000", "biz_id": "77^1", "success": True,
+        "err_code": "DELIVERED", "err_msg": "ok", "send_time": sent, "report_time": sent,
+        "sms_size": "1", "out_id": ""}, ReceiptMeta(source="mns"))
+    with pytest.raises(NotReplicatedError, match="1 of 2 replicas"):
+        StatsWriter(client, "wait-stats", wait=replication(2, 0.2)).record([receipt])
+    assert StatsWriter(client, "wait-stats", wait=replication(1, 2)).record([receipt]) == [None]
+    assert read_hours(client, hour, 1, "wait-stats")[0].delivered == 1
+    replica = redis.Redis(port=_replica_port(sentinel_setup))
+    assert read_hours(replica, hour, 1, "wait-stats")[0].delivered == 1
+    with pytest.raises(ValueError, match="needs once-markers"):
+        StatsWriter(client, "wait-stats", once_ttl_s=0, wait=replication(1, 2))
 
 
 def _replica_port(setup: SentinelSetup) -> int:

@@ -28,7 +28,7 @@ from consumer.clients.redis_client import RedisClient, connect
 from consumer.errors import AlicomReceiptsError, ConfigError
 from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
-from consumer.pipeline.dedup import RedisDedupStore
+from consumer.pipeline.dedup import RedisDedupStore, replication_of
 from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.stats import Stats
@@ -85,7 +85,7 @@ def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     if getattr(args, "queue", None):
         args.queue = settings.queue_name(queue_type(settings, args.queue))
     client = connect(settings.redis_url, socket_timeout_s=10)
-    store = RedisDeadLetterStore(client, settings.deadletter)
+    store = RedisDeadLetterStore(client, settings.deadletter, replication_of(settings.dedup))
     try:
         if args.action == "list":
             return _list(store, args, out)

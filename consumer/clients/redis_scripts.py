@@ -19,6 +19,9 @@ A call that a node answers with a redirection (MOVED/ASK during a resharding or 
 TRYAGAIN/CLUSTERDOWN, READONLY, or that a node's lost connection left without an answer, is
 sent again on its own through the cluster client, which follows redirections and re-reads the
 slot map. Other errors come back in the result list, one per call.
+
+`run_transaction` is the same for a MULTI/EXEC block of plain commands (the dead letters'
+writes): one round trip to the node that owns its slot, ending with the same WAIT.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from consumer.clients.redis_client import RedisClient
 
-__all__ = ["NotReplicatedError", "Replication", "ScriptCall", "run_calls"]
+__all__ = ["NotReplicatedError", "Replication", "ScriptCall", "replication", "run_calls",
+           "run_transaction"]
 
 # Answers that mean "this node no longer holds the slot (or is between roles)": retried alone.
 _REROUTE = (MovedError, AskError, TryAgainError, ClusterDownError, ReadOnlyError,
@@ -65,6 +69,11 @@ class Replication:
 
     replicas: int
     timeout_ms: int
+
+
+def replication(replicas: int, timeout_s: float) -> Replication | None:
+    """The WAIT of a `wait_replicas` setting (`[dedup]`, a handler option); None for 0."""
+    return Replication(replicas, max(1, round(timeout_s * 1000))) if replicas > 0 else None
 
 
 class NotReplicatedError(redis.RedisError):
@@ -107,11 +116,19 @@ def _on_one(target: redis.Redis, calls: Sequence[ScriptCall], indexes: list[int]
 
 def _pipelined(target: redis.Redis, calls: Sequence[ScriptCall],
                wait: Replication | None) -> list[Any]:
-    """All the calls written at once on one pooled connection, then their replies read in
+    """All the calls in one round trip (`_round_trip`), WAIT's answer checked."""
+    replies = _round_trip(target, _commands(calls, range(len(calls)), wait))
+    if wait is not None:
+        _check_wait(replies.pop(), wait)
+    return replies
+
+
+def _round_trip(target: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """`commands` written at once on one pooled connection, then their replies read in
     order: what redis-py's `Pipeline.execute(raise_on_error=False)` does here (the
-    connection's retry policy; an error reply kept in its place), without its per-command
-    bookkeeping, which cost more CPU per receipt than the rest of the claim."""
-    commands = _commands(calls, range(len(calls)), wait)
+    connection's retry policy, so the commands must be safe to send twice; an error reply
+    kept in its place), without its per-command bookkeeping, which cost more CPU per
+    receipt than the rest of the claim."""
     pool = target.connection_pool
     connection: Any = pool.get_connection()  # redis-py: partly untyped
     try:
@@ -122,9 +139,55 @@ def _pipelined(target: redis.Redis, calls: Sequence[ScriptCall],
         raise
     finally:
         pool.release(connection)
-    if wait is not None:
-        _check_wait(replies.pop(), wait)
     return replies
+
+
+def run_transaction(client: RedisClient, key: str, commands: Sequence[tuple[Any, ...]],
+                    wait: Replication | None = None) -> list[Any]:
+    """`commands` (tuples of a command's words, every key in `key`'s slot) as one
+    MULTI/EXEC on the node that owns `key`, followed by WAIT when `wait` is given (same
+    connection, same round trip, as for `run_calls`); returns EXEC's replies.
+
+    The commands must be idempotent: a lost connection sends the block again. A command
+    refused while queued (READONLY, MOVED...) aborts the block and is raised; so is an
+    error reply inside EXEC's answer. `NotReplicatedError` when fewer replicas than asked
+    confirmed it, or when a cluster's slot had moved (the block then ran through redis-py's
+    own cluster transaction, which follows the move and re-reads the slot map) and `wait`
+    is set: the caller treats its writes as unconfirmed and sends them again."""
+    block = [("MULTI",), *commands, ("EXEC",)]
+    if not isinstance(client, RedisCluster):
+        return _transaction(client, block, wait)
+    node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+    try:
+        return _transaction(client.get_redis_connection(node), block, wait)
+    except _REROUTE:
+        with client.pipeline(transaction=True) as pipe:  # type: ignore[no-untyped-call]
+            for command in commands:
+                pipe.execute_command(*command)
+            replies: list[Any] = pipe.execute()
+    if wait is not None:
+        raise NotReplicatedError("a transaction was rerouted during a failover: its "
+                                 "replication is not confirmed")
+    return replies
+
+
+def _transaction(target: redis.Redis, block: list[tuple[Any, ...]],
+                 wait: Replication | None) -> list[Any]:
+    replies = _round_trip(target, block + ([("WAIT", wait.replicas, wait.timeout_ms)]
+                                           if wait is not None else []))
+    acked = replies.pop() if wait is not None else None
+    result = replies.pop()
+    queued_errors = [reply for reply in replies if isinstance(reply, Exception)]
+    if queued_errors:
+        raise queued_errors[0]  # the cause; EXEC answered EXECABORT
+    if isinstance(result, Exception):
+        raise result
+    errors = [reply for reply in result if isinstance(reply, Exception)]
+    if errors:
+        raise errors[0]
+    if wait is not None:
+        _check_wait(acked, wait)
+    return list(result)
 
 
 def _commands(calls: Sequence[ScriptCall], indexes: Iterable[int],
@@ -171,7 +234,9 @@ def _read_replies(connection: Any, count: int) -> list[Any]:
 
 
 def _check_wait(acked: Any, wait: Replication) -> None:
-    if isinstance(acked, Exception) or int(acked) < wait.replicas:
+    if isinstance(acked, Exception):  # e.g. the node is a replica now (a failover)
+        raise NotReplicatedError(f"WAIT refused: {acked}")
+    if int(acked) < wait.replicas:
         raise NotReplicatedError(f"WAIT: {acked} of {wait.replicas} replicas confirmed the "
                                  "writes within %d ms" % wait.timeout_ms)
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import redis
 
 from consumer.clients.redis_client import connect_option
+from consumer.clients.redis_scripts import replication
 from consumer.errors import ConfigError, RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line, sink_key_function
@@ -27,7 +28,9 @@ class DeliveryStatsHandler:
     Options: `url` (redis://, required; may hold a password, which never appears in errors),
     `prefix` (keys, default "alicom:stats"), `ttl_days` (how long an hour is kept after it
     ended, default 90), `once_ttl_s` (how long a counted receipt is remembered so that a
-    redelivery is not counted again; 0 turns that off), `timeout_s` (Redis socket timeout).
+    redelivery is not counted again; 0 turns that off), `timeout_s` (Redis socket timeout),
+    `wait_replicas` and `wait_timeout_s` (as in `[dedup]`: each batch's writes confirmed on
+    that many replicas, or the batch is retried, counting nothing twice; needs once_ttl_s).
 
     One round trip per batch. A receipt Redis refused is retried alone; a connection failure
     retries the batch (receipts already counted are not counted again while remembered).
@@ -38,7 +41,8 @@ class DeliveryStatsHandler:
 
     def __init__(self, url: str, prefix: str = DEFAULT_PREFIX,
                  ttl_days: float = DEFAULT_TTL_S / 86400,
-                 once_ttl_s: float = DEFAULT_ONCE_TTL_S, timeout_s: float = 5.0) -> None:
+                 once_ttl_s: float = DEFAULT_ONCE_TTL_S, timeout_s: float = 5.0,
+                 wait_replicas: int = 0, wait_timeout_s: float = 1.0) -> None:
         if not prefix:
             raise ConfigError("delivery-stats handler: prefix must not be empty")
         if not ttl_days > 0:
@@ -46,9 +50,17 @@ class DeliveryStatsHandler:
         if once_ttl_s < 0:
             raise ConfigError(
                 "delivery-stats handler: once_ttl_s must be >= 0, got %r" % once_ttl_s)
+        if wait_replicas < 0 or not wait_timeout_s > 0:
+            raise ConfigError("delivery-stats handler: need wait_replicas >= 0 and "
+                              "wait_timeout_s > 0, got %r, %r" % (wait_replicas, wait_timeout_s))
         self._client = connect_option("delivery-stats handler", url, timeout_s)
-        self._writer = StatsWriter(self._client, prefix, ttl_days * 86400, once_ttl_s,
-                                   key_of=sink_key_function())
+        try:
+            self._writer = StatsWriter(self._client, prefix, ttl_days * 86400, once_ttl_s,
+                                       key_of=sink_key_function(),
+                                       wait=replication(wait_replicas, wait_timeout_s))
+        except ValueError as exc:
+            self._client.close()
+            raise ConfigError("delivery-stats handler: %s" % exc) from None
 
     def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
         """Counts the batch; receipts Redis did not count are handed back for a retry."""

@@ -36,11 +36,12 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import cast
+from typing import Any, TypeAlias, cast
 
 import redis
 
-from consumer.clients.redis_client import RedisClient, RedisPipeline, hash_tagged
+from consumer.clients.redis_client import RedisClient, hash_tagged
+from consumer.clients.redis_scripts import Replication, run_transaction
 from consumer.errors import ConfigError
 from consumer.pipeline.dedup import transient_from_redis
 from consumer.settings import DeadLetterSettings
@@ -51,6 +52,7 @@ __all__ = ["DeadLetter", "DeadLetterSettings", "RedisDeadLetterStore", "message_
 _THIRTY_DAYS_S = 30 * 24 * 3600.0
 # Removals per script call when trimming or purging: bounds how long one call blocks Redis.
 _CHUNK = 1000
+_Commands: TypeAlias = "builtins.list[tuple[Any, ...]]"
 
 
 def new_dead_letter_id(dead_at_ms: int) -> str:
@@ -160,14 +162,22 @@ class RedisDeadLetterStore:
 
     The client must return bytes (``decode_responses=False``, redis-py's default): bodies
     are stored byte-exact and may not be UTF-8. Errors from redis-py become TransientError.
+
+    `wait` (`consumer.pipeline.dedup.replication_of`, from `[dedup] wait_replicas`): every
+    put ends with WAIT in its round trip, and fewer replicas than asked is a TransientError,
+    so the caller does not delete the message as if its letter were safe; a put sent again
+    rewrites the same entry (a message's letter id is stable: `message_letter_id`).
+    Removals are not waited for: one lost in a failover brings a letter back, loses none.
     """
 
-    def __init__(self, client: RedisClient, settings: DeadLetterSettings) -> None:
+    def __init__(self, client: RedisClient, settings: DeadLetterSettings,
+                 wait: Replication | None = None) -> None:
         if client.get_encoder().decode_responses:
             raise ConfigError("the dead-letter store needs a Redis client with "
                               "decode_responses=False: bodies are kept as raw bytes")
         self._client = client
         self._settings = settings
+        self._wait = wait
         self._prefix = hash_tagged(settings.key_prefix)
         self._all = self._prefix + "all"
 
@@ -187,6 +197,9 @@ class RedisDeadLetterStore:
     def put_many(self, letters: Sequence[DeadLetter]) -> builtins.list[str]:
         """Stores all letters in one MULTI/EXEC, or none of them; returns their ids.
 
+        Idempotent for letters with ids: a put sent again after an error (a WAIT short of
+        replicas, a lost connection) overwrites the same entries.
+
         Every letter is validated and encoded before anything is sent, so a bad one (e.g. a
         ``raw_body_is_base64`` body that is not base64) stores nothing.
         """
@@ -195,14 +208,14 @@ class RedisDeadLetterStore:
         prepared = [self._prepare(letter) for letter in letters]
         try:
             drop, skip = self._trim_plan([(p[0], p[1].dead_at_ms) for p in prepared])
-            with self._client.pipeline(transaction=True) as pipe:
-                for letter_id, letter, mapping in prepared:
-                    if letter_id in skip:
-                        continue  # past retention, or beyond max_entries, already
-                    self._queue_put(pipe, letter_id, letter, mapping)
-                self._queue_drops(pipe, drop)
-                self._queue_index_upkeep(pipe, {letter.queue for letter in letters})
-                pipe.execute()
+            commands: _Commands = []
+            for letter_id, letter, mapping in prepared:
+                if letter_id in skip:
+                    continue  # past retention, or beyond max_entries, already
+                commands += self._put_commands(letter_id, letter, mapping)
+            commands += self._drop_commands(drop)
+            commands += self._index_upkeep({letter.queue for letter in letters})
+            run_transaction(self._client, self._all, commands, self._wait)
         except redis.RedisError as exc:
             raise transient_from_redis(exc, "dead-letter put", self._client) from exc
         return [letter_id for letter_id, _, _ in prepared]
@@ -325,45 +338,47 @@ class RedisDeadLetterStore:
         return {letter_id: None if q is None else q.decode()
                 for letter_id, q in zip(ordered, queues, strict=True)}
 
-    def _queue_put(self, pipe: RedisPipeline, letter_id: str, letter: DeadLetter,
-                   mapping: dict[str, bytes | str]) -> None:
+    def _put_commands(self, letter_id: str, letter: DeadLetter,
+                      mapping: dict[str, bytes | str]) -> _Commands:
         entry = self.entry_key(letter_id)
-        pipe.hset(entry, mapping=mapping)  # type: ignore[arg-type]  # bytes values are valid; redis-py's stub is too narrow
-        pipe.pexpireat(entry, letter.dead_at_ms + self._settings.retention_ms)
-        pipe.zadd(self._all, {letter_id: letter.dead_at_ms})
-        pipe.zadd(self.queue_key(letter.queue), {letter_id: letter.dead_at_ms})
+        at_ms = letter.dead_at_ms + self._settings.retention_ms
+        commands: _Commands = [
+            ("HSET", entry, *[item for pair in mapping.items() for item in pair]),
+            ("PEXPIREAT", entry, at_ms),
+            ("ZADD", self._all, letter.dead_at_ms, letter_id),
+            ("ZADD", self.queue_key(letter.queue), letter.dead_at_ms, letter_id)]
         # Each index lives as long as its newest entry: set when it has no expiry (NX),
         # pushed later only (GT), so an older letter never shortens it.
         for index in (self._all, self.queue_key(letter.queue)):
-            at_ms = letter.dead_at_ms + self._settings.retention_ms
-            pipe.pexpireat(index, at_ms, nx=True)
-            pipe.pexpireat(index, at_ms, gt=True)
+            commands += [("PEXPIREAT", index, at_ms, "NX"), ("PEXPIREAT", index, at_ms, "GT")]
+        return commands
 
-    def _queue_drops(self, pipe: RedisPipeline, drop: Mapping[str, str | None],
-                     index: str | None = None) -> None:
-        """Queues the removal of every id in `drop`: first one DEL per id (their replies
-        say which entries were live), then the index updates."""
-        for letter_id in drop:
-            pipe.delete(self.entry_key(letter_id))
+    def _drop_commands(self, drop: Mapping[str, str | None],
+                       index: str | None = None) -> _Commands:
+        """The removal of every id in `drop`: first one DEL per id (their replies say which
+        entries were live), then the index updates."""
+        commands: _Commands = [("DEL", self.entry_key(letter_id)) for letter_id in drop]
         for letter_id, queue in drop.items():
-            pipe.zrem(self._all, letter_id)
+            commands.append(("ZREM", self._all, letter_id))
             if queue is not None:
-                pipe.zrem(self.queue_key(queue), letter_id)
+                commands.append(("ZREM", self.queue_key(queue), letter_id))
             if index is not None:
-                pipe.zrem(index, letter_id)
+                commands.append(("ZREM", index, letter_id))
+        return commands
 
-    def _queue_index_upkeep(self, pipe: RedisPipeline, queues: set[str]) -> None:
+    def _index_upkeep(self, queues: set[str]) -> _Commands:
         """Per-queue indexes lose ids past retention (their hashes expired by themselves)."""
-        for queue in sorted(queues):
-            pipe.zremrangebyscore(self.queue_key(queue), "-inf", self._cutoff_ms())
+        return [("ZREMRANGEBYSCORE", self.queue_key(queue), "-inf", self._cutoff_ms())
+                for queue in sorted(queues)]
 
     def _remove(self, ids: builtins.list[str], index: str) -> int:
         """Removes `ids` from every view in one transaction; how many live entries went."""
         try:
             drop = self._queues_of(ids)
-            with self._client.pipeline(transaction=True) as pipe:
-                self._queue_drops(pipe, drop, index if index != self._all else None)
-                replies = pipe.execute()
+            if not drop:
+                return 0
+            replies = run_transaction(self._client, self._all, self._drop_commands(
+                drop, index if index != self._all else None))
         except redis.RedisError as exc:
             raise transient_from_redis(exc, "dead-letter remove", self._client) from exc
         return sum(1 for reply in replies[:len(drop)] if reply)

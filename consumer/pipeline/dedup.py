@@ -57,7 +57,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from consumer.clients.redis_client import RedisClient
-from consumer.clients.redis_scripts import Replication, ScriptCall, run_calls
+from consumer.clients.redis_scripts import Replication, ScriptCall, replication, run_calls
 from consumer.errors import TransientError
 from consumer.pipeline import dedup_scripts
 from consumer.settings import DedupSettings
@@ -69,6 +69,7 @@ __all__ = [
     "DedupSettings",
     "DedupStore",
     "RedisDedupStore",
+    "replication_of",
     "transient_from_redis",
 ]
 
@@ -166,6 +167,12 @@ class DedupStore(Protocol):
 _URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]*@")
 
 
+def replication_of(settings: DedupSettings) -> Replication | None:
+    """The WAIT `[dedup] wait_replicas` asks of every write a failover must not lose: claims
+    and completion records here, dead letters (`RedisDeadLetterStore`)."""
+    return replication(settings.wait_replicas, settings.wait_timeout_s)
+
+
 def transient_from_redis(
     exc: redis.RedisError, operation: str, client: RedisClient
 ) -> TransientError:
@@ -197,8 +204,7 @@ class RedisDedupStore:
     def __init__(self, client: RedisClient, settings: DedupSettings) -> None:
         self._client = client
         self._settings = settings
-        self._wait = (Replication(settings.wait_replicas, round(settings.wait_timeout_s * 1000))
-                      if settings.wait_replicas else None)
+        self._wait = replication_of(settings)
         self._claim = client.register_script(dedup_scripts.CLAIM)
         self._complete = client.register_script(dedup_scripts.COMPLETE)
         self._release = client.register_script(dedup_scripts.RELEASE)

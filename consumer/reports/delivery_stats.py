@@ -52,7 +52,7 @@ from redis.cluster import ClusterPipeline
 from redis.commands.core import Script
 
 from consumer.clients.redis_client import RedisClient, hash_tagged
-from consumer.clients.redis_scripts import ScriptCall, run_calls
+from consumer.clients.redis_scripts import Replication, ScriptCall, run_calls
 from consumer.keys import dedup_key
 from consumer.receipts import SHANGHAI, IntlSmsReport, Receipt, SmsReport
 
@@ -204,14 +204,25 @@ class StatsWriter:
     `record(receipts)` costs one round trip (a pipeline with one script call per report) and
     returns, per receipt, None (counted now or before) or the exception Redis answered with.
     A connection failure raises `redis.RedisError` for the whole batch.
+
+    `wait` (a `wait_replicas` option): the round trip ends with WAIT, and fewer replicas
+    than asked raises `NotReplicatedError` (a `redis.RedisError`) for the whole batch, so the
+    caller records it again: its once-markers were written with its counts (one script, one
+    slot), so a count a failover kept is not added twice, and one it lost is added again.
+    That needs the markers: `once_ttl_s` must be > 0 with `wait`.
     """
 
     def __init__(self, client: RedisClient, prefix: str = DEFAULT_PREFIX,
                  ttl_s: float = DEFAULT_TTL_S, once_ttl_s: float = DEFAULT_ONCE_TTL_S,
                  clock: Callable[[], float] = time.time,
-                 key_of: Callable[[Receipt], str] = dedup_key) -> None:
+                 key_of: Callable[[Receipt], str] = dedup_key,
+                 wait: Replication | None = None) -> None:
         """`key_of` names the once-markers: the deployment's keyed dedup key function
         (consumer.handlers.sink_key_function), so no marker name holds a phone number."""
+        if wait is not None and once_ttl_s <= 0:
+            raise ValueError("waiting for replicas needs once-markers (once_ttl_s > 0): a "
+                             "batch recorded again after a short WAIT would count twice")
+        self._wait = wait
         self._key_of = key_of
         self._client = client
         self._prefix = prefix
@@ -246,7 +257,7 @@ class StatsWriter:
             pairs = [item for code_msg in messages.items() for item in code_msg]
             calls.append(ScriptCall(self._codes, [codes_key(self._prefix)],
                                     [int(self._ttl_s), *pairs]))
-        replies = run_calls(self._client, calls)
+        replies = run_calls(self._client, calls, wait=self._wait)
         results: list[Exception | None] = [None] * len(receipts)
         for index, reply in zip(slots, replies, strict=False):
             if isinstance(reply, Exception):

@@ -24,7 +24,7 @@ from consumer.handlers.plugins import (
     load_handlers,
 )
 from consumer.pipeline.deadletter import RedisDeadLetterStore
-from consumer.pipeline.dedup import RedisDedupStore
+from consumer.pipeline.dedup import RedisDedupStore, replication_of
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.poison import CrashLedger
@@ -152,7 +152,8 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
     pipeline = Pipeline(
         client_factory=client_factory,
         dedup=dedup,
-        dead_letters=RedisDeadLetterStore(client, settings.deadletter),
+        dead_letters=RedisDeadLetterStore(client, settings.deadletter,
+                                          replication_of(settings.dedup)),
         dispatcher=dispatcher,
         on_auth_error=provider.on_auth_error,
         stats=stats,

@@ -208,11 +208,12 @@ class DedupSettings(Section):
     message's invisibility; the push worker: its stream's reclaim time; reconcile: the handler
     deadline).
 
-    `wait_replicas` (0: off): after writing claims and completion records, WAIT until that
-    many replicas have them (at most `wait_timeout_s`); fewer is a transient failure: an
-    unconfirmed claim runs nothing, an unconfirmed completion does not delete its message
-    (its next delivery finds the record on the replica a failover promotes). For Sentinel
-    or Cluster set-ups that must not apply a receipt twice across a failover.
+    `wait_replicas` (0: off): after writing claims, completion records and dead letters,
+    WAIT until that many replicas have them (at most `wait_timeout_s`); fewer is a
+    transient failure: an unconfirmed claim runs nothing, an unconfirmed completion or dead
+    letter does not delete its message (the write is sent again; its next delivery finds
+    the record on the replica a failover promotes). For Sentinel or Cluster set-ups that
+    must not apply a receipt twice, nor lose a dead letter, across a failover.
     """
 
     SECTION = "dedup"

@@ -25,7 +25,7 @@ from consumer.clients.redis_guard import guard
 from consumer.errors import ConfigError
 from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
 from consumer.pipeline.deadletter import RedisDeadLetterStore
-from consumer.pipeline.dedup import RedisDedupStore
+from consumer.pipeline.dedup import RedisDedupStore, replication_of
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.stats import Stats
 from consumer.settings import PushSettings, Settings
@@ -51,7 +51,8 @@ def build_push_worker(settings: Settings, push: PushSettings, stats: Stats | Non
     ack = settings.ack
     worker = PushWorker(
         client, push, RedisDedupStore(client, settings.dedup),
-        RedisDeadLetterStore(client, settings.deadletter), dispatcher,
+        RedisDeadLetterStore(client, settings.deadletter, replication_of(settings.dedup)),
+        dispatcher,
         RetryPolicy(ack.retry_base_s, ack.retry_max_s, ack.max_dequeue_count),
         settings.dedup.completed_ttl_s, stats, key_of=settings.key_function())
 

@@ -45,7 +45,12 @@ from consumer.errors import AlicomReceiptsError, AuthError, TransientError
 from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
 from consumer.pipeline.decode import parse_object
-from consumer.pipeline.dedup import DedupStore, RedisDedupStore, transient_from_redis
+from consumer.pipeline.dedup import (
+    DedupStore,
+    RedisDedupStore,
+    replication_of,
+    transient_from_redis,
+)
 from consumer.pipeline.lifecycle import Dispatch, Lifecycle, LifecycleParts, Work
 from consumer.pipeline.outcome import Decision, RetryPolicy
 from consumer.pipeline.stats import Stats
@@ -112,9 +117,7 @@ class ReconcileTransport:
         return DeadLetter.create(
             queue="", message_type="SmsReport", source="reconcile", reason=decision.reason,
             detail=decision.detail, raw_body=json.dumps(work.obj, ensure_ascii=False),
-            dead_at_ms=now_ms, letter_id=message_letter_id(
-                "reconcile", "", "%s|%s" % (send.biz_id, send.phone_number),
-                int(send.sent_at * 1000)))
+            dead_at_ms=now_ms, letter_id=_letter_id(send))
 
     def acknowledge(self, items: Sequence[Found]) -> None:
         keys = [(w.send.biz_id, w.send.phone_number) for w in items]
@@ -212,7 +215,7 @@ class Reconciler:
             letters.append(DeadLetter.create(
                 queue="", message_type="SmsReport", source="reconcile",
                 reason="beyond_query_window", detail=detail,
-                raw_body=json.dumps(body, ensure_ascii=False)))
+                raw_body=json.dumps(body, ensure_ascii=False), letter_id=_letter_id(s)))
             log.warning("send_beyond_query_window", biz_id=s.biz_id, send_date=s.send_date,
                         out_id=s.out_id)
         self._dead.put_many(letters)
@@ -225,6 +228,13 @@ class Reconciler:
             return
         self.lifecycle.process(batch, self._transport, secrets.token_hex(8),
                                self._settings.worker.handler_deadline_s + 5)
+
+
+def _letter_id(send: TrackedSend) -> str:
+    """One letter per tracked send, whichever step gives up on it: a put sent again (a run
+    after one whose put was unconfirmed) rewrites it instead of adding a second."""
+    return message_letter_id("reconcile", "", "%s|%s" % (send.biz_id, send.phone_number),
+                             int(send.sent_at * 1000))
 
 
 def api_error_kind(exc: AlicomReceiptsError) -> str:
@@ -276,7 +286,9 @@ def run_once(settings: Settings, rs: ReconcileSettings, ts: TrackingSettings, gr
                 raise ReconcileBusy(holder_of(client, lease_key(ts)) or "a run just ending")
             reconciler = Reconciler(settings, rs, SendTracker(client, ts), details, dispatcher,
                                     RedisDedupStore(client, settings.dedup),
-                                    RedisDeadLetterStore(client, settings.deadletter), client)
+                                    RedisDeadLetterStore(client, settings.deadletter,
+                                                         replication_of(settings.dedup)),
+                                    client)
             return reconciler.run(grace_s)
     finally:
         close_handlers(routes)
