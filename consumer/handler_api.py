@@ -59,6 +59,7 @@ sink: the built-in `redis-stream` and `postgres` handlers).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import re
@@ -356,6 +357,7 @@ def handler_name(obj: object) -> str:
     return name if isinstance(name, str) and name else type(obj).__name__
 
 
+@functools.lru_cache(maxsize=1024)  # called per handler per receipt; names are few
 def handler_tag(name: str) -> str:
     """A handler's short, stable id in dedup records: 6 hex characters of its name's hash
     (a record names the handlers that finished a receipt; names can be long)."""

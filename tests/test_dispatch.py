@@ -283,6 +283,53 @@ def test_a_fast_handlers_receipts_run_as_one_task_once_it_was_measured(
     assert len(threads) == 16 and len(set(threads)) == 1
 
 
+class Overlap:
+    """Two batch handlers: `first` waits a moment for `second` to start (which it does at
+    once on another thread when the two are separate pool tasks)."""
+
+    def __init__(self) -> None:
+        self.second_started = threading.Event()
+        self.overlapped: list[bool] = []
+        self.threads: list[int] = []
+
+    def handlers(self) -> list[BatchHandler]:
+        overlap = self
+
+        class First:
+            name = "first"
+
+            def handle_batch(self, receipts: Sequence[Receipt]) -> None:
+                overlap.threads.append(threading.get_ident())
+                overlap.overlapped.append(overlap.second_started.wait(0.2))
+
+        class Second:
+            name = "second"
+
+            def handle_batch(self, receipts: Sequence[Receipt]) -> None:
+                overlap.threads.append(threading.get_ident())
+                overlap.second_started.set()
+
+        return [First(), Second()]
+
+
+def test_the_calls_of_several_fast_handlers_share_one_task_once_measured(
+        dispatchers: list[Dispatcher]) -> None:
+    overlap = Overlap()
+    # A target far above any handler call: grouping cannot depend on the machine's speed.
+    dispatcher = make(dispatchers, {"SmsReport": overlap.handlers()}, max_workers=4,
+                      chunk_target_s=60.0)
+    dispatcher.dispatch([report(0)])  # unmeasured: a task each, run side by side
+    assert overlap.overlapped == [True]
+    overlap.second_started.clear()
+    overlap.threads.clear()
+
+    outcomes = dispatcher.dispatch_each([report(n) for n in range(1, 5)])
+
+    assert overlap.overlapped == [True, False]  # one after the other now
+    assert len(set(overlap.threads)) == 1  # in one pool task
+    assert [[o.handler for o in each] for each in outcomes] == [["first", "second"]] * 4
+
+
 def test_a_slow_handlers_receipts_still_run_in_parallel(dispatchers: list[Dispatcher]) -> None:
     together = threading.Barrier(4, timeout=WAIT_S)  # passes only with 4 calls at once
 

@@ -100,6 +100,45 @@ def test_with_late_the_stuck_receipt_is_reported_stuck_and_its_outcome_comes_lat
     dispatcher.close()
 
 
+class BlocksWhenArmed:
+    """A batch handler that returns at once until `armed`, then blocks until `release`."""
+
+    name = "armed"
+
+    def __init__(self) -> None:
+        self.armed, self.release = False, threading.Event()
+
+    def handle_batch(self, receipts: Sequence[Receipt]) -> None:
+        if self.armed:
+            self.release.wait(WAIT_S)
+
+
+def test_a_handler_stuck_in_a_shared_task_does_not_hold_the_handlers_after_it() -> None:
+    first, after = BlocksWhenArmed(), Blocker(set())
+    dispatcher = make({"SmsReport": [first, after]}, chunk_target_s=60.0)
+    dispatcher.dispatch([report(0)])  # both measured fast: one task from now on
+    first.armed = True
+    late = Late()
+    try:
+        with capture_logs() as logs:
+            outcomes = dispatcher.dispatch([report(1), report(2)], late)
+
+        assert [(o.kind, o.reason, o.handler) for o in outcomes] == [
+            ("retry", STUCK, "armed")] * 2
+        assert after.finished == ["biz-0", "biz-1", "biz-2"]  # moved on past the deadline
+        [stuck] = [e for e in logs if e["event"] == "handler_stuck"]
+        assert (stuck["handler"], stuck["deadline_s"], stuck["receipts"]) == ("armed", SHORT_S, 2)
+    finally:
+        first.release.set()
+    assert late.event.wait(WAIT_S)
+    for _ in range(int(WAIT_S / 0.01)):
+        if len(late.got) == 2:
+            break
+        threading.Event().wait(0.01)
+    assert sorted((i, o.kind) for i, o in late.got) == [(0, "ok"), (1, "ok")]
+    dispatcher.close()
+
+
 def _one_worker_busy_with_biz_1(blockers: list[Blocker]) -> tuple[
         Blocker, Dispatcher, Late, list[HandlerOutcome], threading.Thread]:
     """A one-thread dispatcher running biz-1 (blocked) while biz-2 waits in its queue; the

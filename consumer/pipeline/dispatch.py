@@ -9,8 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import structlog
@@ -25,6 +24,7 @@ from consumer.handler_api import (
     routed,
     worst,
 )
+from consumer.pipeline.dispatch_plan import Batch, Call, Late, Run, Unit, pack, runs_of
 from consumer.pipeline.invoke import invoke_batch, invoke_one, under_policy
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.selection import Selection, not_run
@@ -42,10 +42,10 @@ NOT_STARTED = "not_started"
 STUCK = "stuck"
 _EWMA_WEIGHT = 0.2  # of the newest duration in a handler's running mean
 
-#: `late(index, outcomes)`: the final outcomes (one per handler) of a receipt that
-#: `dispatch_each` reported as STUCK.
-Late = Callable[[int, list[HandlerOutcome]], None]
-#: `late(index, outcome)` of `dispatch`: the worst of them.
+__all__ = ["DISPATCHER_CRASHED", "NOT_STARTED", "STUCK", "Dispatcher", "GaugeLike", "Late",
+           "LateOne"]
+
+#: `late(index, outcome)` of `dispatch`: the worst of them (`Late`: each handler's).
 LateOne = Callable[[int, HandlerOutcome], None]
 
 
@@ -53,45 +53,6 @@ class GaugeLike(Protocol):
     """What the dispatcher needs of a metric gauge (prometheus_client.Gauge fits)."""
 
     def set(self, value: float) -> None: ...
-
-
-@dataclass(eq=False)
-class _Batch:
-    """One `dispatch` call: per receipt its outcomes so far and the units still owed."""
-
-    receipts: Sequence[Receipt]
-    late: Late | None
-    results: list[list[HandlerOutcome]]
-    owed: list[int]
-    deferred: set[int] = field(default_factory=set)  # reported STUCK; `late` owes them
-    returned: bool = False
-
-
-@dataclass(eq=False)
-class _Call:
-    """One pool task: invocations of one handler, run one after another on one thread.
-
-    Each unit is one invocation, given as positions in the dispatched batch: the whole
-    sub-batch of a batch handler (one unit), or one receipt each for a single-receipt handler
-    (one unit or a run of them). `started_at` is when the running unit started (None: not
-    yet); `done` counts finished units. Every field is read and written under the
-    dispatcher's lock.
-    """
-
-    handler: AnyHandler
-    name: str
-    units: list[list[int]]
-    batch: _Batch
-    deadline_s: float
-    is_batch: bool = False  # a batch handler's call (its single unit is not timed)
-    done: int = 0
-    started_at: float | None = None
-    finished: bool = False
-    stuck: bool = False  # the running unit passed the deadline
-    future: Future[None] | None = None
-
-    def running_unit(self) -> list[int]:
-        return self.units[self.done] if self.done < len(self.units) else []
 
 
 class Dispatcher:
@@ -106,10 +67,11 @@ class Dispatcher:
     delay) and `max_attempts` (a retry on that delivery or later becomes "permanent", reason
     "max_attempts").
 
-    Grouping: a pool task per receipt costs more than a fast handler itself (a future, two
-    thread wake-ups), so receipts for a single-receipt handler are grouped into runs that take
-    about `chunk_target_s` by the handler's running mean duration. A handler not yet measured
-    gets one task per receipt.
+    Grouping: a pool task costs more than a fast handler call itself (a future, two thread
+    wake-ups), so calls whose running mean duration is known are packed into tasks of about
+    `chunk_target_s`: a single-receipt handler's receipts into runs, and the calls of several
+    fast handlers of a batch into one task (`consumer.pipeline.dispatch_plan`). A handler not
+    yet measured gets one task per call (per receipt for a single-receipt one).
 
     The deadline: Python cannot kill a thread, so a call running longer than its deadline is
     never given up on (its receipt would run twice at once if it were handed back); it counts
@@ -148,8 +110,8 @@ class Dispatcher:
         self._cond = threading.Condition()
         self._stuck = 0
         self._closed = False
-        self._active: set[_Call] = set()  # started, not finished
-        self._mean_s: dict[str, float] = {}  # per single-receipt handler name, under the lock
+        self._active: set[Call] = set()  # started, not finished
+        self._mean_s: dict[str, float] = {}  # per handler name, per invocation; under the lock
 
     @property
     def routes(self) -> Mapping[str, tuple[RoutedHandler, ...]]:
@@ -176,9 +138,10 @@ class Dispatcher:
         """(receipt, handler, seconds it has been running) of every call running now."""
         now = time.monotonic()
         with self._cond:
-            return [(call.batch.receipts[i], call.name, now - call.started_at)
-                    for call in self._active if call.started_at is not None
-                    for i in call.running_unit()]
+            return [(call.batch.receipts[i], unit.name, now - call.started_at)
+                    for call in self._active
+                    if call.started_at is not None and (unit := call.running()) is not None
+                    for i in unit.indexes]
 
     def dispatch(self, receipts: Sequence[Receipt], late: LateOne | None = None,
                  ) -> list[HandlerOutcome]:
@@ -204,7 +167,7 @@ class Dispatcher:
         COMPLETED_BEFORE and no duration. `only[i]`, when not None, selects the handlers to run
         for receipt i (a dead-letter replay, see `Selection`).
         """
-        batch = _Batch(receipts, late, [[] for _ in receipts], [0] * len(receipts))
+        batch = Batch(receipts, late, [[] for _ in receipts], [0] * len(receipts))
         calls = self._plan(batch, completed, only)
         with self._cond:
             self._submit(calls)
@@ -214,7 +177,8 @@ class Dispatcher:
             for index, outcomes in enumerate(batch.results):
                 if batch.owed[index]:
                     batch.deferred.add(index)
-                    stuck = [c.name for c in calls if c.stuck and index in c.running_unit()]
+                    stuck = [unit.name for c in calls if c.stuck and (unit := c.running())
+                             is not None and index in unit.indexes]
                     out.append([HandlerOutcome("retry", ",".join(stuck), STUCK, None, 0.0)])
                 else:
                     out.append(list(outcomes))
@@ -231,12 +195,16 @@ class Dispatcher:
 
     # -- planning and running -----------------------------------------------------------
 
-    def _plan(self, batch: _Batch, completed: Sequence[Collection[str]] | None,
-              only: Sequence[Selection | None] | None) -> list[_Call]:
+    def _plan(self, batch: Batch, completed: Sequence[Collection[str]] | None,
+              only: Sequence[Selection | None] | None) -> list[Call]:
         by_class: dict[str, list[int]] = {}
         for index, receipt in enumerate(batch.receipts):
             by_class.setdefault(type(receipt).__name__, []).append(index)
-        calls: list[_Call] = []
+        runs: list[Run] = []
+        with self._cond:
+            means = dict(self._mean_s)
+        if not any(completed or ()) and not any(only or ()):
+            completed = only = None  # the usual first delivery: nothing to leave out
         for cls_name, indexes in by_class.items():
             handlers = self._routes.get(cls_name, ())
             if not handlers:
@@ -250,20 +218,10 @@ class Dispatcher:
                 for index in todo:
                     batch.owed[index] += 1
                 if todo:
-                    calls.extend(self._calls_of(bound, todo, batch))
-        return calls
-
-    def _calls_of(self, bound: RoutedHandler, indexes: list[int], batch: _Batch,
-                  ) -> list[_Call]:
-        """The pool tasks of one handler for these receipts (see the class docstring)."""
-        deadline_s = bound.policy.deadline_s or self._deadline_s
-        if bound.batch:
-            return [_Call(bound.target, bound.name, [list(indexes)], batch, deadline_s,
-                          is_batch=True)]
-        size = self._run_length(bound.name, len(indexes))
-        return [_Call(bound.target, bound.name, [[i] for i in indexes[start:start + size]],
-                      batch, deadline_s)
-                for start in range(0, len(indexes), size)]
+                    runs += runs_of(bound.target, bound.name, bound.batch,
+                                    bound.policy.deadline_s or self._deadline_s, todo,
+                                    means.get(bound.name), self._chunk_target_s)
+        return pack(runs, batch, self._chunk_target_s)
 
     @staticmethod
     def _to_run(name: str, indexes: list[int], completed: Sequence[Collection[str]] | None,
@@ -282,15 +240,7 @@ class Dispatcher:
                 results[index].append(skipped)
         return todo
 
-    def _run_length(self, name: str, count: int) -> int:
-        """How many receipts of `count` one task of this single-receipt handler takes."""
-        with self._cond:
-            mean_s = self._mean_s.get(name)
-        if mean_s is None:
-            return 1
-        return max(1, min(count, int(self._chunk_target_s / max(mean_s, 1e-7))))
-
-    def _submit(self, calls: list[_Call]) -> None:
+    def _submit(self, calls: list[Call]) -> None:
         """Queues calls on the pool (lock held); after `close` they end NOT_STARTED."""
         for call in calls:
             try:
@@ -298,7 +248,7 @@ class Dispatcher:
             except RuntimeError:  # the pool was shut down: hand the receipts back
                 self._not_started(call)
 
-    def _start(self, call: _Call) -> bool:
+    def _start(self, call: Call) -> bool:
         """Marks the call's first unit started; False when the dispatcher closed first.
 
         Nobody is woken for this: a waiter looks at queued calls at least every deadline
@@ -312,17 +262,17 @@ class Dispatcher:
             self._active.add(call)
             return True
 
-    def _run(self, call: _Call) -> None:
+    def _run(self, call: Call) -> None:
         if not self._start(call):
             return
         while True:
             with self._cond:
-                unit = call.running_unit()
-                if not unit:
+                unit = call.running()
+                if unit is None:
                     return
-            receipts = [call.batch.receipts[i] for i in unit]
-            outcomes = (invoke_batch(call.handler, call.name, receipts) if call.is_batch
-                        else [invoke_one(call.handler, call.name, receipts[0])])
+            receipts = [call.batch.receipts[i] for i in unit.indexes]
+            outcomes = (invoke_batch(unit.target, unit.name, receipts) if unit.is_batch
+                        else [invoke_one(unit.target, unit.name, receipts[0])])
             with self._cond:
                 late = self._record(call, unit, outcomes)
             callback = call.batch.late
@@ -330,13 +280,13 @@ class Dispatcher:
                 if callback is not None:  # always set when a receipt was deferred
                     callback(index, outcomes)
 
-    def _record(self, call: _Call, unit: list[int], outcomes: list[HandlerOutcome],
+    def _record(self, call: Call, unit: Unit, outcomes: list[HandlerOutcome],
                 ) -> list[tuple[int, list[HandlerOutcome]]]:
         """One unit finished (lock held): keep its outcomes, start the next unit. Returns the
         deferred receipts now complete, for `late`."""
         batch = call.batch
         due: list[tuple[int, list[HandlerOutcome]]] = []
-        for index, outcome in zip(unit, outcomes, strict=True):
+        for index, outcome in zip(unit.indexes, outcomes, strict=True):
             batch.results[index].append(under_policy(
                 outcome, batch.receipts[index].meta.dequeue_count,
                 self._policies.get(outcome.handler), self._global))
@@ -348,7 +298,7 @@ class Dispatcher:
             self._stuck -= 1
             self._publish_stuck()
             call.stuck = False
-            log.warning("late_handler_finished", handler=call.name, receipts=len(unit),
+            log.warning("late_handler_finished", handler=unit.name, receipts=len(unit.indexes),
                         kind=outcomes[0].kind, duration_s=round(outcomes[0].duration_s, 3))
         if call.done >= len(call.units):
             call.finished = True
@@ -356,21 +306,19 @@ class Dispatcher:
         else:
             call.started_at = time.monotonic()
         self._cond.notify_all()
-        if not call.is_batch:
-            mean = self._mean_s.get(call.name)
-            took = outcomes[0].duration_s
-            self._mean_s[call.name] = took if mean is None else (
-                mean + _EWMA_WEIGHT * (took - mean))
+        mean = self._mean_s.get(unit.name)
+        took = outcomes[0].duration_s  # of the whole invocation, batch or single
+        self._mean_s[unit.name] = took if mean is None else mean + _EWMA_WEIGHT * (took - mean)
         return due
 
-    def _not_started(self, call: _Call) -> None:
+    def _not_started(self, call: Call) -> None:
         """The call's units that never ran end NOT_STARTED (lock held)."""
         if call.finished:
             return
         for unit in call.units[call.done:]:
-            for index in unit:
+            for index in unit.indexes:
                 call.batch.results[index].append(
-                    HandlerOutcome("retry", call.name, NOT_STARTED, None, 0.0))
+                    HandlerOutcome("retry", unit.name, NOT_STARTED, None, 0.0))
                 call.batch.owed[index] -= 1
         call.done = len(call.units)
         call.finished = True
@@ -378,7 +326,7 @@ class Dispatcher:
 
     # -- waiting ------------------------------------------------------------------------
 
-    def _wait(self, calls: list[_Call]) -> None:
+    def _wait(self, calls: list[Call]) -> None:
         """Until every call finished, or (with `late`) finished or stuck (lock held).
         `calls` may grow: a stuck run's tail is appended."""
         defer = calls[0].batch.late is not None if calls else False
@@ -407,7 +355,7 @@ class Dispatcher:
                 return
             self._cond.wait(None if next_look is None else max(0.0, next_look - now))
 
-    def _mark_stuck(self, call: _Call, now: float, calls: list[_Call]) -> None:
+    def _mark_stuck(self, call: Call, now: float, calls: list[Call]) -> None:
         """The running unit passed the deadline (lock held): count its thread as stuck and
         give the units after it to a new call, so they do not wait behind it."""
         call.stuck = True
@@ -416,14 +364,14 @@ class Dispatcher:
         pending = call.units[call.done + 1:]
         call.units = call.units[:call.done + 1]
         if pending:
-            tail = _Call(call.handler, call.name, pending, call.batch, call.deadline_s,
-                         call.is_batch)
+            tail = Call(pending, call.batch)
             calls.append(tail)
             self._submit([tail])
-        unit = call.running_unit()
-        log.warning("handler_stuck", handler=call.name, deadline_s=call.deadline_s,
-                    running_s=round(now - (call.started_at or now), 3), receipts=len(unit),
-                    message_ids=[call.batch.receipts[i].meta.message_id for i in unit],
+        unit = call.units[call.done]
+        log.warning("handler_stuck", handler=unit.name, deadline_s=unit.deadline_s,
+                    running_s=round(now - (call.started_at or now), 3),
+                    receipts=len(unit.indexes),
+                    message_ids=[call.batch.receipts[i].meta.message_id for i in unit.indexes],
                     stuck_threads=self._stuck, pool=self._max_workers,
                     note="still running: its receipt is held until it returns or the "
                          "process exits")

@@ -1,0 +1,120 @@
+"""The dispatcher's pool tasks: what one `dispatch` call owes, and how its handler calls are
+grouped into tasks (`consumer.pipeline.dispatch` runs them and watches their deadlines).
+
+A pool task costs more than a fast handler call itself (a future, a thread wake-up, the
+lock taken on each side), and a receipt class with several handlers would pay it per
+handler. So calls whose running mean duration is known are packed, in the order planned,
+into tasks of about `chunk_target_s` (the dispatcher's grouping target): a single-receipt
+handler's receipts into runs (as many as fit), and the runs and batch calls of several
+handlers into one task while their sum stays under the target. A handler not yet measured
+gets a task of its own per call (per receipt for a single-receipt one), and a slow one
+stays alone: handlers doing real work still run in parallel.
+
+Units of one task run one after another on one thread. Each keeps its own handler's
+deadline: a unit past it counts as stuck and the units after it move to a new task
+(`Dispatcher._mark_stuck`), so a handler that turns slow delays the others of its task by
+at most its deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from consumer.handler_api import AnyHandler, HandlerOutcome
+from consumer.receipts import Receipt
+
+#: `late(index, outcomes)`: the final outcomes (one per handler) of a receipt that
+#: `dispatch_each` reported as STUCK.
+Late = Callable[[int, list[HandlerOutcome]], None]
+
+
+class Unit(NamedTuple):
+    """One handler invocation: a batch handler's sub-batch, or one receipt of a
+    single-receipt handler, as positions in the dispatched batch."""
+
+    target: AnyHandler
+    name: str
+    is_batch: bool
+    deadline_s: float
+    indexes: list[int]
+
+
+@dataclass(eq=False)
+class Batch:
+    """One `dispatch` call: per receipt its outcomes so far and the units still owed."""
+
+    receipts: Sequence[Receipt]
+    late: Late | None
+    results: list[list[HandlerOutcome]]
+    owed: list[int]
+    deferred: set[int] = field(default_factory=set)  # reported STUCK; `late` owes them
+    returned: bool = False
+
+
+@dataclass(eq=False)
+class Call:
+    """One pool task: units run one after another on one thread.
+
+    `started_at` is when the running unit started (None: not yet); `done` counts finished
+    units. Every field is read and written under the dispatcher's lock.
+    """
+
+    units: list[Unit]
+    batch: Batch
+    done: int = 0
+    started_at: float | None = None
+    finished: bool = False
+    stuck: bool = False  # the running unit passed its deadline
+    future: object = None  # the pool's Future, kept for debugging
+
+    def running(self) -> Unit | None:
+        """The unit running now (or next), None once every unit finished."""
+        return self.units[self.done] if self.done < len(self.units) else None
+
+    @property
+    def deadline_s(self) -> float:
+        """The deadline of the running (or next) unit's handler."""
+        unit = self.running()
+        return unit.deadline_s if unit is not None else 0.0
+
+
+class Run(NamedTuple):
+    """Consecutive units of one handler, and how long they should take (None: unknown)."""
+
+    units: list[Unit]
+    expected_s: float | None
+
+
+def runs_of(target: AnyHandler, name: str, is_batch: bool, deadline_s: float,
+            indexes: list[int], mean_s: float | None, chunk_target_s: float) -> list[Run]:
+    """One handler's units for these receipts, cut into runs of about `chunk_target_s` by
+    its running mean per invocation (`mean_s`, None: not measured: one unit per run)."""
+    if is_batch:
+        return [Run([Unit(target, name, True, deadline_s, list(indexes))], mean_s)]
+    units = [Unit(target, name, False, deadline_s, [i]) for i in indexes]
+    if mean_s is None:
+        return [Run([unit], None) for unit in units]
+    size = max(1, min(len(units), int(chunk_target_s / max(mean_s, 1e-7))))
+    return [Run(units[start:start + size], mean_s * len(units[start:start + size]))
+            for start in range(0, len(units), size)]
+
+
+def pack(runs: Iterable[Run], batch: Batch, chunk_target_s: float) -> list[Call]:
+    """The pool tasks of these runs: measured runs share a task while their expected sum
+    stays within `chunk_target_s`; an unmeasured or longer run is a task of its own."""
+    calls: list[Call] = []
+    open_call: Call | None = None
+    open_s = 0.0
+    for run in runs:
+        if run.expected_s is None or run.expected_s > chunk_target_s:
+            calls.append(Call(list(run.units), batch))
+            continue
+        if open_call is not None and open_s + run.expected_s <= chunk_target_s:
+            open_call.units += run.units
+            open_s += run.expected_s
+            continue
+        open_call, open_s = Call(list(run.units), batch), run.expected_s
+        calls.append(open_call)
+    return calls
