@@ -139,6 +139,42 @@ def test_handler_clears_a_batch_and_ignores_untracked(redis_server: RedisServer,
     assert [(s.biz_id, s.phone_number) for s in tracker.pending()] == [("2^0", "13800000003")]
 
 
+def _script_calls(client: redis.Redis) -> int:
+    """Script calls Redis ran so far (a first call answered NOSCRIPT, then sent again once
+    the script is loaded, is a failed call: not counted)."""
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)) - int(stats.get("failed_calls", 0))
+
+
+def test_handler_clears_in_one_round_trip_on_the_receipts_send_day_else_in_two(
+        redis_server: RedisServer, tracker: SendTracker, redis_client: redis.Redis) -> None:
+    yesterday = dt.datetime.now(SHANGHAI).replace(hour=0, minute=0, second=0,
+                                                  microsecond=0) - dt.timedelta(days=1)
+    on_time = yesterday + dt.timedelta(hours=9)
+    tracker.record("1^0", "13800000001", on_time, out_id="order-1")
+    tracker.record("1^0", "13800000002", on_time, out_id="order-2")
+    # Tracked two seconds before midnight, sent by the platform three seconds after it.
+    tracker.record("2^0", "13800000003", yesterday - dt.timedelta(seconds=2), out_id="order-3")
+    assert len(redis_client.keys("{alicom:track}:d:*")) == 2  # the out_ids, per send day
+    handler = SendTrackerHandler(url=redis_server.url)
+    text = "%Y-%m-%d %H:%M:%S"
+    try:
+        before = _script_calls(redis_client)
+        handler.handle_batch([_report("1^0", "13800000001", send_time=on_time.strftime(text)),
+                              _report("1^0", "13800000002", send_time=on_time.strftime(text))])
+        assert _script_calls(redis_client) - before == 1  # no read of the send days first
+        assert [s.biz_id for s in tracker.pending()] == ["2^0"]
+
+        before = _script_calls(redis_client)
+        late = (yesterday + dt.timedelta(seconds=3)).strftime(text)
+        handler.handle_batch([_report("2^0", "13800000003", send_time=late)])
+        assert _script_calls(redis_client) - before == 2  # the guess missed: its day's clear
+    finally:
+        handler.close()
+    assert tracker.pending() == []
+    assert redis_client.keys("{alicom:track}:d:*") == []  # every out_id went with its send
+
+
 def test_handler_retries_when_redis_is_away() -> None:
     handler = SendTrackerHandler(url="redis://127.0.0.1:1/0", timeout_s=0.5)
     try:

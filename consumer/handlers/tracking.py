@@ -3,6 +3,7 @@ arrives, and moves the number of its send task (`consumer.reports.tasks`) to its
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import redis
@@ -11,6 +12,7 @@ from consumer.clients.redis_client import connect_option
 from consumer.errors import RetryLater
 from consumer.handler_api import BatchResult
 from consumer.handlers import one_line
+from consumer.handlers.number_hygiene import receipt_epoch
 from consumer.receipts import Receipt, SmsReport
 from consumer.reports.number_rules import Classifier
 from consumer.reports.tasks import Outcome
@@ -24,9 +26,10 @@ class SendTracker:
 
     Options: `url` (redis://, required; may hold a password, which never appears in errors),
     `key_prefix`, `tasks_prefix`, `hash_numbers` (as in `[tracking]`), `timeout_s`.
-    Two script calls in one round trip per batch; a receipt whose send was never tracked is
-    fine (nothing to clear or move). A failure's reason in the task is the number rules'
-    default classification (`consumer.reports.number_rules`). International reports
+    One round trip per batch (a script call per send call: a second round trip only for a
+    send tracked on another day than its receipt's send time says); a receipt whose send was
+    never tracked is fine (nothing to clear or move). A failure's reason in the task is the
+    number rules' default classification (`consumer.reports.number_rules`). International reports
     (`IntlSmsReport`) have no BizId and are passed over. A Redis failure retries the batch:
     clearing and moving are idempotent.
     """
@@ -52,9 +55,11 @@ class SendTracker:
         outcomes = [Outcome(r.biz_id, ids(r.phone_number), r.success, r.err_code,
                             "" if r.success else self._classify(r.err_code, r.err_msg) or "")
                     for r in reports]
+        now = time.time()  # a receipt without a readable send time: today is the best guess
         try:
             self._tracker.clear_many([(r.biz_id, r.phone_number) for r in reports],
-                                     settle=outcomes)
+                                     settle=outcomes,
+                                     sent_at=[receipt_epoch(r.send_time, now) for r in reports])
         except redis.RedisError as exc:
             raise RetryLater("send tracker: %s" % one_line(exc)) from exc
         return BatchResult()

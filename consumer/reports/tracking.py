@@ -111,6 +111,46 @@ end
 return out
 """
 
+# The same in one round trip, with the send day guessed from the receipts' send time: a
+# send tracked on another day is left for a second call (_CLEAR) with its day's hash.
+# KEYS as above, KEYS[2] the guessed day's hash. ARGV: now, ttl, the guessed day's first and
+# after-last second (epoch), then per receipt as above. Per receipt 1 when its send was
+# cleared, 0 when it was not tracked, its score (a string) when sent on another day.
+_CLEAR_ON_DAY_AND_SETTLE = """
+local out, moved = {}, false
+local first, after = tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 5, #ARGV, 5 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if not score then
+    out[#out + 1] = 0
+  elseif tonumber(score) >= first and tonumber(score) < after then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = score
+  end
+  if redis.call('HGET', KEYS[4], ARGV[i + 1]) == 'p' then
+    moved = true
+    if ARGV[i + 2] == 'd' then
+      redis.call('HSET', KEYS[4], ARGV[i + 1], 'd')
+      redis.call('HINCRBY', KEYS[3], 'delivered', 1)
+    else
+      redis.call('HSET', KEYS[4], ARGV[i + 1], 'f' .. ARGV[i + 3])
+      redis.call('HINCRBY', KEYS[3], 'failed', 1)
+      redis.call('HINCRBY', KEYS[3], 'fail:' .. ARGV[i + 3], 1)
+      redis.call('HINCRBY', KEYS[3], 'why:' .. ARGV[i + 4], 1)
+    end
+  end
+end
+if moved then
+  redis.call('HSET', KEYS[3], 'updated', ARGV[1])
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
+return out
+"""
+
 # KEYS[1] the sorted set. ARGV: members. Their scores (send times), nil when not tracked.
 _SCORES = """
 return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
@@ -167,6 +207,7 @@ class SendTracker:
         self._clear = client.register_script(_CLEAR)
         self._scores = client.register_script(_SCORES)
         self._clear_and_settle = client.register_script(_CLEAR_AND_SETTLE)
+        self._clear_on_day = client.register_script(_CLEAR_ON_DAY_AND_SETTLE)
         self.ids = ids or phone_ids(self._settings.hash_numbers)
         self.tasks = tasks.TaskStore(client, self._settings.tasks_prefix, self._settings.ttl_s)
 
@@ -217,17 +258,22 @@ class SendTracker:
         return self.clear_many([(biz_id, phone_number)])[0]
 
     def clear_many(self, keys: Sequence[tuple[str, str]],
-                   settle: Sequence[tasks.Outcome] = ()) -> list[bool]:
+                   settle: Sequence[tasks.Outcome] = (),
+                   sent_at: Sequence[float] = ()) -> list[bool]:
         """`clear` for many (biz_id, phone_number) pairs; `settle` (empty, or one outcome per
         pair, in order) moves their task numbers to their outcome with them. Two round
         trips: one reads each send's day, one writes (one script call per send call and day
         when the task keys share the tracked sends' slot, as by default; else two per
-        receipt)."""
+        receipt). With `settle` and `sent_at` (each pair's send time as its receipt tells
+        it, epoch s) and the shared slot, the day is not read first: one round trip, and a
+        second only for sends tracked on another day than their receipt says."""
         if not keys:
             return []
-        if settle and len(settle) != len(keys):
-            raise ValueError("settle must hold one outcome per key")
+        if (settle and len(settle) != len(keys)) or (sent_at and len(sent_at) != len(keys)):
+            raise ValueError("settle and sent_at must hold one entry per key")
         members = [_member(b, p) for b, p in keys]
+        if settle and sent_at and self.tasks.tag == self._tag[:self._tag.index("}") + 1]:
+            return self._clear_on_day_many(members, settle, sent_at)
         scores = run_calls(self._client, [ScriptCall(self._scores, [self._zset], members)])[0]
         if isinstance(scores, Exception):
             raise scores
@@ -264,6 +310,43 @@ class SendTracker:
                 raise reply
             for i, removed in zip(indexes, reply, strict=True):
                 out[i] = out[i] and bool(removed)
+        return out
+
+    def _clear_on_day_many(self, members: Sequence[str], settle: Sequence[tasks.Outcome],
+                           sent_at: Sequence[float]) -> list[bool]:
+        """One script call per (guessed send day, BizId) group; then `_CLEAR` for the sends
+        the guess missed (tracked on another day: around midnight, or a receipt without a
+        readable send time)."""
+        groups: dict[tuple[int, str], list[int]] = {}
+        for i, (at, outcome) in enumerate(zip(sent_at, settle, strict=True)):
+            groups.setdefault((int((at + _SHANGHAI_OFFSET_S) // _DAY_S), outcome.biz_id),
+                              []).append(i)
+        now, ttl = int(time.time()), int(self._settings.ttl_s)
+        calls = []
+        for (day, biz), indexes in groups.items():
+            first = day * _DAY_S - _SHANGHAI_OFFSET_S
+            args: list[Any] = [now, ttl, first, first + _DAY_S]
+            for i in indexes:
+                args += [members[i], *tasks.settle_args(settle[i], now, ttl)[:4]]
+            calls.append(ScriptCall(self._clear_on_day,
+                                    [self._zset, self._day_key(day), *self.tasks.keys_of(biz)],
+                                    args))
+        out = [False] * len(members)
+        missed: list[tuple[int, str]] = []  # (index, the day key its send was tracked on)
+        for indexes, reply in zip(groups.values(), run_calls(self._client, calls), strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            for i, answer in zip(indexes, reply, strict=True):
+                if isinstance(answer, bytes | str):
+                    day = int((float(answer) + _SHANGHAI_OFFSET_S) // _DAY_S)
+                    missed.append((i, self._day_key(day)))
+                else:
+                    out[i] = bool(answer)
+        if missed:
+            again = run_calls(self._client, [ScriptCall(self._clear, [self._zset, day],
+                                                        [members[i]]) for i, day in missed])
+            for (i, _), reply in zip(missed, again, strict=True):
+                out[i] = _flag(reply)
         return out
 
     def _day_key(self, day: int) -> str:
