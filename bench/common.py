@@ -98,13 +98,15 @@ class Worker:
     """One `python -m consumer worker` process; its log goes to `log_path`."""
 
     def __init__(self, config: Path, log_path: Path, env: Mapping[str, str],
-                 queue: str = "SmsReport") -> None:
+                 queue: str = "SmsReport", repo: Path = REPO) -> None:
+        """`repo`: the source tree whose `consumer` runs (another checkout: another build)."""
         self.log_path = log_path
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "consumer", "worker", "--queue", queue,
                  "--config", str(config)],
-                cwd=REPO, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+                cwd=repo, env={**env, "PYTHONPATH": str(repo)}, stdout=log,
+                stderr=subprocess.STDOUT)
 
     @property
     def pid(self) -> int:

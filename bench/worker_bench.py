@@ -18,6 +18,10 @@ unique SmsReport bodies:
   single Redis and once on a local Redis Cluster (3 masters with a replica each,
   `alicom_sandbox.redis_topologies`), side by side in each run; the verdict compares their
   medians at 0 ms (dedup claims spread over the masters, one pipeline per node per batch).
+* **worker@old / worker@new** (`--against DIR`, DIR a checkout of another build, e.g.
+  `git worktree add /tmp/old 50ba0b8`): every worker run once with DIR's `consumer` and then
+  with this tree's, alternating on the same sandbox and Redis; the verdict gives new / old for
+  the rate and the worker CPU per receipt at each latency (target: within 5%).
 * **demo**: the official Python demo's loop in this process: ReceiveMessage (one message),
   base64 + JSON decode, DeleteMessage, with a Dybaseapi token. Fewer messages at 20 ms (it
   needs two round trips per message); the rate is per message either way.
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import platform
 import statistics
@@ -97,6 +102,9 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--redis", default="single",
                    help="single and/or cluster (a local 3-master Redis Cluster with replicas), "
                         "side by side in every run: worker modes are then named per Redis")
+    p.add_argument("--against", default=None, metavar="DIR",
+                   help="another build's source tree: every worker run alternates it (old) "
+                        "with this tree (new), side by side")
     p.add_argument("--rss-every", type=float, default=2.0)
     p.add_argument("--workdir", default=None,
                    help="keep configs and worker logs here (default: a temporary folder)")
@@ -211,6 +219,7 @@ def verdicts(samples: Sequence[Sample], latencies: Sequence[int], modes: Sequenc
                  / median_rate(samples, "worker@single", 0))
         out.append("0 ms: worker on the Redis Cluster %.0f%% of single Redis (target >= 80%%): "
                    "%s" % (ratio * 100, "meets" if ratio >= 0.8 else "MISSES"))
+    out += _against(samples, latencies)
     if "worker" not in seen:
         return out
     if {"worker", "raw"} <= set(modes) and 0 in latencies:
@@ -234,6 +243,26 @@ def verdicts(samples: Sequence[Sample], latencies: Sequence[int], modes: Sequenc
     return out
 
 
+def _against(samples: Sequence[Sample], latencies: Sequence[int]) -> list[str]:
+    """new / old (`--against`) per worker mode and latency: rate and worker CPU/receipt."""
+    out: list[str] = []
+    for old in sorted({s.mode for s in samples if s.mode.endswith("@old")}):
+        new = old.removesuffix("@old") + "@new"
+        for lat in latencies:
+            pick = {m: [s for s in samples if s.mode == m and s.latency_ms == lat]
+                    for m in (old, new)}
+            if not (pick[old] and pick[new]):
+                continue
+            rate = median_rate(samples, new, lat) / median_rate(samples, old, lat)
+            cpu = (statistics.median(s.worker_us for s in pick[new])
+                   / statistics.median(s.worker_us for s in pick[old]))
+            out.append("%d ms: %s / old: %.0f%% of the rate, %.0f%% of the worker CPU per "
+                       "receipt (target: rate >= 95%%, CPU <= 105%%): %s" % (
+                           lat, new, rate * 100, cpu * 100,
+                           "meets" if rate >= 0.95 and cpu <= 1.05 else "MISSES"))
+    return out
+
+
 def _progress(s: Sample, run: int, runs: int) -> None:
     print("run %d/%d %3d ms %-11s %7s receipts/s%s" % (
         run + 1, runs, s.latency_ms, s.mode, f"{s.rate:,.0f}",
@@ -249,9 +278,10 @@ def _redis_kinds(text: str) -> list[str]:
     return kinds
 
 
-def _redis_envs(env: Env, kinds: Sequence[str],
-                stack: contextlib.ExitStack) -> list[tuple[Env, str]]:
-    """(env, mode label) per `--redis` kind; a cluster is started into `stack`."""
+def _redis_envs(env: Env, kinds: Sequence[str], stack: contextlib.ExitStack,
+                against: str | None = None) -> list[tuple[Env, str]]:
+    """(env, mode label) per `--redis` kind (a cluster is started into `stack`); with
+    `against`, each is preceded by the same env running that tree's build ("@old")."""
     envs: list[tuple[Env, str]] = []
     if "single" in kinds:
         envs.append((env, "" if list(kinds) == ["single"] else "@single"))
@@ -259,7 +289,13 @@ def _redis_envs(env: Env, kinds: Sequence[str],
         cluster = ClusterServer(stack.enter_context(running_cluster()))
         envs.append((ClusterEnv(env.sandbox, cluster, env.tmp, latency_ms=0, bodies=env.bodies,
                                 overrides=env.overrides), "@cluster"))
-    return envs
+    if against is None:
+        return envs
+    old = Path(against).resolve()
+    if not (old / "consumer" / "__main__.py").is_file():
+        raise SystemExit("--against: %s holds no consumer package" % old)
+    return [pair for e, label in envs
+            for pair in ((dataclasses.replace(e, repo=old), label + "@old"), (e, label + "@new"))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         env = Env(sandbox, rds, workdir, latency_ms=0, bodies=bodies, overrides=tuple(args.set))
-        envs = _redis_envs(env, kinds, stack)
+        envs = _redis_envs(env, kinds, stack, args.against)
         for run in range(args.runs):
             for lat in latencies:
                 for mode in modes:

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis
 
@@ -21,6 +22,7 @@ from alicom_sandbox.fakes import FakeReceipts
 from alicom_sandbox.redis_server import RedisServer
 from alicom_sandbox.redis_topologies import ClusterSetup
 from bench.common import (
+    REPO,
     BenchQueue,
     Worker,
     World,
@@ -41,6 +43,7 @@ class Env(World):
 
     bodies: Sequence[str] = ()
     overrides: tuple[str, ...] = ()
+    repo: Path = REPO  # the tree whose build the workers run (`--against`: another one)
 
     def redis_cpu(self) -> float:
         return cpu_seconds(self.redis.process.pid)
@@ -75,7 +78,7 @@ class Env(World):
                 ] if handlers == "bulk" else []
         config = self.config(queue, name, handler=NOOP_HANDLER,
                              sections=parse_sets(self.overrides), more=more)
-        return BenchWorker(config, self.tmp / ("%s.log" % name), self.env())
+        return BenchWorker(config, self.tmp / ("%s.log" % name), self.env(), repo=self.repo)
 
     def track_sends(self, count: int) -> int:
         """Records the first `count` bodies' sends with `SendTracker` (pending tasks, as the
