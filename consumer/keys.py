@@ -39,8 +39,8 @@ __all__ = [
     "KeyFunction",
     "business_key",
     "dedup_key",
+    "key_names",
     "key_secret",
-    "legacy_names",
     "log_fields",
     "make_identity",
     "make_key_function",
@@ -180,13 +180,17 @@ class KeyFunction:
         self.keyed = bool(secret)
 
     def __call__(self, receipt: Receipt) -> str:
-        identity = self._identity(receipt)
-        digest = hashlib.blake2b(identity.encode("utf-8", "surrogatepass"),
-                                 digest_size=_DIGEST_BYTES, key=self._secret, person=_PERSON)
-        return "%s:%s" % (type(receipt).__name__, digest.hexdigest())
+        return self.names(receipt)[0]
 
     def legacy(self, receipt: Receipt) -> str:
         return self._identity(receipt)
+
+    def names(self, receipt: Receipt) -> tuple[str, str]:
+        """(dedup key, legacy name) from one build of the identity (the claim needs both)."""
+        identity = self._identity(receipt)
+        digest = hashlib.blake2b(identity.encode("utf-8", "surrogatepass"),
+                                 digest_size=_DIGEST_BYTES, key=self._secret, person=_PERSON)
+        return "%s:%s" % (type(receipt).__name__, digest.hexdigest()), identity
 
 
 def make_key_function(overrides: Mapping[str, Sequence[str]] | None = None,
@@ -242,12 +246,12 @@ business_key = make_identity()
 dedup_key = make_key_function()
 
 
-def legacy_names(key_of: Callable[[Receipt], str], receipts: Sequence[Receipt]) -> list[str]:
-    """The old (clear-text) record names of `receipts` for the dedup store's upgrade
-    fallback, or [] when `key_of` is not a KeyFunction (a test's own key function)."""
-    if not isinstance(key_of, KeyFunction):
-        return []
-    return [key_of.legacy(r) for r in receipts]
+def key_names(key_of: Callable[[Receipt], str], receipt: Receipt) -> tuple[str, str | None]:
+    """(dedup key, old clear-text record name for the dedup store's upgrade fallback) of
+    `receipt`; the name is None when `key_of` is not a KeyFunction (a test's own)."""
+    if isinstance(key_of, KeyFunction):
+        return key_of.names(receipt)
+    return key_of(receipt), None
 
 
 #: Fields holding a phone number, per receipt class: shown masked in log lines.

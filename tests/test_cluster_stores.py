@@ -159,6 +159,7 @@ def test_the_number_list_and_reviews_work_on_a_cluster(client: RedisClient,
 def test_dedup_on_a_cluster_spreads_records_over_every_master(
         client: RedisClient, cluster: ClusterSetup) -> None:
     store = RedisDedupStore(client, DedupSettings())
+    assert not store.one_call_per_batch  # a batch's keys lie in many slots: one call per key
     keys = [f"SmsReport:{i}^0:138" for i in range(48)]
     assert store.claim([*keys, keys[0]], "me", 30) == [ClaimState.CLAIMED] * 48 + [
         ClaimState.IN_PROGRESS]

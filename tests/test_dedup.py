@@ -27,9 +27,13 @@ SHORT_LEASE_S = 0.2
 WEEK_S = 7 * 24 * 3600.0
 
 
-@pytest.fixture
-def store(redis_client: redis.Redis) -> RedisDedupStore:
-    return RedisDedupStore(redis_client, DedupSettings())
+@pytest.fixture(params=["one call per batch", "one call per key"])
+def store(redis_client: redis.Redis, request: pytest.FixtureRequest) -> RedisDedupStore:
+    """Every test runs on both paths: a single Redis's one batch script per call, and the
+    single-key calls a cluster (or a proxy that refuses the batch script) gets."""
+    store = RedisDedupStore(redis_client, DedupSettings())
+    store.one_call_per_batch = request.param == "one call per batch"
+    return store
 
 
 def wait_until_gone(client: redis.Redis, key: str) -> None:
@@ -207,7 +211,47 @@ def test_a_mixed_batch_gets_every_state_right_in_one_round_trip(
     assert states == [
         ClaimState.CLAIMED, ClaimState.IN_PROGRESS, ClaimState.COMPLETED, ClaimState.CLAIMED,
     ]
-    assert (trips_taken, after - before) == (1, 4)  # one single-key call per key
+    # One batch script on a single Redis; one single-key call per key otherwise.
+    assert (trips_taken, after - before) == (1, 1 if store.one_call_per_batch else 4)
+
+
+def test_a_single_redis_gets_one_script_call_per_batch_a_cluster_one_per_key(
+    redis_client: redis.Redis,
+) -> None:
+    assert RedisDedupStore(redis_client, DedupSettings()).one_call_per_batch
+    cluster = redis.RedisCluster.__new__(redis.RedisCluster)  # only its type is looked at
+    cluster.register_script = redis_client.register_script  # type: ignore[method-assign]
+    assert not RedisDedupStore(cluster, DedupSettings()).one_call_per_batch
+
+
+# Tair's cluster proxy refuses a script whose keys lie in several slots with this reply.
+_TAIR_REFUSAL = "ERR eval/evalsha command keys must be in same slot"
+
+
+def test_a_server_that_refuses_the_batch_script_gets_single_key_calls_from_then_on(
+    redis_client: redis.Redis, capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = RedisDedupStore(redis_client, DedupSettings())
+    # A real Redis answering the batch scripts the way Tair's proxy does.
+    refuse = redis_client.register_script("return redis.error_reply('%s')" % _TAIR_REFUSAL)
+    store._claim_many = store._complete_many = refuse
+    assert store.claim(["a", "b"], "me", LONG_S) == [ClaimState.CLAIMED] * 2
+    assert not store.one_call_per_batch
+    assert store.complete(["a", "b"], "me", WEEK_S) == [Completion.RECORDED] * 2
+    assert redis_client.mget("alicom:dedup:a", "alicom:dedup:b") == [b"1", b"1"]
+    assert capsys.readouterr().out.count("dedup_batch_script_refused") == 1
+
+
+def test_another_error_of_the_batch_script_is_transient_and_keeps_the_batch_path(
+    redis_client: redis.Redis,
+) -> None:
+    store = RedisDedupStore(redis_client, DedupSettings())
+    store._claim_many = redis_client.register_script(
+        "return redis.error_reply('OOM command not allowed when used memory > maxmemory')")
+    with pytest.raises(TransientError, match="used memory"):
+        store.claim(["a"], "me", LONG_S)
+    assert store.one_call_per_batch
+    assert redis_client.get("alicom:dedup:a") is None
 
 
 @pytest.mark.parametrize("operation", ["complete", "release", "extend"])
@@ -368,11 +412,13 @@ class Model:
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(operations=OPERATIONS)
+@pytest.mark.parametrize("one_call", [True, False], ids=["one call per batch", "per key"])
 def test_any_sequence_of_transitions_follows_the_state_machine(
-    redis_client: redis.Redis, operations: list[tuple[str, list[str], str]]
+    redis_client: redis.Redis, operations: list[tuple[str, list[str], str]], one_call: bool,
 ) -> None:
     redis_client.flushall()
     store = RedisDedupStore(redis_client, DedupSettings())
+    store.one_call_per_batch = one_call
     model = Model()
     for operation, keys, owner in operations:
         if operation == "claim":

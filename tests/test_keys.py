@@ -13,8 +13,8 @@ from consumer.keys import (
     SECRET_FILE,
     business_key,
     dedup_key,
+    key_names,
     key_secret,
-    legacy_names,
     log_fields,
     make_key_function,
     mask_phone,
@@ -120,8 +120,8 @@ def test_log_fields_name_the_receipt_with_its_phone_masked() -> None:
     assert PHONE not in str(log_fields(report())) + str(log_fields(uplink()))
 
 
-def test_legacy_names_come_from_a_key_function_only() -> None:
+def test_key_names_give_the_key_and_a_key_functions_legacy_name_only() -> None:
     key_of = make_key_function(secret=b"s")
-    assert legacy_names(key_of, [report(), uplink()]) == [business_key(report()),
-                                                          business_key(uplink())]
-    assert legacy_names(lambda r: "x", [report()]) == []
+    assert key_names(key_of, report()) == (key_of(report()), business_key(report()))
+    assert key_names(key_of, uplink()) == (key_of(uplink()), business_key(uplink()))
+    assert key_names(lambda r: "x", report()) == ("x", None)

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
+import structlog
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
@@ -74,6 +75,7 @@ __all__ = [
 ]
 
 _SEVEN_DAYS_S = 7 * 24 * 3600.0
+_log = structlog.get_logger("alicom_receipts.dedup")
 
 
 #: How long a bare release ("P:") is kept: past MNS's longest visibility (43200 s), so the
@@ -209,6 +211,12 @@ class RedisDedupStore:
         self._complete = client.register_script(dedup_scripts.COMPLETE)
         self._release = client.register_script(dedup_scripts.RELEASE)
         self._extend = client.register_script(dedup_scripts.EXTEND)
+        self._claim_many = client.register_script(dedup_scripts.CLAIM_MANY)
+        self._complete_many = client.register_script(dedup_scripts.COMPLETE_MANY)
+        # A single Redis takes a batch's claims (completions) in one script call; a cluster,
+        # or a server that refuses such a call (Tair's proxy behind a plain redis:// URL:
+        # its keys lie in many slots), one single-key call per record (module docstring).
+        self.one_call_per_batch = not isinstance(client, RedisCluster)
 
     def redis_key(self, key: str) -> str:
         """The Redis key that holds the record of dedup key ``key``."""
@@ -231,12 +239,9 @@ class RedisDedupStore:
             raise ValueError("legacy must name one record per key")
         if isinstance(self._client, RedisCluster):
             legacy = ()  # the version that wrote them ran on a single Redis only
-        calls = [ScriptCall(self._claim, [self.redis_key(key)], [owner, lease_ms])
-                 if not legacy else
-                 ScriptCall(self._claim, [self.redis_key(key), self.redis_key(old)],
-                            [owner, lease_ms, "1"])
-                 for key, old in zip(keys, legacy or keys, strict=True)]
-        replies, repeated = self._batch("claim", keys, owner, calls, wait=True)
+        args: list[int | str] = [owner, lease_ms, "1"] if legacy else [owner, lease_ms]
+        replies, repeated = self._batch("claim", keys, owner, (self._claim, self._claim_many),
+                                        args, legacy=legacy, wait=True)
         # A key repeated within one call: its first occurrence holds the claim.
         return [Claim(ClaimState.IN_PROGRESS) if again
                 else Claim(ClaimState(int(reply[0])), _tags(reply[1]),
@@ -245,7 +250,8 @@ class RedisDedupStore:
 
     def complete(self, keys: Sequence[str], owner: str, ttl_s: float) -> list[Completion]:
         ttl_ms = _milliseconds(ttl_s, "ttl_s")
-        replies = self._per_key("complete", self._complete, keys, owner, [ttl_ms], wait=True)
+        replies = self._batch("complete", keys, owner, (self._complete, self._complete_many),
+                              [owner, ttl_ms], wait=True)[0]
         return [Completion(int(code)) for code in replies]
 
     def ping(self) -> None:
@@ -263,10 +269,14 @@ class RedisDedupStore:
             raise ValueError("done must list one set of tags per key")
         tags = [",".join(sorted(d)) for d in done] if done is not None else [""] * len(keys)
         mark_ms = _milliseconds(RELEASED_MARK_S, "mark")
+        if not owner or "@" in owner or "/" in owner:
+            raise ValueError("owner must be a non-empty token without '@' or '/'")
+        first = dict(reversed(list(zip(keys, tags, strict=True))))  # a key's first tags
         calls = [ScriptCall(self._release, [self.redis_key(key)], [owner, ttl_ms, t, mark_ms])
-                 for key, t in zip(keys, tags, strict=True)]
-        return [reply == 1 for reply in self._batch("release", keys, owner, calls,
-                                                    wait=done is not None)[0]]
+                 for key, t in first.items()]
+        answer = dict(zip(first, self._run("release", calls, wait=done is not None),
+                          strict=True))
+        return [answer[key] == 1 for key in keys]
 
     def extend(self, keys: Sequence[str], owner: str, lease_s: float) -> list[bool]:
         lease_ms = _milliseconds(lease_s, "lease_s")
@@ -274,36 +284,68 @@ class RedisDedupStore:
                                                      [lease_ms])]
 
     def _per_key(self, operation: str, script: Script, keys: Sequence[str], owner: str,
-                 args: list[int | str], wait: bool = False) -> list[Any]:
+                 args: list[int | str]) -> list[Any]:
         """One call per distinct key, all in one round trip; a repeated key gets the answer
         of its first occurrence."""
-        calls = [ScriptCall(script, [self.redis_key(key)], [owner, *args]) for key in keys]
-        return self._batch(operation, keys, owner, calls, wait)[0]
+        return self._batch(operation, keys, owner, (script, None), [owner, *args])[0]
 
     def _batch(self, operation: str, keys: Sequence[str], owner: str,
-               calls: list[ScriptCall], wait: bool = False) -> tuple[list[Any], list[bool]]:
-        """The calls of the keys' first occurrences in one round trip (`run_calls`). Returns
-        the answer per key (a repeated key gets its first occurrence's) and which keys
-        repeat an earlier one of the batch. `wait`: claims and completion writes, confirmed
-        on `wait_replicas` replicas when that is set (`WAIT` in the same round trip): a
-        claim only the old primary saw would let a redelivery run the handler again on the
-        promoted replica, so an unconfirmed claim runs nothing (TransientError)."""
+               scripts: tuple[Script, Script | None], args: list[int | str], *,
+               legacy: Sequence[str] = (), wait: bool = False) -> tuple[list[Any], list[bool]]:
+        """The keys' first occurrences in one round trip: one call of the batch script
+        (`scripts[1]`, when given and `one_call_per_batch`), else one call of the single-key
+        script per key (`run_calls`), with `args`, and each key's `legacy` name as its
+        KEYS[2]. Returns the answer per key (a repeated key gets its first occurrence's) and
+        which keys repeat an earlier one of the batch. `wait`: claims and completion writes,
+        confirmed on `wait_replicas` replicas when that is set (`WAIT` in the same round
+        trip): a claim only the old primary saw would let a redelivery run the handler again
+        on the promoted replica, so an unconfirmed claim runs nothing (TransientError)."""
         if not owner or "@" in owner or "/" in owner:
             raise ValueError("owner must be a non-empty token without '@' or '/'")
         first: dict[str, int] = {}
         for index, key in enumerate(keys):
             first.setdefault(key, index)
+        names = [self.redis_key(key) for key in first]
+        old = [self.redis_key(legacy[i]) for i in first.values()] if legacy else []
+        replies: list[Any] | None = None
+        if scripts[1] is not None and self.one_call_per_batch and names:
+            replies = self._one_call(operation, ScriptCall(scripts[1], names + old, args), wait)
+        if replies is None:
+            calls = [ScriptCall(scripts[0], [name, *old[n:n + 1]], args)
+                     for n, name in enumerate(names)]
+            replies = self._run(operation, calls, wait)
+        answer = dict(zip(first, replies, strict=True))
+        return ([answer[key] for key in keys],
+                [first[key] != index for index, key in enumerate(keys)])
+
+    def _run(self, operation: str, calls: list[ScriptCall], wait: bool) -> list[Any]:
+        """`run_calls`; a failed call or an error answer raise TransientError."""
         try:
-            replies = run_calls(self._client, [calls[i] for i in first.values()],
-                                wait=self._wait if wait else None)
+            replies = run_calls(self._client, calls, wait=self._wait if wait else None)
         except redis.RedisError as exc:
             raise transient_from_redis(exc, operation, self._client) from exc
         for reply in replies:
             if isinstance(reply, redis.RedisError):
                 raise transient_from_redis(reply, operation, self._client)
-        answer = dict(zip(first, replies, strict=True))
-        return ([answer[key] for key in keys],
-                [first[key] != index for index, key in enumerate(keys)])
+        return replies
+
+    def _one_call(self, operation: str, call: ScriptCall, wait: bool) -> list[Any] | None:
+        """The batch script's answers, one per record; None when the server refuses a
+        script over many slots (nothing ran): this and every later batch go per key."""
+        try:
+            return list(self._run(operation, [call], wait)[0])
+        except TransientError as exc:
+            if not _REFUSED.search(str(exc)):
+                raise
+            error = str(exc)
+        self.one_call_per_batch = False
+        _log.warning("dedup_batch_script_refused", error=error,
+                     note="one script call per record from now on (a cluster proxy?)")
+        return None
+
+
+#: How a cluster proxy (Tair's) refuses a script whose keys lie in many slots.
+_REFUSED = re.compile(r"same slot|CROSSSLOT|KEYS array|for redis cluster", re.IGNORECASE)
 
 
 def _tags(reply: object) -> frozenset[str]:

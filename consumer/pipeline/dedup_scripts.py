@@ -18,9 +18,16 @@ Record values (see dedup.py's docstring for why they are plain strings):
   ends: the lease is the deadline (server time), and a claim past it takes the record over.
 
 ARGV[1] is always the owner token, which never holds ``@`` or ``/`` (the store checks).
+
+`CLAIM_MANY` and `COMPLETE_MANY` are the same transitions over a whole batch in one call,
+for a single Redis only (a standalone server or a Sentinel-watched primary): their keys are
+read in a loop (``KEYS[i]``) and lie in many slots, which a Redis Cluster and Tair's proxy
+refuse. They are made from the per-key text (`_many`), so the two can never differ.
 """
 
 from __future__ import annotations
+
+import re
 
 # `ours(v)` is true for our INPROGRESS record in either form; `parts(v)` splits
 # "I:<owner>@<deadline>/<tags>" (nil for any other value).
@@ -116,3 +123,26 @@ if o ~= owner then return 0 end
 redis.call('SET', KEYS[1], mine .. '@' .. (now_ms() + lease_ms) .. '/' .. tags, 'KEEPTTL')
 return 1
 """
+
+
+def _many(per_key: str, keys_per_record: int) -> str:
+    """`per_key` (a single-key script after `_COMMON`) run for every record of a batch: the
+    body becomes a function of the record's index `i`, its `KEYS[1]` the record's key
+    `KEYS[i]` and its `KEYS[2]` (a claim's legacy name, when ARGV[3] is '1') `KEYS[n + i]`;
+    returns one reply per record, in order."""
+    body = per_key.removeprefix(_COMMON)
+    body = body.replace("KEYS[1]", "KEYS[i]").replace("KEYS[2]", "KEYS[n + i]")
+    if re.search(r"KEYS\[\d", body):
+        raise AssertionError("a batch script reads only KEYS[1] and KEYS[2] per record")
+    records = "#KEYS" if keys_per_record == 1 else (
+        "(ARGV[3] == '1' and #KEYS / 2 or #KEYS)")
+    indented = "\n".join("  " + line if line else line for line in body.strip().split("\n"))
+    return (_COMMON + "-- single Redis only: one call for the batch, its keys read in a loop\n"
+            "local n = " + records + "\nlocal function one(i)\n" + indented + "\nend\n"
+            "local out = {}\nfor i = 1, n do out[i] = one(i) end\nreturn out\n")
+
+
+#: CLAIM over a batch: KEYS = the records' keys, then (ARGV[3] '1') their legacy names.
+CLAIM_MANY = _many(CLAIM, 2)
+#: COMPLETE over a batch: KEYS = the records' keys.
+COMPLETE_MANY = _many(COMPLETE, 1)

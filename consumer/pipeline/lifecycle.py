@@ -54,7 +54,7 @@ import structlog
 
 from consumer.errors import AlicomReceiptsError, DecodeError, TransientError
 from consumer.handler_api import HandlerOutcome, handler_tag, worst
-from consumer.keys import legacy_names, log_fields
+from consumer.keys import key_names, log_fields
 from consumer.pipeline.deadletter import DeadLetter
 from consumer.pipeline.dedup import ClaimState, Completion
 from consumer.pipeline.dispatch import DISPATCHER_CRASHED, NOT_STARTED, STUCK
@@ -100,7 +100,7 @@ class Lifecycle:
                 self.stats.incr("decode_errors")
                 work.decision = classify(exc, work.deliveries, policy)
                 continue
-            work.key = key_of(work.receipt)
+            work.key, work.legacy = key_names(key_of, work.receipt)
             claimable.append(work)
         return claimable
 
@@ -117,8 +117,7 @@ class Lifecycle:
         try:
             # The old clear-text names too: records written before keys were hashed still
             # catch their duplicates until they expire (consumer.keys).
-            legacy = legacy_names(self.parts.key_of,
-                                  [w.receipt for w in items if w.receipt is not None])
+            legacy = [w.legacy for w in items if w.legacy is not None]
             claims = self.parts.dedup.claim_each(
                 [str(w.key) for w in items], owner, lease_s,
                 legacy=legacy if len(legacy) == len(items) else ())

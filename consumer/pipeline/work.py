@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from consumer.handler_api import HandlerOutcome
@@ -53,6 +53,8 @@ class Work:
     only: Selection | None = None
     outcomes: tuple[HandlerOutcome, ...] = ()
     suspect: bool = False
+    # The record's name before keys were hashed (consumer.keys): clear text, never shown.
+    legacy: str | None = field(default=None, repr=False)
 
 
 W = TypeVar("W", bound=Work)
