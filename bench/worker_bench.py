@@ -201,13 +201,19 @@ def cpu_table(samples: Sequence[Sample], latencies: Sequence[int]) -> str:
             if not chosen:
                 continue
             lines.append("| %d ms | %s | %.0f | %.2f | %.0f | %.0f | %s |" % (
-                lat, mode.removeprefix("worker").lstrip("+") or "noop",
+                lat, _handler_set(mode),
                 statistics.median(s.worker_us for s in chosen),
                 statistics.median(s.switches for s in chosen),
                 statistics.median(s.sandbox_us for s in chosen),
                 statistics.median(s.redis_us for s in chosen),
                 " / ".join("%.1f" % s.rss_mb for s in chosen)))
     return "\n".join(lines)
+
+
+def _handler_set(mode: str) -> str:
+    """"noop", "bulk", "noop@cluster", "bulk@old"... of a worker mode."""
+    name = mode.removeprefix("worker").lstrip("+")
+    return name if name and not name.startswith("@") else "noop" + name
 
 
 def verdicts(samples: Sequence[Sample], latencies: Sequence[int], modes: Sequence[str],

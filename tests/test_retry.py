@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
+from structlog.testing import capture_logs
 
 from consumer.clients.retry import Tries, exponential_delay, jittered_delay, retry_call
 from consumer.errors import PermanentError, TransientError
@@ -72,4 +74,27 @@ def test_what_retry_on_refuses_is_not_retried_and_a_set_stop_ends_retrying() -> 
     calls.clear()
     with pytest.raises(TransientError):
         retry_call("down", transient, stop, Tries(attempts=None))
+    assert len(calls) == 1
+
+
+def test_the_first_failure_is_attempt_one_and_the_time_limit_counts_from_the_first_call(
+) -> None:
+    calls: list[int] = []
+
+    def slow_then_ok() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.05)
+            raise TransientError("slow")
+        return "ok"
+
+    with capture_logs() as logs:
+        assert retry_call("s", slow_then_ok, threading.Event(),
+                          Tries(attempts=3, base_s=0.001, max_wait_s=0.001)) == "ok"
+    assert [(e["event"], e["attempt"], e["error"]) for e in logs] == [("retrying", 1, "slow")]
+    calls.clear()
+    # The first call alone outlasts `within_s`: no second one.
+    with pytest.raises(TransientError, match="slow"):
+        retry_call("s", slow_then_ok, threading.Event(),
+                   Tries(attempts=None, within_s=0.03, base_s=0.001, max_wait_s=0.001))
     assert len(calls) == 1
