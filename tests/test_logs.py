@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,28 @@ def test_every_json_line_names_its_logger_service_host_and_pid(
     assert by_event["receipt_settled"]["logger"] == "alicom_receipts.worker"
     assert by_event["GET /x 404"]["logger"] == "aiohttp.access"
     assert by_event["flush"]["logger"] == "alicom_receipts"
+
+
+@pytest.mark.parametrize("now_ns", [
+    1_795_902_232_123_456_789,  # a fraction: microseconds, rounded down
+    1_795_902_232_000_000_000,  # a whole second: no fraction, as isoformat writes it
+    1_795_902_232_000_999_999,  # under a microsecond past it: a whole second too
+    1_795_902_233_000_001_000,  # the next second, one microsecond in
+])
+def test_timestamps_are_what_structlogs_iso_utc_stamper_writes(now_ns: int) -> None:
+    stamp = logs._Stamp("test")
+    expected = datetime.fromtimestamp(now_ns // 1000 / 1e6, tz=timezone.utc)
+    assert stamp.timestamp(now_ns) == expected.isoformat().replace("+00:00", "Z")
+    assert stamp.timestamp(now_ns) == stamp.timestamp(now_ns)  # the cached second too
+
+
+def test_a_field_named_like_a_secret_is_masked_and_a_level_named_as_structlog_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    buffer = configured(monkeypatch, "json")
+    structlog.get_logger("alicom_receipts.test").warn("x", password="hunter2", secret="s")
+    logs.flush()
+    [line] = lines(buffer)
+    assert (line["password"], line["secret"], line["level"]) == ("***", "***", "warning")
 
 
 def test_ecs_lines_use_ecs_fields_with_ecs_types_and_keep_ours_under_a_namespace(

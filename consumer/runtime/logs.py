@@ -21,15 +21,10 @@ from typing import Any, Final, TextIO
 
 import ecs_logging
 import structlog
+from structlog.processors import format_exc_info
+from structlog.typing import EventDict
 
 _SECRET_KEYS = frozenset({"access_key_secret", "security_token", "password", "secret"})
-
-
-def _scrub(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    """Last line of defence: a field named like a secret never reaches the output."""
-    for key in _SECRET_KEYS & event.keys():
-        event[key] = "***"
-    return event
 
 
 # One encoder for every line: json.dumps with options builds a new one per call, and a line
@@ -120,26 +115,51 @@ def default_service(argv: Sequence[str]) -> str:
     return "alicom-receipts"
 
 
-class _Identity:
-    """Adds `service`, `host` and `pid` to every line (pid read per line: a fork changes it)."""
+class _Stamp:
+    """What every line gets, in one processor (a line is written per receipt: each call of
+    the chain counts): `level`; `timestamp`, ISO 8601 UTC with microseconds as structlog's
+    `TimeStamper(fmt="iso", utc=True)` writes it, its date and time formatted once a
+    second; `logger` (the structlog logger's name, or a standard-library record's);
+    `service`, `host` and `pid` (read per line: a fork changes it); and, the last line of
+    defence, any field named like a secret masked."""
 
     def __init__(self, service: str) -> None:
         self._service = service
         self._host = socket.gethostname()
+        self._second: tuple[int, str] = (-1, "")  # replaced whole: safe across threads
 
-    def __call__(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+        event["level"] = _LEVELS.get(name, name)
+        event["timestamp"] = self.timestamp(time.time_ns())
+        if "logger" not in event:
+            record = event.get("_record")
+            event["logger"] = (record.name if record is not None
+                               else getattr(logger, "name", None) or _ROOT_NAME)
         event.setdefault("service", self._service)
         event.setdefault("host", self._host)
         event.setdefault("pid", os.getpid())
+        for key in _SECRET_KEYS & event.keys():
+            event[key] = "***"
         return event
 
+    def timestamp(self, now_ns: int) -> str:
+        """`2026-11-28T21:43:52.123456Z` (no fraction at a whole second, as isoformat)."""
+        seconds, rest = divmod(now_ns, 1_000_000_000)
+        cached = self._second
+        if cached[0] != seconds:
+            cached = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+            self._second = cached
+        micros = rest // 1000
+        return "%s.%06dZ" % (cached[1], micros) if micros else cached[1] + "Z"
 
-def _logger_name(logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    """`logger`: the structlog logger's name, or a standard-library record's."""
-    record = event.get("_record")
-    event.setdefault("logger", record.name if record is not None
-                     else getattr(logger, "name", None) or _ROOT_NAME)
-    return event
+
+#: structlog's names of the levels of its method names (add_log_level's mapping).
+_LEVELS: Final = {"warn": "warning", "exception": "error"}
+
+
+def _exc_info(logger: Any, name: str, event: EventDict) -> EventDict:
+    """structlog's format_exc_info, only for a line that has `exc_info` (few have)."""
+    return format_exc_info(logger, name, event) if "exc_info" in event else event
 
 
 def _to_ecs(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -188,15 +208,11 @@ def configure(level: str = "info", fmt: str = "auto", service: str | None = None
     renderer = _renderer(fmt, stream)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _logger_name,
-        _Identity(service or default_service(sys.argv)),
-        _scrub,
+        _Stamp(service or default_service(sys.argv)),
     ]
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, *renderer],
+        processors=[*shared, _exc_info, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=_factory(_new_writer(stream)),
         cache_logger_on_first_use=True,
