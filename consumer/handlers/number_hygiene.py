@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from datetime import date
@@ -22,21 +23,30 @@ from consumer.reports.phone_ids import phone_ids
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
+@functools.lru_cache(maxsize=64)  # receipts of a batch, and of a day, share their date
+def _day_start(ymd: str) -> int | None:
+    """Epoch seconds of the Asia/Shanghai midnight starting `yyyy-MM-dd`; None when it is no
+    date (date() refuses an impossible day: 2026-13-45)."""
+    try:
+        days = date(int(ymd[0:4]), int(ymd[5:7]), int(ymd[8:10])).toordinal()
+    except ValueError:
+        return None
+    return (days - _EPOCH_ORDINAL) * 86400 - SHANGHAI_UTC_OFFSET_S
+
+
 def receipt_epoch(text: str, fallback: float) -> float:
     """Epoch seconds of a receipt time; `yyyy-MM-dd HH:mm:ss` (Asia/Shanghai, UTC+8 all year)
     is read by slicing, which is ~10x cheaper than strptime; anything else goes through
     `parse_receipt_time`, and `fallback` when that cannot read it either."""
     if len(text) == 19 and text[4] == "-" and text[10] == " ":
+        start = _day_start(text[:10])
         try:
-            # date() refuses an impossible day (2026-13-45); the time is checked below
-            days = date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal()
             h, mi, s = int(text[11:13]), int(text[14:16]), int(text[17:19])
         except ValueError:
             return fallback
-        if h > 23 or mi > 59 or s > 59:
+        if start is None or h > 23 or mi > 59 or s > 59:
             return fallback
-        return float((days - _EPOCH_ORDINAL) * 86400 + h * 3600 + mi * 60 + s
-                     - SHANGHAI_UTC_OFFSET_S)
+        return float(start + h * 3600 + mi * 60 + s)
     parsed = parse_receipt_time(text)
     return parsed.timestamp() if parsed is not None else fallback
 

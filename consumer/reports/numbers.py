@@ -34,7 +34,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from consumer.clients.redis_client import RedisClient, hash_tagged
 from consumer.reports.number_rules import DEFAULT_POLICIES, MANUAL, Policy
@@ -102,8 +102,7 @@ return 1
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
+class Failure(NamedTuple):  # a tuple: built per receipt, ~3x cheaper than a frozen dataclass
     """A classified failed delivery to `number` (already in stored form) at `at` (epoch s)."""
 
     number: str
@@ -114,8 +113,7 @@ class Failure:
     biz_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
     """A successful delivery to `number` (stored form) at `at` (epoch s)."""
 
     number: str

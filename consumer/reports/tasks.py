@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from consumer.clients.redis_client import RedisClient, hash_tagged
 from consumer.clients.redis_scripts import ScriptCall, run_calls
@@ -92,8 +92,7 @@ return 1
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):  # a tuple: built per receipt, ~3x cheaper than a frozen dataclass
     """A receipt's effect on its task: `number` in stored form, `err_code` / `reason` for a
     failure (`reason` from the number rules, "" when none matched)."""
 
@@ -250,11 +249,15 @@ class TaskStore:
         return sorted(out)
 
 
+def settle_fields(o: Outcome) -> tuple[str, str, str, str]:
+    """A receipt's part of the settle scripts' ARGV: number, 'd' | 'f', err_code, reason."""
+    return (o.number, "d" if o.delivered else "f", o.err_code[:_MAX_CODE_CHARS] or "(empty)",
+            o.reason or "other")
+
+
 def settle_args(o: Outcome, now: int, ttl_s: int) -> list[Any]:
-    """ARGV of the settle script (and of tracking's clear-and-settle): number, 'd' | 'f',
-    err_code, reason, now, ttl."""
-    return [o.number, "d" if o.delivered else "f", o.err_code[:_MAX_CODE_CHARS] or "(empty)",
-            o.reason or "other", now, ttl_s]
+    """ARGV of the settle script: `settle_fields`, now, ttl."""
+    return [*settle_fields(o), now, ttl_s]
 
 
 def _summed(task_id: str, parts: Sequence[TaskCounts]) -> TaskCounts:

@@ -301,7 +301,7 @@ class SendTracker:
         for (day, biz), indexes in groups.items():
             args: list[Any] = [now, ttl]
             for i in indexes:
-                args += [members[i], *tasks.settle_args(settle[i], now, ttl)[:4]]
+                args += [members[i], *tasks.settle_fields(settle[i])]
             calls.append(ScriptCall(self._clear_and_settle,
                                     [self._zset, day, *self.tasks.keys_of(biz)], args))
         out = list(cleared)
@@ -318,8 +318,8 @@ class SendTracker:
         the guess missed (tracked on another day: around midnight, or a receipt without a
         readable send time)."""
         groups: dict[tuple[int, str], list[int]] = {}
-        for i, (at, outcome) in enumerate(zip(sent_at, settle, strict=True)):
-            groups.setdefault((int((at + _SHANGHAI_OFFSET_S) // _DAY_S), outcome.biz_id),
+        for i, at in enumerate(sent_at):
+            groups.setdefault((int((at + _SHANGHAI_OFFSET_S) // _DAY_S), settle[i].biz_id),
                               []).append(i)
         now, ttl = int(time.time()), int(self._settings.ttl_s)
         calls = []
@@ -327,7 +327,7 @@ class SendTracker:
             first = day * _DAY_S - _SHANGHAI_OFFSET_S
             args: list[Any] = [now, ttl, first, first + _DAY_S]
             for i in indexes:
-                args += [members[i], *tasks.settle_args(settle[i], now, ttl)[:4]]
+                args += [members[i], *tasks.settle_fields(settle[i])]
             calls.append(ScriptCall(self._clear_on_day,
                                     [self._zset, self._day_key(day), *self.tasks.keys_of(biz)],
                                     args))
