@@ -9,10 +9,11 @@ from datetime import datetime, timezone
 import redis
 
 from alicom_sandbox.redis_server import RedisServer
+from consumer.handlers.number_hygiene import NumberHygiene
 from consumer.handlers.review_status import ReviewStatus
 from consumer.handlers.tracking import SendTracker as SendTrackerHandler
 from consumer.pipeline.decode import parse_object
-from consumer.receipts import Receipt, ReceiptMeta
+from consumer.receipts import SHANGHAI, Receipt, ReceiptMeta
 from consumer.reports.delivery_stats import read_hours
 from consumer.reports.reviews import ReviewStore
 from consumer.reports.tracking import SendTracker, TrackedSend
@@ -115,3 +116,12 @@ def test_scripts_are_loaded_again_after_redis_forgot_them(redis_client: redis.Re
     assert task is not None and (task.delivered, task.pending) == (1, 0)
     assert tracker.count() == 0
     handler.close()
+    hygiene = NumberHygiene(redis_server.url)
+    redis_client.script_flush()
+    now = datetime.now(timezone.utc).astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+    hygiene.handle_batch([parse_object("SmsReport", {
+        "phone_number": "13800000002", "biz_id": "4^0", "success": False,
+        "err_code": "MK:0005", "err_msg": "用户手机号码不存在", "send_time": now,
+        "report_time": now}, ReceiptMeta(source="mns"))])
+    assert hygiene.numbers.is_suppressed("13800000002")
+    hygiene.close()

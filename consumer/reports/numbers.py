@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from consumer.clients.redis_client import RedisClient, hash_tagged
+from consumer.clients.redis_scripts import ScriptCall, run_calls
 from consumer.reports.number_rules import DEFAULT_POLICIES, MANUAL, Policy
 from consumer.reports.phone_ids import PhoneIds
 
@@ -183,7 +184,11 @@ class NumberList:
                                     round(policy.expire_days * 86400)) if policy else (0, 0, 0))
             args += ["F", e.number, int(e.at), e.reason, e.err_code, e.err_msg[:_MAX_MSG_CHARS],
                      e.biz_id, after, over, expire]
-        self._apply(keys=self._keys, args=args)
+        # run_calls: one EVALSHA written and read directly (a NOSCRIPT reload included),
+        # without redis-py's per-command path, which cost more than packing the batch.
+        [reply] = run_calls(self._client, [ScriptCall(self._apply, self._keys, args)])
+        if isinstance(reply, Exception):
+            raise reply
 
     def add(self, phone: str, reason: str = MANUAL, expire_days: float = 0.0) -> NumberRecord:
         """Suppresses `phone` by hand (`numbers add`): no delivery lifts it; it ends after
