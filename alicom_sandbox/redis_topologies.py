@@ -120,9 +120,19 @@ class ClusterSetup:
         master = self.masters()[0] if master is None else master
         info = redis.Redis(port=master).info("replication")
         replica = int(info["slave0"]["port"])
-        redis.Redis(port=replica).cluster("failover")
-        _wait(lambda: redis.Redis(port=replica).info("replication")["role"] == "master",
-              f"replica {replica} taking over")
+        # The master only heeds a replica's failover request once gossip told it that the
+        # node is its replica; a request before that times out unheard (5 s), so wait for it
+        # and ask again if one does anyway.
+        _wait(lambda: _knows_replica(master, replica), f"master {master} knowing {replica}")
+        for attempt in range(3):
+            redis.Redis(port=replica).cluster("failover")
+            try:
+                _wait(lambda: redis.Redis(port=replica).info("replication")["role"]
+                      == "master", f"replica {replica} taking over", timeout_s=10)
+                break
+            except TimeoutError:
+                if attempt == 2:
+                    raise
         _wait(self._agreed, "the cluster agreeing on the new map")
         _wait(lambda: _replicating(master), "the old master replicating from the new one")
         return replica
@@ -145,7 +155,9 @@ def running_cluster(masters: int = 3, replicas_per_master: int = 1) -> Iterator[
         ports = [_cluster_port() for _ in range(masters * (1 + replicas_per_master))]
         for port in ports:
             procs.start(port, "--cluster-enabled", "yes", "--cluster-config-file",
-                        f"nodes-{port}.conf", "--cluster-node-timeout", "2000")
+                        f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
+                        # no 5 s wait for more replicas before a first sync starts
+                        "--repl-diskless-sync-delay", "0")
         subprocess.run(  # noqa: S603 - fixed arguments
             [_binary("redis-cli"), "--cluster", "create",
              *[f"127.0.0.1:{p}" for p in ports],
@@ -153,10 +165,10 @@ def running_cluster(masters: int = 3, replicas_per_master: int = 1) -> Iterator[
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
         setup = ClusterSetup(ports, procs)
         _wait(setup._agreed, "the new cluster agreeing on its slot map")
-        # Replicas attach asynchronously; a failover test needs them attached.
-        _wait(lambda: all(redis.Redis(port=p).info("replication")["connected_slaves"] >= 1
-                          for p in setup.masters()) or replicas_per_master == 0,
-              "every master having its replica")
+        # Replicas attach asynchronously, and an attached one counts for WAIT only once its
+        # first sync is done ("online"): a failover test and `wait_replicas` need that.
+        _wait(lambda: all(_replicas_online(p) >= replicas_per_master
+                          for p in setup.masters()), "every master's replicas in sync")
         yield setup
 
 
@@ -191,6 +203,19 @@ class SentinelSetup:
         # split-brain window): a test must not write before that has happened.
         _wait(lambda: _replicating(old), "the old primary replicating from the new one")
         return self.current_primary()
+
+
+def _knows_replica(master: int, replica: int) -> bool:
+    node = redis.Redis(port=master, decode_responses=True)
+    listed = node.cluster("replicas", node.cluster("myid"))  # redis-py: {"host:port": {...}}
+    return any(address.endswith(f":{replica}") for address in listed)
+
+
+def _replicas_online(port: int) -> int:
+    """How many replicas of the primary on `port` have finished their first sync."""
+    info = redis.Redis(port=port).info("replication")
+    return sum(1 for n in range(int(info["connected_slaves"]))
+               if info.get(f"slave{n}", {}).get("state") == "online")
 
 
 def _replicating(port: int) -> bool:

@@ -19,6 +19,7 @@ from consumer.clients.redis_scripts import (
     run_calls,
     run_transaction,
 )
+from consumer.errors import TransientError
 from consumer.handlers.review_status import ReviewStatus
 from consumer.pipeline.deadletter import DeadLetter, DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.decode import parse_object
@@ -116,6 +117,27 @@ def test_a_transaction_sent_to_a_node_that_lost_its_slot_is_rerouted_and_unconfi
     replica.close()
     cluster.failover(promoted)
     assert run_transaction(client, key, [("INCR", key)]) == [4]  # rerouted, no wait asked
+
+
+def test_claims_waited_for_reach_the_new_master_after_a_failover(
+        client: RedisClient, cluster: ClusterSetup) -> None:
+    """The client's slot map still names the old master, which answers MOVED to every call
+    and refuses WAIT (a replica now): the calls are sent again through the cluster client,
+    which follows MOVED and re-reads the slot map, so the next claim goes to the new master.
+    (Without that, every claim met the same refusal and a worker applied nothing more.)"""
+    store = RedisDedupStore(client, DedupSettings(wait_replicas=1, wait_timeout_s=2))
+    store.claim([f"before:{i}" for i in range(32)], "me", 30)
+    cluster.failover()
+    outcomes: list[object] = []
+    for batch in range(5):
+        try:
+            outcomes.append(store.claim([f"after:{batch}:{i}" for i in range(32)], "me", 30))
+            break
+        except TransientError as exc:
+            outcomes.append(str(exc))
+    assert "rerouted during a failover" in str(outcomes[0])  # run, but not confirmed
+    # redis-py learns a moved slot per MOVED, and the whole map every fifth one.
+    assert outcomes[-1] == [ClaimState.CLAIMED] * 32 and len(outcomes) <= 3, outcomes
 
 
 def test_tracking_tasks_and_stats_work_on_a_cluster(client: RedisClient) -> None:

@@ -255,11 +255,13 @@ def _on_cluster(client: RedisCluster, calls: Sequence[ScriptCall],
     unconfirmed: NotReplicatedError | None = None
     for batch in sent:
         try:
-            replies = batch.receive(calls, wait)
-        except NotReplicatedError as exc:
-            unconfirmed, replies = exc, [exc] * len(batch.indexes)
+            replies, short = batch.receive(calls, wait)
+            unconfirmed = short or unconfirmed
         except _REROUTE as exc:  # the node went away: each call finds its new owner
             replies = [exc] * len(batch.indexes)
+        # Even when WAIT failed: a call answered MOVED (the node is a replica now, and
+        # refuses WAIT too) must go through the cluster client, whose slot map learns the
+        # move from it; otherwise every later batch met the same stale map.
         for index, reply in zip(batch.indexes, replies, strict=True):
             if isinstance(reply, _REROUTE):
                 results[index] = _alone(calls[index])
@@ -296,8 +298,10 @@ class _Sent:
             return cls(target, indexes, error=exc)
         return cls(target, indexes, connection, count=len(commands))
 
-    def receive(self, calls: Sequence[ScriptCall], wait: Replication | None) -> list[Any]:
-        """The answers (as `_on_one` gives them: NOSCRIPT calls loaded and sent again)."""
+    def receive(self, calls: Sequence[ScriptCall], wait: Replication | None,
+                ) -> tuple[list[Any], NotReplicatedError | None]:
+        """The answers (as `_on_one` gives them: NOSCRIPT calls loaded and sent again), and
+        the error of a WAIT short of replicas (the answers are kept: some may be MOVED)."""
         if self.error is not None:
             raise self.error
         try:
@@ -307,14 +311,18 @@ class _Sent:
             raise
         finally:
             self.target.connection_pool.release(self.connection)
-        if wait is not None:
-            _check_wait(replies.pop(), wait)
-        missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
-            again = _on_one(self.target, calls, [self.indexes[n] for n in missing], wait)
-            for n, reply in zip(missing, again, strict=True):
-                replies[n] = reply
-        return replies
+        short: NotReplicatedError | None = None
+        try:
+            if wait is not None:
+                _check_wait(replies.pop(), wait)
+            missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                again = _on_one(self.target, calls, [self.indexes[n] for n in missing], wait)
+                for n, reply in zip(missing, again, strict=True):
+                    replies[n] = reply
+        except NotReplicatedError as exc:
+            short = exc
+        return replies, short
 
 
 def _alone(call: ScriptCall) -> Any:

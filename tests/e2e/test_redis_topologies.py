@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -112,6 +113,26 @@ def test_the_worker_loses_nothing_and_applies_nothing_twice_across_a_failover(
     assert outcomes == len(expected)
 
 
+def test_a_failover_while_the_worker_is_idle_does_not_stop_it(
+        stack: Stack, topology: Topology) -> None:
+    """Nothing in flight at the failover, so no claim is extended (a call without WAIT that
+    would meet MOVED and correct the client's slot map): the next claims, WAITed for, must
+    reach the new primary all the same. (They once met the demoted node's MOVED and its
+    refusal of WAIT forever: the worker applied nothing more.)"""
+    topology.flush()
+    stack.worker(_config(stack, topology))
+    with stack.publisher() as pub:
+        first = pub.publish("SmsReport", 40, seed=21)
+        stack.wait(lambda: len(stack.applied()) == 40, "the first receipts applied")
+        stack.wait(stack.queue_is_empty, "the first messages deleted")
+        time.sleep(5)  # past every claim's lease: nothing left to extend
+        topology.failover()
+        second = pub.publish("SmsReport", 40, seed=22)
+    expected = {report_key(m.obj) for r in (first, second) for m in r.originals}
+    stack.wait(lambda: len(stack.applied()) == len(expected), "every receipt applied")
+    assert max(stack.applied().values()) == 1
+
+
 @contextmanager
 def _sending_bad_bodies(stack: Stack) -> Iterator[list[str]]:
     """Publishes one malformed body every 0.1 s while the block runs (and one more after
@@ -190,7 +211,6 @@ def _dead(procs: list[subprocess.Popen[bytes]], stack: Stack) -> bool:
 def _reconcile_on(stack: Stack, topology: Topology) -> None:
     """Two tracked sends without a receipt: reconcile asks QuerySendDetails (the sandbox
     knows neither), keeps its lease on the topology and reports them."""
-    import time  # noqa: PLC0415
 
     from consumer.reports.tracking import SendTracker, TrackedSend  # noqa: PLC0415
 
