@@ -24,6 +24,7 @@ from alicom_sandbox.redis_server import RedisServer, running_redis
 from consumer.errors import PermanentFailure, RetryLater, TransientError
 from consumer.handler_api import HandlerOutcome
 from consumer.keys import dedup_key
+from consumer.clients.redis_scripts import Replication, replication
 from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.dedup import Completion, DedupSettings, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
@@ -163,7 +164,8 @@ class World:
 
 
 def world(source_name: str, client: redis.Redis, server: RedisServer, *,
-          crashing: bool = False, lost_reply: bool = False) -> World:
+          crashing: bool = False, lost_reply: bool = False,
+          wait: Replication | None = None) -> World:
     handler = Scripted()
     dispatcher = Dispatcher({"SmsReport": [handler]}, deadline_s=20.0)
     source = {s.name: s for s in build_sources(client, dispatcher)}[source_name]
@@ -171,7 +173,7 @@ def world(source_name: str, client: redis.Redis, server: RedisServer, *,
     if lost_reply:
         dedup = LostReply(dedup)
     lifecycle = Lifecycle(LifecycleParts(
-        dedup, RedisDeadLetterStore(client, DeadLetterSettings()),
+        dedup, RedisDeadLetterStore(client, DeadLetterSettings(), wait),
         Crashing() if crashing else dispatcher, POLICY, 3600.0, redis_retry=RETRY),
         Stats(), threading.Event())
     return World(source, lifecycle, Recorded(source.transport(lifecycle), client), handler,
@@ -333,6 +335,26 @@ def test_replay_gains_the_crash_guard_and_keeps_the_letter(
     assert not result.ok and result.summary() == "retry again: dispatcher crashed"
     assert store.get(result.letter.id) is not None
     assert client.get("alicom:dedup:" + key_of("biz-crash")) == b"P:"  # released (the mark)
+
+
+def test_a_dead_letter_no_replica_confirmed_keeps_its_message_and_is_stored_once_later(
+        client: redis.Redis, durable: RedisServer) -> None:
+    # `[dedup] wait_replicas = 1` on a primary whose replica is gone (a failover's window):
+    # the letter is on the primary only, so the message must stay at its source.
+    unconfirmed = world("mns", client, durable, wait=replication(1, 0.05))
+    first = unconfirmed.source.item("biz-unconfirmed", broken=True)
+    unconfirmed.process(first)
+    assert first not in unconfirmed.transport.acked and not unconfirmed.source.acked(first)
+    assert unconfirmed.stats.snapshot().get("dead_letters", 0) == 0
+    assert len(unconfirmed.letters()) == 1  # written on the primary all the same
+    w = world("mns", client, durable)  # its next delivery, the letter confirmed this time
+    again = InFlight.of(first.delivery._replace(  # type: ignore[attr-defined]
+        receipt_handle="h-again", dequeue_count=2))
+    w.process(again)
+    assert again in w.transport.acked and w.source.acked(again)
+    [letter] = w.letters()  # the same entry rewritten, not a second one
+    assert letter.message_id == first.delivery.message_id  # type: ignore[attr-defined]
+    assert letter.dequeue_count == 2
 
 
 def test_a_poison_message_delivered_again_is_dead_lettered_once(
