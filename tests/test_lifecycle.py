@@ -21,10 +21,10 @@ import redis
 import structlog
 
 from alicom_sandbox.redis_server import RedisServer, running_redis
+from consumer.clients.redis_scripts import Replication, replication
 from consumer.errors import PermanentFailure, RetryLater, TransientError
 from consumer.handler_api import HandlerOutcome
 from consumer.keys import dedup_key
-from consumer.clients.redis_scripts import Replication, replication
 from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.dedup import Completion, DedupSettings, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
