@@ -12,6 +12,7 @@ where the dispatcher's work per handler adds to it.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import statistics
 import sys
@@ -29,18 +30,21 @@ from consumer.handlers.review_status import ReviewStatus
 from consumer.handlers.tracking import SendTracker as SendTrackerHandler
 from consumer.pipeline.decode import parse_object
 from consumer.receipts import Receipt, ReceiptMeta
-from consumer.reports.tracking import SendTracker, TrackedSend
+from consumer.reports.tracking import SendTracker, TrackedSend, epoch_of
 
 
 def _receipts(count: int, seed: int, per_send: int) -> tuple[list[Receipt], list[TrackedSend]]:
     """`count` receipts, `per_send` numbers sharing each BizId (consecutive, as the numbers
     of one send call arrive close together)."""
-    fakes = FakeReceipts(seed=seed)
+    # Sent in the last hours, tracked at their send time (as the sending code does).
+    fakes = FakeReceipts(seed=seed, start_epoch_s=time.time() - 2.0 * count - 60)
     docs = [fakes.make("SmsReport") for _ in range(count)]
     for i, doc in enumerate(docs):
         doc["biz_id"] = docs[i - i % per_send]["biz_id"]
     receipts = [parse_object("SmsReport", d, ReceiptMeta(source="mns")) for d in docs]
-    return receipts, [TrackedSend(d["biz_id"], d["phone_number"], time.time()) for d in docs]
+    sent = [epoch_of(dt.datetime.strptime(d["send_time"], "%Y-%m-%d %H:%M:%S")) for d in docs]
+    return receipts, [TrackedSend(d["biz_id"], d["phone_number"], at)
+                      for d, at in zip(docs, sent, strict=True)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from bench.common import (
     parse_sets,
     rss_mb,
 )
-from consumer.reports.tracking import SendTracker, TrackedSend
+from consumer.reports.tracking import SendTracker, TrackedSend, epoch_of
 
 NOOP_HANDLER = "bench.worker_noop:noop"
 BULK_HANDLERS = ("number-hygiene", "send-tracker", "review-status")
@@ -82,12 +82,14 @@ class Env(World):
 
     def track_sends(self, count: int) -> int:
         """Records the first `count` bodies' sends with `SendTracker` (pending tasks, as the
-        sending code would have), so that send-tracker settles real tasks; how many."""
+        sending code would have: at the moment of sending, the receipt's send time), so that
+        send-tracker settles real tasks; how many."""
         tracker = SendTracker(self.redis.client())
         sends = []
         for body in self.bodies[:count]:
             doc = json.loads(base64.b64decode(body))
-            sends.append(TrackedSend(doc["biz_id"], doc["phone_number"], time.time()))
+            sent = dt.datetime.strptime(doc["send_time"], "%Y-%m-%d %H:%M:%S")
+            sends.append(TrackedSend(doc["biz_id"], doc["phone_number"], epoch_of(sent)))
         for start in range(0, len(sends), 1000):
             tracker.record_many(sends[start:start + 1000])
         return len(sends)

@@ -28,6 +28,7 @@ from consumer.receipts import Receipt, ReceiptMeta
 from consumer.reports.delivery_stats import SHANGHAI, StatsWriter, read_hours
 from consumer.reports.numbers import NumberList
 from consumer.reports.reviews import ReviewStore
+from consumer.reports.tasks import Outcome
 from consumer.reports.tracking import SendTracker, TrackingSettings
 from tests.test_tasks_reviews import _review
 
@@ -152,6 +153,14 @@ def test_tracking_tasks_and_stats_work_on_a_cluster(client: RedisClient) -> None
     assert tracker.count() == 1
     task = tracker.tasks.get("t1")
     assert task is not None and (task.submitted, task.pending) == (2, 2)
+    # The send-tracker handler's path: one script call for the batch, keys read by index.
+    assert tracker.clear_many([("101^0", "13800000002")], settle=[
+        Outcome("101^0", "13800000002", False, "MK:0005", "empty_number")],
+        sent_at=[now - 30]) == [True]
+    assert tracker.one_call_per_batch  # the cluster took it: every key in one slot
+    task = tracker.tasks.get("t1")
+    assert task is not None and (task.failed, task.pending, task.reasons) == (
+        1, 1, {"empty_number": 1})
     StatsWriter(client).record([_report("100^0", "13800000001"),
                                 _report("101^0", "13800000002", success=False)])
     hour = read_hours(client, SENT, 1)[0]

@@ -1,6 +1,11 @@
 """Every Lua script follows the rule Tair's cluster proxy enforces (and that keeps a script
 legal on a Redis Cluster): it touches only keys passed in KEYS, each written literally as
-KEYS[n] as the key argument of a redis.call, never through a variable or an expression."""
+KEYS[n] as the key argument of a redis.call, never through a variable or an expression.
+
+The one exception is a script marked `-- one slot, keys by index` (a batch's keys, all under
+one hash tag, read as KEYS[<a variable>]): a Redis Cluster takes it, a proxy may refuse it,
+and its caller then falls back to literal-key calls (tested with its store). It is still held
+to everything else: keys only from KEYS, as a call's key argument, commands literal."""
 
 from __future__ import annotations
 
@@ -44,22 +49,27 @@ def _looks_like_lua(text: str) -> bool:
 SCRIPTS = _scripts()
 
 
+BY_INDEX = "-- one slot, keys by index"
+
+
 def problems_of(script: str) -> list[str]:
     """What in `script` breaks the rule, one line each; empty when it keeps it."""
     problems = []
+    index = r"\d+|[a-z_][a-z0-9_]*" if BY_INDEX in script else r"\d+"
     for match in _KEYS_USE.finditer(script):
-        if match.group(1) is None or not match.group(2).strip().isdigit():
+        if match.group(1) is None or not re.fullmatch(index, match.group(2).strip()):
             problems.append(f"KEYS used other than as KEYS[<number>]: {match.group(0)!r}")
     for match in _CALL.finditer(script):
         command, key = match.group(1).strip(), (match.group(2) or "").strip()
         if not re.fullmatch(r"'[A-Za-z]+'|\"[A-Za-z]+\"", command):
             problems.append(f"a command name that is not a literal: {command!r}")
         elif command.strip("'\"").upper() not in _KEYLESS and not re.fullmatch(
-                r"KEYS\[\d+\]", key):
+                rf"KEYS\[(?:{index})\]", key):
             problems.append(f"{command} on {key!r}: its key must be KEYS[<number>]")
     # A KEYS[n] anywhere but as a call's key (e.g. `local k = KEYS[1]`) is an expression.
-    as_keys = len(re.findall(r"redis\.p?call\(\s*'[A-Za-z]+'\s*,\s*KEYS\[\d+\]", script))
-    if as_keys != len(re.findall(r"KEYS\[\d+\]", script)):
+    as_keys = len(re.findall(rf"redis\.p?call\(\s*'[A-Za-z]+'\s*,\s*KEYS\[(?:{index})\]",
+                             script))
+    if as_keys != len(re.findall(rf"KEYS\[(?:{index})\]", script)):
         problems.append("KEYS[n] used outside a redis.call's key argument")
     return problems
 
@@ -88,6 +98,10 @@ def test_the_dedup_scripts_are_single_key_calls_too() -> None:
     ("redis.call('HSET', ARGV[1] .. ':h', 'f', 1)",
      "'HSET' on \"ARGV[1] .. ':h'\": its key must be KEYS[<number>]"),
     ("redis.call(cmd, KEYS[1])", "a command name that is not a literal: 'cmd'"),
+    (BY_INDEX + "\nredis.call('SET', KEYS[i + 1], 1)",
+     "KEYS used other than as KEYS[<number>]: 'KEYS[i + 1]'"),
+    (BY_INDEX + "\nlocal k = KEYS[i]\nredis.call('GET', k)",
+     "'GET' on 'k': its key must be KEYS[<number>]"),
 ])
 def test_the_checker_catches_each_kind_of_break(script: str, problem: str) -> None:
     assert problem in problems_of(script)

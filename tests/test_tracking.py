@@ -7,12 +7,14 @@ import time
 
 import pytest
 import redis
+from structlog.testing import capture_logs
 
 from alicom_sandbox.redis_server import RedisServer
 from consumer.errors import ConfigError, RetryLater
 from consumer.handlers.tracking import SendTracker as SendTrackerHandler
 from consumer.pipeline.decode import parse_object
 from consumer.receipts import Receipt, ReceiptMeta
+from consumer.reports.tasks import Outcome
 from consumer.reports.tracking import (
     SHANGHAI,
     SendTracker,
@@ -146,13 +148,14 @@ def _script_calls(client: redis.Redis) -> int:
     return int(stats.get("calls", 0)) - int(stats.get("failed_calls", 0))
 
 
-def test_handler_clears_in_one_round_trip_on_the_receipts_send_day_else_in_two(
+def test_handler_clears_a_batch_in_one_script_call_on_the_receipts_send_day_else_in_two(
         redis_server: RedisServer, tracker: SendTracker, redis_client: redis.Redis) -> None:
     yesterday = dt.datetime.now(SHANGHAI).replace(hour=0, minute=0, second=0,
                                                   microsecond=0) - dt.timedelta(days=1)
     on_time = yesterday + dt.timedelta(hours=9)
     tracker.record("1^0", "13800000001", on_time, out_id="order-1")
     tracker.record("1^0", "13800000002", on_time, out_id="order-2")
+    tracker.record("5^0", "13800000005", on_time)
     # Tracked two seconds before midnight, sent by the platform three seconds after it.
     tracker.record("2^0", "13800000003", yesterday - dt.timedelta(seconds=2), out_id="order-3")
     assert len(redis_client.keys("{alicom:track}:d:*")) == 2  # the out_ids, per send day
@@ -160,10 +163,14 @@ def test_handler_clears_in_one_round_trip_on_the_receipts_send_day_else_in_two(
     text = "%Y-%m-%d %H:%M:%S"
     try:
         before = _script_calls(redis_client)
-        handler.handle_batch([_report("1^0", "13800000001", send_time=on_time.strftime(text)),
-                              _report("1^0", "13800000002", send_time=on_time.strftime(text))])
-        assert _script_calls(redis_client) - before == 1  # no read of the send days first
+        handler.handle_batch([
+            _report("1^0", "13800000001", send_time=on_time.strftime(text)),
+            _report("5^0", "13800000005", send_time=on_time.strftime(text)),
+            _report("1^0", "13800000002", send_time=on_time.strftime(text))])
+        assert _script_calls(redis_client) - before == 1  # two send calls, no read first
         assert [s.biz_id for s in tracker.pending()] == ["2^0"]
+        assert sorted((t.task_id, t.delivered, t.status) for t in tracker.tasks.tasks()) == [
+            ("1^0", 2, "done"), ("2^0", 0, "sending"), ("5^0", 1, "done")]
 
         before = _script_calls(redis_client)
         late = (yesterday + dt.timedelta(seconds=3)).strftime(text)
@@ -173,6 +180,39 @@ def test_handler_clears_in_one_round_trip_on_the_receipts_send_day_else_in_two(
         handler.close()
     assert tracker.pending() == []
     assert redis_client.keys("{alicom:track}:d:*") == []  # every out_id went with its send
+
+
+def test_a_server_refusing_the_batch_script_gets_one_call_per_send_call_from_then_on(
+        redis_client: redis.Redis, tracker: SendTracker) -> None:
+    now = time.time()
+    for n in range(4):
+        tracker.record("%d^0" % (n // 2), "1380000000%d" % n, now)
+    # What Tair's proxy answers a script that reads its keys by index.
+    tracker._clear_on_day_batch = redis_client.register_script(
+        "return redis.error_reply('ERR bad lua script for redis cluster, all the keys that "
+        "the script uses should be passed using the KEYS array')")
+    outcomes = [Outcome("%d^0" % (n // 2), "1380000000%d" % n, True) for n in range(4)]
+    keys = [(o.biz_id, o.number) for o in outcomes]
+    with capture_logs() as logs:
+        assert tracker.clear_many(keys[:2], settle=outcomes[:2], sent_at=[now] * 2) == [
+            True, True]
+        before = _script_calls(redis_client)
+        assert tracker.clear_many(keys[2:], settle=outcomes[2:], sent_at=[now] * 2) == [
+            True, True]
+    assert _script_calls(redis_client) - before == 1  # one send call: one call, no retry
+    assert not tracker.one_call_per_batch
+    assert [e["event"] for e in logs] == ["tracking_batch_script_refused"]
+    assert [(t.delivered, t.pending) for t in tracker.tasks.tasks()] == [(2, 0), (2, 0)]
+
+
+def test_another_error_of_the_batch_script_is_raised_and_keeps_it_on(
+        redis_client: redis.Redis, tracker: SendTracker) -> None:
+    tracker._clear_on_day_batch = redis_client.register_script(
+        "return redis.error_reply('ERR out of memory')")
+    with pytest.raises(redis.ResponseError, match="out of memory"):
+        tracker.clear_many([("1^0", "13800000001")], settle=[
+            Outcome("1^0", "13800000001", True)], sent_at=[time.time()])
+    assert tracker.one_call_per_batch
 
 
 def test_handler_retries_when_redis_is_away() -> None:

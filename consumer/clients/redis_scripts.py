@@ -26,6 +26,7 @@ writes): one round trip to the node that owns its slot, ending with the same WAI
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,12 @@ class Replication:
 def replication(replicas: int, timeout_s: float) -> Replication | None:
     """The WAIT of a `wait_replicas` setting (`[dedup]`, a handler option); None for 0."""
     return Replication(replicas, max(1, round(timeout_s * 1000))) if replicas > 0 else None
+
+
+#: How a cluster proxy (Tair's) refuses a script whose keys lie in many slots, or that reads
+#: its keys by index (`KEYS[i]`): the callers that send such batch scripts fall back to one
+#: call per record (or group) from then on.
+BATCH_REFUSED = re.compile(r"same slot|CROSSSLOT|KEYS array|for redis cluster", re.IGNORECASE)
 
 
 class NotReplicatedError(redis.RedisError):

@@ -58,7 +58,13 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from consumer.clients.redis_client import RedisClient
-from consumer.clients.redis_scripts import Replication, ScriptCall, replication, run_calls
+from consumer.clients.redis_scripts import (
+    BATCH_REFUSED,
+    Replication,
+    ScriptCall,
+    replication,
+    run_calls,
+)
 from consumer.errors import TransientError
 from consumer.pipeline import dedup_scripts
 from consumer.settings import DedupSettings
@@ -335,7 +341,7 @@ class RedisDedupStore:
         try:
             return list(self._run(operation, [call], wait)[0])
         except TransientError as exc:
-            if not _REFUSED.search(str(exc)):
+            if not BATCH_REFUSED.search(str(exc)):
                 raise
             error = str(exc)
         self.one_call_per_batch = False
@@ -343,9 +349,6 @@ class RedisDedupStore:
                      note="one script call per record from now on (a cluster proxy?)")
         return None
 
-
-#: How a cluster proxy (Tair's) refuses a script whose keys lie in many slots.
-_REFUSED = re.compile(r"same slot|CROSSSLOT|KEYS array|for redis cluster", re.IGNORECASE)
 
 
 def _tags(reply: object) -> frozenset[str]:

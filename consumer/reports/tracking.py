@@ -27,7 +27,10 @@ QuerySendDetails covers, so that reconcile can still report a send it could not 
 Phone numbers are stored without a +86 / 0086 / 86 prefix (receipts carry them bare).
 Keys live under the hash-tagged prefix (`{alicom:track}:z`): one cluster slot. Each send's
 write is one Lua script call naming its keys in KEYS (legal on a Redis Cluster and through
-Tair's proxy); a batch is one round trip per node (`consumer.clients.redis_scripts`).
+Tair's proxy); a batch is one round trip per node (`consumer.clients.redis_scripts`). The
+send-tracker handler's receipts are cleared and settled by one script call per batch, which
+reads its keys by index (`consumer.reports.tracking_scripts`; one call per send call and day
+where a server refuses that).
 """
 
 from __future__ import annotations
@@ -39,123 +42,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import structlog
+
 from consumer.clients.redis_client import RedisClient, hash_tagged
-from consumer.clients.redis_scripts import ScriptCall, run_calls
+from consumer.clients.redis_scripts import BATCH_REFUSED, ScriptCall, run_calls
 from consumer.receipts import SHANGHAI, SHANGHAI_UTC_OFFSET_S
 from consumer.reports import delivery_stats, tasks
+from consumer.reports import tracking_scripts as scripts
 from consumer.reports.phone_ids import PhoneIds, normalise_phone, phone_ids
 from consumer.settings import TrackingSettings
 
 __all__ = ["SendTracker", "TrackedSend", "TrackingSettings", "normalise_phone"]
 
+log = structlog.get_logger(__name__)
+
 _SHANGHAI_OFFSET_S = SHANGHAI_UTC_OFFSET_S
 _DAY_S = 86400
-
-# Keys in KEYS only, written literally, all under the hash-tagged prefix (one slot per call):
-# see consumer.clients.redis_scripts.
-# KEYS[1] the sorted set. ARGV: cutoff (epoch s). Members sent before it go.
-_TRIM = """
-return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-"""
-
-# KEYS[1] the sorted set, KEYS[2] the send day's out_id hash. ARGV: member, score, out_id,
-# the day hash's EXPIREAT, the set's ttl (s). 1 when newly tracked, 0 when it was already
-# (its first record is kept).
-_RECORD = """
-local added = redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
-if added == 1 and ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-  redis.call('EXPIREAT', KEYS[2], ARGV[4])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return added
-"""
-
-# KEYS[1] the sorted set, KEYS[2] the send day's out_id hash. ARGV: member. 1 when cleared.
-_CLEAR = """
-local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-if removed == 1 then redis.call('HDEL', KEYS[2], ARGV[1]) end
-return removed
-"""
-
-# Clearing sends and settling their task numbers in one call per BizId and send day, when
-# the task keys share the tracked sends' slot (the default): _CLEAR, then consumer.reports
-# .tasks' settle script, over each receipt (kept literal: scripts are checked as text).
-# KEYS[1] the sorted set, KEYS[2] the send day's out_id hash, KEYS[3] t:<biz>, KEYS[4]
-# n:<biz>. ARGV: now, ttl, then per receipt: member, number, 'd' | 'f', err_code, reason.
-# Per receipt 1 when its send was cleared, else 0.
-_CLEAR_AND_SETTLE = """
-local out, moved = {}, false
-for i = 3, #ARGV, 5 do
-  local removed = redis.call('ZREM', KEYS[1], ARGV[i])
-  if removed == 1 then redis.call('HDEL', KEYS[2], ARGV[i]) end
-  out[#out + 1] = removed
-  if redis.call('HGET', KEYS[4], ARGV[i + 1]) == 'p' then
-    moved = true
-    if ARGV[i + 2] == 'd' then
-      redis.call('HSET', KEYS[4], ARGV[i + 1], 'd')
-      redis.call('HINCRBY', KEYS[3], 'delivered', 1)
-    else
-      redis.call('HSET', KEYS[4], ARGV[i + 1], 'f' .. ARGV[i + 3])
-      redis.call('HINCRBY', KEYS[3], 'failed', 1)
-      redis.call('HINCRBY', KEYS[3], 'fail:' .. ARGV[i + 3], 1)
-      redis.call('HINCRBY', KEYS[3], 'why:' .. ARGV[i + 4], 1)
-    end
-  end
-end
-if moved then
-  redis.call('HSET', KEYS[3], 'updated', ARGV[1])
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
-  redis.call('EXPIRE', KEYS[4], ARGV[2])
-end
-return out
-"""
-
-# The same in one round trip, with the send day guessed from the receipts' send time: a
-# send tracked on another day is left for a second call (_CLEAR) with its day's hash.
-# KEYS as above, KEYS[2] the guessed day's hash. ARGV: now, ttl, the guessed day's first and
-# after-last second (epoch), then per receipt as above. Per receipt 1 when its send was
-# cleared, 0 when it was not tracked, its score (a string) when sent on another day.
-_CLEAR_ON_DAY_AND_SETTLE = """
-local out, moved = {}, false
-local first, after = tonumber(ARGV[3]), tonumber(ARGV[4])
-for i = 5, #ARGV, 5 do
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if not score then
-    out[#out + 1] = 0
-  elseif tonumber(score) >= first and tonumber(score) < after then
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    redis.call('HDEL', KEYS[2], ARGV[i])
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = score
-  end
-  if redis.call('HGET', KEYS[4], ARGV[i + 1]) == 'p' then
-    moved = true
-    if ARGV[i + 2] == 'd' then
-      redis.call('HSET', KEYS[4], ARGV[i + 1], 'd')
-      redis.call('HINCRBY', KEYS[3], 'delivered', 1)
-    else
-      redis.call('HSET', KEYS[4], ARGV[i + 1], 'f' .. ARGV[i + 3])
-      redis.call('HINCRBY', KEYS[3], 'failed', 1)
-      redis.call('HINCRBY', KEYS[3], 'fail:' .. ARGV[i + 3], 1)
-      redis.call('HINCRBY', KEYS[3], 'why:' .. ARGV[i + 4], 1)
-    end
-  end
-end
-if moved then
-  redis.call('HSET', KEYS[3], 'updated', ARGV[1])
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
-  redis.call('EXPIRE', KEYS[4], ARGV[2])
-end
-return out
-"""
-
-# KEYS[1] the sorted set. ARGV: members. Their scores (send times), nil when not tracked.
-_SCORES = """
-return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class TrackedSend:
@@ -202,12 +104,16 @@ class SendTracker:
         self._settings = settings or TrackingSettings()
         self._tag = hash_tagged(self._settings.key_prefix)
         self._zset = self._tag + ":z"
-        self._trim = client.register_script(_TRIM)
-        self._record = client.register_script(_RECORD)
-        self._clear = client.register_script(_CLEAR)
-        self._scores = client.register_script(_SCORES)
-        self._clear_and_settle = client.register_script(_CLEAR_AND_SETTLE)
-        self._clear_on_day = client.register_script(_CLEAR_ON_DAY_AND_SETTLE)
+        self._trim = client.register_script(scripts.TRIM)
+        self._record = client.register_script(scripts.RECORD)
+        self._clear = client.register_script(scripts.CLEAR)
+        self._scores = client.register_script(scripts.SCORES)
+        self._clear_and_settle = client.register_script(scripts.CLEAR_AND_SETTLE)
+        self._clear_on_day = client.register_script(scripts.CLEAR_ON_DAY_AND_SETTLE)
+        self._clear_on_day_batch = client.register_script(scripts.CLEAR_ON_DAY_AND_SETTLE_MANY)
+        #: A batch's receipts cleared and settled in one script call (False once a server
+        #: refused that script: then one call per send call and day).
+        self.one_call_per_batch = True
         self.ids = ids or phone_ids(self._settings.hash_numbers)
         self.tasks = tasks.TaskStore(client, self._settings.tasks_prefix, self._settings.ttl_s)
 
@@ -314,40 +220,64 @@ class SendTracker:
 
     def _clear_on_day_many(self, members: Sequence[str], settle: Sequence[tasks.Outcome],
                            sent_at: Sequence[float]) -> list[bool]:
-        """One script call per (guessed send day, BizId) group; then `_CLEAR` for the sends
-        the guess missed (tracked on another day: around midnight, or a receipt without a
-        readable send time)."""
+        """One script call for the batch (else one per guessed send day and BizId: see
+        `one_call_per_batch`); then `CLEAR` for the sends the guess missed (tracked on another
+        day: around midnight, or a receipt without a readable send time)."""
         groups: dict[tuple[int, str], list[int]] = {}
         for i, at in enumerate(sent_at):
             groups.setdefault((int((at + _SHANGHAI_OFFSET_S) // _DAY_S), settle[i].biz_id),
                               []).append(i)
         now, ttl = int(time.time()), int(self._settings.ttl_s)
-        calls = []
-        for (day, biz), indexes in groups.items():
-            first = day * _DAY_S - _SHANGHAI_OFFSET_S
-            args: list[Any] = [now, ttl, first, first + _DAY_S]
-            for i in indexes:
-                args += [members[i], *tasks.settle_fields(settle[i])]
-            calls.append(ScriptCall(self._clear_on_day,
-                                    [self._zset, self._day_key(day), *self.tasks.keys_of(biz)],
-                                    args))
+        answers = self._batch_answers(groups, members, settle, now, ttl)
+        if answers is None:
+            calls = []
+            for (day, biz), indexes in groups.items():
+                first = day * _DAY_S - _SHANGHAI_OFFSET_S
+                args: list[Any] = [now, ttl, first, first + _DAY_S]
+                for i in indexes:
+                    args += [members[i], *tasks.settle_fields(settle[i])]
+                calls.append(ScriptCall(self._clear_on_day, [
+                    self._zset, self._day_key(day), *self.tasks.keys_of(biz)], args))
+            answers = [answer for reply in run_calls(self._client, calls)
+                       for answer in _listed(reply)]
         out = [False] * len(members)
         missed: list[tuple[int, str]] = []  # (index, the day key its send was tracked on)
-        for indexes, reply in zip(groups.values(), run_calls(self._client, calls), strict=True):
-            if isinstance(reply, Exception):
-                raise reply
-            for i, answer in zip(indexes, reply, strict=True):
-                if isinstance(answer, bytes | str):
-                    day = int((float(answer) + _SHANGHAI_OFFSET_S) // _DAY_S)
-                    missed.append((i, self._day_key(day)))
-                else:
-                    out[i] = bool(answer)
+        order = [i for indexes in groups.values() for i in indexes]
+        for i, answer in zip(order, answers, strict=True):
+            if isinstance(answer, bytes | str):
+                day = int((float(answer) + _SHANGHAI_OFFSET_S) // _DAY_S)
+                missed.append((i, self._day_key(day)))
+            else:
+                out[i] = bool(answer)
         if missed:
             again = run_calls(self._client, [ScriptCall(self._clear, [self._zset, day],
                                                         [members[i]]) for i, day in missed])
             for (i, _), reply in zip(missed, again, strict=True):
                 out[i] = _flag(reply)
         return out
+
+    def _batch_answers(self, groups: dict[tuple[int, str], list[int]],
+                       members: Sequence[str], settle: Sequence[tasks.Outcome], now: int,
+                       ttl: int) -> list[Any] | None:
+        """The batch script's answer per receipt (in group order); None when it is off or
+        the server refused it (nothing ran): then this and every later batch go per group."""
+        if not self.one_call_per_batch:
+            return None
+        keys, args = [self._zset], list[Any]([now, ttl, len(groups)])
+        for (day, biz), indexes in groups.items():
+            keys += [self._day_key(day), *self.tasks.keys_of(biz)]
+            args += [day * _DAY_S - _SHANGHAI_OFFSET_S, len(indexes)]
+            for i in indexes:
+                args += [members[i], *tasks.settle_fields(settle[i])]
+        [reply] = run_calls(self._client, [ScriptCall(self._clear_on_day_batch, keys, args)])
+        if not isinstance(reply, Exception):
+            return list(reply)
+        if not BATCH_REFUSED.search(str(reply)):
+            raise reply
+        self.one_call_per_batch = False
+        log.warning("tracking_batch_script_refused", error=str(reply),
+                    note="one script call per send call and day from now on (a cluster proxy?)")
+        return None
 
     def _day_key(self, day: int) -> str:
         return f"{self._tag}:d:{day}"
@@ -374,6 +304,13 @@ class SendTracker:
     def count(self) -> int:
         """How many sends are tracked (pending), whatever their age."""
         return int(self._client.zcard(self._zset))
+
+
+def _listed(reply: Any) -> list[Any]:
+    """A script call's list answer; an error Redis answered with is raised."""
+    if isinstance(reply, Exception):
+        raise reply
+    return list(reply)
 
 
 def _flag(reply: Any) -> bool:
