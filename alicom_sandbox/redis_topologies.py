@@ -7,6 +7,11 @@
   service ``alicom``; `SentinelSetup.failover()` runs ``SENTINEL FAILOVER`` and waits until
   the sentinels report the replica as the new primary.
 
+Either can run with TLS (``tls=True``): every process also listens on a TLS port with a
+self-signed certificate for 127.0.0.1 made by ``openssl`` (`Tls`), they talk TLS to each
+other, and ``url`` is the ``rediss+...`` form naming that certificate as its CA; the plain
+ports stay open for the set-up's own checks.
+
 Same binary as `alicom_sandbox.redis_server` (Debian's redis-server; sentinels are
 ``redis-server --sentinel``). Nothing is persisted; every process is killed on exit.
 """
@@ -29,9 +34,19 @@ import redis
 
 from alicom_sandbox.redis_server import free_port
 
-__all__ = ["ClusterSetup", "SentinelSetup", "running_cluster", "running_sentinel"]
+__all__ = ["ClusterSetup", "SentinelSetup", "Tls", "running_cluster", "running_sentinel"]
 
 SERVICE = "alicom"
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """`count` distinct `_cluster_port`s, none another's bus port."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = _cluster_port()
+        if not {port, port + 10000, port - 10000} & set(ports):
+            ports.append(port)
+    return ports
 
 
 def _cluster_port() -> int:
@@ -98,14 +113,53 @@ class _Processes:
             process.wait(10)
 
 
+@dataclass(frozen=True)
+class Tls:
+    """A self-signed certificate for 127.0.0.1 (made with openssl), which is its own CA."""
+
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, workdir: Path) -> Tls:
+        cert, key = workdir / "tls-cert.pem", workdir / "tls-key.pem"
+        subprocess.run(  # noqa: S603 - fixed arguments
+            [_binary("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        return cls(cert, key)
+
+    def server_args(self, tls_port: int) -> list[str]:
+        """A plain port stays open beside the TLS one, for the set-up's own checks."""
+        return ["--tls-port", str(tls_port), "--tls-cert-file", str(self.cert),
+                "--tls-key-file", str(self.key), "--tls-ca-cert-file", str(self.cert),
+                "--tls-auth-clients", "no", "--tls-replication", "yes"]
+
+    @property
+    def query(self) -> str:
+        return f"?ssl_ca_certs={self.cert}"
+
+
 @dataclass
 class ClusterSetup:
+    """`ports` are the plain ports; with `tls`, `tls_ports[port]` is each node's TLS port,
+    the one the URL names, the nodes announce to TLS clients and the cluster bus uses."""
+
     ports: list[int]
     procs: _Processes
+    tls: Tls | None = None
+    tls_ports: dict[int, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:3])
+        if self.tls is None:
+            return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:3])
+        hosts = ",".join(f"127.0.0.1:{self.tls_ports[p]}" for p in self.ports[:3])
+        return f"rediss+cluster://{hosts}{self.tls.query}"
+
+    def _plain(self, port: int) -> int:
+        return next((p for p, t in self.tls_ports.items() if t == port), port)
 
     def client(self) -> redis.RedisCluster:
         return redis.RedisCluster(host="127.0.0.1", port=self.ports[0])
@@ -119,11 +173,12 @@ class ClusterSetup:
         promoted port."""
         master = self.masters()[0] if master is None else master
         info = redis.Redis(port=master).info("replication")
-        replica = int(info["slave0"]["port"])
+        replica = self._plain(int(info["slave0"]["port"]))
         # The master only heeds a replica's failover request once gossip told it that the
         # node is its replica; a request before that times out unheard (5 s), so wait for it
         # and ask again if one does anyway.
-        _wait(lambda: _knows_replica(master, replica), f"master {master} knowing {replica}")
+        _wait(lambda: _knows_replica(master, {replica, self.tls_ports.get(replica, 0)}),
+              f"master {master} knowing {replica}")
         for attempt in range(3):
             redis.Redis(port=replica).cluster("failover")
             try:
@@ -145,25 +200,34 @@ class ClusterSetup:
 
 
 @contextmanager
-def running_cluster(masters: int = 3, replicas_per_master: int = 1) -> Iterator[ClusterSetup]:
-    """A fresh cluster of `masters` x (1 + `replicas_per_master`) nodes; see the docstring."""
+def running_cluster(masters: int = 3, replicas_per_master: int = 1,
+                    tls: bool = False) -> Iterator[ClusterSetup]:
+    """A fresh cluster of `masters` x (1 + `replicas_per_master`) nodes; see the docstring.
+    `tls`: the nodes also listen with TLS and talk TLS among themselves (`ClusterSetup`)."""
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="alicom-cluster-"))
         stack.callback(shutil.rmtree, workdir, True)
         procs = _Processes(workdir)
         stack.callback(procs.stop_all)
-        ports = [_cluster_port() for _ in range(masters * (1 + replicas_per_master))]
+        nodes = masters * (1 + replicas_per_master)
+        drawn = _cluster_ports(nodes * 2 if tls else nodes)
+        ports = drawn[:nodes]
+        certificate = Tls.make(workdir) if tls else None
+        tls_ports = dict(zip(ports, drawn[nodes:], strict=True)) if certificate else {}
         for port in ports:
+            extra = ([*certificate.server_args(tls_ports[port]), "--tls-cluster", "yes"]
+                     if certificate else [])
             procs.start(port, "--cluster-enabled", "yes", "--cluster-config-file",
                         f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
                         # no 5 s wait for more replicas before a first sync starts
-                        "--repl-diskless-sync-delay", "0")
+                        "--repl-diskless-sync-delay", "0", *extra)
+        client_tls = ["--tls", "--cacert", str(certificate.cert)] if certificate else []
         subprocess.run(  # noqa: S603 - fixed arguments
             [_binary("redis-cli"), "--cluster", "create",
-             *[f"127.0.0.1:{p}" for p in ports],
-             "--cluster-replicas", str(replicas_per_master), "--cluster-yes"],
+             *[f"127.0.0.1:{tls_ports.get(p, p)}" for p in ports],
+             "--cluster-replicas", str(replicas_per_master), "--cluster-yes", *client_tls],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-        setup = ClusterSetup(ports, procs)
+        setup = ClusterSetup(ports, procs, certificate, tls_ports)
         _wait(setup._agreed, "the new cluster agreeing on its slot map")
         # Replicas attach asynchronously, and an attached one counts for WAIT only once its
         # first sync is done ("online"): a failover test and `wait_replicas` need that.
@@ -174,18 +238,29 @@ def running_cluster(masters: int = 3, replicas_per_master: int = 1) -> Iterator[
 
 @dataclass
 class SentinelSetup:
+    """Ports are the plain ones; with `tls`, `tls_ports[port]` is each process's TLS port:
+    the URL names the sentinels' and the sentinels watch the data nodes' (so report those)."""
+
     primary_port: int
     replica_port: int
     sentinel_ports: list[int]
     procs: _Processes
+    tls: Tls | None = None
+    tls_ports: dict[int, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        hosts = ",".join(f"127.0.0.1:{self.tls_ports.get(p, p)}" for p in self.sentinel_ports)
+        if self.tls is None:
+            return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        return f"rediss+sentinel://{hosts}/{SERVICE}/0{self.tls.query}"
 
     def current_primary(self) -> int:
-        return _primary_port(self.sentinel_ports[0])
+        """The plain port of the primary the sentinels report."""
+        return self._plain(_primary_port(self.sentinel_ports[0]))
+
+    def _plain(self, port: int) -> int:
+        return next((p for p, t in self.tls_ports.items() if t == port), port)
 
     def failover(self) -> int:
         """SENTINEL FAILOVER; returns the new primary's port once every sentinel reports it."""
@@ -193,7 +268,7 @@ class SentinelSetup:
         redis.Redis(port=self.sentinel_ports[0]).sentinel_failover(SERVICE)
 
         def moved() -> bool:
-            addrs = {_primary_port(s) for s in self.sentinel_ports}
+            addrs = {self._plain(_primary_port(s)) for s in self.sentinel_ports}
             if len(addrs) != 1 or old in addrs:
                 return False
             return bool(redis.Redis(port=addrs.pop()).info("replication")["role"] == "master")
@@ -205,10 +280,11 @@ class SentinelSetup:
         return self.current_primary()
 
 
-def _knows_replica(master: int, replica: int) -> bool:
+def _knows_replica(master: int, replica: set[int]) -> bool:
+    """Whether the master's cluster view lists the replica (by any of its `replica` ports)."""
     node = redis.Redis(port=master, decode_responses=True)
     listed = node.cluster("replicas", node.cluster("myid"))  # redis-py: {"host:port": {...}}
-    return any(address.endswith(f":{replica}") for address in listed)
+    return any(int(address.rpartition(":")[2]) in replica for address in listed)
 
 
 def _replicas_online(port: int) -> int:
@@ -235,27 +311,35 @@ def _sentinel_view(sentinel_port: int) -> dict[str, Any]:
 
 
 @contextmanager
-def running_sentinel(sentinels: int = 3) -> Iterator[SentinelSetup]:
-    """A primary, a replica and `sentinels` sentinels (quorum 2); see the module docstring."""
+def running_sentinel(sentinels: int = 3, tls: bool = False) -> Iterator[SentinelSetup]:
+    """A primary, a replica and `sentinels` sentinels (quorum 2); see the module docstring.
+    `tls`: every process also listens with TLS, and they talk TLS to each other."""
     with ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="alicom-sentinel-"))
         stack.callback(shutil.rmtree, workdir, True)
         procs = _Processes(workdir)
         stack.callback(procs.stop_all)
         primary, replica = free_port(), free_port()
-        procs.start(primary)
-        procs.start(replica, "--replicaof", "127.0.0.1", str(primary))
+        ports = [free_port() for _ in range(sentinels)]
+        certificate = Tls.make(workdir) if tls else None
+        tls_ports = {p: free_port() for p in (primary, replica, *ports)} if certificate else {}
+
+        def tls_args(port: int) -> list[str]:
+            return certificate.server_args(tls_ports[port]) if certificate else []
+
+        procs.start(primary, *tls_args(primary))
+        procs.start(replica, "--replicaof", "127.0.0.1", str(tls_ports.get(primary, primary)),
+                    *tls_args(replica))
         _wait(lambda: redis.Redis(port=replica).info("replication")["master_link_status"]
               == "up", "the replica syncing")
-        ports = [free_port() for _ in range(sentinels)]
         for port in ports:
             conf = workdir / f"sentinel-{port}.conf"
             conf.write_text(
-                f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 2\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {tls_ports.get(primary, primary)} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} 2000\n"
                 f"sentinel failover-timeout {SERVICE} 10000\n")
-            procs.start(port, sentinel_conf=conf)
-        setup = SentinelSetup(primary, replica, ports, procs)
+            procs.start(port, *tls_args(port), sentinel_conf=conf)
+        setup = SentinelSetup(primary, replica, ports, procs, certificate, tls_ports)
         _wait(lambda: all(
             int(_sentinel_view(s)["num-other-sentinels"]) == sentinels - 1
             and int(_sentinel_view(s)["num-slaves"]) >= 1 for s in ports),

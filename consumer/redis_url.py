@@ -12,6 +12,10 @@ Accepted forms (every command and every Redis-backed handler reads the same ones
   a Redis Cluster (or Tair in direct-connection mode); the hosts are start-up nodes, the rest
   is discovered.
 
+With TLS (``rediss+...``) the servers' certificates are checked against the system's CAs, or
+the ones in the file the ``ssl_ca_certs`` query option names (``?ssl_ca_certs=/path/ca.pem``:
+a managed Redis's own CA), for the data nodes and the sentinels alike.
+
 Parsing is pure (nothing connects); `parse_redis_url` raises a one-line `ConfigError` that
 never contains the password.
 """
@@ -35,7 +39,7 @@ _SCHEMES: dict[str, tuple[Mode, bool]] = {
     "redis+cluster": ("cluster", False), "rediss+cluster": ("cluster", True),
 }
 _DEFAULT_PORT = {"sentinel": 26379, "cluster": 6379}
-_QUERY_OPTIONS = frozenset({"sentinel_password"})
+_QUERY_OPTIONS = frozenset({"sentinel_password", "ssl_ca_certs"})
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
@@ -53,6 +57,7 @@ class RedisTarget:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     sentinel_password: str | None = field(default=None, repr=False)
+    ssl_ca_certs: str | None = None
 
 
 class _UrlProblemError(ValueError):
@@ -89,12 +94,15 @@ def _parse(url: str) -> RedisTarget:
     mode, tls = _SCHEMES[scheme.lower()]
     if mode == "standalone":
         return _standalone(url, tls)
-    netloc, _, tail = rest.partition("/")
-    path, _, query = tail.partition("?")
+    rest, _, query = rest.partition("?")  # first: a query's file path holds "/"
+    netloc, _, path = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
     username, password = _credentials(userinfo) if at else (None, None)
     nodes = tuple(_node(part, _DEFAULT_PORT[mode]) for part in hosts.split(","))
     options = _options(query)
+    ca_certs = options.get("ssl_ca_certs")
+    if ca_certs is not None and not tls:
+        raise _UrlProblemError(f"has ssl_ca_certs, but {scheme}:// is not TLS (rediss+...)")
     segments = [urllib.parse.unquote(s) for s in path.split("/") if s]
     if mode == "sentinel":
         if not segments:
@@ -104,10 +112,11 @@ def _parse(url: str) -> RedisTarget:
             raise _UrlProblemError("has a path other than /service_name[/db]")
         db = _db(segments[1]) if len(segments) == 2 else 0
         return RedisTarget(mode, tls, url, nodes, segments[0], db, username, password,
-                           options.get("sentinel_password"))
+                           options.get("sentinel_password"), ca_certs)
     if segments:
         raise _UrlProblemError("has a path, but a cluster has only db 0 (no /db)")
-    return RedisTarget(mode, tls, url, nodes, username=username, password=password)
+    return RedisTarget(mode, tls, url, nodes, username=username, password=password,
+                       ssl_ca_certs=ca_certs)
 
 
 def _standalone(url: str, tls: bool) -> RedisTarget:

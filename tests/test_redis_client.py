@@ -3,6 +3,7 @@ password in any error."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -21,7 +22,7 @@ from consumer.clients.redis_scripts import NotReplicatedError, replication
 from consumer.errors import ConfigError, TransientError
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
 from consumer.pipeline.decode import parse_object
-from consumer.pipeline.dedup import Completion, DedupSettings, RedisDedupStore
+from consumer.pipeline.dedup import ClaimState, Completion, DedupSettings, RedisDedupStore
 from consumer.receipts import SHANGHAI, ReceiptMeta
 from consumer.redis_url import parse_redis_url, redis_url_problems
 from consumer.reports.delivery_stats import StatsWriter, read_hours
@@ -42,6 +43,16 @@ def test_cluster_urls_list_start_up_nodes() -> None:
     target = parse_redis_url("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2")
     assert (target.mode, target.tls, target.password) == ("cluster", False, "pw")
     assert target.nodes == (("10.0.0.1", 7000), ("10.0.0.2", 6379))
+
+
+def test_tls_urls_may_name_the_ca_file_of_a_managed_redis() -> None:
+    target = parse_redis_url("rediss+cluster://n1:7000,n2?ssl_ca_certs=/etc/ssl/tair/ca.pem")
+    assert (target.tls, target.ssl_ca_certs) == (True, "/etc/ssl/tair/ca.pem")
+    assert target.nodes == (("n1", 7000), ("n2", 6379))
+    target = parse_redis_url("rediss+sentinel://s1/m/2?ssl_ca_certs=/ca.pem&sentinel_password=x")
+    assert (target.service_name, target.db, target.ssl_ca_certs) == ("m", 2, "/ca.pem")
+    with pytest.raises(ConfigError, match=r"has ssl_ca_certs, but redis\+cluster:// is not TLS"):
+        parse_redis_url("redis+cluster://n1?ssl_ca_certs=/ca.pem")
 
 
 @pytest.mark.parametrize(("url", "problem"), [
@@ -190,6 +201,35 @@ def test_wait_replicas_confirms_statistics_and_a_batch_recorded_again_counts_onc
     assert read_hours(replica, hour, 1, "wait-stats")[0].delivered == 1
     with pytest.raises(ValueError, match="needs once-markers"):
         StatsWriter(client, "wait-stats", once_ttl_s=0, wait=replication(1, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"])
+def test_tls_sentinel_and_cluster_urls_work_across_a_failover_and_check_the_certificate(
+        topology: str) -> None:
+    """Every process listens with a self-signed certificate (and talks TLS to the others);
+    the URL names it as its CA. The same URL without it fails: the certificate is checked."""
+    setup: SentinelSetup | ClusterSetup
+    with (running_sentinel(tls=True) if topology == "sentinel"
+          else running_cluster(tls=True)) as setup:
+        url = setup.url
+        assert url.startswith(f"rediss+{topology}://") and "?ssl_ca_certs=" in url
+        store = RedisDedupStore(connect(url, socket_timeout_s=5),
+                                DedupSettings(wait_replicas=1, wait_timeout_s=2))
+        assert store.claim(["before"], "me", 30) == [ClaimState.CLAIMED]
+        setup.failover()
+        claimed = None
+        for _ in range(5):  # the first claims after it may be unconfirmed (TransientError)
+            try:
+                claimed = store.claim([f"after-{n}" for n in range(16)], "me", 30)
+                break
+            except TransientError:
+                time.sleep(0.2)
+        assert claimed == [ClaimState.CLAIMED] * 16
+        # (a cluster client says why; a sentinel client only that no sentinel answered)
+        with pytest.raises(redis.ConnectionError,
+                           match=r"certificate verify failed|No master found"):
+            connect(url.partition("?")[0], socket_timeout_s=2).ping()
 
 
 def _replica_port(setup: SentinelSetup) -> int:

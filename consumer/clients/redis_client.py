@@ -161,6 +161,8 @@ def connect_async(url: str, *, socket_timeout_s: float, connect_timeout_s: float
 
 def _auth(target: RedisTarget) -> dict[str, Any]:
     auth: dict[str, Any] = {"ssl": target.tls}
+    if target.ssl_ca_certs:
+        auth["ssl_ca_certs"] = target.ssl_ca_certs
     if target.username:
         auth["username"] = target.username
     if target.password is not None:
@@ -174,6 +176,8 @@ def _sentinel_kwargs(target: RedisTarget, common: dict[str, Any]) -> dict[str, A
         "socket_timeout": common["socket_timeout"],
         "socket_connect_timeout": common["socket_connect_timeout"], "ssl": target.tls,
     }
+    if target.ssl_ca_certs:
+        kwargs["ssl_ca_certs"] = target.ssl_ca_certs
     if target.sentinel_password:
         kwargs["password"] = target.sentinel_password
     return kwargs
