@@ -265,11 +265,28 @@ def log_fields(receipt: Receipt | None) -> dict[str, str]:
     its phone number masked (`phone="138****0001"`); {} without a receipt."""
     if receipt is None:
         return {}
-    names = typed_field_names(type(receipt))
-    out: dict[str, str] = {name: str(getattr(receipt, name)) for name in _PLAIN_FIELDS
-                           if name in names and getattr(receipt, name)}
-    for name in _PHONE_FIELDS:
-        if name in names and getattr(receipt, name):
-            out["phone"] = mask_phone(str(getattr(receipt, name)))
+    plain, phones = _LOG_FIELDS.get(type(receipt)) or _log_fields_of(type(receipt))
+    out: dict[str, str] = {}
+    for name in plain:
+        value = getattr(receipt, name)
+        if value:
+            out[name] = str(value)
+    for name in phones:
+        value = getattr(receipt, name)
+        if value:
+            out["phone"] = mask_phone(str(value))
             break
     return out
+
+
+#: Per receipt class, its `_PLAIN_FIELDS` and `_PHONE_FIELDS` (a line per receipt: looked
+#: up once per class, not per line).
+_LOG_FIELDS: dict[type[Receipt], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _log_fields_of(cls: type[Receipt]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    names = typed_field_names(cls)
+    # A benign race: two threads may both compute the same pair.
+    found = _LOG_FIELDS[cls] = (tuple(n for n in _PLAIN_FIELDS if n in names),
+                                tuple(n for n in _PHONE_FIELDS if n in names))
+    return found
