@@ -125,6 +125,20 @@ def test_failures_dead_letter_with_their_reason() -> None:
     assert run.settled[2].reason.endswith("max_attempts 2 reached: ValueError: db down")
 
 
+def test_a_lone_handler_that_succeeded_is_the_line_itself_any_other_gets_handlers() -> None:
+    @handler
+    def picky(receipt: SmsReport) -> None:
+        if not receipt.success:
+            raise PermanentFailure("unknown customer")
+
+    run = HandlerTest(picky).deliver([sample("SmsReport"), sample("SmsReport-failed")])
+
+    ok, failed = [e for e in run.logs if e["event"] == "receipt_settled"]
+    assert (ok["handler"], ok["outcome"], ok["handlers"]) == ("picky", "handled", None)
+    assert [(h["handler"], h["outcome"]) for h in failed["handlers"]] == [
+        ("picky", "permanent")]
+
+
 def test_the_global_delivery_limit_dead_letters_an_endless_retry() -> None:
     @handler
     def never(receipt: SmsUp) -> None:
