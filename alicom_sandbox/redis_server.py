@@ -43,7 +43,7 @@ class RedisServer:
 
     def start_again(self) -> None:
         self.process = _spawn(self.port, self.workdir, self.persistent)
-        _wait_ready(self.port)
+        _wait_ready(self.port, self.process)
 
 
 def _spawn(port: int, workdir: str, persistent: bool = False) -> subprocess.Popen[bytes]:
@@ -60,17 +60,27 @@ def _spawn(port: int, workdir: str, persistent: bool = False) -> subprocess.Pope
     )
 
 
-def _wait_ready(port: int, timeout_s: float = 10.0) -> None:
+def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """Waits until `process` itself answers on `port`. The port was free when picked, but
+    another process may take it before redis-server binds (or while a stopped server is
+    down): then this server exits, and whatever answers there is not ours, so it is an error,
+    never a silent switch to someone else's data."""
     deadline = time.monotonic() + timeout_s
-    client = redis.Redis(host="127.0.0.1", port=port)
-    while True:
-        try:
-            if client.ping():
-                return
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+    with redis.Redis(host="127.0.0.1", port=port) as client:
+        while process.poll() is None:
+            try:
+                served_by = int(client.info("server")["process_id"])
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+                continue
+            if served_by != process.pid:
+                break
+            return
+    process.kill()
+    process.wait(10)
+    raise RuntimeError(f"redis-server could not listen on 127.0.0.1:{port}: the port is taken")
 
 
 @contextmanager
@@ -80,7 +90,7 @@ def running_redis(persistent: bool = False) -> Iterator[RedisServer]:
     port = free_port()
     server = RedisServer(port, _spawn(port, workdir, persistent), workdir, persistent)
     try:
-        _wait_ready(port)
+        _wait_ready(port, server.process)
         yield server
     finally:
         if server.process.poll() is None:
