@@ -62,6 +62,7 @@ import dataclasses
 import functools
 import hashlib
 import inspect
+import operator
 import re
 import types as pytypes
 import typing
@@ -412,4 +413,9 @@ def worst(outcomes: Sequence[HandlerOutcome]) -> HandlerOutcome:
     """permanent > retry > ok; among equals the longest delay, then the slowest call."""
     if len(outcomes) == 1:  # the usual case: one handler per type
         return outcomes[0]
+    if all(o.kind == "ok" for o in outcomes):  # the usual case of several: no delays
+        return max(outcomes, key=_DURATION)
     return max(outcomes, key=lambda o: (_SEVERITY[o.kind], o.delay_s or 0.0, o.duration_s))
+
+
+_DURATION = operator.attrgetter("duration_s")

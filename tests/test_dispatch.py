@@ -172,6 +172,13 @@ def test_worst_prefers_the_longest_retry_delay() -> None:
     assert worst([short, ok, long]) is long
 
 
+def test_worst_of_several_successes_is_the_slowest() -> None:
+    fast, slow = HandlerOutcome("ok", "a", "", None, 0.1), HandlerOutcome("ok", "b", "", None, 2.0)
+
+    assert worst([fast, slow, fast]) is slow
+    assert worst([slow, HandlerOutcome("permanent", "c", "bad", None, 0.0)]).kind == "permanent"
+
+
 class Batcher:
     """Records each sub-batch; fails the receipts named in `retry` / `fail`."""
 

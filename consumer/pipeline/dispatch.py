@@ -287,7 +287,7 @@ class Dispatcher:
         batch = call.batch
         due: list[tuple[int, list[HandlerOutcome]]] = []
         for index, outcome in zip(unit.indexes, outcomes, strict=True):
-            batch.results[index].append(under_policy(
+            batch.results[index].append(outcome if outcome.kind != "retry" else under_policy(
                 outcome, batch.receipts[index].meta.dequeue_count,
                 self._policies.get(outcome.handler), self._global))
             batch.owed[index] -= 1
