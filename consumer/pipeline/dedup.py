@@ -223,6 +223,9 @@ class RedisDedupStore:
         # or a server that refuses such a call (Tair's proxy behind a plain redis:// URL:
         # its keys lie in many slots), one single-key call per record (module docstring).
         self.one_call_per_batch = not isinstance(client, RedisCluster)
+        # Set when the server refused a script over many slots: it would refuse a claim with
+        # its legacy name (two slots) too, and no earlier version could run there.
+        self.multi_slot_refused = False
 
     def redis_key(self, key: str) -> str:
         """The Redis key that holds the record of dedup key ``key``."""
@@ -243,7 +246,7 @@ class RedisDedupStore:
         lease_ms = _milliseconds(lease_s, "lease_s")
         if legacy and len(legacy) != len(keys):
             raise ValueError("legacy must name one record per key")
-        if isinstance(self._client, RedisCluster):
+        if isinstance(self._client, RedisCluster) or self.multi_slot_refused:
             legacy = ()  # the version that wrote them ran on a single Redis only
         args: list[int | str] = [owner, lease_ms, "1"] if legacy else [owner, lease_ms]
         replies, repeated = self._batch("claim", keys, owner, (self._claim, self._claim_many),
@@ -317,6 +320,8 @@ class RedisDedupStore:
         if scripts[1] is not None and self.one_call_per_batch and names:
             replies = self._one_call(operation, ScriptCall(scripts[1], names + old, args), wait)
         if replies is None:
+            if self.multi_slot_refused:
+                old, args = [], args[:2] if legacy else args  # no legacy name, nor its flag
             calls = [ScriptCall(scripts[0], [name, *old[n:n + 1]], args)
                      for n, name in enumerate(names)]
             replies = self._run(operation, calls, wait)
@@ -344,7 +349,7 @@ class RedisDedupStore:
             if not BATCH_REFUSED.search(str(exc)):
                 raise
             error = str(exc)
-        self.one_call_per_batch = False
+        self.one_call_per_batch, self.multi_slot_refused = False, True
         _log.warning("dedup_batch_script_refused", error=error,
                      note="one script call per record from now on (a cluster proxy?)")
         return None
