@@ -21,12 +21,18 @@ demo: $(STAMP)
 # report page's browser test, Debian's prometheus for the dashboard and alert tests), runs
 # the lint, then the whole suite on the default python3, then the unit tests on every other
 # supported Python (.ci/test-pythons: 3.10-3.13 from pyenv or PATH, each in .venv-py3.X).
+# The suite runs in TEST_WORKERS processes (pytest-xdist; a file's tests stay in one process,
+# so its module-scoped servers start once): its e2e tests mostly wait on their own processes.
+# Every test starts its own servers on free ports in its own directories, so they can share a
+# machine; the few marked `alone` (a tight clock under load) run afterwards, one at a time.
+TEST_WORKERS ?= 3
 test: lint
 	bash .ci/ensure-redis
 	bash .ci/ensure-postgres
 	bash .ci/ensure-chromium
 	bash .ci/ensure-prometheus
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not alone"
+	$(PY) -m pytest -q -m alone
 	bash .ci/test-pythons
 
 # The dependency ranges' floors: every dependency at its lowest allowed version (not in CI).

@@ -75,6 +75,7 @@ def _systemd_default_fd_limit() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # the platform's 700 ms answer limit, measured
 def test_1100_half_open_connections_do_not_delay_a_real_push_past_700_ms(
         redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path) -> None:
     port = free_port()
@@ -157,6 +158,7 @@ def test_past_the_connection_cap_the_oldest_idle_connection_makes_room(
 # -- big bodies -----------------------------------------------------------------------------
 
 
+@pytest.mark.alone  # the platform's 700 ms answer limit, measured
 def test_a_body_of_100k_elements_is_refused_within_700_ms_and_nothing_is_stored(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
     body = b"[" + b",".join([b"{}"] * 100_000) + b"]"
