@@ -19,21 +19,16 @@ demo: $(STAMP)
 
 # Installs what the tests need (real redis-server and PostgreSQL, Debian's chromium for the
 # report page's browser test, Debian's prometheus for the dashboard and alert tests), runs
-# the lint, then the whole suite on the default python3, then the unit tests on every other
-# supported Python (.ci/test-pythons: 3.10-3.13 from pyenv or PATH, each in .venv-py3.X).
-# The suite runs in TEST_WORKERS processes (pytest-xdist; a file's tests stay in one process,
-# so its module-scoped servers start once): its e2e tests mostly wait on their own processes.
-# Every test starts its own servers on free ports in its own directories, so they can share a
-# machine; the few marked `alone` (a tight clock under load) run afterwards, one at a time.
+# the lint, then the whole suite on the default python3 and the unit tests on every other
+# supported Python (3.10-3.13 from pyenv or PATH, each in .venv-py3.X): .ci/test-suite runs
+# them side by side in pytest-xdist processes, then the few tests marked `alone` by themselves.
 TEST_WORKERS ?= 3
 test: lint
 	bash .ci/ensure-redis
 	bash .ci/ensure-postgres
 	bash .ci/ensure-chromium
 	bash .ci/ensure-prometheus
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not alone"
-	$(PY) -m pytest -q -m alone
-	bash .ci/test-pythons
+	PY=$(PY) TEST_WORKERS=$(TEST_WORKERS) bash .ci/test-suite
 
 # The dependency ranges' floors: every dependency at its lowest allowed version (not in CI).
 test-lowest:
