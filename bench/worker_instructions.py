@@ -12,6 +12,11 @@ time per receipt moves by a third between runs; it is the steadier figure of the
 leaves out the kernel's work: system calls, context switches). Under valgrind the worker runs
 some 50 times slower, so its batches can fill differently than at full speed: compare
 builds with it, not absolute rates. Needs valgrind (Debian: `apt-get install valgrind`).
+
+`--handlers bulk` adds the bulk sender's three handlers (number-hygiene, send-tracker,
+review-status) to the no-op one, every send tracked at its send time beforehand (as
+`worker_bench.py --handlers bulk`): the difference to a `--handlers noop` invocation is what
+the three cost.
 """
 
 from __future__ import annotations
@@ -29,16 +34,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alicom_sandbox.fakes import FakeReceipts
 from bench.common import REPO, World, bench_world
-from bench.worker_procs import NOOP_HANDLER
+from bench.worker_procs import NOOP_HANDLER, bulk_entries, track_sends
 
 
 def instructions_per_receipt(world: World, repo: Path, bodies: Sequence[str],
-                             out: Path) -> tuple[float, int]:
+                             out: Path, handlers: str = "noop") -> tuple[float, int]:
     """(instructions per receipt drained, receipts drained) of `repo`'s worker."""
     queue = world.fill_queue(len(bodies), bodies=list(bodies))
     world.redis.client().flushdb()
+    more = bulk_entries(world.redis.url) if handlers == "bulk" else []
+    if handlers == "bulk":
+        track_sends(world.redis.client(), bodies)
     config = world.config(queue, out.name, handler=NOOP_HANDLER,
-                          sections={"poll": {"pollers": 8}})
+                          sections={"poll": {"pollers": 8}}, more=more)
     env = {**world.env(), "PYTHONPATH": str(repo)}
     with open(out.with_suffix(".log"), "wb") as log:
         proc = subprocess.Popen(
@@ -73,9 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--against", required=True, metavar="DIR", help="the other build's tree")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--messages", type=int, default=4000)
+    p.add_argument("--handlers", choices=("noop", "bulk"), default="noop",
+                   help="bulk: the no-op handler and the bulk sender's three")
     args = p.parse_args(argv)
     old = Path(args.against).resolve()
-    fakes = FakeReceipts(seed=7)
+    # Sent in the last hours, as a live sender's receipts are (see worker_bench.py).
+    fakes = FakeReceipts(seed=7, start_epoch_s=time.time() - 2.0 * args.messages - 60)
     bodies = [fakes.body("SmsReport").body for _ in range(args.messages)]
     counts: dict[str, list[float]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory(prefix="worker-ir-") as tmp, bench_world(0) as world:
@@ -83,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, repo in (("old", old), ("new", REPO)):
                 began = time.monotonic()
                 ir, drained = instructions_per_receipt(
-                    world, repo, bodies, Path(tmp) / ("%s-%d" % (name, run)))
+                    world, repo, bodies, Path(tmp) / ("%s-%d" % (name, run)), args.handlers)
                 counts[name].append(ir)
                 print("run %d/%d %s: %s instructions/receipt over %d receipts (%.0f s)" % (
                     run + 1, args.runs, name, f"{ir:,.0f}", drained,

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -74,25 +75,14 @@ class Env(World):
     def worker(self, queue: BenchQueue, name: str, handlers: str = "noop") -> BenchWorker:
         """A started worker process on `queue`, with the no-op handler; `handlers="bulk"`
         adds the bulk sender's three (number-hygiene, send-tracker, review-status)."""
-        more = [{"use": use, "options": {"url": self.redis.url}} for use in BULK_HANDLERS
-                ] if handlers == "bulk" else []
+        more = bulk_entries(self.redis.url) if handlers == "bulk" else []
         config = self.config(queue, name, handler=NOOP_HANDLER,
                              sections=parse_sets(self.overrides), more=more)
         return BenchWorker(config, self.tmp / ("%s.log" % name), self.env(), repo=self.repo)
 
     def track_sends(self, count: int) -> int:
-        """Records the first `count` bodies' sends with `SendTracker` (pending tasks, as the
-        sending code would have: at the moment of sending, the receipt's send time), so that
-        send-tracker settles real tasks; how many."""
-        tracker = SendTracker(self.redis.client())
-        sends = []
-        for body in self.bodies[:count]:
-            doc = json.loads(base64.b64decode(body))
-            sent = dt.datetime.strptime(doc["send_time"], "%Y-%m-%d %H:%M:%S")
-            sends.append(TrackedSend(doc["biz_id"], doc["phone_number"], epoch_of(sent)))
-        for start in range(0, len(sends), 1000):
-            tracker.record_many(sends[start:start + 1000])
-        return len(sends)
+        """`track_sends` of the first `count` bodies; how many."""
+        return track_sends(self.redis.client(), self.bodies[:count])
 
     def long_run(self, count: int, every_s: float, fakes: FakeReceipts) -> LongRun:
         """One worker drains `count` receipts at 0 ms; its RSS is sampled every `every_s`."""
@@ -113,6 +103,26 @@ class Env(World):
         _, settled = worker.settled_span()
         run.seconds, run.settled = run.rss[-1][0], settled
         return run
+
+
+def track_sends(client: redis.Redis, bodies: Sequence[str]) -> int:
+    """Records the bodies' sends with `SendTracker` (pending tasks, as the sending code would
+    have: at the moment of sending, the receipt's send time), so that send-tracker settles
+    real tasks; how many."""
+    tracker = SendTracker(client)
+    sends = []
+    for body in bodies:
+        doc = json.loads(base64.b64decode(body))
+        sent = dt.datetime.strptime(doc["send_time"], "%Y-%m-%d %H:%M:%S")
+        sends.append(TrackedSend(doc["biz_id"], doc["phone_number"], epoch_of(sent)))
+    for start in range(0, len(sends), 1000):
+        tracker.record_many(sends[start:start + 1000])
+    return len(sends)
+
+
+def bulk_entries(url: str) -> list[dict[str, Any]]:
+    """The `[[handlers]]` tables of the bulk sender's three handlers on the Redis at `url`."""
+    return [{"use": use, "options": {"url": url}} for use in BULK_HANDLERS]
 
 
 @dataclass
