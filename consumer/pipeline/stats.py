@@ -36,8 +36,6 @@ COUNTERS: Final = (
     "token_refreshes",
     "poll_errors",
     "redis_errors",
-    "completion_unrecorded",  # handlers returned, but the process stopped before Redis took
-                              # the completion record: these receipts may run again
 )
 
 _log = structlog.get_logger("alicom_receipts.stats")
