@@ -291,10 +291,12 @@ def test_a_fast_handlers_receipts_run_as_one_task_once_it_was_measured(
 
 
 class Overlap:
-    """Two batch handlers: `first` waits a moment for `second` to start (which it does at
-    once on another thread when the two are separate pool tasks)."""
+    """Two batch handlers: `first` waits up to `wait_s` for `second` to start (which it does
+    on another thread when the two are separate pool tasks, and never while `first` waits
+    when both run in one task)."""
 
     def __init__(self) -> None:
+        self.wait_s = WAIT_S  # "it starts alongside": bounded only to end a hung test
         self.second_started = threading.Event()
         self.overlapped: list[bool] = []
         self.threads: list[int] = []
@@ -307,7 +309,7 @@ class Overlap:
 
             def handle_batch(self, receipts: Sequence[Receipt]) -> None:
                 overlap.threads.append(threading.get_ident())
-                overlap.overlapped.append(overlap.second_started.wait(0.2))
+                overlap.overlapped.append(overlap.second_started.wait(overlap.wait_s))
 
         class Second:
             name = "second"
@@ -329,6 +331,7 @@ def test_the_calls_of_several_fast_handlers_share_one_task_once_measured(
     assert overlap.overlapped == [True]
     overlap.second_started.clear()
     overlap.threads.clear()
+    overlap.wait_s = 0.2  # in one task `second` cannot start while `first` waits: any wait
 
     outcomes = dispatcher.dispatch_each([report(n) for n in range(1, 5)])
 

@@ -91,7 +91,6 @@ def test_the_worker_loses_nothing_and_applies_nothing_twice_across_a_failover(
         with _sending_bad_bodies(stack) as bad:  # dead letters written in the failover's window
             promoted = topology.failover()
         publisher.join(60)
-    assert len(bad) >= 3, bad  # the failover took a while: several went out during it
     report = reports[0]
     expected = {report_key(m.obj) for m in report.originals}
     stack.wait(lambda: len(stack.applied()) == len(expected), "every receipt applied",
