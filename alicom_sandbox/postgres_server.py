@@ -79,14 +79,20 @@ def _initdb(bin_dir: str, datadir: str) -> None:
         cwd=os.path.dirname(datadir), **_run_as())
 
 
-def _wait_ready(bin_dir: str, port: int, process: subprocess.Popen[bytes],
+def _wait_ready(bin_dir: str, port: int, process: subprocess.Popen[bytes], socket_dir: str,
                 timeout_s: float = 30.0) -> None:
+    """Ready when *this* server answers on its own Unix socket (in its private directory).
+
+    Probing 127.0.0.1:port could reach another test's server that took the port first (free
+    ports are only free when asked); PostgreSQL opens its TCP socket before its Unix one and
+    exits when it cannot, so its own socket answering means it holds the port too.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         probe = subprocess.run(  # noqa: S603 - the installed pg_isready, fixed arguments
-            [f"{bin_dir}/pg_isready", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
+            [f"{bin_dir}/pg_isready", "-h", socket_dir, "-p", str(port), "-U", "postgres"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        if probe.returncode == 0:
+        if probe.returncode == 0 and process.poll() is None:
             return
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"PostgreSQL on port {port} did not start "
@@ -110,7 +116,7 @@ def running_postgres() -> Iterator[PostgresServer]:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base, **_run_as())
         server = PostgresServer(port, process, datadir)
         try:
-            _wait_ready(bin_dir, port, process)
+            _wait_ready(bin_dir, port, process, base)
             yield server
         finally:
             if server.process.poll() is None:
