@@ -20,6 +20,8 @@ import queue
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import structlog
@@ -75,11 +77,21 @@ def collect(acks: queue.Queue[list[InFlight] | None], config: AckConfig,
 
 class Heartbeat:
     """Extends visibility and dedup leases of every message in our hands (see the module
-    docstring); one thread, its own queue client."""
+    docstring); one thread, making its calls through `clients`, one call per client at once.
 
-    def __init__(self, client: QueueClient, dedup: DedupStore, window: Window, stats: Stats,
-                 config: AckConfig) -> None:
-        self._client = client
+    MNS has no batch ChangeMessageVisibility: a call per message. One at a time, a pass over
+    a full window (hundreds held through a Redis outage, tens of ms per call) can outlast
+    `extend_before_s`, and a message whose visibility lapses is delivered again and run a
+    second time once its claim lease has lapsed too. So the due messages go most urgent
+    first, `len(clients)` calls at a time (the SDK's client holds one connection: one each).
+    """
+
+    def __init__(self, clients: Sequence[QueueClient], dedup: DedupStore, window: Window,
+                 stats: Stats, config: AckConfig) -> None:
+        self._idle: queue.SimpleQueue[QueueClient] = queue.SimpleQueue()
+        for client in clients:
+            self._idle.put(client)
+        self._calls = ThreadPoolExecutor(len(clients), thread_name_prefix="heartbeat-call")
         self._dedup = dedup
         self._window = window
         self._stats = stats
@@ -88,16 +100,22 @@ class Heartbeat:
         self._lease = Trouble("lease_extend")
 
     def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
-        while not stop.wait(interval_s):
-            self.beat()
+        try:
+            while not stop.wait(interval_s):
+                self.beat()
+        finally:
+            self._calls.shutdown(wait=False, cancel_futures=True)  # a hung call ends with us
 
     def beat(self) -> None:
         """One pass over the window; errors are logged per state change, retried next pass."""
         now_ms = time.time() * 1000
+        due_ms = now_ms + self._config.extend_before_s * 1000
+        due = sorted((item for item in self._window.items() if item.next_visible_ms <= due_ms),
+                     key=lambda item: item.next_visible_ms)
         renewed: dict[str, list[str]] = defaultdict(list)
         extended, failed, first_error = 0, 0, ""
-        for item in self._window.items():
-            result = self._extend(item, now_ms)
+        for item, result in zip(due, self._calls.map(self._extend, due, [now_ms] * len(due)),
+                                strict=True):
             if isinstance(result, str):
                 failed += 1
                 first_error = first_error or result
@@ -127,10 +145,13 @@ class Heartbeat:
         with item.lock:
             if item.settling or item.next_visible_ms - now_ms > cfg.extend_before_s * 1000:
                 return False
+            client = self._idle.get()
             try:
-                handle, next_visible = self._client.change_visibility(
+                handle, next_visible = client.change_visibility(
                     item.receipt_handle, cfg.visibility_timeout_s)
             except AlicomReceiptsError as exc:
                 return str(exc) or type(exc).__name__
+            finally:
+                self._idle.put(client)
             item.receipt_handle, item.next_visible_ms = handle, next_visible
         return True
