@@ -17,7 +17,7 @@ from alicom_sandbox.redis_topologies import (
     running_cluster,
     running_sentinel,
 )
-from consumer.clients.redis_client import connect, hash_tagged, scrub
+from consumer.clients.redis_client import connect, hash_tagged, scrub, transient_from_redis
 from consumer.clients.redis_scripts import NotReplicatedError, replication
 from consumer.errors import ConfigError, TransientError
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
@@ -94,6 +94,18 @@ def test_scrub_removes_every_password_the_url_carries() -> None:
     url = "redis+sentinel://:data-pw@s1:26379/m?sentinel_password=sent-pw"
     text = scrub("AUTH data-pw failed; sentinel sent-pw; at redis://u:x@h", url)
     assert text == "AUTH *** failed; sentinel ***; at redis://***@h"
+
+
+def test_a_secret_echoed_in_a_redis_error_text_is_scrubbed() -> None:
+    client = redis.Redis(host="127.0.0.1", port=1, password="hunter2-xyz")
+    echoed = redis.ConnectionError(
+        "proxy said: cannot reach redis://ops:p4ss@10.0.0.9:6379 with AUTH hunter2-xyz"
+    )
+    message = str(transient_from_redis(echoed, "claim", client))
+    assert "p4ss" not in message
+    assert "hunter2-xyz" not in message
+    assert "10.0.0.9:6379" in message
+    client.close()
 
 
 def test_hash_tagged_puts_a_family_in_one_slot_and_keeps_an_existing_tag() -> None:

@@ -12,12 +12,14 @@ cluster is the single-key commands, pipelines without transactions, and scripts 
 blocks whose keys share one slot (`hash_tagged` prefixes make whole key families do so).
 
 A bad URL is a one-line `ConfigError`; no error this module raises or logs contains a
-password (`scrub`).
+password (`scrub`). A failed Redis call becomes the daemon's `TransientError`, scrubbed the
+same way, through `transient_from_redis` (every Redis-backed store's one wrapping).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any, TypeAlias, cast
 
 import redis
@@ -30,7 +32,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, TransientError
 from consumer.redis_url import RedisTarget, parse_redis_url
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "connect_option",
     "hash_tagged",
     "scrub",
+    "transient_from_redis",
 ]
 
 RedisClient: TypeAlias = redis.Redis | RedisCluster
@@ -67,11 +70,10 @@ def hash_tagged(prefix: str) -> str:
 def scrub(text: str, url: str) -> str:
     """`text` without the passwords `url` carries (user info, sentinel_password) or any URL's
     user info: for error messages built from redis-py's exceptions."""
-    text = _URL_CREDENTIALS.sub(r"\1***@", text)
     try:
         target = parse_redis_url(url)
     except ConfigError:
-        return text
+        return _scrubbed(text, ())
     secrets = [target.password, target.sentinel_password]
     if target.mode == "standalone":
         import urllib.parse  # noqa: PLC0415 - only the standalone form keeps them in the URL
@@ -82,6 +84,27 @@ def scrub(text: str, url: str) -> str:
             secrets += urllib.parse.parse_qs(parts.query).get("password", [])
         except ValueError:
             pass
+    return _scrubbed(text, secrets)
+
+
+def transient_from_redis(
+    exc: redis.RedisError, operation: str, client: RedisClient
+) -> TransientError:
+    """A TransientError for a failed Redis call, with any credential scrubbed from the text.
+
+    redis-py's messages name host and port only, but a server or proxy reply, or a future
+    client version, could echo a URL or the password; this removes both (the client's own
+    password and user name, any URL's user info) before the text can reach a log line.
+    """
+    kwargs: dict[str, object] = client.get_connection_kwargs()
+    secrets = [kwargs.get("password"), kwargs.get("username")]
+    text = _scrubbed(str(exc), [s for s in secrets if isinstance(s, str)])
+    return TransientError(f"redis {operation} failed: {type(exc).__name__}: {text}")
+
+
+def _scrubbed(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with any URL's user info and every non-empty one of `secrets` masked."""
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")

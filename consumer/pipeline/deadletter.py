@@ -40,10 +40,9 @@ from typing import Any, TypeAlias, cast
 
 import redis
 
-from consumer.clients.redis_client import RedisClient, hash_tagged
+from consumer.clients.redis_client import RedisClient, hash_tagged, transient_from_redis
 from consumer.clients.redis_scripts import Replication, run_transaction
 from consumer.errors import ConfigError
-from consumer.pipeline.dedup import transient_from_redis
 from consumer.settings import DeadLetterSettings
 
 __all__ = ["DeadLetter", "DeadLetterSettings", "RedisDeadLetterStore", "message_letter_id",

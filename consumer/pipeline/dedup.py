@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import enum
 import math
-import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -57,7 +56,7 @@ import structlog
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
-from consumer.clients.redis_client import RedisClient
+from consumer.clients.redis_client import RedisClient, transient_from_redis
 from consumer.clients.redis_scripts import (
     BATCH_REFUSED,
     Replication,
@@ -77,7 +76,6 @@ __all__ = [
     "DedupStore",
     "RedisDedupStore",
     "replication_of",
-    "transient_from_redis",
 ]
 
 _SEVEN_DAYS_S = 7 * 24 * 3600.0
@@ -172,31 +170,10 @@ class DedupStore(Protocol):
         ...
 
 
-_URL_CREDENTIALS = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]*@")
-
-
 def replication_of(settings: DedupSettings) -> Replication | None:
     """The WAIT `[dedup] wait_replicas` asks of every write a failover must not lose: claims
     and completion records here, dead letters (`RedisDeadLetterStore`)."""
     return replication(settings.wait_replicas, settings.wait_timeout_s)
-
-
-def transient_from_redis(
-    exc: redis.RedisError, operation: str, client: RedisClient
-) -> TransientError:
-    """A TransientError for a failed Redis call, with any credential scrubbed from the text.
-
-    redis-py's messages name host and port only, but a server or proxy reply, or a future
-    client version, could echo a URL or the password; this removes both before the text can
-    reach a log line.
-    """
-    text = _URL_CREDENTIALS.sub(r"\1***@", str(exc))
-    kwargs: dict[str, object] = client.get_connection_kwargs()
-    for secret_name in ("password", "username"):
-        secret = kwargs.get(secret_name)
-        if isinstance(secret, str) and secret:
-            text = text.replace(secret, "***")
-    return TransientError(f"redis {operation} failed: {type(exc).__name__}: {text}")
 
 
 def _milliseconds(seconds: float, what: str) -> int:

@@ -33,9 +33,8 @@ from typing import TypeVar, cast
 import redis
 import structlog
 
-from consumer.clients.redis_client import RedisClient
+from consumer.clients.redis_client import RedisClient, transient_from_redis
 from consumer.errors import TransientError
-from consumer.pipeline.dedup import transient_from_redis
 from consumer.pipeline.lifecycle import Lifecycle
 from consumer.pipeline.outcome import Decision, Verdict
 from consumer.pipeline.work import Work

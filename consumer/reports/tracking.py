@@ -45,9 +45,8 @@ from typing import Any, cast
 import structlog
 from redis.exceptions import RedisError
 
-from consumer.clients.redis_client import RedisClient, hash_tagged
+from consumer.clients.redis_client import RedisClient, hash_tagged, transient_from_redis
 from consumer.clients.redis_scripts import BATCH_REFUSED, ScriptCall, run_calls
-from consumer.pipeline.dedup import transient_from_redis
 from consumer.receipts import SHANGHAI, SHANGHAI_UTC_OFFSET_S
 from consumer.reports import delivery_stats, tasks
 from consumer.reports import tracking_scripts as scripts
@@ -277,7 +276,7 @@ class SendTracker:
         if not (isinstance(reply, RedisError) and BATCH_REFUSED.search(str(reply))):
             raise reply
         self.one_call_per_batch = False
-        # Scrubbed like dedup's: a server's or proxy's reply could echo a URL or password.
+        # Scrubbed: a server's or proxy's reply could echo a URL or the password.
         error = str(transient_from_redis(reply, "send-tracker batch", self._client))
         log.warning("tracking_batch_script_refused", error=error,
                     note="one script call per send call and day from now on (a cluster proxy?)")

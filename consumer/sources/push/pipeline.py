@@ -47,13 +47,13 @@ from typing import Any, TypeVar, cast
 import redis
 import structlog
 
-from consumer.clients.redis_client import RedisClient
+from consumer.clients.redis_client import RedisClient, transient_from_redis
 from consumer.errors import AlicomReceiptsError
 from consumer.keys import dedup_key
 from consumer.pipeline.backoff import Backoff, Trouble
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
 from consumer.pipeline.decode import parse_json
-from consumer.pipeline.dedup import DedupStore, transient_from_redis
+from consumer.pipeline.dedup import DedupStore
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts, Work
 from consumer.pipeline.outcome import Decision, RetryPolicy

@@ -39,18 +39,13 @@ from typing import Any
 import redis
 import structlog
 
-from consumer.clients.redis_client import RedisClient, connect
+from consumer.clients.redis_client import RedisClient, connect, transient_from_redis
 from consumer.clients.redis_lease import hold, holder_of
 from consumer.errors import AlicomReceiptsError, AuthError, TransientError
 from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
 from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
 from consumer.pipeline.decode import parse_object
-from consumer.pipeline.dedup import (
-    DedupStore,
-    RedisDedupStore,
-    replication_of,
-    transient_from_redis,
-)
+from consumer.pipeline.dedup import DedupStore, RedisDedupStore, replication_of
 from consumer.pipeline.lifecycle import Dispatch, Lifecycle, LifecycleParts, Work
 from consumer.pipeline.outcome import Decision, RetryPolicy
 from consumer.pipeline.stats import Stats
