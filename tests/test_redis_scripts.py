@@ -5,13 +5,18 @@ KEYS[n] as the key argument of a redis.call, never through a variable or an expr
 The one exception is a script marked `-- one slot, keys by index` (a batch's keys, all under
 one hash tag, read as KEYS[<a variable>]): a Redis Cluster takes it, a proxy may refuse it,
 and its caller then falls back to literal-key calls (tested with its store). It is still held
-to everything else: keys only from KEYS, as a call's key argument, commands literal."""
+to everything else: keys only from KEYS, as a call's key argument, commands literal.
+
+The other is a script marked `-- single Redis only` (dedup's batch scripts, made from its
+single-key ones): its keys lie in many slots and are read in a loop (KEYS[<an expression>],
+#KEYS), and its store sends it only to a single Redis. It too takes keys only from KEYS, as a
+call's key argument, with literal commands."""
 
 from __future__ import annotations
 
-import ast
+import importlib
+import pkgutil
 import re
-from pathlib import Path
 
 import pytest
 import redis
@@ -27,16 +32,19 @@ _KEYLESS = frozenset({"TIME", "PING"})
 
 
 def _scripts() -> dict[str, str]:
-    """Every string constant in `consumer`'s source that is a Lua script calling Redis
-    (read with ast: nothing is imported or run), by module path and line."""
+    """Every module-level string of `consumer` that is a Lua script calling Redis, by module
+    and name: the constants themselves (imported), so a script composed from fragments is
+    checked as Redis gets it. A text held under two names is listed once."""
     found: dict[str, str] = {}
-    root = Path(consumer.__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
-                    and "redis.call(" in node.value and "redis.call(" in node.value.lstrip()
-                    and _looks_like_lua(node.value)):
-                found[f"{path.relative_to(root.parent)}:{node.lineno}"] = node.value
+    seen: set[str] = set()
+    for module in pkgutil.walk_packages(consumer.__path__, "consumer."):
+        if module.name.endswith(".__main__"):
+            continue  # runs the command line
+        for name, value in vars(importlib.import_module(module.name)).items():
+            if (isinstance(value, str) and value not in seen and "redis.call(" in value
+                    and _looks_like_lua(value)):
+                seen.add(value)
+                found[f"{module.name}.{name}"] = value
     return found
 
 
@@ -50,13 +58,24 @@ SCRIPTS = _scripts()
 
 
 BY_INDEX = "-- one slot, keys by index"
+SINGLE_REDIS = "-- single Redis only"
+
+
+def _index(script: str) -> str:
+    """The pattern of what may stand between KEYS' brackets in `script`."""
+    if SINGLE_REDIS in script:
+        return r"[^\]]+"
+    return r"\d+|[a-z_][a-z0-9_]*" if BY_INDEX in script else r"\d+"
 
 
 def problems_of(script: str) -> list[str]:
     """What in `script` breaks the rule, one line each; empty when it keeps it."""
     problems = []
-    index = r"\d+|[a-z_][a-z0-9_]*" if BY_INDEX in script else r"\d+"
+    index = _index(script)
     for match in _KEYS_USE.finditer(script):
+        if (match.group(1) is None and SINGLE_REDIS in script
+                and script[match.start() - 1] == "#"):
+            continue  # the batch's key count
         if match.group(1) is None or not re.fullmatch(index, match.group(2).strip()):
             problems.append(f"KEYS used other than as KEYS[<number>]: {match.group(0)!r}")
     for match in _CALL.finditer(script):
@@ -77,7 +96,11 @@ def problems_of(script: str) -> list[str]:
 def test_the_scripts_are_found() -> None:
     # A walk that found nothing would make the rule test below pass vacuously.
     assert len(SCRIPTS) >= 10, sorted(SCRIPTS)
-    assert any(name.startswith("consumer/reports/delivery_stats.py:") for name in SCRIPTS)
+    assert any(name.startswith("consumer.reports.delivery_stats.") for name in SCRIPTS)
+    # Composed from fragments: found as built, both forms of the send tracker's settle.
+    assert {"consumer.reports.tracking_scripts.CLEAR_ON_DAY_AND_SETTLE",
+            "consumer.reports.tracking_scripts.CLEAR_ON_DAY_AND_SETTLE_MANY",
+            "consumer.pipeline.dedup_scripts.CLAIM_MANY"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
@@ -85,9 +108,10 @@ def test_every_script_names_its_keys_literally_in_KEYS(name: str) -> None:  # no
     assert problems_of(SCRIPTS[name]) == []
 
 
-def test_the_dedup_scripts_are_single_key_calls_too() -> None:
-    dedup = [name for name in SCRIPTS if name.startswith("consumer/pipeline/dedup_scripts.py:")]
-    assert len(dedup) >= 4 and not any(problems_of(SCRIPTS[name]) for name in dedup)
+def test_only_dedups_batch_scripts_read_keys_from_many_slots() -> None:
+    assert sorted(name for name, script in SCRIPTS.items() if SINGLE_REDIS in script) == [
+        "consumer.pipeline.dedup_scripts.CLAIM_MANY",
+        "consumer.pipeline.dedup_scripts.COMPLETE_MANY"]
 
 
 @pytest.mark.parametrize(("script", "problem"), [
@@ -101,6 +125,10 @@ def test_the_dedup_scripts_are_single_key_calls_too() -> None:
     (BY_INDEX + "\nredis.call('SET', KEYS[i + 1], 1)",
      "KEYS used other than as KEYS[<number>]: 'KEYS[i + 1]'"),
     (BY_INDEX + "\nlocal k = KEYS[i]\nredis.call('GET', k)",
+     "'GET' on 'k': its key must be KEYS[<number>]"),
+    (SINGLE_REDIS + "\nfor i, key in ipairs(KEYS) do redis.call('GET', key) end",
+     "KEYS used other than as KEYS[<number>]: 'KEYS'"),
+    (SINGLE_REDIS + "\nlocal k = KEYS[n + i]\nredis.call('GET', k)",
      "'GET' on 'k': its key must be KEYS[<number>]"),
 ])
 def test_the_checker_catches_each_kind_of_break(script: str, problem: str) -> None:

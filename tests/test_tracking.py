@@ -205,6 +205,25 @@ def test_a_server_refusing_the_batch_script_gets_one_call_per_send_call_from_the
     assert [(t.delivered, t.pending) for t in tracker.tasks.tasks()] == [(2, 0), (2, 0)]
 
 
+def test_settling_without_send_times_reads_each_sends_day_then_clears_in_one_call(
+        redis_client: redis.Redis, tracker: SendTracker) -> None:
+    now = time.time()
+    tracker.record("1^0", "13800000001", now - 2 * DAY, out_id="order-1")
+    tracker.record("1^0", "13800000002", now)
+    tracker.record("2^0", "13800000003", now, out_id="order-3")
+    outcomes = [Outcome("1^0", "13800000001", True), Outcome("1^0", "13800000002", True),
+                Outcome("2^0", "13800000003", False, "MK:0001", "empty_number"),
+                Outcome("2^0", "13800000009", True)]  # never tracked: nothing to move
+    before = _script_calls(redis_client)
+    assert tracker.clear_many([(o.biz_id, o.number) for o in outcomes], settle=outcomes) == [
+        True, True, True, False]
+    assert _script_calls(redis_client) - before == 2  # the send days, then the batch
+    assert tracker.pending() == []
+    assert redis_client.keys("{alicom:track}:d:*") == []
+    assert sorted((t.task_id, t.delivered, t.failed, t.pending)
+                  for t in tracker.tasks.tasks()) == [("1^0", 2, 0, 0), ("2^0", 0, 1, 0)]
+
+
 def test_another_error_of_the_batch_script_is_raised_and_keeps_it_on(
         redis_client: redis.Redis, tracker: SendTracker) -> None:
     tracker._clear_on_day_batch = redis_client.register_script(

@@ -109,7 +109,6 @@ class SendTracker:
         self._record = client.register_script(scripts.RECORD)
         self._clear = client.register_script(scripts.CLEAR)
         self._scores = client.register_script(scripts.SCORES)
-        self._clear_and_settle = client.register_script(scripts.CLEAR_AND_SETTLE)
         self._clear_on_day = client.register_script(scripts.CLEAR_ON_DAY_AND_SETTLE)
         self._clear_on_day_batch = client.register_script(scripts.CLEAR_ON_DAY_AND_SETTLE_MANY)
         #: A batch's receipts cleared and settled in one script call (False once a server
@@ -169,8 +168,8 @@ class SendTracker:
                    sent_at: Sequence[float] = ()) -> list[bool]:
         """`clear` for many (biz_id, phone_number) pairs; `settle` (empty, or one outcome per
         pair, in order) moves their task numbers to their outcome with them. Two round
-        trips: one reads each send's day, one writes (one script call per send call and day
-        when the task keys share the tracked sends' slot, as by default; else two per
+        trips: one reads each send's day, one writes (when the task keys share the tracked
+        sends' slot, as by default, one script call as with `sent_at` below; else two per
         receipt). With `settle` and `sent_at` (each pair's send time as its receipt tells
         it, epoch s) and the shared slot, the day is not read first: one round trip, and a
         second only for sends tracked on another day than their receipt says."""
@@ -179,45 +178,22 @@ class SendTracker:
         if (settle and len(settle) != len(keys)) or (sent_at and len(sent_at) != len(keys)):
             raise ValueError("settle and sent_at must hold one entry per key")
         members = [_member(b, p) for b, p in keys]
-        if settle and sent_at and self.tasks.tag == self._tag[:self._tag.index("}") + 1]:
+        one_slot = self.tasks.tag == self._tag[:self._tag.index("}") + 1]
+        if settle and sent_at and one_slot:
             return self._clear_on_day_many(members, settle, sent_at)
         scores = run_calls(self._client, [ScriptCall(self._scores, [self._zset], members)])[0]
         if isinstance(scores, Exception):
             raise scores
+        if settle and one_slot:  # each send's own day: the guess below cannot miss
+            return self._clear_on_day_many(members, settle, [float(s or 0) for s in scores])
         days = [self._day_key(int((float(score or 0) + _SHANGHAI_OFFSET_S) // _DAY_S))
                 for score in scores]
         cleared = [score is not None for score in scores]
-        if settle and self.tasks.tag == self._tag[:self._tag.index("}") + 1]:
-            return self._clear_and_settle_many(members, days, settle, cleared)
         calls = [ScriptCall(self._clear, [self._zset, day], [member])
                  for member, day, was in zip(members, days, cleared, strict=True) if was]
         replies = run_calls(self._client, calls + self.tasks.settle_calls(settle))
         moved = iter(_flag(reply) for reply in replies[:len(calls)])
         return [next(moved) if was else False for was in cleared]
-
-    def _clear_and_settle_many(self, members: Sequence[str], days: Sequence[str],
-                               settle: Sequence[tasks.Outcome],
-                               cleared: Sequence[bool]) -> list[bool]:
-        """One script call per (send day, BizId) group: the numbers of one send call arrive
-        together, so a batch of receipts costs a call or a few, not one per receipt."""
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i, (day, outcome) in enumerate(zip(days, settle, strict=True)):
-            groups.setdefault((day, outcome.biz_id), []).append(i)
-        now, ttl = int(time.time()), int(self._settings.ttl_s)
-        calls = []
-        for (day, biz), indexes in groups.items():
-            args: list[Any] = [now, ttl]
-            for i in indexes:
-                args += [members[i], *tasks.settle_fields(settle[i])]
-            calls.append(ScriptCall(self._clear_and_settle,
-                                    [self._zset, day, *self.tasks.keys_of(biz)], args))
-        out = list(cleared)
-        for indexes, reply in zip(groups.values(), run_calls(self._client, calls), strict=True):
-            if isinstance(reply, Exception):
-                raise reply
-            for i, removed in zip(indexes, reply, strict=True):
-                out[i] = out[i] and bool(removed)
-        return out
 
     def _clear_on_day_many(self, members: Sequence[str], settle: Sequence[tasks.Outcome],
                            sent_at: Sequence[float]) -> list[bool]:
@@ -233,8 +209,7 @@ class SendTracker:
         if answers is None:
             calls = []
             for (day, biz), indexes in groups.items():
-                first = day * _DAY_S - _SHANGHAI_OFFSET_S
-                args: list[Any] = [now, ttl, first, first + _DAY_S]
+                args: list[Any] = [now, ttl, day * _DAY_S - _SHANGHAI_OFFSET_S]
                 for i in indexes:
                     args += [members[i], *tasks.settle_fields(settle[i])]
                 calls.append(ScriptCall(self._clear_on_day, [

@@ -4,7 +4,8 @@ Every key is under the tracked sends' hash tag (one cluster slot per call). All 
 their keys literally as ``KEYS[n]`` (the rule of `consumer.clients.redis_scripts`);
 `CLEAR_ON_DAY_AND_SETTLE_MANY` reads them by index to take a whole batch in one call, which
 a Redis Cluster accepts (one slot) and a proxy that checks scripts as text may refuse: the
-tracker then sends `CLEAR_ON_DAY_AND_SETTLE` once per group instead.
+tracker then sends `CLEAR_ON_DAY_AND_SETTLE` once per group instead. Both are made from one
+text (`_clear_on_day_and_settle`) with the keys written in, so the two can never differ.
 """
 
 from __future__ import annotations
@@ -36,126 +37,80 @@ if removed == 1 then redis.call('HDEL', KEYS[2], ARGV[1]) end
 return removed
 """
 
-# Clearing sends and settling their task numbers in one call per BizId and send day, when
-# the task keys share the tracked sends' slot (the default): CLEAR, then consumer.reports
-# .tasks' settle script, over each receipt (kept literal: scripts are checked as text).
-# KEYS[1] the sorted set, KEYS[2] the send day's out_id hash, KEYS[3] t:<biz>, KEYS[4]
-# n:<biz>. ARGV: now, ttl, then per receipt: member, number, 'd' | 'f', err_code, reason.
-# Per receipt 1 when its send was cleared, else 0.
-CLEAR_AND_SETTLE = """
-local out, moved = {}, false
-for i = 3, #ARGV, 5 do
-  local removed = redis.call('ZREM', KEYS[1], ARGV[i])
-  if removed == 1 then redis.call('HDEL', KEYS[2], ARGV[i]) end
-  out[#out + 1] = removed
-  if redis.call('HGET', KEYS[4], ARGV[i + 1]) == 'p' then
-    moved = true
-    if ARGV[i + 2] == 'd' then
-      redis.call('HSET', KEYS[4], ARGV[i + 1], 'd')
-      redis.call('HINCRBY', KEYS[3], 'delivered', 1)
-    else
-      redis.call('HSET', KEYS[4], ARGV[i + 1], 'f' .. ARGV[i + 3])
-      redis.call('HINCRBY', KEYS[3], 'failed', 1)
-      redis.call('HINCRBY', KEYS[3], 'fail:' .. ARGV[i + 3], 1)
-      redis.call('HINCRBY', KEYS[3], 'why:' .. ARGV[i + 4], 1)
-    end
-  end
-end
-if moved then
-  redis.call('HSET', KEYS[3], 'updated', ARGV[1])
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
-  redis.call('EXPIRE', KEYS[4], ARGV[2])
-end
-return out
-"""
-
-# The same in one round trip, with the send day guessed from the receipts' send time: a
-# send tracked on another day is left for a second call (CLEAR) with its day's hash.
-# KEYS as above, KEYS[2] the guessed day's hash. ARGV: now, ttl, the guessed day's first and
-# after-last second (epoch), then per receipt as above. Per receipt 1 when its send was
-# cleared, 0 when it was not tracked, its score (a string) when sent on another day.
-CLEAR_ON_DAY_AND_SETTLE = """
-local out, moved = {}, false
-local first, after = tonumber(ARGV[3]), tonumber(ARGV[4])
-for i = 5, #ARGV, 5 do
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if not score then
-    out[#out + 1] = 0
-  elseif tonumber(score) >= first and tonumber(score) < after then
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    redis.call('HDEL', KEYS[2], ARGV[i])
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = score
-  end
-  if redis.call('HGET', KEYS[4], ARGV[i + 1]) == 'p' then
-    moved = true
-    if ARGV[i + 2] == 'd' then
-      redis.call('HSET', KEYS[4], ARGV[i + 1], 'd')
-      redis.call('HINCRBY', KEYS[3], 'delivered', 1)
-    else
-      redis.call('HSET', KEYS[4], ARGV[i + 1], 'f' .. ARGV[i + 3])
-      redis.call('HINCRBY', KEYS[3], 'failed', 1)
-      redis.call('HINCRBY', KEYS[3], 'fail:' .. ARGV[i + 3], 1)
-      redis.call('HINCRBY', KEYS[3], 'why:' .. ARGV[i + 4], 1)
-    end
-  end
-end
-if moved then
-  redis.call('HSET', KEYS[3], 'updated', ARGV[1])
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
-  redis.call('EXPIRE', KEYS[4], ARGV[2])
-end
-return out
-"""
-
 # KEYS[1] the sorted set. ARGV: members. Their scores (send times), nil when not tracked.
 SCORES = """
 return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
 """
 
+
+def _clear_on_day_and_settle(day: str, t: str, n: str) -> str:
+    """The Lua that clears and settles one (send day, BizId) group, with its keys written as
+    given (`day` the day's out_id hash, `t` t:<biz>, `n` n:<biz>; KEYS[1] is the sorted set).
+    It reads the locals `first` (the day's first second, epoch), `from` and `to` (its
+    receipts' span of ARGV, five each: member, number, 'd' | 'f', err_code, reason) and
+    appends one answer per receipt to `out`: 1 when its send was cleared, 0 when it was not
+    tracked, its score (a string) when it was tracked on another day (left for CLEAR). A
+    pending task number moves to its outcome (consumer.reports.tasks' settle script, over
+    each receipt); ARGV[1] is now, ARGV[2] the task keys' ttl."""
+    return f"""local moved = false
+for i = from, to, 5 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if not score then
+    out[#out + 1] = 0
+  elseif tonumber(score) >= first and tonumber(score) < first + 86400 then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('HDEL', {day}, ARGV[i])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = score
+  end
+  if redis.call('HGET', {n}, ARGV[i + 1]) == 'p' then
+    moved = true
+    if ARGV[i + 2] == 'd' then
+      redis.call('HSET', {n}, ARGV[i + 1], 'd')
+      redis.call('HINCRBY', {t}, 'delivered', 1)
+    else
+      redis.call('HSET', {n}, ARGV[i + 1], 'f' .. ARGV[i + 3])
+      redis.call('HINCRBY', {t}, 'failed', 1)
+      redis.call('HINCRBY', {t}, 'fail:' .. ARGV[i + 3], 1)
+      redis.call('HINCRBY', {t}, 'why:' .. ARGV[i + 4], 1)
+    end
+  end
+end
+if moved then
+  redis.call('HSET', {t}, 'updated', ARGV[1])
+  redis.call('EXPIRE', {t}, ARGV[2])
+  redis.call('EXPIRE', {n}, ARGV[2])
+end
+"""
+
+
+# Clearing sends and settling their task numbers in one call per BizId and send day, when
+# the task keys share the tracked sends' slot (the default). The day is the one the
+# receipts' send time gives (or, read first, the one their sends were tracked on): a send
+# tracked on another day is left for a second call (CLEAR) with its day's hash.
+# KEYS[1] the sorted set, KEYS[2] the day's out_id hash, KEYS[3] t:<biz>, KEYS[4] n:<biz>.
+# ARGV: now, ttl, the day's first second (epoch), then per receipt: member, number,
+# 'd' | 'f', err_code, reason. Per receipt, in order: see `_clear_on_day_and_settle`.
+CLEAR_ON_DAY_AND_SETTLE = (
+    "local out, first, from, to = {}, tonumber(ARGV[3]), 4, #ARGV\n"
+    + _clear_on_day_and_settle("KEYS[2]", "KEYS[3]", "KEYS[4]") + "return out\n")
+
+
+def _indented(lua: str) -> str:
+    return "".join("  " + line if line.strip() else line for line in lua.splitlines(True))
+
+
 # CLEAR_ON_DAY_AND_SETTLE over every (send day, BizId) group of a batch: one call, one reply.
 # KEYS[1] the sorted set, then per group its day's hash, t:<biz> and n:<biz>. ARGV: now,
 # ttl, the group count, then per group: its day's first second (epoch), its receipt count,
-# and per receipt: member, number, 'd' | 'f', err_code, reason. Per receipt, in order: as
-# the per-group call.
-CLEAR_ON_DAY_AND_SETTLE_MANY = """
--- one slot, keys by index: a batch's groups in one call (see the module docstring)
-local out, a = {}, 4
-for g = 1, tonumber(ARGV[3]) do
-  local day, t, n = 3 * g - 1, 3 * g, 3 * g + 1
-  local first, count = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local moved = false
-  for i = a + 2, a + 1 + 5 * count, 5 do
-    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-    if not score then
-      out[#out + 1] = 0
-    elseif tonumber(score) >= first and tonumber(score) < first + 86400 then
-      redis.call('ZREM', KEYS[1], ARGV[i])
-      redis.call('HDEL', KEYS[day], ARGV[i])
-      out[#out + 1] = 1
-    else
-      out[#out + 1] = score
-    end
-    if redis.call('HGET', KEYS[n], ARGV[i + 1]) == 'p' then
-      moved = true
-      if ARGV[i + 2] == 'd' then
-        redis.call('HSET', KEYS[n], ARGV[i + 1], 'd')
-        redis.call('HINCRBY', KEYS[t], 'delivered', 1)
-      else
-        redis.call('HSET', KEYS[n], ARGV[i + 1], 'f' .. ARGV[i + 3])
-        redis.call('HINCRBY', KEYS[t], 'failed', 1)
-        redis.call('HINCRBY', KEYS[t], 'fail:' .. ARGV[i + 3], 1)
-        redis.call('HINCRBY', KEYS[t], 'why:' .. ARGV[i + 4], 1)
-      end
-    end
-  end
-  if moved then
-    redis.call('HSET', KEYS[t], 'updated', ARGV[1])
-    redis.call('EXPIRE', KEYS[t], ARGV[2])
-    redis.call('EXPIRE', KEYS[n], ARGV[2])
-  end
-  a = a + 2 + 5 * count
-end
-return out
-"""
+# and its receipts as above. Per receipt, in order: as the per-group call.
+CLEAR_ON_DAY_AND_SETTLE_MANY = (
+    "-- one slot, keys by index: a batch's groups in one call (see the module docstring)\n"
+    "local out, a = {}, 4\n"
+    "for g = 1, tonumber(ARGV[3]) do\n"
+    "  local day, t, n = 3 * g - 1, 3 * g, 3 * g + 1\n"
+    "  local first, count = tonumber(ARGV[a]), tonumber(ARGV[a + 1])\n"
+    "  local from, to = a + 2, a + 1 + 5 * count\n"
+    + _indented(_clear_on_day_and_settle("KEYS[day]", "KEYS[t]", "KEYS[n]"))
+    + "  a = a + 2 + 5 * count\nend\nreturn out\n")
