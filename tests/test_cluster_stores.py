@@ -25,7 +25,8 @@ from consumer.pipeline.deadletter import DeadLetter, DeadLetterSettings, RedisDe
 from consumer.pipeline.decode import parse_object
 from consumer.pipeline.dedup import ClaimState, Completion, DedupSettings, RedisDedupStore
 from consumer.receipts import Receipt, ReceiptMeta
-from consumer.reports.delivery_stats import SHANGHAI, StatsWriter, read_hours
+from consumer.reports.delivery_stats import SHANGHAI, StatsWriter
+from consumer.reports.hour_counts import read_hours
 from consumer.reports.numbers import NumberList
 from consumer.reports.reviews import ReviewStore
 from consumer.reports.tasks import Outcome

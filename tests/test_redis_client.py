@@ -25,7 +25,8 @@ from consumer.pipeline.decode import parse_object
 from consumer.pipeline.dedup import ClaimState, Completion, DedupSettings, RedisDedupStore
 from consumer.receipts import SHANGHAI, ReceiptMeta
 from consumer.redis_url import parse_redis_url, redis_url_problems
-from consumer.reports.delivery_stats import StatsWriter, read_hours
+from consumer.reports.delivery_stats import StatsWriter
+from consumer.reports.hour_counts import read_hours
 from consumer.settings import DeadLetterSettings, redact_url
 
 

@@ -14,7 +14,7 @@ from consumer.handlers.review_status import ReviewStatus
 from consumer.handlers.tracking import SendTracker as SendTrackerHandler
 from consumer.pipeline.decode import parse_object
 from consumer.receipts import SHANGHAI, Receipt, ReceiptMeta
-from consumer.reports.delivery_stats import read_hours
+from consumer.reports.hour_counts import read_hours
 from consumer.reports.reviews import ReviewStore
 from consumer.reports.tracking import SendTracker, TrackedSend
 

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from consumer.clients.redis_client import RedisClient
 from consumer.reports.delivery_report import Report, build_report, failure_rows
-from consumer.reports.delivery_stats import HourCounts
+from consumer.reports.hour_counts import HourCounts
 from consumer.reports.number_rules import Classifier
 from consumer.reports.numbers import NumberList, NumberRecord
 from consumer.reports.reviews import Review, ReviewStore

@@ -1,10 +1,11 @@
 """Reading the delivery statistics back: `alicom-receipts stats`.
 
-It reads the hour buckets of `consumer.reports.delivery_stats` and shows the figures: the
-success rate (delivered / (delivered + failed)), the top failure codes with their meaning
-(`consumer.reports.err_codes`, else the platform's own err_msg as a hint), submitted and still
-without a receipt (when sends are tracked), and the receipt delay (average exact; median
-and p90 as the upper bound of the delay bucket that holds them, so "<= 10 s").
+It reads the hour buckets of `consumer.reports.delivery_stats` (through `consumer.reports
+.hour_counts`) and shows the figures: the success rate (delivered / (delivered + failed)),
+the top failure codes with their meaning (`consumer.reports.err_codes`, else the platform's
+own err_msg as a hint), submitted and still without a receipt (when sends are tracked),
+and the receipt delay (average exact; median and p90 as the upper bound of the delay
+bucket that holds them, so "<= 10 s").
 
 Usage::
 
@@ -35,14 +36,9 @@ import structlog
 
 from consumer.clients.redis_client import RedisClient, connect
 from consumer.errors import ConfigError
-from consumer.reports.delivery_stats import (
-    DEFAULT_PREFIX,
-    HourCounts,
-    read_code_messages,
-    read_hours,
-    total,
-)
+from consumer.reports.delivery_stats import DEFAULT_PREFIX
 from consumer.reports.err_codes import describe
+from consumer.reports.hour_counts import HourCounts, read_code_messages, read_hours, total
 from consumer.reports.targets import handler_options
 from consumer.settings import CONFIG_HELP
 

@@ -1,4 +1,6 @@
-"""Delivery statistics: per-hour counters of SmsReports in Redis, and `alicom-receipts stats`.
+"""Delivery statistics: per-hour counters of SmsReports in Redis, their layout and writing.
+
+Reading them back is `consumer.reports.hour_counts` (`alicom-receipts stats` and the dashboard).
 
 Storage: one hash per hour, `<prefix>:h:<yyyymmddhh>`, the hour in **UTC**. Asia/Shanghai
 (the platform's clock, in which every receipt time is written) is UTC+8 all year, so its
@@ -39,11 +41,10 @@ Tair's proxy, and `record` is one round trip to one node (`consumer.clients.redi
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -59,13 +60,13 @@ from consumer.receipts import SHANGHAI, IntlSmsReport, Receipt, SmsReport
 __all__ = [
     "DEFAULT_PREFIX",
     "DELAY_BOUNDS_MS",
-    "HourCounts",
     "Observation",
     "StatsWriter",
+    "codes_key",
     "hour_bucket",
     "hour_key",
+    "hour_start",
     "observe",
-    "read_hours",
     "record_submitted",
 ]
 
@@ -117,12 +118,13 @@ def hour_key(prefix: str, hour: datetime) -> str:
     return "%s:h:%s" % (_family(prefix), hour.astimezone(timezone.utc).strftime("%Y%m%d%H"))
 
 
-def _hour_start(moment: datetime) -> datetime:
+def hour_start(moment: datetime) -> datetime:
+    """The start of the UTC hour holding `moment` (an aware datetime): a bucket's hour."""
     return moment.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
 
 
 def _expire_at(hour: datetime, ttl_s: float) -> int:
-    return int(_hour_start(hour).timestamp() + 3600 + ttl_s)
+    return int(hour_start(hour).timestamp() + 3600 + ttl_s)
 
 
 # -- what one receipt contributes ------------------------------------------------------------
@@ -193,7 +195,7 @@ def observe(receipt: Receipt, now: float) -> Observation | None:
         delay_s = max(0.0, (reported_at - sent_at).total_seconds())
         delay_ms = round(delay_s * 1000) if delay_s <= MAX_DELAY_S else None
     moment = sent_at or reported_at or datetime.fromtimestamp(now, timezone.utc)
-    return Observation(_hour_start(moment), outcome, code, msg, delay_ms)
+    return Observation(hour_start(moment), outcome, code, msg, delay_ms)
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -295,126 +297,3 @@ def record_submitted(client: RedisLike, when: datetime | float, count: int = 1, 
     pipe.expireat(key, expire_at)
     if pipe is not client:
         pipe.execute()
-
-
-# -- reading -----------------------------------------------------------------------------------
-
-@dataclass
-class HourCounts:
-    """The counters of one hour (or, from `total`, of several: then `hour` is the first)."""
-
-    hour: datetime
-    submitted: int = 0
-    delivered: int = 0
-    failed: int = 0
-    other: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
-    delay_count: int = 0
-    delay_sum_ms: int = 0
-    delay_buckets: list[int] = field(default_factory=lambda: [0] * (len(DELAY_BOUNDS_MS) + 1))
-    tracked_pending: int | None = None
-    """Set by `total`: the sum of `pending` over the hours that had tracked sends."""
-
-    @property
-    def receipts(self) -> int:
-        return self.delivered + self.failed + self.other
-
-    @property
-    def empty(self) -> bool:
-        return self.submitted == 0 and self.receipts == 0
-
-    @property
-    def success_rate(self) -> float | None:
-        """delivered / (delivered + failed); None without such receipts."""
-        decided = self.delivered + self.failed
-        return self.delivered / decided if decided else None
-
-    @property
-    def pending(self) -> int | None:
-        """Tracked sends still without a receipt; None when none were tracked. For a total,
-        summed per hour: an hour without tracked sends adds nothing, whatever it received."""
-        if self.tracked_pending is not None:
-            return self.tracked_pending if self.submitted else None
-        return max(0, self.submitted - self.receipts) if self.submitted else None
-
-    @property
-    def delay_avg_s(self) -> float | None:
-        return self.delay_sum_ms / self.delay_count / 1000 if self.delay_count else None
-
-    def delay_quantile_s(self, q: float) -> float | None:
-        """The upper bound (s) of the bucket holding the q-quantile; inf for the open bucket.
-
-        The rank is ceil(q * n) (the median of 5 delays is the 3rd smallest).
-        """
-        n = sum(self.delay_buckets)
-        if not n:
-            return None
-        rank, seen = max(1, math.ceil(q * n)), 0
-        for bound, count in zip((*DELAY_BOUNDS_MS, math.inf), self.delay_buckets, strict=True):
-            seen += count
-            if seen >= rank:
-                return bound / 1000
-        return math.inf  # unreachable: the last bucket completes n
-
-    def add(self, other: HourCounts) -> None:
-        self.submitted += other.submitted
-        self.delivered += other.delivered
-        self.failed += other.failed
-        self.other += other.other
-        for code, n in other.failures.items():
-            self.failures[code] = self.failures.get(code, 0) + n
-        self.delay_count += other.delay_count
-        self.delay_sum_ms += other.delay_sum_ms
-        self.delay_buckets = [a + b for a, b in
-                              zip(self.delay_buckets, other.delay_buckets, strict=True)]
-
-
-_BUCKET_INDEX = {str(b): i for i, b in enumerate(DELAY_BOUNDS_MS)} | {"inf": len(DELAY_BOUNDS_MS)}
-_PLAIN = ("submitted", "delivered", "failed", "other", "delay_count", "delay_sum_ms")
-
-
-def _parse_hash(hour: datetime, raw: dict[bytes, bytes]) -> HourCounts:
-    counts = HourCounts(hour)
-    for key, value in raw.items():
-        name, amount = key.decode("utf-8", "replace"), int(value)
-        if name in _PLAIN:
-            setattr(counts, name, amount)
-        elif name.startswith("fail:"):
-            counts.failures[name[5:]] = amount
-        elif name.startswith("delay_le_ms:") and name[12:] in _BUCKET_INDEX:
-            counts.delay_buckets[_BUCKET_INDEX[name[12:]]] = amount
-    return counts
-
-
-def read_hours(client: RedisClient, first: datetime, hours: int,
-               prefix: str = DEFAULT_PREFIX) -> list[HourCounts]:
-    """The counters of `hours` consecutive UTC hours from the one containing `first`, oldest
-    first (empty hours included), read in pipelines of 500 HGETALLs."""
-    start = _hour_start(first)
-    moments = [start + timedelta(hours=i) for i in range(hours)]
-    out: list[HourCounts] = []
-    for chunk in range(0, len(moments), 500):
-        part = moments[chunk:chunk + 500]
-        pipe = client.pipeline(transaction=False)
-        for moment in part:
-            pipe.hgetall(hour_key(prefix, moment))
-        out += [_parse_hash(m, raw) for m, raw in zip(part, pipe.execute(), strict=True)]
-    return out
-
-
-def total(hours: Iterable[HourCounts], first: datetime) -> HourCounts:
-    """All counters of `hours` summed (labelled with `first`)."""
-    out = HourCounts(first, tracked_pending=0)
-    pending = 0
-    for counts in hours:
-        out.add(counts)
-        pending += counts.pending or 0
-    out.tracked_pending = pending
-    return out
-
-
-def read_code_messages(client: RedisClient, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
-    """The latest err_msg the platform sent with each failure code."""
-    raw: dict[bytes, bytes] = client.hgetall(codes_key(prefix))  # type: ignore[assignment]
-    return {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in raw.items()}
-
