@@ -51,7 +51,8 @@ from alicom_sandbox.redis_server import RedisServer, free_port, running_redis
 from alicom_sandbox.testing import SandboxHandle, running_sandbox
 from consumer.errors import DecodeError
 from consumer.keys import business_key
-from consumer.pipeline.deadletter import DeadLetter, DeadLetterSettings, RedisDeadLetterStore
+from consumer.pipeline.deadletter import DeadLetter
+from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.decode import parse_object
 from consumer.receipts import ReceiptMeta
 

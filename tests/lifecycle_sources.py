@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import redis
 
 from consumer.keys import dedup_key
-from consumer.pipeline.deadletter import DeadLetter, DeadLetterSettings, RedisDeadLetterStore
+from consumer.pipeline.deadletter import DeadLetter
+from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.decode import parse_object
 from consumer.pipeline.dedup import DedupSettings, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher

@@ -26,7 +26,8 @@ from consumer import __version__
 from consumer.cli import COMMANDS
 from consumer.clients.credentials import _metadata_down, chain_failures, load_access_key
 from consumer.errors import EXIT_CONFIG, EXIT_UNAVAILABLE
-from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
+from consumer.pipeline.deadletter import DeadLetter
+from consumer.pipeline.deadletter_store import RedisDeadLetterStore
 from consumer.settings import (
     SANDBOX_ACCESS_KEY_ID,
     SANDBOX_ACCESS_KEY_SECRET,

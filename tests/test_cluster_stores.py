@@ -21,7 +21,8 @@ from consumer.clients.redis_scripts import (
 )
 from consumer.errors import TransientError
 from consumer.handlers.review_status import ReviewStatus
-from consumer.pipeline.deadletter import DeadLetter, DeadLetterSettings, RedisDeadLetterStore
+from consumer.pipeline.deadletter import DeadLetter
+from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.decode import parse_object
 from consumer.pipeline.dedup import ClaimState, Completion, DedupSettings, RedisDedupStore
 from consumer.receipts import Receipt, ReceiptMeta

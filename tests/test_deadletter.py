@@ -18,12 +18,8 @@ from hypothesis import strategies as st
 from alicom_sandbox.config_file import write_config
 from alicom_sandbox.redis_server import RedisServer
 from consumer.errors import ConfigError, TransientError
-from consumer.pipeline.deadletter import (
-    DeadLetter,
-    DeadLetterSettings,
-    RedisDeadLetterStore,
-    new_dead_letter_id,
-)
+from consumer.pipeline.deadletter import DeadLetter, new_dead_letter_id
+from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
 
 DAY_MS = 24 * 3600 * 1000
 

@@ -25,7 +25,7 @@ from consumer.clients.redis_scripts import Replication, replication
 from consumer.errors import PermanentFailure, RetryLater, TransientError
 from consumer.handler_api import HandlerOutcome
 from consumer.keys import dedup_key
-from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
+from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.dedup import Completion, DedupSettings, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts, RedisRetry, Transport, Work

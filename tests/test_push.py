@@ -20,7 +20,7 @@ import structlog
 from alicom_sandbox.redis_server import RedisServer, running_redis
 from consumer.errors import ConfigError, RetryLater
 from consumer.keys import business_key
-from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
+from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.dedup import DedupSettings, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy

@@ -20,7 +20,8 @@ from alicom_sandbox.redis_topologies import (
 from consumer.clients.redis_client import connect, hash_tagged, scrub, transient_from_redis
 from consumer.clients.redis_scripts import NotReplicatedError, replication
 from consumer.errors import ConfigError, TransientError
-from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
+from consumer.pipeline.deadletter import DeadLetter, message_letter_id
+from consumer.pipeline.deadletter_store import RedisDeadLetterStore
 from consumer.pipeline.decode import parse_object
 from consumer.pipeline.dedup import ClaimState, Completion, DedupSettings, RedisDedupStore
 from consumer.receipts import SHANGHAI, ReceiptMeta

@@ -27,7 +27,8 @@ from consumer.cli.runner import (
 from consumer.clients.redis_client import RedisClient, connect
 from consumer.errors import AlicomReceiptsError, ConfigError
 from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
-from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
+from consumer.pipeline.deadletter import DeadLetter
+from consumer.pipeline.deadletter_store import RedisDeadLetterStore
 from consumer.pipeline.dedup import RedisDedupStore, replication_of
 from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts
 from consumer.pipeline.outcome import RetryPolicy

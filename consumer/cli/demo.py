@@ -31,7 +31,7 @@ from consumer.cli.runner import CommandParser, positive, share
 from consumer.clients.credentials import AccessKey
 from consumer.clients.redis_client import connect
 from consumer.clients.tea import tea_config
-from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
+from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
 from consumer.runtime.supervisor import worker_command
 
 

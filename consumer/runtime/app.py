@@ -23,7 +23,7 @@ from consumer.handlers.plugins import (
     handler_dispatcher,
     load_handlers,
 )
-from consumer.pipeline.deadletter import RedisDeadLetterStore
+from consumer.pipeline.deadletter_store import RedisDeadLetterStore
 from consumer.pipeline.dedup import RedisDedupStore, replication_of
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy

@@ -21,7 +21,7 @@ from alicom_sandbox.config_file import write_config
 from alicom_sandbox.publisher import Publisher
 from alicom_sandbox.redis_server import RedisServer
 from alicom_sandbox.testing import SandboxHandle, running_sandbox
-from consumer.pipeline.deadletter import DeadLetterSettings, RedisDeadLetterStore
+from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
 from tests.e2e.harness import WorkerProcess, wait_until, worker_env
 from tests.e2e.recording import read_records
 

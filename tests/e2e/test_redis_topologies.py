@@ -25,7 +25,7 @@ import redis
 from alicom_sandbox.redis_server import free_port
 from alicom_sandbox.redis_topologies import running_cluster, running_sentinel
 from consumer.clients.redis_client import connect
-from consumer.pipeline.deadletter import RedisDeadLetterStore
+from consumer.pipeline.deadletter_store import RedisDeadLetterStore
 from consumer.settings import DeadLetterSettings
 from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, wait_until, worker_env

@@ -36,7 +36,7 @@ import structlog
 from consumer.errors import AlicomReceiptsError, AuthError, TransientError
 from consumer.keys import dedup_key
 from consumer.pipeline.backoff import Backoff
-from consumer.pipeline.deadletter import RedisDeadLetterStore
+from consumer.pipeline.deadletter_store import RedisDeadLetterStore
 from consumer.pipeline.dedup import DedupStore
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts

@@ -51,7 +51,8 @@ from consumer.clients.redis_client import RedisClient, transient_from_redis
 from consumer.errors import AlicomReceiptsError
 from consumer.keys import dedup_key
 from consumer.pipeline.backoff import Backoff, Trouble
-from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
+from consumer.pipeline.deadletter import DeadLetter, message_letter_id
+from consumer.pipeline.deadletter_store import RedisDeadLetterStore
 from consumer.pipeline.decode import parse_json
 from consumer.pipeline.dedup import DedupStore
 from consumer.pipeline.dispatch import Dispatcher

@@ -24,7 +24,7 @@ from consumer.clients.redis_client import connect
 from consumer.clients.redis_guard import guard
 from consumer.errors import ConfigError
 from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
-from consumer.pipeline.deadletter import RedisDeadLetterStore
+from consumer.pipeline.deadletter_store import RedisDeadLetterStore
 from consumer.pipeline.dedup import RedisDedupStore, replication_of
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.stats import Stats

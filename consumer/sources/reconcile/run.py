@@ -43,7 +43,8 @@ from consumer.clients.redis_client import RedisClient, connect, transient_from_r
 from consumer.clients.redis_lease import hold, holder_of
 from consumer.errors import AlicomReceiptsError, AuthError, TransientError
 from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
-from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore, message_letter_id
+from consumer.pipeline.deadletter import DeadLetter, message_letter_id
+from consumer.pipeline.deadletter_store import RedisDeadLetterStore
 from consumer.pipeline.decode import parse_object
 from consumer.pipeline.dedup import DedupStore, RedisDedupStore, replication_of
 from consumer.pipeline.lifecycle import Dispatch, Lifecycle, LifecycleParts, Work

@@ -27,7 +27,8 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from consumer.pipeline.deadletter import DeadLetter, RedisDeadLetterStore
+from consumer.pipeline.deadletter import DeadLetter
+from consumer.pipeline.deadletter_store import RedisDeadLetterStore
 from consumer.pipeline.decode import decode_body, parse_json
 from consumer.pipeline.lifecycle import Lifecycle, Work
 from consumer.pipeline.outcome import Decision, Verdict
