@@ -14,10 +14,9 @@ import dataclasses
 import importlib
 import re
 import sys
-import types
 import typing
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -52,6 +51,7 @@ from consumer.settings.sections import (
     TokenSettings,
     WorkerSettings,
 )
+from consumer.settings.values import EnvText, coerce
 
 # tomllib is 3.11+; the package depends on tomli for 3.10 (same API).
 tomllib: Any = importlib.import_module("tomllib" if sys.version_info >= (3, 11) else "tomli")
@@ -167,12 +167,6 @@ def _find_credentials(node: Any, where: str, problems: list[str]) -> None:
                 _find_credentials(value, name, problems)
 
 
-class _EnvText(str):
-    """A value that came from the environment: typed from its text, not from TOML."""
-
-    __slots__ = ()
-
-
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str],
                problems: list[str]) -> dict[str, str]:
     """Writes `ALICOM_RECEIPTS_<SECTION>_<KEY>` values into `raw`, as `_EnvText`; returns
@@ -192,7 +186,7 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str],
             continue
         table = raw.setdefault(section, {})
         if isinstance(table, dict):
-            table[key] = _EnvText(env[var])
+            table[key] = EnvText(env[var])
             from_env[f"{section}.{key}"] = var
     return from_env
 
@@ -248,86 +242,11 @@ def _typed_table(section: str, cls: type, table: Mapping[str, Any],
             ok = False
             continue
         try:
-            kwargs[key] = _coerce(value, hints[key])
+            kwargs[key] = coerce(value, hints[key])
         except ValueError as exc:
             problems.append(f"{section}.{key} {exc}, got {str(value)!r}")
             ok = False
     return kwargs if ok else None
-
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    """`value` (TOML-typed, or `_EnvText`) as field type `tp`; ValueError says what is wanted."""
-    env = isinstance(value, _EnvText)
-    inner = _optional_inner(tp)
-    if inner is not None:
-        return None if env and value.strip().lower() in ("", "none") else _coerce(value, inner)
-    if typing.get_origin(tp) is tuple:
-        return _to_strings(value, env)
-    convert = _CONVERTERS.get(tp)
-    if convert is None:
-        raise ValueError(f"has a type the loader cannot read ({tp!r})")
-    return convert(value, env)
-
-
-def _to_bool(value: Any, env: bool) -> bool:
-    word = value.strip().lower() if env else None
-    if word in _TRUE or word in _FALSE:
-        return word in _TRUE
-    if isinstance(value, bool) and not env:
-        return value
-    raise ValueError("must be true or false")
-
-
-def _to_int(value: Any, env: bool) -> int:
-    if env and re.fullmatch(r"\s*[-+]?\d+\s*", value):
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and not env:
-        return value
-    raise ValueError("must be an integer")
-
-
-def _to_float(value: Any, env: bool) -> float:
-    if env:
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError("must be a number") from None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise ValueError("must be a number")
-
-
-def _to_str(value: Any, env: bool) -> str:
-    if isinstance(value, str):
-        return str(value)
-    raise ValueError("must be a string")
-
-
-def _to_strings(value: Any, env: bool) -> tuple[str, ...]:
-    """A TOML list of strings, or comma-separated text from the environment."""
-    items = [v.strip() for v in value.split(",") if v.strip()] if env else value
-    if isinstance(items, list) and all(isinstance(v, str) for v in items):
-        return tuple(str(v) for v in items)
-    raise ValueError("must be a list of strings")
-
-
-_CONVERTERS: dict[Any, Callable[[Any, bool], Any]] = {
-    bool: _to_bool, int: _to_int, float: _to_float, str: _to_str,
-}
-
-
-def _optional_inner(tp: Any) -> Any:
-    """`X` for `X | None`, else None."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        rest = [a for a in args if a is not type(None)]
-        if len(args) == 2 and len(rest) == 1:
-            return rest[0]
-    return None
 
 
 def _build_dedup_keys(raw: Any, problems: list[str]) -> Mapping[str, tuple[str, ...]]:
