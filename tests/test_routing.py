@@ -16,11 +16,10 @@ from consumer.handler_api import (
     BatchResult,
     HandlerOutcome,
     HandlerPolicy,
-    HandlerTypeError,
-    annotated_classes,
     handler,
     handler_tag,
 )
+from consumer.handler_types import HandlerTypeError, annotated_classes
 from consumer.handlers.plugins import HandlerSpec, PluginError, load_handlers
 from consumer.pipeline.dispatch import STUCK, Dispatcher
 from consumer.pipeline.outcome import RetryPolicy

@@ -43,7 +43,7 @@ from consumer.errors import (
     PermanentError,
     StartupUnavailable,
 )
-from consumer.handler_api import HandlerTypeError
+from consumer.handler_types import HandlerTypeError
 from consumer.handlers.plugins import close_handlers, deadline_problems, load_handlers
 from consumer.receipts import MESSAGE_TYPES, RECEIPT_CLASSES
 from consumer.runtime import logs

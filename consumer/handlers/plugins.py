@@ -35,13 +35,11 @@ from consumer.errors import ConfigError
 from consumer.handler_api import (
     AnyHandler,
     FunctionHandler,
-    HandlerTypeError,
     RoutedHandler,
     is_batch_handler,
-    normalise_types,
     own_policy,
-    receipt_classes,
 )
+from consumer.handler_types import HandlerTypeError, normalise_types, receipt_classes
 from consumer.handlers import one_line
 from consumer.pipeline.dispatch import Dispatcher, GaugeLike
 from consumer.pipeline.outcome import RetryPolicy
