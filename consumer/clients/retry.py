@@ -87,6 +87,13 @@ def retry_call(
             raise first.pop()
         return fn()
 
+    return _retrying(what, stop, tries, began, retry_on, event, fields)(call)
+
+
+def _retrying(what: str, stop: threading.Event, tries: Tries, began: float,
+              retry_on: Callable[[BaseException], bool], event: str | None,
+              fields: Mapping[str, object] | None) -> tenacity.Retrying:
+    """`retry_call`'s tenacity set-up: every limit explicit, never tenacity's defaults."""
     limits: list[tenacity.stop.stop_base] = [tenacity.stop_when_event_set(stop)]
     if tries.attempts is not None:
         limits.append(tenacity.stop_after_attempt(tries.attempts))
@@ -99,7 +106,7 @@ def retry_call(
         log.warning(event, call=what, attempt=state.attempt_number,
                     sleep_s=round(sleep_s, 2), error=str(exc), **dict(fields or {}))
 
-    retrying = tenacity.Retrying(
+    return tenacity.Retrying(
         stop=tenacity.stop_any(*limits),
         wait=tenacity.wait_random_exponential(multiplier=tries.base_s, max=tries.max_wait_s),
         retry=tenacity.retry_if_exception(retry_on),
@@ -107,7 +114,6 @@ def retry_call(
         sleep=lambda seconds: _wait(stop, seconds),
         reraise=True,
     )
-    return retrying(call)
 
 
 class _StopAfter(tenacity.stop.stop_base):

@@ -17,6 +17,7 @@ from consumer.clients.redis_client import RedisClient, connect
 from consumer.clients.redis_guard import guard
 from consumer.clients.tokens import TokenService
 from consumer.errors import AlicomReceiptsError, ConfigError
+from consumer.handler_api import RoutedHandler
 from consumer.handlers.plugins import (
     close_handlers,
     deadline_problems,
@@ -109,6 +110,26 @@ class Resources:
                 self.metrics.close()
 
 
+def _checked_handlers(settings: Settings, metrics: MetricsHandle | None,
+                      ) -> dict[str, list[RoutedHandler]]:
+    """The configured handlers by receipt class, loaded, with deadlines that cannot outlast
+    `ack.max_in_flight_s` (else a ConfigError naming them); `metrics` is closed when they
+    fail, as the worker that would close it is never built."""
+    try:
+        routes = load_handlers(settings.handlers)
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
+    problems = deadline_problems(routes, settings.ack.max_in_flight_s)
+    if problems:
+        close_handlers(routes)
+        if metrics is not None:
+            metrics.close()
+        raise ConfigError("; ".join(problems))
+    return routes
+
+
 def build_worker(settings: Settings, message_type: str, env: dict[str, str],
                  stats: Stats | None = None) -> tuple[Worker, Resources]:
     """Builds every collaborator of one worker process; raises ConfigError on a bad setup."""
@@ -134,18 +155,7 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
     metrics = setup_metrics(settings.metrics, message_type, stats)
     if metrics is not None:
         metrics.add_sampler(redis_memory_sampler(metrics, client))
-    try:
-        routes = load_handlers(settings.handlers)
-    except BaseException:
-        if metrics is not None:
-            metrics.close()
-        raise
-    problems = deadline_problems(routes, settings.ack.max_in_flight_s)
-    if problems:
-        close_handlers(routes)
-        if metrics is not None:
-            metrics.close()
-        raise ConfigError("; ".join(problems))
+    routes = _checked_handlers(settings, metrics)
     dispatcher = handler_dispatcher(routes, settings,
                                     stuck_gauge=metrics.stuck_gauge if metrics else None)
     dedup = RedisDedupStore(client, settings.dedup)

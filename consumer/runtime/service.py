@@ -217,18 +217,7 @@ def serve(worker: Worker, settings: ServiceSettings | None = None, *,
     """
     settings = settings or ServiceSettings()
     notifier = notifier or Notifier.from_env(os.environ)
-    signalled: list[int] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if signalled:
-            log.warning("second_signal_exit_now", signal=signum)
-            exit_now(1)
-        signalled.append(signum)
-        log.info("stopping", signal=signum)
-        worker.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    _stop_on_signals(worker)
     health = Health(worker, notifier, settings, probe or redis_probe(worker))
     if on_health is not None:
         on_health(health)
@@ -242,6 +231,34 @@ def serve(worker: Worker, settings: ServiceSettings | None = None, *,
         if reason is not None:
             worker.recycle(reason)
     notifier.stopping(worker.status())
+    _drain_within_budget(worker)
+    report_unrecorded(worker)
+    health.stop()
+    notifier.status("stopped")
+    notifier.close()
+    return 0
+
+
+def _stop_on_signals(worker: Worker) -> None:
+    """SIGTERM and SIGINT ask `worker` to stop; a second one exits at once (status 1)."""
+    signalled: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if signalled:
+            log.warning("second_signal_exit_now", signal=signum)
+            exit_now(1)
+        signalled.append(signum)
+        log.info("stopping", signal=signum)
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def _drain_within_budget(worker: Worker) -> None:
+    """Drains `worker` in a thread for its shutdown budget, and gives up DRAIN_GRACE_S later
+    (a call that never returns); SIGALRM, armed now, ends the process ALARM_GRACE_S past the
+    budget whatever happens."""
     budget_s = worker.config.shutdown_budget_s
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     signal.alarm(math.ceil(budget_s + ALARM_GRACE_S))
@@ -253,11 +270,6 @@ def serve(worker: Worker, settings: ServiceSettings | None = None, *,
         log.error("drain_overran", budget_s=budget_s, in_flight=len(worker.window),
                   note="a call to MNS, Redis or the token service did not return: exiting "
                        "anyway; what is not settled comes back after its visibility")
-    report_unrecorded(worker)
-    health.stop()
-    notifier.status("stopped")
-    notifier.close()
-    return 0
 
 
 def _drain(worker: Worker, deadline: float) -> None:
