@@ -43,6 +43,31 @@ tomllib: Any = importlib.import_module("tomllib" if sys.version_info >= (3, 11) 
 TIMEOUT_S = 900.0  # only bounds a hung run; nothing is asserted on it
 
 
+def other_build(tree: str) -> Path:
+    """`--against DIR` of the benchmarks that compare two builds: DIR, resolved, once it is
+    shown to be a checkout of this project whose `consumer` this interpreter imports from
+    DIR itself (the workers run it so: this venv's python, PYTHONPATH=DIR, which wins over
+    the venv's editable install of this tree) with this venv's dependencies. Else one line
+    saying what is wrong (SystemExit), before anything starts: a tree that silently ran this
+    build, or failed at its first worker, would compare nothing."""
+    old = Path(tree).resolve()
+    if not (old / "consumer" / "__main__.py").is_file():
+        raise SystemExit("--against: %s holds no consumer package" % old)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import consumer.cli; print(consumer.__file__)"], cwd=old,
+        env={**os.environ, "PYTHONPATH": str(old)}, capture_output=True, text=True,
+        timeout=120, check=False)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no error text"])[-1]
+        raise SystemExit("--against: %s's consumer does not import with %s: %s"
+                         % (old, sys.executable, last))
+    imported = Path(probe.stdout.strip()).resolve()
+    if not imported.is_relative_to(old):
+        raise SystemExit("--against: with PYTHONPATH=%s, %s imports consumer from %s"
+                         % (old, sys.executable, imported.parent))
+    return old
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far, from /proc/<pid>/stat."""
     stat = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()

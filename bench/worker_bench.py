@@ -60,7 +60,7 @@ from alicom_sandbox.fakes import FakeReceipts
 from alicom_sandbox.redis_server import running_redis
 from alicom_sandbox.redis_topologies import running_cluster
 from alicom_sandbox.testing import running_sandbox
-from bench.common import cpu_seconds
+from bench.common import cpu_seconds, other_build
 from bench.demo_pattern import demo_pattern, raw_ceiling, token_queue
 from bench.worker_procs import ClusterEnv, ClusterServer, Env, LongRun
 
@@ -285,7 +285,7 @@ def _redis_kinds(text: str) -> list[str]:
 
 
 def _redis_envs(env: Env, kinds: Sequence[str], stack: contextlib.ExitStack,
-                against: str | None = None) -> list[tuple[Env, str]]:
+                against: Path | None = None) -> list[tuple[Env, str]]:
     """(env, mode label) per `--redis` kind (a cluster is started into `stack`); with
     `against`, each is preceded by the same env running that tree's build ("@old")."""
     envs: list[tuple[Env, str]] = []
@@ -297,11 +297,9 @@ def _redis_envs(env: Env, kinds: Sequence[str], stack: contextlib.ExitStack,
                                 overrides=env.overrides), "@cluster"))
     if against is None:
         return envs
-    old = Path(against).resolve()
-    if not (old / "consumer" / "__main__.py").is_file():
-        raise SystemExit("--against: %s holds no consumer package" % old)
     return [pair for e, label in envs
-            for pair in ((dataclasses.replace(e, repo=old), label + "@old"), (e, label + "@new"))]
+            for pair in ((dataclasses.replace(e, repo=against), label + "@old"),
+                         (e, label + "@new"))]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -322,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not handler_sets or set(handler_sets) - {"noop", "bulk"}:
         raise SystemExit("--handlers: noop and/or bulk")
     kinds = _redis_kinds(args.redis)
+    against = None if args.against is None else other_build(args.against)
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="worker-bench-"))
         rds = stack.enter_context(running_redis())
@@ -329,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         env = Env(sandbox, rds, workdir, latency_ms=0, bodies=bodies, overrides=tuple(args.set))
-        envs = _redis_envs(env, kinds, stack, args.against)
+        envs = _redis_envs(env, kinds, stack, against)
         for run in range(args.runs):
             for lat in latencies:
                 for mode in modes:
@@ -342,12 +341,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         _progress(s, run, args.runs)
         if args.long:
             long_run = env.long_run(args.long, args.rss_every, FakeReceipts(seed=11))
-    command = "python bench/worker_bench.py " + " ".join(argv if argv is not None
-                                                           else sys.argv[1:])
+    _report(argv if argv is not None else sys.argv[1:], args.runs, samples, latencies, modes,
+            long_run)
+    return 0
+
+
+def _report(argv: Sequence[str], runs: int, samples: Sequence[Sample],
+            latencies: Sequence[int], modes: Sequence[str], long_run: LongRun | None) -> None:
+    """Prints the command, the machine, the tables and the verdicts (markdown)."""
+    command = "python bench/worker_bench.py " + " ".join(argv)
     print("\nWorker benchmark: `%s`\nPython %s, %d CPUs (sandbox, Redis and the worker share "
           "them), bench pid CPU %.1f s, medians of %d runs\n" % (
               command.strip(), platform.python_version(), os.cpu_count() or 0,
-              cpu_seconds(os.getpid()), args.runs))
+              cpu_seconds(os.getpid()), runs))
     print(table(samples, latencies, modes))
     if "worker" in modes:
         print("\nDuring the worker runs (medians):\n")
@@ -357,7 +363,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for line in verdicts(samples, latencies, modes, long_run):
         print("- " + line)
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Instructions per receipt of one worker draining a queue, under valgrind's callgrind.
 
 `python bench/worker_instructions.py --against DIR` (DIR: another build's tree, e.g.
-`git worktree add /tmp/old 50ba0b8`) runs, `--runs` times and alternating (old, new, old,
-...), the real `python -m consumer worker` of each build under `valgrind --tool=callgrind`
-on a fresh queue of `--messages` SmsReport bodies (a real Redis and the sandbox, as in
-bench/worker_bench.py, no-op handler, dedup on, logs at info). The counters are zeroed at the
-first delete and dumped once the queue is empty, so start-up and shutdown are left out.
+`git worktree add /tmp/old 50ba0b8`; refused in one line, as by bench/worker_bench.py,
+unless this venv's python imports DIR's own `consumer`) runs, `--runs` times and
+alternating (old, new, old, ...), the real `python -m consumer worker` of each build under
+`valgrind --tool=callgrind` on a fresh queue of `--messages` SmsReport bodies (a real Redis
+and the sandbox, as in bench/worker_bench.py, no-op handler, dedup on, logs at info). The
+counters are zeroed at the first delete and dumped once the queue is empty, so start-up and
+shutdown are left out.
 
 An instruction count does not move with the other work on a shared machine, where the CPU
 time per receipt moves by a third between runs; it is the steadier figure of the two (it
@@ -33,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alicom_sandbox.fakes import FakeReceipts
-from bench.common import REPO, World, bench_world
+from bench.common import REPO, World, bench_world, other_build
 from bench.worker_procs import NOOP_HANDLER, bulk_entries, track_sends
 
 
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--handlers", choices=("noop", "bulk"), default="noop",
                    help="bulk: the no-op handler and the bulk sender's three")
     args = p.parse_args(argv)
-    old = Path(args.against).resolve()
+    old = other_build(args.against)
     # Sent in the last hours, as a live sender's receipts are (see worker_bench.py).
     fakes = FakeReceipts(seed=7, start_epoch_s=time.time() - 2.0 * args.messages - 60)
     bodies = [fakes.body("SmsReport").body for _ in range(args.messages)]
