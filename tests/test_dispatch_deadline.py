@@ -4,6 +4,7 @@ handler still runs is never handed back, its late result is kept, and crashes ar
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -11,7 +12,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from structlog.testing import capture_logs
 
 from consumer.handler_api import HandlerOutcome
-from consumer.pipeline.dispatch import NOT_STARTED, STUCK, Dispatcher
+from consumer.pipeline.dispatch import NOT_STARTED, STUCK, WEDGED_AFTER_DEADLINES, Dispatcher
 from consumer.receipts import Receipt
 from tests.test_dispatch import WAIT_S, Blocker, report
 
@@ -181,23 +182,56 @@ def test_close_ends_queued_calls_not_started_and_leaves_running_ones_alone(
     assert slow.finished == ["biz-1"]  # biz-2 never ran
 
 
-def test_the_pool_is_wedged_once_stuck_threads_reach_the_share(
+def test_the_pool_is_wedged_once_calls_hung_a_further_deadline_hold_the_share(
         blockers: list[Blocker]) -> None:
     slow = blocker(blockers, "biz-1", "biz-2")
     dispatcher = make({"SmsReport": [slow]}, max_workers=4, stuck_share=0.5)
     late = Late()
 
     dispatcher.dispatch([report(1)], late)
-    assert dispatcher.stuck_threads == 1 and not dispatcher.wedged()
-    dispatcher.dispatch([report(2)], late)
-
+    assert dispatcher.stuck_threads == 1
+    dispatcher.dispatch([report(2)], late)  # returns once biz-2 too ran its deadline
+    assert dispatcher.stuck_threads == 2
+    # Judged at instants set from the newer call's start, not at whatever time the machine
+    # reaches these lines: a whole deadline past its deadline, both calls are taken for hung.
+    newest_started = time.monotonic() - min(s for _r, _h, s in dispatcher.running())
+    hung_at = newest_started + WEDGED_AFTER_DEADLINES * SHORT_S
+    assert not dispatcher.wedged(now=hung_at - 0.05), "only late: it may yet return"
+    assert dispatcher.wedged(now=hung_at + 0.05)
+    for _ in range(int(WAIT_S / 0.01)):  # and on the real clock, once that time came
+        if dispatcher.wedged():
+            break
+        threading.Event().wait(0.01)
     assert dispatcher.wedged()
+
     slow.release.set()
     for _ in range(int(WAIT_S / 0.01)):
         if len(late.got) == 2:
             break
         threading.Event().wait(0.01)
-    assert not dispatcher.wedged()
+    assert not dispatcher.wedged(now=hung_at + 3600)
+    dispatcher.close()
+
+
+def test_one_call_late_in_a_pool_of_one_is_not_a_wedge_until_a_further_deadline(
+        blockers: list[Blocker]) -> None:
+    # The CI failure: one handler thread, its call a little past its deadline on a starved
+    # machine; the worker recycled at once (handing back its queue) though the call returned
+    # half a second later. Late is not hung.
+    slow = blocker(blockers, "biz-1")
+    dispatcher = make({"SmsReport": [slow]}, max_workers=1, stuck_share=0.5)
+    late = Late()
+
+    dispatcher.dispatch([report(1)], late)
+    assert dispatcher.stuck_threads == 1
+    [(_receipt, _handler, running_s)] = dispatcher.running()
+    started = time.monotonic() - running_s
+    assert not dispatcher.wedged(now=started + 1.5 * SHORT_S)
+    assert dispatcher.wedged(now=started + WEDGED_AFTER_DEADLINES * SHORT_S + 0.05)
+    slow.release.set()
+    assert late.event.wait(WAIT_S)
+    assert dispatcher.stuck_threads == 0
+    assert not dispatcher.wedged(now=started + 3600)
     dispatcher.close()
 
 

@@ -41,9 +41,14 @@ NOT_STARTED = "not_started"
 #: the deadline: its real outcome comes later, through `late`.
 STUCK = "stuck"
 _EWMA_WEIGHT = 0.2  # of the newest duration in a handler's running mean
+#: A stuck call counts towards `wedged()` once it has run this many of its deadlines: past
+#: one it is only late (a slow downstream, a starved machine), and recycling then would hand
+#: back the queued receipts and restart the process while the call was about to return
+#: (the drain waits for it anyway); a whole further deadline later it is taken for hung.
+WEDGED_AFTER_DEADLINES = 2.0
 
-__all__ = ["DISPATCHER_CRASHED", "NOT_STARTED", "STUCK", "Dispatcher", "GaugeLike", "Late",
-           "LateOne"]
+__all__ = ["DISPATCHER_CRASHED", "NOT_STARTED", "STUCK", "WEDGED_AFTER_DEADLINES", "Dispatcher",
+           "GaugeLike", "Late", "LateOne"]
 
 #: `late(index, outcome)` of `dispatch`: the worst of them (`Late`: each handler's).
 LateOne = Callable[[int, HandlerOutcome], None]
@@ -79,7 +84,8 @@ class Dispatcher:
     it in its run go to another task, and its result is kept when it comes. `dispatch` without
     `late` waits for it; with `late` it returns STUCK for that receipt and calls
     `late(index, outcome)` once it finished. Only the process exiting ends a stuck call: the
-    worker recycles once `wedged()` (stuck threads reached `stuck_share` of the pool).
+    worker recycles once `wedged()` (calls that ran WEDGED_AFTER_DEADLINES of their deadline
+    hold `stuck_share` of the pool).
 
     `close()` starts nothing more: queued calls end with reason NOT_STARTED at once, running
     ones are waited for as before.
@@ -129,10 +135,18 @@ class Dispatcher:
         with self._cond:
             return self._stuck
 
-    def wedged(self) -> bool:
-        """True once stuck threads reached the configured share of the pool."""
+    def wedged(self, now: float | None = None) -> bool:
+        """True once the calls that ran WEDGED_AFTER_DEADLINES of their deadline (at `now`,
+        monotonic; default: now) hold the configured share of the pool. A call only late,
+        stuck since less than another deadline, does not count: it may yet return."""
+        now = time.monotonic() if now is None else now
         with self._cond:
-            return self._stuck >= self._wedged_at
+            if self._stuck < self._wedged_at:
+                return False
+            hung = sum(1 for call in self._active
+                       if call.stuck and call.started_at is not None
+                       and now - call.started_at >= WEDGED_AFTER_DEADLINES * call.deadline_s)
+            return hung >= self._wedged_at
 
     def running(self) -> list[tuple[Receipt, str, float]]:
         """(receipt, handler, seconds it has been running) of every call running now."""

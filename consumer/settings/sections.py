@@ -136,8 +136,8 @@ class WorkerSettings(Section):
     `adaptive_concurrency`: only as many pollers and ackers work at once as the round trip
     to MNS needs (consumer.sources.mns.gate); false keeps all of them busy.
     `handler_deadline_s`: a call running longer counts as stuck (it keeps its message: Python
-    cannot stop a thread); once `stuck_recycle_share` of `handler_threads` are stuck, the
-    worker recycles, and the exit ends them.
+    cannot stop a thread); once `stuck_recycle_share` of `handler_threads` hold calls that ran
+    twice their deadline (hung, not just late), the worker recycles, and the exit ends them.
     """
 
     SECTION = "worker"

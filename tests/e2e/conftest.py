@@ -32,6 +32,10 @@ def e2e_sandbox() -> Iterator[SandboxHandle]:
         yield handle
 
 
+#: The log events that say why a worker began to stop (a recycle, a signal).
+STOP_EVENTS = frozenset({"recycling", "stopping", "second_signal_exit_now"})
+
+
 @dataclass
 class Stack:
     """One test's world: its queue on the sandbox, its Redis, its worker processes."""
@@ -111,8 +115,11 @@ class Stack:
         def check() -> bool:
             for w in self.workers:
                 if w.proc is not None and w.proc.poll() is not None and not w.expected_exit:
+                    # Why it stopped comes first: the tail alone may be all drain lines.
+                    why = [line for line in w.log_lines() if line.get("event") in STOP_EVENTS]
                     tail = w.log_path.read_text(errors="replace")[-3000:]
-                    raise AssertionError("worker exited %s:\n%s" % (w.proc.returncode, tail))
+                    raise AssertionError("worker exited %s: %s\n%s" % (
+                        w.proc.returncode, why or "no stop event logged", tail))
             return predicate()
         wait_until(check, timeout_s, what)
 

@@ -145,12 +145,14 @@ def test_a_handler_past_its_deadline_is_applied_once_and_its_success_recorded(
 
 def test_a_backlog_waiting_past_max_in_flight_is_applied_once(stack: Stack) -> None:
     _report, keys = publish(stack, 16, seed=35)
-    # One handler thread, 0.5 s each: the last of a batch of 16 waits ~8 s in the process,
-    # far past max_in_flight_s; waiting is not running, so its visibility is extended.
-    config = stamper_config(stack, {"sleep_s": 0.5},
-                            worker={"handler_threads": 1, "handler_deadline_s": 2,
+    # One handler thread, 1 s each: the last of a batch of 16 waits ~15 s in the process,
+    # far past max_in_flight_s; waiting is not running, so its visibility is extended. A
+    # call itself stays far below the deadline and max_in_flight_s however slow the machine
+    # (a starved CI machine once stretched a 0.5 s call to 2.5 s: its stamps are fsynced).
+    config = stamper_config(stack, {"sleep_s": 1.0},
+                            worker={"handler_threads": 1, "handler_deadline_s": 4,
                                     "in_flight_max": 16},
-                            ack={"max_in_flight_s": 3})
+                            ack={"max_in_flight_s": 8})
     worker = stack.worker(config)
     stack.wait(lambda: len(stamps(stack).ended()) == 16, "all applied", 120)
     stack.wait(stack.queue_is_empty, "every message deleted")
@@ -158,6 +160,27 @@ def test_a_backlog_waiting_past_max_in_flight_is_applied_once(stack: Stack) -> N
     assert assert_exits_within(worker, 10) == 0
     assert stamps(stack).ended() == dict.fromkeys(keys, 1)
     assert not stack.log_events("recycling")
+    stamps(stack).assert_no_overlap()
+
+
+def test_a_call_late_past_its_deadline_does_not_recycle_the_worker(stack: Stack) -> None:
+    _report, keys = publish(stack, 2, seed=39)
+    # The only handler thread runs each call 1.5 s past its deadline: stuck (warned), but only
+    # late, not hung; a whole further deadline (5 s) would have to pass for a recycle.
+    config = stamper_config(stack, {"sleep_s": 6.5},
+                            worker={"handler_threads": 1, "handler_deadline_s": 5},
+                            ack={"max_in_flight_s": 60},
+                            # the push rule's bound on one thread's queue of 64 (unused here)
+                            push={"reclaim_idle_s": 600})
+    worker = stack.worker(config)
+    stack.wait(lambda: stamps(stack).ended() == dict.fromkeys(keys, 1), "all applied", 120)
+    stack.wait(stack.queue_is_empty, "every message deleted")
+    worker.signal(signal.SIGTERM)
+    assert assert_exits_within(worker, 10) == 0
+    assert len(stack.log_events("handler_stuck")) == 2
+    assert not stack.log_events("recycling")
+    settled = [e["outcome"] for e in stack.log_events("receipt_settled")]
+    assert settled == ["handled", "handled"]
     stamps(stack).assert_no_overlap()
 
 
