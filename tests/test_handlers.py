@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from alicom_sandbox.redis_server import RedisServer, free_port
 from consumer.errors import ConfigError, PermanentFailure, RetryLater
-from consumer.handlers import receipt_json, sink_key_function
+from consumer.handlers import receipt_json, redis_retry, sink_key_function
 from consumer.handlers.jsonl import JsonLinesHandler
 from consumer.handlers.log import LogHandler
 from consumer.handlers.plugins import PluginError, load_handlers
@@ -379,3 +379,16 @@ def test_webhook_outcomes_through_the_dispatcher(hook_server: tuple[str, type[Ho
     assert [(o.kind, o.handler) for o in outcomes] == [
         ("ok", "webhook"), ("permanent", "bad-hook"), ("ok", "webhook")]
     assert [h.name for h in routes["SmsUp"]] == ["bad-hook"]
+
+
+def test_a_redis_backed_handlers_retry_reason_is_one_line_without_credentials() -> None:
+    client = redis.Redis(host="127.0.0.1", port=1, username="ops", password="hunter2-xyz")
+    echoed = redis.ResponseError("proxy said:\n cannot reach redis://ops:p4ss@10.0.0.9:6379"
+                                 " with AUTH hunter2-xyz")
+    try:
+        retry = redis_retry("review status", echoed, client)
+    finally:
+        client.close()
+    assert isinstance(retry, RetryLater)
+    assert retry.reason == ("review status: ResponseError: proxy said: cannot reach "
+                            "redis://***@10.0.0.9:6379 with AUTH ***")

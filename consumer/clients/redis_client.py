@@ -43,6 +43,7 @@ __all__ = [
     "connect_async",
     "connect_option",
     "hash_tagged",
+    "redis_error_text",
     "scrub",
     "transient_from_redis",
 ]
@@ -96,10 +97,17 @@ def transient_from_redis(
     client version, could echo a URL or the password; this removes both (the client's own
     password and user name, any URL's user info) before the text can reach a log line.
     """
+    return TransientError(f"redis {operation} failed: {redis_error_text(exc, client)}")
+
+
+def redis_error_text(exc: BaseException, client: RedisClient) -> str:
+    """`Type: message` of a failed call on `client`, on one line, with the client's own
+    password and user name and any URL's user info masked: the one form every Redis error
+    takes on its way to a log line, a retry reason or a dead letter."""
     kwargs: dict[str, object] = client.get_connection_kwargs()
     secrets = [kwargs.get("password"), kwargs.get("username")]
     text = _scrubbed(str(exc), [s for s in secrets if isinstance(s, str)])
-    return TransientError(f"redis {operation} failed: {type(exc).__name__}: {text}")
+    return " ".join(f"{type(exc).__name__}: {text}".split())
 
 
 def _scrubbed(text: str, secrets: Iterable[str | None]) -> str:

@@ -26,6 +26,8 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+from consumer.clients.redis_client import RedisClient, redis_error_text
+from consumer.errors import RetryLater
 from consumer.keys import KeyFunction, key_secret, make_key_function
 from consumer.receipts import Receipt
 
@@ -48,6 +50,13 @@ def receipt_json(receipt: Receipt) -> str:
 def one_line(exc: BaseException) -> str:
     """`Type: message` on a single line, for RetryLater / PermanentFailure reasons."""
     return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def redis_retry(what: str, exc: BaseException, client: RedisClient) -> RetryLater:
+    """A Redis-backed handler's RetryLater for a failed call on `client`: `<what>: Type:
+    message`, one line, credentials masked (`consumer.clients.redis_client.redis_error_text`).
+    Raise it `from exc`."""
+    return RetryLater(f"{what}: {redis_error_text(exc, client)}")
 
 
 def sink_key_function(dedup_keys: Mapping[str, Sequence[str]] | None = None) -> KeyFunction:

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import redis
 
-from consumer.clients.redis_client import connect_option
+from consumer.clients.redis_client import connect_option, redis_error_text
 from consumer.clients.redis_scripts import replication
-from consumer.errors import ConfigError, RetryLater
+from consumer.errors import ConfigError
 from consumer.handler_api import BatchResult
-from consumer.handlers import one_line, sink_key_function
+from consumer.handlers import redis_retry, sink_key_function
 from consumer.receipts import Receipt
 from consumer.reports.delivery_stats import (
     DEFAULT_ONCE_TTL_S,
@@ -67,11 +67,11 @@ class DeliveryStatsHandler:
         try:
             errors = self._writer.record(receipts)
         except redis.RedisError as exc:
-            raise RetryLater("delivery stats: %s" % one_line(exc)) from exc
+            raise redis_retry("delivery stats", exc, self._client) from exc
         result = BatchResult()
         for receipt, error in zip(receipts, errors, strict=True):
             if error is not None:
-                result.retry(receipt, "delivery stats: %s" % one_line(error))
+                result.retry(receipt, "delivery stats: " + redis_error_text(error, self._client))
         return result
 
     def close(self) -> None:

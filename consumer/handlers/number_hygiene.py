@@ -11,9 +11,9 @@ from typing import Any
 import redis
 
 from consumer.clients.redis_client import connect_option
-from consumer.errors import ConfigError, RetryLater
+from consumer.errors import ConfigError
 from consumer.handler_api import BatchResult
-from consumer.handlers import one_line
+from consumer.handlers import redis_retry
 from consumer.receipts import SHANGHAI_UTC_OFFSET_S, IntlSmsReport, Receipt, SmsReport
 from consumer.reports.delivery_stats import parse_receipt_time
 from consumer.reports.number_rules import Classifier, parse_policies, parse_rules
@@ -113,7 +113,7 @@ class NumberHygiene:
         try:
             self.numbers.apply(self.events(receipts, time.time()))
         except redis.RedisError as exc:
-            raise RetryLater("number hygiene: %s" % one_line(exc)) from exc
+            raise redis_retry("number hygiene", exc, self._client) from exc
         return BatchResult()
 
     def close(self) -> None:

@@ -15,11 +15,11 @@ from collections.abc import Mapping, Sequence
 import redis
 import structlog
 
-from consumer.clients.redis_client import connect_option
+from consumer.clients.redis_client import connect_option, redis_error_text
 from consumer.clients.redis_scripts import ScriptCall, run_calls
-from consumer.errors import ConfigError, RetryLater
+from consumer.errors import ConfigError
 from consumer.handler_api import BatchResult
-from consumer.handlers import one_line, receipt_json, sink_key_function
+from consumer.handlers import receipt_json, redis_retry, sink_key_function
 from consumer.receipts import Receipt
 
 log = structlog.get_logger(__name__)
@@ -84,12 +84,12 @@ class RedisStreamHandler:
         try:
             replies = run_calls(self._client, calls)
         except redis.RedisError as exc:
-            raise RetryLater(f"redis stream {self._stream}: {one_line(exc)}") from exc
+            raise redis_retry(f"redis stream {self._stream}", exc, self._client) from exc
         result = BatchResult()
         repeats = 0
         for receipt, reply in zip(receipts, replies, strict=True):
             if isinstance(reply, Exception):  # refused before the script ran
-                text = f"!{one_line(reply)}"
+                text = "!" + redis_error_text(reply, self._client)
             else:
                 text = reply.decode() if isinstance(reply, bytes) else str(reply)
             if text.startswith("!"):

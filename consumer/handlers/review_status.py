@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import redis
 
 from consumer.clients.redis_client import connect_option
-from consumer.errors import ConfigError, RetryLater
+from consumer.errors import ConfigError
 from consumer.handler_api import BatchResult
-from consumer.handlers import one_line
+from consumer.handlers import redis_retry
 from consumer.receipts import Receipt
 from consumer.reports.reviews import DEFAULT_PREFIX, ReviewStore
 
@@ -39,7 +39,7 @@ class ReviewStatus:
         try:
             self.store.record(receipts)
         except redis.RedisError as exc:
-            raise RetryLater("review status: %s" % one_line(exc)) from exc
+            raise redis_retry("review status", exc, self._client) from exc
         return BatchResult()
 
     def close(self) -> None:

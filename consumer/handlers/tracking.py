@@ -9,9 +9,8 @@ from collections.abc import Sequence
 import redis
 
 from consumer.clients.redis_client import connect_option
-from consumer.errors import RetryLater
 from consumer.handler_api import BatchResult
-from consumer.handlers import one_line
+from consumer.handlers import redis_retry
 from consumer.handlers.number_hygiene import receipt_epoch
 from consumer.receipts import Receipt, SmsReport
 from consumer.reports.number_rules import Classifier
@@ -61,7 +60,7 @@ class SendTracker:
                                      settle=outcomes,
                                      sent_at=[receipt_epoch(r.send_time, now) for r in reports])
         except redis.RedisError as exc:
-            raise RetryLater("send tracker: %s" % one_line(exc)) from exc
+            raise redis_retry("send tracker", exc, self._client) from exc
         return BatchResult()
 
     def close(self) -> None:
