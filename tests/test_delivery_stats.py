@@ -13,12 +13,12 @@ import pytest
 import redis
 
 from alicom_sandbox.redis_server import RedisServer, free_port
+from consumer import cli
 from consumer.errors import RetryLater
 from consumer.handlers.delivery_stats import DeliveryStatsHandler
 from consumer.handlers.plugins import PluginError, close_handlers, load_handlers
 from consumer.pipeline.decode import parse_object
 from consumer.receipts import Receipt, ReceiptMeta
-from consumer.reports.delivery_report import run
 from consumer.reports.delivery_stats import (
     DEFAULT_PREFIX,
     StatsWriter,
@@ -128,6 +128,11 @@ WINDOW = ["--redis-url", "<url>", "--since", "3h", "--until", "2024-03-10 11",
           "--tz", "Asia/Shanghai"]
 
 
+def run(argv: list[str]) -> int:
+    """`alicom-receipts stats ARGV` through the command router and runner, as a user runs it."""
+    return cli.main(["stats", *argv])
+
+
 def run_stats(server: RedisServer, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
     argv = [server.url if a == "<url>" else a for a in WINDOW] + list(extra)
     assert run(argv) == 0
@@ -225,7 +230,7 @@ def test_stats_refuses_bad_arguments(redis_server: RedisServer, argv: list[str],
 
 def test_stats_says_when_redis_does_not_answer(capsys: pytest.CaptureFixture[str]) -> None:
     url = "redis://:hunter2@127.0.0.1:%d/0" % free_port()
-    assert run(["--redis-url", url]) == 1
+    assert run(["--redis-url", url]) == 3
     err = capsys.readouterr().err
     assert "Redis did not answer" in err
     assert "hunter2" not in err

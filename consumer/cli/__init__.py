@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                     "drain pushed receipts through dedup, handlers and dead letters"),
     "reconcile": ("consumer.cli.reconcile", "main",
                   "recover lost receipts with QuerySendDetails"),
-    "stats": ("consumer.reports.delivery_report", "run", "delivery success rate and failure codes"),
+    "stats": ("consumer.cli.stats", "main", "delivery success rate and failure codes"),
     "demo": ("consumer.cli.demo", "main", "the whole loop locally: sandbox, publisher, worker"),
     "files": ("consumer.cli.files", "main",
               "where the shipped systemd units, installer and example config are"),
@@ -49,7 +49,7 @@ def _usage() -> str:
     lines += ["  %-14s %s" % (name, spec[2]) for name, spec in COMMANDS.items()]
     lines += ["", "`alicom-receipts <command> --help` for a command's options.",
               "Exit status: 0 ok, 1 failed, 2 usage or configuration error, 3 Redis did not "
-              "answer (numbers, tasks, reviews), 75 temporary start-up failure (try again "
+              "answer (stats, numbers, tasks, reviews), 75 temporary start-up failure (try again "
               "later)."]
     return "\n".join(lines)
 

@@ -42,11 +42,10 @@ from consumer.cli.dashboard_page import Stores, collect, render
 from consumer.cli.numbers import CSV_COLUMNS
 from consumer.cli.numbers import open_numbers as _open_numbers
 from consumer.cli.numbers import when as _when
-from consumer.cli.runner import CommandParser
+from consumer.cli.runner import CommandParser, parse_since
 from consumer.errors import ConfigError, StartupUnavailable
 from consumer.receipts import SHANGHAI
 from consumer.reports import delivery_stats, reviews, tasks
-from consumer.reports.delivery_report import parse_since
 from consumer.reports.targets import add_target_arguments, handler_options, open_redis
 
 SECRET_ENV = "ALICOM_RECEIPTS_DASHBOARD_SECRET"  # noqa: S105 - a variable name

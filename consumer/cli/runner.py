@@ -12,7 +12,8 @@ Commands themselves use `CommandParser` (argparse whose usage errors are one lin
 `add_config_argument` (the one `--config` option, accepted before or
 after a sub-command's action), `load` (settings from `--config` / `$ALICOM_RECEIPTS_CONFIG`
 / the embedded default, then logging set up from them), `queue_type` (`--queue` as a type
-or a queue name, everywhere) and `port` (an argparse type).
+or a queue name, everywhere), `parse_since` (a `--since` window: 24h, 7d) and `port` (an
+argparse type).
 Anything else escaping a command is a bug and keeps its traceback.
 """
 
@@ -44,9 +45,10 @@ from consumer.settings import (
 )
 
 __all__ = ["EXIT_CONFIG", "EXIT_UNAVAILABLE", "CommandParser", "add_config_argument",
-           "config_in_every_action", "load", "non_negative", "port", "positive", "queue_type",
-           "run_command", "share"]
+           "config_in_every_action", "load", "non_negative", "parse_since", "port", "positive",
+           "queue_type", "run_command", "share"]
 
+_MAX_SINCE_HOURS = 24 * 366
 
 
 def run_command(prog: str, body: Callable[[], int | None]) -> int:
@@ -131,6 +133,17 @@ def queue_type(settings: Settings, text: str, flag: str = "--queue") -> str:
     raise ConfigError("%s must be a message type (%s) or its queue name (%sSmsReport), got %r%s"
                       % (flag, ", ".join(known), settings.queue_prefix, text,
                          did_you_mean(name, known)))
+
+
+def parse_since(text: str) -> int:
+    """Hours in "24h" / "7d" (a `--since` window); ConfigError otherwise or beyond a year."""
+    match = re.fullmatch(r"\s*(\d+)\s*([hd])\s*", text.lower())
+    if not match or int(match[1]) == 0:
+        raise ConfigError("--since must look like 24h or 7d, got %r" % text)
+    hours = int(match[1]) * (24 if match[2] == "d" else 1)
+    if hours > _MAX_SINCE_HOURS:
+        raise ConfigError("--since is limited to %d days" % (_MAX_SINCE_HOURS // 24))
+    return hours
 
 
 def port(text: str) -> int:

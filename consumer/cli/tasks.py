@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from consumer.cli.numbers import when
-from consumer.cli.runner import CommandParser, config_in_every_action
+from consumer.cli.runner import CommandParser, config_in_every_action, parse_since
 from consumer.clients.redis_client import RedisClient
-from consumer.reports.delivery_report import parse_since
 from consumer.reports.err_codes import describe
 from consumer.reports.targets import (
     add_target_arguments,

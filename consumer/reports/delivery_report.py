@@ -1,4 +1,5 @@
-"""Reading the delivery statistics back: `alicom-receipts stats`.
+"""The delivery report: the figures `alicom-receipts stats` (`consumer.cli.stats`) and the
+dashboard show for a window of hours.
 
 It reads the hour buckets of `consumer.reports.delivery_stats` (through `consumer.reports
 .hour_counts`) and shows the figures: the success rate (delivered / (delivered + failed)),
@@ -7,46 +8,22 @@ own err_msg as a hint), submitted and still without a receipt (when sends are tr
 and the receipt delay (average exact; median and p90 as the upper bound of the delay
 bucket that holds them, so "<= 10 s").
 
-Usage::
-
-    alicom-receipts stats [--config FILE] [--since 24h] [--until "2021-09-06 15"]
-                          [--tz Asia/Shanghai] [--top 10] [--json] [--redis-url URL]
-
-The window is the `--since` hours ending with the hour `--until` (default: the current
-hour), both included. Redis and the key prefix come from `--redis-url` / `--prefix`, else
-from the `delivery-stats` handler's options in the configuration, else its `[redis] url`.
+`build_report` reads a window, `render_text` / `render_json` write it (`failure_rows`: its
+top failure codes with their meaning). Nothing here writes to Redis.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import re
-import sys
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Any, TextIO
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
 
-import redis
-import structlog
-
-from consumer.clients.redis_client import RedisClient, connect
-from consumer.errors import ConfigError
+from consumer.clients.redis_client import RedisClient
 from consumer.reports.delivery_stats import DEFAULT_PREFIX
 from consumer.reports.err_codes import describe
 from consumer.reports.hour_counts import HourCounts, read_code_messages, read_hours, total
-from consumer.reports.targets import handler_options
-from consumer.settings import CONFIG_HELP
-
-log = structlog.get_logger(__name__)
-
-_MAX_HOURS = 24 * 366
-_DELIVERY_STATS = frozenset({"delivery-stats",
-                             "consumer.handlers.delivery_stats:DeliveryStatsHandler"})
 
 
 @dataclass(frozen=True)
@@ -67,94 +44,6 @@ def build_report(client: RedisClient, first: datetime, hours: int,
     """Reads `hours` hours from the one containing `first`."""
     counts = read_hours(client, first, hours, prefix)
     return Report(counts, total(counts, counts[0].hour), read_code_messages(client, prefix))
-
-
-# -- the command -------------------------------------------------------------------------------
-
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="alicom-receipts stats",
-                                description="Delivery success rate, failure codes, hourly table.")
-    p.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
-    p.add_argument("--since", default="24h", help="window length: Nh or Nd (default 24h)")
-    p.add_argument("--until", default=None, metavar="'YYYY-MM-DD HH'",
-                   help="last hour of the window, in --tz (default: the current hour)")
-    p.add_argument("--tz", default="Asia/Shanghai", help="time zone of the hours shown")
-    p.add_argument("--top", type=int, default=10, help="failure codes to list (default 10)")
-    p.add_argument("--json", action="store_true", help="one JSON document instead of tables")
-    p.add_argument("--redis-url", default=None, help="default: from the configuration")
-    p.add_argument("--prefix", default=None, help="key prefix (default: from the configuration)")
-    return p.parse_args(list(argv))
-
-
-def parse_since(text: str) -> int:
-    """Hours in "24h" / "7d"; ConfigError otherwise or beyond a year."""
-    match = re.fullmatch(r"\s*(\d+)\s*([hd])\s*", text.lower())
-    if not match or int(match[1]) == 0:
-        raise ConfigError("--since must look like 24h or 7d, got %r" % text)
-    hours = int(match[1]) * (24 if match[2] == "d" else 1)
-    if hours > _MAX_HOURS:
-        raise ConfigError("--since is limited to %d days" % (_MAX_HOURS // 24))
-    return hours
-
-
-def _parse_until(text: str | None, zone: tzinfo, now: float) -> datetime:
-    if text is None:
-        return datetime.fromtimestamp(now, timezone.utc)
-    for pattern in ("%Y-%m-%d %H", "%Y-%m-%dT%H", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"):
-        try:
-            return datetime.strptime(text.strip(), pattern).replace(tzinfo=zone)
-        except ValueError:
-            pass
-    raise ConfigError("--until must look like 'YYYY-MM-DD HH', got %r" % text)
-
-
-def _zone(name: str) -> tzinfo:
-    if name.upper() == "UTC":
-        return timezone.utc
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError("--tz: unknown time zone %r" % name) from exc
-
-
-def _target(args: argparse.Namespace) -> tuple[str, str]:
-    """Redis URL and key prefix (`consumer.reports.targets`) of the delivery-stats handler."""
-    target = handler_options(args, _DELIVERY_STATS)
-    if not target.configured:
-        sys.stderr.write("alicom-receipts stats: note: the configuration has no delivery-stats "
-                         "handler, so nothing counts deliveries there; add [[handlers]] use = "
-                         "\"delivery-stats\" (or give --redis-url where another host counts)\n")
-    return target.url, str(args.prefix or target.options.get("prefix") or DEFAULT_PREFIX)
-
-
-def run(argv: Sequence[str], out: TextIO | None = None, now: float | None = None) -> int:
-    """The `stats` command; 0 done, 1 Redis unreachable, 2 bad arguments or configuration."""
-    out = out or sys.stdout
-    args = _parse(argv)
-    try:
-        hours = parse_since(args.since)
-        zone = _zone(args.tz)
-        until = _parse_until(args.until, zone, time.time() if now is None else now)
-        url, prefix = _target(args)
-    except ConfigError as exc:
-        sys.stderr.write("alicom-receipts stats: %s\n" % exc)
-        return 2
-    try:
-        client = connect(url, socket_timeout_s=10, connect_timeout_s=5)
-    except ConfigError as exc:  # one line, without the password
-        sys.stderr.write("alicom-receipts stats: %s\n" % exc)
-        return 2
-    try:
-        report = build_report(client, until - timedelta(hours=hours - 1), hours, prefix)
-    except redis.RedisError as exc:
-        sys.stderr.write("alicom-receipts stats: Redis did not answer (%s)\n"
-                         % type(exc).__name__)
-        return 1
-    finally:
-        client.close()
-    render = render_json if args.json else render_text
-    out.write(render(report, zone, max(0, args.top)))
-    return 0
 
 
 def failure_rows(report: Report, top: int) -> list[dict[str, Any]]:
