@@ -24,7 +24,7 @@ from consumer.handler_api import (
     routed,
     worst,
 )
-from consumer.pipeline.dispatch_plan import Batch, Call, Late, Run, Unit, pack, runs_of
+from consumer.pipeline.dispatch_plan import Batch, Call, Late, Run, Unit, Usual, pack, runs_of
 from consumer.pipeline.invoke import invoke_batch, invoke_one, under_policy
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.selection import Selection, not_run
@@ -40,7 +40,6 @@ NOT_STARTED = "not_started"
 #: The reason `dispatch(..., late=...)` gives a receipt whose handler is still running past
 #: the deadline: its real outcome comes later, through `late`.
 STUCK = "stuck"
-_EWMA_WEIGHT = 0.2  # of the newest duration in a handler's running mean
 #: A stuck call counts towards `wedged()` once it has run this many of its deadlines: past
 #: one it is only late (a slow downstream, a starved machine), and recycling then would hand
 #: back the queued receipts and restart the process while the call was about to return
@@ -73,10 +72,11 @@ class Dispatcher:
     "max_attempts").
 
     Grouping: a pool task costs more than a fast handler call itself (a future, two thread
-    wake-ups), so calls whose running mean duration is known are packed into tasks of about
-    `chunk_target_s`: a single-receipt handler's receipts into runs, and the calls of several
-    fast handlers of a batch into one task (`consumer.pipeline.dispatch_plan`). A handler not
-    yet measured gets one task per call (per receipt for a single-receipt one).
+    wake-ups), so calls whose usual duration is known (the shortest of a handler's recent
+    calls: `dispatch_plan.Usual`) are packed into tasks of about `chunk_target_s`: a
+    single-receipt handler's receipts into runs, and the calls of several fast handlers of a
+    batch into one task (`consumer.pipeline.dispatch_plan`). A handler not yet measured gets
+    one task per call (per receipt for a single-receipt one).
 
     The deadline: Python cannot kill a thread, so a call running longer than its deadline is
     never given up on (its receipt would run twice at once if it were handed back); it counts
@@ -117,7 +117,7 @@ class Dispatcher:
         self._stuck = 0
         self._closed = False
         self._active: set[Call] = set()  # started, not finished
-        self._mean_s: dict[str, float] = {}  # per handler name, per invocation; under the lock
+        self._usual: dict[str, Usual] = {}  # per handler name, per invocation; under the lock
 
     @property
     def routes(self) -> Mapping[str, tuple[RoutedHandler, ...]]:
@@ -216,7 +216,7 @@ class Dispatcher:
             by_class.setdefault(type(receipt).__name__, []).append(index)
         runs: list[Run] = []
         with self._cond:
-            means = dict(self._mean_s)
+            usual = {name: u.value for name, u in self._usual.items()}
         if not any(completed or ()) and not any(only or ()):
             completed = only = None  # the usual first delivery: nothing to leave out
         for cls_name, indexes in by_class.items():
@@ -234,7 +234,7 @@ class Dispatcher:
                 if todo:
                     runs += runs_of(bound.target, bound.name, bound.batch,
                                     bound.policy.deadline_s or self._deadline_s, todo,
-                                    means.get(bound.name), self._chunk_target_s)
+                                    usual.get(bound.name), self._chunk_target_s)
         return pack(runs, batch, self._chunk_target_s)
 
     @staticmethod
@@ -320,9 +320,12 @@ class Dispatcher:
         else:
             call.started_at = time.monotonic()
         self._cond.notify_all()
-        mean = self._mean_s.get(unit.name)
+        usual = self._usual.get(unit.name)
         took = outcomes[0].duration_s  # of the whole invocation, batch or single
-        self._mean_s[unit.name] = took if mean is None else mean + _EWMA_WEIGHT * (took - mean)
+        if usual is None:
+            self._usual[unit.name] = Usual(took)
+        else:
+            usual.add(took)
         return due
 
     def _not_started(self, call: Call) -> None:

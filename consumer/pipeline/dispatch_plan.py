@@ -3,12 +3,13 @@ grouped into tasks (`consumer.pipeline.dispatch` runs them and watches their dea
 
 A pool task costs more than a fast handler call itself (a future, a thread wake-up, the
 lock taken on each side), and a receipt class with several handlers would pay it per
-handler. So calls whose running mean duration is known are packed, in the order planned,
-into tasks of about `chunk_target_s` (the dispatcher's grouping target): a single-receipt
-handler's receipts into runs (as many as fit), and the runs and batch calls of several
-handlers into one task while their sum stays under the target. A handler not yet measured
-gets a task of its own per call (per receipt for a single-receipt one), and a slow one
-stays alone: handlers doing real work still run in parallel.
+handler. So calls whose usual duration is known (`Usual`: the shortest of a handler's
+recent calls) are packed, in the order planned, into tasks of about `chunk_target_s` (the
+dispatcher's grouping target): a single-receipt handler's receipts into runs (as many as
+fit), and the runs and batch calls of several handlers into one task while their sum stays
+under the target. A handler not yet measured gets a task of its own per call (per receipt
+for a single-receipt one), and a slow one stays alone: handlers doing real work still run
+in parallel.
 
 Units of one task run one after another on one thread. Each keeps its own handler's
 deadline: a unit past it counts as stuck and the units after it move to a new task
@@ -18,6 +19,7 @@ at most its deadline.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -80,6 +82,42 @@ class Call:
         return unit.deadline_s if unit is not None else 0.0
 
 
+#: Calls per window of `Usual` (it reads the shortest of the last one to two windows).
+USUAL_WINDOW = 64
+
+
+class Usual:
+    """A handler's usual wall time per invocation, as packing reads it: the shortest of its
+    last `USUAL_WINDOW` to 2 x `USUAL_WINDOW` calls (two windows, the older dropped when a
+    new one is full), so one short call in that span makes it fast.
+
+    Not the mean: a call's wall time also holds its waits for the GIL (a thread back from a
+    Redis reply waits up to the 5 ms switch interval while another one runs Python) and for
+    a CPU on a busy machine, and sharing a task adds none of those. Measured by their
+    running mean, the bulk sender's handlers (one Redis round trip per batch) took 5-6 ms
+    in the worker on a busy machine, so every batch went out as three pool tasks, one per
+    handler, with their wake-ups and hand-offs of the GIL: a third of the worker's CPU per
+    receipt. A handler slow by nature (an HTTP call, a sleep) has no short calls and stays
+    alone; one that is only sometimes slow shares a task and delays the units after it by
+    that call (a stuck one at most by its deadline: `Dispatcher._mark_stuck`).
+    Not thread-safe: the dispatcher updates it under its lock.
+    """
+
+    __slots__ = ("_calls", "_newer", "_older", "value")
+
+    def __init__(self, took_s: float) -> None:
+        self.value = self._older = self._newer = took_s
+        self._calls = 1
+
+    def add(self, took_s: float) -> None:
+        """One more call's wall time."""
+        self._newer = min(self._newer, took_s)
+        self._calls += 1
+        if self._calls >= USUAL_WINDOW:
+            self._older, self._newer, self._calls = self._newer, math.inf, 0
+        self.value = min(self._older, self._newer)
+
+
 class Run(NamedTuple):
     """Consecutive units of one handler, and how long they should take (None: unknown)."""
 
@@ -88,16 +126,17 @@ class Run(NamedTuple):
 
 
 def runs_of(target: AnyHandler, name: str, is_batch: bool, deadline_s: float,
-            indexes: list[int], mean_s: float | None, chunk_target_s: float) -> list[Run]:
+            indexes: list[int], usual_s: float | None, chunk_target_s: float) -> list[Run]:
     """One handler's units for these receipts, cut into runs of about `chunk_target_s` by
-    its running mean per invocation (`mean_s`, None: not measured: one unit per run)."""
+    its usual time per invocation (`usual_s`, see `Usual`; None: not measured: one unit per
+    run)."""
     if is_batch:
-        return [Run([Unit(target, name, True, deadline_s, list(indexes))], mean_s)]
+        return [Run([Unit(target, name, True, deadline_s, list(indexes))], usual_s)]
     units = [Unit(target, name, False, deadline_s, [i]) for i in indexes]
-    if mean_s is None:
+    if usual_s is None:
         return [Run([unit], None) for unit in units]
-    size = max(1, min(len(units), int(chunk_target_s / max(mean_s, 1e-7))))
-    return [Run(units[start:start + size], mean_s * len(units[start:start + size]))
+    size = max(1, min(len(units), int(chunk_target_s / max(usual_s, 1e-7))))
+    return [Run(units[start:start + size], usual_s * len(units[start:start + size]))
             for start in range(0, len(units), size)]
 
 
