@@ -70,3 +70,9 @@ class PermanentFailure(AlicomReceiptsError):  # noqa: N818 - raised by user hand
     def __init__(self, reason: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: message` of `exc` on a single line, whatever its text holds: the form an error
+    takes as a retry or dead-letter reason, a one-line CLI message or a log field."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())

@@ -47,11 +47,6 @@ def receipt_json(receipt: Receipt) -> str:
     return text
 
 
-def one_line(exc: BaseException) -> str:
-    """`Type: message` on a single line, for RetryLater / PermanentFailure reasons."""
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
-
-
 def redis_retry(what: str, exc: BaseException, client: RedisClient) -> RetryLater:
     """A Redis-backed handler's RetryLater for a failed call on `client`: `<what>: Type:
     message`, one line, credentials masked (`consumer.clients.redis_client.redis_error_text`).

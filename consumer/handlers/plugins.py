@@ -31,7 +31,7 @@ from typing import cast
 
 import structlog
 
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, one_line
 from consumer.handler_api import (
     AnyHandler,
     FunctionHandler,
@@ -40,7 +40,6 @@ from consumer.handler_api import (
     own_policy,
 )
 from consumer.handler_types import HandlerTypeError, normalise_types, receipt_classes
-from consumer.handlers import one_line
 from consumer.pipeline.dispatch import Dispatcher, GaugeLike
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.receipts import Receipt

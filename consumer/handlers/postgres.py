@@ -39,9 +39,9 @@ from typing import Any
 
 import structlog
 
-from consumer.errors import ConfigError, RetryLater
+from consumer.errors import ConfigError, RetryLater, one_line
 from consumer.handler_api import BatchResult
-from consumer.handlers import one_line, sink_key_function
+from consumer.handlers import sink_key_function
 from consumer.receipts import Receipt
 
 try:

@@ -7,8 +7,8 @@ import threading
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from consumer.errors import ConfigError, PermanentFailure, RetryLater
-from consumer.handlers import one_line, receipt_json
+from consumer.errors import ConfigError, PermanentFailure, RetryLater, one_line
+from consumer.handlers import receipt_json
 from consumer.receipts import Receipt
 
 _MAX_RESPONSE_BYTES = 64 * 1024

@@ -16,7 +16,7 @@ from typing import cast
 
 import structlog
 
-from consumer.errors import PermanentError, PermanentFailure, RetryLater
+from consumer.errors import PermanentError, PermanentFailure, RetryLater, one_line
 from consumer.handler_api import (
     AnyHandler,
     BatchHandler,
@@ -83,14 +83,12 @@ def _classify(exc: BaseException, name: str, receipts: Sequence[Receipt],
     if isinstance(exc, PermanentFailure):
         return "permanent", exc.reason or "permanent_failure", None
     if isinstance(exc, PermanentError):  # not exported for handlers, but its name says so
-        return "permanent", " ".join(f"{type(exc).__name__}: {exc}".split())[
-            :_REASON_MAX_CHARS], None
+        return "permanent", one_line(exc)[:_REASON_MAX_CHARS], None
     log.error("handler_raised" if isinstance(exc, Exception) else "handler_crashed",
               handler=name, exc_info=exc, error_type=type(exc).__name__,
               message_types=sorted({r.message_type for r in receipts}),
               message_ids=[r.meta.message_id for r in receipts])
-    reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever exc says
-    return "retry", reason[:_REASON_MAX_CHARS], None
+    return "retry", one_line(exc)[:_REASON_MAX_CHARS], None
 
 
 def under_policy(outcome: HandlerOutcome, dequeue_count: int, policy: HandlerPolicy | None,
