@@ -11,7 +11,8 @@ import re
 
 from alicom_sandbox.clock import Clock
 from alicom_sandbox.mns_errors import MnsError, queue_not_exist
-from alicom_sandbox.mns_queue import Queue, QueueAttributes, StoredMessage
+from alicom_sandbox.mns_limits import QueueAttributes
+from alicom_sandbox.mns_queue import Queue, StoredMessage
 
 MAX_QUEUE_NAME = 256
 _QUEUE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z")

@@ -25,13 +25,13 @@ from alicom_sandbox import mns_xml
 from alicom_sandbox.context import MNS_API_VERSION, SandboxContext
 from alicom_sandbox.faults import FaultKind
 from alicom_sandbox.mns_errors import MnsError, check_range, message_not_exist, parse_int
-from alicom_sandbox.mns_queue import (
+from alicom_sandbox.mns_limits import (
     MAX_BATCH,
     MAX_VISIBILITY_S,
     MAX_WAIT_S,
-    SendEntry,
     attributes_from_fields,
 )
+from alicom_sandbox.mns_queue import SendEntry
 from alicom_sandbox.signing import Authenticator, SignedRequest, authorize
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """One in-memory MNS queue: visibility, delays, priorities, retention, receipt handles.
 
 No HTTP here (see `alicom_sandbox.mns_api`); `alicom_sandbox.engine.QueueEngine` holds
-the queues by name and runs long polls.
+the queues by name and runs long polls; the limits and the attributes are
+`alicom_sandbox.mns_limits`.
 
 Data structures (per queue), all O(log n) per message:
 - `_visible`: heap of (priority, seq, id, version) of receivable messages; priority 1 is
@@ -23,67 +24,27 @@ import hashlib
 import heapq
 import random
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from alicom_sandbox.mns_errors import (
     MnsError,
     check_range,
-    invalid_argument,
     message_not_exist,
-    parse_int,
     receipt_handle_error,
 )
+from alicom_sandbox.mns_limits import (
+    DEFAULT_PRIORITY,
+    MAX_DELAY_S,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    QueueAttributes,
+)
 
-MAX_BATCH = 16
-MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 1, 16, 8
-MAX_DELAY_S = 604800
-MAX_VISIBILITY_S = 43200
-MAX_WAIT_S = 30
 # Handles we hand out: "1-<seq hex>-<12 random hex>"; URL-safe on purpose.
 _HANDLE = re.compile(r"1-[0-9A-F]{1,16}-[0-9A-F]{12}\Z")
 _COMPACT_SLACK = 1024
 
 ACTIVE, INACTIVE, DELAYED = 0, 1, 2
-
-
-@dataclass(frozen=True, slots=True)
-class QueueAttributes:
-    """The settable attributes of a queue, with MNS's defaults and ranges."""
-
-    visibility_timeout_s: int = 30
-    maximum_message_size_bytes: int = 65536
-    message_retention_s: int = 345600
-    delay_s: int = 0
-    polling_wait_s: int = 0
-    logging_enabled: bool = False
-
-
-# XML element -> (attribute, low, high); the ranges MNS documents for CreateQueue.
-ATTRIBUTE_FIELDS: Mapping[str, tuple[str, int, int]] = {
-    "VisibilityTimeout": ("visibility_timeout_s", 1, MAX_VISIBILITY_S),
-    "MaximumMessageSize": ("maximum_message_size_bytes", 1024, 65536),
-    "MessageRetentionPeriod": ("message_retention_s", 60, 604800),
-    "DelaySeconds": ("delay_s", 0, MAX_DELAY_S),
-    "PollingWaitSeconds": ("polling_wait_s", 0, MAX_WAIT_S),
-}
-
-
-def attributes_from_fields(fields: Mapping[str, str], base: QueueAttributes) -> QueueAttributes:
-    """`base` with the given XML fields applied; unknown fields are ignored, as MNS does."""
-    changes: dict[str, int | bool] = {}
-    for element, (attribute, low, high) in ATTRIBUTE_FIELDS.items():
-        text = fields.get(element)
-        if text is not None:
-            changes[attribute] = check_range(element, parse_int(element, text), low, high)
-    logging = fields.get("LoggingEnabled")
-    if logging is not None:
-        lowered = logging.strip().lower()
-        if lowered not in ("true", "false"):
-            raise invalid_argument("The value of LoggingEnabled should be True or False.")
-        changes["logging_enabled"] = lowered == "true"
-    return replace(base, **changes)  # type: ignore[arg-type]  # values typed per field above
 
 
 class StoredMessage:

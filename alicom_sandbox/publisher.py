@@ -42,6 +42,7 @@ from alicom_sandbox.fakes import (
     FakeReceipts,
     message_type_of_kind,
 )
+from alicom_sandbox.mns_limits import MAX_BATCH
 
 
 class PublishError(Exception):
@@ -61,7 +62,6 @@ class TransientError(PublishError):
     """The publish may work when tried again (network, 5xx)."""
 
 
-MAX_BATCH = 16  # MNS BatchSendMessage takes at most 16 messages
 DEFAULT_ENDPOINT = "http://127.0.0.1:8765"
 _AUTH_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
 _PERMANENT_CODES = frozenset({"QueueNotExist", "InvalidArgument", "MessageBodyLengthExceeded"})

@@ -40,7 +40,7 @@ from alicom_sandbox.engine import QueueEngine
 from alicom_sandbox.faults import Faults, FaultSettings
 from alicom_sandbox.mns_api import MnsApi, error_response
 from alicom_sandbox.mns_errors import MnsError
-from alicom_sandbox.mns_queue import QueueAttributes
+from alicom_sandbox.mns_limits import QueueAttributes
 
 log = logging.getLogger("alicom_sandbox")
 

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from alicom_sandbox.clock import Clock
 from alicom_sandbox.engine import QueueEngine
 from alicom_sandbox.mns_errors import MnsError
-from alicom_sandbox.mns_queue import Queue, QueueAttributes, SendEntry
+from alicom_sandbox.mns_limits import QueueAttributes
+from alicom_sandbox.mns_queue import Queue, SendEntry
 
 T0 = 1_700_000_000_000
 
