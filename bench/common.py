@@ -86,12 +86,21 @@ def context_switches(pid: int) -> int:
     return total
 
 
+def rss_kb(pid: int) -> int:
+    """Resident set size of a process in kB, from /proc/<pid>/status; 0 once it is gone."""
+    try:
+        lines = Path("/proc/%d/status" % pid).read_text().splitlines()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), 0)
+
+
 def rss_mb(pid: int) -> float:
-    """Resident set size of a process in MiB, from /proc/<pid>/status."""
-    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS for pid %d" % pid)
+    """Resident set size of a live process in MiB (RuntimeError when it is gone)."""
+    kb = rss_kb(pid)
+    if not kb:
+        raise RuntimeError("no VmRSS for pid %d" % pid)
+    return kb / 1024
 
 
 def machine_ticks() -> tuple[int, int]:

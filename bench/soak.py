@@ -13,23 +13,21 @@
   pushed twice; a refused push is pushed again, as the platform does;
 - the handler (tests.e2e.recording:Recorder) appends and fsyncs one line per application.
 
-At the end: published, applied, lost (goal 0), applied twice outside the crash window (goal
-0) and inside it (counted: the handler ran, then its process was killed before the
-completion was recorded, so the receipt ran again on re-delivery), dead letters (only the
-poison), and the RSS of each process at its start and at the end. The exit status is 1 when
-a goal is missed. The report is also written as JSON next to the run's files.
+At the end (counted and judged by bench/soak_report.py): published, applied, lost (goal 0),
+applied twice outside the crash window (goal 0) and inside it (counted: the handler ran,
+then its process was killed before the completion was recorded, so the receipt ran again on
+re-delivery), dead letters (only the poison), and the RSS of each process at its start and
+at the end. The exit status is 1 when a goal is missed. The report is also written as JSON
+next to the run's files. The plan, processes and shared state are bench/soak_world.py's.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import itertools
 import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +36,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,121 +45,25 @@ import redis
 from alicom_sandbox.config_file import write_config
 from alicom_sandbox.fakes import FakeReceipts
 from alicom_sandbox.publisher import Publisher, PublishError
-from alicom_sandbox.redis_server import RedisServer, free_port, running_redis
+from alicom_sandbox.redis_server import free_port, running_redis
 from alicom_sandbox.testing import SandboxHandle, running_sandbox
-from consumer.errors import DecodeError
-from consumer.keys import business_key
-from consumer.pipeline.deadletter import DeadLetter
 from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
-from consumer.pipeline.decode import parse_object
-from consumer.receipts import ReceiptMeta
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/soak.py`
+
+from bench.soak_report import (
+    goals_met,
+    key_of,
+    letter_key,
+    letter_kind,
+    markdown,
+    read_applied,
+    twice,
+)
+from bench.soak_world import REPO, Proc, SoakPlan, World
+
 ACCOUNT_ID = "1000000000000042"
 QUEUE = "Alicom-Queue-%s-SmsReport" % ACCOUNT_ID
-
-
-@dataclass(frozen=True)
-class SoakPlan:
-    """What one soak run does. The defaults are `make soak`'s."""
-
-    receipts: int = 100_000  # SmsReport messages on the queue, duplicates and poison included
-    first_chunk: int = 10_000  # on the queue before the workers start (the poison is in it)
-    publish_rate_per_s: float = 200.0  # the rest arrives at this pace while the faults run
-    duplicate_rate: float = 0.05
-    malformed: int = 100  # undecodable bodies: dead-lettered by the decoder
-    poison: int = 100  # receipts the handler refuses for good: dead-lettered
-    workers: int = 4
-    kill_every_s: tuple[float, float] = (5.0, 10.0)
-    mns_error_rate: float = 0.05
-    mns_drop_rate: float = 0.01
-    token_lifetime_s: float = 30.0
-    redis_restart_every_s: float = 120.0
-    push_receipts: int = 10_000  # SmsUp receipts through the push server
-    push_batch: int = 20
-    push_duplicate_rate: float = 0.05  # bodies pushed a second time after their 200
-    push_rate_per_s: float = 25.0
-    timeout_s: float = 3600.0
-    seed: int = 16
-
-
-@dataclass
-class Proc:
-    """One long-running process of the soak; `start` runs it again after a kill."""
-
-    name: str
-    argv: list[str]
-    log: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    incarnations: int = 0
-    rss_kb: list[tuple[int, int, float]] = field(default_factory=list)  # (incarnation, kB, t)
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv, cwd=REPO, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT)
-        self.incarnations += 1
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else 0
-
-    def sample_rss(self) -> None:
-        kb = rss_kb(self.pid)
-        if kb:
-            self.rss_kb.append((self.incarnations, kb, time.monotonic()))
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-
-def rss_kb(pid: int) -> int:
-    """Resident memory of a process in kB (0 when it is gone)."""
-    try:
-        with open("/proc/%d/status" % pid, encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-@dataclass
-class World:
-    """The run's state shared by its threads."""
-
-    plan: SoakPlan
-    tmp: Path
-    sandbox: SandboxHandle
-    redis_server: RedisServer
-    workers: list[Proc]
-    others: list[Proc]
-    fixed: list[Proc]  # Redis and the sandbox: sampled, never stopped by the soak
-    stop: threading.Event = field(default_factory=threading.Event)
-    kills: list[tuple[int, float]] = field(default_factory=list)  # (pid, when)
-    redis_restarts: list[float] = field(default_factory=list)
-    push_expected: set[str] = field(default_factory=set)
-    push_sent: int = 0
-    push_refused: int = 0
-    good: set[str] = field(default_factory=set)  # receipts published (not poison)
-    malformed: int = 0
-    published: int = 0  # messages, in chunks that went through whole
-    publish_retries: int = 0  # batches refused by a fault (sent again, fresh)
-    published_all: threading.Event = field(default_factory=threading.Event)
-    began: float = field(default_factory=time.monotonic)
-
-    @property
-    def records(self) -> Path:
-        return self.tmp / "applied.jsonl"
 
 
 # ------------------------------------------------------------------------------------------
@@ -236,11 +138,6 @@ def _publisher(world: World) -> None:
             chunk_no += 1
             world.stop.wait(count / plan.publish_rate_per_s)
     world.published_all.set()
-
-
-def key_of(message_type: str, obj: Any) -> str:
-    """The identity the recording handler writes for a receipt object."""
-    return business_key(parse_object(message_type, obj, ReceiptMeta("soak")))
 
 
 def _env(sandbox: SandboxHandle) -> dict[str, str]:
@@ -325,37 +222,6 @@ def _sampler(world: World) -> None:
 # Counting
 
 
-def read_applied(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with path.open(encoding="utf-8") as f:
-        return [r for r in (json.loads(line) for line in f if line.strip())
-                if r["what"] == "applied"]
-
-
-def twice(applied: list[dict[str, Any]], kills: list[tuple[int, float]]) -> tuple[int, int]:
-    """Repeated applications of one receipt: (inside the crash window, outside it).
-
-    Inside: the earlier application's process was killed (kill -9) between that application
-    and the next one, so its completion may not have been recorded: the one window the
-    README admits. Anything else is outside.
-    """
-    killed_at: dict[int, float] = dict(kills)
-    by_key: dict[str, list[dict[str, Any]]] = {}
-    for record in applied:
-        by_key.setdefault(str(record["key"]), []).append(record)
-    inside = outside = 0
-    for records in by_key.values():
-        records.sort(key=lambda r: float(r["t"]))
-        for first, again in itertools.pairwise(records):
-            k = killed_at.get(int(first["pid"]))
-            if k is not None and float(first["t"]) <= k <= float(again["t"]):
-                inside += 1
-            else:
-                outside += 1
-    return inside, outside
-
-
 def _settled(world: World) -> bool:
     """Everything published and pushed, all of it applied, the queue empty."""
     if not world.published_all.is_set() or world.push_sent < world.plan.push_receipts:
@@ -373,8 +239,8 @@ def _report(world: World, poison: set[str], duration_s: float) -> dict[str, Any]
     inside, outside = twice(applied, world.kills)
     letters = RedisDeadLetterStore(world.redis_server.client(), DeadLetterSettings()).list(
         10_000_000, 0)
-    kinds = Counter(_letter_kind(d, poison) for d in letters)
-    poison_lettered = {k for d in letters if (k := _letter_key(d)) in poison}
+    kinds = Counter(letter_kind(d, poison) for d in letters)
+    poison_lettered = {k for d in letters if (k := letter_key(d)) in poison}
     return {
         "plan": asdict(world.plan),
         "duration_s": round(duration_s, 1),
@@ -403,23 +269,6 @@ def _report(world: World, poison: set[str], duration_s: float) -> dict[str, Any]
     }
 
 
-def _letter_key(letter: DeadLetter) -> str | None:
-    """The identity of a dead-lettered receipt; None when its body does not decode."""
-    try:
-        text = (base64.b64decode(letter.raw_body).decode("utf-8") if letter.source == "mns"
-                else letter.raw_body)
-        return key_of(letter.message_type or "SmsReport", json.loads(text))
-    except (ValueError, DecodeError):
-        return None
-
-
-def _letter_kind(letter: DeadLetter, poison: set[str]) -> str:
-    key = _letter_key(letter)
-    if key is None:
-        return "malformed"
-    return "poison" if key in poison else "other"
-
-
 #: RSS "at start" is the first sample this long after the run began (imports done, warm).
 WARM_S = 15.0
 
@@ -430,15 +279,6 @@ def _rss(proc: Proc, began: float) -> dict[str, int]:
         return {}
     return {"start_kb": warm[0][1], "end_kb": proc.rss_kb[-1][1],
             "incarnations": proc.incarnations}
-
-
-def goals_met(report: dict[str, Any]) -> bool:
-    """Nothing lost, nothing applied twice outside the crash window, the dead letters only
-    (and all) the poison and the malformed bodies."""
-    return (report["lost"] == 0 and report["applied_twice_outside_crash_window"] == 0
-            and report["poison_applied"] == 0 and report["dead_letters_other"] == 0
-            and report["poison_without_dead_letter"] == 0
-            and report["dead_letters_malformed"] >= report["malformed_published"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -507,39 +347,6 @@ def _settled_quietly(world: World) -> bool:
         return _settled(world)
     except (redis.RedisError, OSError, Exception):  # noqa: BLE001 - any failure: not yet
         return False
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The README's table of one report."""
-    rows = [
-        ("SmsReport messages published (duplicates, malformed, poison included)",
-         report["published_mns_messages"]),
-        ("publish batches refused by a fault and sent again",
-         report["publish_batches_resent"]),
-        ("distinct receipts published through MNS / pushed", "%d / %d" % (
-            report["published_receipts"], report["pushed_receipts"])),
-        ("applications recorded (fsync each)", report["applied"]),
-        ("lost (goal 0)", report["lost"]),
-        ("applied twice outside the crash window (goal 0)",
-         report["applied_twice_outside_crash_window"]),
-        ("applied twice inside the crash window (counted)",
-         report["applied_twice_inside_crash_window"]),
-        ("dead letters: poison / malformed / anything else (goal 0)", "%d / %d / %d" % (
-            report["dead_letters_poison"], report["dead_letters_malformed"],
-            report["dead_letters_other"])),
-        ("poison / malformed published", "%d / %d" % (
-            report["poison_published"], report["malformed_published"])),
-        ("kill -9 of a worker / Redis restarts", "%d / %d" % (
-            report["kills"], report["redis_restarts"])),
-        ("duration", "%.0f s" % report["duration_s"]),
-    ]
-    lines = ["| | |", "|---|---:|", *("| %s | %s |" % row for row in rows), "",
-             "| process | RSS at start | RSS at end | starts |", "|---|---:|---:|---:|"]
-    for name, rss in report["rss_kb"].items():
-        if rss:
-            lines.append("| %s | %.1f MB | %.1f MB | %d |" % (
-                name, rss["start_kb"] / 1024, rss["end_kb"] / 1024, rss["incarnations"]))
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
