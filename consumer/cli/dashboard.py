@@ -174,7 +174,7 @@ def _within(address: str, networks: Sequence[IpNetwork]) -> bool:
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p = CommandParser(prog="alicom-receipts dashboard",
-                                description="A read-only report page.")
+                      description="A read-only report page.")
     add_target_arguments(p)
     p.add_argument("--listen", default="127.0.0.1:8088", metavar="HOST:PORT",
                    help="address to serve on (default 127.0.0.1:8088)")

@@ -42,7 +42,7 @@ CSV_COLUMNS = ("number", "reason", "failures", "first_failure", "last_failure",
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p = CommandParser(prog="alicom-receipts numbers",
-                                description="Numbers not to send to, and why.")
+                      description="Numbers not to send to, and why.")
     add_target_arguments(p)
     p.add_argument("--prefix", default=None, help="key prefix (default: from the handler)")
     p.add_argument("--hash-numbers", action="store_true", default=None,

@@ -50,8 +50,8 @@ def _count(text: str) -> int:
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p = CommandParser(prog="alicom-receipts reconcile",
-                                description="Recover lost SmsReport receipts of tracked sends "
-                                            "through QuerySendDetails.")
+                      description="Recover lost SmsReport receipts of tracked sends "
+                                  "through QuerySendDetails.")
     add_config_argument(p)
     p.add_argument("--grace", type=_duration, default=None, metavar="DURATION",
                    help="only sends older than this, e.g. 900s, 15m, 2h (default: [reconcile] "

@@ -32,7 +32,7 @@ _LABELS = {"approving": "in review", "approved": "approved", "rejected": "reject
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p = CommandParser(prog="alicom-receipts reviews",
-                                description="Review states of signatures and templates.")
+                      description="Review states of signatures and templates.")
     add_target_arguments(p)
     p.add_argument("--prefix", default=None, help="key prefix (default: from the handler)")
     sub = p.add_subparsers(dest="action", required=True)

@@ -35,7 +35,7 @@ _USES = frozenset({"send-tracker", "consumer.handlers.tracking:SendTracker"})
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p = CommandParser(prog="alicom-receipts tasks",
-                                description="Send tasks: submitted, delivered, failed, pending.")
+                      description="Send tasks: submitted, delivered, failed, pending.")
     add_target_arguments(p)
     p.add_argument("--prefix", default=None, help="tasks key prefix (default: from the handler)")
     sub = p.add_subparsers(dest="action", required=True)

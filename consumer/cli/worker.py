@@ -25,7 +25,7 @@ log = structlog.get_logger("alicom_receipts.app")
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = CommandParser(prog="alicom-receipts worker",
-                                     description="Run one worker process for one queue type.")
+                           description="Run one worker process for one queue type.")
     parser.add_argument("--queue", required=True, metavar="TYPE",
                         help="the message type to consume (SmsReport, SmsUp, ...) or its "
                              "queue's name (Alicom-Queue-<account id>-SmsReport)")
