@@ -76,3 +76,10 @@ def one_line(exc: BaseException) -> str:
     """`Type: message` of `exc` on a single line, whatever its text holds: the form an error
     takes as a retry or dead-letter reason, a one-line CLI message or a log field."""
     return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def clipped(text: str, limit: int = 300) -> str:
+    """`text` on one line (each run of whitespace one space), cut to `limit` characters with
+    "..." at the end: for a message that quotes another program's or library's text."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -42,6 +42,7 @@ from consumer.errors import (
     ConfigError,
     PermanentError,
     StartupUnavailable,
+    clipped,
 )
 from consumer.handler_types import HandlerTypeError
 from consumer.handlers.plugins import close_handlers, deadline_problems, load_handlers
@@ -70,12 +71,7 @@ class Report:
     notes: list[str] = field(default_factory=list)  # said, but not failing the check
 
     def problem(self, area: str, what: str, todo: str) -> None:
-        self.problems.append("%s: %s -> %s" % (area, _one_line(what), todo))
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+        self.problems.append("%s: %s -> %s" % (area, clipped(what), todo))
 
 
 def check_plugins(settings: Settings, report: Report) -> None:
@@ -171,7 +167,7 @@ def check_redis_settings(settings: Settings, client: RedisClient, report: Report
         found = findings(inspect(client), allow_eviction=settings.redis_allow_eviction,
                          needs_aof=True, allow_volatile=settings.push.allow_volatile)
     except redis.RedisError as exc:
-        report.notes.append("redis: its settings could not be read: %s" % _one_line(str(exc)))
+        report.notes.append("redis: its settings could not be read: %s" % clipped(str(exc)))
         return
     for finding in found:
         what, _, todo = finding.text.partition("; set ")
@@ -182,7 +178,7 @@ def check_redis_settings(settings: Settings, client: RedisClient, report: Report
         if finding.refuse:
             report.problem(area, what, "set " + todo)
         elif not finding.allowed:  # what the configuration accepts is not repeated here
-            report.notes.append("%s: %s" % (area, _one_line(finding.text)))
+            report.notes.append("%s: %s" % (area, clipped(finding.text)))
 
 
 def check_queue(settings: Settings, tokens: TokenService, message_type: str,
@@ -291,7 +287,7 @@ def main(argv: Sequence[str]) -> int:
             _say("config: %s -> fix %s" % (problem, where))
         return 2
     except ConfigError as exc:
-        _say("config: %s -> fix the file or --config" % _one_line(str(exc)))
+        _say("config: %s -> fix the file or --config" % clipped(str(exc)))
         return 2
     report = run_checks(settings, env)
     for line in report.notes:

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.errors import ConfigError, StartupUnavailable
+from consumer.errors import ConfigError, StartupUnavailable, clipped
 from consumer.settings import SANDBOX_ACCESS_KEY_ID, SANDBOX_ACCESS_KEY_SECRET
 
 ID_FILE = "access_key_id"
@@ -175,7 +175,7 @@ def _from_default_chain(env: Mapping[str, str]) -> AccessKey:
         if _metadata_down(tried, env):
             raise StartupUnavailable(
                 "the ECS metadata service did not answer for the RAM role's credentials "
-                f"({_trim(tried['ECS RAM role'], 120)})") from exc
+                f"({clipped(tried['ECS RAM role'], 120)})") from exc
         raise ConfigError(f"no Alibaba Cloud AccessKey found; tried $CREDENTIALS_DIRECTORY, "
                           f"{ENV_ID}/{ENV_SECRET}, {_summary(tried, detail)}; to fix: "
                           f"{_WHAT_TO_DO}") from exc
@@ -218,9 +218,9 @@ def chain_failures(detail: str) -> dict[str, str]:
 
 def _summary(tried: Mapping[str, str], detail: str) -> str:
     if not tried:
-        return "the default chain (%s)" % _trim(" ".join(detail.split()), 200)
+        return "the default chain (%s)" % clipped(detail, 200)
     return "the default chain: " + ", ".join(
-        "%s (%s)" % (label, _trim(why, 70)) for label, why in tried.items())
+        "%s (%s)" % (label, clipped(why, 70)) for label, why in tried.items())
 
 
 def _metadata_down(tried: Mapping[str, str], env: Mapping[str, str]) -> bool:
@@ -240,7 +240,3 @@ def _on_ecs() -> bool:
             return "alibaba" in fh.read().lower()
     except OSError:
         return False
-
-
-def _trim(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
