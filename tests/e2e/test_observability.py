@@ -109,6 +109,22 @@ def _start(stack: Stack, prom: PrometheusServer, addresses: tuple[str, str],
            env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> World:
     """Starts the processes (the push ones into `procs`), runs the traffic, the faults and a
     reconcile run, and returns once everything settled."""
+    host1, workers, push_url, logs = _start_processes(stack, addresses, env, procs)
+    world = World(stack, prom, addresses, PublishReport("", "", 0, (), 0.0), [], [], env,
+                  logs, time.time())
+    base_phone = random.randrange(10**7, 8 * 10**7)
+    expected = _traffic_through_faults(world, workers, push_url, base_phone)
+    _reconcile_then_push_late(world, host1, push_url, expected, base_phone)
+    # Prometheus scrapes every second: a few more scrapes see the reconcile run's counters.
+    time.sleep(4)
+    return world
+
+
+def _start_processes(stack: Stack, addresses: tuple[str, str], env: dict[str, str],
+                     procs: list[subprocess.Popen[bytes]],
+                     ) -> tuple[Path, list[WorkerProcess], str, list[Path]]:
+    """Two hosts' workers, host 1's push server and push worker, each serving metrics; once
+    all answer: host 1's config, the workers, the push URL and every log."""
     tmp = stack.tmp
     push_port = free_port()
     base = {"push": {"listen": "127.0.0.1:%d" % push_port, "reclaim_idle_s": 4, "block_s": 0.5,
@@ -135,16 +151,20 @@ def _start(stack: Stack, prom: PrometheusServer, addresses: tuple[str, str],
     wait_until(lambda: post(push_url + "/SmsReport")[0] == 200, 60, "the push server")
     stack.wait(lambda: all(any(e.get("event") == "ready" for e in w.log_lines())
                            for w in workers), "both workers polling")
+    return host1, workers, push_url, [w.log_path for w in workers] + [push_server_log,
+                                                                      push_worker_log]
 
-    world = World(stack, prom, addresses, PublishReport("", "", 0, (), 0.0), [], [], env,
-                  [w.log_path for w in workers] + [push_server_log, push_worker_log],
-                  time.time())
+
+def _traffic_through_faults(world: World, workers: list[WorkerProcess], push_url: str,
+                            base_phone: int) -> int:
+    """Publishes and pushes receipts (duplicates, malformed, a review, bad requests) while
+    some receive and delete calls fail; returns how many were applied once all settled."""
+    stack = world.stack
     with stack.publisher() as pub:
         world.report = pub.publish("SmsReport", PUBLISHED, duplicate_rate=0.05, malformed=3,
                                    seed=1212, rate_per_s=100)
     # Faults while receiving: some receive calls fail (poll errors by kind), some deletes too.
     stack.sandbox.set_faults(error_rate=0.2)
-    base_phone = random.randrange(10**7, 8 * 10**7)
     world.push_phones = ["139%08d" % (base_phone + i) for i in range(12)]
     reports = _push_reports(world.push_phones)
     assert post(push_url + "/SmsReport", json.dumps(reports[:8]).encode())[0] == 200
@@ -161,11 +181,18 @@ def _start(stack: Stack, prom: PrometheusServer, addresses: tuple[str, str],
                 + len(reports) + 1)
     stack.wait(lambda: len(stack.applied()) >= expected, "every receipt applied", 120)
     stack.wait(stack.queue_is_empty, "every message deleted", 120)
+    return expected
 
+
+def _reconcile_then_push_late(world: World, host1: Path, push_url: str, expected: int,
+                              base_phone: int) -> None:
+    """Loses some tracked sends' receipts, recovers them with a reconcile run, then pushes a
+    few receipts spread over several scrapes."""
+    stack, tmp = world.stack, world.stack.tmp
     world.lost_phones = ["137%08d" % (base_phone + i) for i in range(LOST_SENDS)]
     _lose_sends(stack, SendTracker(stack.redis), world.lost_phones)
     done = subprocess.run([sys.executable, "-m", "consumer", "reconcile", "--config",
-                           str(host1), "--grace", "0s"], cwd=REPO, env=env,
+                           str(host1), "--grace", "0s"], cwd=REPO, env=world.env,
                           capture_output=True, text=True, timeout=120, check=False)
     (tmp / "reconcile.log").write_text(done.stdout + done.stderr, encoding="utf-8")
     world.logs.append(tmp / "reconcile.log")
@@ -182,9 +209,6 @@ def _start(stack: Stack, prom: PrometheusServer, addresses: tuple[str, str],
         time.sleep(1.5)
     stack.wait(lambda: len(stack.applied()) >= expected + LOST_SENDS + len(late),
                "the late pushes applied", 60)
-    # Prometheus scrapes every second: a few more scrapes see the reconcile run's counters.
-    time.sleep(4)
-    return world
 
 
 @pytest.fixture(scope="module")
