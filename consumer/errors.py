@@ -10,11 +10,13 @@ from __future__ import annotations
 #: Exit statuses of every command (the README's "Exit statuses"; consumer.cli.runner):
 #: 1 the command failed (problems found, a dependency failed while it ran); 2 a usage or
 #: configuration error, which restarting cannot fix (systemd units: RestartPreventExitStatus=2;
-#: `run` stops instead of restarting such a worker); 75 (sysexits' EX_TEMPFAIL) a temporary
-#: start-up failure (`StartupUnavailable`: the ECS metadata service not answering yet, the
-#: listen port still taken), worth a restart after a while.
+#: `run` stops instead of restarting such a worker); 3 a read-side command's Redis did not
+#: answer (`stats`, `numbers`, `tasks`, `reviews`: their 1 is an answer); 75 (sysexits'
+#: EX_TEMPFAIL) a temporary start-up failure (`StartupUnavailable`: the ECS metadata service
+#: not answering yet, the listen port still taken), worth a restart after a while.
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_UNANSWERED = 3
 EXIT_UNAVAILABLE = 75
 
 

@@ -9,7 +9,7 @@ their counts and CSV exports, the suppressed numbers and the review states
 receiver: an optional secret path segment (`/<secret>/`, from `--secret-file` or
 `$ALICOM_RECEIPTS_DASHBOARD_SECRET`; a wrong or missing one answers 404) and a source-address
 allowlist (`--allow`, repeatable; others get 403). Where each report lives comes from the
-handlers' options in the configuration (`consumer.reports.targets`).
+handlers' options in the configuration (`consumer.cli.targets`).
 
 Routes under the base path: `/` the page, `/numbers.csv` the suppressed numbers,
 `/tasks/<id>.csv?status=delivered|failed|pending` one task's numbers, and `/metrics`: the
@@ -43,10 +43,10 @@ from consumer.cli.numbers import CSV_COLUMNS
 from consumer.cli.numbers import open_numbers as _open_numbers
 from consumer.cli.numbers import when as _when
 from consumer.cli.runner import CommandParser, parse_since
+from consumer.cli.targets import add_target_arguments, handler_options, open_redis
 from consumer.errors import ConfigError, StartupUnavailable
 from consumer.receipts import SHANGHAI
 from consumer.reports import delivery_stats, reviews, tasks
-from consumer.reports.targets import add_target_arguments, handler_options, open_redis
 
 SECRET_ENV = "ALICOM_RECEIPTS_DASHBOARD_SECRET"  # noqa: S105 - a variable name
 _SECRET = re.compile(r"[A-Za-z0-9._~-]{16,}")

@@ -23,16 +23,16 @@ from datetime import datetime
 from typing import TextIO
 
 from consumer.cli.runner import CommandParser, config_in_every_action, non_negative
-from consumer.clients.redis_client import RedisClient
-from consumer.receipts import SHANGHAI
-from consumer.reports.numbers import DEFAULT_PREFIX, NumberList, NumberRecord
-from consumer.reports.phone_ids import phone_ids
-from consumer.reports.targets import (
+from consumer.cli.targets import (
     add_target_arguments,
     handler_options,
     open_redis,
     run_on_redis,
 )
+from consumer.clients.redis_client import RedisClient
+from consumer.receipts import SHANGHAI
+from consumer.reports.numbers import DEFAULT_PREFIX, NumberList, NumberRecord
+from consumer.reports.phone_ids import phone_ids
 
 _USES = frozenset({"number-hygiene", "consumer.handlers.number_hygiene:NumberHygiene"})
 _HASHED_NOTE = "note: numbers are stored as keyed hashes (hash_numbers is on): shown as h:...\n"

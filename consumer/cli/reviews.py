@@ -17,14 +17,14 @@ from typing import TextIO
 
 from consumer.cli.numbers import when
 from consumer.cli.runner import CommandParser, config_in_every_action
-from consumer.clients.redis_client import RedisClient
-from consumer.reports.reviews import DEFAULT_PREFIX, Review, ReviewStore
-from consumer.reports.targets import (
+from consumer.cli.targets import (
     add_target_arguments,
     handler_options,
     open_redis,
     run_on_redis,
 )
+from consumer.clients.redis_client import RedisClient
+from consumer.reports.reviews import DEFAULT_PREFIX, Review, ReviewStore
 
 _USES = frozenset({"review-status", "consumer.handlers.review_status:ReviewStatus"})
 _LABELS = {"approving": "in review", "approved": "approved", "rejected": "rejected"}

@@ -6,7 +6,7 @@
 The window is the `--since` hours ending with the hour `--until` (default: the current
 hour), both included. Redis and the key prefix come from `--redis-url` / `--prefix`, else
 from the `delivery-stats` handler's options in the configuration, else its `[redis] url`
-(`consumer.reports.targets`); the figures are `consumer.reports.delivery_report`'s.
+(`consumer.cli.targets`); the figures are `consumer.reports.delivery_report`'s.
 Exit status: 0 done, 2 bad arguments or configuration, 3 Redis did not answer.
 """
 
@@ -21,16 +21,16 @@ from typing import TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from consumer.cli.runner import CommandParser, parse_since
-from consumer.clients.redis_client import RedisClient
-from consumer.errors import ConfigError
-from consumer.reports.delivery_report import build_report, render_json, render_text
-from consumer.reports.delivery_stats import DEFAULT_PREFIX
-from consumer.reports.targets import (
+from consumer.cli.targets import (
     add_target_arguments,
     handler_options,
     open_redis,
     run_on_redis,
 )
+from consumer.clients.redis_client import RedisClient
+from consumer.errors import ConfigError
+from consumer.reports.delivery_report import build_report, render_json, render_text
+from consumer.reports.delivery_stats import DEFAULT_PREFIX
 
 _DELIVERY_STATS = frozenset({"delivery-stats",
                              "consumer.handlers.delivery_stats:DeliveryStatsHandler"})

@@ -20,14 +20,14 @@ from typing import TextIO
 
 from consumer.cli.numbers import when
 from consumer.cli.runner import CommandParser, config_in_every_action, parse_since
-from consumer.clients.redis_client import RedisClient
-from consumer.reports.err_codes import describe
-from consumer.reports.targets import (
+from consumer.cli.targets import (
     add_target_arguments,
     handler_options,
     open_redis,
     run_on_redis,
 )
+from consumer.clients.redis_client import RedisClient
+from consumer.reports.err_codes import describe
 from consumer.reports.tasks import DEFAULT_PREFIX, TaskCounts, TaskStore
 
 _USES = frozenset({"send-tracker", "consumer.handlers.tracking:SendTracker"})

@@ -17,14 +17,13 @@ from typing import Any, TypeVar
 
 import redis
 
+from consumer.cli.runner import add_config_argument
 from consumer.clients.redis_client import RedisClient, connect
-from consumer.settings import CONFIG_HELP, config_path, load_settings
+from consumer.errors import EXIT_UNANSWERED
+from consumer.settings import config_path, load_settings
 
-__all__ = ["EXIT_UNANSWERED", "Target", "add_target_arguments", "handler_options", "open_redis",
+__all__ = ["Target", "add_target_arguments", "handler_options", "open_redis",
            "run_on_redis"]
-
-#: The exit status of a read-side command whose Redis did not answer.
-EXIT_UNANSWERED = 3
 
 _Opened = TypeVar("_Opened")
 
@@ -42,7 +41,7 @@ class Target:
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """`--config` and `--redis-url`; each command adds its own `--prefix`."""
-    parser.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
+    add_config_argument(parser)
     parser.add_argument("--redis-url", default=None, help="default: from the configuration")
 
 
