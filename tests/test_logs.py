@@ -4,6 +4,7 @@ per concept in every log call of the daemon."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
 import json
 import logging
@@ -144,6 +145,73 @@ def test_a_field_named_like_a_secret_is_masked_and_a_level_named_as_structlog_do
     logs.flush()
     [line] = lines(buffer)
     assert (line["password"], line["secret"], line["level"]) == ("***", "***", "warning")
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+
+#: Values JSON cannot hold or orjson refuses, each written as the standard library's
+#: `json.dumps(ensure_ascii=False, default=repr)` wrote it: as is, or its repr.
+ODD_VALUES: list[dict[str, Any]] = [
+    {"text": "号码在黑名单中", "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+     "point": Point(1), "tags": {"a"}, "raw": b"x", "by_number": {1: "one", 2.5: "half"},
+     "nested": [1, 2.5, None, True, ("a", "b")], "path": Path("/tmp/x")},
+    {"big": 2**70},         # past 64 bits: orjson refuses it
+    {"lone": "\ud800"},     # a lone surrogate (a JSON escape can carry one)
+]
+
+
+@pytest.mark.parametrize("fields", ODD_VALUES, ids=["odd-types", "big-int", "surrogate"])
+def test_json_lines_hold_what_the_standard_library_encoder_wrote(
+        monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any]) -> None:
+    buffer = configured(monkeypatch, "json")
+    structlog.get_logger("alicom_receipts.test").warning("odd", **fields)
+    raw = buffer.getvalue().strip()
+    line = json.loads(raw)
+    assert list(line)[:len(fields) + 1] == [*fields, "event"]  # the call's order
+    assert {k: line[k] for k in fields} == json.loads(
+        json.dumps(fields, ensure_ascii=False, default=repr))
+    assert "\\u" not in raw  # non-ASCII as is, never escaped
+
+
+def test_info_lines_are_what_structlogs_own_path_writes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    buffer = configured(monkeypatch, "json")
+    log = structlog.get_logger("alicom_receipts.test")
+    log.info("settled", zeta=1, alpha="b")           # the daemon's calls: the fast path
+    log.bind(bound=2).info("bound", zeta=1)           # structlog's own from here on
+    log.info("%s of %d", "one", 2, zeta=1)
+    log.warning("settled", zeta=1, alpha="b")
+    logs.flush()
+    fast, bound, interpolated, warned = lines(buffer)
+    assert list(fast) == [*warned] and fast["level"] == "info"
+    assert {k: v for k, v in fast.items() if k not in {"level", "timestamp"}} == {
+        k: v for k, v in warned.items() if k not in {"level", "timestamp"}}
+    assert (bound["bound"], bound["zeta"], bound["event"]) == (2, 1, "bound")
+    assert interpolated["event"] == "one of 2"
+    with structlog.testing.capture_logs() as captured:  # its processor drops every event
+        log.info("captured", zeta=1)
+    assert captured == [{"zeta": 1, "event": "captured", "log_level": "info"}]
+    logs.flush()
+    assert "captured" not in buffer.getvalue()
+
+
+def test_a_forked_child_stamps_its_own_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    configured(monkeypatch, "json")
+    stamp = logs._Stamp("test")
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child process
+        try:
+            os.write(write, str(stamp(None, "info", {})["pid"]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    assert int(os.read(read, 64)) == child
+    assert stamp(None, "info", {})["pid"] == os.getpid()
 
 
 def test_ecs_lines_use_ecs_fields_with_ecs_types_and_keep_ours_under_a_namespace(

@@ -139,4 +139,4 @@ def test_three_hosts_lose_nothing_through_a_redis_and_an_mns_partition(
         assert len(by_host) == 3  # every host did its share
         for host in (h1, h2):  # the partitions did bite: each cut host failed polls
             log = (tmp_path / f"{host.name}.log").read_text(errors="replace")
-            assert '"event": "poll_failed"' in log, host.name
+            assert '"event":"poll_failed"' in log, host.name
