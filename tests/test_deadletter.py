@@ -279,3 +279,23 @@ def test_replaying_all_of_an_empty_store_says_there_is_nothing_to_replay(
          "--all"], capture_output=True, text=True, timeout=60, check=False)
 
     assert (done.returncode, done.stdout.strip()) == (0, "nothing to replay"), done.stderr
+
+
+def test_replaying_through_a_handler_the_configuration_lacks_is_a_usage_error(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.toml", {"alicom": {"preset": "sandbox"},
+                                                "redis": {"url": redis_server.url},
+                                                "log": {"format": "json"}})
+    redis_server.client().flushdb()
+    store = RedisDeadLetterStore(redis_server.client(), DeadLetterSettings())
+    store.put(letter())
+
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer", "dead-letters", "--config", str(config), "replay",
+         "--all", "--handler", "nosuch"], capture_output=True, text=True, timeout=60,
+        check=False)
+
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == ("alicom-receipts dead-letters: replay --handler: no handler named "
+                           "nosuch in the configuration\n")
+    assert store.count() == 1  # nothing replayed, nothing removed

@@ -95,6 +95,8 @@ def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
         if args.action == "purge":
             return _purge(store, args, out)
         return _replay(settings, client, store, args, out)
+    except ConfigError:
+        raise  # the runner's one line and exit 2
     except AlicomReceiptsError as exc:
         print("alicom-receipts dead-letters: %s" % exc, file=sys.stderr)
         return 1
@@ -161,8 +163,8 @@ def _replay(settings: Settings, client: RedisClient, store: RedisDeadLetterStore
     unknown = sorted(set(args.handler or ()) - {h.name for hs in routes.values() for h in hs})
     if unknown:
         close_handlers(routes)
-        print("no handler named %s in the configuration" % ", ".join(unknown), file=out)
-        return 2
+        raise ConfigError("replay --handler: no handler named %s in the configuration"
+                          % ", ".join(unknown))
     dispatcher = handler_dispatcher(routes, settings)
     ack = settings.ack
     lifecycle = Lifecycle(LifecycleParts(
