@@ -279,16 +279,15 @@ class Dispatcher:
     def _run(self, call: Call) -> None:
         if not self._start(call):
             return
-        while True:
-            with self._cond:
-                unit = call.running()
-                if unit is None:
-                    return
+        with self._cond:
+            unit = call.running()
+        while unit is not None:
             receipts = [call.batch.receipts[i] for i in unit.indexes]
             outcomes = (invoke_batch(unit.target, unit.name, receipts) if unit.is_batch
                         else [invoke_one(unit.target, unit.name, receipts[0])])
-            with self._cond:
+            with self._cond:  # one lock per unit: record this one, take the next
                 late = self._record(call, unit, outcomes)
+                unit = call.running()
             callback = call.batch.late
             for index, outcomes in late:  # outside the lock: the caller may do I/O
                 if callback is not None:  # always set when a receipt was deferred
@@ -317,9 +316,13 @@ class Dispatcher:
         if call.done >= len(call.units):
             call.finished = True
             self._active.discard(call)
+            # Only a finished call wakes the waiter (`_wait`). The next unit's later start
+            # needs no wake-up: the waiter looks again by the deadline it computed from the
+            # earlier start, at worst too soon. Waking it per unit (a task runs a batch's
+            # receipts one after the other) was a thread switch per receipt.
+            self._cond.notify_all()
         else:
             call.started_at = time.monotonic()
-        self._cond.notify_all()
         usual = self._usual.get(unit.name)
         took = outcomes[0].duration_s  # of the whole invocation, batch or single
         if usual is None:
