@@ -160,8 +160,11 @@ class Lifecycle:
         except Exception:  # a dispatcher crash must not lose the batch: it is retried
             log.exception("dispatch_crashed", receipts=len(items))
             per_handler = [[DISPATCHER_CRASHED]] * len(items)
-        done = [self._decide(w, o) for w, o in zip(items, per_handler, strict=True)
-                if worst(o).reason != STUCK]
+        done: list[W] = []
+        for work, outcomes in zip(items, per_handler, strict=True):
+            outcome = worst(outcomes)
+            if outcome.reason != STUCK:
+                done.append(self._decide(work, outcomes, outcome))
         self.stats.add_in_flight(-len(done))
         self.record(done)
         return done
@@ -173,14 +176,19 @@ class Lifecycle:
         self.record([work])
         late([work])
 
-    def _decide(self, work: W, outcomes: list[HandlerOutcome]) -> W:
-        outcome = worst(outcomes)
+    def _decide(self, work: W, outcomes: list[HandlerOutcome],
+                outcome: HandlerOutcome | None = None) -> W:
+        """Decides `work` from its handlers' `outcomes` (`outcome`: their worst, if known)."""
+        outcome = outcome or worst(outcomes)
         work.decision = HANDED_BACK if outcome.reason == NOT_STARTED else classify(
             outcome, work.deliveries, self.parts.policy)
         work.handler, work.duration_s = outcome.handler, outcome.duration_s
         work.outcomes = tuple(outcomes)
-        work.done = work.done | {handler_tag(o.handler) for o in outcomes
-                                 if o.kind == "ok" and o.handler}
+        if work.decision.verdict is not Verdict.ACK:
+            # Only a release writes them (`_release`): an acknowledged receipt's record is
+            # COMPLETED whole, so a receipt with several handlers skips the set per receipt.
+            work.done = work.done | {handler_tag(o.handler) for o in outcomes
+                                     if o.kind == "ok" and o.handler}
         return work
 
     def record(self, items: Sequence[W]) -> None:

@@ -34,7 +34,8 @@ class Work:
     for reconcile and replay). `completed`: None while no completion was written, True once
     the record is COMPLETED, False when another delivery's live claim refused it.
     `done`: the `handler_tag`s of the handlers that finished the receipt (on an earlier
-    delivery, from the claim, then also on this one); `only`: the handlers to run (a
+    delivery, from the claim, then also on this one unless it is to be acknowledged, whose
+    record is written COMPLETED whole); `only`: the handlers to run (a
     replay's), None for all; `outcomes`: each handler's outcome on this delivery.
     `suspect`: a re-delivery whose claim found no trace of an outcome: the process that held
     it may have died of it (consumer.pipeline.poison); it runs alone.
