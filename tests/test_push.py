@@ -10,6 +10,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.receipts import Receipt
 from consumer.settings import PushSettings, load_settings
+from consumer.settings.schema import number
 from consumer.sources.push.body import parse_push_body
 from consumer.sources.push.pipeline import PushWorker
 from consumer.sources.push.server import SUCCESS, running_push_server
@@ -36,6 +38,23 @@ SECRET = "s3cret-Path-Segment-42"
 REPORT = {"phone_number": "1381111****", "send_time": "2017-01-01 00:00:00",
           "report_time": "2017-01-01 00:00:00", "success": True, "err_code": "DELIVERED",
           "err_msg": "用户接收成功", "sms_size": "1", "biz_id": "12345^0", "out_id": "x"}
+
+
+#: The hand-off budget of the receivers in tests that are not about it. A CI machine running
+#: the unit tests at nice 19 beside the whole suite once answered a push after 0.87 s (the
+#: 0.5 s default timed out: 503); what these tests prove must not depend on the machine
+#: answering within the platform's 700 ms. Below `send`'s 10 s client timeout.
+CI_HANDOFF_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class CiPushSettings(PushSettings):
+    """`PushSettings` with a hand-off budget suited to a loaded CI machine (the real section
+    refuses one at or past the platform's 700 ms). The tests that measure the platform's
+    limit keep `PushSettings`."""
+
+    handoff_timeout_s: float = number(CI_HANDOFF_TIMEOUT_S, 0, CI_HANDOFF_TIMEOUT_S,
+                                      low_open=True)
 
 
 def documented_bodies() -> dict[str, bytes]:
@@ -64,7 +83,7 @@ def stream_entries(client: redis.Redis, stream: str = "alicom:push") -> list[dic
 
 @pytest.fixture
 def server(redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[str]:
-    with running_push_server(PushSettings(listen="127.0.0.1:0"), redis_server.url) as running:
+    with running_push_server(CiPushSettings(listen="127.0.0.1:0"), redis_server.url) as running:
         yield running.url
 
 
@@ -110,7 +129,7 @@ def test_a_malformed_body_is_400_with_a_clear_message_and_nothing_is_stored(
 
 def test_an_oversize_body_is_413_with_or_without_a_content_length(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    settings = PushSettings(listen="127.0.0.1:0", max_body_bytes=4096)
+    settings = CiPushSettings(listen="127.0.0.1:0", max_body_bytes=4096)
     big = json.dumps([REPORT] * 40).encode()
     assert len(big) > 4096
     with running_push_server(settings, redis_server.url) as running:
@@ -131,7 +150,7 @@ def test_an_oversize_body_is_413_with_or_without_a_content_length(
 
 def test_the_secret_path_segment_is_required_and_never_echoed_or_logged(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    settings = PushSettings(listen="127.0.0.1:0", secret=SECRET)
+    settings = CiPushSettings(listen="127.0.0.1:0", secret=SECRET)
     body = json.dumps([REPORT]).encode()
     with structlog.testing.capture_logs() as logged, \
             running_push_server(settings, redis_server.url) as running:
@@ -153,7 +172,7 @@ def test_an_unknown_type_is_404(server: str) -> None:
 
 def test_a_source_outside_the_allowlist_is_dropped_on_connect_and_stores_nothing(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    settings = PushSettings(listen="127.0.0.1:0", allowlist=("10.0.0.0/8",))
+    settings = CiPushSettings(listen="127.0.0.1:0", allowlist=("10.0.0.0/8",))
     with running_push_server(settings, redis_server.url) as running:
         for body in (json.dumps([REPORT]).encode(), None):
             with pytest.raises((urllib.error.URLError, ConnectionError,
@@ -165,7 +184,7 @@ def test_a_source_outside_the_allowlist_is_dropped_on_connect_and_stores_nothing
 
 def test_behind_a_trusted_proxy_the_forwarded_address_is_checked(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    settings = PushSettings(listen="127.0.0.1:0", allowlist=("203.0.113.0/24",),
+    settings = CiPushSettings(listen="127.0.0.1:0", allowlist=("203.0.113.0/24",),
                             trusted_proxies=("127.0.0.1/32",))
     body = json.dumps([REPORT]).encode()
     with running_push_server(settings, redis_server.url) as running:
@@ -182,7 +201,7 @@ def test_behind_a_trusted_proxy_the_forwarded_address_is_checked(
 def test_when_redis_is_down_the_push_gets_503_and_a_repush_after_it_is_back_is_stored() -> None:
     body = json.dumps([REPORT, {**REPORT, "phone_number": "1390000****"}]).encode()
     with running_redis() as own, \
-            running_push_server(PushSettings(listen="127.0.0.1:0"), own.url) as running:
+            running_push_server(CiPushSettings(listen="127.0.0.1:0"), own.url) as running:
         url = running.url + "/SmsReport"
         assert send(url, body)[0] == 200
         own.stop()
@@ -195,7 +214,7 @@ def test_when_redis_is_down_the_push_gets_503_and_a_repush_after_it_is_back_is_s
 
 def test_a_full_stream_is_refused_with_503_never_trimmed(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    settings = PushSettings(listen="127.0.0.1:0", stream_maxlen=15)
+    settings = CiPushSettings(listen="127.0.0.1:0", stream_maxlen=15)
     ten = json.dumps([{**REPORT, "phone_number": str(i)} for i in range(10)]).encode()
     with running_push_server(settings, redis_server.url) as running:
         assert send(running.url + "/SmsReport", ten)[0] == 200

@@ -22,12 +22,12 @@ from alicom_sandbox.redis_server import RedisServer, free_port
 from consumer.settings.push import PLATFORM_DEADLINE_S, PushSettings
 from consumer.sources.push.server import SUCCESS, running_push_server
 from tests.e2e.harness import wait_until
-from tests.test_push import REPORT, send
+from tests.test_push import REPORT, CiPushSettings, send
 
 
 def test_a_request_the_http_parser_rejects_is_answered_400_and_logged(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    settings = PushSettings(listen="127.0.0.1:0")
+    settings = CiPushSettings(listen="127.0.0.1:0")
     with structlog.testing.capture_logs() as logged, \
             running_push_server(settings, redis_server.url) as srv, \
             socket.create_connection(("127.0.0.1", srv.port), timeout=10) as conn:
@@ -121,7 +121,7 @@ def _answers(url: str) -> bool:
 
 def test_a_connection_that_never_finishes_its_header_is_closed_after_the_read_timeout(
         redis_server: RedisServer) -> None:
-    settings = PushSettings(listen="127.0.0.1:0", read_timeout_s=0.5)
+    settings = CiPushSettings(listen="127.0.0.1:0", read_timeout_s=0.5)
     with running_push_server(settings, redis_server.url) as srv, \
             socket.create_connection(("127.0.0.1", srv.port), timeout=10) as conn:
         conn.sendall(PARTIAL_HEADER)
@@ -130,7 +130,7 @@ def test_a_connection_that_never_finishes_its_header_is_closed_after_the_read_ti
 
 def test_a_body_that_stalls_is_answered_408_and_nothing_is_stored(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    settings = PushSettings(listen="127.0.0.1:0", read_timeout_s=0.5)
+    settings = CiPushSettings(listen="127.0.0.1:0", read_timeout_s=0.5)
     with running_push_server(settings, redis_server.url) as srv, \
             socket.create_connection(("127.0.0.1", srv.port), timeout=10) as conn:
         conn.sendall(PARTIAL_HEADER + b"Content-Length: 1000\r\n\r\n[{")
@@ -141,7 +141,7 @@ def test_a_body_that_stalls_is_answered_408_and_nothing_is_stored(
 
 def test_past_the_connection_cap_the_oldest_idle_connection_makes_room(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    settings = PushSettings(listen="127.0.0.1:0", max_connections=5)
+    settings = CiPushSettings(listen="127.0.0.1:0", max_connections=5)
     with running_push_server(settings, redis_server.url) as srv:
         idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=10)
                 for _ in range(5)]
@@ -175,7 +175,7 @@ def test_a_body_of_100k_elements_is_refused_within_700_ms_and_nothing_is_stored(
 
 def test_a_body_at_the_element_cap_is_stored_whole(
         redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    settings = PushSettings(listen="127.0.0.1:0", max_elements=50)
+    settings = CiPushSettings(listen="127.0.0.1:0", max_elements=50)
     body = json.dumps([{**REPORT, "biz_id": "%d^0" % i} for i in range(50)]).encode()
     with running_push_server(settings, redis_server.url) as srv:
         assert send(srv.url + "/SmsReport", body) == (200, dict(SUCCESS))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from alicom_sandbox.redis_server import RedisServer
 from alicom_sandbox.testing import running_sandbox
-from consumer.settings import PushSettings
 from consumer.sources.push.server import SUCCESS, running_push_server
+from tests.test_push import CiPushSettings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 
@@ -30,7 +30,7 @@ def test_the_readme_push_example_is_stored_and_answered_as_the_platform_wants(
     url = next(w for w in words if w.startswith("http://"))
     body = words[words.index("-d") + 1].encode()
     assert json.loads(body)[0]["err_code"] == "DELIVERED"
-    with running_push_server(PushSettings(listen="127.0.0.1:0"), redis_server.url) as running:
+    with running_push_server(CiPushSettings(listen="127.0.0.1:0"), redis_server.url) as running:
         request = urllib.request.Request(running.url + url.partition("/alicom")[2], data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as answer:
