@@ -42,7 +42,7 @@ from consumer.runtime.instruments import CATALOGUE, exposed_names
 from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, WorkerProcess, wait_until, worker_env
 from tests.e2e.test_metrics_e2e import Samples, samples_of, scrape_text
-from tests.e2e.test_push_e2e import post
+from tests.e2e.test_push_e2e import post, push_stored
 from tests.e2e.test_reconcile import _client, _dysms
 
 pytestmark = pytest.mark.slow
@@ -167,10 +167,10 @@ def _traffic_through_faults(world: World, workers: list[WorkerProcess], push_url
     stack.sandbox.set_faults(error_rate=0.2)
     world.push_phones = ["139%08d" % (base_phone + i) for i in range(12)]
     reports = _push_reports(world.push_phones)
-    assert post(push_url + "/SmsReport", json.dumps(reports[:8]).encode())[0] == 200
-    assert post(push_url + "/SmsReport", json.dumps(reports[8:]).encode())[0] == 200
+    assert push_stored(push_url + "/SmsReport", json.dumps(reports[:8]).encode())[0] == 200
+    assert push_stored(push_url + "/SmsReport", json.dumps(reports[8:]).encode())[0] == 200
     review = (REPO / "consumer" / "testing" / "samples" / "push-SignSmsReport.json").read_bytes()
-    assert post(push_url + "/SignSmsReport", review)[0] == 200
+    assert push_stored(push_url + "/SignSmsReport", review)[0] == 200
     assert post(push_url + "/SmsReport", b"[{not json")[0] == 400
     assert post(push_url + "/NoSuchType", b"[]")[0] == 404
     # The workers meet the faults for a few seconds more; the test's own calls need none.
@@ -204,8 +204,8 @@ def _reconcile_then_push_late(world: World, host1: Path, push_url: str, expected
     late = ["139%08d" % (base_phone + 100 + i) for i in range(8)]
     world.push_phones += late
     for n in range(4):
-        assert post(push_url + "/SmsReport",
-                    json.dumps(_push_reports(late[2 * n:2 * n + 2])).encode())[0] == 200
+        assert push_stored(push_url + "/SmsReport",
+                          json.dumps(_push_reports(late[2 * n:2 * n + 2])).encode())[0] == 200
         time.sleep(1.5)
     stack.wait(lambda: len(stack.applied()) >= expected + LOST_SENDS + len(late),
                "the late pushes applied", 60)

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -88,6 +89,27 @@ def post(url: str, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
         return 0, {}
 
 
+#: How often `push_stored` pushes a body the server answered 503, as the platform does (after
+#: about 1, 5 and 10 minutes; here `REPUSH_PAUSE_S` apart).
+REPUSH_ATTEMPTS = 4
+REPUSH_PAUSE_S = 1.0
+
+
+def push_stored(url: str, body: bytes) -> tuple[int, dict[str, Any], int]:
+    """POSTs `body`, and again while the answer is 503, as the platform does: the server's
+    hand-off budget (under the platform's 700 ms, the settings refuse more) is a speed a
+    starved CI machine can miss, and a 503 is the contract's "push again", not a failure of
+    what these tests prove. Returns the last (status, answer) and how many POSTs were 503
+    (each may have been stored all the same: the re-push then meets the dedup record)."""
+    refused = 0
+    status, answer = post(url, body)
+    while status == 503 and refused + 1 < REPUSH_ATTEMPTS:
+        refused += 1
+        time.sleep(REPUSH_PAUSE_S)
+        status, answer = post(url, body)
+    return status, answer, refused + (status == 503)
+
+
 @pytest.fixture
 def push(stack: Stack) -> Iterator[Procs]:
     procs = Procs(stack)
@@ -112,7 +134,8 @@ def test_documented_pushes_reach_the_handler_once_also_when_pushed_again(
     bodies["SmsReport"] = json.dumps(REPORTS).encode()
     for _ in range(2):
         for kind, body in bodies.items():
-            assert post(push.url + "/" + kind, body) == (200, {"code": 0, "msg": "接收成功"})
+            assert push_stored(push.url + "/" + kind, body)[:2] == (
+                200, {"code": 0, "msg": "接收成功"})
     stack.wait(lambda: push.alive() and len(stack.applied()) == 5 and drained(stack),
                "five receipts applied and the stream drained")
     assert set(stack.applied().values()) == {1}
@@ -132,7 +155,7 @@ def test_a_push_redis_cannot_take_gets_503_and_the_repush_is_applied(
         assert status == 503 and answer["code"] == 1
     finally:
         stack.redis_server.start_again()  # empty: the stream and its group are gone too
-    assert post(push.url + "/SmsReport", body)[0] == 200  # the platform's next attempt
+    assert push_stored(push.url + "/SmsReport", body)[0] == 200  # the platform's next attempt
     stack.wait(lambda: push.alive() and len(stack.applied()) == 2 and drained(stack),
                "the re-pushed receipts applied")
     assert set(stack.applied().values()) == {1}

@@ -13,7 +13,7 @@ import pytest
 from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, wait_until, worker_env
 from tests.e2e.misbehaving import Stamps
-from tests.e2e.test_push_e2e import SECRET, Procs, drained, post
+from tests.e2e.test_push_e2e import SECRET, Procs, drained, post, push_stored
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def test_two_push_workers_with_slow_handlers_apply_each_receipt_once(stack: Stac
                     "report_time": "2017-01-01 00:00:01", "success": True,
                     "err_code": "DELIVERED", "err_msg": "ok", "sms_size": "1",
                     "biz_id": "901^%d" % i, "out_id": "p%d" % i} for i in range(8)]
-        assert post(procs.url + "/SmsReport", json.dumps(reports).encode())[0] == 200
+        assert push_stored(procs.url + "/SmsReport", json.dumps(reports).encode())[0] == 200
         stack.wait(lambda: procs.alive() and second.poll() is None
                    and len(Stamps(stamps_path).ended()) == 8 and drained(stack),
                    "eight receipts applied and the stream drained", 90)
