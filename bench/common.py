@@ -68,6 +68,18 @@ def other_build(tree: str) -> Path:
     return old
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> int:
+    """SIGTERM (a worker drains), SIGKILL if it outlives `timeout_s`; its exit status (that
+    of an earlier exit when it had already ended)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far, from /proc/<pid>/stat."""
     stat = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
@@ -156,13 +168,7 @@ class Worker:
 
     def stop(self, timeout_s: float = 60) -> int:
         """SIGTERM (drain), SIGKILL if it outlives `timeout_s`; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+        return stop_process(self.proc, timeout_s)
 
 
 @dataclass

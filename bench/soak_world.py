@@ -7,7 +7,6 @@ fault and sampling threads write and the end's count reads (bench/soak_report.py
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import threading
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from alicom_sandbox.redis_server import RedisServer
 from alicom_sandbox.testing import SandboxHandle
-from bench.common import rss_kb
+from bench.common import rss_kb, stop_process
 
 __all__ = ["REPO", "Proc", "SoakPlan", "World"]
 
@@ -75,14 +74,8 @@ class Proc:
             self.rss_kb.append((self.incarnations, kb, time.monotonic()))
 
     def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+        """Its exit status (SIGTERM, then SIGKILL after 60 s); None if it never started."""
+        return None if self.proc is None else stop_process(self.proc)
 
 
 @dataclass
