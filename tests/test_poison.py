@@ -44,7 +44,13 @@ def test_alone_waits_for_the_batches_dispatching_and_keeps_new_ones_out() -> Non
 
     lone = threading.Thread(target=suspect)
     lone.start()
-    threading.Event().wait(0.2)  # the suspect now waits for the first batch
+    # Until the suspect waits for the first batch (a starved machine may take long to get
+    # the thread there; a batch arriving before it would rightly go first).
+    for _ in range(int(WAIT_S / 0.01)):
+        if gate.waiting:
+            break
+        threading.Event().wait(0.01)
+    assert gate.waiting == 1
     later = threading.Thread(target=normal, args=("later",))
     later.start()
     threading.Event().wait(0.2)  # and the later batch waits for the suspect

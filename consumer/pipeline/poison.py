@@ -110,6 +110,12 @@ class Isolation:
         self._alone = False
         self._waiting = 0
 
+    @property
+    def waiting(self) -> int:
+        """How many `alone` callers wait for the gate (they go before any new batch)."""
+        with self._cond:
+            return self._waiting
+
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         with self._cond:
