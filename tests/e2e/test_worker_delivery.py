@@ -143,6 +143,9 @@ def test_nothing_is_deleted_before_its_handler_finished(stack: Stack) -> None:
 def test_an_expired_token_is_replaced_without_losing_a_receipt(stack: Stack) -> None:
     stack.sandbox.set_token_lifetime(3)
     worker = stack.worker(stack.config(token={"refresh_before_s": 1}))
+    # The sending must span the worker's rotations: on a starved machine the worker can take
+    # longer to start than the 8 s of sending, and then drain the queue within one or two tokens.
+    stack.wait(lambda: bool(stack.log_events("worker_started")), "the worker started")
     with stack.publisher() as pub:
         report = pub.publish("SmsReport", 240, rate_per_s=30, seed=7)  # about 8 s of sending
     expected = {report_key(m.obj) for m in report.messages}
