@@ -28,7 +28,14 @@ from consumer.keys import dedup_key
 from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.dedup import Completion, DedupSettings, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
-from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts, RedisRetry, Transport, Work
+from consumer.pipeline.lifecycle import (
+    Lifecycle,
+    LifecycleParts,
+    RedisRetry,
+    Transport,
+    Work,
+    _handler_fields,
+)
 from consumer.pipeline.outcome import Decision
 from consumer.pipeline.stats import Stats
 from consumer.receipts import Receipt
@@ -371,3 +378,19 @@ def test_a_poison_message_delivered_again_is_dead_lettered_once(
     assert letter.message_id == first.delivery.message_id  # type: ignore[attr-defined]
     assert letter.dequeue_count == 2  # the later delivery's details, one entry
     assert w.stats.snapshot()["dead_letters"] == 2
+
+
+def test_each_line_lists_each_handler_of_its_receipt_a_batch_calls_entry_written_once() -> None:
+    batch_call = HandlerOutcome("ok", "stats", "", None, 0.0042)  # one object, all receipts
+    first = (HandlerOutcome("ok", "noop", "", None, 0.001), batch_call)
+    second = (HandlerOutcome("retry", "noop", "busy", 3.0, 0.002), batch_call)
+    entries: dict[int, dict[str, object]] = {}
+
+    one, two = _handler_fields(first, entries), _handler_fields(second, entries)
+
+    assert one == [{"handler": "noop", "outcome": "ok", "duration_ms": 1.0},
+                   {"handler": "stats", "outcome": "ok", "duration_ms": 4.2}]
+    assert two == [{"handler": "noop", "outcome": "retry", "duration_ms": 2.0,
+                    "reason": "busy"},
+                   {"handler": "stats", "outcome": "ok", "duration_ms": 4.2}]
+    assert one is not None and two is not None and one[1] is two[1]

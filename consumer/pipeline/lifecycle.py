@@ -235,8 +235,11 @@ class Lifecycle:
             if by[Verdict.LEAVE]:
                 self.stats.incr("in_progress_skipped", len(by[Verdict.LEAVE]))
         finally:
+            # One `handlers` entry per outcome object: a batch handler's call gives all its
+            # receipts the same one. Keyed by id: the items keep their outcomes alive meanwhile.
+            entries: dict[int, dict[str, object]] = {}
             for work in items:
-                self._report(work, transport)
+                self._report(work, transport, entries)
             transport.finish(items)
 
     def _carry_out(self, step: Callable[[Sequence[W]], None], items: list[W]) -> None:
@@ -339,7 +342,8 @@ class Lifecycle:
 
     # -- reporting -----------------------------------------------------------------------
 
-    def _report(self, work: Work, transport: Transport[W]) -> None:
+    def _report(self, work: Work, transport: Transport[W],
+                entries: dict[int, dict[str, object]]) -> None:
         decision = work.decision
         if decision is None:
             return
@@ -350,18 +354,27 @@ class Lifecycle:
                  dequeue_count=work.deliveries, dedup_key=work.key,
                  handler=work.handler or None, outcome=decision.outcome,
                  reason=decision.reason or None, duration_ms=round(work.duration_s * 1000, 2),
-                 handlers=_handler_fields(work.outcomes))
+                 handlers=_handler_fields(work.outcomes, entries))
         self.stats.outcome(decision.outcome, work.handler, work.duration_s, work.receipt)
 
 
-def _handler_fields(outcomes: Sequence[HandlerOutcome]) -> list[dict[str, object]] | None:
+def _handler_fields(outcomes: Sequence[HandlerOutcome], entries: dict[int, dict[str, object]],
+                    ) -> list[dict[str, object]] | None:
     """The `handlers` of a `receipt_settled` line; None when no handler ran, or when one
     did and simply succeeded: the line's own handler, outcome and duration say it all
-    (the common case; its nested list was a sixth of the instructions encoding the line)."""
+    (the common case; its nested list was a sixth of the instructions encoding the line).
+    `entries` holds the entry of each outcome already written (by `id`), for reuse: the
+    lines are encoded at once and nothing changes an entry."""
     ran = [o for o in outcomes if o.handler]
     if not ran or (len(ran) == 1 and ran[0].kind == "ok" and not ran[0].reason):
         return None
-    return [_handler_field(o) for o in ran]
+    out: list[dict[str, object]] = []
+    for o in ran:
+        entry = entries.get(id(o))
+        if entry is None:
+            entry = entries[id(o)] = _handler_field(o)
+        out.append(entry)
+    return out
 
 
 def _handler_field(o: HandlerOutcome) -> dict[str, object]:
