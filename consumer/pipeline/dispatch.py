@@ -194,8 +194,8 @@ class Dispatcher:
                     stuck = [unit.name for c in calls if c.stuck and (unit := c.running())
                              is not None and index in unit.indexes]
                     out.append([HandlerOutcome("retry", ",".join(stuck), STUCK, None, 0.0)])
-                else:
-                    out.append(list(outcomes))
+                else:  # complete: nothing appends to it any more
+                    out.append(outcomes)
             return out
 
     def close(self, wait: bool = False) -> None:
@@ -299,13 +299,14 @@ class Dispatcher:
         deferred receipts now complete, for `late`."""
         batch = call.batch
         due: list[tuple[int, list[HandlerOutcome]]] = []
+        results, owed, deferred = batch.results, batch.owed, batch.deferred  # per receipt
         for index, outcome in zip(unit.indexes, outcomes, strict=True):
-            batch.results[index].append(outcome if outcome.kind != "retry" else under_policy(
+            results[index].append(outcome if outcome.kind != "retry" else under_policy(
                 outcome, batch.receipts[index].meta.dequeue_count,
                 self._policies.get(outcome.handler), self._global))
-            batch.owed[index] -= 1
-            if batch.owed[index] == 0 and index in batch.deferred:
-                due.append((index, list(batch.results[index])))
+            owed[index] -= 1
+            if deferred and owed[index] == 0 and index in deferred:
+                due.append((index, list(results[index])))
         call.done += 1
         if call.stuck:
             self._stuck -= 1
