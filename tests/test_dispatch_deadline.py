@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge
 from structlog.testing import capture_logs
 
-from consumer.handler_api import HandlerOutcome
+from consumer.handler_api import HandlerOutcome, HandlerPolicy, RoutedHandler
 from consumer.pipeline.dispatch import NOT_STARTED, STUCK, WEDGED_AFTER_DEADLINES, Dispatcher
 from consumer.receipts import Receipt
 from tests.test_dispatch import WAIT_S, Blocker, report
@@ -137,6 +137,28 @@ def test_a_handler_stuck_in_a_shared_task_does_not_hold_the_handlers_after_it() 
             break
         threading.Event().wait(0.01)
     assert sorted((i, o.kind) for i, o in late.got) == [(0, "ok"), (1, "ok")]
+    dispatcher.close()
+
+
+def test_a_shorter_deadline_after_a_longer_one_in_a_shared_task_is_noticed_by_its_own(
+        ) -> None:
+    # One task runs several handlers (the bulk sender's three), each with its own deadline:
+    # the second one starting must not be judged by the first one's longer deadline.
+    first, second = BlocksWhenArmed(), BlocksWhenArmed()
+    routes = {"SmsReport": [RoutedHandler(first, "long", HandlerPolicy(deadline_s=WAIT_S)),
+                            RoutedHandler(second, "short", HandlerPolicy(deadline_s=SHORT_S))]}
+    dispatcher = make(routes, deadline_s=WAIT_S, chunk_target_s=60.0)
+    dispatcher.dispatch([report(0)])  # both measured fast: one task from now on
+    second.armed = True
+    try:
+        with capture_logs() as logs:
+            outcomes = dispatcher.dispatch([report(1)], Late())
+        [stuck] = [e for e in logs if e["event"] == "handler_stuck"]
+    finally:
+        second.release.set()  # only now: the stuck line's running_s was measured while hung
+    assert [(o.kind, o.reason, o.handler) for o in outcomes] == [("retry", STUCK, "short")]
+    assert (stuck["handler"], stuck["deadline_s"]) == ("short", SHORT_S)
+    assert stuck["running_s"] < WAIT_S / 2  # its own deadline, not the long one's
     dispatcher.close()
 
 

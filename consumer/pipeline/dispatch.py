@@ -317,13 +317,17 @@ class Dispatcher:
         if call.done >= len(call.units):
             call.finished = True
             self._active.discard(call)
-            # Only a finished call wakes the waiter (`_wait`). The next unit's later start
-            # needs no wake-up: the waiter looks again by the deadline it computed from the
-            # earlier start, at worst too soon. Waking it per unit (a task runs a batch's
-            # receipts one after the other) was a thread switch per receipt.
             self._cond.notify_all()
         else:
+            # The waiter (`_wait`) looks again by the deadline it computed from the finished
+            # unit's start. The next unit's own deadline usually comes later (the same
+            # handler's next run: at worst the waiter looks too soon) and needs no wake-up,
+            # which would be a thread switch per receipt; one that comes sooner (a shorter
+            # deadline of another handler packed into the task) does.
+            looked_for = (call.started_at or 0.0) + unit.deadline_s
             call.started_at = time.monotonic()
+            if call.started_at + call.deadline_s < looked_for:
+                self._cond.notify_all()
         usual = self._usual.get(unit.name)
         took = outcomes[0].duration_s  # of the whole invocation, batch or single
         if usual is None:
