@@ -204,6 +204,16 @@ def test_close_ends_queued_calls_not_started_and_leaves_running_ones_alone(
     assert slow.finished == ["biz-1"]  # biz-2 never ran
 
 
+def newest_start(dispatcher: Dispatcher) -> tuple[float, float]:
+    """Bounds of the monotonic time the newest running call started: `running()` reads the
+    clock somewhere between the two reads around it (the test thread may be descheduled
+    for a while on either side, on a busy machine)."""
+    before = time.monotonic()
+    running_s = min(s for _receipt, _handler, s in dispatcher.running())
+    after = time.monotonic()
+    return before - running_s, after - running_s
+
+
 def test_the_pool_is_wedged_once_calls_hung_a_further_deadline_hold_the_share(
         blockers: list[Blocker]) -> None:
     slow = blocker(blockers, "biz-1", "biz-2")
@@ -216,9 +226,10 @@ def test_the_pool_is_wedged_once_calls_hung_a_further_deadline_hold_the_share(
     assert dispatcher.stuck_threads == 2
     # Judged at instants set from the newer call's start, not at whatever time the machine
     # reaches these lines: a whole deadline past its deadline, both calls are taken for hung.
-    newest_started = time.monotonic() - min(s for _r, _h, s in dispatcher.running())
-    hung_at = newest_started + WEDGED_AFTER_DEADLINES * SHORT_S
-    assert not dispatcher.wedged(now=hung_at - 0.05), "only late: it may yet return"
+    earliest, latest = newest_start(dispatcher)
+    assert not dispatcher.wedged(now=earliest + WEDGED_AFTER_DEADLINES * SHORT_S - 0.05), \
+        "only late: it may yet return"
+    hung_at = latest + WEDGED_AFTER_DEADLINES * SHORT_S
     assert dispatcher.wedged(now=hung_at + 0.05)
     for _ in range(int(WAIT_S / 0.01)):  # and on the real clock, once that time came
         if dispatcher.wedged():
@@ -246,9 +257,8 @@ def test_one_call_late_in_a_pool_of_one_is_not_a_wedge_until_a_further_deadline(
 
     dispatcher.dispatch([report(1)], late)
     assert dispatcher.stuck_threads == 1
-    [(_receipt, _handler, running_s)] = dispatcher.running()
-    started = time.monotonic() - running_s
-    assert not dispatcher.wedged(now=started + 1.5 * SHORT_S)
+    earliest, started = newest_start(dispatcher)
+    assert not dispatcher.wedged(now=earliest + 1.5 * SHORT_S)
     assert dispatcher.wedged(now=started + WEDGED_AFTER_DEADLINES * SHORT_S + 0.05)
     slow.release.set()
     assert late.event.wait(WAIT_S)
