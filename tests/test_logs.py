@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import enum
 import io
 import json
 import logging
 import os
 import socket
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import structlog
@@ -152,6 +154,19 @@ class Point:
     x: int
 
 
+class Pair(NamedTuple):
+    code: str
+    count: int
+
+
+class Kind(enum.Enum):
+    A = "a"
+
+
+class Ratio(float):
+    """A float subclass, as numpy.float64 is."""
+
+
 #: Values JSON cannot hold or orjson refuses, each written as the standard library's
 #: `json.dumps(ensure_ascii=False, default=repr)` wrote it: as is, or its repr.
 ODD_VALUES: list[dict[str, Any]] = [
@@ -160,10 +175,13 @@ ODD_VALUES: list[dict[str, Any]] = [
      "nested": [1, 2.5, None, True, ("a", "b")], "path": Path("/tmp/x")},
     {"big": 2**70},         # past 64 bits: orjson refuses it
     {"lone": "\ud800"},     # a lone surrogate (a JSON escape can carry one)
+    {"pair": Pair("isv.BUSINESS_LIMIT_CONTROL", 2),  # orjson hands a tuple subclass over
+     "pairs": [Pair("DELIVERED", 1), ("x", Pair("y", 0))], "ratio": Ratio(0.25)},
 ]
 
 
-@pytest.mark.parametrize("fields", ODD_VALUES, ids=["odd-types", "big-int", "surrogate"])
+@pytest.mark.parametrize("fields", ODD_VALUES,
+                         ids=["odd-types", "big-int", "surrogate", "subclasses"])
 def test_json_lines_hold_what_the_standard_library_encoder_wrote(
         monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any]) -> None:
     buffer = configured(monkeypatch, "json")
@@ -174,6 +192,15 @@ def test_json_lines_hold_what_the_standard_library_encoder_wrote(
     assert {k: line[k] for k in fields} == json.loads(
         json.dumps(fields, ensure_ascii=False, default=repr))
     assert "\\u" not in raw  # non-ASCII as is, never escaped
+
+
+def test_what_json_lines_write_unlike_the_standard_library_encoder() -> None:
+    # The documented differences (logs.py, CHANGELOG), pinned: valid JSON where the standard
+    # library wrote NaN / Infinity, values for a UUID and an Enum.
+    line = logs._json_line(None, "warning", {
+        "ratio": float("nan"), float("inf"): "key", "id": uuid.UUID(int=1), "kind": Kind.A})
+    assert line == ('{"ratio":null,"null":"key",'
+                    '"id":"00000000-0000-0000-0000-000000000001","kind":"a"}')
 
 
 def test_info_lines_are_what_structlogs_own_path_writes(

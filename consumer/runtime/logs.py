@@ -33,9 +33,10 @@ _SECRET_KEYS = frozenset({"access_key_secret", "security_token", "password", "se
 # and takes under 8k in orjson: 8% of the worker's instructions per receipt (README,
 # Benchmarks). Its options keep the lines as the standard library wrote them: non-ASCII as
 # is, keys in their order, non-string keys as text, dates and dataclasses through
-# `default=repr` like any other value JSON cannot hold (shown, never fatal). What differs:
-# compact separators (`{"a":1,"b":2}`, as the ECS format's), a UUID or an Enum written as
-# its value (not its repr), NaN and infinities as null (valid JSON).
+# `_default` (their repr, like any other value JSON cannot hold: shown, never fatal).
+# What differs: compact separators (`{"a":1,"b":2}`, as the ECS format's), a UUID or an
+# Enum written as its value (not its repr), NaN and infinities as null (valid JSON), also
+# as a key ("null", not "NaN" / "Infinity").
 _ORJSON_OPTIONS: Final = (orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
                           | orjson.OPT_PASSTHROUGH_DATETIME)
 # What orjson refuses (an integer past 64 bits, a lone surrogate, nesting past 255 levels)
@@ -44,11 +45,22 @@ _ORJSON_OPTIONS: Final = (orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATAC
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=repr, separators=(",", ":"))
 
 
+def _default(value: object) -> object:
+    """A value orjson hands over, as the standard library's encoder writes it. orjson takes
+    exact tuples and floats only: a NamedTuple (any tuple subclass) is an array, a float
+    subclass (numpy.float64) a number; anything else its repr."""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, float):
+        return float(value)
+    return repr(value)
+
+
 def _json_line(_logger: Any, _name: str, event: dict[str, Any]) -> str:
     """The JSON format's renderer (structlog's JSONRenderer calls a serializer through two
     more frames and two keyword dicts; this is the whole of what it did here)."""
     try:
-        return orjson.dumps(event, default=repr, option=_ORJSON_OPTIONS).decode()
+        return orjson.dumps(event, default=_default, option=_ORJSON_OPTIONS).decode()
     except orjson.JSONEncodeError:
         return _ENCODER.encode(event)
 
