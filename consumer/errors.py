@@ -74,10 +74,11 @@ class PermanentFailure(AlicomReceiptsError):  # noqa: N818 - raised by user hand
         self.reason = reason
 
 
-def one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException, text: str | None = None) -> str:
     """`Type: message` of `exc` on a single line, whatever its text holds: the form an error
-    takes as a retry or dead-letter reason, a one-line CLI message or a log field."""
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
+    takes as a retry or dead-letter reason, a one-line CLI message or a log field. `text`,
+    when given, stands for the message (one already masked or cut to its useful part)."""
+    return " ".join(f"{type(exc).__name__}: {exc if text is None else text}".split())
 
 
 def clipped(text: str, limit: int = 300) -> str:

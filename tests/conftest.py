@@ -9,6 +9,7 @@ import redis
 
 from alicom_sandbox.postgres_server import PostgresServer, running_postgres
 from alicom_sandbox.redis_server import RedisServer, running_redis
+from consumer.pipeline.dispatch import Dispatcher
 
 #: The modules that take longest (each 30 s to 3 min of real processes, measured under
 #: pytest-xdist), in that order. `make test` hands whole modules to its xdist processes in
@@ -52,3 +53,12 @@ def postgres_server() -> Iterator[PostgresServer]:
     """A real PostgreSQL cluster for the session (Debian's package; .ci/ensure-postgres)."""
     with running_postgres() as server:
         yield server
+
+
+@pytest.fixture
+def dispatchers() -> Iterator[list[Dispatcher]]:
+    """The dispatchers a test makes (appended to this list), closed after it."""
+    made: list[Dispatcher] = []
+    yield made
+    for dispatcher in made:
+        dispatcher.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from structlog.testing import capture_logs
@@ -80,14 +80,6 @@ class Blocker:
             self.entered.set()
             self.release.wait(WAIT_S)
         self.finished.append(receipt.biz_id)
-
-
-@pytest.fixture
-def dispatchers() -> Iterator[list[Dispatcher]]:
-    made: list[Dispatcher] = []
-    yield made
-    for dispatcher in made:
-        dispatcher.close()
 
 
 def make(dispatchers: list[Dispatcher], routes: dict[str, Sequence[object]],

@@ -4,22 +4,12 @@ shortest of its recent calls, so waits for the GIL or a CPU do not split a batch
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-
-import pytest
+from collections.abc import Sequence
 
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.dispatch_plan import USUAL_WINDOW, Usual
 from consumer.receipts import Receipt
 from tests.test_dispatch import Overlap, make, report
-
-
-@pytest.fixture
-def dispatchers() -> Iterator[list[Dispatcher]]:
-    made: list[Dispatcher] = []
-    yield made
-    for dispatcher in made:
-        dispatcher.close()
 
 
 def test_the_usual_time_is_the_shortest_recent_call() -> None:

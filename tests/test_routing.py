@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,14 +59,6 @@ class Everything:
 
     def handle(self, receipt: Receipt) -> None:
         """Any receipt."""
-
-
-@pytest.fixture
-def dispatchers() -> Iterator[list[Dispatcher]]:
-    made: list[Dispatcher] = []
-    yield made
-    for dispatcher in made:
-        dispatcher.close()
 
 
 def test_the_annotation_routes_a_function_to_its_class_only(

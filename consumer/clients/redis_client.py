@@ -32,7 +32,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from consumer.errors import ConfigError, TransientError
+from consumer.errors import ConfigError, TransientError, one_line
 from consumer.redis_url import RedisTarget, parse_redis_url
 
 __all__ = [
@@ -107,7 +107,7 @@ def redis_error_text(exc: BaseException, client: RedisClient) -> str:
     kwargs: dict[str, object] = client.get_connection_kwargs()
     secrets = [kwargs.get("password"), kwargs.get("username")]
     text = _scrubbed(str(exc), [s for s in secrets if isinstance(s, str)])
-    return " ".join(f"{type(exc).__name__}: {text}".split())
+    return one_line(exc, text)
 
 
 def _scrubbed(text: str, secrets: Iterable[str | None]) -> str:

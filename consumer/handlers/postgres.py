@@ -39,7 +39,7 @@ from typing import Any
 
 import structlog
 
-from consumer.errors import ConfigError, RetryLater, one_line
+from consumer.errors import ConfigError, RetryLater, clipped, one_line
 from consumer.handler_api import BatchResult
 from consumer.handlers import sink_key_function
 from consumer.receipts import Receipt
@@ -224,5 +224,5 @@ def _safe(exc: BaseException) -> str:
     the reason goes to log lines and dead letters, where no phone number may be in clear."""
     primary = getattr(getattr(exc, "diag", None), "message_primary", None)
     if primary:
-        return " ".join(f"{type(exc).__name__}: {primary}".split())[:300]
-    return one_line(exc)[:300]
+        return clipped(one_line(exc, primary))
+    return clipped(one_line(exc))
