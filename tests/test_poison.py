@@ -53,8 +53,11 @@ def test_alone_waits_for_the_batches_dispatching_and_keeps_new_ones_out() -> Non
     assert gate.waiting == 1
     later = threading.Thread(target=normal, args=("later",))
     later.start()
-    threading.Event().wait(0.2)  # and the later batch waits for the suspect
-    assert order == ["first in"]
+    for _ in range(int(WAIT_S / 0.01)):  # and the later batch waits for the suspect
+        if gate.blocked or "later in" in order:
+            break
+        threading.Event().wait(0.01)
+    assert (gate.blocked, order) == (1, ["first in"])
     release_first.set()
     for thread in (first, lone, later):
         thread.join(WAIT_S)

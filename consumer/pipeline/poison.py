@@ -109,6 +109,7 @@ class Isolation:
         self._shared = 0
         self._alone = False
         self._waiting = 0
+        self._blocked = 0
 
     @property
     def waiting(self) -> int:
@@ -116,11 +117,19 @@ class Isolation:
         with self._cond:
             return self._waiting
 
+    @property
+    def blocked(self) -> int:
+        """How many `shared` callers wait for a suspect (holding the gate or waiting for it)."""
+        with self._cond:
+            return self._blocked
+
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
         with self._cond:
             while self._alone or self._waiting:
+                self._blocked += 1
                 self._cond.wait()
+                self._blocked -= 1
             self._shared += 1
         try:
             yield
