@@ -95,14 +95,19 @@ def annotated_classes(obj: object) -> tuple[str, ...] | None:
 
 
 def _receipt_callable(obj: object) -> tuple[Callable[..., object] | None, bool]:
-    """The callable whose first parameter is the receipt, and whether it takes a batch."""
-    wrapped = getattr(obj, "__wrapped__", None)
-    if callable(wrapped):  # an @handler function (or a functools.wraps one): the user's own
-        return wrapped, False
-    for attr, batch in (("handle_batch", True), ("handle", False)):
+    """The callable whose first parameter is the receipt, and whether it takes a batch.
+
+    `handle_batch` wins, as in the dispatcher (`is_batch_handler`), whatever else the object
+    carries. Then a callable `__wrapped__`: an @handler function's (its `handle` only
+    forwards, annotated with any Receipt) or a functools.wraps wrapper's, the user's own
+    function. Then `handle`, then the object itself."""
+    method = getattr(obj, "handle_batch", None)
+    if callable(method):
+        return method, True
+    for attr in ("__wrapped__", "handle"):
         method = getattr(obj, attr, None)
         if callable(method):
-            return method, batch
+            return method, False
     return (obj, False) if callable(obj) else (None, False)
 
 

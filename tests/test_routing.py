@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
@@ -86,6 +87,16 @@ def test_types_come_from_a_batch_handlers_sequence_and_default_to_every_class() 
     routes = load_handlers([HandlerSpec(f"{HERE}:UplinkBatch"), HandlerSpec(f"{HERE}:Everything")])
     assert [h.name for h in routes["SmsUp"]] == ["uplinks", "everything"]
     assert set(routes) == set(RECEIPT_CLASSES)
+
+
+def test_a_batch_handler_carrying_a_wrapped_function_is_read_by_its_handle_batch() -> None:
+    def single(receipt: SmsReport) -> None:
+        """What a decorator's functools.update_wrapper left on the batch handler."""
+
+    batch = functools.update_wrapper(UplinkBatch(), single)
+    assert batch.__wrapped__ is single
+    assert annotated_classes(batch) == ("SmsUp",)  # its batch's items, not the function's
+    assert annotated_classes(functools.wraps(single)(lambda receipt: None)) == ("SmsReport",)
 
 
 def test_an_annotation_only_a_type_checker_resolves_is_read_by_its_names() -> None:
