@@ -82,3 +82,17 @@ def test_a_failed_extension_is_counted_and_the_others_still_extended() -> None:
               MemoryDedupStore(), window, stats, AckConfig()).beat()
     assert sorted(item.receipt_handle for item in items) == ["gone", "x'", "y'"]
     assert stats.snapshot()["visibility_extensions"] == 2
+
+
+def test_a_lease_renewal_redis_confirmed_moves_the_claims_deadline_a_refused_one_does_not(
+        ) -> None:
+    window, calls, store = Window(16), list[tuple[str, int]](), MemoryDedupStore()
+    ours, lapsed = held(window, "ours", 1.0), held(window, "lapsed", 1.0)
+    for item, key, owner in [(ours, "k1", "me"), (lapsed, "k2", "me")]:
+        item.key, item.owner, item.claimed, item.lease_until = key, owner, True, 0.0
+    store.claim(["k1"], "me", 60.0)
+    store.claim(["k2"], "another delivery", 60.0)  # took the record after ours lapsed
+    Heartbeat([Client(calls)], store, window, Stats(),
+              AckConfig(visibility_timeout_s=60, extend_before_s=10)).beat()
+    assert ours.lease_until > time.monotonic() + 50
+    assert lapsed.lease_until == 0.0  # so it confirms its claim before it runs

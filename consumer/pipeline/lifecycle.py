@@ -69,6 +69,8 @@ log = structlog.get_logger("alicom_receipts.lifecycle")
 W = TypeVar("W", bound=Work)
 #: A receipt whose handler never started (the process stops): back to its source at once.
 HANDED_BACK = Decision(Verdict.RETRY, "handed_back", NOT_STARTED, delay_s=1)
+#: A claim with less of its lease left than this is confirmed before it runs (`confirm`).
+CONFIRM_MARGIN_S = 1.0
 
 
 class Lifecycle:
@@ -114,6 +116,36 @@ class Lifecycle:
             return []
         for work in items:
             work.owner = owner
+        return self._claimed(items, owner, lease_s, again=False)
+
+    def confirm(self, items: Sequence[W], lease_s: float) -> list[W]:
+        """The items still ours to run, in order; call it right before they run.
+
+        An item that waited (for a runner, for the isolation gate) past its lease while the
+        heartbeat could not renew it (Redis away, its visibility extension refused) may have
+        lost its claim: its message became visible again, another delivery of it (in this
+        process or another) claimed the lapsed record and runs it. Such an item is claimed
+        again under its owner first (the bounded Redis retry): one another live delivery
+        holds is left (LEAVE), a completed one is a duplicate, and one Redis cannot confirm
+        runs nothing (LEAVE: the message comes back). A fresh lease costs nothing.
+        """
+        now = time.monotonic()
+        stale = [w for w in items if w.lease_until - now < CONFIRM_MARGIN_S]
+        for owner, group in _by_owner(stale).items():
+            try:
+                self._retry.call("dedup confirm",
+                                 partial(self._claimed, group, owner, lease_s, again=True),
+                                 self.stop)
+            except TransientError as exc:
+                for work in group:
+                    work.claimed = False
+                    work.decision = Decision(Verdict.LEAVE, "in_progress", "claim_unconfirmed",
+                                             str(exc))
+        return [w for w in items if w.decision is None] if stale else list(items)
+
+    def _claimed(self, items: Sequence[W], owner: str, lease_s: float, again: bool) -> list[W]:
+        """Claims `items` for `owner` (again: a confirmation, which keeps `suspect`)."""
+        began = time.monotonic()
         try:
             # The old clear-text names too: records written before keys were hashed still
             # catch their duplicates until they expire (consumer.keys).
@@ -130,10 +162,13 @@ class Lifecycle:
             # The same receipt twice in one batch is CLAIMED once and IN_PROGRESS after (the
             # DedupStore contract): the first copy runs, the other waits for its outcome.
             if claim.state is ClaimState.CLAIMED:
-                work.claimed, work.done = True, claim.done
-                work.suspect = work.deliveries > 1 and not claim.settled_before
+                work.claimed, work.done = True, work.done | claim.done
+                work.lease_until = began + lease_s
+                if not again:
+                    work.suspect = work.deliveries > 1 and not claim.settled_before
                 to_run.append(work)
             else:
+                work.claimed = False
                 work.decision = classify(claim.state, work.deliveries, policy)
         return to_run
 

@@ -164,22 +164,27 @@ class PoisonGuard:
     """
 
     def __init__(self, ledger: CrashLedger | None, running: Callable[[], int],
-                 wait_s: float) -> None:
+                 wait_s: float, lease_s: float) -> None:
         self.ledger = ledger
         self.gate = Isolation()
         self._running = running
         self._wait_s = wait_s
+        self._lease_s = lease_s  # of a claim confirmed again (`Lifecycle.confirm`)
 
     def run(self, lifecycle: Lifecycle, batch: Sequence[W],
             settle: Callable[[list[W]], None]) -> None:
         """Runs `batch`; every decided item (now, or late for a stuck handler) goes to
-        `settle`."""
+        `settle`. An item runs only once its claim is confirmed in the gate (its wait for the
+        gate may have outlasted its lease, see `Lifecycle.confirm`)."""
         normal = [w for w in batch if not (w.suspect and self.ledger)]
         if normal:
             with self.gate.shared():
-                done = lifecycle.run(normal, late=settle)
-            if done:
-                settle(done)
+                to_run = lifecycle.confirm(normal, self._lease_s)
+                left = [w for w in normal if w.decision is not None] \
+                    if len(to_run) < len(normal) else []
+                done = lifecycle.run(to_run, late=settle)
+            if done or left:
+                settle(left + done)
         for work in batch:
             if work.suspect and self.ledger:
                 self._alone(lifecycle, work, settle)
@@ -202,6 +207,9 @@ class PoisonGuard:
             settle(items)
 
         with self.gate.alone(self._running, self._wait_s):
+            if not lifecycle.confirm([work], self._lease_s):
+                settle([work])  # another delivery holds it now, or Redis could not say
+                return
             log.warning("suspect_runs_alone", dedup_key=key, deliveries=work.deliveries,
                         lone_deaths=crashes)
             ledger.safely("begin", partial(ledger.begin, key))

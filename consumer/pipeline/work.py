@@ -7,6 +7,7 @@ stream, reconcile, replay); `LifecycleParts` the collaborators every source shar
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ class Work:
     replay's), None for all; `outcomes`: each handler's outcome on this delivery.
     `suspect`: a re-delivery whose claim found no trace of an outcome: the process that held
     it may have died of it (consumer.pipeline.poison); it runs alone.
+    `lease_until`: until when (monotonic) the claim is known to hold: set by the claim and by
+    each lease renewal that Redis confirmed; a claim past it is confirmed again before the
+    item runs (`Lifecycle.confirm`). Infinite for a source whose claims never wait.
     """
 
     deliveries: int = 1
@@ -54,6 +58,7 @@ class Work:
     only: Selection | None = None
     outcomes: tuple[HandlerOutcome, ...] = ()
     suspect: bool = False
+    lease_until: float = math.inf
     # The record's name before keys were hashed (consumer.keys): clear text, never shown.
     legacy: str | None = field(default=None, repr=False)
 

@@ -112,7 +112,7 @@ class Heartbeat:
         due_ms = now_ms + self._config.extend_before_s * 1000
         due = sorted((item for item in self._window.items() if item.next_visible_ms <= due_ms),
                      key=lambda item: item.next_visible_ms)
-        renewed: dict[str, list[str]] = defaultdict(list)
+        renewed: dict[str, list[InFlight]] = defaultdict(list)
         extended, failed, first_error = 0, 0, ""
         for item, result in zip(due, self._calls.map(self._extend, due, [now_ms] * len(due)),
                                 strict=True):
@@ -122,20 +122,30 @@ class Heartbeat:
             elif result:
                 extended += 1
                 if item.claimed and item.completed is None and item.key is not None:
-                    renewed[item.owner].append(item.key)
+                    renewed[item.owner].append(item)
         self._stats.incr("visibility_extensions", extended)
         self._visibility.report(extended, failed, first_error)
         self._renew_leases(renewed)
 
-    def _renew_leases(self, renewed: dict[str, list[str]]) -> None:
+    def _renew_leases(self, renewed: dict[str, list[InFlight]]) -> None:
+        """Renews the claims of the items whose visibility was just extended; each renewal
+        Redis confirmed moves the item's `lease_until`. One that failed or was refused (the
+        record lapsed, another delivery may hold it now) leaves it where it was, so the item
+        confirms its claim before it runs (`Lifecycle.confirm`)."""
         ok, failed, error = 0, 0, ""
-        for owner, keys in renewed.items():
+        lease_s = float(self._config.visibility_timeout_s)
+        for owner, items in renewed.items():
+            began = time.monotonic()
             try:
-                self._dedup.extend(keys, owner, float(self._config.visibility_timeout_s))
-                ok += len(keys)
+                renewals = self._dedup.extend([str(i.key) for i in items], owner, lease_s)
             except TransientError as exc:
-                failed += len(keys)
+                failed += len(items)
                 error = error or str(exc)
+                continue
+            ok += len(items)
+            for item, renewal in zip(items, renewals, strict=True):
+                if renewal:
+                    item.lease_until = began + lease_s
         self._lease.report(ok, failed, error)
 
     def _extend(self, item: InFlight, now_ms: float) -> bool | str:

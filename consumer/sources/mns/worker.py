@@ -123,7 +123,8 @@ class Worker:
                            config.retry, config.ack.completed_ttl_s, pipeline.key_of),
             self.stats, self.abort)
         self.poison = PoisonGuard(pipeline.crashes, self._running_in_time,
-                                  pipeline.dispatcher.longest_deadline_s)
+                                  pipeline.dispatcher.longest_deadline_s,
+                                  float(config.ack.visibility_timeout_s))
         self.acks_closed = threading.Event()     # the ackers' STOPs are queued
         self._threads: dict[str, list[threading.Thread]] = {}
         self._clients: list[QueueClient] = []
