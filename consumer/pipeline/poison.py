@@ -11,7 +11,9 @@ costs nothing more than the claim the batch makes anyway.
 What happens to a suspect. It runs alone (`Isolation.alone`): no other batch dispatches and
 no other handler runs in the process meanwhile (running ones are given up to the handler
 deadline to finish; one already stuck is not waited for), so if the process dies now, this
-receipt did it. Before the run,
+receipt did it. In the gate its claim is confirmed first (`Lifecycle.confirm`: the wait
+may outlast its lease and its visibility, and a later delivery of it may hold the record
+now; then that one runs it, this copy does not). Before the run,
 `CrashLedger.begin` counts it in Redis (`<dedup record>:crashes`); when the run returns the
 count goes. A suspect found with CRASH_LIMIT lone runs that never returned is dead-lettered
 with reason `crashed_worker` without running again (replayable like any dead letter). Its
