@@ -20,14 +20,13 @@ from consumer.handler_api import (
     HandlerOutcome,
     HandlerPolicy,
     RoutedHandler,
-    handler_tag,
     routed,
     worst,
 )
-from consumer.pipeline.dispatch_plan import Batch, Call, Late, Run, Unit, Usual, pack, runs_of
+from consumer.pipeline.dispatch_plan import Batch, Call, Late, Unit, Usual, plan
 from consumer.pipeline.invoke import invoke_batch, invoke_one, under_policy
 from consumer.pipeline.outcome import RetryPolicy
-from consumer.pipeline.selection import Selection, not_run
+from consumer.pipeline.selection import Selection
 from consumer.receipts import Receipt
 
 log = structlog.get_logger(__name__)
@@ -182,7 +181,10 @@ class Dispatcher:
         for receipt i (a dead-letter replay, see `Selection`).
         """
         batch = Batch(receipts, late, [[] for _ in receipts], [0] * len(receipts))
-        calls = self._plan(batch, completed, only)
+        with self._cond:
+            usual = {name: u.value for name, u in self._usual.items()}
+        calls = plan(batch, self._routes, usual, self._deadline_s, self._chunk_target_s,
+                     completed, only)
         with self._cond:
             self._submit(calls)
             self._wait(calls)
@@ -207,52 +209,7 @@ class Dispatcher:
         if wait:
             self._executor.shutdown(wait=True)
 
-    # -- planning and running -----------------------------------------------------------
-
-    def _plan(self, batch: Batch, completed: Sequence[Collection[str]] | None,
-              only: Sequence[Selection | None] | None) -> list[Call]:
-        by_class: dict[str, list[int]] = {}
-        for index, receipt in enumerate(batch.receipts):
-            by_class.setdefault(type(receipt).__name__, []).append(index)
-        runs: list[Run] = []
-        with self._cond:
-            usual = {name: u.value for name, u in self._usual.items()}
-        if not any(completed or ()) and not any(only or ()):
-            completed = only = None  # the usual first delivery: nothing to leave out
-        for cls_name, indexes in by_class.items():
-            handlers = self._routes.get(cls_name, ())
-            if not handlers:
-                for index in indexes:
-                    batch.results[index].append(
-                        HandlerOutcome("permanent", "", "no_handler", None, 0.0))
-                continue
-            for bound in handlers:
-                todo = indexes if completed is None and only is None else self._to_run(
-                    bound.name, indexes, completed, only, batch.results)
-                for index in todo:
-                    batch.owed[index] += 1
-                if todo:
-                    runs += runs_of(bound.target, bound.name, bound.batch,
-                                    bound.policy.deadline_s or self._deadline_s, todo,
-                                    usual.get(bound.name), self._chunk_target_s)
-        return pack(runs, batch, self._chunk_target_s)
-
-    @staticmethod
-    def _to_run(name: str, indexes: list[int], completed: Sequence[Collection[str]] | None,
-                only: Sequence[Selection | None] | None,
-                results: list[list[HandlerOutcome]]) -> list[int]:
-        """The receipts among `indexes` this handler is to run; the others get their outcome
-        from `selection.not_run` (finished before, or not selected)."""
-        tag = handler_tag(name)
-        todo: list[int] = []
-        for index in indexes:
-            skipped = not_run(name, tag, None if completed is None else completed[index],
-                              None if only is None else only[index])
-            if skipped is None:
-                todo.append(index)
-            else:
-                results[index].append(skipped)
-        return todo
+    # -- running -----------------------------------------------------------
 
     def _submit(self, calls: list[Call]) -> None:
         """Queues calls on the pool (lock held); after `close` they end NOT_STARTED."""

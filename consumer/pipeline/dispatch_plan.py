@@ -1,5 +1,8 @@
-"""The dispatcher's pool tasks: what one `dispatch` call owes, and how its handler calls are
-grouped into tasks (`consumer.pipeline.dispatch` runs them and watches their deadlines).
+"""The dispatcher's pool tasks: what one `dispatch` call owes, which handler calls it makes
+(`plan`: routes by receipt class, leaving out what `selection.not_run` says), and how those
+calls are grouped into tasks (`consumer.pipeline.dispatch` runs them and watches their
+deadlines). Planning is pure: it reads the routes and a snapshot of the usual times, and
+writes only the `Batch` it is given.
 
 A pool task costs more than a fast handler call itself (a future, a thread wake-up, the
 lock taken on each side), and a receipt class with several handlers would pay it per
@@ -20,11 +23,12 @@ at most its deadline.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from consumer.handler_api import AnyHandler, HandlerOutcome
+from consumer.handler_api import AnyHandler, HandlerOutcome, RoutedHandler, handler_tag
+from consumer.pipeline.selection import Selection, not_run
 from consumer.receipts import Receipt
 
 #: `late(index, outcomes)`: the final outcomes (one per handler) of a receipt that
@@ -157,3 +161,58 @@ def pack(runs: Iterable[Run], batch: Batch, chunk_target_s: float) -> list[Call]
         open_call, open_s = Call(list(run.units), batch), run.expected_s
         calls.append(open_call)
     return calls
+
+
+def plan(batch: Batch, routes: Mapping[str, tuple[RoutedHandler, ...]],
+         usual: Mapping[str, float], deadline_s: float, chunk_target_s: float,
+         completed: Sequence[Collection[str]] | None,
+         only: Sequence[Selection | None] | None) -> list[Call]:
+    """The pool tasks of one `dispatch_each` call, in the order planned.
+
+    Receipts go by class (`type(receipt).__name__`) to their `routes`; a class without a
+    handler gets "permanent" with reason "no_handler" in `batch.results`, as does each
+    handler `selection.not_run` leaves out (its outcome without a run). Every handler call
+    planned counts in `batch.owed` of its receipts. `usual`: each handler's usual time per
+    invocation (a snapshot of the dispatcher's `Usual`s, by name); `deadline_s`: the
+    deadline of a handler without its own. Touches nothing but `batch`.
+    """
+    by_class: dict[str, list[int]] = {}
+    for index, receipt in enumerate(batch.receipts):
+        by_class.setdefault(type(receipt).__name__, []).append(index)
+    runs: list[Run] = []
+    if not any(completed or ()) and not any(only or ()):
+        completed = only = None  # the usual first delivery: nothing to leave out
+    for cls_name, indexes in by_class.items():
+        handlers = routes.get(cls_name, ())
+        if not handlers:
+            for index in indexes:
+                batch.results[index].append(
+                    HandlerOutcome("permanent", "", "no_handler", None, 0.0))
+            continue
+        for bound in handlers:
+            todo = indexes if completed is None and only is None else _to_run(
+                bound.name, indexes, completed, only, batch.results)
+            for index in todo:
+                batch.owed[index] += 1
+            if todo:
+                runs += runs_of(bound.target, bound.name, bound.batch,
+                                bound.policy.deadline_s or deadline_s, todo,
+                                usual.get(bound.name), chunk_target_s)
+    return pack(runs, batch, chunk_target_s)
+
+
+def _to_run(name: str, indexes: list[int], completed: Sequence[Collection[str]] | None,
+            only: Sequence[Selection | None] | None,
+            results: list[list[HandlerOutcome]]) -> list[int]:
+    """The receipts among `indexes` this handler is to run; the others get their outcome
+    from `selection.not_run` (finished before, or not selected)."""
+    tag = handler_tag(name)
+    todo: list[int] = []
+    for index in indexes:
+        skipped = not_run(name, tag, None if completed is None else completed[index],
+                          None if only is None else only[index])
+        if skipped is None:
+            todo.append(index)
+        else:
+            results[index].append(skipped)
+    return todo

@@ -20,6 +20,7 @@ and nowhere else.
     settle    dead letters stored, completions recorded, claims of retried/dead-lettered
               receipts released; only then acknowledged or handed back at the source; one
               `receipt_settled` line and one outcome metric per receipt
+              (`consumer.pipeline.settled_line`)
 
 The contract of `settle`:
 
@@ -54,11 +55,12 @@ import structlog
 
 from consumer.errors import AlicomReceiptsError, DecodeError, TransientError
 from consumer.handler_api import HandlerOutcome, handler_tag, worst
-from consumer.keys import key_names, log_fields
+from consumer.keys import key_names
 from consumer.pipeline.deadletter import DeadLetter
 from consumer.pipeline.dedup import ClaimState, Completion
 from consumer.pipeline.dispatch import DISPATCHER_CRASHED, NOT_STARTED, STUCK
 from consumer.pipeline.outcome import Decision, Verdict, classify, precheck
+from consumer.pipeline.settled_line import report_settled
 from consumer.pipeline.stats import Stats
 from consumer.pipeline.work import Dispatch, LifecycleParts, RedisRetry, Transport, Work
 from consumer.receipts import Receipt
@@ -270,11 +272,7 @@ class Lifecycle:
             if by[Verdict.LEAVE]:
                 self.stats.incr("in_progress_skipped", len(by[Verdict.LEAVE]))
         finally:
-            # One `handlers` entry per outcome object: a batch handler's call gives all its
-            # receipts the same one. Keyed by id: the items keep their outcomes alive meanwhile.
-            entries: dict[int, dict[str, object]] = {}
-            for work in items:
-                self._report(work, transport, entries)
+            report_settled(items, transport, self.stats)
             transport.finish(items)
 
     def _carry_out(self, step: Callable[[Sequence[W]], None], items: list[W]) -> None:
@@ -374,51 +372,6 @@ class Lifecycle:
             except TransientError as exc:
                 self.stats.incr("redis_errors")
                 log.warning("release_failed", receipts=len(keys), error=str(exc))
-
-    # -- reporting -----------------------------------------------------------------------
-
-    def _report(self, work: Work, transport: Transport[W],
-                entries: dict[int, dict[str, object]]) -> None:
-        decision = work.decision
-        if decision is None:
-            return
-        # The receipt's business ids and masked phone, then the source's own fields.
-        fields: dict[str, object] = {**log_fields(work.receipt),
-                                     **transport.log_fields(work)}  # type: ignore[arg-type]
-        log.info("receipt_settled", source=transport.source, **fields,
-                 dequeue_count=work.deliveries, dedup_key=work.key,
-                 handler=work.handler or None, outcome=decision.outcome,
-                 reason=decision.reason or None, duration_ms=round(work.duration_s * 1000, 2),
-                 handlers=_handler_fields(work.outcomes, entries))
-        self.stats.outcome(decision.outcome, work.handler, work.duration_s, work.receipt)
-
-
-def _handler_fields(outcomes: Sequence[HandlerOutcome], entries: dict[int, dict[str, object]],
-                    ) -> list[dict[str, object]] | None:
-    """The `handlers` of a `receipt_settled` line; None when no handler ran, or when one
-    did and simply succeeded: the line's own handler, outcome and duration say it all
-    (the common case; its nested list was a sixth of the instructions encoding the line).
-    `entries` holds the entry of each outcome already written (by `id`), for reuse: the
-    lines are encoded at once and nothing changes an entry."""
-    ran = [o for o in outcomes if o.handler]
-    if not ran or (len(ran) == 1 and ran[0].kind == "ok" and not ran[0].reason):
-        return None
-    out: list[dict[str, object]] = []
-    for o in ran:
-        entry = entries.get(id(o))
-        if entry is None:
-            entry = entries[id(o)] = _handler_field(o)
-        out.append(entry)
-    return out
-
-
-def _handler_field(o: HandlerOutcome) -> dict[str, object]:
-    """One handler in a `receipt_settled` line: its own outcome and duration."""
-    field: dict[str, object] = {"handler": o.handler, "outcome": o.kind,
-                                "duration_ms": round(o.duration_s * 1000, 2)}
-    if o.reason:
-        field["reason"] = o.reason
-    return field
 
 
 def _naming_failed(letter: DeadLetter, work: Work) -> DeadLetter:
