@@ -34,9 +34,9 @@ from consumer.pipeline.lifecycle import (
     RedisRetry,
     Transport,
     Work,
-    _handler_fields,
 )
 from consumer.pipeline.outcome import Decision
+from consumer.pipeline.settled_line import _handler_fields
 from consumer.pipeline.stats import Stats
 from consumer.receipts import Receipt
 from consumer.sources.mns.inflight import InFlight
