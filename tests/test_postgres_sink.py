@@ -120,7 +120,7 @@ def test_the_documented_schema_is_the_one_created(postgres_server: PostgresServe
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"table": "x; drop table y"}, "table must be [schema.]name"),
-    ({"timeout_s": 0}, "timeout_s must be > 0"),
+    ({"timeout_s": 0}, "timeout_s must be a number > 0"),
     ({"dsn": "host=a port"}, "dsn is not a connection string"),
 ])
 def test_bad_options_are_one_line_config_errors(options: dict[str, Any], message: str) -> None:

@@ -25,11 +25,43 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 from consumer.clients.redis_client import RedisClient, redis_error_text
-from consumer.errors import RetryLater
+from consumer.errors import ConfigError, RetryLater, clipped
 from consumer.keys import KeyFunction, key_secret, make_key_function
 from consumer.receipts import Receipt
+
+
+def require_text(handler: str, option: str, value: object) -> None:
+    """A handler's option check: `value` is a non-empty string, else a one-line ConfigError
+    naming the handler and the option (`<handler> handler: <option> must be a non-empty
+    string, got ''`)."""
+    if not (isinstance(value, str) and value):
+        raise ConfigError(f"{handler} handler: {option} must be a non-empty string, got "
+                          f"{_shown(value)}")
+
+
+def require_number(handler: str, option: str, value: object, *, above: float | None = None,
+                   at_least: float | None = None, whole: bool = False) -> None:
+    """A handler's option check: `value` is a number (an int when `whole`) over `above` or at
+    least `at_least` (give one of them), else a one-line ConfigError naming the handler and
+    the option (`<handler> handler: <option> must be a number > 0, got 0`). A bool (TOML's
+    true) and NaN are refused."""
+    if (above is None) == (at_least is None):
+        raise TypeError("require_number takes one of above= and at_least=")
+    kind = "a whole number" if whole else "a number"
+    bound = f"> {above:g}" if above is not None else f">= {at_least:g}"
+    number = value if isinstance(value, int if whole else (int, float)) else None
+    if number is None or isinstance(number, bool) or not (
+            number > above if above is not None else number >= cast(float, at_least)):
+        raise ConfigError(f"{handler} handler: {option} must be {kind} {bound}, got "
+                          f"{_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    """An option's value in an error: its repr, cut so that the message stays short."""
+    return clipped(repr(value), 80)
 
 
 def receipt_json(receipt: Receipt) -> str:

@@ -11,7 +11,7 @@ from consumer.clients.redis_client import connect_option, redis_error_text
 from consumer.clients.redis_scripts import replication
 from consumer.errors import ConfigError
 from consumer.handler_api import BatchResult
-from consumer.handlers import redis_retry, sink_key_function
+from consumer.handlers import redis_retry, require_number, require_text, sink_key_function
 from consumer.receipts import Receipt
 from consumer.reports.delivery_stats import (
     DEFAULT_ONCE_TTL_S,
@@ -43,16 +43,12 @@ class DeliveryStatsHandler:
                  ttl_days: float = DEFAULT_TTL_S / 86400,
                  once_ttl_s: float = DEFAULT_ONCE_TTL_S, timeout_s: float = 5.0,
                  wait_replicas: int = 0, wait_timeout_s: float = 1.0) -> None:
-        if not prefix:
-            raise ConfigError("delivery-stats handler: prefix must not be empty")
-        if not ttl_days > 0:
-            raise ConfigError("delivery-stats handler: ttl_days must be > 0, got %r" % ttl_days)
-        if once_ttl_s < 0:
-            raise ConfigError(
-                "delivery-stats handler: once_ttl_s must be >= 0, got %r" % once_ttl_s)
-        if wait_replicas < 0 or not wait_timeout_s > 0:
-            raise ConfigError("delivery-stats handler: need wait_replicas >= 0 and "
-                              "wait_timeout_s > 0, got %r, %r" % (wait_replicas, wait_timeout_s))
+        require_text(self.name, "prefix", prefix)
+        require_number(self.name, "ttl_days", ttl_days, above=0)
+        require_number(self.name, "once_ttl_s", once_ttl_s, at_least=0)
+        require_number(self.name, "timeout_s", timeout_s, above=0)
+        require_number(self.name, "wait_replicas", wait_replicas, at_least=0, whole=True)
+        require_number(self.name, "wait_timeout_s", wait_timeout_s, above=0)
         self._client = connect_option("delivery-stats handler", url, timeout_s)
         try:
             self._writer = StatsWriter(self._client, prefix, ttl_days * 86400, once_ttl_s,

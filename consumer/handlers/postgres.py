@@ -41,7 +41,7 @@ import structlog
 
 from consumer.errors import ConfigError, RetryLater, clipped, one_line
 from consumer.handler_api import BatchResult
-from consumer.handlers import sink_key_function
+from consumer.handlers import require_number, sink_key_function
 from consumer.receipts import Receipt
 
 try:
@@ -113,8 +113,7 @@ class PostgresHandler:
         if not _TABLE.match(table):
             raise ConfigError(f"postgres handler: table must be [schema.]name of letters, "
                               f"digits and _, got {table!r}")
-        if not timeout_s > 0:
-            raise ConfigError(f"postgres handler: timeout_s must be > 0, got {timeout_s!r}")
+        require_number(self.name, "timeout_s", timeout_s, above=0)
         try:
             psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError:  # its message may quote the DSN: keep it out

@@ -17,9 +17,14 @@ import structlog
 
 from consumer.clients.redis_client import connect_option, redis_error_text
 from consumer.clients.redis_scripts import ScriptCall, run_calls
-from consumer.errors import ConfigError
 from consumer.handler_api import BatchResult
-from consumer.handlers import receipt_json, redis_retry, sink_key_function
+from consumer.handlers import (
+    receipt_json,
+    redis_retry,
+    require_number,
+    require_text,
+    sink_key_function,
+)
 from consumer.receipts import Receipt
 
 log = structlog.get_logger(__name__)
@@ -60,12 +65,10 @@ class RedisStreamHandler:
     def __init__(self, url: str, stream: str = "alicom:receipts", maxlen: int = 1_000_000,
                  timeout_s: float = 5.0, done_ttl_s: float = _EIGHT_DAYS_S,
                  dedup_keys: Mapping[str, Sequence[str]] | None = None) -> None:
-        if maxlen < 1:
-            raise ConfigError(f"redis-stream handler: maxlen must be >= 1, got {maxlen!r}")
-        if not stream:
-            raise ConfigError("redis-stream handler: stream must not be empty")
-        if not done_ttl_s >= 1:
-            raise ConfigError(f"redis-stream handler: done_ttl_s must be >= 1, got {done_ttl_s!r}")
+        require_text(self.name, "stream", stream)
+        require_number(self.name, "maxlen", maxlen, at_least=1, whole=True)
+        require_number(self.name, "timeout_s", timeout_s, above=0)
+        require_number(self.name, "done_ttl_s", done_ttl_s, at_least=1)
         self._client = connect_option("redis-stream handler", url, timeout_s)
         self._stream = stream
         self._maxlen = maxlen

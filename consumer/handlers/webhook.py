@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from consumer.errors import ConfigError, PermanentFailure, RetryLater, one_line
-from consumer.handlers import receipt_json
+from consumer.handlers import receipt_json, require_number
 from consumer.receipts import Receipt
 
 _MAX_RESPONSE_BYTES = 64 * 1024
@@ -46,8 +46,7 @@ class WebhookHandler:
             raise ConfigError("webhook handler: url must be http(s)://host[:port]/path")
         if parts.username is not None or parts.password is not None:
             raise ConfigError("webhook handler: put credentials in `headers`, not in the url")
-        if not timeout_s > 0:
-            raise ConfigError(f"webhook handler: timeout_s must be > 0, got {timeout_s!r}")
+        require_number(self.name, "timeout_s", timeout_s, above=0)
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port
