@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from alicom_sandbox.clock import Clock
+from alicom_sandbox.fakes import MESSAGE_TYPES
 from alicom_sandbox.nonces import NonceCache
 from alicom_sandbox.sms_records import DysmsSettings, DysmsState
 
@@ -28,17 +29,6 @@ DEFAULT_ACCESS_KEY_SECRET = "sandbox-secret-not-for-production"  # noqa: S105 - 
 # Alibaba's account that owns every Alicom receipt queue on the real service.
 ALICOM_ACCOUNT_ID = "1943695596114318"
 
-# The message types Alicom delivers through MNS queues (older docs add the Sign/Template ones).
-MESSAGE_TYPES: tuple[str, ...] = (
-    "SmsReport",
-    "SmsUp",
-    "SignSmsReport",
-    "TemplateSmsReport",
-    "GlobeSmsReport",
-    "MnsCardTemplate",
-    "MnsCardVender",
-)
-
 MNS_API_VERSION = "2015-06-06"
 
 
@@ -48,7 +38,7 @@ def queue_name_for(account_id: str, message_type: str) -> str:
 
 
 def default_queue_names(account_id: str = ALICOM_ACCOUNT_ID) -> tuple[str, ...]:
-    """One Alicom queue per known message type, in `MESSAGE_TYPES` order."""
+    """One Alicom queue per known message type, in `fakes.MESSAGE_TYPES` order."""
     return tuple(queue_name_for(account_id, t) for t in MESSAGE_TYPES)
 
 

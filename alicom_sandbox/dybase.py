@@ -31,8 +31,8 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from alicom_sandbox.accounts import Credential
-from alicom_sandbox.context import MESSAGE_TYPES, SandboxContext, message_type_of_queue
-from alicom_sandbox.fakes import shanghai_time
+from alicom_sandbox.context import SandboxContext, message_type_of_queue
+from alicom_sandbox.fakes import MESSAGE_TYPES, shanghai_time
 from alicom_sandbox.faults import FaultKind
 
 log = logging.getLogger(__name__)

@@ -32,12 +32,11 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 # A fixed default start (2024-03-01 09:00:00 Shanghai) keeps bodies reproducible from a seed.
 DEFAULT_START_EPOCH_S = 1709254800.0
 
-# Kinds of body this module can make: every MNS message type, plus the international site's
-# PascalCase SmsReport, which travels in the SmsReport queue.
-INTL_SMS_REPORT = "SmsReport-intl"
-KINDS: tuple[str, ...] = (
+# The message types Alicom delivers through MNS queues (older docs add the Sign/Template ones):
+# the one list of the sandbox (its queues, its token API, the bodies below). It lives here, not
+# in `context`, because `context` already imports this module (through `sms_records`).
+MESSAGE_TYPES: tuple[str, ...] = (
     "SmsReport",
-    INTL_SMS_REPORT,
     "SmsUp",
     "SignSmsReport",
     "TemplateSmsReport",
@@ -45,6 +44,13 @@ KINDS: tuple[str, ...] = (
     "MnsCardTemplate",
     "MnsCardVender",
 )
+
+# Kinds of body this module can make: every message type, plus (after SmsReport) the
+# international site's PascalCase SmsReport, which travels in the SmsReport queue.
+INTL_SMS_REPORT = "SmsReport-intl"
+KINDS: tuple[str, ...] = tuple(
+    kind for type_ in MESSAGE_TYPES
+    for kind in ((type_, INTL_SMS_REPORT) if type_ == "SmsReport" else (type_,)))
 
 # Malformed variants, named after the `DecodeError.reason` a decoder should give them.
 # "too_large" is a body just over the MNS limit: MNS (and the sandbox) refuse to store it, so
