@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import sys
 import time
@@ -267,33 +268,63 @@ def test_redis_going_away_is_a_transient_error_and_its_return_works_again(
     assert store.get(item.id) == item
 
 
-def test_replaying_all_of_an_empty_store_says_there_is_nothing_to_replay(
-        redis_server: RedisServer, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "c.toml", {"alicom": {"preset": "sandbox"},
-                                                "redis": {"url": redis_server.url},
-                                                "log": {"format": "json"}})
+@pytest.fixture
+def config(redis_server: RedisServer, tmp_path: Path) -> Path:
+    """A configuration for the `dead-letters` command on the session's (emptied) Redis."""
     redis_server.client().flushdb()
+    return write_config(tmp_path / "c.toml", {"alicom": {"preset": "sandbox"},
+                                              "redis": {"url": redis_server.url},
+                                              "log": {"format": "json"}})
 
-    done = subprocess.run(
-        [sys.executable, "-m", "consumer", "dead-letters", "--config", str(config), "replay",
-         "--all"], capture_output=True, text=True, timeout=60, check=False)
+
+def dead_letters_command(config: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "consumer", "dead-letters", "--config", str(config), *argv],
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+def missing_line(letter_id: str) -> str:
+    return (f"alicom-receipts dead-letters: no dead letter {letter_id!r} (replayed, purged or "
+            "expired; `dead-letters list` shows those kept)")
+
+
+def test_show_prints_a_letter_on_stdout_and_says_a_missing_one_on_stderr_with_exit_1(
+        redis_server: RedisServer, config: Path) -> None:
+    kept = letter()
+    RedisDeadLetterStore(redis_server.client(), DeadLetterSettings()).put(kept)
+
+    shown = dead_letters_command(config, "show", kept.id)
+    missing = dead_letters_command(config, "show", "1700000000000-nosuch")
+
+    assert (shown.returncode, json.loads(shown.stdout)["id"], shown.stderr) == (0, kept.id, "")
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr.splitlines() == [missing_line("1700000000000-nosuch")]
+
+
+def test_replaying_ids_that_name_no_dead_letter_says_each_on_stderr_and_exits_1(
+        redis_server: RedisServer, config: Path) -> None:
+    store = RedisDeadLetterStore(redis_server.client(), DeadLetterSettings())
+    store.put(letter())
+
+    done = dead_letters_command(config, "replay", "gone-1", "gone-2")
+
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [missing_line("gone-1"), missing_line("gone-2")]
+    assert store.count() == 1  # the letter no ID named is left alone
+
+
+def test_replaying_all_of_an_empty_store_says_there_is_nothing_to_replay(config: Path) -> None:
+    done = dead_letters_command(config, "replay", "--all")
 
     assert (done.returncode, done.stdout.strip()) == (0, "nothing to replay"), done.stderr
 
 
 def test_replaying_through_a_handler_the_configuration_lacks_is_a_usage_error(
-        redis_server: RedisServer, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "c.toml", {"alicom": {"preset": "sandbox"},
-                                                "redis": {"url": redis_server.url},
-                                                "log": {"format": "json"}})
-    redis_server.client().flushdb()
+        redis_server: RedisServer, config: Path) -> None:
     store = RedisDeadLetterStore(redis_server.client(), DeadLetterSettings())
     store.put(letter())
 
-    done = subprocess.run(
-        [sys.executable, "-m", "consumer", "dead-letters", "--config", str(config), "replay",
-         "--all", "--handler", "nosuch"], capture_output=True, text=True, timeout=60,
-        check=False)
+    done = dead_letters_command(config, "replay", "--all", "--handler", "nosuch")
 
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == ("alicom-receipts dead-letters: replay --handler: no handler named "

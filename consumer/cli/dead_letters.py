@@ -4,6 +4,10 @@ Replay runs dead letters through the one lifecycle, in this process, with the de
 store as its source (consumer.sources.replay.transport): decode, dedup claim, the configured
 handlers behind the crash guard, the one decision function, the completion record. A
 replayed letter is removed only once its handlers succeeded or it was already applied.
+
+Exit status: 0 done, 1 no such dead letter (`show`, or an ID given to `replay`), a replayed
+letter still dead or a Redis failure, 2 bad arguments or configuration (the command runner's).
+A missing letter is one line on stderr, as `tasks show` and `reviews history` say theirs.
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ def _list(store: RedisDeadLetterStore, args: argparse.Namespace, out: TextIO) ->
 def _show(store: RedisDeadLetterStore, letter_id: str, out: TextIO) -> int:
     d = store.get(letter_id)
     if d is None:
-        print("no dead letter %s" % letter_id, file=out)
+        _missing(letter_id)
         return 1
     doc = {
         "id": d.id, "queue": d.queue, "message_type": d.message_type, "source": d.source,
@@ -132,6 +136,11 @@ def _show(store: RedisDeadLetterStore, letter_id: str, out: TextIO) -> int:
     }
     print(json.dumps(doc, ensure_ascii=False, indent=2), file=out)
     return 0
+
+
+def _missing(letter_id: str) -> None:
+    sys.stderr.write("alicom-receipts dead-letters: no dead letter %r (replayed, purged or "
+                     "expired; `dead-letters list` shows those kept)\n" % letter_id)
 
 
 def _peek_body(d: DeadLetter) -> str | None:
@@ -151,14 +160,11 @@ def _purge(store: RedisDeadLetterStore, args: argparse.Namespace, out: TextIO) -
 
 def _replay(settings: Settings, client: RedisClient, store: RedisDeadLetterStore,
             args: argparse.Namespace, out: TextIO) -> int:
-    if args.all:
-        count = store.count(args.queue)  # list() takes a limit of at least 1
-        letters = store.list(count, 0, queue=args.queue) if count else []
-    else:
-        letters = [d for d in (store.get(i) for i in args.ids) if d is not None]
+    letters, missing = _letters_to_replay(store, args)
     if not letters:
-        print("nothing to replay", file=out)
-        return 1 if args.ids else 0
+        if not missing:
+            print("nothing to replay", file=out)
+        return 1 if missing else 0
     routes = load_handlers(settings.handlers)
     unknown = sorted(set(args.handler or ()) - {h.name for hs in routes.values() for h in hs})
     if unknown:
@@ -181,4 +187,22 @@ def _replay(settings: Settings, client: RedisClient, store: RedisDeadLetterStore
         print("%s  %s" % (r.letter.id, r.summary()), file=out)
     failed = sum(1 for r in results if not r.ok)
     print("%d replayed, %d still dead" % (len(results) - failed, failed), file=out)
-    return 1 if failed else 0
+    return 1 if failed or missing else 0
+
+
+def _letters_to_replay(store: RedisDeadLetterStore, args: argparse.Namespace,
+                       ) -> tuple[list[DeadLetter], bool]:
+    """The letters `replay` runs, and whether an ID it was given names no dead letter (each
+    such ID is one line on stderr)."""
+    if args.all:
+        count = store.count(args.queue)  # list() takes a limit of at least 1
+        return (store.list(count, 0, queue=args.queue) if count else []), False
+    letters, missing = [], False
+    for letter_id in args.ids:
+        letter = store.get(letter_id)
+        if letter is None:
+            _missing(letter_id)
+            missing = True
+        else:
+            letters.append(letter)
+    return letters, missing
