@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from alicom_sandbox.redis_server import RedisServer
 from consumer.errors import ConfigError, TransientError
@@ -342,81 +340,6 @@ def test_a_redis_error_never_shows_the_password(redis_server: RedisServer) -> No
     assert "s3cr3t-pa55" not in message
     assert "someone" not in message
     client.close()
-
-
-OWNERS = st.sampled_from(["A", "B"])
-KEYS = st.lists(st.sampled_from(["k1", "k2", "k3"]), min_size=1, max_size=4)
-OPERATIONS = st.lists(
-    st.tuples(st.sampled_from(["claim", "complete", "release", "extend"]), KEYS, OWNERS),
-    max_size=12,
-)
-
-
-class Model:
-    """The documented state machine, leases never expiring: None | ("I", owner) | "C"."""
-
-    def __init__(self) -> None:
-        self.state: dict[str, object] = {}
-
-    def apply(self, operation: str, keys: list[str], owner: str) -> list[object]:
-        results: list[object] = []
-        seen: dict[str, object] = {}
-        for key in keys:
-            if key in seen and operation != "extend":
-                results.append(
-                    ClaimState.IN_PROGRESS if operation == "claim" else seen[key]
-                )
-                continue
-            result = getattr(self, operation)(key, owner)
-            seen[key] = result
-            results.append(result)
-        return results
-
-    def claim(self, key: str, owner: str) -> ClaimState:
-        current = self.state.get(key)
-        if current is None or current == ("I", owner):
-            self.state[key] = ("I", owner)
-            return ClaimState.CLAIMED
-        return ClaimState.COMPLETED if current == "C" else ClaimState.IN_PROGRESS
-
-    def complete(self, key: str, owner: str) -> Completion:
-        if self.state.get(key) in (None, ("I", owner)):
-            self.state[key] = "C"
-            return Completion.RECORDED
-        return Completion.ALREADY_COMPLETED if self.state[key] == "C" else Completion.LOST
-
-    def release(self, key: str, owner: str) -> bool:
-        if self.state.get(key) == ("I", owner):
-            del self.state[key]
-            return True
-        return False
-
-    def extend(self, key: str, owner: str) -> bool:
-        return self.state.get(key) == ("I", owner)
-
-
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(operations=OPERATIONS)
-@pytest.mark.parametrize("one_call", [True, False], ids=["one call per batch", "per key"])
-def test_any_sequence_of_transitions_follows_the_state_machine(
-    redis_client: redis.Redis, operations: list[tuple[str, list[str], str]], one_call: bool,
-) -> None:
-    redis_client.flushall()
-    store = RedisDedupStore(redis_client, DedupSettings())
-    store.one_call_per_batch = one_call
-    model = Model()
-    for operation, keys, owner in operations:
-        if operation == "claim":
-            actual: list[object] = list(store.claim(keys, owner, LONG_S))
-        elif operation == "complete":
-            actual = list(store.complete(keys, owner, WEEK_S))
-        elif operation == "release":
-            actual = list(store.release(keys, owner))
-        else:
-            actual = list(store.extend(keys, owner, LONG_S))
-        assert actual == model.apply(operation, keys, owner), (operation, keys, owner)
 
 
 # -- per-handler completion -----------------------------------------------------------------
