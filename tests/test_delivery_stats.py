@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from alicom_sandbox.redis_server import RedisServer, free_port
 from consumer import cli
@@ -18,7 +20,7 @@ from consumer.errors import RetryLater
 from consumer.handlers.delivery_stats import DeliveryStatsHandler
 from consumer.handlers.plugins import PluginError, close_handlers, load_handlers
 from consumer.pipeline.decode import parse_object
-from consumer.receipts import Receipt, ReceiptMeta
+from consumer.receipts import Receipt, ReceiptMeta, SmsReport
 from consumer.reports.delivery_stats import (
     DEFAULT_PREFIX,
     StatsWriter,
@@ -27,6 +29,7 @@ from consumer.reports.delivery_stats import (
     record_submitted,
 )
 from consumer.reports.err_codes import describe
+from consumer.runtime.instruments import delivery_facts
 from consumer.settings import HandlerSpec
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -343,3 +346,17 @@ def test_err_codes() -> None:
     assert not describe("MK:0001").known
     assert describe("ZZ-42").meaning == "unknown code"
     assert not describe("").known
+
+
+@given(st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1)),
+       st.integers(min_value=-3600, max_value=4 * 24 * 3600), st.booleans())
+def test_the_fast_delivery_path_gives_observes_figures(sent: datetime, delay_s: int,
+                                                       success: bool) -> None:
+    sent = sent.replace(microsecond=0)
+    receipt = SmsReport(raw={}, meta=ReceiptMeta("mns"), phone_number="1", biz_id="b",
+                        success=success, err_code="E", send_time=str(sent),
+                        report_time=str(sent + timedelta(seconds=delay_s)))
+    obs = observe(receipt, 0.0)
+    assert obs is not None
+    expected = None if obs.delay_ms is None else obs.delay_ms / 1000
+    assert delivery_facts(receipt, 0.0) == (str(success).lower(), "E", expected)

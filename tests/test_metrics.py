@@ -13,19 +13,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from alicom_sandbox.redis_server import free_port
-from consumer.errors import ConfigError
 from consumer.pipeline.dispatch import STUCK, Dispatcher
 from consumer.pipeline.stats import Stats
 from consumer.receipts import (
@@ -36,8 +31,6 @@ from consumer.receipts import (
     SmsUp,
     TemplateSmsReport,
 )
-from consumer.reports.delivery_stats import observe
-from consumer.runtime.instruments import delivery_facts
 from consumer.runtime.metrics import (
     Exposition,
     MetricsHandle,
@@ -403,25 +396,6 @@ def test_disabled_metrics_never_import_prometheus_client() -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("fields", [
-    {"address": "no-port"},
-    {"address": "127.0.0.1:99999"},
-    {"address": "127.0.0.1:9464", "max_err_codes": 0},
-])
-def test_bad_settings_are_a_config_error(fields: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError, match=r"^metrics\.(address|max_err_codes) must be"):
-        MetricsSettings(**fields)
-
-
-def test_an_unusable_directory_is_a_config_error(tmp_path: Path) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    settings = MetricsSettings(address="127.0.0.1:%d" % free_port(),
-                               multiproc_dir=str(blocker / "metrics"))
-    with pytest.raises(ConfigError, match="cannot be created"):
-        setup_metrics(settings, Q, Stats())
-
-
 def test_extra_routes_answer_beside_metrics(tmp_path: Path) -> None:
     address = "127.0.0.1:%d" % free_port()
     exposition = Exposition(address, str(tmp_path))
@@ -437,17 +411,3 @@ def test_extra_routes_answer_beside_metrics(tmp_path: Path) -> None:
         assert isinstance(scrape(address), dict)
     finally:
         exposition.close()
-
-
-@given(st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1)),
-       st.integers(min_value=-3600, max_value=4 * 24 * 3600), st.booleans())
-def test_the_fast_delivery_path_gives_observes_figures(sent: datetime, delay_s: int,
-                                                       success: bool) -> None:
-    sent = sent.replace(microsecond=0)
-    receipt = SmsReport(raw={}, meta=ReceiptMeta("mns"), phone_number="1", biz_id="b",
-                        success=success, err_code="E", send_time=str(sent),
-                        report_time=str(sent + timedelta(seconds=delay_s)))
-    obs = observe(receipt, 0.0)
-    assert obs is not None
-    expected = None if obs.delay_ms is None else obs.delay_ms / 1000
-    assert delivery_facts(receipt, 0.0) == (str(success).lower(), "E", expected)

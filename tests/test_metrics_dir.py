@@ -1,5 +1,6 @@
-"""The metrics directory is refused unless it is this user's own, private, and symlink-free:
-prometheus_client would otherwise write through whatever another user planted there."""
+"""Metrics settings that cannot work are a ConfigError: a bad address or err_code cap, a directory
+that cannot be created, and one that is not this user's own, private and symlink-free
+(prometheus_client would otherwise write through whatever another user planted there)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +87,22 @@ def test_a_fresh_fallback_is_made_private_and_used(
     assert made.name == "alicom-receipts-metrics-%d" % os.getuid()
     assert stat.S_IMODE(made.stat().st_mode) == 0o700
     assert any(p.suffix == ".db" for p in made.iterdir())  # the values went there
+
+
+@pytest.mark.parametrize("fields", [
+    {"address": "no-port"},
+    {"address": "127.0.0.1:99999"},
+    {"address": "127.0.0.1:9464", "max_err_codes": 0},
+])
+def test_bad_settings_are_a_config_error(fields: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=r"^metrics\.(address|max_err_codes) must be"):
+        MetricsSettings(**fields)
+
+
+def test_an_unusable_directory_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    settings = MetricsSettings(address="127.0.0.1:%d" % free_port(),
+                               multiproc_dir=str(blocker / "metrics"))
+    with pytest.raises(ConfigError, match="cannot be created"):
+        setup_metrics(settings, Q, Stats())
