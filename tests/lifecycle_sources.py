@@ -24,7 +24,7 @@ from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLett
 from consumer.pipeline.decode import parse_object
 from consumer.pipeline.dedup import DedupSettings, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
-from consumer.pipeline.lifecycle import Lifecycle, Transport, Work
+from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts, RedisRetry, Transport, Work
 from consumer.pipeline.outcome import RetryPolicy
 from consumer.pipeline.stats import Stats
 from consumer.receipts import ReceiptMeta
@@ -51,6 +51,15 @@ def report(biz_id: str) -> dict[str, Any]:
 def key_of(biz_id: str) -> str:
     """The dedup key of `report(biz_id)` (a keyed hash, see consumer.keys)."""
     return dedup_key(parse_object("SmsReport", report(biz_id), ReceiptMeta(source="mns")))
+
+
+def lifecycle_on(store: object, client: redis.Redis, dispatcher: Dispatcher) -> Lifecycle:
+    """A lifecycle over `store` (a dedup store, or a wrapper of one), dead letters on
+    `client`, with a short Redis retry."""
+    parts = LifecycleParts(store, RedisDeadLetterStore(client, DeadLetterSettings()),  # type: ignore[arg-type]
+                           dispatcher, POLICY, 3600.0,
+                           redis_retry=RedisRetry(attempts=2, max_wait_s=0.05))
+    return Lifecycle(parts, Stats(), threading.Event())
 
 
 class Source(Protocol):

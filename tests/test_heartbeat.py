@@ -15,6 +15,7 @@ from consumer.sources.mns.queue import Delivery
 from consumer.testing.memory import MemoryDedupStore
 
 WAIT_S = 30.0  # bounds a hung test only
+HOLD_S = 60.0  # a running handler's lease is renewed without its visibility this long
 
 
 class Client:
@@ -49,7 +50,8 @@ def held(window: Window, handle: str, visible_in_s: float) -> InFlight:
 
 def heartbeat(clients: list[Client], window: Window) -> Heartbeat:
     return Heartbeat(clients, MemoryDedupStore(), window, Stats(),
-                     AckConfig(visibility_timeout_s=60, extend_before_s=10))
+                     AckConfig(visibility_timeout_s=60, extend_before_s=10),
+                     running_hold_s=HOLD_S)
 
 
 def test_due_messages_are_extended_most_urgent_first_and_the_rest_left_alone() -> None:
@@ -79,7 +81,7 @@ def test_a_failed_extension_is_counted_and_the_others_still_extended() -> None:
     stats = Stats()
     items = [held(window, h, 1.0) for h in ("x", "gone", "y")]
     Heartbeat([Client(calls, refuse="gone"), Client(calls, refuse="gone")],
-              MemoryDedupStore(), window, stats, AckConfig()).beat()
+              MemoryDedupStore(), window, stats, AckConfig(), running_hold_s=HOLD_S).beat()
     assert sorted(item.receipt_handle for item in items) == ["gone", "x'", "y'"]
     assert stats.snapshot()["visibility_extensions"] == 2
 
@@ -93,6 +95,29 @@ def test_a_lease_renewal_redis_confirmed_moves_the_claims_deadline_a_refused_one
     store.claim(["k1"], "me", 60.0)
     store.claim(["k2"], "another delivery", 60.0)  # took the record after ours lapsed
     Heartbeat([Client(calls)], store, window, Stats(),
-              AckConfig(visibility_timeout_s=60, extend_before_s=10)).beat()
+              AckConfig(visibility_timeout_s=60, extend_before_s=10),
+              running_hold_s=HOLD_S).beat()
     assert ours.lease_until > time.monotonic() + 50
     assert lapsed.lease_until == 0.0  # so it confirms its claim before it runs
+
+
+def test_a_running_copys_lease_is_renewed_without_its_visibility_a_waiting_ones_is_not(
+        ) -> None:
+    window, calls, store = Window(16), list[tuple[str, int]](), MemoryDedupStore()
+    now = time.monotonic()
+    running, waiting = held(window, "gone", 1.0), held(window, "gone", 1.0)
+    taken = held(window, "taken", 1.0)
+    for item, key in [(running, "k1"), (waiting, "k2"), (taken, "k3")]:
+        item.key, item.owner, item.claimed, item.lease_until = key, "me", True, now + 1.0
+    store.claim(["k1", "k2"], "me", 1.0)
+    store.claim(["k3"], "another delivery", 60.0)  # took the record after ours lapsed
+    running.running_since = taken.running_since = now
+    beat = Heartbeat([Client(calls, refuse="gone")], store, window, Stats(),
+                     AckConfig(visibility_timeout_s=60, extend_before_s=10),
+                     running_hold_s=HOLD_S).beat
+    beat()
+    assert running.lease_until > time.monotonic() + 50  # MNS refused: Redis renewed it
+    assert waiting.lease_until == now + 1.0  # it confirms its claim before it runs
+    assert taken.lease_lost and taken.lease_until == now + 1.0
+    beat()
+    assert taken.lease_lost and taken.lease_until == now + 1.0

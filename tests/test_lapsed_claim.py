@@ -10,7 +10,6 @@ records and the crash ledger; the MNS side is the recording queue of the lifecyc
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -23,16 +22,14 @@ from alicom_sandbox.redis_server import free_port
 from consumer.clients.redis_client import connect
 from consumer.errors import TransientError
 from consumer.keys import dedup_key
-from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.dedup import Claim, DedupSettings, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
-from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts, RedisRetry
+from consumer.pipeline.lifecycle import Lifecycle
 from consumer.pipeline.outcome import Verdict
 from consumer.pipeline.poison import CrashLedger, PoisonGuard
-from consumer.pipeline.stats import Stats
 from consumer.receipts import Receipt
 from consumer.sources.mns.inflight import InFlight
-from tests.lifecycle_sources import POLICY, MnsSource
+from tests.lifecycle_sources import MnsSource, lifecycle_on
 
 LAPSING_LEASE_S = 0.2  # the waiting copy's lease, left to lapse (the heartbeat could not renew)
 LEASE_S = 30.0
@@ -77,13 +74,6 @@ def dispatcher(handler: Counting) -> Iterator[Dispatcher]:
     made = Dispatcher({"SmsReport": [handler]}, 5.0, 2)  # type: ignore[dict-item]
     yield made
     made.close()
-
-
-def lifecycle_on(store: object, client: redis.Redis, dispatcher: Dispatcher) -> Lifecycle:
-    parts = LifecycleParts(store, RedisDeadLetterStore(client, DeadLetterSettings()),  # type: ignore[arg-type]
-                           dispatcher, POLICY, 3600.0,
-                           redis_retry=RedisRetry(attempts=2, max_wait_s=0.05))
-    return Lifecycle(parts, Stats(), threading.Event())
 
 
 def guard(ledger_client: redis.Redis | None, store: RedisDedupStore) -> PoisonGuard:

@@ -188,6 +188,9 @@ class Lifecycle:
         if not items:
             return []
         self.stats.add_in_flight(len(items))
+        began = time.monotonic()
+        for work in items:
+            work.running_since = began  # its lease is held while it runs (`Work`)
         receipts = [cast(Receipt, w.receipt) for w in items]
         try:
             per_handler = self.parts.dispatcher.dispatch_each(
@@ -217,6 +220,7 @@ class Lifecycle:
                 outcome: HandlerOutcome | None = None) -> W:
         """Decides `work` from its handlers' `outcomes` (`outcome`: their worst, if known)."""
         outcome = outcome or worst(outcomes)
+        work.running_since = None
         work.decision = HANDED_BACK if outcome.reason == NOT_STARTED else classify(
             outcome, work.deliveries, self.parts.policy)
         work.handler, work.duration_s = outcome.handler, outcome.duration_s

@@ -43,6 +43,9 @@ class Work:
     `lease_until`: until when (monotonic) the claim is known to hold: set by the claim and by
     each lease renewal that Redis confirmed; a claim past it is confirmed again before the
     item runs (`Lifecycle.confirm`). Infinite for a source whose claims never wait.
+    `running_since`: when (monotonic) `Lifecycle.run` dispatched its handlers; None before
+    and once it is decided. While it is set, nothing re-checks the claim before the handler
+    acts, so the MNS heartbeat renews its lease even when MNS refuses the visibility.
     """
 
     deliveries: int = 1
@@ -59,6 +62,7 @@ class Work:
     outcomes: tuple[HandlerOutcome, ...] = ()
     suspect: bool = False
     lease_until: float = math.inf
+    running_since: float | None = None
     # The record's name before keys were hashed (consumer.keys): clear text, never shown.
     legacy: str | None = field(default=None, repr=False)
 

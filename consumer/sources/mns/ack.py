@@ -12,6 +12,22 @@ completion that waits for Redis is never raced by a second run. A wedged handler
 a message forever: the worker recycles once a handler ran `max_in_flight_s`
 (consumer.sources.mns.worker.Worker.should_recycle), and the exit ends it. Its failures are
 logged once per state change, with counts.
+
+The dedup lease of a message whose handler runs is renewed whether or not MNS extended its
+visibility (a refusal, MNS unreachable), and retried every pass while Redis refuses, for
+`running_hold_s` after its run began. A waiting copy confirms its claim before it runs
+(`Lifecycle.confirm`); a running one cannot, so a lapse there let the next delivery claim the
+record and run the handler beside it. Holding the lease is safe for the receipt: that
+delivery finds the claim held and leaves its message; this copy records the completion (its
+delete, with a receipt handle the re-delivery made stale, fails), and the delivery after
+that is acknowledged as a duplicate; a handler that fails releases the claim as usual and
+the message comes back. Neither path loses the receipt, and if the process dies the lease
+ends one visibility timeout later. The hold is bounded so that a process cut off from MNS
+does not keep receipts from the others: past `running_hold_s` (the worker gives the time
+after which the dispatcher takes a call for hung) the lease goes with the visibility again.
+A renewal Redis refuses for a running copy (another delivery holds the record, or completed
+it) is logged once as `claim_lost_while_running`; its completion then writes nothing over
+the other claim (`Completion.LOST`: not acknowledged, that delivery settles the message).
 """
 
 from __future__ import annotations
@@ -87,7 +103,7 @@ class Heartbeat:
     """
 
     def __init__(self, clients: Sequence[QueueClient], dedup: DedupStore, window: Window,
-                 stats: Stats, config: AckConfig) -> None:
+                 stats: Stats, config: AckConfig, *, running_hold_s: float) -> None:
         self._idle: queue.SimpleQueue[QueueClient] = queue.SimpleQueue()
         for client in clients:
             self._idle.put(client)
@@ -96,6 +112,7 @@ class Heartbeat:
         self._window = window
         self._stats = stats
         self._config = config
+        self._running_hold_s = running_hold_s  # see the module docstring
         self._visibility = Trouble("visibility_extend")
         self._lease = Trouble("lease_extend")
 
@@ -110,31 +127,41 @@ class Heartbeat:
         """One pass over the window; errors are logged per state change, retried next pass."""
         now_ms = time.time() * 1000
         due_ms = now_ms + self._config.extend_before_s * 1000
-        due = sorted((item for item in self._window.items() if item.next_visible_ms <= due_ms),
+        held = list(self._window.items())
+        due = sorted((item for item in held if item.next_visible_ms <= due_ms),
                      key=lambda item: item.next_visible_ms)
-        renewed: dict[str, list[InFlight]] = defaultdict(list)
-        extended, failed, first_error = 0, 0, ""
-        for item, result in zip(due, self._calls.map(self._extend, due, [now_ms] * len(due)),
-                                strict=True):
-            if isinstance(result, str):
-                failed += 1
-                first_error = first_error or result
-            elif result:
-                extended += 1
-                if item.claimed and item.completed is None and item.key is not None:
-                    renewed[item.owner].append(item)
+        results = list(self._calls.map(self._extend, due, [now_ms] * len(due)))
+        extended = sum(1 for result in results if result is True)
+        errors = [result for result in results if isinstance(result, str)]
         self._stats.incr("visibility_extensions", extended)
-        self._visibility.report(extended, failed, first_error)
-        self._renew_leases(renewed)
+        self._visibility.report(extended, len(errors), errors[0] if errors else "")
+        # With the visibility it was just given, or on its own while the handler runs.
+        renew = {item.id: item for item, result in zip(due, results, strict=True)
+                 if result is True and _unrecorded_claim(item)}
+        now = time.monotonic()
+        renew.update((item.id, item) for item in held if self._running_lease_due(item, now))
+        by_owner: dict[str, list[InFlight]] = defaultdict(list)
+        for item in renew.values():
+            by_owner[item.owner].append(item)
+        self._renew_leases(by_owner)
 
-    def _renew_leases(self, renewed: dict[str, list[InFlight]]) -> None:
-        """Renews the claims of the items whose visibility was just extended; each renewal
-        Redis confirmed moves the item's `lease_until`. One that failed or was refused (the
-        record lapsed, another delivery may hold it now) leaves it where it was, so the item
-        confirms its claim before it runs (`Lifecycle.confirm`)."""
+    def _running_lease_due(self, item: InFlight, now: float) -> bool:
+        """The handler runs (within the hold), and its lease ends within `extend_before_s`:
+        not renewed with a visibility extension, or its renewal failed."""
+        started = item.running_since
+        return (started is not None and now - started < self._running_hold_s
+                and not item.lease_lost and _unrecorded_claim(item)
+                and item.lease_until - now < self._config.extend_before_s)
+
+    def _renew_leases(self, renew: dict[str, list[InFlight]]) -> None:
+        """Renews the claims of `renew` (per owner); each renewal Redis confirmed moves the
+        item's `lease_until`. One that failed or was refused (the record lapsed, another
+        delivery may hold it now) leaves it where it was, so a waiting item confirms its
+        claim before it runs (`Lifecycle.confirm`), and a running one is retried next pass
+        (failed) or logged once (refused)."""
         ok, failed, error = 0, 0, ""
         lease_s = float(self._config.visibility_timeout_s)
-        for owner, items in renewed.items():
+        for owner, items in renew.items():
             began = time.monotonic()
             try:
                 renewals = self._dedup.extend([str(i.key) for i in items], owner, lease_s)
@@ -146,6 +173,15 @@ class Heartbeat:
             for item, renewal in zip(items, renewals, strict=True):
                 if renewal:
                     item.lease_until = began + lease_s
+                elif item.running_since is not None and not item.lease_lost:
+                    # Still running (a decided item clears it before its completion or
+                    # release is written): the record is another delivery's, or completed.
+                    item.lease_lost = True
+                    log.warning("claim_lost_while_running", dedup_key=item.key,
+                                queue=item.delivery.queue,
+                                message_id=item.delivery.message_id,
+                                note="another delivery took the record; this copy's "
+                                "completion will not overwrite its claim")
         self._lease.report(ok, failed, error)
 
     def _extend(self, item: InFlight, now_ms: float) -> bool | str:
@@ -165,3 +201,8 @@ class Heartbeat:
                 self._idle.put(client)
             item.receipt_handle, item.next_visible_ms = handle, next_visible
         return True
+
+
+def _unrecorded_claim(item: InFlight) -> bool:
+    """Claimed by this delivery and its completion not recorded yet."""
+    return item.claimed and item.completed is None and item.key is not None

@@ -26,7 +26,8 @@ class InFlight(Work):
 
     The receipt handle changes with every visibility extension; it is read and written under
     `lock`. `settling`: an MNS call of the acker (delete, hand back) uses the handle now, so
-    the heartbeat keeps off it.
+    the heartbeat keeps off it. `lease_lost`: the heartbeat found its claim taken while its
+    handler ran (logged once; see consumer.sources.mns.ack).
     """
 
     delivery: Delivery
@@ -34,6 +35,7 @@ class InFlight(Work):
     next_visible_ms: int
     received_at: float = field(default_factory=time.monotonic)
     settling: bool = False
+    lease_lost: bool = False
     id: int = field(default_factory=lambda: next(_ids))
     lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -38,7 +38,7 @@ from consumer.keys import dedup_key
 from consumer.pipeline.backoff import Backoff
 from consumer.pipeline.deadletter_store import RedisDeadLetterStore
 from consumer.pipeline.dedup import DedupStore
-from consumer.pipeline.dispatch import Dispatcher
+from consumer.pipeline.dispatch import WEDGED_AFTER_DEADLINES, Dispatcher
 from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts
 from consumer.pipeline.outcome import Decision, RetryPolicy, Verdict
 from consumer.pipeline.poison import CrashLedger, PoisonGuard
@@ -141,8 +141,9 @@ class Worker:
         self._spawn("poller", c.pollers, self._poll_loop, indexed=True)
         self._spawn("runner", c.runners, self._run_loop)
         self._spawn("acker", c.ackers, self._ack_loop, indexed=True)
+        hold_s = WEDGED_AFTER_DEADLINES * self.p.dispatcher.longest_deadline_s  # then: hung
         heartbeat = Heartbeat([self._client() for _ in range(HEARTBEAT_CALLS)], self.p.dedup,
-                              self.window, self.stats, c.ack)
+                              self.window, self.stats, c.ack, running_hold_s=hold_s)
         self._spawn("heartbeat", 1, lambda: heartbeat.run(self.abort))
         log.info("worker_started", message_type=c.message_type, pollers=c.pollers,
                  runners=c.runners, ackers=c.ackers, in_flight_max=c.in_flight_max)

@@ -1,0 +1,251 @@
+"""A copy whose handler runs keeps its claim while it runs, so no other delivery of the
+receipt runs the handler beside it (the window `Lifecycle.confirm` cannot close: a running
+copy checks nothing before its handler acts).
+
+How the lease used to lapse under a running handler: the heartbeat renewed it only together
+with a visibility extension MNS accepted (MNS refusing, or unreachable from this process,
+left it to lapse, and the message came back visible), and a renewal Redis refused was tried
+again only at the next visibility extension, `visibility_timeout_s - extend_before_s` later
+(a platform duplicate of the receipt could claim the lapsed record meanwhile).
+
+Real Redis holds the dedup records; the handler runs on the real dispatcher through the
+lifecycle and the poison guard, the real heartbeat renews. MNS is a queue client that
+refuses (or accepts) visibility changes, and the deliveries are made as the worker's poller
+makes them (`MnsSource`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+import pytest
+import redis
+
+from consumer.errors import TransientError
+from consumer.keys import dedup_key
+from consumer.pipeline.dedup import DedupSettings, RedisDedupStore
+from consumer.pipeline.dispatch import Dispatcher
+from consumer.pipeline.lifecycle import Lifecycle
+from consumer.pipeline.outcome import Verdict
+from consumer.pipeline.poison import PoisonGuard
+from consumer.pipeline.stats import Stats
+from consumer.receipts import Receipt
+from consumer.sources.mns.ack import AckConfig, Heartbeat
+from consumer.sources.mns.inflight import InFlight
+from tests.lifecycle_sources import MnsSource, lifecycle_on
+
+BIZ_ID = "360060905089790807"
+WAIT_S = 30.0  # bounds a hung test only
+BEAT_S = 0.1   # between heartbeat passes (the worker's is 1 s; the lease is scaled down too)
+HOLD_S = 60.0  # a running copy's lease is renewed without its visibility this long
+RUNNERS: list[threading.Thread] = []  # the test's runner threads, joined after it
+
+
+class Slow:
+    """The long handler call: counts each application when it starts, then runs until the
+    test lets it finish."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.applied: Counter[str] = Counter()
+        self.started = threading.Event()
+        self.finish = threading.Event()
+
+    def handle(self, receipt: Receipt) -> None:
+        self.applied[dedup_key(receipt)] += 1
+        self.started.set()
+        assert self.finish.wait(WAIT_S)
+
+
+class Mns:
+    """The queue client of the heartbeat: refuses every visibility change while `refusing`
+    (a 503, or MNS out of reach of this process), else extends as MNS does."""
+
+    queue_name = "Alicom-Queue-1-SmsReport"
+
+    def __init__(self, refusing: bool) -> None:
+        self.refusing = refusing
+
+    def change_visibility(self, receipt_handle: str, visibility_timeout_s: int,
+                          ) -> tuple[str, int]:
+        if self.refusing:
+            raise TransientError("ChangeMessageVisibility on Alicom-Queue-1-SmsReport failed: "
+                                 "ServiceUnavailable")
+        return receipt_handle + "+", int((time.time() + visibility_timeout_s) * 1000)
+
+
+class Blinking(RedisDedupStore):
+    """The dedup store while Redis restarts: lease renewals fail while `down`."""
+
+    down = False
+
+    def extend(self, keys: Sequence[str], owner: str, lease_s: float) -> list[bool]:
+        if self.down:
+            raise TransientError("redis extend failed: ConnectionError: Connection refused.")
+        return super().extend(keys, owner, lease_s)
+
+
+@pytest.fixture
+def handler() -> Slow:
+    return Slow()
+
+
+@pytest.fixture
+def dispatcher(handler: Slow) -> Iterator[Dispatcher]:
+    made = Dispatcher({"SmsReport": [handler]}, WAIT_S, 2)  # type: ignore[dict-item]
+    yield made
+    handler.finish.set()  # a test that failed early leaves no call running into the next
+    for thread in RUNNERS:
+        thread.join(WAIT_S)
+    RUNNERS.clear()
+    made.close()
+
+
+def delivered(source: MnsSource, lifecycle: Lifecycle, deliveries: int, owner: str,
+              visibility_s: float) -> tuple[InFlight, list[InFlight]]:
+    """A delivery of the message, received now with `visibility_s`, prepared and claimed
+    as the poller does (the lease ends with the visibility); returns it and what runs."""
+    item = source.item(BIZ_ID, deliveries=deliveries)
+    assert isinstance(item, InFlight)
+    item.next_visible_ms = int((time.time() + visibility_s) * 1000)
+    assert lifecycle.prepare([item], source.transport(lifecycle)) == [item]
+    return item, lifecycle.claim([item], owner, visibility_s)
+
+
+def running(lifecycle: Lifecycle, items: list[InFlight], settled: list[InFlight],
+            lease_s: float) -> threading.Thread:
+    """Runs `items` through the poison guard on a runner thread of their own (a claim it
+    confirms gets `lease_s`, the worker's visibility timeout)."""
+    guard = PoisonGuard(None, lambda: 0, 0.0, lease_s)
+    thread = threading.Thread(target=guard.run, args=(lifecycle, items, settled.extend))
+    thread.start()
+    RUNNERS.append(thread)
+    return thread
+
+
+def beat_until(heartbeat: Heartbeat, until: float) -> None:
+    """Heartbeat passes until `until` (monotonic)."""
+    while time.monotonic() < until:
+        heartbeat.beat()
+        time.sleep(BEAT_S)
+
+
+def test_a_running_copy_keeps_its_claim_while_mns_refuses_its_visibility(
+        redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
+    store = RedisDedupStore(redis_client, DedupSettings())
+    lifecycle, source, settled = lifecycle_on(store, redis_client, dispatcher), MnsSource(), []
+    config = AckConfig(visibility_timeout_s=2, extend_before_s=1.5)
+    first, to_run = delivered(source, lifecycle, 1, "owner-a", config.visibility_timeout_s)
+    claimed = time.monotonic()
+    runner = running(lifecycle, to_run, settled, config.visibility_timeout_s)
+    assert handler.started.wait(WAIT_S)
+
+    heartbeat = Heartbeat([Mns(refusing=True)], store, source.window, Stats(), config,
+                          running_hold_s=HOLD_S)
+    beat_until(heartbeat, claimed + config.visibility_timeout_s + 1.0)  # past the first
+    # lease and visibility: MNS delivers the message again, to this process or another.
+    again, to_run_again = delivered(source, lifecycle, 2, "owner-b", 30.0)
+    runner_again = running(lifecycle, to_run_again, settled, 30.0)
+    handler.finish.set()
+    runner.join(WAIT_S)
+    runner_again.join(WAIT_S)
+
+    assert handler.applied == {str(first.key): 1}
+    assert again.decision is not None and again.decision.verdict is Verdict.LEAVE
+    assert first.decision is not None and first.decision.outcome == "handled"
+    assert first.completed  # recorded under its own claim
+    assert redis_client.get(store.redis_key(str(first.key))) == b"1"
+    # Its delete (with a handle the re-delivery made stale) may fail: the next delivery
+    # is acknowledged as a duplicate.
+    later, to_run_later = delivered(source, lifecycle, 3, "owner-c", 30.0)
+    assert to_run_later == []
+    assert later.decision is not None and later.decision.outcome == "duplicate"
+
+
+def test_a_running_copys_renewal_redis_refused_is_retried_at_the_next_pass(
+        redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
+    store = Blinking(redis_client, DedupSettings())
+    lifecycle, source, settled = lifecycle_on(store, redis_client, dispatcher), MnsSource(), []
+    # The next visibility extension comes 2 s after one; the lease ends 1 s after it.
+    config = AckConfig(visibility_timeout_s=3, extend_before_s=1.0)
+    first, to_run = delivered(source, lifecycle, 1, "owner-a", config.visibility_timeout_s)
+    claimed = time.monotonic()
+    runner = running(lifecycle, to_run, settled, config.visibility_timeout_s)
+    assert handler.started.wait(WAIT_S)
+    heartbeat = Heartbeat([Mns(refusing=False)], store, source.window, Stats(), config,
+                          running_hold_s=HOLD_S)
+    beat_until(heartbeat, claimed + 1.8)  # not due yet
+    store.down = True  # Redis restarts around the first extension (MNS takes it)
+    beat_until(heartbeat, claimed + 2.4)
+    assert first.next_visible_ms > (time.time() + 2.0) * 1000
+    store.down = False
+    beat_until(heartbeat, claimed + 3.6)  # past the first lease, before the next extension
+
+    # A platform duplicate of the receipt (another message) arrives meanwhile.
+    duplicate, to_run_duplicate = delivered(source, lifecycle, 1, "owner-b", 30.0)
+    runner_duplicate = running(lifecycle, to_run_duplicate, settled, 30.0)
+    handler.finish.set()
+    runner.join(WAIT_S)
+    runner_duplicate.join(WAIT_S)
+
+    assert handler.applied == {str(first.key): 1}
+    assert duplicate.decision is not None and duplicate.decision.verdict is Verdict.LEAVE
+    assert first.completed
+    assert redis_client.get(store.redis_key(str(first.key))) == b"1"
+
+
+def test_past_the_hold_a_copy_cut_off_from_mns_lets_its_lease_go(
+        redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
+    store = RedisDedupStore(redis_client, DedupSettings())
+    lifecycle, source, settled = lifecycle_on(store, redis_client, dispatcher), MnsSource(), []
+    config = AckConfig(visibility_timeout_s=1, extend_before_s=0.9)
+    first, to_run = delivered(source, lifecycle, 1, "owner-a", config.visibility_timeout_s)
+    claimed = time.monotonic()
+    runner = running(lifecycle, to_run, settled, config.visibility_timeout_s)
+    assert handler.started.wait(WAIT_S)
+    heartbeat = Heartbeat([Mns(refusing=True)], store, source.window, Stats(), config,
+                          running_hold_s=1.5)
+    beat_until(heartbeat, claimed + 1.2)  # past the first lease, within the hold: renewed
+    assert redis_client.get(store.redis_key(str(first.key))) == b"I:owner-a"
+    beat_until(heartbeat, claimed + 1.5 + config.visibility_timeout_s + 0.5)  # hold ended
+
+    assert redis_client.get(store.redis_key(str(first.key))) is None
+    again, to_run_again = delivered(source, lifecycle, 2, "owner-b", 30.0)
+    assert to_run_again == [again]  # the others run it: the handler's deadline passed twice
+    handler.finish.set()
+    runner.join(WAIT_S)
+
+
+def test_a_running_copy_whose_claim_was_taken_writes_nothing_over_it(
+        redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
+    """No heartbeat at all (the process was frozen, or MNS and Redis were both away): the
+    lease lapsed, and the next delivery claimed the record and runs. The older copy's
+    completion is refused (LOST): it is not acknowledged, and the claim stays the newer
+    delivery's, which records and acknowledges the receipt once it finishes."""
+    store = RedisDedupStore(redis_client, DedupSettings())
+    lifecycle, source, settled = lifecycle_on(store, redis_client, dispatcher), MnsSource(), []
+    first, to_run = delivered(source, lifecycle, 1, "owner-a", 0.3)
+    runner = running(lifecycle, to_run, settled, 0.3)
+    assert handler.started.wait(WAIT_S)
+    time.sleep(0.5)
+    again, to_run_again = delivered(source, lifecycle, 2, "owner-b", 30.0)
+    assert to_run_again == [again]
+    handler.finish.set()
+    runner.join(WAIT_S)
+
+    assert first.completed is False  # LOST: another delivery's live claim
+    assert redis_client.get(store.redis_key(str(first.key))) == b"I:owner-b"
+    lifecycle.settle([first], source.transport(lifecycle))
+    assert not source.acked(first)
+    assert lifecycle.stats.snapshot()["lost_claims"] == 1
+    running(lifecycle, to_run_again, settled, 30.0).join(WAIT_S)
+    assert again.completed
+    lifecycle.settle([again], source.transport(lifecycle))
+    assert source.acked(again)
+    assert handler.applied == {str(first.key): 2}  # the window this change narrows
+    assert redis_client.get(store.redis_key(str(first.key))) == b"1"
+
