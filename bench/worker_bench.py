@@ -9,11 +9,14 @@ unique SmsReport bodies:
   (bench/worker_noop.py), dedup on (Redis flushed first), logs at info (one JSON line per
   receipt, to a file). Rate: receipts from the first `receipt_settled` line to the moment
   the queue is empty (active, inactive and delayed all 0, polled every 50 ms).
-* **worker+bulk** (`--handlers noop,bulk`, the default: both, side by side in every run):
+* **worker+bulk** (`--handlers noop,bulk`; the default, `noop,bulk,bulk-sender`, runs all
+  three side by side in every run):
   the same worker with the bulk sender's three handlers added to the no-op one
   (number-hygiene, send-tracker, review-status, each on the same Redis), every receipt's send
   tracked beforehand as the sending code would (so send-tracker settles real task numbers);
   its CPU per receipt minus the plain worker's is what the three cost together.
+* **worker+bulk-sender** (`--handlers noop,bulk-sender`): the same three as the one
+  `bulk-sender` handler (one pool task and one Redis round trip per batch for the three).
 * **worker@single / worker@cluster** (`--redis single,cluster`): every worker run once on the
   single Redis and once on a local Redis Cluster (3 masters with a replica each,
   `alicom_sandbox.redis_topologies`), side by side in each run; the verdict compares their
@@ -94,9 +97,10 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--raw-messages", default="20000,4000", help="per raw run, per latency")
     p.add_argument("--demo-messages", default="2000,200", help="per demo run, per latency")
     p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--handlers", default="noop,bulk",
+    p.add_argument("--handlers", default="noop,bulk,bulk-sender",
                    help="worker handler sets, run side by side: noop (the no-op handler), "
-                        "bulk (no-op + number-hygiene, send-tracker, review-status)")
+                        "bulk (no-op + number-hygiene, send-tracker, review-status), "
+                        "bulk-sender (no-op + the three as the one bulk-sender handler)")
     p.add_argument("--long", type=int, default=120_000,
                    help="receipts in the long RSS run at 0 ms (0: skip it)")
     p.add_argument("--redis", default="single",
@@ -122,7 +126,7 @@ def _per_latency(text: str, latencies: Sequence[int]) -> dict[int, int]:
 def run_worker(env: Env, latency_ms: int, count: int, handlers: str = "noop",
                label: str = "") -> Sample:
     queue = env.fresh_queue(count, latency_ms, flush_redis=True)
-    if handlers == "bulk":
+    if handlers != "noop":
         env.track_sends(count)
     worker = env.worker(queue, "run-%dms-%s" % (latency_ms, handlers), handlers)
     try:
@@ -317,8 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples: list[Sample] = []
     long_run: LongRun | None = None
     handler_sets = [h for h in args.handlers.split(",") if h]
-    if not handler_sets or set(handler_sets) - {"noop", "bulk"}:
-        raise SystemExit("--handlers: noop and/or bulk")
+    if not handler_sets or set(handler_sets) - {"noop", "bulk", "bulk-sender"}:
+        raise SystemExit("--handlers: noop, bulk and/or bulk-sender")
     kinds = _redis_kinds(args.redis)
     against = None if args.against is None else other_build(args.against)
     with contextlib.ExitStack() as stack:

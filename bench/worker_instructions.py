@@ -44,8 +44,8 @@ def instructions_per_receipt(world: World, repo: Path, bodies: Sequence[str],
     """(instructions per receipt drained, receipts drained) of `repo`'s worker."""
     queue = world.fill_queue(len(bodies), bodies=list(bodies))
     world.redis.client().flushdb()
-    more = bulk_entries(world.redis.url) if handlers == "bulk" else []
-    if handlers == "bulk":
+    more = bulk_entries(world.redis.url, handlers)
+    if handlers != "noop":
         track_sends(world.redis.client(), bodies)
     config = world.config(queue, out.name, handler=NOOP_HANDLER,
                           sections={"poll": {"pollers": 8}}, more=more)
@@ -83,8 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--against", required=True, metavar="DIR", help="the other build's tree")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--messages", type=int, default=4000)
-    p.add_argument("--handlers", choices=("noop", "bulk"), default="noop",
-                   help="bulk: the no-op handler and the bulk sender's three")
+    p.add_argument("--handlers", choices=("noop", "bulk", "bulk-sender"), default="noop",
+                   help="bulk: the no-op handler and the bulk sender's three; bulk-sender: "
+                        "the three as one handler")
     args = p.parse_args(argv)
     old = other_build(args.against)
     # Sent in the last hours, as a live sender's receipts are (see worker_bench.py).

@@ -74,8 +74,9 @@ class Env(World):
 
     def worker(self, queue: BenchQueue, name: str, handlers: str = "noop") -> BenchWorker:
         """A started worker process on `queue`, with the no-op handler; `handlers="bulk"`
-        adds the bulk sender's three (number-hygiene, send-tracker, review-status)."""
-        more = bulk_entries(self.redis.url) if handlers == "bulk" else []
+        adds the bulk sender's three (number-hygiene, send-tracker, review-status),
+        `"bulk-sender"` the three as one handler (`bulk-sender`)."""
+        more = bulk_entries(self.redis.url, handlers)
         config = self.config(queue, name, handler=NOOP_HANDLER,
                              sections=parse_sets(self.overrides), more=more)
         return BenchWorker(config, self.tmp / ("%s.log" % name), self.env(), repo=self.repo)
@@ -120,9 +121,12 @@ def track_sends(client: redis.Redis, bodies: Sequence[str]) -> int:
     return len(sends)
 
 
-def bulk_entries(url: str) -> list[dict[str, Any]]:
-    """The `[[handlers]]` tables of the bulk sender's three handlers on the Redis at `url`."""
-    return [{"use": use, "options": {"url": url}} for use in BULK_HANDLERS]
+def bulk_entries(url: str, handlers: str = "bulk") -> list[dict[str, Any]]:
+    """The `[[handlers]]` tables a handler set adds to the no-op handler, on the Redis at
+    `url`: "bulk" the bulk sender's three handlers, "bulk-sender" the three as one
+    (`consumer.handlers.bulk_sender`), "noop" none."""
+    uses = {"noop": (), "bulk": BULK_HANDLERS, "bulk-sender": ("bulk-sender",)}[handlers]
+    return [{"use": use, "options": {"url": url}} for use in uses]
 
 
 @dataclass

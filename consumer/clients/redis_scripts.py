@@ -20,6 +20,10 @@ TRYAGAIN/CLUSTERDOWN, READONLY, or that a node's lost connection left without an
 sent again on its own through the cluster client, which follows redirections and re-reads the
 slot map. Other errors come back in the result list, one per call.
 
+`run_plans` sends the calls of several stores' writes (`ScriptPlan`: the calls and what to
+make of their answers) in one `run_calls`, so that handlers sharing a Redis write a batch in
+one round trip (the `bulk-sender` handler).
+
 `run_transaction` is the same for a MULTI/EXEC block of plain commands (the dead letters'
 writes): one round trip to the node that owns its slot, ending with the same WAIT.
 """
@@ -27,9 +31,9 @@ writes): one round trip to the node that owns its slot, ending with the same WAI
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import hiredis
 import redis
@@ -47,8 +51,10 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from consumer.clients.redis_client import RedisClient
 
-__all__ = ["NotReplicatedError", "Replication", "ScriptCall", "replication", "run_calls",
-           "run_transaction"]
+__all__ = ["NotReplicatedError", "Replication", "ScriptCall", "ScriptPlan", "raise_errors",
+           "replication", "run_calls", "run_plans", "run_transaction"]
+
+_T = TypeVar("_T")
 
 # Answers that mean "this node no longer holds the slot (or is between roles)": retried alone.
 _REROUTE = (MovedError, AskError, TryAgainError, ClusterDownError, ReadOnlyError,
@@ -62,6 +68,16 @@ class ScriptCall:
     script: Script
     keys: Sequence[str]
     args: Sequence[Any] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptPlan(Generic[_T]):
+    """A store's write split in two: the `calls` to send, and `finish`, given their answers
+    in order (an error answer is an exception in its place), raising what went wrong or
+    returning the result; it may make further round trips of its own (a fallback)."""
+
+    calls: Sequence[ScriptCall]
+    finish: Callable[[list[Any]], _T]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +117,37 @@ def run_calls(client: RedisClient, calls: Sequence[ScriptCall],
     if isinstance(client, RedisCluster):
         return _on_cluster(client, calls, wait)
     return _on_one(client, calls, list(range(len(calls))), wait)
+
+
+def run_plans(client: RedisClient, plans: Sequence[ScriptPlan[Any]]) -> list[Any]:
+    """Every plan's calls in one `run_calls` (one round trip on a single server), then every
+    plan's `finish` with its own answers, in order; their results. All the calls ran before
+    any `finish`: each finish is called even when an earlier one raised, so that each store
+    completes its part (a fallback round trip), and the first error is raised after them.
+    A connection failure that retrying cannot get past raises `redis.RedisError`, no finish
+    called."""
+    replies = run_calls(client, [call for plan in plans for call in plan.calls])
+    results: list[Any] = []
+    first_error: Exception | None = None
+    at = 0
+    for plan in plans:
+        mine, at = replies[at:at + len(plan.calls)], at + len(plan.calls)
+        try:
+            results.append(plan.finish(mine))
+        except Exception as exc:  # noqa: BLE001 - raised below, once every store finished
+            results.append(None)
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+    return results
+
+
+def raise_errors(replies: Sequence[Any]) -> None:
+    """The `finish` of a plan whose answers say nothing: raises the first error Redis
+    answered with."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
 
 
 def _on_one(target: redis.Redis, calls: Sequence[ScriptCall], indexes: list[int],

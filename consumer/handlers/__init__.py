@@ -10,6 +10,7 @@
 | `send-tracker` | `consumer.handlers.tracking:SendTracker` | batch |
 | `number-hygiene` | `consumer.handlers.number_hygiene:NumberHygiene` | batch |
 | `review-status` | `consumer.handlers.review_status:ReviewStatus` | batch |
+| `bulk-sender`  | `consumer.handlers.bulk_sender:BulkSender` (the three above in one) | batch |
 | `postgres`     | `consumer.handlers.postgres:PostgresHandler`         | batch  |
 
 They all write `Receipt.to_dict()` as their JSON document (see `receipt_json`).
@@ -25,10 +26,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import Any, cast
+
+import redis
 
 from consumer.clients.redis_client import RedisClient, redis_error_text
+from consumer.clients.redis_scripts import ScriptPlan, run_plans
 from consumer.errors import ConfigError, RetryLater, clipped
+from consumer.handler_api import BatchResult
 from consumer.keys import KeyFunction, key_secret, make_key_function
 from consumer.receipts import Receipt
 
@@ -84,6 +89,18 @@ def redis_retry(what: str, exc: BaseException, client: RedisClient) -> RetryLate
     message`, one line, credentials masked (`consumer.clients.redis_client.redis_error_text`).
     Raise it `from exc`."""
     return RetryLater(f"{what}: {redis_error_text(exc, client)}")
+
+
+def write_plans(what: str, client: RedisClient, plans: Sequence[ScriptPlan[Any]]) -> BatchResult:
+    """A Redis-backed handler's batch: its stores' `plans` in one round trip
+    (`consumer.clients.redis_scripts.run_plans`); any Redis failure, or an error Redis
+    answered a call with, is `redis_retry` (the batch is retried: the writes must be
+    idempotent)."""
+    try:
+        run_plans(client, plans)
+    except redis.RedisError as exc:
+        raise redis_retry(what, exc, client) from exc
+    return BatchResult()
 
 
 def sink_key_function(dedup_keys: Mapping[str, Sequence[str]] | None = None) -> KeyFunction:

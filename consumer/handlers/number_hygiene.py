@@ -8,12 +8,11 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
-import redis
-
-from consumer.clients.redis_client import connect_option
+from consumer.clients.redis_client import RedisClient, connect_option
+from consumer.clients.redis_scripts import ScriptPlan
 from consumer.errors import ConfigError
 from consumer.handler_api import BatchResult
-from consumer.handlers import redis_retry
+from consumer.handlers import write_plans
 from consumer.receipts import SHANGHAI_UTC_OFFSET_S, IntlSmsReport, Receipt, SmsReport
 from consumer.reports.delivery_stats import parse_receipt_time
 from consumer.reports.number_rules import Classifier, parse_policies, parse_rules
@@ -108,13 +107,18 @@ class NumberHygiene:
                                    biz))
         return out
 
+    @property
+    def client(self) -> RedisClient:
+        """The Redis client the list is written with."""
+        return self._client
+
+    def plan(self, receipts: Sequence[Receipt]) -> ScriptPlan[None]:
+        """The batch's write (one script call), for `write_plans` to send."""
+        return self.numbers.apply_plan(self.events(receipts, time.time()))
+
     def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
         """Applies the batch in one round trip."""
-        try:
-            self.numbers.apply(self.events(receipts, time.time()))
-        except redis.RedisError as exc:
-            raise redis_retry("number hygiene", exc, self._client) from exc
-        return BatchResult()
+        return write_plans("number hygiene", self._client, [self.plan(receipts)])
 
     def close(self) -> None:
         """Closes the connection pool."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import redis
-
-from consumer.clients.redis_client import connect_option
+from consumer.clients.redis_client import RedisClient, connect_option
+from consumer.clients.redis_scripts import ScriptPlan
 from consumer.errors import ConfigError
 from consumer.handler_api import BatchResult
-from consumer.handlers import redis_retry
+from consumer.handlers import write_plans
 from consumer.receipts import Receipt
 from consumer.reports.reviews import DEFAULT_PREFIX, ReviewStore
 
@@ -34,13 +33,18 @@ class ReviewStatus:
         self._client = connect_option("review-status handler", url, timeout_s)
         self.store = ReviewStore(self._client, prefix, history)
 
+    @property
+    def client(self) -> RedisClient:
+        """The Redis client the reviews are written with."""
+        return self._client
+
+    def plan(self, receipts: Sequence[Receipt]) -> ScriptPlan[int]:
+        """The batch's reviews (a script call each), for `write_plans` to send."""
+        return self.store.record_plan(receipts)
+
     def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
         """Records the batch's reviews in one round trip."""
-        try:
-            self.store.record(receipts)
-        except redis.RedisError as exc:
-            raise redis_retry("review status", exc, self._client) from exc
-        return BatchResult()
+        return write_plans("review status", self._client, [self.plan(receipts)])
 
     def close(self) -> None:
         """Closes the connection pool."""

@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import redis
-
-from consumer.clients.redis_client import connect_option
+from consumer.clients.redis_client import RedisClient, connect_option
+from consumer.clients.redis_scripts import ScriptPlan
 from consumer.handler_api import BatchResult
-from consumer.handlers import redis_retry
+from consumer.handlers import write_plans
 from consumer.handlers.number_hygiene import receipt_epoch
 from consumer.receipts import Receipt, SmsReport
 from consumer.reports.number_rules import Classifier
@@ -45,8 +44,13 @@ class SendTracker:
             hash_numbers=hash_numbers))
         self._classify = Classifier().reason
 
-    def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
-        """Clears the batch's sends and settles their task numbers in one round trip."""
+    @property
+    def client(self) -> RedisClient:
+        """The Redis client the sends are cleared with."""
+        return self._client
+
+    def plan(self, receipts: Sequence[Receipt]) -> ScriptPlan[list[bool]]:
+        """The batch's clearing and settling (one script call), for `write_plans` to send."""
         reports = [r for r in receipts
                    if isinstance(r, SmsReport) and r.biz_id and r.phone_number
                    and "|" not in r.biz_id + r.phone_number]
@@ -55,13 +59,13 @@ class SendTracker:
                             "" if r.success else self._classify(r.err_code, r.err_msg) or "")
                     for r in reports]
         now = time.time()  # a receipt without a readable send time: today is the best guess
-        try:
-            self._tracker.clear_many([(r.biz_id, r.phone_number) for r in reports],
-                                     settle=outcomes,
-                                     sent_at=[receipt_epoch(r.send_time, now) for r in reports])
-        except redis.RedisError as exc:
-            raise redis_retry("send tracker", exc, self._client) from exc
-        return BatchResult()
+        return self._tracker.clear_plan(
+            [(r.biz_id, r.phone_number) for r in reports], settle=outcomes,
+            sent_at=[receipt_epoch(r.send_time, now) for r in reports])
+
+    def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
+        """Clears the batch's sends and settles their task numbers in one round trip."""
+        return write_plans("send tracker", self._client, [self.plan(receipts)])
 
     def close(self) -> None:
         """Closes the connection pool."""

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 from consumer.clients.redis_client import RedisClient, hash_tagged
-from consumer.clients.redis_scripts import ScriptCall, run_calls
+from consumer.clients.redis_scripts import ScriptCall, ScriptPlan, raise_errors, run_plans
 from consumer.reports.number_rules import DEFAULT_POLICIES, MANUAL, Policy
 from consumer.reports.phone_ids import PhoneIds
 
@@ -172,8 +172,13 @@ class NumberList:
 
     def apply(self, events: Sequence[Failure | Delivery]) -> None:
         """Records failures and deliveries (in stored form) in one script call."""
+        run_plans(self._client, [self.apply_plan(events)])
+
+    def apply_plan(self, events: Sequence[Failure | Delivery]) -> ScriptPlan[None]:
+        """`apply` as a plan (`consumer.clients.redis_scripts.run_plans`): one script call,
+        none for no events; its finish raises the error Redis answered with."""
         if not events:
-            return
+            return ScriptPlan((), raise_errors)
         args: list[Any] = [int(self._clock()), int(self._keep_s), self._lift, _KEEP_BIZ]
         for e in events:
             if isinstance(e, Delivery):
@@ -184,11 +189,9 @@ class NumberList:
                                     round(policy.expire_days * 86400)) if policy else (0, 0, 0))
             args += ["F", e.number, int(e.at), e.reason, e.err_code, e.err_msg[:_MAX_MSG_CHARS],
                      e.biz_id, after, over, expire]
-        # run_calls: one EVALSHA written and read directly (a NOSCRIPT reload included),
-        # without redis-py's per-command path, which cost more than packing the batch.
-        [reply] = run_calls(self._client, [ScriptCall(self._apply, self._keys, args)])
-        if isinstance(reply, Exception):
-            raise reply
+        # One EVALSHA written and read directly (a NOSCRIPT reload included), without
+        # redis-py's per-command path, which cost more than packing the batch.
+        return ScriptPlan([ScriptCall(self._apply, self._keys, args)], raise_errors)
 
     def add(self, phone: str, reason: str = MANUAL, expire_days: float = 0.0) -> NumberRecord:
         """Suppresses `phone` by hand (`numbers add`): no delivery lifts it; it ends after

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from consumer.clients.redis_client import RedisClient, hash_tagged
-from consumer.clients.redis_scripts import ScriptCall, run_calls
+from consumer.clients.redis_scripts import ScriptCall, ScriptPlan, raise_errors, run_plans
 from consumer.receipts import Receipt, SignSmsReport, TemplateSmsReport
 
 __all__ = ["DEFAULT_PREFIX", "STATES", "Review", "ReviewStore", "review_of", "review_state"]
@@ -39,14 +39,17 @@ _MAX_TEXT = 500
 # One call per review; keys only in KEYS, literally, under the family's hash tag (one slot):
 # consumer.clients.redis_scripts. KEYS[1] current hash, KEYS[2] the item's history list.
 # ARGV: history length, field, doc, at, sig.
+# Both keys are read before anything is written: Redis does not undo a script's writes when
+# a later command fails (a key of the wrong type), and a history written without the current
+# state would make every retry skip the review as seen.
 _APPLY = """
 local keep, field, doc, at, sig = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local now = redis.call('HGET', KEYS[1], field)
 for _, old in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
   if cjson.decode(old).sig == sig then return 0 end
 end
 redis.call('LPUSH', KEYS[2], doc)
 redis.call('LTRIM', KEYS[2], 0, keep - 1)
-local now = redis.call('HGET', KEYS[1], field)
 if not now or cjson.decode(now).at <= at then redis.call('HSET', KEYS[1], field, doc) end
 return 1
 """
@@ -126,6 +129,11 @@ class ReviewStore:
 
     def record(self, receipts: Sequence[Receipt]) -> int:
         """Records the reviews among `receipts`; how many there were."""
+        return cast(int, run_plans(self._client, [self.record_plan(receipts)])[0])
+
+    def record_plan(self, receipts: Sequence[Receipt]) -> ScriptPlan[int]:
+        """`record` as a plan (`consumer.clients.redis_scripts.run_plans`): a script call per
+        review; its finish raises the first error Redis answered with, else gives the count."""
         now = self._clock()
         calls = []
         for receipt in receipts:
@@ -134,10 +142,7 @@ class ReviewStore:
                 calls.append(ScriptCall(
                     self._apply, [self._prefix + ":cur", self._prefix + ":h:" + review.field],
                     [self._history, review.field, review.to_json(), review.at, review.sig]))
-        for reply in run_calls(self._client, calls):
-            if isinstance(reply, Exception):
-                raise reply
-        return len(calls)
+        return ScriptPlan(calls, _counted)
 
     def current(self, state: str | None = None) -> list[Review]:
         """The latest review of every item (only those in `state` if given), by kind, name."""
@@ -159,3 +164,8 @@ class ReviewStore:
             key = (review.kind, review.state)
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+
+def _counted(replies: list[Any]) -> int:
+    raise_errors(replies)
+    return len(replies)

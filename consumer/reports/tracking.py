@@ -39,14 +39,20 @@ import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import structlog
 from redis.exceptions import RedisError
 
 from consumer.clients.redis_client import RedisClient, hash_tagged, transient_from_redis
-from consumer.clients.redis_scripts import BATCH_REFUSED, ScriptCall, run_calls
+from consumer.clients.redis_scripts import (
+    BATCH_REFUSED,
+    ScriptCall,
+    ScriptPlan,
+    run_calls,
+    run_plans,
+)
 from consumer.receipts import SHANGHAI, SHANGHAI_UTC_OFFSET_S
 from consumer.reports import delivery_stats, tasks
 from consumer.reports import tracking_scripts as scripts
@@ -173,19 +179,38 @@ class SendTracker:
         receipt). With `settle` and `sent_at` (each pair's send time as its receipt tells
         it, epoch s) and the shared slot, the day is not read first: one round trip, and a
         second only for sends tracked on another day than their receipt says."""
+        return cast(list[bool], run_plans(self._client, [self.clear_plan(keys, settle,
+                                                                          sent_at)])[0])
+
+    def clear_plan(self, keys: Sequence[tuple[str, str]],
+                   settle: Sequence[tasks.Outcome] = (),
+                   sent_at: Sequence[float] = ()) -> ScriptPlan[list[bool]]:
+        """`clear_many` as a plan (`consumer.clients.redis_scripts.run_plans`): its one script
+        call when `clear_many` makes a single round trip (see there); otherwise no call, and
+        the whole of `clear_many` (its round trips) in the plan's finish."""
         if not keys:
-            return []
+            return ScriptPlan((), lambda _replies: [])
         if (settle and len(settle) != len(keys)) or (sent_at and len(sent_at) != len(keys)):
             raise ValueError("settle and sent_at must hold one entry per key")
         members = [_member(b, p) for b, p in keys]
-        one_slot = self.tasks.tag == self._tag[:self._tag.index("}") + 1]
-        if settle and sent_at and one_slot:
-            return self._clear_on_day_many(members, settle, sent_at)
+        if settle and sent_at and self._one_slot:
+            return self._on_day_plan(members, settle, sent_at)
+        return ScriptPlan((), lambda _replies: self._clear_read_first(members, settle))
+
+    @property
+    def _one_slot(self) -> bool:
+        """The task keys share the tracked sends' slot: one script clears and settles."""
+        return self.tasks.tag == self._tag[:self._tag.index("}") + 1]
+
+    def _clear_read_first(self, members: list[str],
+                          settle: Sequence[tasks.Outcome]) -> list[bool]:
+        """Reads each send's score (its day) first, then clears (and settles) on that day."""
         scores = run_calls(self._client, [ScriptCall(self._scores, [self._zset], members)])[0]
         if isinstance(scores, Exception):
             raise scores
-        if settle and one_slot:  # each send's own day: the guess below cannot miss
-            return self._clear_on_day_many(members, settle, [float(s or 0) for s in scores])
+        if settle and self._one_slot:  # each send's own day: the guess below cannot miss
+            plan = self._on_day_plan(members, settle, [float(s or 0) for s in scores])
+            return cast(list[bool], run_plans(self._client, [plan])[0])
         days = [self._day_key(int((float(score or 0) + _SHANGHAI_OFFSET_S) // _DAY_S))
                 for score in scores]
         cleared = [score is not None for score in scores]
@@ -195,30 +220,38 @@ class SendTracker:
         moved = iter(_flag(reply) for reply in replies[:len(calls)])
         return [next(moved) if was else False for was in cleared]
 
-    def _clear_on_day_many(self, members: Sequence[str], settle: Sequence[tasks.Outcome],
-                           sent_at: Sequence[float]) -> list[bool]:
+    def _on_day_plan(self, members: Sequence[str], settle: Sequence[tasks.Outcome],
+                     sent_at: Sequence[float]) -> ScriptPlan[list[bool]]:
         """One script call for the batch (else one per guessed send day and BizId: see
-        `one_call_per_batch`); then `CLEAR` for the sends the guess missed (tracked on another
-        day: around midnight, or a receipt without a readable send time)."""
-        groups: dict[tuple[int, str], list[int]] = {}
+        `one_call_per_batch`); its finish clears the sends the guess missed (tracked on
+        another day: around midnight, or a receipt without a readable send time)."""
+        batch = _Batch(members, settle, int(time.time()), int(self._settings.ttl_s))
         for i, at in enumerate(sent_at):
-            groups.setdefault((int((at + _SHANGHAI_OFFSET_S) // _DAY_S), settle[i].biz_id),
-                              []).append(i)
-        now, ttl = int(time.time()), int(self._settings.ttl_s)
-        answers = self._batch_answers(groups, members, settle, now, ttl)
-        if answers is None:
-            calls = []
-            for (day, biz), indexes in groups.items():
-                args: list[Any] = [now, ttl, day * _DAY_S - _SHANGHAI_OFFSET_S]
-                for i in indexes:
-                    args += [members[i], *tasks.settle_fields(settle[i])]
-                calls.append(ScriptCall(self._clear_on_day, [
-                    self._zset, self._day_key(day), *self.tasks.keys_of(biz)], args))
-            answers = [answer for reply in run_calls(self._client, calls)
-                       for answer in _listed(reply)]
-        out = [False] * len(members)
+            batch.groups.setdefault((int((at + _SHANGHAI_OFFSET_S) // _DAY_S),
+                                     settle[i].biz_id), []).append(i)
+        if not self.one_call_per_batch:
+            return ScriptPlan((), lambda _replies: self._settled(batch,
+                                                                 self._per_group(batch)))
+        return ScriptPlan([self._batch_call(batch)], lambda replies: self._settled(
+            batch, self._batch_answers(batch, replies[0])))
+
+    def _per_group(self, batch: _Batch) -> list[Any]:
+        """The answers of one `CLEAR_ON_DAY_AND_SETTLE` call per group (in group order)."""
+        calls = []
+        for (day, biz), indexes in batch.groups.items():
+            args: list[Any] = [batch.now, batch.ttl, day * _DAY_S - _SHANGHAI_OFFSET_S]
+            for i in indexes:
+                args += [batch.members[i], *tasks.settle_fields(batch.settle[i])]
+            calls.append(ScriptCall(self._clear_on_day, [
+                self._zset, self._day_key(day), *self.tasks.keys_of(biz)], args))
+        return [answer for reply in run_calls(self._client, calls) for answer in _listed(reply)]
+
+    def _settled(self, batch: _Batch, answers: list[Any]) -> list[bool]:
+        """Per member, whether its send was cleared; `CLEAR` for those tracked on another
+        day than the guess (their score came back instead of 1 / 0)."""
+        out = [False] * len(batch.members)
         missed: list[tuple[int, str]] = []  # (index, the day key its send was tracked on)
-        order = [i for indexes in groups.values() for i in indexes]
+        order = [i for indexes in batch.groups.values() for i in indexes]
         for i, answer in zip(order, answers, strict=True):
             if isinstance(answer, bytes | str):
                 day = int((float(answer) + _SHANGHAI_OFFSET_S) // _DAY_S)
@@ -226,26 +259,26 @@ class SendTracker:
             else:
                 out[i] = bool(answer)
         if missed:
-            again = run_calls(self._client, [ScriptCall(self._clear, [self._zset, day],
-                                                        [members[i]]) for i, day in missed])
+            again = run_calls(self._client, [ScriptCall(
+                self._clear, [self._zset, day], [batch.members[i]]) for i, day in missed])
             for (i, _), reply in zip(missed, again, strict=True):
                 out[i] = _flag(reply)
         return out
 
-    def _batch_answers(self, groups: dict[tuple[int, str], list[int]],
-                       members: Sequence[str], settle: Sequence[tasks.Outcome], now: int,
-                       ttl: int) -> list[Any] | None:
-        """The batch script's answer per receipt (in group order); None when it is off or
-        the server refused it (nothing ran): then this and every later batch go per group."""
-        if not self.one_call_per_batch:
-            return None
-        keys, args = [self._zset], list[Any]([now, ttl, len(groups)])
-        for (day, biz), indexes in groups.items():
+    def _batch_call(self, batch: _Batch) -> ScriptCall:
+        """The batch script's call: every group's receipts."""
+        keys, args = [self._zset], list[Any]([batch.now, batch.ttl, len(batch.groups)])
+        for (day, biz), indexes in batch.groups.items():
             keys += [self._day_key(day), *self.tasks.keys_of(biz)]
             args += [day * _DAY_S - _SHANGHAI_OFFSET_S, len(indexes)]
             for i in indexes:
-                args += [members[i], *tasks.settle_fields(settle[i])]
-        [reply] = run_calls(self._client, [ScriptCall(self._clear_on_day_batch, keys, args)])
+                args += [batch.members[i], *tasks.settle_fields(batch.settle[i])]
+        return ScriptCall(self._clear_on_day_batch, keys, args)
+
+    def _batch_answers(self, batch: _Batch, reply: Any) -> list[Any]:
+        """The batch script's answer per receipt (in group order); when the server refused
+        the script (nothing ran), the per-group calls' answers, and this and every later
+        batch go per group."""
         if not isinstance(reply, Exception):
             return list(reply)
         if not (isinstance(reply, RedisError) and BATCH_REFUSED.search(str(reply))):
@@ -255,7 +288,7 @@ class SendTracker:
         error = str(transient_from_redis(reply, "send-tracker batch", self._client))
         log.warning("tracking_batch_script_refused", error=error,
                     note="one script call per send call and day from now on (a cluster proxy?)")
-        return None
+        return self._per_group(batch)
 
     def _day_key(self, day: int) -> str:
         return f"{self._tag}:d:{day}"
@@ -296,3 +329,15 @@ def _flag(reply: Any) -> bool:
     if isinstance(reply, Exception):
         raise reply
     return bool(reply)
+
+
+@dataclass
+class _Batch:
+    """A batch being cleared on its receipts' send days: `groups` maps (day, BizId) to the
+    indexes of its members (in `members` and `settle`)."""
+
+    members: Sequence[str]
+    settle: Sequence[tasks.Outcome]
+    now: int
+    ttl: int
+    groups: dict[tuple[int, str], list[int]] = field(default_factory=dict)

@@ -61,15 +61,17 @@ def bulk(stack: Stack) -> Iterator[Stack]:
     stack.sandbox.admin("POST", "/_sandbox/dysms/reset", {})
 
 
-def _config(stack: Stack) -> Path:
+def _config(stack: Stack, bundled: bool) -> Path:
+    """The three handlers configured each on its own, or `bundled` as one `bulk-sender`."""
     path = stack.config(alicom={"queues": ["SmsReport", "SignSmsReport", "TemplateSmsReport"]})
     url = stack.redis_server.url
-    handlers = [
+    handlers = [("bulk-sender", {"url": url, "number_hygiene": {"policies": POLICIES}})] \
+        if bundled else [
         ("number-hygiene", {"url": url, "policies": POLICIES}),
         ("send-tracker", {"url": url}),
         ("review-status", {"url": url}),
-        ("delivery-stats", {"url": url}),
     ]
+    handlers.append(("delivery-stats", {"url": url}))
     text = path.read_text(encoding="utf-8")
     for use, options in handlers:
         text += '\n[[handlers]]\nuse = "%s"\noptions = %s\n' % (use, toml_value(options))
@@ -179,10 +181,12 @@ def _publish_reviews(stack: Stack) -> dict[tuple[str, str], tuple[str, str]]:
     return last
 
 
-@pytest.mark.parametrize("report_workers", [1, 2])
-def test_numbers_tasks_reviews_and_the_report_page(bulk: Stack, report_workers: int) -> None:
+@pytest.mark.parametrize(("report_workers", "bundled"), [(1, False), (2, False), (2, True)],
+                         ids=["one-worker", "two-workers", "two-workers-bulk-sender"])
+def test_numbers_tasks_reviews_and_the_report_page(bulk: Stack, report_workers: int,
+                                                   bundled: bool) -> None:
     stack = bulk
-    config = _config(stack)
+    config = _config(stack, bundled)
     for _ in range(report_workers):
         stack.worker(config, "SmsReport")
     stack.worker(config, "SignSmsReport")
