@@ -10,10 +10,14 @@ import pytest
 
 from consumer.errors import ConfigError
 from consumer.handlers import require_number, require_text
+from consumer.handlers.bulk_sender import BulkSender
 from consumer.handlers.delivery_stats import DeliveryStatsHandler
+from consumer.handlers.number_hygiene import NumberHygiene
 from consumer.handlers.plugins import HandlerSpec, PluginError, load_handlers
 from consumer.handlers.postgres import PostgresHandler
 from consumer.handlers.redis_stream import RedisStreamHandler
+from consumer.handlers.review_status import ReviewStatus
+from consumer.handlers.tracking import SendTracker
 from consumer.handlers.webhook import WebhookHandler
 
 URL = "redis://:s3cret-pw@127.0.0.1:1/0"  # never connected to: the checks come first
@@ -23,6 +27,10 @@ BUILT_INS: dict[str, Callable[..., object]] = {
     "redis-stream": lambda **o: RedisStreamHandler(url=URL, **o),
     "webhook": lambda **o: WebhookHandler(url="http://127.0.0.1:1/hook", **o),
     "postgres": lambda **o: PostgresHandler(dsn="postgresql://u:pw@h/db", **o),
+    "number-hygiene": lambda **o: NumberHygiene(url=URL, **o),
+    "send-tracker": lambda **o: SendTracker(url=URL, **o),
+    "review-status": lambda **o: ReviewStatus(url=URL, **o),
+    "bulk-sender": lambda **o: BulkSender(url=URL, **o),
 }
 
 
@@ -43,6 +51,13 @@ BUILT_INS: dict[str, Callable[..., object]] = {
     ("webhook", {"timeout_s": "5"}, "timeout_s must be a number > 0, got '5'"),
     ("webhook", {"timeout_s": True}, "timeout_s must be a number > 0, got True"),
     ("postgres", {"timeout_s": 0}, "timeout_s must be a number > 0, got 0"),
+    ("number-hygiene", {"prefix": ""}, "prefix must be a non-empty string, got ''"),
+    ("number-hygiene", {"retention_days": 0}, "retention_days must be a number > 0, got 0"),
+    ("send-tracker", {"tasks_prefix": ""}, "tasks_prefix must be a non-empty string, got ''"),
+    ("send-tracker", {"timeout_s": 0}, "timeout_s must be a number > 0, got 0"),
+    ("review-status", {"history": 0}, "history must be a whole number >= 1, got 0"),
+    ("review-status", {"prefix": 5}, "prefix must be a non-empty string, got 5"),
+    ("bulk-sender", {"timeout_s": -1}, "timeout_s must be a number > 0, got -1"),
 ])
 def test_a_bad_option_is_one_line_naming_the_handler_and_the_option(
         handler: str, options: dict[str, Any], message: str) -> None:

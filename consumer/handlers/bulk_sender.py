@@ -10,7 +10,7 @@ from consumer.clients.redis_client import RedisClient
 from consumer.clients.redis_scripts import ScriptPlan
 from consumer.errors import ConfigError
 from consumer.handler_api import BatchResult
-from consumer.handlers import write_plans
+from consumer.handlers import require_number, write_plans
 from consumer.handlers.number_hygiene import NumberHygiene
 from consumer.handlers.review_status import ReviewStatus
 from consumer.handlers.tracking import SendTracker
@@ -66,6 +66,7 @@ class BulkSender:
                  send_tracker: Mapping[str, Any] | bool = True,
                  review_status: Mapping[str, Any] | bool = True,
                  timeout_s: float = 5.0) -> None:
+        require_number(self.name, "timeout_s", timeout_s, above=0)
         given = {"number_hygiene": number_hygiene, "send_tracker": send_tracker,
                  "review_status": review_status}
         self._parts: list[_Part] = []

@@ -10,9 +10,8 @@ from typing import Any
 
 from consumer.clients.redis_client import RedisClient, connect_option
 from consumer.clients.redis_scripts import ScriptPlan
-from consumer.errors import ConfigError
 from consumer.handler_api import BatchResult
-from consumer.handlers import write_plans
+from consumer.handlers import require_number, require_text, write_plans
 from consumer.receipts import SHANGHAI_UTC_OFFSET_S, IntlSmsReport, Receipt, SmsReport
 from consumer.reports.delivery_stats import parse_receipt_time
 from consumer.reports.number_rules import Classifier, parse_policies, parse_rules
@@ -76,9 +75,9 @@ class NumberHygiene:
                  policies: Mapping[str, Mapping[str, Any]] | None = None,
                  retention_days: float = 180.0, hash_numbers: bool = False,
                  timeout_s: float = 5.0) -> None:
-        if not prefix or not retention_days > 0:
-            raise ConfigError("number-hygiene handler: prefix must not be empty and "
-                              "retention_days must be > 0")
+        require_text(self.name, "prefix", prefix)
+        require_number(self.name, "retention_days", retention_days, above=0)
+        require_number(self.name, "timeout_s", timeout_s, above=0)
         self._classify = Classifier(parse_rules(rules, default_rules)).reason
         self._client = connect_option("number-hygiene handler", url, timeout_s)
         self.numbers = NumberList(self._client, prefix, phone_ids(hash_numbers),

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 
 from consumer.clients.redis_client import RedisClient, connect_option
 from consumer.clients.redis_scripts import ScriptPlan
-from consumer.errors import ConfigError
 from consumer.handler_api import BatchResult
-from consumer.handlers import write_plans
+from consumer.handlers import require_number, require_text, write_plans
 from consumer.receipts import Receipt
 from consumer.reports.reviews import DEFAULT_PREFIX, ReviewStore
 
@@ -28,8 +27,9 @@ class ReviewStatus:
 
     def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, history: int = 50,
                  timeout_s: float = 5.0) -> None:
-        if not prefix or history < 1:
-            raise ConfigError("review-status handler: prefix must not be empty, history >= 1")
+        require_text(self.name, "prefix", prefix)
+        require_number(self.name, "history", history, at_least=1, whole=True)
+        require_number(self.name, "timeout_s", timeout_s, above=0)
         self._client = connect_option("review-status handler", url, timeout_s)
         self.store = ReviewStore(self._client, prefix, history)
 

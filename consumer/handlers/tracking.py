@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from consumer.clients.redis_client import RedisClient, connect_option
 from consumer.clients.redis_scripts import ScriptPlan
 from consumer.handler_api import BatchResult
-from consumer.handlers import write_plans
+from consumer.handlers import require_number, require_text, write_plans
 from consumer.handlers.number_hygiene import receipt_epoch
 from consumer.receipts import Receipt, SmsReport
 from consumer.reports.number_rules import Classifier
@@ -38,6 +38,9 @@ class SendTracker:
     def __init__(self, url: str, key_prefix: str = TrackingSettings.key_prefix,
                  tasks_prefix: str = TrackingSettings.tasks_prefix,
                  hash_numbers: bool = False, timeout_s: float = 5.0) -> None:
+        require_text(self.name, "key_prefix", key_prefix)
+        require_text(self.name, "tasks_prefix", tasks_prefix)
+        require_number(self.name, "timeout_s", timeout_s, above=0)
         self._client = connect_option("send-tracker handler", url, timeout_s)
         self._tracker = Tracker(self._client, TrackingSettings(
             key_prefix=key_prefix, tasks_prefix=tasks_prefix,
