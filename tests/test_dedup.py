@@ -155,15 +155,19 @@ def test_a_released_key_runs_again_on_the_next_delivery(store: RedisDedupStore) 
     assert store.claim(["k"], "B", LONG_S) == [ClaimState.CLAIMED]
 
 
-def test_extend_renews_only_our_own_leases(
+def test_extend_renews_our_own_leases_and_takes_back_a_lapsed_one(
     store: RedisDedupStore, redis_client: redis.Redis
 ) -> None:
     store.claim(["mine"], "A", 2.0)
     store.claim(["theirs"], "B", 2.0)
-    assert store.extend(["mine", "theirs", "absent"], "A", LONG_S) == [True, False, False]
+    store.claim(["lapsed"], "A", SHORT_LEASE_S)
+    time.sleep(SHORT_LEASE_S + 0.1)  # a renewal Redis could not take in time
+    assert store.extend(["mine", "theirs", "lapsed"], "A", LONG_S) == [True, False, True]
     assert redis_client.pttl("alicom:dedup:mine") > 2000
     assert redis_client.pttl("alicom:dedup:theirs") <= 2000
-    assert redis_client.exists("alicom:dedup:absent") == 0
+    assert redis_client.get("alicom:dedup:lapsed") == b"I:A"
+    assert redis_client.pttl("alicom:dedup:lapsed") > 2000
+    assert store.claim(["lapsed"], "B", LONG_S) == [ClaimState.IN_PROGRESS]
 
 
 def test_extend_does_not_revive_a_completed_key_as_in_progress(

@@ -22,7 +22,8 @@ OPERATIONS = st.lists(
 
 
 class Model:
-    """The documented state machine, leases never expiring: None | ("I", owner) | "C"."""
+    """The documented state machine, leases never expiring: None | ("I", owner) | "C" |
+    "R" (a bare release: absent to a claim or a completion, not to an extension)."""
 
     def __init__(self) -> None:
         self.state: dict[str, object] = {}
@@ -43,25 +44,28 @@ class Model:
 
     def claim(self, key: str, owner: str) -> ClaimState:
         current = self.state.get(key)
-        if current is None or current == ("I", owner):
+        if current in (None, "R", ("I", owner)):
             self.state[key] = ("I", owner)
             return ClaimState.CLAIMED
         return ClaimState.COMPLETED if current == "C" else ClaimState.IN_PROGRESS
 
     def complete(self, key: str, owner: str) -> Completion:
-        if self.state.get(key) in (None, ("I", owner)):
+        if self.state.get(key) in (None, "R", ("I", owner)):
             self.state[key] = "C"
             return Completion.RECORDED
         return Completion.ALREADY_COMPLETED if self.state[key] == "C" else Completion.LOST
 
     def release(self, key: str, owner: str) -> bool:
         if self.state.get(key) == ("I", owner):
-            del self.state[key]
+            self.state[key] = "R"
             return True
         return False
 
     def extend(self, key: str, owner: str) -> bool:
-        return self.state.get(key) == ("I", owner)
+        if self.state.get(key) in (None, ("I", owner)):  # absent: a lapsed lease, taken back
+            self.state[key] = ("I", owner)
+            return True
+        return False
 
 
 @settings(

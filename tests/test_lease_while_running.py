@@ -198,6 +198,37 @@ def test_a_running_copys_renewal_redis_refused_is_retried_at_the_next_pass(
     assert redis_client.get(store.redis_key(str(first.key))) == b"1"
 
 
+def test_a_running_copy_takes_back_the_record_that_lapsed_while_redis_was_away(
+        redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
+    store = Blinking(redis_client, DedupSettings())
+    lifecycle, source, settled = lifecycle_on(store, redis_client, dispatcher), MnsSource(), []
+    config = AckConfig(visibility_timeout_s=2, extend_before_s=1.5)
+    first, to_run = delivered(source, lifecycle, 1, "owner-a", config.visibility_timeout_s)
+    claimed = time.monotonic()
+    runner = running(lifecycle, to_run, settled, config.visibility_timeout_s)
+    assert handler.started.wait(WAIT_S)
+    heartbeat = Heartbeat([Mns(refusing=False)], store, source.window, Stats(), config,
+                          running_hold_s=HOLD_S)
+    store.down = True  # Redis restarts; MNS keeps extending the visibility
+    beat_until(heartbeat, claimed + config.visibility_timeout_s + 0.8)
+    assert redis_client.get(store.redis_key(str(first.key))) is None  # the lease lapsed
+    store.down = False
+    beat_until(heartbeat, claimed + config.visibility_timeout_s + 1.4)
+    record = redis_client.get(store.redis_key(str(first.key)))
+    # A platform duplicate of the receipt (another message) arrives now.
+    duplicate, to_run_duplicate = delivered(source, lifecycle, 1, "owner-b", 30.0)
+    runner_duplicate = running(lifecycle, to_run_duplicate, settled, 30.0)
+    handler.finish.set()
+    runner.join(WAIT_S)
+    runner_duplicate.join(WAIT_S)
+
+    assert handler.applied == {str(first.key): 1}
+    assert record == b"I:owner-a"  # taken back once Redis answered
+    assert not first.lease_lost  # nobody had taken it: no claim_lost_while_running line
+    assert duplicate.decision is not None and duplicate.decision.verdict is Verdict.LEAVE
+    assert first.completed
+
+
 def test_past_the_hold_a_copy_cut_off_from_mns_lets_its_lease_go(
         redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
     store = RedisDedupStore(redis_client, DedupSettings())

@@ -161,8 +161,9 @@ class DedupStore(Protocol):
         ...
 
     def extend(self, keys: Sequence[str], owner: str, lease_s: float) -> list[bool]:
-        """Renews the lease of our INPROGRESS keys to ``lease_s`` from now (slow handlers).
-        False (and nothing changed) when the key is not ours."""
+        """Renews the lease of our INPROGRESS keys to ``lease_s`` from now (slow handlers);
+        an absent key (our lease lapsed, nobody claimed it since) is claimed again. False
+        (and nothing changed) when the key is another's, completed or released."""
         ...
 
     def ping(self) -> None:

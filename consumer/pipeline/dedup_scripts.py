@@ -109,15 +109,17 @@ end
 return 1
 """
 
-# ARGV[2] lease ms. 1 renewed, 0 not ours.
+# ARGV[2] lease ms. 1 renewed, 0 not ours. An absent record is taken back: our lease lapsed
+# (a renewal Redis could not take in time, a restart that lost it) and nobody claimed it
+# since, as the claim would take it; every outcome leaves a record ("1", "P:..."), so absent
+# never means that this delivery (or another) finished with it.
 EXTEND = _COMMON + """
 local lease_ms = tonumber(ARGV[2])
 local value = redis.call('GET', KEYS[1])
-if value == mine then
-  redis.call('PEXPIRE', KEYS[1], lease_ms)
+if value == mine or not value then
+  redis.call('SET', KEYS[1], mine, 'PX', lease_ms)
   return 1
 end
-if not value then return 0 end
 local o, _, tags = parts(value)
 if o ~= owner then return 0 end
 redis.call('SET', KEYS[1], mine .. '@' .. (now_ms() + lease_ms) .. '/' .. tags, 'KEEPTTL')

@@ -99,10 +99,15 @@ class MemoryDedupStore:
             return [self._extend_one(key, owner, lease_s) for key in keys]
 
     def _extend_one(self, key: str, owner: str, lease_s: float) -> bool:
-        record = self._records.get(key)
-        if record is None or record.state != "claimed" or record.owner != owner:
+        record, now = self._records.get(key), time.monotonic()
+        # Absent in Redis: never claimed, or a plain claim whose lease (its expiry) lapsed.
+        if record is None or (record.state == "claimed" and not record.done
+                              and record.lease_until <= now):
+            self._records[key] = _Record("claimed", owner, now + lease_s)
+            return True
+        if record.state != "claimed" or record.owner != owner:
             return False
-        record.lease_until = time.monotonic() + lease_s
+        record.lease_until = now + lease_s
         return True
 
     def ping(self) -> None:

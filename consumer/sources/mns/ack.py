@@ -14,20 +14,22 @@ a message forever: the worker recycles once a handler ran `max_in_flight_s`
 logged once per state change, with counts.
 
 The dedup lease of a message whose handler runs is renewed whether or not MNS extended its
-visibility (a refusal, MNS unreachable), and retried every pass while Redis refuses, for
-`running_hold_s` after its run began. A waiting copy confirms its claim before it runs
-(`Lifecycle.confirm`); a running one cannot, so a lapse there let the next delivery claim the
-record and run the handler beside it. Holding the lease is safe for the receipt: that
-delivery finds the claim held and leaves its message; this copy records the completion (its
-delete, with a receipt handle the re-delivery made stale, fails), and the delivery after
-that is acknowledged as a duplicate; a handler that fails releases the claim as usual and
-the message comes back. Neither path loses the receipt, and if the process dies the lease
-ends one visibility timeout later. The hold is bounded so that a process cut off from MNS
-does not keep receipts from the others: past `running_hold_s` (the worker gives the time
-after which the dispatcher takes a call for hung) the lease goes with the visibility again.
-A renewal Redis refuses for a running copy (another delivery holds the record, or completed
-it) is logged once as `claim_lost_while_running`; its completion then writes nothing over
-the other claim (`Completion.LOST`: not acknowledged, that delivery settles the message).
+visibility (a refusal, MNS unreachable), and retried every pass while Redis does not answer,
+for `running_hold_s` after its run began; a record that lapsed meanwhile, with nobody
+claiming it since, is taken back as soon as Redis answers. A waiting copy confirms its claim
+before it runs (`Lifecycle.confirm`); a running one cannot, so a lapse there let the next
+delivery claim the record and run the handler beside it. Holding the lease is safe for the
+receipt: that delivery finds the claim held and leaves its message; this copy records the
+completion (its delete, with a receipt handle the re-delivery made stale, fails), and the
+delivery after that is acknowledged as a duplicate; a handler that fails releases the claim
+as usual and the message comes back. Neither path loses the receipt, and if the process dies
+the lease ends one visibility timeout later. The hold is bounded so that a process cut off
+from MNS does not keep receipts from the others: past `running_hold_s` (the worker gives the
+time after which the dispatcher takes a call for hung) the lease goes with the visibility
+again. A renewal Redis refuses for a running copy (another delivery holds the record, or
+completed it) is logged once as `claim_lost_while_running`; its completion then writes
+nothing over the other claim (`Completion.LOST`: not acknowledged, that delivery settles the
+message).
 """
 
 from __future__ import annotations
@@ -155,10 +157,11 @@ class Heartbeat:
 
     def _renew_leases(self, renew: dict[str, list[InFlight]]) -> None:
         """Renews the claims of `renew` (per owner); each renewal Redis confirmed moves the
-        item's `lease_until`. One that failed or was refused (the record lapsed, another
-        delivery may hold it now) leaves it where it was, so a waiting item confirms its
-        claim before it runs (`Lifecycle.confirm`), and a running one is retried next pass
-        (failed) or logged once (refused)."""
+        item's `lease_until` (a record that lapsed with nobody claiming it since is taken
+        back: `DedupStore.extend`). One that failed or was refused (another delivery holds
+        the record now, or it was completed or released) leaves it where it was, so a
+        waiting item confirms its claim before it runs (`Lifecycle.confirm`), and a running
+        one is retried next pass (failed) or logged once (refused)."""
         ok, failed, error = 0, 0, ""
         lease_s = float(self._config.visibility_timeout_s)
         for owner, items in renew.items():
