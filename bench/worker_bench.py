@@ -97,10 +97,12 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--raw-messages", default="20000,4000", help="per raw run, per latency")
     p.add_argument("--demo-messages", default="2000,200", help="per demo run, per latency")
     p.add_argument("--modes", default=",".join(MODES))
-    p.add_argument("--handlers", default="noop,bulk,bulk-sender",
+    p.add_argument("--handlers", default=None,
                    help="worker handler sets, run side by side: noop (the no-op handler), "
                         "bulk (no-op + number-hygiene, send-tracker, review-status), "
-                        "bulk-sender (no-op + the three as the one bulk-sender handler)")
+                        "bulk-sender (no-op + the three as the one bulk-sender handler); "
+                        "default all three, noop,bulk with an --against tree without "
+                        "bulk-sender")
     p.add_argument("--long", type=int, default=120_000,
                    help="receipts in the long RSS run at 0 ms (0: skip it)")
     p.add_argument("--redis", default="single",
@@ -306,6 +308,19 @@ def _redis_envs(env: Env, kinds: Sequence[str], stack: contextlib.ExitStack,
                          (e, label + "@new"))]
 
 
+def _handler_sets(given: str | None, against: str | None) -> list[str]:
+    """`--handlers` as a list; bulk-sender only where both builds have it."""
+    lacks = against is not None and not (
+        Path(against) / "consumer" / "handlers" / "bulk_sender.py").is_file()
+    sets = [h for h in (given or "noop,bulk,bulk-sender").split(",") if h]
+    if lacks and "bulk-sender" in sets:
+        if given:
+            raise SystemExit("--handlers bulk-sender: the --against tree has no bulk-sender "
+                             "handler (leave it out: --handlers noop,bulk)")
+        sets.remove("bulk-sender")
+    return sets
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _args(argv)
     latencies = [int(v) for v in args.latencies.split(",")]
@@ -320,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bodies = [fakes.body("SmsReport").body for _ in range(max(biggest, 16))]
     samples: list[Sample] = []
     long_run: LongRun | None = None
-    handler_sets = [h for h in args.handlers.split(",") if h]
+    handler_sets = _handler_sets(args.handlers, args.against)
     if not handler_sets or set(handler_sets) - {"noop", "bulk", "bulk-sender"}:
         raise SystemExit("--handlers: noop, bulk and/or bulk-sender")
     kinds = _redis_kinds(args.redis)

@@ -166,7 +166,8 @@ def test_parts_can_be_left_out_and_bad_part_options_are_one_line(
     [routed] = load_handlers([HandlerSpec("bulk-sender", options={
         "url": url, "review_status": False})])["SmsReport"]
     assert routed.name == "bulk-sender"
-    assert routed.target.types == ("SmsReport", "IntlSmsReport")  # type: ignore[attr-defined]
+    assert isinstance(routed.target, BulkSender)
+    assert routed.target.types == ("SmsReport", "IntlSmsReport")
     bad = [({"url": url, "number_hygiene": {"url": url}},
             "number_hygiene: url is set once, for the whole handler"),
            ({"url": url, "send_tracker": {"prefix": "x"}},

@@ -53,6 +53,8 @@ BUILT_INS: dict[str, Callable[..., object]] = {
     ("postgres", {"timeout_s": 0}, "timeout_s must be a number > 0, got 0"),
     ("number-hygiene", {"prefix": ""}, "prefix must be a non-empty string, got ''"),
     ("number-hygiene", {"retention_days": 0}, "retention_days must be a number > 0, got 0"),
+    ("number-hygiene", {"retention_days": float("inf")},
+     "retention_days must be a number > 0, got inf"),
     ("send-tracker", {"tasks_prefix": ""}, "tasks_prefix must be a non-empty string, got ''"),
     ("send-tracker", {"timeout_s": 0}, "timeout_s must be a number > 0, got 0"),
     ("review-status", {"history": 0}, "history must be a whole number >= 1, got 0"),

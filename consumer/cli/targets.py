@@ -21,13 +21,14 @@ from consumer.cli.runner import add_config_argument
 from consumer.clients.redis_client import RedisClient, connect
 from consumer.errors import EXIT_UNANSWERED
 from consumer.handlers.bulk_sender import PARTS as BULK_PARTS
+from consumer.handlers.bulk_sender import USES as BULK_USES
+from consumer.handlers.bulk_sender import part_options
 from consumer.settings import HandlerSpec, config_path, load_settings
 
 __all__ = ["Target", "add_target_arguments", "handler_options", "open_redis",
            "run_on_redis"]
 
 _Opened = TypeVar("_Opened")
-_BULK_USES = frozenset({"bulk-sender", "consumer.handlers.bulk_sender:BulkSender"})
 
 
 @dataclass(frozen=True)
@@ -69,15 +70,15 @@ def handler_options(args: argparse.Namespace, uses: frozenset[str]) -> Target:
 def _bulk_part(spec: HandlerSpec, uses: frozenset[str]) -> dict[str, Any] | None:
     """The options of the part of a `bulk-sender` handler that is one of `uses` (its own
     table and the handler's `url`); None when `spec` is no bulk-sender or leaves it out."""
-    if spec.use not in _BULK_USES:
+    if spec.use not in BULK_USES:
         return None
-    for option, (entry_name, part) in BULK_PARTS.items():
-        if entry_name in uses or f"{part.__module__}:{part.__qualname__}" in uses:
-            own = spec.options.get(option, True)
-            if own is False:
-                return None
-            found = dict(own) if isinstance(own, Mapping) else {}
-            if "url" in spec.options:
+    for option, part in BULK_PARTS.items():
+        if part.name in uses or f"{part.__module__}:{part.__qualname__}" in uses:
+            try:
+                found = part_options(option, spec.options.get(option, True))
+            except TypeError:  # the worker refuses it; a command reads the defaults
+                found = {}
+            if found is not None and "url" in spec.options:
                 found["url"] = spec.options["url"]
             return found
     return None

@@ -318,7 +318,7 @@ def _on_cluster(client: RedisCluster, calls: Sequence[ScriptCall],
         # move from it; otherwise every later batch met the same stale map.
         for index, reply in zip(batch.indexes, replies, strict=True):
             if isinstance(reply, _REROUTE):
-                results[index] = _alone(calls[index])
+                results[index] = _alone(client, calls[index])
                 if wait is not None:
                     unconfirmed = NotReplicatedError("a call was rerouted during a failover: "
                                                      "its replication is not confirmed")
@@ -379,10 +379,12 @@ class _Sent:
         return replies, short
 
 
-def _alone(call: ScriptCall) -> Any:
-    """One call through the cluster client (its script's registered client): redirections
-    followed, the slot map refreshed, retried by its retry policy; its error returned."""
+def _alone(client: RedisCluster, call: ScriptCall) -> Any:
+    """One call through the cluster client the batch was routed with (not its script's
+    registered client, which may be another of the same cluster: `run_plans`), so that its
+    slot map learns a move: redirections followed, retried by its retry policy; its error
+    returned."""
     try:
-        return call.script(keys=list(call.keys), args=list(call.args))
+        return call.script(keys=list(call.keys), args=list(call.args), client=client)
     except redis.ResponseError as exc:
         return exc

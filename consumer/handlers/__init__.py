@@ -24,13 +24,14 @@ at-least-once: a crash between their write and the daemon's completion record re
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import redis
 
-from consumer.clients.redis_client import RedisClient, redis_error_text
+from consumer.clients.redis_client import RedisClient, connect_option, redis_error_text
 from consumer.clients.redis_scripts import ScriptPlan, run_plans
 from consumer.errors import ConfigError, RetryLater, clipped
 from consumer.handler_api import BatchResult
@@ -52,13 +53,13 @@ def require_number(handler: str, option: str, value: object, *, above: float | N
     """A handler's option check: `value` is a number (an int when `whole`) over `above` or at
     least `at_least` (give one of them), else a one-line ConfigError naming the handler and
     the option (`<handler> handler: <option> must be a number > 0, got 0`). A bool (TOML's
-    true) and NaN are refused."""
+    true), NaN and infinity (TOML's inf) are refused."""
     if (above is None) == (at_least is None):
         raise TypeError("require_number takes one of above= and at_least=")
     kind = "a whole number" if whole else "a number"
     bound = f"> {above:g}" if above is not None else f">= {at_least:g}"
     number = value if isinstance(value, int if whole else (int, float)) else None
-    if number is None or isinstance(number, bool) or not (
+    if number is None or isinstance(number, bool) or not math.isfinite(number) or not (
             number > above if above is not None else number >= cast(float, at_least)):
         raise ConfigError(f"{handler} handler: {option} must be {kind} {bound}, got "
                           f"{_shown(value)}")
@@ -101,6 +102,43 @@ def write_plans(what: str, client: RedisClient, plans: Sequence[ScriptPlan[Any]]
     except redis.RedisError as exc:
         raise redis_retry(what, exc, client) from exc
     return BatchResult()
+
+
+class PlannedRedisHandler:
+    """A Redis-backed built-in whose batch write is a plan (`plan`, a `ScriptPlan`):
+    `handle_batch` sends it in one round trip (`write_plans`; a Redis failure retries the
+    batch). `bulk-sender` sends several such handlers' plans in one.
+
+    A subclass calls `_connect(url, timeout_s)` with its `url` option: a redis:// URL (the
+    handler opens, and `close` closes, its own client), or the client of the handler that
+    holds this one (`bulk-sender`), which then stays open when this one closes.
+    """
+
+    name: str
+    types: tuple[str, ...] | None
+    _client: RedisClient
+    _owns_client: bool = False
+
+    def _connect(self, url: str | RedisClient, timeout_s: float) -> RedisClient:
+        if isinstance(url, str):
+            self._client = connect_option(f"{self.name} handler", url, timeout_s)
+            self._owns_client = True
+        else:
+            self._client = url
+        return self._client
+
+    def plan(self, receipts: Sequence[Receipt]) -> ScriptPlan[Any]:
+        """The batch's write: the script calls and what to make of their answers."""
+        raise NotImplementedError
+
+    def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
+        """The batch's write in one round trip (`write_plans`)."""
+        return write_plans(self.name.replace("-", " "), self._client, [self.plan(receipts)])
+
+    def close(self) -> None:
+        """Closes the handler's connection pool (not one it was given)."""
+        if self._owns_client:
+            self._client.close()
 
 
 def sink_key_function(dedup_keys: Mapping[str, Sequence[str]] | None = None) -> KeyFunction:

@@ -3,47 +3,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from consumer.clients.redis_client import RedisClient
-from consumer.clients.redis_scripts import ScriptPlan
+from consumer.clients.redis_client import RedisClient, connect_option
 from consumer.errors import ConfigError
 from consumer.handler_api import BatchResult
-from consumer.handlers import require_number, write_plans
+from consumer.handlers import PlannedRedisHandler, require_number, write_plans
 from consumer.handlers.number_hygiene import NumberHygiene
 from consumer.handlers.review_status import ReviewStatus
 from consumer.handlers.tracking import SendTracker
 from consumer.receipts import Receipt
 
-__all__ = ["PARTS", "BulkSender"]
+__all__ = ["PARTS", "USES", "BulkSender", "part_options"]
 
-
-class _Part(Protocol):
-    """A Redis-backed handler whose batch write is a plan (`write_plans`)."""
-
-    types: tuple[str, ...] | None
-
-    @property
-    def client(self) -> RedisClient: ...
-
-    def plan(self, receipts: Sequence[Receipt]) -> ScriptPlan[Any]: ...
-
-    def close(self) -> None: ...
-
-
-#: The option naming each part -> the handler it is (its entry point name, its class).
-PARTS: Mapping[str, tuple[str, type[_Part]]] = {
-    "number_hygiene": ("number-hygiene", NumberHygiene),
-    "send_tracker": ("send-tracker", SendTracker),
-    "review_status": ("review-status", ReviewStatus),
+#: The option naming each part -> the handler it is.
+PARTS: Mapping[str, type[PlannedRedisHandler]] = {
+    "number_hygiene": NumberHygiene,
+    "send_tracker": SendTracker,
+    "review_status": ReviewStatus,
 }
 
 
 class BulkSender:
     """`number-hygiene`, `send-tracker` and `review-status` in one handler: what each writes
-    is the same, but a batch costs one pool task and one Redis round trip instead of one of
-    each per handler (their script calls share one pipeline).
+    is the same, but a batch costs one pool task and one Redis round trip (one per cluster
+    node it touches) instead of one of each per handler: the parts write with one client,
+    and their script calls share one pipeline.
 
     Options: `url` (redis://, required; a password in it never appears in errors),
     `timeout_s`, and per part a table of that handler's own options (without `url` and
@@ -69,21 +55,19 @@ class BulkSender:
         require_number(self.name, "timeout_s", timeout_s, above=0)
         given = {"number_hygiene": number_hygiene, "send_tracker": send_tracker,
                  "review_status": review_status}
-        self._parts: list[_Part] = []
-        try:
-            for option, (_, part) in PARTS.items():
-                options = _part_options(option, given[option])
-                if options is not None:
-                    self._parts.append(_built(option, part, url, timeout_s, options))
-        except BaseException:
-            self.close()
-            raise
-        if not self._parts:
+        wanted = {option: part_options(option, given[option]) for option in PARTS}
+        if all(options is None for options in wanted.values()):
             raise ConfigError("bulk-sender handler: every part is off (number_hygiene, "
                               "send_tracker, review_status)")
-        # Every part writes to `url`: one client carries all their calls (the others' pools
-        # stay unconnected unless a part's own fallback round trip needs one).
-        self._client = self._parts[0].client
+        self._client = connect_option(f"{self.name} handler", url, timeout_s)
+        self._parts: list[PlannedRedisHandler] = []
+        try:
+            for option, options in wanted.items():
+                if options is not None:  # the parts write with this one client
+                    self._parts.append(_built(option, self._client, timeout_s, options))
+        except BaseException:
+            self._client.close()
+            raise
         self.types = tuple(dict.fromkeys(t for p in self._parts for t in p.types or ()))
 
     def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
@@ -91,13 +75,17 @@ class BulkSender:
         return write_plans("bulk sender", self._client, [p.plan(receipts) for p in self._parts])
 
     def close(self) -> None:
-        """Closes every part's connection pool."""
-        for part in self._parts:
-            part.close()
+        """Closes the connection pool the parts share."""
+        self._client.close()
 
 
-def _part_options(option: str, value: object) -> dict[str, Any] | None:
-    """A part's options (None: the part is off); TypeError, as for any bad option."""
+#: The `use` names of the handler (its entry point, its class).
+USES = frozenset({BulkSender.name, f"{__name__}:{BulkSender.__qualname__}"})
+
+
+def part_options(option: str, value: object) -> dict[str, Any] | None:
+    """A part's options as given to the handler (a table, true: the defaults, false: the
+    part is off and None is returned); TypeError, as for any bad option."""
     if value is False:
         return None
     if value is True:
@@ -110,9 +98,10 @@ def _part_options(option: str, value: object) -> dict[str, Any] | None:
     return dict(value)
 
 
-def _built(option: str, part: type[_Part], url: str, timeout_s: float,
-           options: dict[str, Any]) -> _Part:
+def _built(option: str, client: RedisClient, timeout_s: float,
+           options: dict[str, Any]) -> PlannedRedisHandler:
+    make: Callable[..., PlannedRedisHandler] = PARTS[option]  # each part's own signature
     try:
-        return part(url, timeout_s=timeout_s, **options)  # type: ignore[call-arg]  # each part's own signature
+        return make(client, timeout_s=timeout_s, **options)
     except TypeError as exc:
         raise TypeError(f"{option}: {exc}") from exc

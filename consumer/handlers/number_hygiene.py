@@ -8,10 +8,9 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
-from consumer.clients.redis_client import RedisClient, connect_option
+from consumer.clients.redis_client import RedisClient
 from consumer.clients.redis_scripts import ScriptPlan
-from consumer.handler_api import BatchResult
-from consumer.handlers import require_number, require_text, write_plans
+from consumer.handlers import PlannedRedisHandler, require_number, require_text
 from consumer.receipts import SHANGHAI_UTC_OFFSET_S, IntlSmsReport, Receipt, SmsReport
 from consumer.reports.delivery_stats import parse_receipt_time
 from consumer.reports.number_rules import Classifier, parse_policies, parse_rules
@@ -49,7 +48,7 @@ def receipt_epoch(text: str, fallback: float) -> float:
     return parsed.timestamp() if parsed is not None else fallback
 
 
-class NumberHygiene:
+class NumberHygiene(PlannedRedisHandler):
     """Records each failed delivery whose err_code / err_msg says something about the number
     (by the rule table), suppresses numbers by the policy of that reason, and lifts a
     suppression when a later delivery to the number succeeds (where the policy says so).
@@ -70,7 +69,7 @@ class NumberHygiene:
     name = "number-hygiene"
     types: tuple[str, ...] | None = ("SmsReport", "IntlSmsReport")
 
-    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX,
+    def __init__(self, url: str | RedisClient, prefix: str = DEFAULT_PREFIX,
                  rules: Sequence[Mapping[str, Any]] = (), default_rules: bool = True,
                  policies: Mapping[str, Mapping[str, Any]] | None = None,
                  retention_days: float = 180.0, hash_numbers: bool = False,
@@ -79,8 +78,7 @@ class NumberHygiene:
         require_number(self.name, "retention_days", retention_days, above=0)
         require_number(self.name, "timeout_s", timeout_s, above=0)
         self._classify = Classifier(parse_rules(rules, default_rules)).reason
-        self._client = connect_option("number-hygiene handler", url, timeout_s)
-        self.numbers = NumberList(self._client, prefix, phone_ids(hash_numbers),
+        self.numbers = NumberList(self._connect(url, timeout_s), prefix, phone_ids(hash_numbers),
                                   parse_policies(policies), retention_days)
 
     def events(self, receipts: Sequence[Receipt], now: float) -> list[Failure | Delivery]:
@@ -106,19 +104,6 @@ class NumberHygiene:
                                    biz))
         return out
 
-    @property
-    def client(self) -> RedisClient:
-        """The Redis client the list is written with."""
-        return self._client
-
     def plan(self, receipts: Sequence[Receipt]) -> ScriptPlan[None]:
-        """The batch's write (one script call), for `write_plans` to send."""
+        """The batch's write: one script call."""
         return self.numbers.apply_plan(self.events(receipts, time.time()))
-
-    def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
-        """Applies the batch in one round trip."""
-        return write_plans("number hygiene", self._client, [self.plan(receipts)])
-
-    def close(self) -> None:
-        """Closes the connection pool."""
-        self._client.close()

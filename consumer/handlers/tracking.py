@@ -6,10 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from consumer.clients.redis_client import RedisClient, connect_option
+from consumer.clients.redis_client import RedisClient
 from consumer.clients.redis_scripts import ScriptPlan
-from consumer.handler_api import BatchResult
-from consumer.handlers import require_number, require_text, write_plans
+from consumer.handlers import PlannedRedisHandler, require_number, require_text
 from consumer.handlers.number_hygiene import receipt_epoch
 from consumer.receipts import Receipt, SmsReport
 from consumer.reports.number_rules import Classifier
@@ -18,7 +17,7 @@ from consumer.reports.tracking import SendTracker as Tracker
 from consumer.reports.tracking import TrackingSettings
 
 
-class SendTracker:
+class SendTracker(PlannedRedisHandler):
     """Stops tracking each send whose delivery report (success or failure) arrived, so that
     `alicom-receipts reconcile` only asks about sends still without one.
 
@@ -35,25 +34,19 @@ class SendTracker:
     name = "send-tracker"
     types: tuple[str, ...] | None = ("SmsReport", "IntlSmsReport")
 
-    def __init__(self, url: str, key_prefix: str = TrackingSettings.key_prefix,
+    def __init__(self, url: str | RedisClient, key_prefix: str = TrackingSettings.key_prefix,
                  tasks_prefix: str = TrackingSettings.tasks_prefix,
                  hash_numbers: bool = False, timeout_s: float = 5.0) -> None:
         require_text(self.name, "key_prefix", key_prefix)
         require_text(self.name, "tasks_prefix", tasks_prefix)
         require_number(self.name, "timeout_s", timeout_s, above=0)
-        self._client = connect_option("send-tracker handler", url, timeout_s)
-        self._tracker = Tracker(self._client, TrackingSettings(
+        self._tracker = Tracker(self._connect(url, timeout_s), TrackingSettings(
             key_prefix=key_prefix, tasks_prefix=tasks_prefix,
             hash_numbers=hash_numbers))
         self._classify = Classifier().reason
 
-    @property
-    def client(self) -> RedisClient:
-        """The Redis client the sends are cleared with."""
-        return self._client
-
     def plan(self, receipts: Sequence[Receipt]) -> ScriptPlan[list[bool]]:
-        """The batch's clearing and settling (one script call), for `write_plans` to send."""
+        """The batch's clearing and settling: one script call."""
         reports = [r for r in receipts
                    if isinstance(r, SmsReport) and r.biz_id and r.phone_number
                    and "|" not in r.biz_id + r.phone_number]
@@ -66,10 +59,3 @@ class SendTracker:
             [(r.biz_id, r.phone_number) for r in reports], settle=outcomes,
             sent_at=[receipt_epoch(r.send_time, now) for r in reports])
 
-    def handle_batch(self, receipts: Sequence[Receipt]) -> BatchResult:
-        """Clears the batch's sends and settles their task numbers in one round trip."""
-        return write_plans("send tracker", self._client, [self.plan(receipts)])
-
-    def close(self) -> None:
-        """Closes the connection pool."""
-        self._client.close()
