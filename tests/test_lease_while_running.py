@@ -8,6 +8,10 @@ left it to lapse, and the message came back visible), and a renewal Redis refuse
 again only at the next visibility extension, `visibility_timeout_s - extend_before_s` later
 (a platform duplicate of the receipt could claim the lapsed record meanwhile).
 
+A copy that lost its lease anyway (the process froze, MNS and Redis were both away, or the
+hold ended) writes its completion over nothing another delivery holds live, and over
+anything else (a release, a claim whose owner lapsed in turn).
+
 Real Redis holds the dedup records; the handler runs on the real dispatcher through the
 lifecycle and the poison guard, the real heartbeat renews. MNS is a queue client that
 refuses (or accepts) visibility changes, and the deliveries are made as the worker's poller
@@ -26,7 +30,7 @@ import redis
 
 from consumer.errors import TransientError
 from consumer.keys import dedup_key
-from consumer.pipeline.dedup import DedupSettings, RedisDedupStore
+from consumer.pipeline.dedup import ClaimState, Completion, DedupSettings, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.lifecycle import Lifecycle
 from consumer.pipeline.outcome import Verdict
@@ -41,6 +45,7 @@ BIZ_ID = "360060905089790807"
 WAIT_S = 30.0  # bounds a hung test only
 BEAT_S = 0.1   # between heartbeat passes (the worker's is 1 s; the lease is scaled down too)
 HOLD_S = 60.0  # a running copy's lease is renewed without its visibility this long
+LAPSING_S = 0.2  # a lease left to lapse
 RUNNERS: list[threading.Thread] = []  # the test's runner threads, joined after it
 
 
@@ -280,3 +285,25 @@ def test_a_running_copy_whose_claim_was_taken_writes_nothing_over_it(
     assert handler.applied == {str(first.key): 2}  # the window this change narrows
     assert redis_client.get(store.redis_key(str(first.key))) == b"1"
 
+
+def test_a_completion_is_refused_only_by_a_live_claim_of_another_delivery(
+        redis_client: redis.Redis) -> None:
+    """A copy whose lease lapsed while its handlers ran (they all finished) records the
+    receipt unless another delivery holds it now: over a later delivery's release naming
+    what it finished, and over a claim whose owner lost its lease in turn."""
+    store = RedisDedupStore(redis_client, DedupSettings())
+    for key in ("released", "lapsed"):
+        store.claim([key], "A", 30.0)
+        store.release([key], "A", [{"a1b2c3"}], 3600.0)  # an earlier delivery's partial
+        store.claim([key], "running", LAPSING_S)  # its lease lapses while it runs
+    time.sleep(LAPSING_S + 0.1)
+    store.claim(["released", "lapsed"], "B", 1.0)  # the next delivery took both
+    assert store.release(["released"], "B", [{"a1b2c3", "0f0f0f"}], 3600.0) == [True]
+    assert store.complete(["lapsed"], "running", 3600.0) == [Completion.LOST]  # B is live
+    assert redis_client.get("alicom:dedup:lapsed").startswith(b"I:B@")  # type: ignore[union-attr]
+    time.sleep(1.1)  # B's lease on "lapsed" ends too (B died)
+
+    assert store.complete(["released", "lapsed"], "running", 3600.0) == [
+        Completion.RECORDED, Completion.RECORDED]
+    assert redis_client.mget(["alicom:dedup:released", "alicom:dedup:lapsed"]) == [b"1", b"1"]
+    assert store.claim(["released", "lapsed"], "C", 30.0) == [ClaimState.COMPLETED] * 2

@@ -140,10 +140,11 @@ class DedupStore(Protocol):
         ...
 
     def complete(self, keys: Sequence[str], owner: str, ttl_s: float) -> list[Completion]:
-        """INPROGRESS(owner) or absent -> COMPLETED(ttl): RECORDED. A key found COMPLETED is
-        left as it is: ALREADY_COMPLETED (e.g. this very call retried after a lost reply).
-        LOST: another owner holds a live claim; the caller must then not treat the message
-        as its own."""
+        """INPROGRESS(owner), absent, released (PARTIAL, RELEASED) or another owner's claim
+        past its lease -> COMPLETED(ttl): RECORDED. A key found COMPLETED is left as it is:
+        ALREADY_COMPLETED (e.g. this very call retried after a lost reply). LOST, and
+        nothing written: another owner holds a live claim; the caller must then not treat
+        the message as its own."""
         ...
 
     def claim_each(self, keys: Sequence[str], owner: str, lease_s: float,

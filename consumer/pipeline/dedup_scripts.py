@@ -81,17 +81,21 @@ redis.call('SET', KEYS[1], mine .. '@' .. (now_ms() + lease_ms) .. '/' .. tags, 
 return {1, tags, settled}
 """
 
-# ARGV[2] retention ms. 1 recorded, 2 already completed, 0 lost (someone else's claim). An
-# absent key is completed too: its lease expired and nobody took it over, and our handlers
-# did apply the receipt, so recording that prevents a re-run on the next delivery.
+# ARGV[2] retention ms. 1 recorded, 2 already completed, 0 lost (someone else's live claim:
+# that delivery settles the receipt, nothing is written over it). Whatever no live claim
+# holds is completed too: absent (our lease expired and nobody took it over), released
+# ("P:", or "P:<tags>" by a later delivery that failed a handler), or a claim over finished
+# handlers whose deadline passed (its owner died or lost its lease too). Our handlers did
+# apply the receipt, so recording that prevents a re-run on the next delivery.
 COMPLETE = _COMMON + """
 local value = redis.call('GET', KEYS[1])
-if (not value) or value == 'P:' or ours(value) then
-  redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
-  return 1
-end
 if value == '1' then return 2 end
-return 0
+if value and not ours(value) and string.sub(value, 1, 2) ~= 'P:' then
+  local o, deadline = parts(value)
+  if not o or deadline > now_ms() then return 0 end
+end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+return 1
 """
 
 # ARGV[2] retention ms, ARGV[3] the tags of the finished handlers ("": a bare "P:" is left

@@ -71,8 +71,8 @@ class MemoryDedupStore:
                 record = self._records.get(key)
                 if record is not None and record.state == "completed":
                     out.append(Completion.ALREADY_COMPLETED)
-                elif record is None or (record.state == "partial" and not record.done) \
-                        or (record.state == "claimed" and record.owner == owner):
+                elif record is None or record.state == "partial" or record.owner == owner \
+                        or record.lease_until <= time.monotonic():  # no live claim of another
                     self._records[key] = _Record("completed")
                     out.append(Completion.RECORDED)
                 else:
