@@ -22,7 +22,7 @@ from consumer.keys import dedup_key
 from consumer.pipeline.deadletter import DeadLetter
 from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
 from consumer.pipeline.decode import parse_object
-from consumer.pipeline.dedup import DedupSettings, RedisDedupStore
+from consumer.pipeline.dedup import DedupSettings, DedupStore, RedisDedupStore
 from consumer.pipeline.dispatch import Dispatcher
 from consumer.pipeline.lifecycle import Lifecycle, LifecycleParts, RedisRetry, Transport, Work
 from consumer.pipeline.outcome import RetryPolicy
@@ -53,10 +53,10 @@ def key_of(biz_id: str) -> str:
     return dedup_key(parse_object("SmsReport", report(biz_id), ReceiptMeta(source="mns")))
 
 
-def lifecycle_on(store: object, client: redis.Redis, dispatcher: Dispatcher) -> Lifecycle:
+def lifecycle_on(store: DedupStore, client: redis.Redis, dispatcher: Dispatcher) -> Lifecycle:
     """A lifecycle over `store` (a dedup store, or a wrapper of one), dead letters on
     `client`, with a short Redis retry."""
-    parts = LifecycleParts(store, RedisDeadLetterStore(client, DeadLetterSettings()),  # type: ignore[arg-type]
+    parts = LifecycleParts(store, RedisDeadLetterStore(client, DeadLetterSettings()),
                            dispatcher, POLICY, 3600.0,
                            redis_retry=RedisRetry(attempts=2, max_wait_s=0.05))
     return Lifecycle(parts, Stats(), threading.Event())

@@ -71,7 +71,7 @@ def handler() -> Counting:
 
 @pytest.fixture
 def dispatcher(handler: Counting) -> Iterator[Dispatcher]:
-    made = Dispatcher({"SmsReport": [handler]}, 5.0, 2)  # type: ignore[dict-item]
+    made = Dispatcher({"SmsReport": [handler]}, 5.0, 2)
     yield made
     made.close()
 

@@ -101,7 +101,7 @@ def handler() -> Slow:
 
 @pytest.fixture
 def dispatcher(handler: Slow) -> Iterator[Dispatcher]:
-    made = Dispatcher({"SmsReport": [handler]}, WAIT_S, 2)  # type: ignore[dict-item]
+    made = Dispatcher({"SmsReport": [handler]}, WAIT_S, 2)
     yield made
     handler.finish.set()  # a test that failed early leaves no call running into the next
     for thread in RUNNERS:
