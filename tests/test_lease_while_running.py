@@ -20,10 +20,11 @@ makes them (`MnsSource`).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 import redis
@@ -39,13 +40,14 @@ from consumer.pipeline.stats import Stats
 from consumer.receipts import Receipt
 from consumer.sources.mns.ack import AckConfig, Heartbeat
 from consumer.sources.mns.inflight import InFlight
-from tests.lifecycle_sources import MnsSource, lifecycle_on
+from tests.lifecycle_sources import MnsSource, RecordingQueue, lifecycle_on
 
 BIZ_ID = "360060905089790807"
-WAIT_S = 30.0  # bounds a hung test only
+WAIT_S = 30.0  # bounds every wait for a state (a hung or failing test only)
 BEAT_S = 0.1   # between heartbeat passes (the worker's is 1 s; the lease is scaled down too)
 HOLD_S = 60.0  # a running copy's lease is renewed without its visibility this long
 LAPSING_S = 0.2  # a lease left to lapse
+CLAIM_S = 1.0  # a lease left long enough for the next delivery's claim to find it
 RUNNERS: list[threading.Thread] = []  # the test's runner threads, joined after it
 
 
@@ -63,16 +65,15 @@ class Slow:
     def handle(self, receipt: Receipt) -> None:
         self.applied[dedup_key(receipt)] += 1
         self.started.set()
-        assert self.finish.wait(WAIT_S)
+        assert self.finish.wait(2 * WAIT_S)  # outlasts every wait of the test
 
 
-class Mns:
+class Mns(RecordingQueue):
     """The queue client of the heartbeat: refuses every visibility change while `refusing`
     (a 503, or MNS out of reach of this process), else extends as MNS does."""
 
-    queue_name = "Alicom-Queue-1-SmsReport"
-
     def __init__(self, refusing: bool) -> None:
+        super().__init__()
         self.refusing = refusing
 
     def change_visibility(self, receipt_handle: str, visibility_timeout_s: int,
@@ -132,27 +133,64 @@ def running(lifecycle: Lifecycle, items: list[InFlight], settled: list[InFlight]
     return thread
 
 
-def beat_until(heartbeat: Heartbeat, until: float) -> None:
-    """Heartbeat passes until `until` (monotonic)."""
-    while time.monotonic() < until:
-        heartbeat.beat()
+def beat_until(heartbeat: Heartbeat | None, reached: Callable[[], bool], what: str) -> None:
+    """Heartbeat passes (none: just waits) until `reached()`; fails if it is not within
+    WAIT_S. Every wait of these tests is for a state, never for a fixed time: a slow CI
+    machine makes them slower, not wrong."""
+    bound = time.monotonic() + WAIT_S
+    while not reached():
+        assert time.monotonic() < bound, f"not within {WAIT_S} s: {what}"
+        if heartbeat is not None:
+            heartbeat.beat()
         time.sleep(BEAT_S)
+
+
+def record(client: redis.Redis, store: RedisDedupStore, item: InFlight) -> bytes | None:
+    value = client.get(store.redis_key(str(item.key)))
+    assert value is None or isinstance(value, bytes)  # the fixture's client decodes nothing
+    return value
+
+
+def held(client: redis.Redis, store: RedisDedupStore, item: InFlight, owner: str,
+         for_s: float = 0.0) -> bool:
+    """The record is `owner`'s claim, its lease ending more than `for_s` from now."""
+    key = store.redis_key(str(item.key))
+    return record(client, store, item) == b"I:" + owner.encode() and (
+        client.pttl(key) > for_s * 1000)
+
+
+def deadline_ms(client: redis.Redis, key: str, owner: str) -> int:
+    """The deadline (Redis's clock) of `owner`'s claim over a release ('I:<owner>@<ms>/...')."""
+    value = client.get(key)
+    assert isinstance(value, bytes), value
+    match = re.fullmatch(rb"I:%s@(\d+)/.*" % owner.encode(), value)
+    assert match is not None, value
+    return int(match.group(1))
+
+
+def redis_now_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def test_a_running_copy_keeps_its_claim_while_mns_refuses_its_visibility(
         redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
     store = RedisDedupStore(redis_client, DedupSettings())
-    lifecycle, source, settled = lifecycle_on(store, redis_client, dispatcher), MnsSource(), []
+    lifecycle, source = lifecycle_on(store, redis_client, dispatcher), MnsSource()
+    settled: list[InFlight] = []
     config = AckConfig(visibility_timeout_s=2, extend_before_s=1.5)
     first, to_run = delivered(source, lifecycle, 1, "owner-a", config.visibility_timeout_s)
-    claimed = time.monotonic()
     runner = running(lifecycle, to_run, settled, config.visibility_timeout_s)
     assert handler.started.wait(WAIT_S)
+    # Every lease given so far (the claim's, a confirmation's) ends by then.
+    first_lease_ended = time.monotonic() + config.visibility_timeout_s
 
     heartbeat = Heartbeat([Mns(refusing=True)], store, source.window, Stats(), config,
                           running_hold_s=HOLD_S)
-    beat_until(heartbeat, claimed + config.visibility_timeout_s + 1.0)  # past the first
-    # lease and visibility: MNS delivers the message again, to this process or another.
+    beat_until(heartbeat, lambda: time.monotonic() > first_lease_ended
+               and held(redis_client, store, first, "owner-a", CLAIM_S),
+               "the running copy's claim renewed past its first lease")
+    # Its visibility ended too: MNS delivers the message again, to this process or another.
     again, to_run_again = delivered(source, lifecycle, 2, "owner-b", 30.0)
     runner_again = running(lifecycle, to_run_again, settled, 30.0)
     handler.finish.set()
@@ -163,7 +201,7 @@ def test_a_running_copy_keeps_its_claim_while_mns_refuses_its_visibility(
     assert again.decision is not None and again.decision.verdict is Verdict.LEAVE
     assert first.decision is not None and first.decision.outcome == "handled"
     assert first.completed  # recorded under its own claim
-    assert redis_client.get(store.redis_key(str(first.key))) == b"1"
+    assert record(redis_client, store, first) == b"1"
     # Its delete (with a handle the re-delivery made stale) may fail: the next delivery
     # is acknowledged as a duplicate.
     later, to_run_later = delivered(source, lifecycle, 3, "owner-c", 30.0)
@@ -174,21 +212,31 @@ def test_a_running_copy_keeps_its_claim_while_mns_refuses_its_visibility(
 def test_a_running_copys_renewal_redis_refused_is_retried_at_the_next_pass(
         redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
     store = Blinking(redis_client, DedupSettings())
-    lifecycle, source, settled = lifecycle_on(store, redis_client, dispatcher), MnsSource(), []
-    # The next visibility extension comes 2 s after one; the lease ends 1 s after it.
-    config = AckConfig(visibility_timeout_s=3, extend_before_s=1.0)
+    lifecycle, source = lifecycle_on(store, redis_client, dispatcher), MnsSource()
+    settled: list[InFlight] = []
+    # A visibility extension is due 1 s before the visibility ends, the next one 3 s later.
+    config = AckConfig(visibility_timeout_s=4, extend_before_s=1.0)
     first, to_run = delivered(source, lifecycle, 1, "owner-a", config.visibility_timeout_s)
-    claimed = time.monotonic()
     runner = running(lifecycle, to_run, settled, config.visibility_timeout_s)
     assert handler.started.wait(WAIT_S)
+    first_lease_ended = time.monotonic() + config.visibility_timeout_s
+    lease_until, visible_ms = first.lease_until, first.next_visible_ms
     heartbeat = Heartbeat([Mns(refusing=False)], store, source.window, Stats(), config,
                           running_hold_s=HOLD_S)
-    beat_until(heartbeat, claimed + 1.8)  # not due yet
+
     store.down = True  # Redis restarts around the first extension (MNS takes it)
-    beat_until(heartbeat, claimed + 2.4)
-    assert first.next_visible_ms > (time.time() + 2.0) * 1000
+    beat_until(heartbeat, lambda: first.next_visible_ms != visible_ms,
+               "MNS extended the visibility")
+    assert first.lease_until == lease_until  # the renewal with it failed
     store.down = False
-    beat_until(heartbeat, claimed + 3.6)  # past the first lease, before the next extension
+    extended_ms = first.next_visible_ms
+    beat_until(heartbeat, lambda: first.lease_until > lease_until,
+               "the failed renewal retried and confirmed")
+    # At a pass, not with the next visibility extension (3 s after the first).
+    assert first.next_visible_ms == extended_ms
+    beat_until(heartbeat, lambda: time.monotonic() > first_lease_ended
+               and held(redis_client, store, first, "owner-a", CLAIM_S),
+               "past the first lease, the claim held")
 
     # A platform duplicate of the receipt (another message) arrives meanwhile.
     duplicate, to_run_duplicate = delivered(source, lifecycle, 1, "owner-b", 30.0)
@@ -200,26 +248,28 @@ def test_a_running_copys_renewal_redis_refused_is_retried_at_the_next_pass(
     assert handler.applied == {str(first.key): 1}
     assert duplicate.decision is not None and duplicate.decision.verdict is Verdict.LEAVE
     assert first.completed
-    assert redis_client.get(store.redis_key(str(first.key))) == b"1"
+    assert record(redis_client, store, first) == b"1"
 
 
 def test_a_running_copy_takes_back_the_record_that_lapsed_while_redis_was_away(
         redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
     store = Blinking(redis_client, DedupSettings())
-    lifecycle, source, settled = lifecycle_on(store, redis_client, dispatcher), MnsSource(), []
+    lifecycle, source = lifecycle_on(store, redis_client, dispatcher), MnsSource()
+    settled: list[InFlight] = []
     config = AckConfig(visibility_timeout_s=2, extend_before_s=1.5)
     first, to_run = delivered(source, lifecycle, 1, "owner-a", config.visibility_timeout_s)
-    claimed = time.monotonic()
     runner = running(lifecycle, to_run, settled, config.visibility_timeout_s)
     assert handler.started.wait(WAIT_S)
+    lease_until = first.lease_until
     heartbeat = Heartbeat([Mns(refusing=False)], store, source.window, Stats(), config,
                           running_hold_s=HOLD_S)
     store.down = True  # Redis restarts; MNS keeps extending the visibility
-    beat_until(heartbeat, claimed + config.visibility_timeout_s + 0.8)
-    assert redis_client.get(store.redis_key(str(first.key))) is None  # the lease lapsed
+    beat_until(heartbeat, lambda: record(redis_client, store, first) is None,
+               "the lease lapsed")
+    assert first.lease_until == lease_until  # no renewal went through
     store.down = False
-    beat_until(heartbeat, claimed + config.visibility_timeout_s + 1.4)
-    record = redis_client.get(store.redis_key(str(first.key)))
+    beat_until(heartbeat, lambda: held(redis_client, store, first, "owner-a", CLAIM_S),
+               "the record taken back once Redis answered")
     # A platform duplicate of the receipt (another message) arrives now.
     duplicate, to_run_duplicate = delivered(source, lifecycle, 1, "owner-b", 30.0)
     runner_duplicate = running(lifecycle, to_run_duplicate, settled, 30.0)
@@ -228,7 +278,6 @@ def test_a_running_copy_takes_back_the_record_that_lapsed_while_redis_was_away(
     runner_duplicate.join(WAIT_S)
 
     assert handler.applied == {str(first.key): 1}
-    assert record == b"I:owner-a"  # taken back once Redis answered
     assert not first.lease_lost  # nobody had taken it: no claim_lost_while_running line
     assert duplicate.decision is not None and duplicate.decision.verdict is Verdict.LEAVE
     assert first.completed
@@ -237,19 +286,25 @@ def test_a_running_copy_takes_back_the_record_that_lapsed_while_redis_was_away(
 def test_past_the_hold_a_copy_cut_off_from_mns_lets_its_lease_go(
         redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
     store = RedisDedupStore(redis_client, DedupSettings())
-    lifecycle, source, settled = lifecycle_on(store, redis_client, dispatcher), MnsSource(), []
+    lifecycle, source = lifecycle_on(store, redis_client, dispatcher), MnsSource()
+    settled: list[InFlight] = []
     config = AckConfig(visibility_timeout_s=1, extend_before_s=0.9)
+    hold_s = 2.5
     first, to_run = delivered(source, lifecycle, 1, "owner-a", config.visibility_timeout_s)
-    claimed = time.monotonic()
     runner = running(lifecycle, to_run, settled, config.visibility_timeout_s)
     assert handler.started.wait(WAIT_S)
+    first_lease_ended = time.monotonic() + config.visibility_timeout_s
     heartbeat = Heartbeat([Mns(refusing=True)], store, source.window, Stats(), config,
-                          running_hold_s=1.5)
-    beat_until(heartbeat, claimed + 1.2)  # past the first lease, within the hold: renewed
-    assert redis_client.get(store.redis_key(str(first.key))) == b"I:owner-a"
-    beat_until(heartbeat, claimed + 1.5 + config.visibility_timeout_s + 0.5)  # hold ended
+                          running_hold_s=hold_s)
+    beat_until(heartbeat, lambda: time.monotonic() > first_lease_ended
+               and held(redis_client, store, first, "owner-a"),
+               "past the first lease, within the hold: the claim renewed")
+    assert first.running_since is not None  # the hold is measured from it
+    hold_ended = first.running_since + hold_s
+    beat_until(heartbeat, lambda: time.monotonic() > hold_ended
+               and record(redis_client, store, first) is None,
+               "past the hold, the lease gone")
 
-    assert redis_client.get(store.redis_key(str(first.key))) is None
     again, to_run_again = delivered(source, lifecycle, 2, "owner-b", 30.0)
     assert to_run_again == [again]  # the others run it: the handler's deadline passed twice
     handler.finish.set()
@@ -263,18 +318,19 @@ def test_a_running_copy_whose_claim_was_taken_writes_nothing_over_it(
     completion is refused (LOST): it is not acknowledged, and the claim stays the newer
     delivery's, which records and acknowledges the receipt once it finishes."""
     store = RedisDedupStore(redis_client, DedupSettings())
-    lifecycle, source, settled = lifecycle_on(store, redis_client, dispatcher), MnsSource(), []
-    first, to_run = delivered(source, lifecycle, 1, "owner-a", 0.3)
-    runner = running(lifecycle, to_run, settled, 0.3)
+    lifecycle, source = lifecycle_on(store, redis_client, dispatcher), MnsSource()
+    settled: list[InFlight] = []
+    first, to_run = delivered(source, lifecycle, 1, "owner-a", LAPSING_S)
+    runner = running(lifecycle, to_run, settled, LAPSING_S)
     assert handler.started.wait(WAIT_S)
-    time.sleep(0.5)
+    beat_until(None, lambda: record(redis_client, store, first) is None, "the lease lapsed")
     again, to_run_again = delivered(source, lifecycle, 2, "owner-b", 30.0)
     assert to_run_again == [again]
     handler.finish.set()
     runner.join(WAIT_S)
 
     assert first.completed is False  # LOST: another delivery's live claim
-    assert redis_client.get(store.redis_key(str(first.key))) == b"I:owner-b"
+    assert record(redis_client, store, first) == b"I:owner-b"
     lifecycle.settle([first], source.transport(lifecycle))
     assert not source.acked(first)
     assert lifecycle.stats.snapshot()["lost_claims"] == 1
@@ -283,7 +339,7 @@ def test_a_running_copy_whose_claim_was_taken_writes_nothing_over_it(
     lifecycle.settle([again], source.transport(lifecycle))
     assert source.acked(again)
     assert handler.applied == {str(first.key): 2}  # the window this change narrows
-    assert redis_client.get(store.redis_key(str(first.key))) == b"1"
+    assert record(redis_client, store, first) == b"1"
 
 
 def test_a_completion_is_refused_only_by_a_live_claim_of_another_delivery(
@@ -292,18 +348,22 @@ def test_a_completion_is_refused_only_by_a_live_claim_of_another_delivery(
     receipt unless another delivery holds it now: over a later delivery's release naming
     what it finished, and over a claim whose owner lost its lease in turn."""
     store = RedisDedupStore(redis_client, DedupSettings())
+    keys = ["alicom:dedup:released", "alicom:dedup:lapsed"]
     for key in ("released", "lapsed"):
         store.claim([key], "A", 30.0)
         store.release([key], "A", [{"a1b2c3"}], 3600.0)  # an earlier delivery's partial
         store.claim([key], "running", LAPSING_S)  # its lease lapses while it runs
-    time.sleep(LAPSING_S + 0.1)
-    store.claim(["released", "lapsed"], "B", 1.0)  # the next delivery took both
+    running_until = max(deadline_ms(redis_client, key, "running") for key in keys)
+    beat_until(None, lambda: redis_now_ms(redis_client) > running_until, "the leases lapsed")
+    store.claim(["released", "lapsed"], "B", 3.0)  # the next delivery took both
     assert store.release(["released"], "B", [{"a1b2c3", "0f0f0f"}], 3600.0) == [True]
+    b_until = deadline_ms(redis_client, keys[1], "B")
     assert store.complete(["lapsed"], "running", 3600.0) == [Completion.LOST]  # B is live
-    assert redis_client.get("alicom:dedup:lapsed").startswith(b"I:B@")  # type: ignore[union-attr]
-    time.sleep(1.1)  # B's lease on "lapsed" ends too (B died)
+    assert deadline_ms(redis_client, keys[1], "B") == b_until  # B's claim, untouched
+    # B's lease on "lapsed" ends too (B died).
+    beat_until(None, lambda: redis_now_ms(redis_client) > b_until, "B's lease lapsed")
 
     assert store.complete(["released", "lapsed"], "running", 3600.0) == [
         Completion.RECORDED, Completion.RECORDED]
-    assert redis_client.mget(["alicom:dedup:released", "alicom:dedup:lapsed"]) == [b"1", b"1"]
+    assert redis_client.mget(keys) == [b"1", b"1"]
     assert store.claim(["released", "lapsed"], "C", 30.0) == [ClaimState.COMPLETED] * 2
