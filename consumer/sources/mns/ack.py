@@ -15,10 +15,13 @@ logged once per state change, with counts.
 
 The dedup lease of a message whose handler runs is renewed whether or not MNS extended its
 visibility (a refusal, MNS unreachable), and retried every pass while Redis does not answer,
-for `running_hold_s` after its run began; a record that lapsed meanwhile, with nobody
-claiming it since, is taken back as soon as Redis answers. A waiting copy confirms its claim
-before it runs (`Lifecycle.confirm`); a running one cannot, so a lapse there let the next
-delivery claim the record and run the handler beside it. Holding the lease is safe for the
+for `running_hold_s` from `Work.running_since`: when `Lifecycle.run` handed its batch to the
+dispatcher, not when its handler call started, so time the call waits for a free handler
+thread counts (a call that starts past the hold has its lease renewed only with the
+visibility MNS extends). A record that lapsed meanwhile, with nobody claiming it since, is
+taken back as soon as Redis answers. A waiting copy confirms its claim before it runs
+(`Lifecycle.confirm`); a running one cannot, so a lapse there let the next delivery claim
+the record and run the handler beside it. Holding the lease is safe for the
 receipt: that delivery finds the claim held and leaves its message; this copy records the
 completion (its delete, with a receipt handle the re-delivery made stale, fails), and the
 delivery after that is acknowledged as a duplicate; a handler that fails releases the claim
