@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -21,6 +22,7 @@ from alicom_sandbox.redis_server import RedisServer
 from consumer.errors import ConfigError, TransientError
 from consumer.pipeline.deadletter import DeadLetter, new_dead_letter_id
 from consumer.pipeline.deadletter_store import DeadLetterSettings, RedisDeadLetterStore
+from tests.lifecycle_sources import report
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -271,10 +273,16 @@ def test_redis_going_away_is_a_transient_error_and_its_return_works_again(
 @pytest.fixture
 def config(redis_server: RedisServer, tmp_path: Path) -> Path:
     """A configuration for the `dead-letters` command on the session's (emptied) Redis."""
+    return config_with(tmp_path, redis_server)
+
+
+def config_with(tmp_path: Path, redis_server: RedisServer,
+                handlers: list[dict[str, Any]] | None = None) -> Path:
+    """The `config` fixture's configuration, with `handlers`; empties the Redis."""
     redis_server.client().flushdb()
     return write_config(tmp_path / "c.toml", {"alicom": {"preset": "sandbox"},
                                               "redis": {"url": redis_server.url},
-                                              "log": {"format": "json"}})
+                                              "log": {"format": "json"}}, handlers or [])
 
 
 def dead_letters_command(config: Path, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -311,6 +319,27 @@ def test_replaying_ids_that_name_no_dead_letter_says_each_on_stderr_and_exits_1(
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr.splitlines() == [missing_line("gone-1"), missing_line("gone-2")]
     assert store.count() == 1  # the letter no ID named is left alone
+
+
+def test_replaying_a_kept_and_a_missing_id_replays_the_kept_one_and_exits_1(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    applied = tmp_path / "applied.jsonl"
+    config = config_with(tmp_path, redis_server,
+                         [{"use": "jsonl", "options": {"path": str(applied)}}])
+    store = RedisDeadLetterStore(redis_server.client(), DeadLetterSettings())
+    kept = letter("", raw_body=json.dumps(report("360060905089790807")))  # a good receipt now
+    store.put(kept)
+
+    done = dead_letters_command(config, "replay", kept.id, "gone-1")
+
+    assert done.returncode == 1
+    assert missing_line("gone-1") in done.stderr.splitlines()
+    replayed, total = done.stdout.splitlines()
+    assert replayed.startswith(f"{kept.id}  applied (")
+    assert total == "1 replayed, 0 still dead"
+    assert store.get(kept.id) is None  # applied: its letter is removed
+    [line] = applied.read_text(encoding="utf-8").splitlines()
+    assert json.loads(line)["biz_id"] == "360060905089790807"
 
 
 def test_replaying_all_of_an_empty_store_says_there_is_nothing_to_replay(config: Path) -> None:
