@@ -173,6 +173,23 @@ def redis_now_ms(client: redis.Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
+def another_copy_runs_nothing(source: MnsSource, lifecycle: Lifecycle, handler: Slow,
+                              first: InFlight, runner: threading.Thread,
+                              settled: list[InFlight], deliveries: int,
+                              owner: str) -> InFlight:
+    """Another copy of the running `first` arrives (a redelivery, or a platform duplicate:
+    `deliveries` 1) while its claim holds; then the first call returns. The receipt was
+    applied once and the other copy left its message; that copy is returned."""
+    other, to_run = delivered(source, lifecycle, deliveries, owner, 30.0)
+    runner_other = running(lifecycle, to_run, settled, 30.0)
+    handler.finish.set()
+    runner.join(WAIT_S)
+    runner_other.join(WAIT_S)
+    assert handler.applied == {str(first.key): 1}
+    assert other.decision is not None and other.decision.verdict is Verdict.LEAVE
+    return other
+
+
 def test_a_running_copy_keeps_its_claim_while_mns_refuses_its_visibility(
         redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
     store = RedisDedupStore(redis_client, DedupSettings())
@@ -191,14 +208,8 @@ def test_a_running_copy_keeps_its_claim_while_mns_refuses_its_visibility(
                and held(redis_client, store, first, "owner-a", CLAIM_S),
                "the running copy's claim renewed past its first lease")
     # Its visibility ended too: MNS delivers the message again, to this process or another.
-    again, to_run_again = delivered(source, lifecycle, 2, "owner-b", 30.0)
-    runner_again = running(lifecycle, to_run_again, settled, 30.0)
-    handler.finish.set()
-    runner.join(WAIT_S)
-    runner_again.join(WAIT_S)
-
-    assert handler.applied == {str(first.key): 1}
-    assert again.decision is not None and again.decision.verdict is Verdict.LEAVE
+    another_copy_runs_nothing(source, lifecycle, handler, first, runner, settled, 2,
+                              "owner-b")
     assert first.decision is not None and first.decision.outcome == "handled"
     assert first.completed  # recorded under its own claim
     assert record(redis_client, store, first) == b"1"
@@ -239,14 +250,8 @@ def test_a_running_copys_renewal_redis_refused_is_retried_at_the_next_pass(
                "past the first lease, the claim held")
 
     # A platform duplicate of the receipt (another message) arrives meanwhile.
-    duplicate, to_run_duplicate = delivered(source, lifecycle, 1, "owner-b", 30.0)
-    runner_duplicate = running(lifecycle, to_run_duplicate, settled, 30.0)
-    handler.finish.set()
-    runner.join(WAIT_S)
-    runner_duplicate.join(WAIT_S)
-
-    assert handler.applied == {str(first.key): 1}
-    assert duplicate.decision is not None and duplicate.decision.verdict is Verdict.LEAVE
+    another_copy_runs_nothing(source, lifecycle, handler, first, runner, settled, 1,
+                              "owner-b")
     assert first.completed
     assert record(redis_client, store, first) == b"1"
 
@@ -271,15 +276,9 @@ def test_a_running_copy_takes_back_the_record_that_lapsed_while_redis_was_away(
     beat_until(heartbeat, lambda: held(redis_client, store, first, "owner-a", CLAIM_S),
                "the record taken back once Redis answered")
     # A platform duplicate of the receipt (another message) arrives now.
-    duplicate, to_run_duplicate = delivered(source, lifecycle, 1, "owner-b", 30.0)
-    runner_duplicate = running(lifecycle, to_run_duplicate, settled, 30.0)
-    handler.finish.set()
-    runner.join(WAIT_S)
-    runner_duplicate.join(WAIT_S)
-
-    assert handler.applied == {str(first.key): 1}
+    another_copy_runs_nothing(source, lifecycle, handler, first, runner, settled, 1,
+                              "owner-b")
     assert not first.lease_lost  # nobody had taken it: no claim_lost_while_running line
-    assert duplicate.decision is not None and duplicate.decision.verdict is Verdict.LEAVE
     assert first.completed
 
 
