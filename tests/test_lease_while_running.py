@@ -173,6 +173,20 @@ def redis_now_ms(client: redis.Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
+def first_copy_running(store: RedisDedupStore, client: redis.Redis, dispatcher: Dispatcher,
+                       handler: Slow, lease_s: float,
+                       ) -> tuple[Lifecycle, MnsSource, InFlight, threading.Thread,
+                                  list[InFlight]]:
+    """A first delivery claimed by owner-a for `lease_s`, its handler started (and held):
+    its lifecycle, source, item, runner thread and the list its settled items go to."""
+    lifecycle, source = lifecycle_on(store, client, dispatcher), MnsSource()
+    settled: list[InFlight] = []
+    first, to_run = delivered(source, lifecycle, 1, "owner-a", lease_s)
+    runner = running(lifecycle, to_run, settled, lease_s)
+    assert handler.started.wait(WAIT_S)
+    return lifecycle, source, first, runner, settled
+
+
 def another_copy_runs_nothing(source: MnsSource, lifecycle: Lifecycle, handler: Slow,
                               first: InFlight, runner: threading.Thread,
                               settled: list[InFlight], deliveries: int,
@@ -193,12 +207,9 @@ def another_copy_runs_nothing(source: MnsSource, lifecycle: Lifecycle, handler: 
 def test_a_running_copy_keeps_its_claim_while_mns_refuses_its_visibility(
         redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
     store = RedisDedupStore(redis_client, DedupSettings())
-    lifecycle, source = lifecycle_on(store, redis_client, dispatcher), MnsSource()
-    settled: list[InFlight] = []
     config = AckConfig(visibility_timeout_s=2, extend_before_s=1.5)
-    first, to_run = delivered(source, lifecycle, 1, "owner-a", config.visibility_timeout_s)
-    runner = running(lifecycle, to_run, settled, config.visibility_timeout_s)
-    assert handler.started.wait(WAIT_S)
+    lifecycle, source, first, runner, settled = first_copy_running(
+        store, redis_client, dispatcher, handler, config.visibility_timeout_s)
     # Every lease given so far (the claim's, a confirmation's) ends by then.
     first_lease_ended = time.monotonic() + config.visibility_timeout_s
 
@@ -223,13 +234,10 @@ def test_a_running_copy_keeps_its_claim_while_mns_refuses_its_visibility(
 def test_a_running_copys_renewal_redis_refused_is_retried_at_the_next_pass(
         redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
     store = Blinking(redis_client, DedupSettings())
-    lifecycle, source = lifecycle_on(store, redis_client, dispatcher), MnsSource()
-    settled: list[InFlight] = []
     # A visibility extension is due 1 s before the visibility ends, the next one 3 s later.
     config = AckConfig(visibility_timeout_s=4, extend_before_s=1.0)
-    first, to_run = delivered(source, lifecycle, 1, "owner-a", config.visibility_timeout_s)
-    runner = running(lifecycle, to_run, settled, config.visibility_timeout_s)
-    assert handler.started.wait(WAIT_S)
+    lifecycle, source, first, runner, settled = first_copy_running(
+        store, redis_client, dispatcher, handler, config.visibility_timeout_s)
     first_lease_ended = time.monotonic() + config.visibility_timeout_s
     lease_until, visible_ms = first.lease_until, first.next_visible_ms
     heartbeat = Heartbeat([Mns(refusing=False)], store, source.window, Stats(), config,
@@ -259,12 +267,9 @@ def test_a_running_copys_renewal_redis_refused_is_retried_at_the_next_pass(
 def test_a_running_copy_takes_back_the_record_that_lapsed_while_redis_was_away(
         redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
     store = Blinking(redis_client, DedupSettings())
-    lifecycle, source = lifecycle_on(store, redis_client, dispatcher), MnsSource()
-    settled: list[InFlight] = []
     config = AckConfig(visibility_timeout_s=2, extend_before_s=1.5)
-    first, to_run = delivered(source, lifecycle, 1, "owner-a", config.visibility_timeout_s)
-    runner = running(lifecycle, to_run, settled, config.visibility_timeout_s)
-    assert handler.started.wait(WAIT_S)
+    lifecycle, source, first, runner, settled = first_copy_running(
+        store, redis_client, dispatcher, handler, config.visibility_timeout_s)
     lease_until = first.lease_until
     heartbeat = Heartbeat([Mns(refusing=False)], store, source.window, Stats(), config,
                           running_hold_s=HOLD_S)
@@ -285,13 +290,10 @@ def test_a_running_copy_takes_back_the_record_that_lapsed_while_redis_was_away(
 def test_past_the_hold_a_copy_cut_off_from_mns_lets_its_lease_go(
         redis_client: redis.Redis, dispatcher: Dispatcher, handler: Slow) -> None:
     store = RedisDedupStore(redis_client, DedupSettings())
-    lifecycle, source = lifecycle_on(store, redis_client, dispatcher), MnsSource()
-    settled: list[InFlight] = []
     config = AckConfig(visibility_timeout_s=1, extend_before_s=0.9)
     hold_s = 2.5
-    first, to_run = delivered(source, lifecycle, 1, "owner-a", config.visibility_timeout_s)
-    runner = running(lifecycle, to_run, settled, config.visibility_timeout_s)
-    assert handler.started.wait(WAIT_S)
+    lifecycle, source, first, runner, _settled = first_copy_running(
+        store, redis_client, dispatcher, handler, config.visibility_timeout_s)
     first_lease_ended = time.monotonic() + config.visibility_timeout_s
     heartbeat = Heartbeat([Mns(refusing=True)], store, source.window, Stats(), config,
                           running_hold_s=hold_s)
@@ -317,11 +319,8 @@ def test_a_running_copy_whose_claim_was_taken_writes_nothing_over_it(
     completion is refused (LOST): it is not acknowledged, and the claim stays the newer
     delivery's, which records and acknowledges the receipt once it finishes."""
     store = RedisDedupStore(redis_client, DedupSettings())
-    lifecycle, source = lifecycle_on(store, redis_client, dispatcher), MnsSource()
-    settled: list[InFlight] = []
-    first, to_run = delivered(source, lifecycle, 1, "owner-a", LAPSING_S)
-    runner = running(lifecycle, to_run, settled, LAPSING_S)
-    assert handler.started.wait(WAIT_S)
+    lifecycle, source, first, runner, settled = first_copy_running(
+        store, redis_client, dispatcher, handler, LAPSING_S)
     beat_until(None, lambda: record(redis_client, store, first) is None, "the lease lapsed")
     again, to_run_again = delivered(source, lifecycle, 2, "owner-b", 30.0)
     assert to_run_again == [again]
