@@ -122,6 +122,8 @@ class SendTracker:
         self.one_call_per_batch = True
         self.ids = ids or phone_ids(self._settings.hash_numbers)
         self.tasks = tasks.TaskStore(client, self._settings.tasks_prefix, self._settings.ttl_s)
+        #: The task keys share the tracked sends' slot: one script clears and settles.
+        self._one_slot = self.tasks.tag == self._tag[:self._tag.index("}") + 1]
 
     def record(self, biz_id: str, phone_number: str,
                send_date: dt.datetime | dt.date | float | None = None, out_id: str = "",
@@ -196,11 +198,6 @@ class SendTracker:
         if settle and sent_at and self._one_slot:
             return self._on_day_plan(members, settle, sent_at)
         return ScriptPlan((), lambda _replies: self._clear_read_first(members, settle))
-
-    @property
-    def _one_slot(self) -> bool:
-        """The task keys share the tracked sends' slot: one script clears and settles."""
-        return self.tasks.tag == self._tag[:self._tag.index("}") + 1]
 
     def _clear_read_first(self, members: list[str],
                           settle: Sequence[tasks.Outcome]) -> list[bool]:
