@@ -120,8 +120,9 @@ class Lifecycle:
             work.owner = owner
         return self._claimed(items, owner, lease_s, again=False)
 
-    def confirm(self, items: Sequence[W], lease_s: float) -> list[W]:
-        """The items still ours to run, in order; call it right before they run.
+    def confirm(self, items: Sequence[W], lease_s: float) -> tuple[list[W], list[W]]:
+        """(the items still ours to run, the items it decided not to run: to settle), each in
+        order; call it right before they run.
 
         An item that waited (for a runner, for the isolation gate) past its lease while the
         heartbeat could not renew it (Redis away, its visibility extension refused) may have
@@ -143,7 +144,10 @@ class Lifecycle:
                     work.claimed = False
                     work.decision = Decision(Verdict.LEAVE, "in_progress", "claim_unconfirmed",
                                              str(exc))
-        return [w for w in items if w.decision is None] if stale else list(items)
+        if not stale:
+            return list(items), []
+        return ([w for w in items if w.decision is None],
+                [w for w in items if w.decision is not None])
 
     def _claimed(self, items: Sequence[W], owner: str, lease_s: float, again: bool) -> list[W]:
         """Claims `items` for `owner` (again: a confirmation, which keeps `suspect`)."""

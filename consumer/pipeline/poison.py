@@ -181,9 +181,7 @@ class PoisonGuard:
         normal = [w for w in batch if not (w.suspect and self.ledger)]
         if normal:
             with self.gate.shared():
-                to_run = lifecycle.confirm(normal, self._lease_s)
-                left = [w for w in normal if w.decision is not None] \
-                    if len(to_run) < len(normal) else []
+                to_run, left = lifecycle.confirm(normal, self._lease_s)
                 done = lifecycle.run(to_run, late=settle)
             if done or left:
                 settle(left + done)
@@ -209,8 +207,9 @@ class PoisonGuard:
             settle(items)
 
         with self.gate.alone(self._running, self._wait_s):
-            if not lifecycle.confirm([work], self._lease_s):
-                settle([work])  # another delivery holds it now, or Redis could not say
+            _, left = lifecycle.confirm([work], self._lease_s)
+            if left:
+                settle(left)  # another delivery holds it now, or Redis could not say
                 return
             log.warning("suspect_runs_alone", dedup_key=key, deliveries=work.deliveries,
                         lone_deaths=crashes)
