@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Mapping, Sequence
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from consumer.clients.redis_client import RedisClient
@@ -14,10 +15,14 @@ from consumer.handlers import PlannedRedisHandler, require_number, require_text
 from consumer.receipts import SHANGHAI_UTC_OFFSET_S, IntlSmsReport, Receipt, SmsReport
 from consumer.reports.delivery_stats import parse_receipt_time
 from consumer.reports.number_rules import Classifier, parse_policies, parse_rules
-from consumer.reports.numbers import DEFAULT_PREFIX, Delivery, Failure, NumberList
+from consumer.reports.numbers import DEFAULT_PREFIX, Event, NumberList
 from consumer.reports.phone_ids import phone_ids
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+#: 1970-01-01 00:00 UTC on the Asia/Shanghai wall clock, naive: a naive Shanghai time minus
+#: this is epoch seconds.
+_SHANGHAI_EPOCH = datetime(1970, 1, 1) + timedelta(seconds=SHANGHAI_UTC_OFFSET_S)
+_from_iso = datetime.fromisoformat
 
 
 @functools.lru_cache(maxsize=64)  # receipts of a batch, and of a day, share their date
@@ -33,19 +38,27 @@ def _day_start(ymd: str) -> int | None:
 
 def receipt_epoch(text: str, fallback: float) -> float:
     """Epoch seconds of a receipt time; `yyyy-MM-dd HH:mm:ss` (Asia/Shanghai, UTC+8 all year)
-    is read by slicing, which is ~10x cheaper than strptime; anything else goes through
-    `parse_receipt_time`, and `fallback` when that cannot read it either."""
-    if len(text) == 19 and text[4] == "-" and text[10] == " ":
-        start = _day_start(text[:10])
+    is read by `datetime.fromisoformat` (C, and it refuses an impossible date or time: ~3x
+    cheaper than slicing, ~30x than strptime; this runs per receipt); anything else goes
+    through `parse_receipt_time`, and `fallback` when that cannot read it either."""
+    if len(text) == 19 and text[4] == "-" and text[10] == " " and text[13] == ":" == text[16]:
         try:
-            h, mi, s = int(text[11:13]), int(text[14:16]), int(text[17:19])
+            return (_from_iso(text) - _SHANGHAI_EPOCH).total_seconds()
         except ValueError:
             return fallback
-        if start is None or h > 23 or mi > 59 or s > 59:
-            return fallback
-        return float(start + h * 3600 + mi * 60 + s)
     parsed = parse_receipt_time(text)
     return parsed.timestamp() if parsed is not None else fallback
+
+
+def receipt_day(text: str, today: int) -> int:
+    """The day of a receipt time (days since 1970, Asia/Shanghai): `receipt_epoch`'s day,
+    read from the date alone in the usual shape (the time of day cannot move it); `today`
+    when the text cannot be read."""
+    if len(text) == 19 and text[4] == "-" and text[10] == " ":
+        start = _day_start(text[:10])
+        return today if start is None else (start + SHANGHAI_UTC_OFFSET_S) // 86400
+    at = receipt_epoch(text, math.nan)
+    return today if math.isnan(at) else int((at + SHANGHAI_UTC_OFFSET_S) // 86400)
 
 
 class NumberHygiene(PlannedRedisHandler):
@@ -81,9 +94,10 @@ class NumberHygiene(PlannedRedisHandler):
         self.numbers = NumberList(self._connect(url, timeout_s), prefix, phone_ids(hash_numbers),
                                   parse_policies(policies), retention_days)
 
-    def events(self, receipts: Sequence[Receipt], now: float) -> list[Failure | Delivery]:
-        """What the batch tells the list: deliveries, and the failures a rule classifies."""
-        ids, out = self.numbers.ids, list[Failure | Delivery]()
+    def events(self, receipts: Sequence[Receipt], now: float) -> list[Event]:
+        """What the batch tells the list: deliveries, and the failures a rule classifies (as
+        plain tuples of `Delivery`'s and `Failure`'s fields)."""
+        number_of, classify, out = self.numbers.ids.of, self._classify, list[Event]()
         for r in receipts:
             if isinstance(r, SmsReport):
                 phone, ok, at_text = r.phone_number, r.success, r.report_time
@@ -96,12 +110,12 @@ class NumberHygiene(PlannedRedisHandler):
             if not phone:
                 continue
             if ok:
-                out.append(Delivery(ids(phone), receipt_epoch(at_text, now)))
+                out.append((number_of(phone), receipt_epoch(at_text, now)))
                 continue
-            reason = self._classify(code, msg)
+            reason = classify(code, msg)
             if reason is not None:
-                out.append(Failure(ids(phone), receipt_epoch(at_text, now), reason, code, msg,
-                                   biz))
+                out.append((number_of(phone), receipt_epoch(at_text, now), reason, code, msg,
+                            biz))
         return out
 
     def plan(self, receipts: Sequence[Receipt]) -> ScriptPlan[None]:

@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from consumer.clients.redis_client import RedisClient
 from consumer.clients.redis_scripts import ScriptPlan
 from consumer.handlers import PlannedRedisHandler, require_number, require_text
-from consumer.handlers.number_hygiene import receipt_epoch
-from consumer.receipts import Receipt, SmsReport
+from consumer.handlers.number_hygiene import receipt_day
+from consumer.receipts import SHANGHAI_UTC_OFFSET_S, Receipt, SmsReport
 from consumer.reports.number_rules import Classifier
-from consumer.reports.tasks import Outcome
 from consumer.reports.tracking import SendTracker as Tracker
 from consumer.reports.tracking import TrackingSettings
 
@@ -47,15 +46,16 @@ class SendTracker(PlannedRedisHandler):
 
     def plan(self, receipts: Sequence[Receipt]) -> ScriptPlan[list[bool]]:
         """The batch's clearing and settling: one script call."""
-        reports = [r for r in receipts
-                   if isinstance(r, SmsReport) and r.biz_id and r.phone_number
-                   and "|" not in r.biz_id + r.phone_number]
-        ids = self._tracker.ids
-        outcomes = [Outcome(r.biz_id, ids(r.phone_number), r.success, r.err_code,
-                            "" if r.success else self._classify(r.err_code, r.err_msg) or "")
-                    for r in reports]
-        now = time.time()  # a receipt without a readable send time: today is the best guess
-        return self._tracker.clear_plan(
-            [(r.biz_id, r.phone_number) for r in reports], settle=outcomes,
-            sent_at=[receipt_epoch(r.send_time, now) for r in reports])
-
+        number_of, classify = self._tracker.ids.of, self._classify
+        # A receipt without a readable send time: today is the best guess.
+        today = int((time.time() + SHANGHAI_UTC_OFFSET_S) // 86400)
+        sends = []
+        for r in receipts:
+            if not isinstance(r, SmsReport):
+                continue
+            biz, phone = r.biz_id, r.phone_number
+            if biz and phone and "|" not in biz and "|" not in phone:
+                ok = r.success
+                sends.append((biz, phone, number_of(phone), receipt_day(r.send_time, today), ok,
+                              r.err_code, "" if ok else classify(r.err_code, r.err_msg) or ""))
+        return self._tracker.settle_plan(sends)

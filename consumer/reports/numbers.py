@@ -41,7 +41,7 @@ from consumer.clients.redis_scripts import ScriptCall, ScriptPlan, raise_errors,
 from consumer.reports.number_rules import DEFAULT_POLICIES, MANUAL, Policy
 from consumer.reports.phone_ids import PhoneIds
 
-__all__ = ["DEFAULT_PREFIX", "Delivery", "Failure", "NumberList", "NumberRecord"]
+__all__ = ["DEFAULT_PREFIX", "Delivery", "Event", "Failure", "NumberList", "NumberRecord"]
 
 DEFAULT_PREFIX = "alicom:numbers"
 _MAX_MSG_CHARS = 200
@@ -52,18 +52,21 @@ local now, keep, lift, keep_biz = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3],
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local i = 5
 while i <= #ARGV do
-  local kind, id, at = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  -- A delivery is (number, at); a failure starts with '' (never a number) and its fields.
+  local failed = ARGV[i] == ''
+  if failed then i = i + 1 end
+  local id, at = ARGV[i], tonumber(ARGV[i + 1])
   local raw = redis.call('HGET', KEYS[1], id)
   local r = raw and cjson.decode(raw) or nil
-  if kind == 'D' then
+  if not failed then
     if r and at >= r.l and string.find(lift, ',' .. r.r .. ',', 1, true) then
       redis.call('HDEL', KEYS[1], id); redis.call('ZREM', KEYS[2], id)
       redis.call('ZREM', KEYS[3], id)
     end
-    i = i + 3
+    i = i + 2
   else
-    local reason, code, msg, biz = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
-    local after, over, expire = tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), tonumber(ARGV[i + 9])
+    local reason, code, msg, biz = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+    local after, over, expire = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
     if r and r.x > 0 and r.x <= now then r = nil end
     if r and r.r == 'manual' then reason, after, over, expire = 'manual', 1, 0, r.e or 0 end
     if not r or r.r ~= reason then
@@ -87,7 +90,7 @@ while i <= #ARGV do
       redis.call('HSET', KEYS[1], id, cjson.encode(r))
       redis.call('ZADD', KEYS[3], r.l, id)
     end
-    i = i + 10
+    i = i + 9
   end
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - keep, 'LIMIT', 0, 16)) do
@@ -119,6 +122,13 @@ class Delivery(NamedTuple):
 
     number: str
     at: float
+
+
+#: What `NumberList.apply` takes per receipt: a `Delivery` or a `Failure`, or a plain tuple
+#: of the same fields.
+Event = tuple[str, float] | tuple[str, float, str, str, str, str]
+#: The script's (after, over_s, expire_s) of a reason without a policy: never suppressed.
+_NO_POLICY = (0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -162,33 +172,39 @@ class NumberList:
         tag = hash_tagged(prefix)  # one slot: the script touches all three keys
         self._keys = [tag + ":rec", tag + ":sup", tag + ":seen"]
         self.ids = ids or PhoneIds()
-        self._policies = dict(policies)
-        self._lift = "," + ",".join(r for r, p in self._policies.items() if p.on_delivery) + ","
+        # Per reason the script's (after, over_s, expire_s), computed once.
+        self._policies = {reason: (p.after, round(p.over_days * 86400),
+                                   round(p.expire_days * 86400))
+                          for reason, p in policies.items()}
+        self._lift = "," + ",".join(r for r, p in policies.items() if p.on_delivery) + ","
         self._keep_s = retention_days * 86400
         self._clock = clock
         self._apply = client.register_script(_APPLY)
 
     # -- writing -------------------------------------------------------------------------
 
-    def apply(self, events: Sequence[Failure | Delivery]) -> None:
+    def apply(self, events: Sequence[Event]) -> None:
         """Records failures and deliveries (in stored form) in one script call."""
         run_plans(self._client, [self.apply_plan(events)])
 
-    def apply_plan(self, events: Sequence[Failure | Delivery]) -> ScriptPlan[None]:
+    def apply_plan(self, events: Sequence[Event]) -> ScriptPlan[None]:
         """`apply` as a plan (`consumer.clients.redis_scripts.run_plans`): one script call,
-        none for no events; its finish raises the error Redis answered with."""
-        if not events:
-            return ScriptPlan((), raise_errors)
+        none for no events; its finish raises the error Redis answered with. An event is a
+        `Delivery` or a `Failure`, or a plain tuple of the same fields (what the handler
+        builds per receipt: a named tuple costs more)."""
         args: list[Any] = [int(self._clock()), int(self._keep_s), self._lift, _KEEP_BIZ]
+        policies = self._policies
         for e in events:
-            if isinstance(e, Delivery):
-                args += ["D", e.number, int(e.at)]
+            if not e[0]:  # no number (a blank one): nothing to record; '' marks a failure
                 continue
-            policy = self._policies.get(e.reason)
-            after, over, expire = ((policy.after, round(policy.over_days * 86400),
-                                    round(policy.expire_days * 86400)) if policy else (0, 0, 0))
-            args += ["F", e.number, int(e.at), e.reason, e.err_code, e.err_msg[:_MAX_MSG_CHARS],
-                     e.biz_id, after, over, expire]
+            if len(e) == 2:  # the script's delivery: (number, at)
+                args += (e[0], int(e[1]))
+                continue
+            number, at, reason, code, msg, biz = cast(Failure, e)
+            args += ("", number, int(at), reason, code, msg[:_MAX_MSG_CHARS], biz,
+                     *policies.get(reason, _NO_POLICY))
+        if len(args) == 4:
+            return ScriptPlan((), raise_errors)
         # One EVALSHA written and read directly (a NOSCRIPT reload included), without
         # redis-py's per-command path, which cost more than packing the batch.
         return ScriptPlan([ScriptCall(self._apply, self._keys, args)], raise_errors)

@@ -155,6 +155,9 @@ class TaskStore:
         self._record = client.register_script(_RECORD)
         self._trim = client.register_script(_TRIM)
         self._settle = client.register_script(_SETTLE)
+        #: What a BizId is appended to for the keys a receipt settles (`keys_of`): its
+        #: counts, its numbers.
+        self.settle_prefixes = (self._prefix + ":t:", self._prefix + ":n:")
 
     def record_calls(self, numbers: Iterable[tuple[str, str, str]]) -> list[ScriptCall]:
         """The script calls that add (task, biz_id, number) as pending, the index trim
@@ -192,7 +195,8 @@ class TaskStore:
 
     def keys_of(self, biz_id: str) -> list[str]:
         """The keys a receipt of `biz_id` settles: its counts and its numbers."""
-        return [self._key("t", biz_id), self._key("n", biz_id)]
+        counts, numbers = self.settle_prefixes
+        return [counts + biz_id, numbers + biz_id]
 
     @property
     def _index(self) -> str:
@@ -249,10 +253,15 @@ class TaskStore:
         return sorted(out)
 
 
-def settle_fields(o: Outcome) -> tuple[str, str, str, str]:
+def settle_fields(o: Outcome) -> tuple[str, ...]:
     """A receipt's part of the settle scripts' ARGV: number, 'd' | 'f', err_code, reason."""
-    return (o.number, "d" if o.delivered else "f", o.err_code[:_MAX_CODE_CHARS] or "(empty)",
-            o.reason or "other")
+    return (o.number, "d" if o.delivered else "f", *failure_fields(o.err_code, o.reason))
+
+
+def failure_fields(err_code: str, reason: str) -> tuple[str, str]:
+    """A failure's err_code and reason as the settle scripts take them (here and in
+    `consumer.reports.tracking_scripts`): cut, and never empty."""
+    return err_code[:_MAX_CODE_CHARS] or "(empty)", reason or "other"
 
 
 def settle_args(o: Outcome, now: int, ttl_s: int) -> list[Any]:

@@ -66,6 +66,11 @@ log = structlog.get_logger(__name__)
 _SHANGHAI_OFFSET_S = SHANGHAI_UTC_OFFSET_S
 _DAY_S = 86400
 
+#: A send to clear and settle (`SendTracker.settle_plan`): biz_id, phone number, its task
+#: number in stored form, its send day (days since 1970, Asia/Shanghai), delivered,
+#: err_code, reason.
+Settled = tuple[str, str, str, int, bool, str, str]
+
 @dataclass(frozen=True, slots=True)
 class TrackedSend:
     """One number of one send. `sent_at` is epoch seconds (see `epoch_of` for other forms);
@@ -194,10 +199,38 @@ class SendTracker:
             return ScriptPlan((), lambda _replies: [])
         if (settle and len(settle) != len(keys)) or (sent_at and len(sent_at) != len(keys)):
             raise ValueError("settle and sent_at must hold one entry per key")
+        if settle and sent_at:
+            return self.settle_plan([(b, p, o.number, _day_of(at), o.delivered, o.err_code,
+                                      o.reason)
+                                     for (b, p), o, at in zip(keys, settle, sent_at, strict=True)])
         members = [_member(b, p) for b, p in keys]
-        if settle and sent_at and self._one_slot:
-            return self._on_day_plan(members, settle, sent_at)
         return ScriptPlan((), lambda _replies: self._clear_read_first(members, settle))
+
+    def settle_plan(self, sends: Sequence[Settled]) -> ScriptPlan[list[bool]]:
+        """`clear_plan` with `settle` and `sent_at`, in one pass: the send-tracker handler's
+        hot path. Per send (biz_id, phone_number, its task number in stored form, its send
+        day as the receipt tells it (days since 1970, Asia/Shanghai), delivered, err_code,
+        reason); ValueError for a biz_id or number that is empty or holds '|'."""
+        if not self._one_slot:  # the task keys in a slot of their own: read first
+            members = [_member(biz, phone) for biz, phone, *_ in sends]
+            settle = [tasks.Outcome(biz, number, delivered, code, reason)
+                      for biz, _, number, _, delivered, code, reason in sends]
+            return ScriptPlan((), lambda _replies: self._clear_read_first(members, settle))
+        rows: list[tuple[str, ...]] = []
+        groups: dict[tuple[int, str], list[int]] = {}
+        for biz, phone, number, day, delivered, code, reason in sends:
+            if not biz or not phone or "|" in biz or "|" in phone:
+                raise ValueError("biz_id and phone_number must be non-empty and free of '|'")
+            member = f"{biz}|{normalise_phone(phone)}"
+            # The scripts' row (`tracking_scripts`): a delivery's err_code and reason are not
+            # read, so not sent: two arguments fewer to pack per receipt.
+            rows.append((member, number, "d") if delivered
+                        else (member, number, "f", *tasks.failure_fields(code, reason)))
+            groups.setdefault((day, biz), []).append(len(rows) - 1)
+        if not rows:
+            return ScriptPlan((), lambda _replies: [])
+        return self._on_day_plan(_Batch(rows, int(time.time()), int(self._settings.ttl_s),
+                                        groups))
 
     def _clear_read_first(self, members: list[str],
                           settle: Sequence[tasks.Outcome]) -> list[bool]:
@@ -206,7 +239,9 @@ class SendTracker:
         if isinstance(scores, Exception):
             raise scores
         if settle and self._one_slot:  # each send's own day: the guess below cannot miss
-            plan = self._on_day_plan(members, settle, [float(s or 0) for s in scores])
+            plan = self.settle_plan([
+                (o.biz_id, m.partition("|")[2], o.number, _day_of(float(s or 0)), o.delivered,
+                 o.err_code, o.reason) for m, o, s in zip(members, settle, scores, strict=True)])
             return cast(list[bool], run_plans(self._client, [plan])[0])
         days = [self._day_key(int((float(score or 0) + _SHANGHAI_OFFSET_S) // _DAY_S))
                 for score in scores]
@@ -217,15 +252,10 @@ class SendTracker:
         moved = iter(_flag(reply) for reply in replies[:len(calls)])
         return [next(moved) if was else False for was in cleared]
 
-    def _on_day_plan(self, members: Sequence[str], settle: Sequence[tasks.Outcome],
-                     sent_at: Sequence[float]) -> ScriptPlan[list[bool]]:
+    def _on_day_plan(self, batch: _Batch) -> ScriptPlan[list[bool]]:
         """One script call for the batch (else one per guessed send day and BizId: see
         `one_call_per_batch`); its finish clears the sends the guess missed (tracked on
         another day: around midnight, or a receipt without a readable send time)."""
-        batch = _Batch(members, settle, int(time.time()), int(self._settings.ttl_s))
-        for i, at in enumerate(sent_at):
-            batch.groups.setdefault((int((at + _SHANGHAI_OFFSET_S) // _DAY_S),
-                                     settle[i].biz_id), []).append(i)
         if not self.one_call_per_batch:
             return ScriptPlan((), lambda _replies: self._settled(batch,
                                                                  self._per_group(batch)))
@@ -236,9 +266,10 @@ class SendTracker:
         """The answers of one `CLEAR_ON_DAY_AND_SETTLE` call per group (in group order)."""
         calls = []
         for (day, biz), indexes in batch.groups.items():
-            args: list[Any] = [batch.now, batch.ttl, day * _DAY_S - _SHANGHAI_OFFSET_S]
+            args: list[Any] = [batch.now, batch.ttl, day * _DAY_S - _SHANGHAI_OFFSET_S,
+                               len(indexes)]
             for i in indexes:
-                args += [batch.members[i], *tasks.settle_fields(batch.settle[i])]
+                args += batch.rows[i]
             calls.append(ScriptCall(self._clear_on_day, [
                 self._zset, self._day_key(day), *self.tasks.keys_of(biz)], args))
         return [answer for reply in run_calls(self._client, calls) for answer in _listed(reply)]
@@ -246,7 +277,7 @@ class SendTracker:
     def _settled(self, batch: _Batch, answers: list[Any]) -> list[bool]:
         """Per member, whether its send was cleared; `CLEAR` for those tracked on another
         day than the guess (their score came back instead of 1 / 0)."""
-        out = [False] * len(batch.members)
+        out = [False] * len(batch.rows)
         missed: list[tuple[int, str]] = []  # (index, the day key its send was tracked on)
         order = [i for indexes in batch.groups.values() for i in indexes]
         for i, answer in zip(order, answers, strict=True):
@@ -257,7 +288,7 @@ class SendTracker:
                 out[i] = bool(answer)
         if missed:
             again = run_calls(self._client, [ScriptCall(
-                self._clear, [self._zset, day], [batch.members[i]]) for i, day in missed])
+                self._clear, [self._zset, day], [batch.rows[i][0]]) for i, day in missed])
             for (i, _), reply in zip(missed, again, strict=True):
                 out[i] = _flag(reply)
         return out
@@ -265,11 +296,15 @@ class SendTracker:
     def _batch_call(self, batch: _Batch) -> ScriptCall:
         """The batch script's call: every group's receipts."""
         keys, args = [self._zset], list[Any]([batch.now, batch.ttl, len(batch.groups)])
+        counts, numbers = self.tasks.settle_prefixes  # `tasks.keys_of`, without a call per group
+        day_keys: dict[int, str] = {}
+        rows = batch.rows
         for (day, biz), indexes in batch.groups.items():
-            keys += [self._day_key(day), *self.tasks.keys_of(biz)]
-            args += [day * _DAY_S - _SHANGHAI_OFFSET_S, len(indexes)]
+            day_key = day_keys.get(day) or day_keys.setdefault(day, self._day_key(day))
+            keys += (day_key, counts + biz, numbers + biz)
+            args += (day * _DAY_S - _SHANGHAI_OFFSET_S, len(indexes))
             for i in indexes:
-                args += [batch.members[i], *tasks.settle_fields(batch.settle[i])]
+                args += rows[i]
         return ScriptCall(self._clear_on_day_batch, keys, args)
 
     def _batch_answers(self, batch: _Batch, reply: Any) -> list[Any]:
@@ -330,11 +365,16 @@ def _flag(reply: Any) -> bool:
 
 @dataclass
 class _Batch:
-    """A batch being cleared on its receipts' send days: `groups` maps (day, BizId) to the
-    indexes of its members (in `members` and `settle`)."""
+    """A batch being cleared on its receipts' send days: per receipt its row of the settle
+    scripts' ARGV (`settle_plan`), and `groups` mapping (day, BizId) to the indexes of its
+    rows."""
 
-    members: Sequence[str]
-    settle: Sequence[tasks.Outcome]
+    rows: Sequence[tuple[str, ...]]
     now: int
     ttl: int
     groups: dict[tuple[int, str], list[int]] = field(default_factory=dict)
+
+
+def _day_of(at: float) -> int:
+    """The send day of an epoch time: days since 1970 in Asia/Shanghai."""
+    return int((at + _SHANGHAI_OFFSET_S) // _DAY_S)

@@ -46,14 +46,16 @@ return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
 def _clear_on_day_and_settle(day: str, t: str, n: str) -> str:
     """The Lua that clears and settles one (send day, BizId) group, with its keys written as
     given (`day` the day's out_id hash, `t` t:<biz>, `n` n:<biz>; KEYS[1] is the sorted set).
-    It reads the locals `first` (the day's first second, epoch), `from` and `to` (its
-    receipts' span of ARGV, five each: member, number, 'd' | 'f', err_code, reason) and
-    appends one answer per receipt to `out`: 1 when its send was cleared, 0 when it was not
-    tracked, its score (a string) when it was tracked on another day (left for CLEAR). A
-    pending task number moves to its outcome (consumer.reports.tasks' settle script, over
-    each receipt); ARGV[1] is now, ARGV[2] the task keys' ttl."""
+    It reads the locals `first` (the day's first second, epoch), `i` (where its receipts
+    start in ARGV) and `count` (how many), each receipt as member, number, 'd' for a
+    delivery, or member, number, 'f', err_code, reason for a failure
+    (`SendTracker.settle_plan`), leaves `i` past them, and appends one answer per
+    receipt to `out`: 1 when its send was cleared, 0 when it was not tracked, its score (a
+    string) when it was tracked on another day (left for CLEAR). A pending task number
+    moves to its outcome (consumer.reports.tasks' settle script, over each receipt);
+    ARGV[1] is now, ARGV[2] the task keys' ttl."""
     return f"""local moved = false
-for i = from, to, 5 do
+for _ = 1, count do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if not score then
     out[#out + 1] = 0
@@ -64,17 +66,23 @@ for i = from, to, 5 do
   else
     out[#out + 1] = score
   end
-  if redis.call('HGET', {n}, ARGV[i + 1]) == 'p' then
-    moved = true
-    if ARGV[i + 2] == 'd' then
+  local pending = redis.call('HGET', {n}, ARGV[i + 1]) == 'p'
+  if ARGV[i + 2] == 'd' then
+    if pending then
+      moved = true
       redis.call('HSET', {n}, ARGV[i + 1], 'd')
       redis.call('HINCRBY', {t}, 'delivered', 1)
-    else
+    end
+    i = i + 3
+  else
+    if pending then
+      moved = true
       redis.call('HSET', {n}, ARGV[i + 1], 'f' .. ARGV[i + 3])
       redis.call('HINCRBY', {t}, 'failed', 1)
       redis.call('HINCRBY', {t}, 'fail:' .. ARGV[i + 3], 1)
       redis.call('HINCRBY', {t}, 'why:' .. ARGV[i + 4], 1)
     end
+    i = i + 5
   end
 end
 if moved then
@@ -90,10 +98,10 @@ end
 # receipts' send time gives (or, read first, the one their sends were tracked on): a send
 # tracked on another day is left for a second call (CLEAR) with its day's hash.
 # KEYS[1] the sorted set, KEYS[2] the day's out_id hash, KEYS[3] t:<biz>, KEYS[4] n:<biz>.
-# ARGV: now, ttl, the day's first second (epoch), then per receipt: member, number,
-# 'd' | 'f', err_code, reason. Per receipt, in order: see `_clear_on_day_and_settle`.
+# ARGV: now, ttl, the day's first second (epoch), the receipt count, then the receipts as
+# above. Per receipt, in order: see `_clear_on_day_and_settle`.
 CLEAR_ON_DAY_AND_SETTLE = (
-    "local out, first, from, to = {}, tonumber(ARGV[3]), 4, #ARGV\n"
+    "local out, first, count, i = {}, tonumber(ARGV[3]), tonumber(ARGV[4]), 5\n"
     + _clear_on_day_and_settle("KEYS[2]", "KEYS[3]", "KEYS[4]") + "return out\n")
 
 
@@ -107,10 +115,10 @@ def _indented(lua: str) -> str:
 # and its receipts as above. Per receipt, in order: as the per-group call.
 CLEAR_ON_DAY_AND_SETTLE_MANY = (
     "-- one slot, keys by index: a batch's groups in one call (see the module docstring)\n"
-    "local out, a = {}, 4\n"
+    "local out, i = {}, 4\n"
     "for g = 1, tonumber(ARGV[3]) do\n"
     "  local day, t, n = 3 * g - 1, 3 * g, 3 * g + 1\n"
-    "  local first, count = tonumber(ARGV[a]), tonumber(ARGV[a + 1])\n"
-    "  local from, to = a + 2, a + 1 + 5 * count\n"
+    "  local first, count = tonumber(ARGV[i]), tonumber(ARGV[i + 1])\n"
+    "  i = i + 2\n"
     + _indented(_clear_on_day_and_settle("KEYS[day]", "KEYS[t]", "KEYS[n]"))
-    + "  a = a + 2 + 5 * count\nend\nreturn out\n")
+    + "end\nreturn out\n")
