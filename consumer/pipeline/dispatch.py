@@ -112,7 +112,11 @@ class Dispatcher:
         self._gauge = stuck_gauge
         self._chunk_target_s = chunk_target_s
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="alicom-handler")
-        self._cond = threading.Condition()
+        # One lock; each `dispatch` waits on a condition of its own over it (`Batch.waiter`):
+        # a call that finishes wakes its own waiter, not every dispatch of every runner.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting: set[Batch] = set()  # batches whose dispatch waits (for `close`)
         self._stuck = 0
         self._closed = False
         self._active: set[Call] = set()  # started, not finished
@@ -180,14 +184,20 @@ class Dispatcher:
         COMPLETED_BEFORE and no duration. `only[i]`, when not None, selects the handlers to run
         for receipt i (a dead-letter replay, see `Selection`).
         """
-        batch = Batch(receipts, late, [[] for _ in receipts], [0] * len(receipts))
+        waiter = threading.Condition(self._lock)
+        batch = Batch(receipts, late, [[] for _ in receipts], [0] * len(receipts),
+                      waiter=waiter)
         with self._cond:
             usual = {name: u.value for name, u in self._usual.items()}
         calls = plan(batch, self._routes, usual, self._deadline_s, self._chunk_target_s,
                      completed, only)
         with self._cond:
             self._submit(calls)
-            self._wait(calls)
+            self._waiting.add(batch)
+            try:
+                self._wait(calls, waiter)
+            finally:
+                self._waiting.discard(batch)
             batch.returned = True
             out: list[list[HandlerOutcome]] = []
             for index, outcomes in enumerate(batch.results):
@@ -205,7 +215,8 @@ class Dispatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
         with self._cond:
             self._closed = True
-            self._cond.notify_all()  # a dispatch waiting on queued calls must give them up
+            for batch in self._waiting:  # a dispatch waiting on queued calls gives them up
+                _wake(batch)
         if wait:
             self._executor.shutdown(wait=True)
 
@@ -274,7 +285,7 @@ class Dispatcher:
         if call.done >= len(call.units):
             call.finished = True
             self._active.discard(call)
-            self._cond.notify_all()
+            _wake(batch)
         else:
             # The waiter (`_wait`) looks again by the deadline it computed from the finished
             # unit's start. The next unit's own deadline usually comes later (the same
@@ -284,7 +295,7 @@ class Dispatcher:
             looked_for = (call.started_at or 0.0) + unit.deadline_s
             call.started_at = time.monotonic()
             if call.started_at + call.deadline_s < looked_for:
-                self._cond.notify_all()
+                _wake(batch)
         usual = self._usual.get(unit.name)
         took = outcomes[0].duration_s  # of the whole invocation, batch or single
         if usual is None:
@@ -304,13 +315,13 @@ class Dispatcher:
                 call.batch.owed[index] -= 1
         call.done = len(call.units)
         call.finished = True
-        self._cond.notify_all()
+        _wake(call.batch)
 
     # -- waiting ------------------------------------------------------------------------
 
-    def _wait(self, calls: list[Call]) -> None:
-        """Until every call finished, or (with `late`) finished or stuck (lock held).
-        `calls` may grow: a stuck run's tail is appended."""
+    def _wait(self, calls: list[Call], waiter: threading.Condition) -> None:
+        """Until every call finished, or (with `late`) finished or stuck (lock held), on
+        their batch's `waiter`. `calls` may grow: a stuck run's tail is appended."""
         defer = calls[0].batch.late is not None if calls else False
         while True:
             now = time.monotonic()
@@ -335,7 +346,7 @@ class Dispatcher:
                     pending = True
             if not pending:
                 return
-            self._cond.wait(None if next_look is None else max(0.0, next_look - now))
+            waiter.wait(None if next_look is None else max(0.0, next_look - now))
 
     def _mark_stuck(self, call: Call, now: float, calls: list[Call]) -> None:
         """The running unit passed the deadline (lock held): count its thread as stuck and
@@ -365,3 +376,9 @@ class Dispatcher:
 
 def _earliest(a: float | None, b: float) -> float:
     return b if a is None else min(a, b)
+
+
+def _wake(batch: Batch) -> None:
+    """Wakes the dispatch waiting for `batch`, if it still waits (lock held)."""
+    if batch.waiter is not None:
+        batch.waiter.notify()

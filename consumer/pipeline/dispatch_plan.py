@@ -25,11 +25,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from consumer.handler_api import AnyHandler, HandlerOutcome, RoutedHandler, handler_tag
 from consumer.pipeline.selection import Selection, not_run
 from consumer.receipts import Receipt
+
+if TYPE_CHECKING:
+    from threading import Condition
 
 #: `late(index, outcomes)`: the final outcomes (one per handler) of a receipt that
 #: `dispatch_each` reported as STUCK.
@@ -57,6 +60,9 @@ class Batch:
     owed: list[int]
     deferred: set[int] = field(default_factory=set)  # reported STUCK; `late` owes them
     returned: bool = False
+    #: What its `dispatch` call waits on (on the dispatcher's lock): woken for this batch's
+    #: calls only.
+    waiter: Condition | None = None
 
 
 @dataclass(eq=False)
