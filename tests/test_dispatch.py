@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Sequence
+from typing import ClassVar
 
 import pytest
 from structlog.testing import capture_logs
@@ -368,6 +370,57 @@ def test_concurrent_dispatches_each_get_their_own_outcomes(dispatchers: list[Dis
         assert [o.kind for o in outcomes] == ["ok", "retry"] * 8
     assert len(results) == 6
     assert len({r.meta.message_id for r in recorder.seen}) == 6 * 8
+
+
+class CountingCondition(threading.Condition):
+    """A condition that counts, per thread, how often a wait returned on a condition the
+    dispatcher made (not those of the pool's threads starting, or of events)."""
+
+    woken: ClassVar[dict[int, int]] = {}
+
+    def __init__(self, lock: threading.Lock | threading.RLock | None = None) -> None:
+        super().__init__(lock)
+        self._dispatchers = sys._getframe(1).f_globals["__name__"] == Dispatcher.__module__
+
+    def wait(self, timeout: float | None = None) -> bool:
+        try:
+            return super().wait(timeout)
+        finally:
+            if self._dispatchers:
+                me = threading.get_ident()
+                CountingCondition.woken[me] = CountingCondition.woken.get(me, 0) + 1
+
+
+def test_a_waiting_dispatch_is_not_woken_by_other_dispatches_finishing(
+        dispatchers: list[Dispatcher], monkeypatch: pytest.MonkeyPatch) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def blocked(receipt: Receipt) -> None:
+        started.set()
+        release.wait(WAIT_S)
+
+    monkeypatch.setattr(CountingCondition, "woken", {})
+    monkeypatch.setattr(threading, "Condition", CountingCondition)
+    dispatcher = make(dispatchers, {"SmsReport": [FunctionHandler(blocked, "blocked", None)],
+                                    "SmsUp": [Recorder("fast")]})
+    waiting: list[int] = []
+    outcomes: list[HandlerOutcome] = []
+
+    def slow_dispatch() -> None:
+        waiting.append(threading.get_ident())
+        outcomes.extend(dispatcher.dispatch([report(1)]))
+
+    slow = threading.Thread(target=slow_dispatch)
+    slow.start()
+    assert started.wait(WAIT_S)
+    for n in range(20):  # each finishes while the slow one waits
+        assert [o.kind for o in dispatcher.dispatch([uplink(n)])] == ["ok"]
+    release.set()
+    slow.join(WAIT_S)
+
+    assert [o.kind for o in outcomes] == ["ok"]
+    # Woken once, when its own call finished (a shared condition woke it 20 times more).
+    assert CountingCondition.woken[waiting[0]] == 1
 
 
 def test_dispatch_after_close_hands_every_receipt_back(dispatchers: list[Dispatcher]) -> None:

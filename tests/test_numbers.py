@@ -11,11 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer.errors import ConfigError
-from consumer.handlers.number_hygiene import NumberHygiene, receipt_epoch
+from consumer.handlers.number_hygiene import NumberHygiene, receipt_day, receipt_epoch
 from consumer.pipeline.decode import parse_object
 from consumer.receipts import Receipt, ReceiptMeta
 from consumer.reports.number_rules import Classifier, Policy, parse_policies, parse_rules
-from consumer.reports.numbers import NumberList
+from consumer.reports.numbers import Delivery, Failure, NumberList
 from consumer.reports.phone_ids import PhoneIds, phone_ids
 
 DAY = 86400
@@ -80,6 +80,24 @@ def test_receipt_times_are_read_as_shanghai_time(moment: dt.datetime) -> None:
     assert receipt_epoch("2026-13-45 09:00:00", -1) == -1  # the shape, not a date
     assert receipt_epoch("2026-02-30 09:00:00", -1) == -1
     assert receipt_epoch("2026-11-28 24:00:00", -1) == -1
+
+
+def test_a_receipts_send_day_is_read_from_its_date() -> None:
+    day = int((dt.datetime(2026, 11, 29, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+               .timestamp() + 8 * 3600) // DAY)
+    assert receipt_day("2026-11-29 00:00:00", 7) == day
+    assert receipt_day("2026-11-29 23:59:59", 7) == day
+    assert receipt_day("20261129093000", 7) == day  # the other shape the platform writes
+    assert receipt_day("2026-13-45 09:00:00", 7) == 7  # unreadable: the caller's today
+    assert receipt_day("", 7) == 7
+
+
+def test_a_blank_number_is_passed_over(redis_client: redis.Redis, clock: Clock) -> None:
+    numbers = NumberList(redis_client, clock=clock)  # '' is the script's failure marker
+    numbers.apply([Delivery("", T0), Failure("13800000001", T0, "empty_number", "MK:0005",
+                                             "空号", "2^0")])
+    assert numbers.is_suppressed("13800000001")
+    assert numbers.get("") is None
 
 
 @pytest.fixture

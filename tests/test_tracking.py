@@ -141,6 +141,26 @@ def test_handler_clears_a_batch_and_ignores_untracked(redis_server: RedisServer,
     assert [(s.biz_id, s.phone_number) for s in tracker.pending()] == [("2^0", "13800000003")]
 
 
+def test_handler_with_task_keys_in_another_slot_clears_and_settles_reading_first(
+        redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    settings = TrackingSettings(tasks_prefix="other:tasks")  # its own hash tag
+    tracker = SendTracker(redis_client, settings)
+    tracker.record("1^0", "13800000001", time.time() - 60)
+    tracker.record("1^0", "13800000002", time.time() - 60)
+    handler = SendTrackerHandler(url=redis_server.url, tasks_prefix="other:tasks")
+    try:
+        result = handler.handle_batch([
+            _report("1^0", "13800000001", send_time=""),  # no send time: today's guess
+            _report("1^0", "13800000002", success=False, err_code="MK:0005",
+                    err_msg="用户手机号码不存在")])
+    finally:
+        handler.close()
+    assert result.failed == []
+    assert tracker.pending() == []
+    [task] = tracker.tasks.tasks()
+    assert (task.delivered, task.failed, task.pending) == (1, 1, 0)
+
+
 def _script_calls(client: redis.Redis) -> int:
     """Script calls Redis ran so far (a first call answered NOSCRIPT, then sent again once
     the script is loaded, is a failed call: not counted)."""
