@@ -71,6 +71,7 @@ _DAY_S = 86400
 #: err_code, reason.
 Settled = tuple[str, str, str, int, bool, str, str]
 
+
 @dataclass(frozen=True, slots=True)
 class TrackedSend:
     """One number of one send. `sent_at` is epoch seconds (see `epoch_of` for other forms);
