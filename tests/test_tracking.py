@@ -161,6 +161,17 @@ def test_handler_with_task_keys_in_another_slot_clears_and_settles_reading_first
     assert (task.delivered, task.failed, task.pending) == (1, 1, 0)
 
 
+def test_handler_with_task_keys_in_another_slot_passes_a_batch_with_nothing_to_clear(
+        redis_server: RedisServer) -> None:
+    handler = SendTrackerHandler(url=redis_server.url, tasks_prefix="other:tasks")
+    try:
+        # Neither can be tracked: a '|' in the BizId; an international report has none.
+        result = handler.handle_batch([_report("1|0", "13800000001")])
+    finally:
+        handler.close()
+    assert result.failed == []
+
+
 def _script_calls(client: redis.Redis) -> int:
     """Script calls Redis ran so far (a first call answered NOSCRIPT, then sent again once
     the script is loaded, is a failed call: not counted)."""

@@ -51,9 +51,9 @@ def receipt_epoch(text: str, fallback: float) -> float:
 
 
 def receipt_day(text: str, today: int) -> int:
-    """The day of a receipt time (days since 1970, Asia/Shanghai): `receipt_epoch`'s day,
-    read from the date alone in the usual shape (the time of day cannot move it); `today`
-    when the text cannot be read."""
+    """The day of a receipt time (days since 1970, Asia/Shanghai): in the usual shape the
+    date's day, whatever its time of day; else `receipt_epoch`'s day; `today` when the text
+    cannot be read. A guess of the send day (the tracker corrects a wrong one)."""
     if len(text) == 19 and text[4] == "-" and text[10] == " ":
         start = _day_start(text[:10])
         return today if start is None else (start + SHANGHAI_UTC_OFFSET_S) // 86400

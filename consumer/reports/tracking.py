@@ -212,6 +212,8 @@ class SendTracker:
         hot path. Per send (biz_id, phone_number, its task number in stored form, its send
         day as the receipt tells it (days since 1970, Asia/Shanghai), delivered, err_code,
         reason); ValueError for a biz_id or number that is empty or holds '|'."""
+        if not sends:
+            return ScriptPlan((), lambda _replies: [])
         if not self._one_slot:  # the task keys in a slot of their own: read first
             members = [_member(biz, phone) for biz, phone, *_ in sends]
             settle = [tasks.Outcome(biz, number, delivered, code, reason)
