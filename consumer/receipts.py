@@ -33,6 +33,7 @@ __all__ = [
     "SmsReport",
     "SmsUp",
     "TemplateSmsReport",
+    "shanghai_day",
     "typed_field_names",
 ]
 
@@ -43,6 +44,12 @@ __all__ = [
 #: since 1991, for the arithmetic that turns epoch seconds into Shanghai days cheaply.
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 SHANGHAI_UTC_OFFSET_S = 8 * 3600
+
+
+def shanghai_day(epoch_s: float) -> int:
+    """The Asia/Shanghai calendar day (the platform's: UTC+8 all year) of an epoch time, as
+    days since 1970-01-01."""
+    return int((epoch_s + SHANGHAI_UTC_OFFSET_S) // 86400)
 
 
 @dataclass(frozen=True, slots=True)

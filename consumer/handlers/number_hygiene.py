@@ -12,7 +12,13 @@ from typing import Any
 from consumer.clients.redis_client import RedisClient
 from consumer.clients.redis_scripts import ScriptPlan
 from consumer.handlers import PlannedRedisHandler, require_number, require_text
-from consumer.receipts import SHANGHAI_UTC_OFFSET_S, IntlSmsReport, Receipt, SmsReport
+from consumer.receipts import (
+    SHANGHAI_UTC_OFFSET_S,
+    IntlSmsReport,
+    Receipt,
+    SmsReport,
+    shanghai_day,
+)
 from consumer.reports.delivery_stats import parse_receipt_time
 from consumer.reports.number_rules import Classifier, parse_policies, parse_rules
 from consumer.reports.numbers import DEFAULT_PREFIX, Event, NumberList
@@ -26,14 +32,13 @@ _from_iso = datetime.fromisoformat
 
 
 @functools.lru_cache(maxsize=64)  # receipts of a batch, and of a day, share their date
-def _day_start(ymd: str) -> int | None:
-    """Epoch seconds of the Asia/Shanghai midnight starting `yyyy-MM-dd`; None when it is no
-    date (date() refuses an impossible day: 2026-13-45)."""
+def _day_of_date(ymd: str) -> int | None:
+    """`yyyy-MM-dd` as days since 1970; None when it is no date (date() refuses an
+    impossible day: 2026-13-45)."""
     try:
-        days = date(int(ymd[0:4]), int(ymd[5:7]), int(ymd[8:10])).toordinal()
+        return date(int(ymd[0:4]), int(ymd[5:7]), int(ymd[8:10])).toordinal() - _EPOCH_ORDINAL
     except ValueError:
         return None
-    return (days - _EPOCH_ORDINAL) * 86400 - SHANGHAI_UTC_OFFSET_S
 
 
 def receipt_epoch(text: str, fallback: float) -> float:
@@ -55,10 +60,10 @@ def receipt_day(text: str, today: int) -> int:
     date's day, whatever its time of day; else `receipt_epoch`'s day; `today` when the text
     cannot be read. A guess of the send day (the tracker corrects a wrong one)."""
     if len(text) == 19 and text[4] == "-" and text[10] == " ":
-        start = _day_start(text[:10])
-        return today if start is None else (start + SHANGHAI_UTC_OFFSET_S) // 86400
+        day = _day_of_date(text[:10])
+        return today if day is None else day
     at = receipt_epoch(text, math.nan)
-    return today if math.isnan(at) else int((at + SHANGHAI_UTC_OFFSET_S) // 86400)
+    return today if math.isnan(at) else shanghai_day(at)
 
 
 class NumberHygiene(PlannedRedisHandler):

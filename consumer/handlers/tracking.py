@@ -10,7 +10,7 @@ from consumer.clients.redis_client import RedisClient
 from consumer.clients.redis_scripts import ScriptPlan
 from consumer.handlers import PlannedRedisHandler, require_number, require_text
 from consumer.handlers.number_hygiene import receipt_day
-from consumer.receipts import SHANGHAI_UTC_OFFSET_S, Receipt, SmsReport
+from consumer.receipts import Receipt, SmsReport, shanghai_day
 from consumer.reports.number_rules import Classifier
 from consumer.reports.tracking import SendTracker as Tracker
 from consumer.reports.tracking import TrackingSettings
@@ -48,7 +48,7 @@ class SendTracker(PlannedRedisHandler):
         """The batch's clearing and settling: one script call."""
         number_of, classify = self._tracker.ids.of, self._classify
         # A receipt without a readable send time: today is the best guess.
-        today = int((time.time() + SHANGHAI_UTC_OFFSET_S) // 86400)
+        today = shanghai_day(time.time())
         sends = []
         for r in receipts:
             if not isinstance(r, SmsReport):

@@ -53,7 +53,7 @@ from consumer.clients.redis_scripts import (
     run_calls,
     run_plans,
 )
-from consumer.receipts import SHANGHAI, SHANGHAI_UTC_OFFSET_S
+from consumer.receipts import SHANGHAI, SHANGHAI_UTC_OFFSET_S, shanghai_day
 from consumer.reports import delivery_stats, tasks
 from consumer.reports import tracking_scripts as scripts
 from consumer.reports.phone_ids import PhoneIds, normalise_phone, phone_ids
@@ -148,8 +148,8 @@ class SendTracker:
             return []
         calls = [ScriptCall(self._trim, [self._zset], [time.time() - ttl])]
         for s in batch:
-            day = int((s.sent_at + _SHANGHAI_OFFSET_S) // _DAY_S)
-            day_expire = (day + 1) * _DAY_S - _SHANGHAI_OFFSET_S + int(ttl)
+            day = shanghai_day(s.sent_at)
+            day_expire = _first_second(day + 1) + int(ttl)
             calls.append(ScriptCall(self._record, [self._zset, self._day_key(day)], [
                 _member(s.biz_id, s.phone_number), repr(s.sent_at), s.out_id, day_expire,
                 int(ttl) + 1]))
@@ -201,7 +201,7 @@ class SendTracker:
         if (settle and len(settle) != len(keys)) or (sent_at and len(sent_at) != len(keys)):
             raise ValueError("settle and sent_at must hold one entry per key")
         if settle and sent_at:
-            return self.settle_plan([(b, p, o.number, _day_of(at), o.delivered, o.err_code,
+            return self.settle_plan([(b, p, o.number, shanghai_day(at), o.delivered, o.err_code,
                                       o.reason)
                                      for (b, p), o, at in zip(keys, settle, sent_at, strict=True)])
         members = [_member(b, p) for b, p in keys]
@@ -243,10 +243,10 @@ class SendTracker:
             raise scores
         if settle and self._one_slot:  # each send's own day: the guess below cannot miss
             plan = self.settle_plan([
-                (o.biz_id, m.partition("|")[2], o.number, _day_of(float(s or 0)), o.delivered,
+                (o.biz_id, m.partition("|")[2], o.number, shanghai_day(float(s or 0)), o.delivered,
                  o.err_code, o.reason) for m, o, s in zip(members, settle, scores, strict=True)])
             return cast(list[bool], run_plans(self._client, [plan])[0])
-        days = [self._day_key(int((float(score or 0) + _SHANGHAI_OFFSET_S) // _DAY_S))
+        days = [self._day_key(shanghai_day(float(score or 0)))
                 for score in scores]
         cleared = [score is not None for score in scores]
         calls = [ScriptCall(self._clear, [self._zset, day], [member])
@@ -269,8 +269,7 @@ class SendTracker:
         """The answers of one `CLEAR_ON_DAY_AND_SETTLE` call per group (in group order)."""
         calls = []
         for (day, biz), indexes in batch.groups.items():
-            args: list[Any] = [batch.now, batch.ttl, day * _DAY_S - _SHANGHAI_OFFSET_S,
-                               len(indexes)]
+            args: list[Any] = [batch.now, batch.ttl, _first_second(day), len(indexes)]
             for i in indexes:
                 args += batch.rows[i]
             calls.append(ScriptCall(self._clear_on_day, [
@@ -285,7 +284,7 @@ class SendTracker:
         order = [i for indexes in batch.groups.values() for i in indexes]
         for i, answer in zip(order, answers, strict=True):
             if isinstance(answer, bytes | str):
-                day = int((float(answer) + _SHANGHAI_OFFSET_S) // _DAY_S)
+                day = shanghai_day(float(answer))
                 missed.append((i, self._day_key(day)))
             else:
                 out[i] = bool(answer)
@@ -305,7 +304,7 @@ class SendTracker:
         for (day, biz), indexes in batch.groups.items():
             day_key = day_keys.get(day) or day_keys.setdefault(day, self._day_key(day))
             keys += (day_key, counts + biz, numbers + biz)
-            args += (day * _DAY_S - _SHANGHAI_OFFSET_S, len(indexes))
+            args += (_first_second(day), len(indexes))
             for i in indexes:
                 args += rows[i]
         return ScriptCall(self._clear_on_day_batch, keys, args)
@@ -337,7 +336,7 @@ class SendTracker:
             return []
         pipe = self._client.pipeline(transaction=False)
         for member, score in rows:
-            day = int((score + _SHANGHAI_OFFSET_S) // _DAY_S)
+            day = shanghai_day(score)
             pipe.hget(self._day_key(day), member)
         out_ids = cast(list[bytes | None], pipe.execute())
         sends = []
@@ -378,6 +377,6 @@ class _Batch:
     groups: dict[tuple[int, str], list[int]] = field(default_factory=dict)
 
 
-def _day_of(at: float) -> int:
-    """The send day of an epoch time: days since 1970 in Asia/Shanghai."""
-    return int((at + _SHANGHAI_OFFSET_S) // _DAY_S)
+def _first_second(day: int) -> int:
+    """Epoch seconds of the Asia/Shanghai midnight that starts `day` (`shanghai_day`)."""
+    return day * _DAY_S - _SHANGHAI_OFFSET_S
