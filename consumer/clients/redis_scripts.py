@@ -30,12 +30,14 @@ writes): one round trip to the node that owns its slot, ending with the same WAI
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import hiredis
+import orjson
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
@@ -51,8 +53,8 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from consumer.clients.redis_client import RedisClient
 
-__all__ = ["NotReplicatedError", "Replication", "ScriptCall", "ScriptPlan", "raise_errors",
-           "replication", "run_calls", "run_plans", "run_transaction"]
+__all__ = ["NotReplicatedError", "Replication", "ScriptCall", "ScriptPlan", "json_arg",
+           "raise_errors", "replication", "run_calls", "run_plans", "run_transaction"]
 
 _T = TypeVar("_T")
 
@@ -140,6 +142,17 @@ def run_plans(client: RedisClient, plans: Sequence[ScriptPlan[Any]]) -> list[Any
     if first_error is not None:
         raise first_error
     return results
+
+
+def json_arg(rows: Sequence[Any]) -> bytes:
+    """A batch's rows (lists and tuples of str and int) as one script argument, a JSON array
+    the script reads with `cjson.decode`: one argument to pack instead of one per field
+    (hiredis formats each argument's header with sprintf: some 12k instructions per receipt
+    for the bulk handlers' rows)."""
+    try:
+        return orjson.dumps(rows)
+    except orjson.JSONEncodeError:  # a lone surrogate in a text: written as '?'
+        return json.dumps(rows, ensure_ascii=False).encode("utf-8", "replace")
 
 
 def raise_errors(replies: Sequence[Any]) -> None:

@@ -50,6 +50,7 @@ from consumer.clients.redis_scripts import (
     BATCH_REFUSED,
     ScriptCall,
     ScriptPlan,
+    json_arg,
     run_calls,
     run_plans,
 )
@@ -267,13 +268,11 @@ class SendTracker:
 
     def _per_group(self, batch: _Batch) -> list[Any]:
         """The answers of one `CLEAR_ON_DAY_AND_SETTLE` call per group (in group order)."""
-        calls = []
-        for (day, biz), indexes in batch.groups.items():
-            args: list[Any] = [batch.now, batch.ttl, _first_second(day), len(indexes)]
-            for i in indexes:
-                args += batch.rows[i]
-            calls.append(ScriptCall(self._clear_on_day, [
-                self._zset, self._day_key(day), *self.tasks.keys_of(biz)], args))
+        calls = [ScriptCall(self._clear_on_day, [
+            self._zset, self._day_key(day), *self.tasks.keys_of(biz)], [
+                batch.now, batch.ttl, _first_second(day),
+                json_arg([batch.rows[i] for i in indexes])])
+            for (day, biz), indexes in batch.groups.items()]
         return [answer for reply in run_calls(self._client, calls) for answer in _listed(reply)]
 
     def _settled(self, batch: _Batch, answers: list[Any]) -> list[bool]:
@@ -297,17 +296,16 @@ class SendTracker:
 
     def _batch_call(self, batch: _Batch) -> ScriptCall:
         """The batch script's call: every group's receipts."""
-        keys, args = [self._zset], list[Any]([batch.now, batch.ttl, len(batch.groups)])
+        keys, groups = [self._zset], list[tuple[int, list[tuple[str, ...]]]]()
         counts, numbers = self.tasks.settle_prefixes  # `tasks.keys_of`, without a call per group
         day_keys: dict[int, str] = {}
         rows = batch.rows
         for (day, biz), indexes in batch.groups.items():
             day_key = day_keys.get(day) or day_keys.setdefault(day, self._day_key(day))
             keys += (day_key, counts + biz, numbers + biz)
-            args += (_first_second(day), len(indexes))
-            for i in indexes:
-                args += rows[i]
-        return ScriptCall(self._clear_on_day_batch, keys, args)
+            groups.append((_first_second(day), [rows[i] for i in indexes]))
+        return ScriptCall(self._clear_on_day_batch, keys, [batch.now, batch.ttl,
+                                                           json_arg(groups)])
 
     def _batch_answers(self, batch: _Batch, reply: Any) -> list[Any]:
         """The batch script's answer per receipt (in group order); when the server refused

@@ -46,43 +46,36 @@ return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
 def _clear_on_day_and_settle(day: str, t: str, n: str) -> str:
     """The Lua that clears and settles one (send day, BizId) group, with its keys written as
     given (`day` the day's out_id hash, `t` t:<biz>, `n` n:<biz>; KEYS[1] is the sorted set).
-    It reads the locals `first` (the day's first second, epoch), `i` (where its receipts
-    start in ARGV) and `count` (how many), each receipt as member, number, 'd' for a
-    delivery, or member, number, 'f', err_code, reason for a failure
-    (`SendTracker.settle_plan`), leaves `i` past them, and appends one answer per
+    It reads the locals `first` (the day's first second, epoch) and `rows` (the group's
+    receipts, decoded from JSON: [member, number, 'd'] for a delivery, [member, number, 'f',
+    err_code, reason] for a failure: `SendTracker.settle_plan`), and appends one answer per
     receipt to `out`: 1 when its send was cleared, 0 when it was not tracked, its score (a
     string) when it was tracked on another day (left for CLEAR). A pending task number
     moves to its outcome (consumer.reports.tasks' settle script, over each receipt);
     ARGV[1] is now, ARGV[2] the task keys' ttl."""
     return f"""local moved = false
-for _ = 1, count do
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+for _, row in ipairs(rows) do
+  local score = redis.call('ZSCORE', KEYS[1], row[1])
   if not score then
     out[#out + 1] = 0
   elseif tonumber(score) >= first and tonumber(score) < first + 86400 then
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    redis.call('HDEL', {day}, ARGV[i])
+    redis.call('ZREM', KEYS[1], row[1])
+    redis.call('HDEL', {day}, row[1])
     out[#out + 1] = 1
   else
     out[#out + 1] = score
   end
-  local pending = redis.call('HGET', {n}, ARGV[i + 1]) == 'p'
-  if ARGV[i + 2] == 'd' then
-    if pending then
-      moved = true
-      redis.call('HSET', {n}, ARGV[i + 1], 'd')
+  if redis.call('HGET', {n}, row[2]) == 'p' then
+    moved = true
+    if row[3] == 'd' then
+      redis.call('HSET', {n}, row[2], 'd')
       redis.call('HINCRBY', {t}, 'delivered', 1)
-    end
-    i = i + 3
-  else
-    if pending then
-      moved = true
-      redis.call('HSET', {n}, ARGV[i + 1], 'f' .. ARGV[i + 3])
+    else
+      redis.call('HSET', {n}, row[2], 'f' .. row[4])
       redis.call('HINCRBY', {t}, 'failed', 1)
-      redis.call('HINCRBY', {t}, 'fail:' .. ARGV[i + 3], 1)
-      redis.call('HINCRBY', {t}, 'why:' .. ARGV[i + 4], 1)
+      redis.call('HINCRBY', {t}, 'fail:' .. row[4], 1)
+      redis.call('HINCRBY', {t}, 'why:' .. row[5], 1)
     end
-    i = i + 5
   end
 end
 if moved then
@@ -98,10 +91,10 @@ end
 # receipts' send time gives (or, read first, the one their sends were tracked on): a send
 # tracked on another day is left for a second call (CLEAR) with its day's hash.
 # KEYS[1] the sorted set, KEYS[2] the day's out_id hash, KEYS[3] t:<biz>, KEYS[4] n:<biz>.
-# ARGV: now, ttl, the day's first second (epoch), the receipt count, then the receipts as
-# above. Per receipt, in order: see `_clear_on_day_and_settle`.
+# ARGV: now, ttl, the day's first second (epoch), the receipts as one JSON array of rows
+# (above). Per receipt, in order: see `_clear_on_day_and_settle`.
 CLEAR_ON_DAY_AND_SETTLE = (
-    "local out, first, count, i = {}, tonumber(ARGV[3]), tonumber(ARGV[4]), 5\n"
+    "local out, first, rows = {}, tonumber(ARGV[3]), cjson.decode(ARGV[4])\n"
     + _clear_on_day_and_settle("KEYS[2]", "KEYS[3]", "KEYS[4]") + "return out\n")
 
 
@@ -111,14 +104,13 @@ def _indented(lua: str) -> str:
 
 # CLEAR_ON_DAY_AND_SETTLE over every (send day, BizId) group of a batch: one call, one reply.
 # KEYS[1] the sorted set, then per group its day's hash, t:<biz> and n:<biz>. ARGV: now,
-# ttl, the group count, then per group: its day's first second (epoch), its receipt count,
-# and its receipts as above. Per receipt, in order: as the per-group call.
+# ttl, then the groups as one JSON array, each [its day's first second (epoch), its rows].
+# Per receipt, in order: as the per-group call.
 CLEAR_ON_DAY_AND_SETTLE_MANY = (
     "-- one slot, keys by index: a batch's groups in one call (see the module docstring)\n"
-    "local out, i = {}, 4\n"
-    "for g = 1, tonumber(ARGV[3]) do\n"
+    "local out = {}\n"
+    "for g, group in ipairs(cjson.decode(ARGV[3])) do\n"
     "  local day, t, n = 3 * g - 1, 3 * g, 3 * g + 1\n"
-    "  local first, count = tonumber(ARGV[i]), tonumber(ARGV[i + 1])\n"
-    "  i = i + 2\n"
+    "  local first, rows = group[1], group[2]\n"
     + _indented(_clear_on_day_and_settle("KEYS[day]", "KEYS[t]", "KEYS[n]"))
     + "end\nreturn out\n")
