@@ -93,11 +93,22 @@ def test_a_receipts_send_day_is_read_from_its_date() -> None:
 
 
 def test_a_blank_number_is_passed_over(redis_client: redis.Redis, clock: Clock) -> None:
-    numbers = NumberList(redis_client, clock=clock)  # '' is the script's failure marker
+    numbers = NumberList(redis_client, clock=clock)
     numbers.apply([Delivery("", T0), Failure("13800000001", T0, "empty_number", "MK:0005",
                                              "空号", "2^0")])
     assert numbers.is_suppressed("13800000001")
     assert numbers.get("") is None
+
+
+def test_a_message_text_json_cannot_carry_is_recorded_with_a_mark_in_its_place(
+        redis_client: redis.Redis, clock: Clock) -> None:
+    # A lone surrogate (a JSON body may escape one): the batch's rows travel as JSON.
+    NumberList(redis_client, clock=clock).apply([
+        Failure("13800000001", T0, "empty_number", "MK:0005", "空号\ud800", "2^0"),
+        Failure("13800000002", T0, "empty_number", "MK:0005", "空号", "2^0")])
+    record = NumberList(redis_client, clock=clock).get("13800000001")
+    assert record is not None and (record.err_code, record.err_msg) == ("MK:0005", "空号?")
+    assert NumberList(redis_client, clock=clock).is_suppressed("13800000002")
 
 
 @pytest.fixture
