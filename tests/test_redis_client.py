@@ -3,22 +3,32 @@ password in any error."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from alicom_sandbox.redis_server import free_port
+from alicom_sandbox.redis_server import free_port, running_redis
 from alicom_sandbox.redis_topologies import (
     ClusterSetup,
     SentinelSetup,
     running_cluster,
     running_sentinel,
 )
-from consumer.clients.redis_client import connect, hash_tagged, scrub, transient_from_redis
-from consumer.clients.redis_scripts import NotReplicatedError, replication
+from consumer.clients.redis_client import (
+    connect,
+    hash_tagged,
+    redis_error_text,
+    scrub,
+    transient_from_redis,
+)
+from consumer.clients.redis_scripts import NotReplicatedError, ScriptCall, replication, run_calls
 from consumer.errors import ConfigError, TransientError
 from consumer.pipeline.deadletter import DeadLetter, message_letter_id
 from consumer.pipeline.deadletter_store import RedisDeadLetterStore
@@ -257,3 +267,30 @@ def test_tls_sentinel_and_cluster_urls_work_across_a_failover_and_check_the_cert
 def _replica_port(setup: SentinelSetup) -> int:
     primary = setup.current_primary()
     return setup.replica_port if primary == setup.primary_port else setup.primary_port
+
+
+def test_script_round_trips_wait_in_the_kernel_and_a_stalled_server_still_times_out() -> None:
+    # One send and one receive per round trip (no poll before each): the socket is in
+    # blocking mode and the kernel keeps its timeout. A server of its own: it is paused.
+    with running_redis() as server:
+        client = connect(server.url, socket_timeout_s=0.2, retry=Retry(NoBackoff(), 0))
+        other = server.client()
+        script = client.register_script("return 1")
+        try:
+            assert run_calls(client, [ScriptCall(script, ["k"])]) == [1]
+            [connection] = client.connection_pool._available_connections
+            sock = connection._sock  # the pooled socket is what is checked
+            assert sock.gettimeout() is None
+            assert struct.unpack("@ll", sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)) == (0, 200_000)
+
+            other.execute_command("CLIENT", "PAUSE", 1000, "ALL")  # the server stops answering
+            with pytest.raises(redis.RedisError) as caught:
+                run_calls(client, [ScriptCall(script, ["k"])])
+            assert redis_error_text(caught.value, client) == (
+                "TimeoutError: Timeout reading from or writing to socket")
+            time.sleep(1.0)  # the pause ends: the next round trip connects again and works
+            assert run_calls(client, [ScriptCall(script, ["k"])]) == [1]
+        finally:
+            client.close()
+            other.close()

@@ -19,6 +19,8 @@ same way, through `transient_from_redis` (every Redis-backed store's one wrappin
 from __future__ import annotations
 
 import re
+import socket
+import struct
 from collections.abc import Iterable
 from typing import Any, TypeAlias, cast
 
@@ -39,6 +41,7 @@ __all__ = [
     "AsyncRedisClient",
     "RedisClient",
     "RedisPipeline",
+    "checked_out",
     "connect",
     "connect_async",
     "connect_option",
@@ -104,6 +107,9 @@ def redis_error_text(exc: BaseException, client: RedisClient) -> str:
     """`Type: message` of a failed call on `client`, on one line, with the client's own
     password and user name and any URL's user info masked: the one form every Redis error
     takes on its way to a log line, a retry reason or a dead letter."""
+    if isinstance(exc, redis.ConnectionError) and isinstance(exc.__context__, BlockingIOError):
+        # A socket on kernel timeouts (consumer.clients.redis_scripts) ran out of time.
+        exc = redis.TimeoutError("Timeout reading from or writing to socket")
     kwargs: dict[str, object] = client.get_connection_kwargs()
     secrets = [kwargs.get("password"), kwargs.get("username")]
     text = _scrubbed(str(exc), [s for s in secrets if isinstance(s, str)])
@@ -188,6 +194,34 @@ def connect_async(url: str, *, socket_timeout_s: float, connect_timeout_s: float
     return redis.asyncio.cluster.RedisCluster(
         startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.nodes],
         health_check_interval=health_check_interval_s, **auth, **common)
+
+
+def checked_out(pool: Any) -> Any:  # redis-py's pool and connection: partly untyped
+    """A connection of `pool` (`pool.get_connection()`, returned by `pool.release`), its
+    socket on kernel timeouts (set once per socket: `_kernel_timeouts`; a TLS socket keeps
+    redis-py's): for code that writes and reads a connection itself
+    (`consumer.clients.redis_scripts`)."""
+    connection = pool.get_connection()
+    sock = getattr(connection, "_sock", None)  # redis-py's connected socket
+    if type(sock) is socket.socket and sock.gettimeout() is not None:
+        _kernel_timeouts(sock, connection.socket_timeout)
+    return connection
+
+
+def _kernel_timeouts(sock: socket.socket, timeout_s: float) -> None:
+    """`sock` in blocking mode, its `timeout_s` kept by the kernel (SO_RCVTIMEO, SO_SNDTIMEO).
+
+    CPython implements a socket timeout as a poll(2) before every send and receive, and each
+    of those system calls releases the GIL: in the worker, whose threads contend for it, a
+    release can cost a context switch. In blocking mode an exchange is one send and one
+    receive. A timeout then comes out of redis-py as a ConnectionError caused by
+    BlockingIOError (EAGAIN), which `redis_error_text` words as the timeout it is; redis-py's
+    retry policy retries both alike."""
+    micros = max(1, round(timeout_s * 1_000_000))  # a zero timeval would wait for ever
+    value = struct.pack("@ll", micros // 1_000_000, micros % 1_000_000)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    sock.settimeout(None)
 
 
 def _auth(target: RedisTarget) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from redis.exceptions import (
 )
 from redis.utils import HIREDIS_AVAILABLE
 
-from consumer.clients.redis_client import RedisClient
+from consumer.clients.redis_client import RedisClient, checked_out
 
 __all__ = ["NotReplicatedError", "Replication", "ScriptCall", "ScriptPlan", "json_arg",
            "raise_errors", "replication", "run_calls", "run_plans", "run_transaction"]
@@ -197,7 +197,7 @@ def _round_trip(target: redis.Redis, commands: list[tuple[Any, ...]]) -> list[An
     kept in its place), without its per-command bookkeeping, which cost more CPU per
     receipt than the rest of the claim."""
     pool = target.connection_pool
-    connection: Any = pool.get_connection()  # redis-py: partly untyped
+    connection = checked_out(pool)
     try:
         replies: list[Any] = connection.retry.call_with_retry(
             lambda: _exchange(connection, commands), lambda _error: connection.disconnect())
@@ -356,7 +356,7 @@ class _Sent:
     def send(cls, target: redis.Redis, calls: Sequence[ScriptCall], indexes: list[int],
              wait: Replication | None) -> _Sent:
         commands = _commands(calls, indexes, wait)
-        connection: Any = target.connection_pool.get_connection()  # redis-py: partly untyped
+        connection = checked_out(target.connection_pool)
         try:
             connection.send_packed_command(packed(connection, commands))
         except _REROUTE as exc:
