@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from alicom_sandbox.redis_server import free_port
+
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "consumer", *args], capture_output=True,
@@ -60,3 +62,21 @@ def test_a_bad_number_or_copy_target_is_one_line(args: tuple[str, ...],
              "numbers": " (see alicom-receipts numbers add --help)"}
     assert done.stderr.strip().splitlines() == [expected + usage.get(args[0], "")]
     assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("args", "status"), [
+    (("worker", "--queue", "SmsReport"), 75),  # temporary: restarted later
+    (("push-server",), 75),
+    (("push-worker",), 75),
+    (("dead-letters", "list"), 1),  # its Redis failure
+])
+def test_a_redis_cluster_no_node_of_which_answers_is_one_line_without_the_password(
+        args: tuple[str, ...], status: int) -> None:
+    # A cluster's client reads the slot map as it is made: that failing was a traceback.
+    url = "redis+cluster://:hunter22@127.0.0.1:%d" % free_port()
+    done = run(*args, env={"ALICOM_RECEIPTS_REDIS_URL": url, "PATH": ""})
+    assert done.returncode == status
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "hunter22" not in done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"alicom-receipts {args[0]}: Redis did not answer: ConnectionError: redis cluster: ")

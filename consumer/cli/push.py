@@ -23,7 +23,7 @@ from typing import NoReturn
 import structlog
 
 from consumer.cli.runner import CommandParser, add_config_argument, load
-from consumer.clients.redis_client import connect
+from consumer.clients.redis_client import connect_at_start
 from consumer.clients.redis_guard import guard
 from consumer.pipeline.stats import Stats
 from consumer.receipts import MESSAGE_TYPES
@@ -73,7 +73,7 @@ def _server_args(argv: Sequence[str]) -> argparse.Namespace:
 def _guard_redis(settings: Settings) -> None:
     """A 200 promises the receipts are stored: refuse a Redis that may evict them or forget
     them on a restart (no AOF), unless allowed (consumer.clients.redis_guard)."""
-    client = connect(settings.redis_url, socket_timeout_s=2, connect_timeout_s=2)
+    client = connect_at_start(settings.redis_url, socket_timeout_s=2, connect_timeout_s=2)
     try:
         guard(client, "push-server", allow_eviction=settings.redis_allow_eviction,
               needs_aof=True, allow_volatile=settings.push.allow_volatile)
@@ -96,7 +96,7 @@ def server_main(argv: Sequence[str]) -> int:
     if metrics is not None:
         install(metrics.exposition.routes, beat.live, beat.is_ready)
         observer = PushRequests(metrics, MESSAGE_TYPES)
-        sync = connect(settings.redis_url, socket_timeout_s=2, connect_timeout_s=2)
+        sync = connect_at_start(settings.redis_url, socket_timeout_s=2, connect_timeout_s=2)
         metrics.add_sampler(redis_sampler(metrics, "push_stream_length",
                                           lambda: int(sync.xlen(push.stream))))
         metrics.add_sampler(redis_memory_sampler(metrics, sync))

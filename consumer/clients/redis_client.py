@@ -34,7 +34,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from consumer.errors import ConfigError, TransientError, one_line
+from consumer.errors import ConfigError, StartupUnavailable, TransientError, one_line
 from consumer.redis_url import RedisTarget, parse_redis_url
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "checked_out",
     "connect",
     "connect_async",
+    "connect_at_start",
     "connect_option",
     "hash_tagged",
     "redis_error_text",
@@ -157,6 +158,20 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float = 5.0
                             health_check_interval=health_check_interval_s, **auth, **common)
     except RedisClusterException as exc:  # not a RedisError: callers catch those
         raise redis.ConnectionError("redis cluster: " + scrub(str(exc), url)) from None
+
+
+def connect_at_start(url: str, *, socket_timeout_s: float, connect_timeout_s: float = 5.0,
+                     health_check_interval_s: int = 0) -> RedisClient:
+    """`connect` for a daemon starting (worker, push server and worker): a cluster none of
+    whose start-up nodes answers (its slot map is read now) is `StartupUnavailable`: one
+    line and exit 75, restarted later, never a traceback. (A single server or a Sentinel
+    service is first reached by the first command, where the daemon's retries apply.)"""
+    try:
+        return connect(url, socket_timeout_s=socket_timeout_s,
+                       connect_timeout_s=connect_timeout_s,
+                       health_check_interval_s=health_check_interval_s)
+    except redis.RedisError as exc:  # `connect` scrubbed its text of any password
+        raise StartupUnavailable("Redis did not answer: %s" % one_line(exc, str(exc))) from None
 
 
 def connect_option(owner: str, url: str, timeout_s: float) -> RedisClient:

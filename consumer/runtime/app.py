@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import structlog
 
 from consumer.clients.credentials import load_access_key
-from consumer.clients.redis_client import RedisClient, connect
+from consumer.clients.redis_client import RedisClient, connect_at_start
 from consumer.clients.redis_guard import guard
 from consumer.clients.tokens import TokenService
 from consumer.errors import AlicomReceiptsError, ConfigError
@@ -148,8 +148,8 @@ def build_worker(settings: Settings, message_type: str, env: dict[str, str],
         return MnsQueueClient(settings.endpoints.mns_endpoint, queue_name, provider,
                               settings.poll.socket_timeout_s)
 
-    client = connect(settings.redis_url, socket_timeout_s=5, connect_timeout_s=5,
-                     health_check_interval_s=30)
+    client = connect_at_start(settings.redis_url, socket_timeout_s=5, connect_timeout_s=5,
+                              health_check_interval_s=30)
     guard(client, "worker", allow_eviction=settings.redis_allow_eviction)
     # Before the plugins: a plugin's own prometheus metrics must see multiprocess mode.
     metrics = setup_metrics(settings.metrics, message_type, stats)

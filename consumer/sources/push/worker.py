@@ -20,7 +20,7 @@ from types import FrameType
 
 import structlog
 
-from consumer.clients.redis_client import connect
+from consumer.clients.redis_client import connect_at_start
 from consumer.clients.redis_guard import guard
 from consumer.errors import ConfigError
 from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
@@ -43,8 +43,8 @@ def build_push_worker(settings: Settings, push: PushSettings, stats: Stats | Non
         raise ConfigError("push.reclaim_idle_s (%s) must exceed worker.handler_deadline_s "
                           "(%s) by more than 0.5 s: an entry still being handled would be "
                           "re-taken" % (push.reclaim_idle_s, settings.worker.handler_deadline_s))
-    client = connect(settings.redis_url, socket_timeout_s=push.block_s + 5, connect_timeout_s=5,
-                     health_check_interval_s=30)
+    client = connect_at_start(settings.redis_url, socket_timeout_s=push.block_s + 5,
+                              connect_timeout_s=5, health_check_interval_s=30)
     guard(client, "push-worker", allow_eviction=settings.redis_allow_eviction)
     routes = load_handlers(settings.handlers)
     dispatcher = handler_dispatcher(routes, settings)
