@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,20 @@ def test_a_redis_cluster_no_node_of_which_answers_is_one_line_without_the_passwo
     assert "hunter22" not in done.stdout + done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(
         f"alicom-receipts {args[0]}: Redis did not answer: ConnectionError: redis cluster: ")
+
+
+def test_a_handler_whose_redis_cluster_does_not_answer_is_temporary_not_a_mistake(
+        tmp_path: Path) -> None:
+    # Exit 2 would keep the service down (RestartPreventExitStatus=2); 75 is restarted later.
+    config = tmp_path / "worker.toml"
+    config.write_text(
+        '[alicom]\npreset = "sandbox"\n[redis]\nurl = "redis://127.0.0.1:%d/0"\n'
+        '[[handlers]]\nuse = "number-hygiene"\n'
+        'options = {url = "redis+cluster://:hunter22@127.0.0.1:%d"}\n'
+        % (free_port(), free_port()))
+    done = run("worker", "--queue", "SmsReport", "--config", str(config), env={"PATH": ""})
+    assert done.returncode == 75
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "hunter22" not in done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "alicom-receipts worker: handler 'number-hygiene': Redis did not answer: ")

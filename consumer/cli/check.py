@@ -84,7 +84,7 @@ def check_plugins(settings: Settings, report: Report) -> None:
     for i, spec in enumerate(settings.handlers):
         try:
             close_handlers(load_handlers([spec]))
-        except ConfigError as exc:
+        except (ConfigError, StartupUnavailable) as exc:
             report.problem("handlers", str(exc), "%s (handlers[%d], use = %r)"
                            % (_handler_hint(exc), i, spec.use))
             covered |= set(spec.types) if spec.types is not None else set(RECEIPT_CLASSES)
@@ -94,6 +94,9 @@ def check_plugins(settings: Settings, report: Report) -> None:
         routes = load_handlers(usable)
     except ConfigError as exc:  # together: e.g. two handlers with one name
         report.problem("handlers", str(exc), "give each [[handlers]] its own `name`")
+        return
+    except StartupUnavailable as exc:  # its service went away since it was tried alone
+        report.problem("handlers", str(exc), _handler_hint(exc))
         return
     for problem in deadline_problems(routes, settings.ack.max_in_flight_s):
         report.problem("handlers", problem, "lower the handler's deadline_s or raise "
@@ -126,8 +129,10 @@ _HANDLER_HINTS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _handler_hint(exc: ConfigError) -> str:
+def _handler_hint(exc: ConfigError | StartupUnavailable) -> str:
     """What to do about one handler's loading failure, by its kind."""
+    if isinstance(exc, StartupUnavailable):
+        return "start the service the handler writes to, or correct its url"
     if isinstance(exc.__cause__, HandlerTypeError):
         return ("make `types` in [[handlers]] (or @handler) and the annotation of the "
                 "handler's receipt parameter agree")

@@ -31,7 +31,7 @@ from typing import cast
 
 import structlog
 
-from consumer.errors import ConfigError, one_line
+from consumer.errors import ConfigError, StartupUnavailable, one_line
 from consumer.handler_api import (
     AnyHandler,
     FunctionHandler,
@@ -65,7 +65,8 @@ def load_handlers(specs: Iterable[HandlerSpec], targets: Mapping[str, object] | 
     """Builds every spec and returns receipt class name -> its handlers, in config order.
 
     Classes without handlers are absent. Handler names must be unique (set `name` to use one
-    plugin twice). On any error the handlers built so far are closed and PluginError raised.
+    plugin twice). On any error the handlers built so far are closed and PluginError raised,
+    or StartupUnavailable for a handler whose service did not answer yet (temporary).
     `targets` maps a `use` to an object already at hand (the testing kit's way in): it is
     built like the object that `use` would name.
     """
@@ -76,7 +77,7 @@ def load_handlers(specs: Iterable[HandlerSpec], targets: Mapping[str, object] | 
             given = (targets or {}).get(spec.use)
             _add(spec, _resolve(spec.use) if given is None else (given, _default_name(given)),
                  built, routes)
-    except PluginError:
+    except (PluginError, StartupUnavailable):
         close_handlers({"": built})
         raise
     return routes
@@ -182,6 +183,8 @@ def _instantiate(spec: HandlerSpec, target: object) -> AnyHandler:
             raise PluginError(
                 f"bad options for handler '{spec.use}' ({target.__qualname__}): {one_line(exc)}",
             ) from exc
+        except StartupUnavailable as exc:  # temporary (a cluster not answering): not a mistake
+            raise StartupUnavailable(f"handler '{spec.use}': {exc}") from None
         except Exception as exc:  # its own validation (ConfigError, ValueError, OSError...)
             raise PluginError(f"handler '{spec.use}' failed to start: {one_line(exc)}") from exc
         if not _is_handler_object(obj):

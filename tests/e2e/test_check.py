@@ -149,3 +149,22 @@ def test_two_broken_handlers_are_both_reported_each_with_its_own_hint(stack: Sta
     assert "(handlers[0]" in lines[0]
     assert "colour" in lines[1] and "fix `options`" in lines[1] and "(handlers[1]" in lines[1]
     assert "install the plugin's package" not in lines[1]
+
+
+def test_a_handler_whose_redis_cluster_does_not_answer_is_a_problem_line_with_its_hint(
+        stack: Stack) -> None:
+    endpoint = stack.sandbox.endpoint
+    sections: dict[str, dict[str, Any]] = {
+        "alicom": {"preset": "custom", "mns_endpoint": endpoint,
+                   "token_endpoint": endpoint.removeprefix("http://"), "token_protocol": "http",
+                   "account_id": stack.account_id, "queues": ["SmsReport"]},
+        "redis": {"url": stack.redis_server.url},
+        "push": {"allow_volatile": True},  # the session's Redis has no AOF
+    }
+    handlers = [{"use": "number-hygiene",
+                 "options": {"url": "redis+cluster://:hunter22@127.0.0.1:%d" % free_port()}}]
+    code, lines = _check(stack, write_config(stack.tmp / "cluster.toml", sections, handlers))
+    assert code == 1  # the check goes on: every other line is still checked
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("handlers: handler 'number-hygiene': Redis did not answer: ")
+    assert "start the service the handler writes to" in lines[0] and "hunter22" not in lines[0]
