@@ -18,6 +18,7 @@ same way, through `transient_from_redis` (every Redis-backed store's one wrappin
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import struct
@@ -175,9 +176,10 @@ def connect_at_start(url: str, *, socket_timeout_s: float, connect_timeout_s: fl
 
 
 def connect_option(owner: str, url: str, timeout_s: float) -> RedisClient:
-    """A client for a handler's `url` option; a bad URL is a ConfigError naming `owner`."""
+    """A client for a handler's `url` option; a bad URL is a ConfigError naming `owner`, a
+    cluster no start-up node of which answers `StartupUnavailable` (`connect_at_start`)."""
     try:
-        return connect(url, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s)
+        return connect_at_start(url, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s)
     except ConfigError as exc:
         raise ConfigError(f"{owner}: {exc}") from None
 
@@ -213,13 +215,20 @@ def connect_async(url: str, *, socket_timeout_s: float, connect_timeout_s: float
 
 def checked_out(pool: Any) -> Any:  # redis-py's pool and connection: partly untyped
     """A connection of `pool` (`pool.get_connection()`, returned by `pool.release`), its
-    socket on kernel timeouts (set once per socket: `_kernel_timeouts`; a TLS socket keeps
-    redis-py's): for code that writes and reads a connection itself
-    (`consumer.clients.redis_scripts`)."""
+    socket on kernel timeouts (set once per socket: `_kernel_timeouts`; a TLS socket, or a
+    platform that refuses the options, keeps redis-py's): for code that writes and reads a
+    connection itself (`consumer.clients.redis_scripts`).
+
+    The socket keeps them while it lives, also for redis-py's own commands on it: each read
+    or write then ends after the socket timeout, even one redis-py means to block for ever
+    (a pub/sub `get_message(timeout=None)`: nothing in the daemon subscribes), and a large
+    write's timeout counts per send(2), not for the whole write."""
     connection = pool.get_connection()
     sock = getattr(connection, "_sock", None)  # redis-py's connected socket
     if type(sock) is socket.socket and sock.gettimeout() is not None:
-        _kernel_timeouts(sock, connection.socket_timeout)
+        # A platform that refuses them (e.g. a 32-bit timeval): redis-py's timeout stays.
+        with contextlib.suppress(OSError, struct.error):
+            _kernel_timeouts(sock, connection.socket_timeout)
     return connection
 
 

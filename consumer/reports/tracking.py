@@ -365,9 +365,9 @@ def _flag(reply: Any) -> bool:
 
 @dataclass
 class _Batch:
-    """A batch being cleared on its receipts' send days: per receipt its row of the settle
-    scripts' ARGV (`settle_plan`), and `groups` mapping (day, BizId) to the indexes of its
-    rows."""
+    """A batch being cleared on its receipts' send days: per receipt its row for the settle
+    scripts (`settle_plan`; they get a group's rows as one JSON argument), and `groups`
+    mapping (day, BizId) to the indexes of its rows."""
 
     rows: Sequence[tuple[str, ...]]
     now: int
