@@ -13,18 +13,23 @@ from tests.e2e.conftest import Stack
 from tests.e2e.harness import REPO, worker_env
 
 
-def _config(stack: Stack, *, queues: list[str], redis_url: str | None = None,
-            handler: str = "log", types: list[str] | None = None) -> Path:
+def _sections(stack: Stack, queues: list[str], redis_url: str | None = None,
+              ) -> dict[str, dict[str, Any]]:
+    """The configuration's sections for the stack's sandbox and Redis (without handlers)."""
     endpoint = stack.sandbox.endpoint
-    sections: dict[str, dict[str, Any]] = {
+    return {
         "alicom": {"preset": "custom", "mns_endpoint": endpoint,
                    "token_endpoint": endpoint.removeprefix("http://"), "token_protocol": "http",
                    "account_id": stack.account_id, "queues": queues},
         "redis": {"url": redis_url or stack.redis_server.url},
         "push": {"allow_volatile": True},  # the session's Redis has no AOF
     }
+
+
+def _config(stack: Stack, *, queues: list[str], redis_url: str | None = None,
+            handler: str = "log", types: list[str] | None = None) -> Path:
     spec: dict[str, Any] = {"use": handler} if types is None else {"use": handler, "types": types}
-    return write_config(stack.tmp / "check.toml", sections, [spec])
+    return write_config(stack.tmp / "check.toml", _sections(stack, queues, redis_url), [spec])
 
 
 def _check(stack: Stack, config: Path, key_id: str | None = None,
@@ -114,14 +119,7 @@ def test_declared_types_the_annotation_refuses_are_one_line(stack: Stack) -> Non
 
 
 def test_a_queue_type_without_a_handler_fails_the_check(stack: Stack) -> None:
-    endpoint = stack.sandbox.endpoint
-    sections: dict[str, dict[str, Any]] = {
-        "alicom": {"preset": "custom", "mns_endpoint": endpoint,
-                   "token_endpoint": endpoint.removeprefix("http://"), "token_protocol": "http",
-                   "account_id": stack.account_id, "queues": ["SmsReport"]},
-        "redis": {"url": stack.redis_server.url},
-        "push": {"allow_volatile": True},  # the session's Redis has no AOF
-    }
+    sections = _sections(stack, ["SmsReport"])
     code, lines = _check(stack, write_config(stack.tmp / "none.toml", sections, []))
     assert code == 1
     assert len(lines) == 1, lines
@@ -131,14 +129,7 @@ def test_a_queue_type_without_a_handler_fails_the_check(stack: Stack) -> None:
 
 
 def test_two_broken_handlers_are_both_reported_each_with_its_own_hint(stack: Stack) -> None:
-    endpoint = stack.sandbox.endpoint
-    sections: dict[str, dict[str, Any]] = {
-        "alicom": {"preset": "custom", "mns_endpoint": endpoint,
-                   "token_endpoint": endpoint.removeprefix("http://"), "token_protocol": "http",
-                   "account_id": stack.account_id, "queues": ["SmsReport", "SmsUp"]},
-        "redis": {"url": stack.redis_server.url},
-        "push": {"allow_volatile": True},  # the session's Redis has no AOF
-    }
+    sections = _sections(stack, ["SmsReport", "SmsUp"])
     handlers = [{"use": "no_such_package.handlers:on_report", "types": ["SmsReport"]},
                 {"use": "jsonl", "options": {"path": "/x", "colour": "red"}},
                 {"use": "log"}]
@@ -153,14 +144,7 @@ def test_two_broken_handlers_are_both_reported_each_with_its_own_hint(stack: Sta
 
 def test_a_handler_whose_redis_cluster_does_not_answer_is_a_problem_line_with_its_hint(
         stack: Stack) -> None:
-    endpoint = stack.sandbox.endpoint
-    sections: dict[str, dict[str, Any]] = {
-        "alicom": {"preset": "custom", "mns_endpoint": endpoint,
-                   "token_endpoint": endpoint.removeprefix("http://"), "token_protocol": "http",
-                   "account_id": stack.account_id, "queues": ["SmsReport"]},
-        "redis": {"url": stack.redis_server.url},
-        "push": {"allow_volatile": True},  # the session's Redis has no AOF
-    }
+    sections = _sections(stack, ["SmsReport"])
     handlers = [{"use": "number-hygiene",
                  "options": {"url": "redis+cluster://:hunter22@127.0.0.1:%d" % free_port()}}]
     code, lines = _check(stack, write_config(stack.tmp / "cluster.toml", sections, handlers))
