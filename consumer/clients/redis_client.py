@@ -110,7 +110,7 @@ def redis_error_text(exc: BaseException, client: RedisClient) -> str:
     password and user name and any URL's user info masked: the one form every Redis error
     takes on its way to a log line, a retry reason or a dead letter."""
     if isinstance(exc, redis.ConnectionError) and isinstance(exc.__context__, BlockingIOError):
-        # A socket on kernel timeouts (consumer.clients.redis_scripts) ran out of time.
+        # A socket on kernel timeouts (`checked_out`) ran out of time.
         exc = redis.TimeoutError("Timeout reading from or writing to socket")
     kwargs: dict[str, object] = client.get_connection_kwargs()
     secrets = [kwargs.get("password"), kwargs.get("username")]

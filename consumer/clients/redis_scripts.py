@@ -147,7 +147,7 @@ def run_plans(client: RedisClient, plans: Sequence[ScriptPlan[Any]]) -> list[Any
 def json_arg(rows: Sequence[Any]) -> bytes:
     """A batch's rows (lists and tuples of str and int) as one script argument, a JSON array
     the script reads with `cjson.decode`: one argument to pack instead of one per field
-    (hiredis formats each argument's header with sprintf: some 12k instructions per receipt
+    (hiredis formats each argument's header with sprintf: some 10k instructions per receipt
     for the bulk handlers' rows)."""
     try:
         return orjson.dumps(rows)
