@@ -115,7 +115,6 @@ class Dispatcher:
         # One lock; each `dispatch` waits on a condition of its own over it (`Batch.waiter`):
         # a call that finishes wakes its own waiter, not every dispatch of every runner.
         self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
         self._waiting: set[Batch] = set()  # batches whose dispatch waits (for `close`)
         self._stuck = 0
         self._closed = False
@@ -135,7 +134,7 @@ class Dispatcher:
     @property
     def stuck_threads(self) -> int:
         """Workers still busy in a call that exceeded the deadline."""
-        with self._cond:
+        with self._lock:
             return self._stuck
 
     def wedged(self, now: float | None = None) -> bool:
@@ -143,7 +142,7 @@ class Dispatcher:
         monotonic; default: now) hold the configured share of the pool. A call only late,
         stuck since less than another deadline, does not count: it may yet return."""
         now = time.monotonic() if now is None else now
-        with self._cond:
+        with self._lock:
             if self._stuck < self._wedged_at:
                 return False
             hung = sum(1 for call in self._active
@@ -154,7 +153,7 @@ class Dispatcher:
     def running(self) -> list[tuple[Receipt, str, float]]:
         """(receipt, handler, seconds it has been running) of every call running now."""
         now = time.monotonic()
-        with self._cond:
+        with self._lock:
             return [(call.batch.receipts[i], unit.name, now - call.started_at)
                     for call in self._active
                     if call.started_at is not None and (unit := call.running()) is not None
@@ -187,11 +186,11 @@ class Dispatcher:
         waiter = threading.Condition(self._lock)
         batch = Batch(receipts, late, [[] for _ in receipts], [0] * len(receipts),
                       waiter=waiter)
-        with self._cond:
+        with self._lock:
             usual = {name: u.value for name, u in self._usual.items()}
         calls = plan(batch, self._routes, usual, self._deadline_s, self._chunk_target_s,
                      completed, only)
-        with self._cond:
+        with self._lock:
             self._submit(calls)
             self._waiting.add(batch)
             try:
@@ -213,7 +212,7 @@ class Dispatcher:
     def close(self, wait: bool = False) -> None:
         """Starts nothing more: queued calls end NOT_STARTED. Does not close the handlers."""
         self._executor.shutdown(wait=False, cancel_futures=True)
-        with self._cond:
+        with self._lock:
             self._closed = True
             for batch in self._waiting:  # a dispatch waiting on queued calls gives them up
                 _wake(batch)
@@ -236,7 +235,7 @@ class Dispatcher:
         Nobody is woken for this: a waiter looks at queued calls at least every deadline
         (see `_wait`), and a call that starts now cannot expire before then.
         """
-        with self._cond:
+        with self._lock:
             if self._closed or call.finished:
                 self._not_started(call)
                 return False
@@ -247,13 +246,13 @@ class Dispatcher:
     def _run(self, call: Call) -> None:
         if not self._start(call):
             return
-        with self._cond:
+        with self._lock:
             unit = call.running()
         while unit is not None:
             receipts = [call.batch.receipts[i] for i in unit.indexes]
             outcomes = (invoke_batch(unit.target, unit.name, receipts) if unit.is_batch
                         else [invoke_one(unit.target, unit.name, receipts[0])])
-            with self._cond:  # one lock per unit: record this one, take the next
+            with self._lock:  # one lock per unit: record this one, take the next
                 late = self._record(call, unit, outcomes)
                 unit = call.running()
             callback = call.batch.late

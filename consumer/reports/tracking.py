@@ -64,7 +64,6 @@ __all__ = ["SendTracker", "TrackedSend", "TrackingSettings", "normalise_phone"]
 
 log = structlog.get_logger(__name__)
 
-_SHANGHAI_OFFSET_S = SHANGHAI_UTC_OFFSET_S
 _DAY_S = 86400
 
 #: A send to clear and settle (`SendTracker.settle_plan`): biz_id, phone number, its task
@@ -377,4 +376,4 @@ class _Batch:
 
 def _first_second(day: int) -> int:
     """Epoch seconds of the Asia/Shanghai midnight that starts `day` (`shanghai_day`)."""
-    return day * _DAY_S - _SHANGHAI_OFFSET_S
+    return day * _DAY_S - SHANGHAI_UTC_OFFSET_S
