@@ -1,0 +1,77 @@
+"""The worker bench's handler-cost verdict (bench/paired.py): per-run differences, their
+median and its distribution-free interval, and the goal met only when the interval is under it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from bench.paired import handler_costs, median_interval, paired_cost
+
+
+@dataclass(frozen=True)
+class Run:
+    mode: str
+    latency_ms: int
+    run: int
+    worker_us: float
+
+
+def _runs(mode: str, values: list[float], latency_ms: int = 0) -> list[Run]:
+    return [Run(mode, latency_ms, i, v) for i, v in enumerate(values)]
+
+
+def test_the_interval_brackets_the_median_by_the_binomial_ranks() -> None:
+    # n = 55: k = floor((55 - 1.96 * sqrt(55)) / 2) = 20, so the 20th and 36th values.
+    assert median_interval([float(v) for v in range(1, 56)]) == (20.0, 36.0)
+    # n = 11: k = floor((11 - 1.96 * 3.317) / 2) = 2: the 2nd and 10th.
+    assert median_interval([float(v) for v in reversed(range(1, 12))]) == (2.0, 10.0)
+    assert median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) is None
+
+
+def test_the_cost_pairs_the_runs_made_side_by_side() -> None:
+    cost = paired_cost({0: 100.0, 1: 200.0, 2: 150.0}, {0: 110.0, 1: 230.0, 3: 999.0})
+    assert cost is not None
+    assert cost.differences == (10.0, 30.0)  # run 2 has no cost sample, run 3 no base one
+    assert cost.median == 20.0 and cost.low is None
+    assert cost.words() == "20 µs (per run 10 to 30, 2 runs)"
+    assert paired_cost({0: 1.0}, {1: 2.0}) is None
+
+
+@pytest.mark.parametrize(("added", "verdict"), [
+    (list(range(10, 21)), "meets"),            # the whole interval under 30
+    (list(range(20, 41)), "not shown (the interval holds 30)"),
+    (list(range(31, 42)), "MISSES"),
+])
+def test_the_goal_is_met_only_when_the_whole_interval_is_under_it(added: list[int],
+                                                                     verdict: str) -> None:
+    # The plain worker's CPU moves a lot between runs; the set adds `added` in each run.
+    base = [150.0 + 40 * (i % 3) for i in range(len(added))]
+    samples = (_runs("worker", base)
+               + _runs("worker+bulk-sender", [b + a for b, a in zip(base, added, strict=True)]))
+    [line] = handler_costs(samples, [0])
+    assert line.startswith("0 ms: bulk-sender adds ")
+    assert line.endswith("(goal: under 30 µs): " + verdict)
+
+
+def test_each_build_and_redis_is_compared_with_its_own_plain_worker() -> None:
+    samples = (_runs("worker@old", [100.0] * 6) + _runs("worker+bulk@old", [150.0] * 6)
+               + _runs("worker@new", [300.0] * 6) + _runs("worker+bulk@new", [310.0] * 6)
+               + _runs("worker@cluster", [100.0] * 6, latency_ms=20)
+               + _runs("worker+bulk-sender@cluster", [120.0] * 6, latency_ms=20))
+    lines = handler_costs(samples, [0, 20])  # by handler set, then latency
+    assert lines == [
+        "20 ms: bulk-sender@cluster adds 20 µs (95% interval 20-20, per run 20 to 20, 6 runs) "
+        "of worker CPU per receipt to the plain worker (goal: under 30 µs): meets",
+        "0 ms: bulk@new adds 10 µs (95% interval 10-10, per run 10 to 10, 6 runs) of worker "
+        "CPU per receipt to the plain worker (goal: under 30 µs): meets",
+        "0 ms: bulk@old adds 50 µs (95% interval 50-50, per run 50 to 50, 6 runs) of worker "
+        "CPU per receipt to the plain worker (goal: under 30 µs): MISSES",
+    ]
+
+
+def test_too_few_runs_give_no_verdict() -> None:
+    samples = _runs("worker", [100.0] * 3) + _runs("worker+bulk", [110.0] * 3)
+    [line] = handler_costs(samples, [0])
+    assert line.endswith("not shown (fewer runs than an interval needs)")
