@@ -16,7 +16,9 @@ unique SmsReport bodies:
   tracked beforehand as the sending code would (so send-tracker settles real task numbers);
   its CPU per receipt minus the plain worker's is what the three cost together: a verdict
   line gives the median of the per-run differences, its 95% interval and the goal (under
-  30 µs), met only when the whole interval is under it (`bench/paired.py`).
+  30 µs), met only when the whole interval is under it (`bench/paired.py`). The worker
+  runs of a run go in reverse order every other run (noop, bulk-sender; bulk-sender, noop),
+  so that a drift within runs does not show up as a cost.
 * **worker+bulk-sender** (`--handlers noop,bulk-sender`): the same three as the one
   `bulk-sender` handler (one pool task and one Redis round trip per batch for the three).
 * **worker@single / worker@cluster** (`--redis single,cluster`): every worker run once on the
@@ -358,8 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for lat in latencies:
                 for mode in modes:
                     n = counts[mode][lat]
-                    batch = ([run_worker(e, lat, n, h, label)
-                              for e, label in envs for h in handler_sets]
+                    workers = [(e, label, h) for e, label in envs for h in handler_sets]
+                    if run % 2:  # every other run in reverse: a drift within runs cancels out
+                        workers.reverse()
+                    batch = ([run_worker(e, lat, n, h, label) for e, label, h in workers]
                              if mode == "worker" else [run_loop(env, mode, lat, n)])
                     batch = [dataclasses.replace(s, run=run) for s in batch]
                     samples += batch
