@@ -48,10 +48,11 @@ class PairedCost:
     high: float | None
 
     def words(self) -> str:
-        """"23 µs (95% interval 16-30, per run -1 to 41, 55 runs)"."""
-        interval = ("95%% interval %.0f-%.0f, " % (self.low, self.high)
+        """"23.0 µs (95% interval 16.2-29.8, per run -1.4 to 41.0, 55 runs)": one decimal,
+        so that an interval ending just under a goal does not read as ending on it."""
+        interval = ("95%% interval %.1f-%.1f, " % (self.low, self.high)
                     if self.low is not None and self.high is not None else "")
-        return "%.0f µs (%sper run %.0f to %.0f, %d runs)" % (
+        return "%.1f µs (%sper run %.1f to %.1f, %d runs)" % (
             self.median, interval, min(self.differences), max(self.differences),
             len(self.differences))
 

@@ -285,7 +285,7 @@ def _against(samples: Sequence[Sample], latencies: Sequence[int]) -> list[str]:
 def _progress(s: Sample, run: int, runs: int) -> None:
     print("run %d/%d %3d ms %-11s %7s receipts/s%s" % (
         run + 1, runs, s.latency_ms, s.mode, f"{s.rate:,.0f}",
-        "  worker %.0f µs (%.2f switches) sandbox %.0f µs redis %.0f µs/receipt, RSS %.1f MB"
+        "  worker %.1f µs (%.2f switches) sandbox %.0f µs redis %.0f µs/receipt, RSS %.1f MB"
         % (s.worker_us, s.switches, s.sandbox_us, s.redis_us, s.rss_mb)
         if s.mode.startswith("worker") else ""), file=sys.stderr, flush=True)
 

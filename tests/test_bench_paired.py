@@ -35,7 +35,7 @@ def test_the_cost_pairs_the_runs_made_side_by_side() -> None:
     assert cost is not None
     assert cost.differences == (10.0, 30.0)  # run 2 has no cost sample, run 3 no base one
     assert cost.median == 20.0 and cost.low is None
-    assert cost.words() == "20 µs (per run 10 to 30, 2 runs)"
+    assert cost.words() == "20.0 µs (per run 10.0 to 30.0, 2 runs)"
     assert paired_cost({0: 1.0}, {1: 2.0}) is None
 
 
@@ -61,13 +61,14 @@ def test_each_build_and_redis_is_compared_with_its_own_plain_worker() -> None:
                + _runs("worker@cluster", [100.0] * 6, latency_ms=20)
                + _runs("worker+bulk-sender@cluster", [120.0] * 6, latency_ms=20))
     lines = handler_costs(samples, [0, 20])  # by handler set, then latency
+    tail = " of worker CPU per receipt to the plain worker (goal: under 30 µs): "
     assert lines == [
-        "20 ms: bulk-sender@cluster adds 20 µs (95% interval 20-20, per run 20 to 20, 6 runs) "
-        "of worker CPU per receipt to the plain worker (goal: under 30 µs): meets",
-        "0 ms: bulk@new adds 10 µs (95% interval 10-10, per run 10 to 10, 6 runs) of worker "
-        "CPU per receipt to the plain worker (goal: under 30 µs): meets",
-        "0 ms: bulk@old adds 50 µs (95% interval 50-50, per run 50 to 50, 6 runs) of worker "
-        "CPU per receipt to the plain worker (goal: under 30 µs): MISSES",
+        "20 ms: bulk-sender@cluster adds 20.0 µs (95% interval 20.0-20.0, per run 20.0 to "
+        "20.0, 6 runs)" + tail + "meets",
+        "0 ms: bulk@new adds 10.0 µs (95% interval 10.0-10.0, per run 10.0 to 10.0, 6 runs)"
+        + tail + "meets",
+        "0 ms: bulk@old adds 50.0 µs (95% interval 50.0-50.0, per run 50.0 to 50.0, 6 runs)"
+        + tail + "MISSES",
     ]
 
 
