@@ -3,25 +3,29 @@
 The worker's CPU per receipt moves by a third between runs on a shared machine (the same
 build read 145-226 µs), far more than a handler set adds. Each run of `worker_bench.py` runs
 every configuration once, one after the other, so the machine's state is nearly the same for
-the two: the difference within a run is the figure, and its median over the runs the
-estimate. Its interval is distribution-free (the order statistics that bracket a median
-with 95% confidence, by the binomial's normal approximation): it says how far that median
-can be from the true one, so "under 30 µs" is only claimed when the whole interval is.
+them: the difference within a run is the figure, and its median over the runs the estimate.
+Its interval is distribution-free: the order statistics that bracket the median of the
+differences with at least 95% confidence (the sign test's exact binomial ranks). It says how
+far that median can be from the true one, so "under 30 µs" is only claimed when the whole
+interval is. It holds for the machine's load during the runs (a busier machine makes every
+round trip and thread switch dearer): the bench prints the load average.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Protocol
 
-#: The fewest runs for which an interval is given (below, the bracket would be the extremes).
-MIN_RUNS = 6
 #: Issue 14's goal for the bulk sender's three handlers: the worker CPU per receipt they add.
 HANDLERS_GOAL_US = 30.0
+#: The confidence of the interval.
+CONFIDENCE = 0.95
+#: Steps per µs the interval is rounded outward to (0.1 µs, as printed).
+_STEPS_PER_US = 10
 
 
 class RunSample(Protocol):
@@ -39,8 +43,9 @@ class RunSample(Protocol):
 
 @dataclass(frozen=True)
 class PairedCost:
-    """`median` of the per-run differences (cost - base), `low`..`high` its 95% interval
-    (None under MIN_RUNS runs), and the differences themselves, in run order."""
+    """`median` of the per-run differences (cost - base), `low`..`high` its interval rounded
+    outward to 0.1 µs, as printed, so that the printed interval and a verdict read from
+    it agree (None when too few runs give one), and the differences, in run order."""
 
     differences: tuple[float, ...]
     median: float
@@ -48,8 +53,7 @@ class PairedCost:
     high: float | None
 
     def words(self) -> str:
-        """"23.0 µs (95% interval 16.2-29.8, per run -1.4 to 41.0, 55 runs)": one decimal,
-        so that an interval ending just under a goal does not read as ending on it."""
+        """"23.0 µs (95% interval 16.2-29.8, per run -1.4 to 41.0, 55 runs)"."""
         interval = ("95%% interval %.1f-%.1f, " % (self.low, self.high)
                     if self.low is not None and self.high is not None else "")
         return "%.1f µs (%sper run %.1f to %.1f, %d runs)" % (
@@ -57,15 +61,22 @@ class PairedCost:
             len(self.differences))
 
 
-def median_interval(values: Sequence[float], confidence: float = 0.95,
+def median_interval(values: Sequence[float], confidence: float = CONFIDENCE,
                     ) -> tuple[float, float] | None:
-    """The order statistics that hold the median of `values`' population with `confidence`
-    (None under MIN_RUNS values): ranks k and n+1-k, k = (n - z sqrt(n)) / 2 rounded down."""
+    """The k-th smallest and k-th largest of `values`, for the largest k whose pair holds the
+    median of their population with at least `confidence`: P(k <= B <= n - k) for B ~
+    Binomial(n, 1/2), exact. None when even the smallest and the largest do not (n = 5 or
+    fewer at 95%)."""
     n = len(values)
-    if n < MIN_RUNS:
+    below = 0.0  # P(B <= k - 1), accumulated as k grows
+    k = 0
+    while k < n // 2:
+        below += math.comb(n, k) / 2 ** n
+        if 1 - 2 * below < confidence:
+            break
+        k += 1
+    if k == 0:
         return None
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    k = max(1, math.floor((n - z * math.sqrt(n)) / 2))
     ordered = sorted(values)
     return ordered[k - 1], ordered[n - k]
 
@@ -77,22 +88,25 @@ def paired_cost(base: Mapping[int, float], cost: Mapping[int, float]) -> PairedC
         return None
     differences = tuple(cost[r] - base[r] for r in runs)
     interval = median_interval(differences)
+    if interval is None:
+        return PairedCost(differences, statistics.median(differences), None, None)
+    low, high = interval
     return PairedCost(differences, statistics.median(differences),
-                      *(interval if interval is not None else (None, None)))
+                      math.floor(round(low * _STEPS_PER_US, 6)) / _STEPS_PER_US,
+                      math.ceil(round(high * _STEPS_PER_US, 6)) / _STEPS_PER_US)
 
 
 def handler_costs(samples: Sequence[RunSample], latencies: Sequence[int]) -> list[str]:
     """Per handler set (bulk, bulk-sender; per Redis and build label) and latency: the
     worker CPU per receipt it adds to the plain worker of the same label, from the per-run
-    differences (`bench.paired`), against HANDLERS_GOAL_US: met when the whole interval is
-    under it, missed when the whole interval is over it."""
+    differences, against HANDLERS_GOAL_US: met when the whole interval (as printed) is under
+    it, missed when the whole interval is at or over it."""
     out: list[str] = []
     for mode in sorted({s.mode for s in samples if s.mode.startswith("worker+")}):
         handlers, at, label = mode.removeprefix("worker+").partition("@")
         base = "worker" + at + label
         for lat in latencies:
-            cost = paired_cost(*({s.run: s.worker_us for s in samples
-                                  if s.mode == m and s.latency_ms == lat} for m in (base, mode)))
+            cost = paired_cost(_by_run(samples, base, lat), _by_run(samples, mode, lat))
             if cost is None:
                 continue
             if cost.low is None or cost.high is None:
@@ -107,3 +121,14 @@ def handler_costs(samples: Sequence[RunSample], latencies: Sequence[int]) -> lis
                        "(goal: under %.0f µs): %s" % (lat, handlers, at + label, cost.words(),
                                                       HANDLERS_GOAL_US, verdict))
     return out
+
+
+def _by_run(samples: Sequence[RunSample], mode: str, latency_ms: int) -> dict[int, float]:
+    """Run index -> worker CPU per receipt of `mode` at `latency_ms`; ValueError for a run
+    with two samples (the runs were not numbered, or a handler set was given twice)."""
+    chosen = [s for s in samples if s.mode == mode and s.latency_ms == latency_ms]
+    twice = [run for run, n in Counter(s.run for s in chosen).items() if n > 1]
+    if twice:
+        raise ValueError("%s at %d ms: runs %s have more than one sample"
+                         % (mode, latency_ms, twice))
+    return {s.run: s.worker_us for s in chosen}

@@ -16,9 +16,10 @@ unique SmsReport bodies:
   tracked beforehand as the sending code would (so send-tracker settles real task numbers);
   its CPU per receipt minus the plain worker's is what the three cost together: a verdict
   line gives the median of the per-run differences, its 95% interval and the goal (under
-  30 µs), met only when the whole interval is under it (`bench/paired.py`). The worker
-  runs of a run go in reverse order every other run (noop, bulk-sender; bulk-sender, noop),
-  so that a drift within runs does not show up as a cost.
+  30 µs), met only when the whole interval is under it (`bench/paired.py`). Every other
+  run takes its worker runs in reverse order (builds, Redis kinds and handler sets: noop,
+  bulk, bulk-sender, then bulk-sender, bulk, noop), so that a steady drift within runs
+  mostly cancels out (wholly over an even number of runs) instead of showing up as a cost.
 * **worker+bulk-sender** (`--handlers noop,bulk-sender`): the same three as the one
   `bulk-sender` handler (one pool task and one Redis round trip per batch for the three).
 * **worker@single / worker@cluster** (`--redis single,cluster`): every worker run once on the
@@ -26,8 +27,9 @@ unique SmsReport bodies:
   `alicom_sandbox.redis_topologies`), side by side in each run; the verdict compares their
   medians at 0 ms (dedup claims spread over the masters, one pipeline per node per batch).
 * **worker@old / worker@new** (`--against DIR`, DIR a checkout of another build, e.g.
-  `git worktree add /tmp/old 50ba0b8`): every worker run once with DIR's `consumer` and then
-  with this tree's, alternating on the same sandbox and Redis; the verdict gives new / old for
+  `git worktree add /tmp/old 50ba0b8`): every worker run once with DIR's `consumer` and once
+  with this tree's (old first, then new first in the next run), on the same sandbox and
+  Redis; the verdict gives new / old for
   the rate and the worker CPU per receipt at each latency (target: within 5%).
 * **demo**: the official Python demo's loop in this process: ReceiveMessage (one message),
   base64 + JSON decode, DeleteMessage, with a Dybaseapi token. Fewer messages at 20 ms (it
@@ -331,6 +333,7 @@ def _handler_sets(given: str | None, against: str | None) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _args(argv)
     load_at_start = os.getloadavg()[0]  # other work on the machine moves every figure
+    # (the end's reading also holds the bench's own processes: the start's tells other work)
     latencies = [int(v) for v in args.latencies.split(",")]
     modes = [m for m in args.modes.split(",") if m]
     counts = {"worker": dict.fromkeys(latencies, args.messages),
@@ -344,8 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples: list[Sample] = []
     long_run: LongRun | None = None
     handler_sets = _handler_sets(args.handlers, args.against)
-    if not handler_sets or set(handler_sets) - {"noop", "bulk", "bulk-sender"}:
-        raise SystemExit("--handlers: noop, bulk and/or bulk-sender")
+    if (not handler_sets or set(handler_sets) - {"noop", "bulk", "bulk-sender"}
+            or len(set(handler_sets)) < len(handler_sets)):
+        raise SystemExit("--handlers: noop, bulk and/or bulk-sender, each once")
     kinds = _redis_kinds(args.redis)
     against = None if args.against is None else other_build(args.against)
     with contextlib.ExitStack() as stack:
@@ -357,12 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = Env(sandbox, rds, workdir, latency_ms=0, bodies=bodies, overrides=tuple(args.set))
         envs = _redis_envs(env, kinds, stack, against)
         for run in range(args.runs):
+            workers = [(e, label, h) for e, label in envs for h in handler_sets]
+            if run % 2:  # every other run in reverse: a steady drift within runs cancels out
+                workers.reverse()
             for lat in latencies:
                 for mode in modes:
                     n = counts[mode][lat]
-                    workers = [(e, label, h) for e, label in envs for h in handler_sets]
-                    if run % 2:  # every other run in reverse: a drift within runs cancels out
-                        workers.reverse()
                     batch = ([run_worker(e, lat, n, h, label) for e, label, h in workers]
                              if mode == "worker" else [run_loop(env, mode, lat, n)])
                     batch = [dataclasses.replace(s, run=run) for s in batch]

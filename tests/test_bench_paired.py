@@ -22,12 +22,17 @@ def _runs(mode: str, values: list[float], latency_ms: int = 0) -> list[Run]:
     return [Run(mode, latency_ms, i, v) for i, v in enumerate(values)]
 
 
-def test_the_interval_brackets_the_median_by_the_binomial_ranks() -> None:
-    # n = 55: k = floor((55 - 1.96 * sqrt(55)) / 2) = 20, so the 20th and 36th values.
-    assert median_interval([float(v) for v in range(1, 56)]) == (20.0, 36.0)
-    # n = 11: k = floor((11 - 1.96 * 3.317) / 2) = 2: the 2nd and 10th.
-    assert median_interval([float(v) for v in reversed(range(1, 12))]) == (2.0, 10.0)
-    assert median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) is None
+def test_the_interval_is_the_sign_tests_exact_binomial_ranks() -> None:
+    def ranks(n: int) -> tuple[float, float] | None:
+        return median_interval([float(v) for v in reversed(range(1, n + 1))])
+
+    # P(k <= B <= n - k) >= 95% for B ~ Binomial(n, 1/2), k as large as that allows.
+    assert ranks(55) == (20.0, 36.0)
+    assert ranks(54) == (20.0, 35.0)   # the normal approximation would give 19 and 36
+    assert ranks(120) == (49.0, 72.0)
+    assert ranks(11) == (2.0, 10.0)
+    assert ranks(6) == (1.0, 6.0)      # 1 - 2 / 2**6 = 96.9%
+    assert ranks(5) is None            # 1 - 2 / 2**5 = 93.8%: not even the extremes
 
 
 def test_the_cost_pairs_the_runs_made_side_by_side() -> None:
@@ -43,6 +48,8 @@ def test_the_cost_pairs_the_runs_made_side_by_side() -> None:
     (list(range(10, 21)), "meets"),            # the whole interval under 30
     (list(range(20, 41)), "not shown (the interval holds 30)"),
     (list(range(31, 42)), "MISSES"),
+    ([25] * 5 + [30] * 6, "not shown (the interval holds 30)"),  # ends on the goal
+    ([30] * 11, "MISSES"),                                         # starts on it
 ])
 def test_the_goal_is_met_only_when_the_whole_interval_is_under_it(added: list[int],
                                                                      verdict: str) -> None:
@@ -76,3 +83,25 @@ def test_too_few_runs_give_no_verdict() -> None:
     samples = _runs("worker", [100.0] * 3) + _runs("worker+bulk", [110.0] * 3)
     [line] = handler_costs(samples, [0])
     assert line.endswith("not shown (fewer runs than an interval needs)")
+
+
+def test_an_interval_ending_just_under_the_goal_is_printed_as_the_verdict_reads_it() -> None:
+    # Rounded outward to 0.1 µs: 29.96 prints (and counts) as 30.0, never "-30.0 ... meets".
+    samples = _runs("worker", [100.0] * 11) + _runs("worker+bulk", [125.0] * 6 + [129.96] * 5)
+    [line] = handler_costs(samples, [0])
+    assert "95% interval 25.0-30.0" in line
+    assert line.endswith("not shown (the interval holds 30)")
+
+
+def test_a_cluster_build_pair_is_compared_with_the_plain_worker_of_both_labels() -> None:
+    samples = (_runs("worker@old", [500.0] * 6) + _runs("worker@cluster@old", [100.0] * 6)
+               + _runs("worker+bulk@cluster@old", [105.0] * 6))
+    [line] = handler_costs(samples, [0])
+    assert line.startswith("0 ms: bulk@cluster@old adds 5.0 µs")
+
+
+def test_a_run_with_two_samples_of_one_mode_is_refused() -> None:
+    samples = _runs("worker", [100.0] * 6) + _runs("worker+bulk", [110.0] * 6)
+    samples.append(Run("worker+bulk", 0, 3, 500.0))  # e.g. a handler set given twice
+    with pytest.raises(ValueError, match="runs \\[3\\] have more than one sample"):
+        handler_costs(samples, [0])
