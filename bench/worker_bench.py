@@ -29,8 +29,8 @@ unique SmsReport bodies:
 * **worker@old / worker@new** (`--against DIR`, DIR a checkout of another build, e.g.
   `git worktree add /tmp/old 50ba0b8`): every worker run once with DIR's `consumer` and once
   with this tree's (old first, then new first in the next run), on the same sandbox and
-  Redis; the verdict gives new / old for
-  the rate and the worker CPU per receipt at each latency (target: within 5%).
+  Redis; the verdict gives new / old for the rate and the worker CPU per receipt at each
+  latency (target: within 5%).
 * **demo**: the official Python demo's loop in this process: ReceiveMessage (one message),
   base64 + JSON decode, DeleteMessage, with a Dybaseapi token. Fewer messages at 20 ms (it
   needs two round trips per message); the rate is per message either way.
