@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TextIO
 
-import redis
-
 from consumer.cli.runner import (
     CommandParser,
     add_config_argument,
@@ -30,8 +28,8 @@ from consumer.cli.runner import (
     load,
     queue_type,
 )
-from consumer.clients.redis_client import RedisClient, connect
-from consumer.errors import AlicomReceiptsError, ConfigError, one_line
+from consumer.clients.redis_client import RedisClient, connect_at_start
+from consumer.errors import AlicomReceiptsError, ConfigError, StartupUnavailable
 from consumer.handlers.plugins import close_handlers, handler_dispatcher, load_handlers
 from consumer.pipeline.deadletter import DeadLetter
 from consumer.pipeline.deadletter_store import RedisDeadLetterStore
@@ -91,11 +89,10 @@ def main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     settings = load(args)
     if getattr(args, "queue", None):
         args.queue = settings.queue_name(queue_type(settings, args.queue))
-    try:
-        client = connect(settings.redis_url, socket_timeout_s=10)
-    except redis.RedisError as exc:  # a cluster's slot map is read now (the text is scrubbed)
-        print("alicom-receipts dead-letters: Redis did not answer: %s" % one_line(exc),
-              file=sys.stderr)
+    try:  # a cluster's slot map is read now
+        client = connect_at_start(settings.redis_url, socket_timeout_s=10)
+    except StartupUnavailable as exc:  # its text scrubbed of any password
+        print("alicom-receipts dead-letters: %s" % exc, file=sys.stderr)
         return 1
     store = RedisDeadLetterStore(client, settings.deadletter, replication_of(settings.dedup))
     try:
